@@ -1,0 +1,277 @@
+"""Configuration: TOML file, then ``MCPROXY_<SECTION>_<KEY>`` environment variables, then flags.
+
+The result is one frozen `Config`. Every problem is a `ConfigError` that names the key.
+"""
+
+import ipaddress
+import os
+import tomllib
+from typing import Any
+
+import attrs
+
+LOOPBACK_AND_PRIVATE = (
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "fc00::/7",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, malformed or contradictory; names the key."""
+
+
+def _section(cls):
+    return attrs.field(factory=cls)
+
+
+@attrs.frozen
+class ServerConfig:
+    listen: tuple[str, ...] = ("tcp:3000:interface=127.0.0.1",)
+    data_dir: str = "./var"
+    public_url: str = ""
+    max_body_bytes: int = 4 * 1024 * 1024
+    drain_timeout: float = 30.0
+    request_timeout: float = 120.0
+    sse_keepalive: float = 15.0
+
+
+@attrs.frozen
+class StoreConfig:
+    url: str = "sqlite:./var/mcproxy.sqlite3"
+
+
+@attrs.frozen
+class AuthConfig:
+    mode: str = "tokens"
+    jwt_secret: str = ""
+    jwks_url: str = ""
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
+    user_claim: str = "sub"
+    permissions_claim: str = "scope"
+    authorization_servers: tuple[str, ...] = ()
+    basic: bool = False
+
+
+@attrs.frozen
+class RateLimitConfig:
+    user_rate: float = 20.0
+    user_burst: int = 40
+
+
+@attrs.frozen
+class CorsConfig:
+    allowed_origins: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class NetworkConfig:
+    ip_allow: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class BrowserConfig:
+    allowed_networks: tuple[str, ...] = LOOPBACK_AND_PRIVATE
+    health_interval: float = 30.0
+    backoff_initial: float = 1.0
+    backoff_max: float = 30.0
+    backoff_factor: float = 2.0
+    max_attempts: int = 0
+    call_timeout: float = 30.0
+    connect_timeout: float = 10.0
+    max_message_bytes: int = 64 * 1024 * 1024
+
+
+@attrs.frozen
+class SessionConfig:
+    idle_timeout: float = 1800.0
+    max_in_flight: int = 16
+
+
+@attrs.frozen
+class ToolsConfig:
+    tab_scope: str = "session"
+    navigation_timeout: float = 10.0
+    categories: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class MetricsConfig:
+    allowed_networks: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class AuditConfig:
+    path: str = "./var/audit.jsonl"
+
+
+@attrs.frozen
+class ArtifactsConfig:
+    max_bytes: int = 104857600
+    ttl: float = 86400.0
+
+
+@attrs.frozen
+class Config:
+    """Everything the daemon reads from outside, validated."""
+
+    server: ServerConfig = _section(ServerConfig)
+    store: StoreConfig = _section(StoreConfig)
+    auth: AuthConfig = _section(AuthConfig)
+    ratelimit: RateLimitConfig = _section(RateLimitConfig)
+    cors: CorsConfig = _section(CorsConfig)
+    network: NetworkConfig = _section(NetworkConfig)
+    browser: BrowserConfig = _section(BrowserConfig)
+    session: SessionConfig = _section(SessionConfig)
+    tools: ToolsConfig = _section(ToolsConfig)
+    metrics: MetricsConfig = _section(MetricsConfig)
+    audit: AuditConfig = _section(AuditConfig)
+    artifacts: ArtifactsConfig = _section(ArtifactsConfig)
+
+    def replace(self, **sections: dict) -> "Config":
+        """A copy with some keys changed: ``config.replace(store={"url": "memory:"})``."""
+        raw = {name: attrs.asdict(getattr(self, name)) for name in SECTIONS}
+        for name, values in sections.items():
+            raw[name].update(values)
+        return _build(raw)
+
+
+SECTIONS: dict[str, type] = {f.name: f.type for f in attrs.fields(Config)}
+
+
+def _coerce(key: str, kind: Any, value: Any) -> Any:
+    """Convert a TOML or environment value to the field's type, naming the key on failure."""
+    from_env = isinstance(value, str)
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if from_env and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if from_env and value.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(value)
+        if kind is int:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if kind is str:
+            if not isinstance(value, str):
+                raise ValueError(value)
+            return value
+        if kind == tuple[str, ...]:
+            if from_env:
+                return tuple(item.strip() for item in value.split(",") if item.strip())
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ValueError(value)
+            return tuple(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected {_kind_name(kind)}, got {value!r}") from None
+    raise AssertionError(f"unhandled config type {kind!r}")
+
+
+def _kind_name(kind: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(
+        kind, "a list of strings"
+    )
+
+
+def _build(raw: dict[str, dict]) -> Config:
+    sections = {}
+    for name, cls in SECTIONS.items():
+        given = dict(raw.get(name, {}))
+        fields = attrs.fields_dict(cls)
+        for key in given:
+            if key not in fields:
+                raise ConfigError(f"{name}.{key}: unknown key")
+        values = {
+            key: _coerce(f"{name}.{key}", fields[key].type, value) for key, value in given.items()
+        }
+        sections[name] = cls(**values)
+    config = Config(**sections)
+    validate(config)
+    return config
+
+
+def load(path: str | None = None, environ: dict | None = None, overrides: dict | None = None) -> Config:
+    """Read the TOML file (if any), apply environment variables, then ``overrides``.
+
+    ``overrides`` maps section to ``{key: value}``, the shape the command-line flags produce.
+    """
+    raw: dict[str, dict] = {name: {} for name in SECTIONS}
+    if path:
+        try:
+            with open(path, "rb") as f:
+                document = tomllib.load(f)
+        except OSError as e:
+            raise ConfigError(f"cannot read configuration file {path}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        for name, values in document.items():
+            if name not in SECTIONS or not isinstance(values, dict):
+                raise ConfigError(f"{name}: unknown section")
+            raw[name].update(values)
+    environ = os.environ if environ is None else environ
+    for name, cls in SECTIONS.items():
+        for key in attrs.fields_dict(cls):
+            variable = f"MCPROXY_{name}_{key}".upper()
+            if variable in environ:
+                raw[name][key] = environ[variable]
+    for name, values in (overrides or {}).items():
+        raw[name].update(values)
+    return _build(raw)
+
+
+def _check_networks(key: str, networks: tuple[str, ...]) -> None:
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(f"{key}: {network!r} is not a CIDR network") from None
+
+
+def validate(config: Config) -> None:
+    """Cross-field and range checks."""
+    if config.auth.mode not in ("tokens", "none"):
+        raise ConfigError(f'auth.mode: expected "tokens" or "none", got {config.auth.mode!r}')
+    if config.tools.tab_scope not in ("session", "user", "browser"):
+        raise ConfigError(
+            f'tools.tab_scope: expected "session", "user" or "browser", got {config.tools.tab_scope!r}'
+        )
+    if not config.server.listen:
+        raise ConfigError("server.listen: at least one endpoint is needed")
+    store = config.store.url
+    if not (store == "memory:" or store.startswith("sqlite:") or store.startswith("redis://")):
+        raise ConfigError(f"store.url: expected sqlite:PATH, memory: or redis://HOST:PORT/DB, got {store!r}")
+    for key, value in (
+        ("server.max_body_bytes", config.server.max_body_bytes),
+        ("ratelimit.user_burst", config.ratelimit.user_burst),
+        ("session.max_in_flight", config.session.max_in_flight),
+    ):
+        if value < 1:
+            raise ConfigError(f"{key}: must be at least 1, got {value}")
+    for key, value in (
+        ("ratelimit.user_rate", config.ratelimit.user_rate),
+        ("browser.health_interval", config.browser.health_interval),
+        ("browser.backoff_initial", config.browser.backoff_initial),
+        ("browser.backoff_max", config.browser.backoff_max),
+        ("browser.call_timeout", config.browser.call_timeout),
+        ("session.idle_timeout", config.session.idle_timeout),
+    ):
+        if value <= 0:
+            raise ConfigError(f"{key}: must be positive, got {value}")
+    if config.browser.max_attempts < 0:
+        raise ConfigError("browser.max_attempts: must be 0 (forever) or more")
+    _check_networks("browser.allowed_networks", config.browser.allowed_networks)
+    _check_networks("network.ip_allow", config.network.ip_allow)
+    _check_networks("network.trusted_proxies", config.network.trusted_proxies)
+    _check_networks("metrics.allowed_networks", config.metrics.allowed_networks)

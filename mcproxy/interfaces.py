@@ -1,0 +1,119 @@
+"""The swap points of mcproxy, as zope interfaces.
+
+Every method that does I/O returns a Deferred (or is a coroutine function wrapped by
+``Deferred.fromCoroutine`` at the call site). Records passed across these interfaces
+are the attrs classes in `mcproxy.storage.records` and `mcproxy.auth.principal`.
+"""
+
+from zope.interface import Attribute, Interface
+
+
+class IStore(Interface):
+    """Durable state: users with their browser URL, and API tokens (hashed).
+
+    Implementations: ``memory:``, ``sqlite:PATH``, ``redis://``; one contract test
+    suite runs against all of them.
+    """
+
+    def save_user(user):
+        """Insert or replace a `UserRecord`. Deferred[None]."""
+
+    def get_user(user_id):
+        """Deferred[UserRecord | None]."""
+
+    def list_users():
+        """Deferred[list[UserRecord]], ordered by user id."""
+
+    def delete_user(user_id):
+        """Remove the user and revoke nothing else. Deferred[bool]: whether it existed."""
+
+    def touch_user(user_id, when):
+        """Set the user's ``last_activity`` to ``when`` (epoch seconds). Deferred[None]."""
+
+    def save_token(token):
+        """Insert or replace a `TokenRecord`. Deferred[None]."""
+
+    def get_token(token_id):
+        """Deferred[TokenRecord | None]."""
+
+    def list_tokens(user_id=None):
+        """Deferred[list[TokenRecord]] (all users when ``user_id`` is None), by creation time."""
+
+    def revoke_token(token_id, when):
+        """Mark a token revoked at ``when``. Deferred[bool]: whether it existed."""
+
+    def touch_token(token_id, when):
+        """Record the token's last use. Deferred[None]."""
+
+    def close():
+        """Release connections. Deferred[None]."""
+
+
+class IAuthenticator(Interface):
+    """Turns the credentials of an HTTP request into a `Principal`.
+
+    Several authenticators are chained; each handles one kind of credential
+    (API token, JWT, Basic...). The transports only see the chain.
+    """
+
+    def authenticate(request):
+        """Deferred[Principal | None] for a twisted.web request.
+
+        None: the request carries no credential of this kind (let the next one try).
+        Raise `mcproxy.errors.Unauthorized` for a credential of this kind that is bad.
+        """
+
+
+class IToolProvider(Interface):
+    """What the MCP layer needs from the tools: a list and a way to call them."""
+
+    def list_tools(principal):
+        """list[mcp_types.Tool] this principal may call."""
+
+    def call_tool(name, arguments, context):
+        """Run a tool. Deferred[mcp_types.CallToolResult].
+
+        ``context`` is a `mcproxy.tools.base.CallContext`. Cancelling the Deferred cancels
+        the work in the browser. Unknown tools and refused permissions come back as
+        ``isError`` results, never as exceptions.
+        """
+
+
+class IBrowserPool(Interface):
+    """One Chrome DevTools connection per user, shared by all that user's sessions."""
+
+    def browser_for(user_id, browser_url):
+        """The `IUserBrowser` for this user, created (and connecting) on first use."""
+
+    def forget(user_id):
+        """Close and drop the user's connection. Deferred[None]."""
+
+    def connection_count():
+        """How many users' browsers are connected now."""
+
+    def close():
+        """Close every connection. Deferred[None]."""
+
+
+class IUserBrowser(Interface):
+    """One user's browser, as the tools see it."""
+
+    user_id = Attribute("The owning user.")
+    browser_url = Attribute("The registered DevTools URL.")
+    status = Attribute('"connected" | "disconnected" | "reconnecting" | "failed"')
+    last_error = Attribute("Human text of the last connection failure, or None.")
+
+    def pages():
+        """list[Page] currently open in this browser, in page-id order."""
+
+    def page(page_id):
+        """The `Page` with this id; raise ToolError when there is none."""
+
+    def new_page(url, *, background=False, opener=None, timeout=None):
+        """Open a tab, wait for it to load. Deferred[Page]. ``opener`` is the MCP session id."""
+
+    def close_page(page_id):
+        """Close a tab. Deferred[None]."""
+
+    def send(method, params=None, *, timeout=None):
+        """A browser-level CDP call. Deferred[dict]; fails fast when disconnected."""

@@ -1,0 +1,3 @@
+from twisted.application.service import ServiceMaker
+
+mcproxy = ServiceMaker("mcproxy", "mcproxy.tap", "Shared MCP server for browser automation", "mcproxy")
