@@ -1,0 +1,158 @@
+"""The composition root: builds every part of the daemon from one `Config`."""
+
+import ipaddress
+import os
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+
+from mcproxy.config import Config, ConfigError
+from mcproxy.errors import ToolError
+
+log = Logger()
+
+
+def _endpoint_is_loopback(description: str) -> bool:
+    """Whether a listen endpoint string only accepts connections from this machine."""
+    kind, _, rest = description.partition(":")
+    if kind == "unix":
+        return True
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return False
+    for part in rest.split(":"):
+        if part.startswith("interface="):
+            address = part.split("=", 1)[1].replace("\\:", ":")
+            try:
+                return ipaddress.ip_address(address).is_loopback
+            except ValueError:
+                return address == "localhost"
+    return False
+
+
+def check_deployment(config: Config) -> None:
+    """Refuse configurations that would be unsafe to start with."""
+    if config.auth.mode == "none":
+        exposed = [e for e in config.server.listen if not _endpoint_is_loopback(e)]
+        if exposed:
+            raise ConfigError(
+                'auth.mode: "none" trusts X-User-Id and is only allowed when every listener is on a '
+                f"loopback interface; these are not: {', '.join(exposed)}"
+            )
+
+
+class MCProxyService(service.MultiService):
+    """The daemon: store, browser pool, MCP sessions, tools and the HTTP listeners."""
+
+    def __init__(self, reactor, config: Config):
+        super().__init__()
+        self.reactor = reactor
+        self.config = config
+        self.ports: list = []
+        self.store = None
+        self.pool = None
+        self.sessions = None
+        self._starting: defer.Deferred | None = None
+
+    @classmethod
+    def from_config(cls, reactor, config: Config) -> "MCProxyService":
+        """Validate what can be validated before the reactor runs, then build the service."""
+        check_deployment(config)
+        for endpoint in config.server.listen:
+            try:
+                serverFromString(reactor, endpoint)
+            except (ValueError, TypeError, KeyError) as e:
+                raise ConfigError(f"server.listen: bad endpoint {endpoint!r}: {e}") from None
+        return cls(reactor, config)
+
+    def startService(self):
+        super().startService()
+        self._starting = defer.Deferred.fromCoroutine(self.start())
+        self._starting.addErrback(self._start_failed)
+
+    def _start_failed(self, failure):
+        log.failure("mcproxy could not start", failure)
+        if self.reactor.running:
+            self.reactor.stop()
+
+    async def start(self) -> None:
+        """Open the store, make the admin token, connect known browsers, then listen."""
+        from mcproxy.auth.bootstrap import ensure_admin_token
+        from mcproxy.auth.chain import AuthenticationChain
+        from mcproxy.auth.tokens import TokenAuthenticator, create_token
+        from mcproxy.browser.pool import BrowserPool, probe_browser
+        from mcproxy.session.registry import SessionRegistry
+        from mcproxy.storage import open_store
+        from mcproxy.tools.registry import ToolRegistry
+        from mcproxy.web.admin import AdminAPI, AdminDependencies
+        from mcproxy.web.site import ProxySite, Root
+        from mcproxy.web.transports import McpTransports
+
+        config, reactor = self.config, self.reactor
+        os.makedirs(config.server.data_dir, mode=0o700, exist_ok=True)
+        self.store = store = await open_store(config.store.url, reactor)
+        await ensure_admin_token(store, config.server.data_dir, reactor)
+        self.pool = pool = BrowserPool(reactor, config.browser)
+        for user in await store.list_users():
+            pool.browser_for(user.user_id, user.browser_url)
+        self.sessions = sessions = SessionRegistry(reactor, config.session.idle_timeout)
+
+        async def browser_for_user(user_id: str):
+            user = await store.get_user(user_id)
+            if user is None:
+                raise ToolError(
+                    f"No browser is registered for user {user_id}. Register one with POST /api/register "
+                    '{"browserURL": "http://127.0.0.1:9222"} (start Chrome with --remote-debugging-port=9222).'
+                )
+            await store.touch_user(user_id, reactor.seconds())
+            return pool.browser_for(user_id, user.browser_url)
+
+        tools = ToolRegistry(browser_for_user, config.tools, reactor)
+        chain = AuthenticationChain([TokenAuthenticator(store, reactor)], config.auth.mode, reactor)
+        transports = McpTransports(reactor, config, chain.authenticate, tools, sessions)
+        admin = AdminAPI(
+            AdminDependencies(
+                clock=reactor,
+                store=store,
+                pool=pool,
+                sessions=sessions,
+                authenticate=chain.authenticate,
+                create_token=create_token,
+                probe_browser=lambda url: probe_browser(reactor, config.browser, url),
+                max_body_bytes=config.server.max_body_bytes,
+                session_token_ttl=30 * 86400,
+                started_at=reactor.seconds(),
+            )
+        )
+        root = Root(
+            {
+                b"sse": transports.sse_resource,
+                b"message": transports.message_resource,
+                b"mcp": transports.mcp_resource,
+            },
+            admin,
+        )
+        site = ProxySite(root, max_body_bytes=config.server.max_body_bytes)
+        for description in config.server.listen:
+            port = await serverFromString(reactor, description).listen(site)
+            self.ports.append(port)
+            log.info("mcproxy listening on {endpoint}", endpoint=description)
+
+    def stopService(self):
+        super().stopService()
+        return defer.Deferred.fromCoroutine(self.stop())
+
+    async def stop(self) -> None:
+        """Stop listening, end sessions, close browser connections and the store."""
+        if self._starting is not None and not self._starting.called:
+            self._starting.cancel()
+        for port in self.ports:
+            await port.stopListening()
+        self.ports.clear()
+        if self.sessions is not None:
+            self.sessions.close_all()
+        if self.pool is not None:
+            await self.pool.close()
+        if self.store is not None:
+            await self.store.close()

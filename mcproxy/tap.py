@@ -1,0 +1,51 @@
+"""``twistd mcproxy``: command-line options and the service maker.
+
+The only module that imports the global reactor.
+"""
+
+from twisted.python import usage
+
+from mcproxy import config as configuration
+
+
+class Options(usage.Options):
+    """``twistd mcproxy [--config PATH] [--listen ENDPOINT]... [--store URL]``."""
+
+    optParameters = [
+        ["config", "c", None, "TOML configuration file (every key has a default)."],
+        ["store", None, None, "Store URL: sqlite:PATH, memory: or redis://HOST:PORT/DB."],
+        ["data-dir", None, None, "Directory for the store, the admin token and artifacts."],
+    ]
+
+    def __init__(self):
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, endpoint):
+        """Twisted endpoint string to listen on, e.g. tcp:3000:interface=127.0.0.1 (repeatable)."""
+        self["listen"].append(endpoint)
+
+    def postOptions(self):
+        overrides: dict[str, dict] = {}
+        if self["listen"]:
+            overrides["server"] = {"listen": list(self["listen"])}
+        if self["data-dir"]:
+            overrides.setdefault("server", {})["data_dir"] = self["data-dir"]
+        if self["store"]:
+            overrides["store"] = {"url": self["store"]}
+        try:
+            self.config = configuration.load(self["config"], overrides=overrides)
+        except configuration.ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def makeService(options):
+    """Build the daemon's service tree from the parsed options."""
+    from twisted.internet import reactor
+
+    from mcproxy.service import MCProxyService
+
+    try:
+        return MCProxyService.from_config(reactor, options.config)
+    except configuration.ConfigError as e:
+        raise usage.UsageError(str(e)) from None

@@ -1,0 +1,67 @@
+"""Run a whole mcproxy in-process for tests and benchmarks, and talk to its admin API."""
+
+import json
+import os
+
+import attrs
+import treq
+from twisted.internet.defer import Deferred
+
+from mcproxy import config as configuration
+from mcproxy.service import MCProxyService
+
+
+@attrs.define
+class RunningProxy:
+    """A started `MCProxyService` listening on a free loopback port."""
+
+    service: MCProxyService
+    base_url: str
+    admin_token: str
+
+    async def api(self, method: str, path: str, body=None, token: str | None = None, headers=None):
+        """Call the admin API; returns ``(status, parsed JSON or None, response headers)``."""
+        sent = {"Authorization": f"Bearer {token or self.admin_token}"}
+        sent.update(headers or {})
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        if data is not None:
+            sent["Content-Type"] = "application/json"
+        response = await treq.request(method, self.base_url + path, data=data, headers=sent, persistent=False)
+        content = await response.content()
+        parsed = json.loads(content) if content else None
+        return response.code, parsed, response.headers
+
+    async def token_for(self, user_id: str, *permissions: str) -> str:
+        """Create an API token for ``user_id`` with ``permissions`` (default: all tools + register)."""
+        code, body, _ = await self.api(
+            "POST", "/api/tokens", {"userId": user_id, "permissions": list(permissions or ("tools:*", "register"))}
+        )
+        assert code == 201, body
+        return body["token"]
+
+    async def register(self, user_id: str, browser_url: str, token: str) -> dict:
+        """Register ``browser_url`` for ``user_id``; returns the answer body (asserts 201)."""
+        code, body, _ = await self.api("POST", "/api/register", {"userId": user_id, "browserURL": browser_url}, token)
+        assert code == 201, body
+        return body
+
+    async def stop(self) -> None:
+        await Deferred.fromCoroutine(self.service.stop())
+
+
+async def start_proxy(reactor, data_dir: str, **sections: dict) -> RunningProxy:
+    """Start a proxy on ``tcp:0`` with a memory store (unless ``sections`` say otherwise)."""
+    overrides = {
+        "server": {"listen": ["tcp:0:interface=127.0.0.1"], "data_dir": str(data_dir)},
+        "store": {"url": "memory:"},
+        "audit": {"path": os.path.join(str(data_dir), "audit.jsonl")},
+    }
+    for name, values in sections.items():
+        overrides.setdefault(name, {}).update(values)
+    config = configuration.load(None, environ={}, overrides=overrides)
+    service = MCProxyService.from_config(reactor, config)
+    await service.start()
+    port = service.ports[0].getHost().port
+    with open(os.path.join(str(data_dir), "admin-token")) as f:
+        admin_token = f.read().strip()
+    return RunningProxy(service=service, base_url=f"http://127.0.0.1:{port}", admin_token=admin_token)

@@ -1,0 +1,253 @@
+"""The admin REST API: health, tokens, registration and user status.
+
+Every answer is JSON; every error is ``{"error": {"code", "message"}}`` with a fitting
+status. Handlers are coroutines that return ``(status, body)`` or raise an
+`mcproxy.errors.MCProxyError`.
+"""
+
+import re
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web import resource, server
+
+from mcproxy.auth.principal import ADMIN, REGISTER, Principal
+from mcproxy.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound
+from mcproxy.storage.records import UserRecord
+from mcproxy.web.http import read_json_object, request_id, write_failure, write_json
+
+log = Logger()
+
+USER_ID = re.compile(r"^[A-Za-z0-9._@-]{1,128}$")
+SESSION_TOKEN_PERMISSIONS = ("tools:*", "register")
+
+
+def iso8601(timestamp: float | None) -> str | None:
+    """Epoch seconds as an ISO 8601 UTC string (None stays None)."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+@attrs.define
+class AdminDependencies:
+    """What the admin API works on; built by the service."""
+
+    clock: Any
+    store: Any
+    pool: Any
+    sessions: Any
+    authenticate: Callable[[Any], Awaitable[Principal]]
+    create_token: Callable[..., Awaitable[tuple[str, Any]]]
+    probe_browser: Callable[[str], Awaitable[str]]
+    max_body_bytes: int
+    session_token_ttl: float
+    started_at: float
+
+
+Handler = Callable[..., Awaitable[tuple[int, Any]]]
+
+
+class AdminAPI(resource.Resource):
+    """Routes ``/health`` and ``/api/...`` to coroutine handlers."""
+
+    isLeaf = True
+
+    def __init__(self, deps: AdminDependencies):
+        super().__init__()
+        self.deps = deps
+        self._routes: list[tuple[re.Pattern, dict[bytes, Handler]]] = [
+            (re.compile(r"^/health/?$"), {b"GET": self.health}),
+            (re.compile(r"^/api/tokens/?$"), {b"POST": self.create_token, b"GET": self.list_tokens}),
+            (re.compile(r"^/api/tokens/(?P<token_id>[^/]+)/?$"), {b"DELETE": self.revoke_token}),
+            (re.compile(r"^/api/register/?$"), {b"POST": self.register}),
+            (re.compile(r"^/api/users/?$"), {b"GET": self.list_users}),
+            (re.compile(r"^/api/users/(?P<user_id>[^/]+)/status/?$"), {b"GET": self.user_status}),
+            (re.compile(r"^/api/users/(?P<user_id>[^/]+)/?$"), {b"DELETE": self.delete_user}),
+        ]
+
+    def render(self, request):
+        request_id(request)
+        d = Deferred.fromCoroutine(self._dispatch(request))
+        d.addCallback(lambda result: write_json(request, *result))
+        d.addErrback(lambda failure: write_failure(request, failure))
+        return server.NOT_DONE_YET
+
+    async def _dispatch(self, request) -> tuple[int, Any]:
+        path = request.path.decode("utf-8", "replace")
+        for pattern, methods in self._routes:
+            match = pattern.match(path)
+            if match is None:
+                continue
+            handler = methods.get(request.method)
+            if handler is None:
+                allowed = ", ".join(sorted(m.decode("ascii") for m in methods))
+                request.setHeader(b"Allow", allowed.encode("ascii"))
+                raise MethodNotAllowed(f"{request.method.decode('latin-1')} is not allowed here; use {allowed}")
+            return await handler(request, **match.groupdict())
+        raise NotFound(f"no such endpoint: {path}")
+
+    async def _principal(self, request, permission: str | None = None) -> Principal:
+        principal = await self.deps.authenticate(request)
+        if permission is not None and not principal.has(permission):
+            raise Forbidden(f"this credential lacks the {permission!r} permission")
+        return principal
+
+    def _body(self, request) -> dict:
+        return read_json_object(request, self.deps.max_body_bytes)
+
+    # -- health ---------------------------------------------------------------
+
+    async def health(self, request):
+        users = await self.deps.store.list_users()
+        return 200, {
+            "status": "ok",
+            "activeSessions": self.deps.sessions.count(),
+            "registeredUsers": len(users),
+            "browserConnections": self.deps.pool.connection_count(),
+            "uptime": round(self.deps.clock.seconds() - self.deps.started_at, 3),
+        }
+
+    # -- tokens ---------------------------------------------------------------
+
+    async def create_token(self, request):
+        await self._principal(request, ADMIN)
+        body = self._body(request)
+        user_id = _user_id(body.get("userId"))
+        permissions = body.get("permissions", [])
+        if not isinstance(permissions, list) or not all(isinstance(p, str) for p in permissions):
+            raise BadRequest('"permissions" must be a list of strings')
+        ttl = body.get("ttlSeconds")
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0):
+            raise BadRequest('"ttlSeconds" must be a positive number')
+        token, record = await self.deps.create_token(
+            self.deps.store, user_id, permissions, ttl, self.deps.clock
+        )
+        log.info("Token {token_id} created for user {user_id}", token_id=record.token_id, user_id=user_id)
+        return 201, _token_answer(token, record)
+
+    async def list_tokens(self, request):
+        await self._principal(request, ADMIN)
+        records = await self.deps.store.list_tokens()
+        return 200, {"tokens": [_token_summary(r) for r in records]}
+
+    async def revoke_token(self, request, token_id: str):
+        await self._principal(request, ADMIN)
+        if not await self.deps.store.revoke_token(token_id, self.deps.clock.seconds()):
+            raise NotFound(f"no token with id {token_id!r}")
+        log.info("Token {token_id} revoked", token_id=token_id)
+        return 204, None
+
+    # -- users ----------------------------------------------------------------
+
+    async def register(self, request):
+        principal = await self._principal(request)
+        body = self._body(request)
+        user_id = _user_id(body.get("userId", principal.user_id))
+        if not (principal.is_admin or (principal.has(REGISTER) and user_id == principal.user_id)):
+            raise Forbidden("registering a browser needs the 'register' permission for your own user id, or 'admin'")
+        browser_url = body.get("browserURL")
+        if not isinstance(browser_url, str) or not browser_url:
+            raise BadRequest('"browserURL" is required: the DevTools URL of your Chrome, e.g. http://127.0.0.1:9222')
+        metadata = body.get("metadata", {})
+        if not isinstance(metadata, dict):
+            raise BadRequest('"metadata" must be a JSON object')
+        version = await self.deps.probe_browser(browser_url)
+        now = self.deps.clock.seconds()
+        existing = await self.deps.store.get_user(user_id)
+        await self.deps.store.save_user(
+            UserRecord(
+                user_id=user_id,
+                browser_url=browser_url,
+                metadata=metadata,
+                registered_at=existing.registered_at if existing else now,
+                last_activity=existing.last_activity if existing else None,
+            )
+        )
+        self.deps.pool.browser_for(user_id, browser_url)
+        token, record = await self.deps.create_token(
+            self.deps.store, user_id, list(SESSION_TOKEN_PERMISSIONS), self.deps.session_token_ttl, self.deps.clock
+        )
+        log.info(
+            "User {user_id} registered browser {browser_url} ({version})",
+            user_id=user_id,
+            browser_url=browser_url,
+            version=version,
+        )
+        return 201, {
+            "success": True,
+            "userId": user_id,
+            "sessionToken": token,
+            "message": f"Registered {version} at {browser_url} for {user_id}.",
+        }
+
+    async def list_users(self, request):
+        await self._principal(request, ADMIN)
+        users = await self.deps.store.list_users()
+        return 200, {"users": [self._status(user) for user in users]}
+
+    async def user_status(self, request, user_id: str):
+        user = await self._own_user(request, user_id)
+        return 200, self._status(user)
+
+    async def delete_user(self, request, user_id: str):
+        user = await self._own_user(request, user_id, REGISTER)
+        self.deps.sessions.close_user(user.user_id)
+        await self.deps.pool.forget(user.user_id)
+        await self.deps.store.delete_user(user.user_id)
+        log.info("User {user_id} unregistered", user_id=user.user_id)
+        return 204, None
+
+    async def _own_user(self, request, user_id: str, permission: str | None = None) -> UserRecord:
+        """The user record, for that user itself (holding ``permission``) or an admin."""
+        principal = await self._principal(request)
+        if not principal.is_admin:
+            if principal.user_id != user_id:
+                raise Forbidden("you may only see or change your own user")
+            if permission is not None and not principal.has(permission):
+                raise Forbidden(f"this credential lacks the {permission!r} permission")
+        user = await self.deps.store.get_user(user_id)
+        if user is None:
+            raise NotFound(f"user {user_id!r} has no registered browser")
+        return user
+
+    def _status(self, user: UserRecord) -> dict:
+        browser = self.deps.pool.existing(user.user_id)
+        return {
+            "userId": user.user_id,
+            "browserURL": user.browser_url,
+            "browserStatus": browser.status if browser is not None else "disconnected",
+            "lastError": browser.last_error if browser is not None else None,
+            "activeSessions": self.deps.sessions.count_for_user(user.user_id),
+            "lastActivity": iso8601(user.last_activity),
+        }
+
+
+def _user_id(value: Any) -> str:
+    if not isinstance(value, str) or not USER_ID.match(value):
+        raise BadRequest('"userId" must be 1-128 characters of letters, digits, ".", "_", "@" or "-"')
+    return value
+
+
+def _token_summary(record) -> dict:
+    return {
+        "tokenId": record.token_id,
+        "userId": record.user_id,
+        "permissions": list(record.permissions),
+        "expiresAt": iso8601(record.expires_at),
+        "revoked": record.revoked_at is not None,
+        "lastUsedAt": iso8601(record.last_used_at),
+    }
+
+
+def _token_answer(token: str, record) -> dict:
+    return {
+        "token": token,
+        "tokenId": record.token_id,
+        "userId": record.user_id,
+        "permissions": list(record.permissions),
+        "expiresAt": iso8601(record.expires_at),
+    }

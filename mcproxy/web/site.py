@@ -1,0 +1,115 @@
+"""The HTTP front door: one Site, one root resource, JSON everywhere.
+
+The root assigns every request an id, refuses bodies over the limit before they are
+buffered, and hands each path to the resource that owns it: the MCP transports at
+``/sse``, ``/message`` and ``/mcp``; the admin API (``/health``, ``/api/...``) otherwise.
+"""
+
+import io
+
+from twisted.logger import Logger
+from twisted.web import resource, server
+
+from mcproxy.errors import MCProxyError, NotFound, PayloadTooLarge
+from mcproxy.web.http import request_id, write_error
+
+log = Logger()
+
+
+class _Discard(io.BytesIO):
+    """A body sink that keeps nothing: the body of a request we will refuse with 413."""
+
+    def write(self, data):
+        return len(data)
+
+
+class ProxyRequest(server.Request):
+    """A request that counts its body against the site's limit and never renders HTML."""
+
+    too_large = False
+    _received = 0
+
+    def gotLength(self, length):
+        limit = self.channel.site.max_body_bytes
+        if length is not None and length > limit:
+            self.too_large = True
+            self.content = _Discard()
+        else:
+            super().gotLength(length)
+
+    def handleContentChunk(self, data):
+        if self.too_large:
+            return
+        self._received += len(data)
+        if self._received > self.channel.site.max_body_bytes:
+            self.too_large = True
+            self.content.close()
+            self.content = _Discard()
+            return
+        super().handleContentChunk(data)
+
+    def process(self):
+        request_id(self)
+        if self.too_large:
+            self.setHeader(b"Connection", b"close")
+            limit = self.channel.site.max_body_bytes
+            write_error(self, PayloadTooLarge(f"request body is over the limit of {limit} bytes"))
+            return
+        super().process()
+
+    def processingFailed(self, reason):
+        """A bug escaped a resource: log it, answer a JSON 500, never a traceback."""
+        log.failure(
+            "Unhandled error answering {method} {path} (request {request_id})",
+            reason,
+            method=self.method.decode("latin-1"),
+            path=self.path.decode("latin-1"),
+            request_id=request_id(self),
+        )
+        if not self.finished and not self._disconnected:
+            if not self.startedWriting:
+                write_error(self, MCProxyError("internal error; the server log has details"))
+            else:
+                self.finish()
+        return reason
+
+
+class ProxySite(server.Site):
+    """The daemon's Site: `ProxyRequest`s, no tracebacks, a body limit."""
+
+    requestFactory = ProxyRequest
+    displayTracebacks = False
+
+    def __init__(self, root, *, max_body_bytes: int, **kwargs):
+        super().__init__(root, **kwargs)
+        self.max_body_bytes = max_body_bytes
+
+
+class Root(resource.Resource):
+    """Dispatches by the first path segment; unknown paths get a JSON 404."""
+
+    def __init__(self, children: dict[bytes, resource.Resource], fallback: resource.Resource):
+        super().__init__()
+        self._children = children
+        self._fallback = fallback
+
+    def getChild(self, path, request):
+        child = self._children.get(path)
+        if child is not None:
+            return child
+        request.prepath.pop()
+        request.postpath.insert(0, path)
+        return self._fallback
+
+    def render(self, request):
+        return self._fallback.render(request)
+
+
+class JSONNotFound(resource.Resource):
+    """A leaf that answers every method with the JSON 404."""
+
+    isLeaf = True
+
+    def render(self, request):
+        write_error(request, NotFound(f"no such endpoint: {request.path.decode('latin-1')}"))
+        return server.NOT_DONE_YET

@@ -1,0 +1,205 @@
+"""The whole daemon, driven the way a team uses it: admin API + official MCP SDK clients + real Chromium."""
+
+import asyncio
+import base64
+import re
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet.defer import Deferred
+
+from mcproxy.testing.daemon import start_proxy
+
+
+def run_async(coro):
+    """Await an asyncio coroutine (SDK client code) from a Twisted test."""
+    return Deferred.fromFuture(asyncio.ensure_future(coro))
+
+
+@pytest_twisted.async_yield_fixture
+async def proxy(tmp_path):
+    from twisted.internet import reactor
+
+    running = await start_proxy(reactor, tmp_path / "var")
+    yield running
+    await running.stop()
+
+
+def _text(result) -> str:
+    return "\n".join(block.text for block in result.content if block.type == "text")
+
+
+async def _browser_flow(session, page_url: str) -> dict:
+    """The core tool flow on one MCP session; returns what it observed."""
+    from mcp import types
+
+    listed = await session.list_tools()
+    names = {tool.name for tool in listed.tools}
+    opened = await session.call_tool("new_page", {"url": page_url})
+    assert not opened.isError, _text(opened)
+    page_id = int(re.search(r"^(\d+): .*\[selected\]", _text(opened), re.M).group(1))
+    snapshot = _text(await session.call_tool("take_snapshot", {"pageId": page_id}))
+    uid_of = {
+        m.group(2): m.group(1)
+        for m in re.finditer(r'uid=(\S+) (?:textbox|button) "([^"]+)"', snapshot)
+    }
+    filled = await session.call_tool("fill", {"pageId": page_id, "uid": uid_of["Name"], "value": "Alice"})
+    assert not filled.isError, _text(filled)
+    clicked = await session.call_tool("click", {"pageId": page_id, "uid": uid_of["Submit"]})
+    assert not clicked.isError, _text(clicked)
+    evaluated = await session.call_tool(
+        "evaluate_script", {"pageId": page_id, "function": "() => document.getElementById('out').textContent"}
+    )
+    shot = await session.call_tool("take_screenshot", {"pageId": page_id})
+    images = [block for block in shot.content if isinstance(block, types.ImageContent)]
+    return {
+        "names": names,
+        "snapshot": snapshot,
+        "evaluated": _text(evaluated),
+        "image": base64.b64decode(images[0].data) if images else b"",
+    }
+
+
+def _check_flow(observed: dict) -> None:
+    assert {"new_page", "take_snapshot", "fill", "click", "evaluate_script", "take_screenshot"} <= observed["names"]
+    assert 'textbox "Name"' in observed["snapshot"]
+    assert '"clicked Alice"' in observed["evaluated"]
+    assert observed["image"].startswith(b"\x89PNG\r\n\x1a\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_flow_over_legacy_sse(proxy, chromium, fixture_site):
+    from mcp import ClientSession
+    from mcp.client.sse import sse_client
+
+    token = await proxy.token_for("alice")
+    await proxy.register("alice", chromium.browser_url, token)
+
+    async def flow():
+        headers = {"Authorization": f"Bearer {token}"}
+        async with sse_client(proxy.base_url + "/sse", headers=headers) as (read, write):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                return await _browser_flow(session, fixture_site.url("index.html"))
+
+    _check_flow(await run_async(flow()))
+
+
+@pytest_twisted.ensureDeferred
+async def test_flow_over_streamable_http(proxy, chromium, fixture_site):
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    token = await proxy.token_for("bob")
+    await proxy.register("bob", chromium.browser_url, token)
+
+    async def flow():
+        client = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+        async with client, streamable_http_client(proxy.base_url + "/mcp", http_client=client) as (read, write):
+            async with ClientSession(read, write) as session:
+                initialized = await session.initialize()
+                assert initialized.protocolVersion == "2025-11-25"
+                return await _browser_flow(session, fixture_site.url("index.html"))
+
+    _check_flow(await run_async(flow()))
+
+
+@pytest_twisted.ensureDeferred
+async def test_flow_over_stateless_2026(proxy, chromium, fixture_site):
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    token = await proxy.token_for("carol")
+    await proxy.register("carol", chromium.browser_url, token)
+
+    async def flow():
+        http = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+        async with http:
+            transport = streamable_http_client(proxy.base_url + "/mcp", http_client=http)
+            async with Client(transport) as client:
+                assert client.session.protocol_version == "2026-07-28"
+                return await _browser_flow(client, fixture_site.url("index.html"))
+
+    _check_flow(await run_async(flow()))
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_users_never_see_each_others_pages(proxy, chromium, private_chromium, fixture_site):
+    from mcp import ClientSession
+    from mcp.client.sse import sse_client
+
+    alice = await proxy.token_for("alice")
+    mallory = await proxy.token_for("mallory")
+    await proxy.register("alice", chromium.browser_url, alice)
+    await proxy.register("mallory", private_chromium.browser_url, mallory)
+
+    async def open_page(token, url):
+        async with sse_client(proxy.base_url + "/sse", headers={"Authorization": f"Bearer {token}"}) as (r, w):
+            async with ClientSession(r, w) as session:
+                await session.initialize()
+                opened = await session.call_tool("new_page", {"url": url})
+                return _text(opened)
+
+    alice_pages = await run_async(open_page(alice, fixture_site.url("index.html")))
+    mallory_pages = await run_async(open_page(mallory, fixture_site.url("second.html")))
+    assert "index.html" in alice_pages and "second.html" not in alice_pages
+    assert "second.html" in mallory_pages and "index.html" not in mallory_pages
+    # Mallory's browser really has no page of Alice's.
+    targets = await (await treq.get(private_chromium.browser_url + "/json/list", persistent=False)).json()
+    assert not any("index.html" in t["url"] for t in targets)
+
+
+@pytest_twisted.ensureDeferred
+async def test_auth_failures(proxy):
+    code, body, headers = await proxy.api("GET", "/api/users", token="mcpx_0000000000000000_nope")
+    assert code == 401 and body["error"]["code"]
+    assert headers.getRawHeaders("www-authenticate")
+    token = await proxy.token_for("dave")
+    code, body, _ = await proxy.api("GET", "/api/users", token=token)
+    assert code == 403
+    code, body, _ = await proxy.api("GET", "/api/users/dave/status", token=token, headers={"X-User-Id": "erin"})
+    assert code == 403
+    token_id = token.split("_")[1]
+    code, _, _ = await proxy.api("DELETE", f"/api/tokens/{token_id}")
+    assert code == 204
+    code, body, _ = await proxy.api("GET", "/api/users/dave/status", token=token)
+    assert code == 401
+    response = await treq.get(proxy.base_url + "/sse", persistent=False)
+    assert response.code == 401
+    assert response.headers.getRawHeaders("www-authenticate")
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_and_status(proxy, chromium):
+    code, body, headers = await proxy.api("GET", "/health")
+    assert code == 200 and body["status"] == "ok" and body["registeredUsers"] == 0
+    assert headers.getRawHeaders("x-request-id")
+    token = await proxy.token_for("frank")
+    answer = await proxy.register("frank", chromium.browser_url, token)
+    assert answer["success"] is True and answer["sessionToken"].startswith("mcpx_")
+    code, status, _ = await proxy.api("GET", "/api/users/frank/status", token=answer["sessionToken"])
+    assert code == 200
+    assert status["userId"] == "frank" and status["browserURL"] == chromium.browser_url
+    assert status["browserStatus"] in ("connected", "reconnecting", "disconnected")
+    code, body, _ = await proxy.api("GET", "/health")
+    assert body["registeredUsers"] == 1
+
+
+@pytest.mark.parametrize(
+    "url, fragment",
+    [
+        ("ftp://127.0.0.1:9222", "scheme"),
+        ("http://169.254.169.254", "169.254.169.254"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_register_refuses_bad_browser_urls(proxy, url, fragment):
+    token = await proxy.token_for("gina")
+    code, body, _ = await proxy.api("POST", "/api/register", {"browserURL": url}, token)
+    assert code == 400, body
+    assert fragment in body["error"]["message"]
+    code, _, _ = await proxy.api("GET", "/api/users/gina/status", token=token)
+    assert code == 404
