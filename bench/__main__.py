@@ -1,0 +1,64 @@
+"""``python -m bench [latency] [sse_memory] [tools]``: run benchmarks, print figures and verdicts.
+
+Exits 0 only when every selected target passed.
+"""
+
+import argparse
+import asyncio
+import sys
+import traceback
+
+from bench import latency, sse_memory, tools
+from bench.report import Verdict, say
+
+BENCHMARKS = {"latency": latency.run, "sse_memory": sse_memory.run, "tools": tools.run}
+#: Hard bound per benchmark, so that the whole run stays well under five minutes.
+TIME_LIMIT = 120.0
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description="Run benchmarks; print figures and verdicts.")
+    parser.add_argument("names", nargs="*", help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)")
+    parser.add_argument("--store", choices=("sqlite", "memory"), default="sqlite", help="the daemon's store")
+    parser.add_argument(
+        "--profile-daemon", metavar="PREFIX", help="save each daemon's cProfile stats to PREFIX-<benchmark>.pstats"
+    )
+    parser.add_argument("--iterations", type=int, default=500, help="latency: timed calls per transport")
+    parser.add_argument("--warmup", type=int, default=50, help="latency: untimed calls first")
+    parser.add_argument("--sessions", type=int, default=1000, help="sse_memory: idle sessions to open")
+    parser.add_argument("--rounds", type=int, default=20, help="tools: timed fill+click rounds per server")
+    parser.add_argument("--tool-warmup", type=int, default=3, help="tools: untimed rounds first")
+    args = parser.parse_args(argv)
+    if min(args.iterations, args.sessions, args.rounds) < 1:
+        parser.error("--iterations, --sessions and --rounds must be at least 1")
+    unknown = set(args.names) - set(BENCHMARKS)
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    args.names = args.names or list(BENCHMARKS)
+    return args
+
+
+async def run_all(options: argparse.Namespace) -> list[Verdict]:
+    verdicts = []
+    for name in options.names:
+        try:
+            verdicts += await asyncio.wait_for(BENCHMARKS[name](options), TIME_LIMIT)
+        except asyncio.TimeoutError:
+            verdicts.append(Verdict(name, False, f"did not finish within {TIME_LIMIT:.0f} s"))
+        except Exception as e:
+            traceback.print_exc()
+            verdicts.append(Verdict(name, False, f"could not run: {type(e).__name__}: {e}"))
+        say()
+    return verdicts
+
+
+def main(argv: list[str]) -> int:
+    verdicts = asyncio.run(run_all(parse_args(argv)))
+    say("== verdicts ==")
+    for verdict in verdicts:
+        say(verdict.line())
+    return 0 if all(v.passed for v in verdicts) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

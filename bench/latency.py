@@ -1,0 +1,117 @@
+"""Target 1: latency a tools/call adds over raw CDP.
+
+Each transport gets its own tab on the fixture page. Every iteration times, back to back,
+``Runtime.evaluate("1+1")`` over a raw page WebSocket and ``evaluate_script(() => 1+1)``
+through the proxy on that same tab, so noise on this shared machine hits both alike.
+
+The timed calls pass ``waitForStableDom: false`` (the tool's own advice for a script that
+only reads): the proxied call then does the same single ``Runtime.evaluate`` as the
+baseline, and the difference is the proxy's. The default, which waits for a quiet DOM
+window exactly like chrome-devtools-mcp, is timed separately and reported for information.
+"""
+
+import re
+import time
+
+from bench.lean_mcp import LeanLegacySse, LeanStreamable
+from bench.procs import Chromium, FixtureSite, ProxyDaemon
+from bench.report import Summary, Verdict, say
+from bench.wire import CdpSocket, WireError
+
+TARGET_MS = 2.0
+#: Calls with the default (settling) evaluate_script, shown for information only.
+SETTLING_CALLS = 10
+
+
+async def _open_tab(session, chromium: Chromium, url: str) -> tuple[int, CdpSocket]:
+    """Open ``url`` through the proxy; return its pageId and a raw CDP socket on the same tab."""
+    listing = await session.tool("new_page", {"url": url})
+    found = re.search(r"^(\d+): .*" + re.escape(url), listing, re.M)
+    if not found:
+        raise WireError(f"new_page did not list {url}: {listing[:500]}")
+    return int(found.group(1)), await CdpSocket.open(await chromium.page_socket_url(url))
+
+
+async def _proxied(session, page_id: int, settle: bool) -> float:
+    """One ``evaluate_script(() => 1+1)`` through the proxy, in ms; it must yield 2."""
+    arguments = {"pageId": page_id, "function": "() => 1+1"}
+    if not settle:
+        arguments["waitForStableDom"] = False
+    start = time.perf_counter()
+    text = await session.tool("evaluate_script", arguments)
+    elapsed = (time.perf_counter() - start) * 1000
+    if not re.search(r"\b2\b", text):
+        raise WireError(f"evaluate_script did not return 2: {text[:200]!r}")
+    return elapsed
+
+
+async def _time_pair(session, page_id: int, cdp: CdpSocket) -> tuple[float, float]:
+    """One raw CDP evaluation and one proxied evaluation, in ms."""
+    start = time.perf_counter()
+    raw = await cdp.call("Runtime.evaluate", {"expression": "1+1", "returnByValue": True})
+    raw_ms = (time.perf_counter() - start) * 1000
+    if raw["result"].get("value") != 2:
+        raise WireError(f"Runtime.evaluate did not return 2: {raw!r}")
+    return raw_ms, await _proxied(session, page_id, settle=False)
+
+
+async def run(options) -> list[Verdict]:
+    """Measure both transports against raw CDP and judge the added median latency."""
+    say(f"== latency: evaluate_script through mcproxy vs raw CDP Runtime.evaluate ({options.iterations} calls) ==")
+    site, chromium, daemon = FixtureSite(), Chromium(), ProxyDaemon.for_benchmark(options, "latency")
+    sessions, sockets = [], []
+    try:
+        await site.start()
+        await chromium.start()
+        await daemon.start()
+        token = await daemon.user_token("bench-latency", chromium.browser_url)
+        transports = {}
+        for name, opener in (("streamable-http", LeanStreamable.open), ("legacy-sse", LeanLegacySse.open)):
+            session = await opener(daemon.base_url, token)
+            sessions.append(session)
+            page_id, cdp = await _open_tab(session, chromium, site.url(name))
+            sockets.append(cdp)
+            transports[name] = (session, page_id, cdp)
+        for _ in range(options.warmup):
+            for session, page_id, cdp in transports.values():
+                await _time_pair(session, page_id, cdp)
+        samples = {name: ([], []) for name in transports}
+        cpu_before = daemon.cpu_seconds()
+        for _ in range(options.iterations):
+            for name, (session, page_id, cdp) in transports.items():
+                raw_ms, proxied_ms = await _time_pair(session, page_id, cdp)
+                samples[name][0].append(raw_ms)
+                samples[name][1].append(proxied_ms)
+        cpu_ms = (daemon.cpu_seconds() - cpu_before) * 1000 / (options.iterations * len(transports))
+        say(f"  daemon CPU per proxied call (both transports, /proc/PID/stat): {cpu_ms:.2f} ms")
+        verdicts = []
+        for name, (raw, proxied) in samples.items():
+            base, through = Summary.of(raw), Summary.of(proxied)
+            added = through.median - base.median
+            say(f"  {name}:")
+            say(f"    raw CDP Runtime.evaluate      {base}")
+            say(f"    mcproxy evaluate_script       {through}   (waitForStableDom=false)")
+            say(
+                f"    added: median {added:.3f} ms, p95 {through.p95 - base.p95:.3f} ms; "
+                f"ratio mcproxy/CDP {through.median / base.median:.2f}x (median), "
+                f"{through.p95 / base.p95:.2f}x (p95)"
+            )
+            session, page_id, _ = transports[name]
+            settling = Summary.of([await _proxied(session, page_id, settle=True) for _ in range(SETTLING_CALLS)])
+            say(f"    for information, with the default waitForStableDom=true: {settling}")
+            if name == "streamable-http":
+                say(f"    answers came as: {', '.join(sorted(session.answer_types))}")
+            verdicts.append(
+                Verdict(
+                    f"latency/{name}",
+                    added <= TARGET_MS,
+                    f"median added latency {added:.3f} ms over raw CDP (target <= {TARGET_MS} ms)",
+                )
+            )
+        return verdicts
+    finally:
+        for closable in sessions + sockets:
+            closable.close()
+        await daemon.stop()
+        await chromium.stop()
+        await site.stop()

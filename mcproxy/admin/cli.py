@@ -1,0 +1,188 @@
+"""``mcproxy-admin``: manage API tokens directly in the configured store.
+
+Works whether the daemon runs or not (SQLite in WAL mode and Redis both allow a second
+client). Only `main` touches the global reactor, through `twisted.internet.task.react`.
+"""
+
+import sys
+import time
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.python import usage
+
+from mcproxy.auth.tokens import create_token, is_valid_token_id, parse_token
+from mcproxy.config import ConfigError, load
+from mcproxy.errors import MCProxyError, NotFound
+from mcproxy.storage import open_store
+
+DEFAULT_PERMISSIONS = ("tools:*", "register")
+
+
+def _seconds(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"--ttl expects a number of seconds, got {value!r}") from None
+
+
+class CreateOptions(usage.Options):
+    """``tokens create``: print a new token (and nothing else) on stdout."""
+
+    optParameters = [
+        ["user", "u", None, "The user the token acts as (required)."],
+        ["ttl", None, None, "Seconds until the token expires (default: never).", _seconds],
+        ["description", None, "", "A note shown by 'tokens list'."],
+    ]
+
+    def __init__(self):
+        super().__init__()
+        self["permissions"] = []
+
+    def opt_permission(self, permission):
+        self["permissions"].append(permission)
+
+    # The option's --help text (a docstring would keep its line breaks and indentation).
+    opt_permission.__doc__ = (
+        "A permission (repeatable): tools:*, tools:<name>, tools:category:<cat>, register,"
+        " admin, impersonate, metrics. Default: tools:* and register."
+    )
+
+    opt_p = opt_permission
+
+    def postOptions(self):
+        if not self["user"]:
+            raise usage.UsageError("tokens create needs --user USER")
+
+
+class ListOptions(usage.Options):
+    """``tokens list``: a table of tokens, never their secrets."""
+
+    optParameters = [["user", "u", None, "Only this user's tokens."]]
+
+
+class RevokeOptions(usage.Options):
+    """``tokens revoke TOKEN_ID``: the token stops working now."""
+
+    def getSynopsis(self):
+        return super().getSynopsis() + " TOKEN_ID"
+
+    def parseArgs(self, token_id):
+        self["token_id"] = parse_token(token_id) or token_id
+        if not is_valid_token_id(self["token_id"]):
+            raise usage.UsageError(f"{token_id!r} is not a token id (16 hex digits, as 'tokens list' shows)")
+
+
+class TokensOptions(usage.Options):
+    """``tokens``: create, list and revoke API tokens."""
+
+    subCommands = [
+        ["create", None, CreateOptions, "Create a token; prints it on stdout."],
+        ["list", None, ListOptions, "List tokens."],
+        ["revoke", None, RevokeOptions, "Revoke a token."],
+    ]
+
+    def postOptions(self):
+        if self.subCommand is None:
+            raise usage.UsageError("choose one of: tokens create, tokens list, tokens revoke")
+
+
+class Options(usage.Options):
+    """Command line of ``mcproxy-admin``."""
+
+    synopsis = "Usage: mcproxy-admin [--config PATH]"
+    optParameters = [["config", "c", None, "The mcproxy TOML configuration file (env overrides apply)."]]
+    subCommands = [["tokens", None, TokensOptions, "Manage API tokens."]]
+
+    def postOptions(self):
+        if self.subCommand is None:
+            raise usage.UsageError("no command given; try: tokens list")
+
+
+def _when(seconds: float | None, missing: str) -> str:
+    if seconds is None:
+        return missing
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def format_table(tokens) -> str:
+    """The ``tokens list`` table: one row per token, columns aligned."""
+    rows = [("ID", "USER", "PERMISSIONS", "EXPIRES", "REVOKED", "LAST USED")]
+    for t in tokens:
+        rows.append(
+            (
+                t.token_id,
+                t.user_id,
+                ",".join(t.permissions) or "-",
+                _when(t.expires_at, "never"),
+                _when(t.revoked_at, "no"),
+                _when(t.last_used_at, "never"),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() + "\n" for row in rows)
+
+
+async def _create(store, options, clock, out) -> None:
+    token, _ = await create_token(
+        store,
+        options["user"],
+        options["permissions"] or DEFAULT_PERMISSIONS,
+        options["ttl"],
+        clock,
+        description=options["description"],
+    )
+    out.write(token + "\n")
+
+
+async def _list(store, options, clock, out) -> None:
+    out.write(format_table(await store.list_tokens(options["user"])))
+
+
+async def _revoke(store, options, clock, out) -> None:
+    token_id = options["token_id"]
+    if not await store.revoke_token(token_id, clock.seconds()):
+        raise NotFound(f"no token with id {token_id}")
+    out.write(f"revoked {token_id}\n")
+
+
+_COMMANDS = {"create": _create, "list": _list, "revoke": _revoke}
+
+
+async def run(reactor, options: Options, config, out=None, err=None) -> None:
+    """Carry out the parsed command against the configured store; SystemExit(1) on failure."""
+    out, err = out or sys.stdout, err or sys.stderr
+    tokens = options.subOptions
+    command = _COMMANDS[tokens.subCommand]
+    try:
+        store = await open_store(config.store.url, reactor)
+        try:
+            await command(store, tokens.subOptions, reactor, out)
+        finally:
+            await store.close()
+    except CancelledError:
+        raise
+    except (ConfigError, MCProxyError) as e:
+        err.write(f"mcproxy-admin: {e}\n")
+        raise SystemExit(1) from None
+    except Exception as e:
+        err.write(f"mcproxy-admin: unexpected error: {type(e).__name__}: {e}\n")
+        raise SystemExit(1) from None
+
+
+def main(argv=None) -> None:
+    """Console-script entry point."""
+    options = Options()
+    try:
+        options.parseOptions(sys.argv[1:] if argv is None else argv)
+    except usage.UsageError as e:
+        sys.stderr.write(f"mcproxy-admin: {e}\nRun 'mcproxy-admin --help' for usage.\n")
+        raise SystemExit(2) from None
+    try:
+        config = load(options["config"])
+    except ConfigError as e:
+        sys.stderr.write(f"mcproxy-admin: {e}\n")
+        raise SystemExit(1) from None
+
+    from twisted.internet.task import react
+
+    react(lambda reactor: Deferred.fromCoroutine(run(reactor, options, config)))

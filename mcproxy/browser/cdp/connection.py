@@ -1,0 +1,357 @@
+"""The Chrome DevTools Protocol client: one browser-level WebSocket, flattened sessions.
+
+`CDPConnection` holds the protocol logic (ids, the pending map, event dispatch) and
+writes through a callable, so it runs the same over autobahn and in deterministic
+tests. `CDPClientProtocol`/`CDPClientFactory` put it on a WebSocket; `open_websocket`
+connects one and waits for the opening handshake, explaining Chrome's refusals.
+"""
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet import defer
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.logger import Logger
+
+from mcproxy.errors import BrowserUnavailable, CDPError, InvalidBrowserURL
+
+log = Logger()
+
+EventCallback = Callable[[str, dict], None]
+ALL = None  # subscribe(ALL, ...) receives every event of a session
+
+
+class CDPConnection:
+    """Request/response correlation and event routing for one CDP WebSocket.
+
+    ``send_text`` writes one text message; ``abort`` drops the transport. The owner
+    calls `message_received` for each incoming message and `connection_lost` once.
+    """
+
+    def __init__(
+        self,
+        clock,
+        send_text: Callable[[str], None],
+        abort: Callable[[], None],
+        *,
+        default_timeout: float = 30.0,
+        description: str = "the browser",
+    ):
+        self.clock = clock
+        self._send_text = send_text
+        self._abort = abort
+        self.default_timeout = default_timeout
+        self.description = description
+        self._next_id = 0
+        self._pending: dict[int, tuple[str, Deferred]] = {}
+        self._subscribers: dict[tuple[str | None, str | None], list[EventCallback]] = {}
+        self._close_listeners: list[Callable[[str], None]] = []
+        self.closed = False
+        self.close_reason: str | None = None
+
+    @property
+    def pending_count(self) -> int:
+        """Calls sent and not yet answered (for tests and metrics)."""
+        return len(self._pending)
+
+    def send(
+        self,
+        method: str,
+        params: dict | None = None,
+        *,
+        session_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Deferred:
+        """Call ``method``; Deferred[dict] of Chrome's result, bounded by ``timeout``.
+
+        Fails with BrowserUnavailable when disconnected or on timeout, CDPError when
+        Chrome answers with an error. Cancelling the Deferred forgets the call.
+        """
+        if self.closed:
+            return defer.fail(BrowserUnavailable(self._closed_message()))
+        self._next_id += 1
+        call_id = self._next_id
+        message: dict[str, Any] = {"id": call_id, "method": method, "params": params or {}}
+        if session_id is not None:
+            message["sessionId"] = session_id
+
+        def forget(_: Deferred) -> None:
+            self._pending.pop(call_id, None)
+
+        result: Deferred = Deferred(forget)
+        self._pending[call_id] = (method, result)
+        seconds = self.default_timeout if timeout is None else timeout
+
+        def timed_out(failure):
+            failure.trap(defer.TimeoutError)
+            raise BrowserUnavailable(
+                f"{self.description} did not answer {method} within {seconds:g} s"
+            )
+
+        result.addTimeout(seconds, self.clock)
+        result.addErrback(timed_out)
+        try:
+            self._send_text(json.dumps(message, separators=(",", ":")))
+        except Exception as e:
+            self._pending.pop(call_id, None)
+            result.errback(BrowserUnavailable(f"cannot send to {self.description}: {e}"))
+        return result
+
+    def subscribe(
+        self, method: str | None, callback: EventCallback, *, session_id: str | None = None
+    ) -> Callable[[], None]:
+        """Call ``callback(method, params)`` for events of ``session_id`` (None: browser level).
+
+        ``method=None`` receives every event of that session. Returns an unsubscribe callable.
+        """
+        key = (session_id, method)
+        self._subscribers.setdefault(key, []).append(callback)
+
+        def unsubscribe() -> None:
+            callbacks = self._subscribers.get(key, [])
+            if callback in callbacks:
+                callbacks.remove(callback)
+            if not callbacks:
+                self._subscribers.pop(key, None)
+
+        return unsubscribe
+
+    def add_close_listener(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(reason)`` once when the connection ends (now, if it has)."""
+        if self.closed:
+            callback(self.close_reason or "closed")
+        else:
+            self._close_listeners.append(callback)
+
+    def abort(self) -> None:
+        """Drop the transport; `connection_lost` follows."""
+        self._abort()
+
+    def message_received(self, text: str | bytes) -> None:
+        """Route one message from Chrome to its pending call or to event subscribers."""
+        try:
+            message = json.loads(text)
+        except ValueError:
+            log.warn("Ignoring a non-JSON message from {browser}", browser=self.description)
+            return
+        if not isinstance(message, dict):
+            return
+        if "id" in message:
+            self._answer(message)
+        elif "method" in message:
+            self._dispatch(message.get("sessionId"), message["method"], message.get("params") or {})
+
+    def _answer(self, message: dict) -> None:
+        entry = self._pending.pop(message["id"], None)
+        if entry is None:
+            return
+        method, result = entry
+        error = message.get("error")
+        if error is not None:
+            text = error.get("message", "unknown error") if isinstance(error, dict) else str(error)
+            data = error.get("data") if isinstance(error, dict) else None
+            if data:
+                text = f"{text} ({data})"
+            code = error.get("code") if isinstance(error, dict) else None
+            result.errback(CDPError(f"{method}: {text}", cdp_code=code))
+        else:
+            result.callback(message.get("result") or {})
+
+    def _dispatch(self, session_id: str | None, method: str, params: dict) -> None:
+        for key in ((session_id, method), (session_id, ALL)):
+            for callback in list(self._subscribers.get(key, ())):
+                try:
+                    callback(method, params)
+                except Exception:
+                    log.failure("CDP event handler for {method} failed", method=method)
+
+    def connection_lost(self, reason: str) -> None:
+        """Fail every pending call with BrowserUnavailable and tell the close listeners."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        pending, self._pending = self._pending, {}
+        for method, result in pending.values():
+            result.errback(
+                BrowserUnavailable(
+                    f"the connection to {self.description} was lost during {method} ({reason})"
+                )
+            )
+        listeners, self._close_listeners = self._close_listeners, []
+        for callback in listeners:
+            try:
+                callback(reason)
+            except Exception:
+                log.failure("CDP close listener failed")
+        self._subscribers.clear()
+
+    def _closed_message(self) -> str:
+        return f"{self.description} is not connected ({self.close_reason or 'closed'})"
+
+
+class CDPClientProtocol(WebSocketClientProtocol):
+    """Autobahn glue: feeds a `CDPConnection` and fires ``opened`` after the handshake."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened: Deferred = Deferred()
+        self.cdp: CDPConnection | None = None
+
+    def onOpen(self) -> None:
+        factory = self.factory
+        self.cdp = CDPConnection(
+            factory.clock,
+            lambda text: self.sendMessage(text.encode("utf-8"), isBinary=False),
+            self._abort,
+            default_timeout=factory.call_timeout,
+            description=factory.description,
+        )
+        opened, self.opened = self.opened, None
+        opened.callback(self)
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self.cdp is not None:
+            self.cdp.message_received(payload)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        text = reason or getattr(self, "wasNotCleanReason", None) or f"closed with code {code}"
+        if self.cdp is not None:
+            self.cdp.connection_lost(text)
+        if self.opened is not None:
+            opened, self.opened = self.opened, None
+            opened.errback(self._handshake_error(text))
+
+    def _handshake_error(self, text: str) -> Exception:
+        status = (getattr(self, "http_status_line", "") or "").split()
+        url = self.factory.url
+        if len(status) >= 2 and status[1] == "403":
+            return InvalidBrowserURL(
+                f"Chrome refused the DevTools WebSocket {url} (403 Forbidden); it only accepts "
+                "connections from allowed origins: start Chrome with "
+                "--remote-allow-origins=* (or the proxy's origin)"
+            )
+        if len(status) >= 2 and status[1] in ("404", "400"):
+            return BrowserUnavailable(
+                f"Chrome has no DevTools WebSocket at {url} ({' '.join(status[1:])}); "
+                "it probably restarted: register its http://host:port URL instead"
+            )
+        return BrowserUnavailable(f"the DevTools WebSocket handshake with {url} failed: {text}")
+
+
+class CDPClientFactory(WebSocketClientFactory):
+    """A factory with CDP's options: explicit size caps, no Origin header, optional auto-ping."""
+
+    protocol = CDPClientProtocol
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        reactor,
+        host_header: str | None = None,
+        max_message_bytes: int = 64 * 1024 * 1024,
+        call_timeout: float = 30.0,
+        ping_interval: float = 0.0,
+        ping_timeout: float = 0.0,
+        handshake_timeout: float = 10.0,
+        description: str = "the browser",
+    ):
+        super().__init__(url, origin=None, reactor=reactor)
+        self.clock = reactor
+        self.call_timeout = call_timeout
+        self.description = description
+        if host_header is not None:
+            # autobahn writes "Host: {host}:{port}"; Chrome wants an IP literal or localhost.
+            self.host = host_header.rsplit(":", 1)[0]
+        self.setProtocolOptions(
+            maxFramePayloadSize=max_message_bytes,
+            maxMessagePayloadSize=max_message_bytes,
+            autoPingInterval=ping_interval,
+            autoPingTimeout=ping_timeout,
+            openHandshakeTimeout=handshake_timeout,
+            closeHandshakeTimeout=1,
+            perMessageCompressionOffers=[],
+        )
+
+
+async def open_websocket(
+    reactor,
+    ws_url: str,
+    *,
+    address: str,
+    port: int,
+    secure: bool = False,
+    tls_hostname: str | None = None,
+    host_header: str | None = None,
+    timeout: float = 10.0,
+    max_message_bytes: int = 64 * 1024 * 1024,
+    call_timeout: float = 30.0,
+    ping_interval: float = 0.0,
+    description: str = "the browser",
+) -> CDPClientProtocol:
+    """Connect to ``address:port`` and open the DevTools WebSocket ``ws_url``.
+
+    The TCP connection goes to the pinned ``address`` (never re-resolved). Fails with
+    BrowserUnavailable / InvalidBrowserURL carrying advice; the whole wait is bounded.
+    ``ping_interval`` stays 0 for Chrome: its DevTools server never answers WebSocket
+    pings (tests/test_browser_chromium.py proves it), so dead peers are found by the
+    pool's ``Browser.getVersion`` health check instead.
+    """
+    factory = CDPClientFactory(
+        ws_url,
+        reactor=reactor,
+        host_header=host_header,
+        max_message_bytes=max_message_bytes,
+        call_timeout=call_timeout,
+        ping_interval=ping_interval,
+        ping_timeout=ping_interval,
+        handshake_timeout=timeout,
+        description=description,
+    )
+    if ":" in address:
+        endpoint = TCP6ClientEndpoint(reactor, address, port, timeout=timeout)
+    else:
+        endpoint = TCP4ClientEndpoint(reactor, address, port, timeout=timeout)
+    if secure:
+        endpoint = wrapClientTLS(optionsForClientTLS(tls_hostname or address), endpoint)
+
+    async def connect() -> CDPClientProtocol:
+        protocol = await endpoint.connect(factory)
+        try:
+            return await protocol.opened
+        except BaseException:
+            protocol._abort()
+            raise
+
+    attempt = Deferred.fromCoroutine(connect())
+    attempt.addTimeout(timeout, reactor)
+    try:
+        return await attempt
+    except CancelledError:
+        raise
+    except defer.TimeoutError:
+        raise BrowserUnavailable(
+            f"opening the DevTools WebSocket {ws_url} took more than {timeout:g} s"
+        ) from None
+    except (BrowserUnavailable, InvalidBrowserURL):
+        raise
+    except Exception as e:
+        raise BrowserUnavailable(f"cannot open the DevTools WebSocket {ws_url}: {e}") from None
+
+
+__all__ = [
+    "ALL",
+    "CDPClientFactory",
+    "CDPClientProtocol",
+    "CDPConnection",
+    "open_websocket",
+]

@@ -1,0 +1,683 @@
+"""One CDP connection per user, kept healthy, shared by all of that user's sessions.
+
+Each `UserBrowser` runs a `ClientService` whose endpoint does the whole connect at
+every attempt: validate the URL (DNS again), discover the WebSocket, open it, attach
+to the page targets. Only a fully usable connection is handed to the service, so a
+refused handshake or a failed attach counts as a failed attempt and backs off.
+"""
+
+import random
+from collections.abc import Awaitable, Callable
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import defer
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mcproxy.browser.cdp.connection import CDPConnection, open_websocket
+from mcproxy.browser.cdp.discovery import discover
+from mcproxy.browser.page import EventTimeout, Page
+from mcproxy.browser.urls import parse_browser_url, validate_browser_url
+from mcproxy.config import BrowserConfig
+from mcproxy.errors import BrowserUnavailable, CDPError, MCProxyError, ToolError
+from mcproxy.interfaces import IBrowserPool, IUserBrowser
+
+log = Logger()
+
+CONNECTED = "connected"
+DISCONNECTED = "disconnected"
+RECONNECTING = "reconnecting"
+FAILED = "failed"
+STATUSES = (CONNECTED, DISCONNECTED, RECONNECTING, FAILED)
+
+PageListener = Callable[[Page, str], None]
+LinkOpener = Callable[["UserBrowser"], Awaitable[CDPConnection]]
+
+
+class PageLoadError(ToolError):
+    """A page opened by `UserBrowser.new_page` did not load; the tab stays open as ``page``."""
+
+    def __init__(self, message: str, page: Page):
+        super().__init__(message)
+        self.page = page
+
+
+def default_http_client(reactor):
+    """A treq client without persistent connections, for /json/version requests."""
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    return HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+
+
+async def connect_browser(
+    reactor, config: BrowserConfig, http_client, browser_url: str, *, description: str = "the browser"
+) -> CDPConnection:
+    """Validate ``browser_url`` (resolving again), discover its WebSocket and open it."""
+    timeout = config.connect_timeout
+    target = await validate_browser_url(browser_url, config.allowed_networks, reactor=reactor, timeout=timeout)
+    ws_url = await discover(http_client, target, timeout=timeout, clock=reactor)
+    ws = target if ws_url == target.url else await validate_browser_url(
+        ws_url, config.allowed_networks, reactor=reactor, timeout=timeout
+    )
+    protocol = await open_websocket(
+        reactor,
+        ws_url,
+        address=ws.address,
+        port=ws.port,
+        secure=ws.secure,
+        tls_hostname=ws.host,
+        host_header=None if ws.secure else ws.host_header,
+        timeout=timeout,
+        max_message_bytes=config.max_message_bytes,
+        call_timeout=config.call_timeout,
+        description=description,
+    )
+    return protocol.cdp
+
+
+async def open_cdp_link(browser: "UserBrowser") -> CDPConnection:
+    """The real connect of a `UserBrowser` (tests substitute an in-memory one)."""
+    return await connect_browser(
+        browser.reactor,
+        browser.config,
+        browser.http_client,
+        browser.browser_url,
+        description=f"the browser of {browser.user_id}",
+    )
+
+
+async def probe_browser(reactor, config: BrowserConfig, browser_url: str, http_client=None) -> str:
+    """Check that ``browser_url`` is an allowed, live Chrome; its product string ("Chrome/156...").
+
+    For registration: raises InvalidBrowserURL / BrowserUnavailable with advice.
+    """
+    link = await connect_browser(reactor, config, http_client or default_http_client(reactor), browser_url)
+    try:
+        version = await link.send("Browser.getVersion", timeout=config.connect_timeout)
+    finally:
+        link.abort()
+    return version.get("product") or "Chrome"
+
+
+class _Lifeline(Protocol):
+    """What `ClientService` holds for a live link: it learns of the loss through it."""
+
+
+class _LinkTransport:
+    """The transport `ClientService` closes on stop: it aborts the CDP link."""
+
+    def __init__(self, link: CDPConnection):
+        self._link = link
+
+    def loseConnection(self) -> None:
+        self._link.abort()
+
+
+@implementer(IStreamClientEndpoint)
+class _BrowserEndpoint:
+    """Each connect runs the browser's full connect-and-attach procedure."""
+
+    def __init__(self, browser: "UserBrowser"):
+        self._browser = browser
+
+    def connect(self, factory) -> Deferred:
+        return Deferred.fromCoroutine(self._browser._connect(factory))
+
+    def __repr__(self) -> str:
+        return f"<browser of {self._browser.user_id} at {self._browser.browser_url}>"
+
+
+@implementer(IUserBrowser)
+class UserBrowser:
+    """One user's browser: connection management, the page registry, browser-level calls."""
+
+    def __init__(
+        self,
+        reactor,
+        config: BrowserConfig,
+        http_client,
+        user_id: str,
+        browser_url: str,
+        *,
+        open_link: LinkOpener = open_cdp_link,
+        rng: Callable[[], float] = random.random,
+    ):
+        self.reactor = reactor
+        self.clock = reactor
+        self.config = config
+        self.http_client = http_client
+        self.user_id = user_id
+        self.browser_url = browser_url
+        self.call_timeout = config.call_timeout
+        self.status = DISCONNECTED
+        self.last_error: str | None = None
+        self.cdp: CDPConnection | None = None
+        self._open_link = open_link
+        self._attempting = False
+        self._pages: dict[int, Page] = {}
+        self._by_target: dict[str, Page] = {}
+        self._next_page_id = 1
+        self._attaching: dict[str, list[Deferred]] = {}
+        self._gone: set[str] = set()
+        self._attached_on: dict[str, CDPConnection] = {}
+        self._listeners: list[PageListener] = []
+        self._waiters: list[Deferred] = []
+        self._health = LoopingCall(lambda: Deferred.fromCoroutine(self._check_health()))
+        self._health.clock = reactor
+        policy = backoffPolicy(
+            initialDelay=config.backoff_initial,
+            maxDelay=config.backoff_max,
+            factor=config.backoff_factor,
+            jitter=lambda: rng() * self.max_jitter,
+        )
+        self._policy = policy
+        self._service = self._make_service()
+
+    @property
+    def max_jitter(self) -> float:
+        """Upper bound of the random part added to each reconnect delay (seconds)."""
+        return min(1.0, self.config.backoff_initial / 4)
+
+    def _make_service(self) -> ClientService:
+        return ClientService(
+            _BrowserEndpoint(self), Factory.forProtocol(_Lifeline), self._retry_delay, clock=self.reactor
+        )
+
+    def retry_delay(self, attempt: int) -> float:
+        """Seconds before retry number ``attempt`` (1-based): initial, then times factor, capped."""
+        return self._policy(attempt - 1)
+
+    def _retry_delay(self, attempt: int) -> float:
+        delay = self.retry_delay(attempt)
+        limit = self.config.max_attempts
+        if limit and attempt >= limit:
+            self.status = FAILED
+            log.warn(
+                "Giving up on the browser of {user_id} at {url} after {attempts} attempts: {error}",
+                user_id=self.user_id,
+                url=self.browser_url,
+                attempts=attempt,
+                error=self.last_error,
+            )
+            self.reactor.callLater(0, self._service.stopService)
+        else:
+            self.status = RECONNECTING
+        return delay
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start connecting (and reconnecting) in the background."""
+        if not self._service.running:
+            self._service.startService()
+
+    def stop(self) -> Deferred:
+        """Close the connection and stop reconnecting. Deferred[None]."""
+        self._health_stop()
+        self._wake(BrowserUnavailable(f"the connection to the browser of {self.user_id} was closed"))
+        stopping = self._service.stopService() if self._service.running else defer.succeed(None)
+
+        def done(_):
+            self.status = DISCONNECTED
+            for page in list(self._pages.values()):
+                self._drop_page(page)
+
+        return stopping.addCallback(done)
+
+    def retry(self) -> None:
+        """Try again after giving up (status "failed"), e.g. when the user comes back."""
+        if self.status == FAILED and not self._service.running:
+            self.status = RECONNECTING
+            self._service = self._make_service()
+            self._service.startService()
+
+    async def connected(self, timeout: float | None = None) -> None:
+        """Wait for a usable connection, bounded by ``timeout``.
+
+        Fails at once with BrowserUnavailable when the browser is known to be away (a
+        retry is pending or we gave up); waits when an attempt is under way.
+        """
+        if self.status == CONNECTED and self.cdp is not None and not self.cdp.closed:
+            return
+        if self.status == FAILED or not self._service.running:
+            raise BrowserUnavailable(self.unavailable_message())
+        if self.last_error is not None and not self._attempting:
+            raise BrowserUnavailable(self.unavailable_message())
+        seconds = self.config.connect_timeout if timeout is None else timeout
+        waiting: Deferred = Deferred(lambda d: self._waiters.remove(d) if d in self._waiters else None)
+        self._waiters.append(waiting)
+        waiting.addTimeout(seconds, self.clock)
+        try:
+            await waiting
+        except defer.TimeoutError:
+            raise BrowserUnavailable(
+                f"the browser of {self.user_id} at {self.browser_url} did not connect within {seconds:g} s"
+            ) from None
+
+    def _wake(self, error: Exception | None) -> None:
+        """Settle the `connected` waiters of this attempt, from a fresh reactor turn
+        (never from inside ClientService's state machine, which must not be re-entered)."""
+        waiters, self._waiters = self._waiters, []
+
+        def settle() -> None:
+            for waiter in waiters:
+                if waiter.called:
+                    continue
+                if error is None:
+                    waiter.callback(None)
+                else:
+                    waiter.errback(error)
+
+        if waiters:
+            self.clock.callLater(0, settle)
+
+    def unavailable_message(self) -> str:
+        """Why the browser cannot be used now, and what happens next."""
+        where = f"the browser of {self.user_id} at {self.browser_url}"
+        error = f"; last error: {self.last_error}" if self.last_error else ""
+        if self.status == FAILED:
+            return (
+                f"{where} is unreachable and the proxy gave up after {self.config.max_attempts} "
+                f"attempts{error}. Start Chrome with remote debugging and register it again"
+            )
+        if self.status == RECONNECTING:
+            return f"{where} is not reachable right now; reconnecting in the background{error}"
+        return f"{where} is not connected{error}"
+
+    async def _connect(self, factory) -> Protocol:
+        """One connection attempt, run by ClientService through `_BrowserEndpoint`."""
+        self._attempting = True
+        try:
+            try:
+                link = await self._open_link(self)
+            except CancelledError:
+                raise
+            except Exception as e:
+                self._note_failure(e)
+                raise
+            # Page listeners run during the attach and may already call page.send().
+            self.cdp = link
+            try:
+                await self._attach(link)
+                if link.closed:
+                    raise BrowserUnavailable(f"the connection was lost while attaching: {link.close_reason}")
+            except BaseException as e:
+                link.abort()
+                self.cdp = None
+                for page in self._pages.values():
+                    page.session_id = None
+                if not isinstance(e, CancelledError):
+                    self._note_failure(e)
+                raise
+        finally:
+            self._attempting = False
+        handle = factory.buildProtocol(None)
+        handle.makeConnection(_LinkTransport(link))
+        self.status = CONNECTED
+        self.last_error = None
+        link.add_close_listener(self._lost)
+        link.add_close_listener(lambda reason: handle.connectionLost(Failure(ConnectionLost(reason))))
+        self._health.start(self.config.health_interval, now=False)
+        self._wake(None)
+        log.info(
+            "Connected to the browser of {user_id} at {url} ({pages} pages)",
+            user_id=self.user_id,
+            url=self.browser_url,
+            pages=len(self._pages),
+        )
+        return handle
+
+    def _note_failure(self, error: Exception) -> None:
+        self.last_error = error.message if isinstance(error, MCProxyError) else str(error) or repr(error)
+        if self.status == DISCONNECTED:
+            self.status = RECONNECTING
+        log.info(
+            "Connecting to the browser of {user_id} at {url} failed: {error}",
+            user_id=self.user_id,
+            url=self.browser_url,
+            error=self.last_error,
+        )
+        self._wake(BrowserUnavailable(self.unavailable_message()))
+
+    def _lost(self, reason: str) -> None:
+        self._health_stop()
+        self.cdp = None
+        self.last_error = f"connection lost: {reason}"
+        if self.status != FAILED:
+            self.status = RECONNECTING if self._service.running else DISCONNECTED
+        for page in self._pages.values():
+            page.session_id = None
+            page.fail_waiters(BrowserUnavailable(f"the connection to the browser was lost ({reason})"))
+        log.info("Lost the browser of {user_id}: {reason}", user_id=self.user_id, reason=reason)
+
+    def _health_stop(self) -> None:
+        if self._health.running:
+            self._health.stop()
+
+    async def _check_health(self) -> None:
+        link = self.cdp
+        if link is None or link.closed:
+            return
+        timeout = min(self.config.call_timeout, self.config.health_interval)
+        try:
+            await link.send("Browser.getVersion", timeout=timeout)
+        except CancelledError:
+            raise
+        except Exception as e:
+            log.warn(
+                "Health check of the browser of {user_id} failed ({error}); reconnecting",
+                user_id=self.user_id,
+                error=e,
+            )
+            link.abort()
+
+    # -- targets and pages ------------------------------------------------------------
+
+    async def _attach(self, link: CDPConnection) -> None:
+        """Discover page targets on a fresh link and attach to each (flattened sessions)."""
+        link.subscribe("Target.targetCreated", lambda _, p: self._target_created(link, p["targetInfo"]))
+        link.subscribe("Target.targetInfoChanged", lambda _, p: self._target_changed(p["targetInfo"]))
+        link.subscribe("Target.targetDestroyed", lambda _, p: self._target_gone(p["targetId"]))
+        link.subscribe("Target.detachedFromTarget", lambda _, p: self._detached(p.get("sessionId")))
+        timeout = self.config.connect_timeout
+        await link.send("Target.setDiscoverTargets", {"discover": True}, timeout=timeout)
+        infos = (await link.send("Target.getTargets", timeout=timeout)).get("targetInfos", [])
+        alive = {info["targetId"] for info in infos if info.get("type") == "page"}
+        for page in list(self._pages.values()):
+            if page.target_id not in alive:
+                self._drop_page(page)
+        attaching = [
+            self._ensure_attached(link, info, timeout=timeout)
+            for info in infos
+            if info.get("type") == "page"
+        ]
+        results = await defer.DeferredList(attaching, consumeErrors=True)
+        for ok, result in results:
+            if not ok and not result.check(CDPError, ToolError):
+                result.raiseException()
+
+    def _target_created(self, link: CDPConnection, info: dict) -> None:
+        if info.get("type") != "page" or link.closed:
+            return
+        attaching = self._ensure_attached(link, info, timeout=self.config.call_timeout)
+        attaching.addErrback(self._log_attach_failure, info.get("targetId"))
+
+    def _log_attach_failure(self, failure: Failure, target_id: str) -> None:
+        log.info(
+            "Could not attach to target {target_id} of {user_id}: {error}",
+            target_id=target_id,
+            user_id=self.user_id,
+            error=failure.getErrorMessage(),
+        )
+
+    def _ensure_attached(self, link: CDPConnection, info: dict, *, timeout: float) -> Deferred:
+        """Deferred[Page] for ``info``'s target with a live session on ``link``; attaches once."""
+        target_id = info["targetId"]
+
+        def forget(waiter: Deferred) -> None:
+            waiters = self._attaching.get(target_id, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+
+        waiter: Deferred = Deferred(forget)
+        if target_id in self._attaching:
+            self._attaching[target_id].append(waiter)
+            return waiter
+        page = self._by_target.get(target_id)
+        if page is not None and page.session_id is not None and self._attached_on.get(target_id) is link:
+            return defer.succeed(page)
+        self._attaching[target_id] = [waiter]
+
+        def settle(result):
+            for each in self._attaching.pop(target_id, []):
+                if isinstance(result, Failure):
+                    each.errback(result)
+                else:
+                    each.callback(result)
+
+        Deferred.fromCoroutine(self._attach_target(link, info, timeout)).addBoth(settle)
+        return waiter
+
+    async def _attach_target(self, link: CDPConnection, info: dict, timeout: float) -> Page:
+        target_id = info["targetId"]
+        reply = await link.send(
+            "Target.attachToTarget", {"targetId": target_id, "flatten": True}, timeout=timeout
+        )
+        session_id = reply["sessionId"]
+        page = self._by_target.get(target_id)
+        event = "reattached"
+        if page is None:
+            page = Page(
+                self,
+                self._next_page_id,
+                target_id,
+                url=info.get("url", ""),
+                title=info.get("title", ""),
+                browser_context_id=info.get("browserContextId"),
+            )
+            self._next_page_id += 1
+            event = "attached"
+        page.session_id = session_id
+        self._attached_on[target_id] = link
+        link.subscribe(None, page.dispatch, session_id=session_id)
+        # Not awaited: Chrome runs a session's commands in order, so later calls see the
+        # domains enabled, and a page showing a JavaScript dialog answers Page.enable only
+        # after the dialog closes, which must not hold up the whole connection.
+        for method, params in (
+            ("Page.enable", None),
+            ("Page.setLifecycleEventsEnabled", {"enabled": True}),
+            ("Runtime.runIfWaitingForDebugger", None),
+        ):
+            link.send(method, params, session_id=session_id, timeout=timeout).addErrback(
+                self._log_enable_failure, page, method
+            )
+        if page.closed or target_id in self._gone:
+            raise ToolError(f"target {target_id} closed while attaching")
+        self._pages[page.page_id] = page
+        self._by_target[target_id] = page
+        self._notify(page, event)
+        return page
+
+    def _log_enable_failure(self, failure: Failure, page: Page, method: str) -> None:
+        if not failure.check(CancelledError):
+            log.info(
+                "{method} on page {page_id} of {user_id} failed: {error}",
+                method=method,
+                page_id=page.page_id,
+                user_id=self.user_id,
+                error=failure.getErrorMessage(),
+            )
+
+    def _target_changed(self, info: dict) -> None:
+        page = self._by_target.get(info.get("targetId"))
+        if page is not None:
+            page.url = info.get("url", page.url)
+            page.title = info.get("title", page.title)
+
+    def _target_gone(self, target_id: str) -> None:
+        self._gone.add(target_id)
+        page = self._by_target.get(target_id)
+        if page is not None:
+            self._drop_page(page)
+
+    def _detached(self, session_id: str | None) -> None:
+        for page in self._pages.values():
+            if page.session_id == session_id:
+                page.session_id = None
+
+    def _drop_page(self, page: Page) -> None:
+        self._pages.pop(page.page_id, None)
+        self._by_target.pop(page.target_id, None)
+        self._attached_on.pop(page.target_id, None)
+        if not page.closed:
+            page.mark_closed()
+            self._notify(page, "closed")
+
+    def _notify(self, page: Page, event: str) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(page, event)
+            except Exception:
+                log.failure("Page listener failed for page {page_id}", page_id=page.page_id)
+
+    def add_page_listener(self, callback: PageListener) -> Callable[[], None]:
+        """Call ``callback(page, event)`` with event "attached" (a new page has a session),
+        "reattached" (a known page got a new session after a reconnect: enable domains
+        again) or "closed". Returns a callable that removes the listener."""
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback) if callback in self._listeners else None
+
+    # -- IUserBrowser -----------------------------------------------------------------
+
+    def pages(self) -> list[Page]:
+        """Open pages in page-id order."""
+        return [self._pages[page_id] for page_id in sorted(self._pages)]
+
+    def page(self, page_id: int) -> Page:
+        """The page with this id; ToolError when there is none."""
+        page = self._pages.get(page_id)
+        if page is None:
+            raise ToolError(f"No page with id {page_id}; call list_pages to see the open pages")
+        return page
+
+    def send(self, method: str, params: dict | None = None, *, timeout: float | None = None) -> Deferred:
+        """A browser-level CDP call; fails fast with BrowserUnavailable when disconnected."""
+        link = self.cdp
+        if link is None or link.closed:
+            return defer.fail(BrowserUnavailable(self.unavailable_message()))
+        return link.send(method, params, timeout=timeout)
+
+    def new_page(
+        self, url: str, *, background: bool = False, opener: str | None = None, timeout: float | None = None
+    ) -> Deferred:
+        """Open a tab at ``url`` and wait for its load event. Deferred[Page]."""
+        return Deferred.fromCoroutine(self._new_page(url, background, opener, timeout))
+
+    async def _new_page(self, url: str, background: bool, opener: str | None, timeout: float | None) -> Page:
+        seconds = self.call_timeout if timeout is None else timeout
+        await self.connected(seconds)
+        link = self.cdp
+        reply = await link.send(
+            "Target.createTarget", {"url": "about:blank", "background": background}, timeout=seconds
+        )
+        info = {"targetId": reply["targetId"], "type": "page", "url": "about:blank"}
+        page = await self._ensure_attached(link, info, timeout=seconds)
+        page.via_proxy = True
+        page.opener = opener
+        # The attach does not wait for Page.enable; the load event below needs it done.
+        await page.send("Page.enable", timeout=seconds)
+        if url and url != "about:blank":
+            await self.navigate(page, url, timeout=seconds)
+        return page
+
+    async def navigate(self, page: Page, url: str, *, timeout: float | None = None) -> None:
+        """Navigate ``page`` to ``url`` and wait for its load event (PageLoadError otherwise)."""
+        seconds = self.call_timeout if timeout is None else timeout
+        loaded = page.wait_for_event("Page.loadEventFired", timeout=seconds)
+        try:
+            try:
+                reply = await page.send("Page.navigate", {"url": url}, timeout=seconds)
+            except CDPError as e:
+                raise PageLoadError(f"Could not load {url}: {e.message}", page) from None
+            if reply.get("errorText"):
+                raise PageLoadError(f"Could not load {url}: {reply['errorText']}", page)
+            try:
+                await loaded
+            except EventTimeout:
+                raise PageLoadError(f"{url} did not finish loading within {seconds:g} s", page) from None
+        finally:
+            loaded.cancel()
+            loaded.addErrback(lambda _: None)  # its outcome, if any, was reported above
+
+    def close_page(self, page_id: int) -> Deferred:
+        """Close a tab. Deferred[None]."""
+        return Deferred.fromCoroutine(self._close_page(page_id))
+
+    async def _close_page(self, page_id: int) -> None:
+        page = self.page(page_id)
+        await self.send("Target.closeTarget", {"targetId": page.target_id})
+        self._gone.add(page.target_id)
+        self._drop_page(page)
+
+
+@implementer(IBrowserPool)
+class BrowserPool:
+    """All users' browsers of this process."""
+
+    def __init__(
+        self,
+        reactor,
+        config: BrowserConfig,
+        http_client=None,
+        *,
+        open_link: LinkOpener = open_cdp_link,
+        rng: Callable[[], float] = random.random,
+    ):
+        self.reactor = reactor
+        self.config = config
+        self.http_client = http_client or default_http_client(reactor)
+        self._open_link = open_link
+        self._rng = rng
+        self._browsers: dict[str, UserBrowser] = {}
+
+    def browser_for(self, user_id: str, browser_url: str) -> UserBrowser:
+        """The user's browser, created and connecting on first use; a new URL replaces it."""
+        browser = self._browsers.get(user_id)
+        if browser is not None and browser.browser_url == browser_url:
+            browser.retry()
+            return browser
+        parse_browser_url(browser_url)
+        if browser is not None:
+            self._stop_quietly(browser)
+        browser = UserBrowser(
+            self.reactor,
+            self.config,
+            self.http_client,
+            user_id,
+            browser_url,
+            open_link=self._open_link,
+            rng=self._rng,
+        )
+        self._browsers[user_id] = browser
+        browser.start()
+        return browser
+
+    def existing(self, user_id: str) -> UserBrowser | None:
+        """The user's browser if one exists, without creating it."""
+        return self._browsers.get(user_id)
+
+    def _stop_quietly(self, browser: UserBrowser) -> Deferred:
+        return browser.stop().addErrback(
+            lambda f: log.failure("Stopping the browser of {user_id} failed", f, user_id=browser.user_id)
+        )
+
+    def forget(self, user_id: str) -> Deferred:
+        """Close and drop the user's connection. Deferred[None]."""
+        browser = self._browsers.pop(user_id, None)
+        if browser is None:
+            return defer.succeed(None)
+        return self._stop_quietly(browser)
+
+    def connection_count(self) -> int:
+        """How many users' browsers are connected now."""
+        return sum(1 for b in self._browsers.values() if b.status == CONNECTED)
+
+    def status_counts(self) -> dict[str, int]:
+        """Browsers per status, every status present (for the connections gauge)."""
+        counts = dict.fromkeys(STATUSES, 0)
+        for browser in self._browsers.values():
+            counts[browser.status] += 1
+        return counts
+
+    def close(self) -> Deferred:
+        """Stop every ClientService and close every socket. Deferred[None]."""
+        browsers, self._browsers = list(self._browsers.values()), {}
+        stopping = [self._stop_quietly(b) for b in browsers]
+        return defer.gatherResults(stopping).addCallback(lambda _: None)

@@ -1,0 +1,107 @@
+"""JSON-RPC 2.0 framing for MCP: decode one message, encode responses, errors, notifications.
+
+Sans-IO: bytes in, dicts and bytes out. Validation uses `mcp_types.jsonrpc_message_adapter`
+so the envelope rules are exactly the SDK's; batches are refused (MCP removed them).
+"""
+
+import json
+from typing import Any
+
+from mcp_types import (
+    INVALID_REQUEST,
+    PARSE_ERROR,
+    JSONRPCMessage,
+    JSONRPCNotification,
+    jsonrpc_message_adapter,
+)
+from pydantic import ValidationError
+
+REQUEST_CANCELLED = -32800
+"""What a 2025-era Streamable HTTP POST ends with when its request was cancelled."""
+
+TOO_MANY_IN_FLIGHT = -32010
+"""Implementation-defined: the session already has ``session.max_in_flight`` requests running."""
+
+NOT_INITIALIZED = -32600
+"""A request other than ping arrived before ``initialize`` (an invalid request at this point)."""
+
+
+class RpcError(Exception):
+    """A JSON-RPC error to answer with; ``request_id`` is None when the id is unknown."""
+
+    def __init__(self, code: int, message: str, data: Any = None, request_id: Any = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+        self.request_id = request_id
+
+    def to_message(self, request_id: Any = None) -> dict:
+        """The JSON-RPC error response for this error."""
+        rid = self.request_id if request_id is None else request_id
+        return error_message(rid, self.code, self.message, self.data)
+
+
+def parse_message(body: bytes | str) -> JSONRPCMessage:
+    """Decode exactly one JSON-RPC message, raising `RpcError` -32700 / -32600."""
+    try:
+        decoded = json.loads(body)
+    except (ValueError, RecursionError):
+        raise RpcError(PARSE_ERROR, "Parse error: the body is not valid JSON") from None
+    if isinstance(decoded, list):
+        raise RpcError(INVALID_REQUEST, "Batches are not supported; send one JSON-RPC message per request")
+    if not isinstance(decoded, dict):
+        raise RpcError(INVALID_REQUEST, "Invalid request: expected a JSON-RPC object")
+    rid = decoded.get("id")
+    sane_id = rid if isinstance(rid, (str, int)) and not isinstance(rid, bool) else None
+    try:
+        message = jsonrpc_message_adapter.validate_python(decoded, by_name=False)
+    except ValidationError as e:
+        raise RpcError(INVALID_REQUEST, f"Invalid request: {_first_problem(e)}", request_id=sane_id) from None
+    if isinstance(message, JSONRPCNotification) and "id" in decoded:
+        # The notification model ignores unknown keys: an object with a malformed id lands here.
+        raise RpcError(INVALID_REQUEST, "Invalid request: id must be a string or an integer")
+    return message
+
+
+def _first_problem(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ()) if not isinstance(p, int)) or "message"
+    return f"{where}: {first.get('msg', 'invalid')}"
+
+
+def readable(error: ValidationError) -> str:
+    """A one-line summary of a pydantic error naming the offending fields."""
+    parts = []
+    for problem in error.errors()[:3]:
+        loc = [str(p) for p in problem.get("loc", ()) if p not in ("params",)]
+        # Surface-model locations start with the union arm or model name; keep the field path.
+        field = ".".join(p for p in loc if not p[:1].isupper()) or "params"
+        parts.append(f"{field}: {problem.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def result_message(request_id: Any, result: dict) -> dict:
+    """A JSON-RPC success response."""
+    return {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+
+def error_message(request_id: Any, code: int, message: str, data: Any = None) -> dict:
+    """A JSON-RPC error response (``id`` stays present as null when unknown)."""
+    error: dict = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return {"jsonrpc": "2.0", "id": request_id, "error": error}
+
+
+def notification_message(method: str, params: dict | None = None) -> dict:
+    """A JSON-RPC notification."""
+    message: dict = {"jsonrpc": "2.0", "method": method}
+    if params is not None:
+        message["params"] = params
+    return message
+
+
+def encode(message: dict) -> bytes:
+    """Compact UTF-8 JSON for the wire."""
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

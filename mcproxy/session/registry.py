@@ -1,0 +1,140 @@
+"""MCP sessions: ids, owners, idle expiry.
+
+A session belongs to the user who opened it. Looking a session up always names the user
+too, so another user's session id behaves exactly like one that does not exist.
+"""
+
+import secrets
+from typing import Any, Callable
+
+from twisted.logger import Logger
+
+log = Logger()
+
+
+class Session:
+    """One MCP session: its id, owner, transport, protocol state and open streams.
+
+    ``state`` is whatever the transport keeps (the `McpSession`); ``on_close`` callbacks
+    end its streams and cancel its work when the session ends for any reason.
+    """
+
+    def __init__(self, registry: "SessionRegistry", session_id: str, user_id: str, transport: str):
+        self.registry = registry
+        self.id = session_id
+        self.user_id = user_id
+        self.transport = transport
+        self.state: Any = None
+        self.stream: Any = None  # the SSE stream server messages go to, when one is open
+        self.closed = False
+        self.created_at = registry.clock.seconds()
+        self.last_activity = self.created_at
+        self._holds = 0
+        self._expiry = None
+        self._on_close: list[Callable[[], Any]] = []
+
+    def touch(self) -> None:
+        """Record activity: the idle timer starts again."""
+        self.last_activity = self.registry.clock.seconds()
+        self._schedule()
+
+    def hold(self) -> None:
+        """An open stream or running request: no idle expiry until the matching `release`."""
+        self._holds += 1
+        self.touch()
+
+    def release(self) -> None:
+        self._holds = max(0, self._holds - 1)
+        self.touch()
+
+    def on_close(self, callback: Callable[[], Any]) -> None:
+        """Call ``callback`` when the session ends (at once if it already has)."""
+        if self.closed:
+            callback()
+        else:
+            self._on_close.append(callback)
+
+    def _schedule(self) -> None:
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
+        if not self.closed and self._holds == 0:
+            self._expiry = self.registry.clock.callLater(self.registry.idle_timeout, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        log.info(
+            "MCP session {session_id} of user {user_id} ended after being idle",
+            session_id=self.id,
+            user_id=self.user_id,
+        )
+        self.registry.close(self.id)
+
+    def _close(self) -> None:
+        self.closed = True
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
+        callbacks, self._on_close = self._on_close, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.failure("Error while closing MCP session {session_id}", session_id=self.id)
+
+
+class SessionRegistry:
+    """Every live MCP session of this process, with clock-driven idle expiry."""
+
+    def __init__(self, clock, idle_timeout: float):
+        self.clock = clock
+        self.idle_timeout = idle_timeout
+        self._sessions: dict[str, Session] = {}
+
+    def create(self, user_id: str, transport: str) -> Session:
+        """A new session for ``user_id`` over ``transport`` (``"sse"`` or ``"streamable"``)."""
+        session = Session(self, secrets.token_urlsafe(24), user_id, transport)
+        self._sessions[session.id] = session
+        session.touch()
+        return session
+
+    def get(self, session_id: str | None, user_id: str) -> Session | None:
+        """The session with this id if ``user_id`` owns it, else None (whether or not it exists)."""
+        session = self._sessions.get(session_id) if session_id else None
+        if session is None or not secrets.compare_digest(session.user_id, user_id):
+            return None
+        return session
+
+    def close(self, session_id: str) -> bool:
+        """End a session and its streams. Whether it existed."""
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            return False
+        session._close()
+        return True
+
+    def close_user(self, user_id: str) -> int:
+        """End every session of ``user_id``; how many there were."""
+        ids = [s.id for s in self._sessions.values() if s.user_id == user_id]
+        for session_id in ids:
+            self.close(session_id)
+        return len(ids)
+
+    def close_all(self) -> None:
+        """End every session (shutdown)."""
+        for session_id in list(self._sessions):
+            self.close(session_id)
+
+    def count(self, transport: str | None = None) -> int:
+        """Live sessions, of one transport or all."""
+        if transport is None:
+            return len(self._sessions)
+        return sum(1 for s in self._sessions.values() if s.transport == transport)
+
+    def count_for_user(self, user_id: str) -> int:
+        return sum(1 for s in self._sessions.values() if s.user_id == user_id)
+
+    def last_activity(self, user_id: str) -> float | None:
+        """The latest activity (epoch seconds) over the user's sessions, or None."""
+        times = [s.last_activity for s in self._sessions.values() if s.user_id == user_id]
+        return max(times) if times else None

@@ -1,0 +1,189 @@
+"""A scripted fake Chrome DevTools endpoint, in memory or over a real loopback WebSocket.
+
+It knows just enough of the Target domain for a `UserBrowser` to connect, list, open
+and close pages, and lets a test script the edge cases: error replies, calls that are
+never answered, abrupt disconnects, huge messages, refused handshakes.
+"""
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
+
+from mcproxy.browser.cdp.connection import CDPConnection
+
+HANG = object()  # a handler returning HANG never answers
+
+
+class FakeCDPError(Exception):
+    """Raised by a handler to answer with a CDP error."""
+
+    def __init__(self, message: str, code: int = -32000):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+Handler = Callable[[dict, str | None], Any]
+
+
+class FakeChrome:
+    """The browser side: answers CDP calls from handlers and emits Target events.
+
+    ``handlers[method](params, session_id)`` returns a result dict, `HANG`, or raises
+    `FakeCDPError`. ``calls`` records every (method, params, session_id) received.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict, str | None]] = []
+        self.targets: dict[str, dict] = {}
+        self._next_target = 0
+        self._outputs: list[Callable[[str], None]] = []
+        self.handlers: dict[str, Handler] = {
+            "Browser.getVersion": lambda p, s: {"product": "FakeChrome/1.0", "protocolVersion": "1.3"},
+            "Target.setDiscoverTargets": self._discover,
+            "Target.getTargets": lambda p, s: {"targetInfos": list(self.targets.values())},
+            "Target.attachToTarget": self._attach,
+            "Target.createTarget": self._create,
+            "Target.closeTarget": self._close,
+        }
+        self.add_target("about:blank")
+
+    def add_target(self, url: str, *, type: str = "page", title: str = "") -> str:
+        """Create a target (emits Target.targetCreated); returns its id."""
+        self._next_target += 1
+        target_id = f"T{self._next_target}"
+        info = {
+            "targetId": target_id,
+            "type": type,
+            "url": url,
+            "title": title or url,
+            "attached": False,
+            "browserContextId": "C1",
+        }
+        self.targets[target_id] = info
+        self.emit("Target.targetCreated", {"targetInfo": info})
+        return target_id
+
+    def connect(self, output: Callable[[str], None]) -> Callable[[], None]:
+        """Attach a client writer; returns the detach callable."""
+        self._outputs.append(output)
+        return lambda: self._outputs.remove(output) if output in self._outputs else None
+
+    def emit(self, method: str, params: dict, *, session_id: str | None = None) -> None:
+        """Send an event to every connected client."""
+        message: dict[str, Any] = {"method": method, "params": params}
+        if session_id is not None:
+            message["sessionId"] = session_id
+        self._write(message)
+
+    def _write(self, message: dict) -> None:
+        text = json.dumps(message)
+        for output in list(self._outputs):
+            output(text)
+
+    def receive(self, text: str) -> None:
+        """Handle one client message."""
+        message = json.loads(text)
+        method, params, session_id = message["method"], message.get("params") or {}, message.get("sessionId")
+        self.calls.append((method, params, session_id))
+        handler = self.handlers.get(method, lambda p, s: {})
+        try:
+            result = handler(params, session_id)
+        except FakeCDPError as e:
+            self._write({"id": message["id"], "error": {"code": e.code, "message": e.message}})
+            return
+        if result is HANG:
+            return
+        reply: dict[str, Any] = {"id": message["id"], "result": result}
+        if session_id is not None:
+            reply["sessionId"] = session_id
+        self._write(reply)
+
+    def methods(self) -> list[str]:
+        """The methods received so far, in order."""
+        return [method for method, _, _ in self.calls]
+
+    def _discover(self, params: dict, session_id: str | None) -> dict:
+        for info in self.targets.values():
+            self.emit("Target.targetCreated", {"targetInfo": info})
+        return {}
+
+    def _attach(self, params: dict, session_id: str | None) -> dict:
+        target_id = params["targetId"]
+        if target_id not in self.targets:
+            raise FakeCDPError(f"No target with given id found: {target_id}")
+        count = sum(1 for m, p, _ in self.calls if m == "Target.attachToTarget" and p["targetId"] == target_id)
+        return {"sessionId": f"S-{target_id}-{count}"}
+
+    def _create(self, params: dict, session_id: str | None) -> dict:
+        return {"targetId": self.add_target(params.get("url", "about:blank"))}
+
+    def _close(self, params: dict, session_id: str | None) -> dict:
+        target_id = params["targetId"]
+        if self.targets.pop(target_id, None) is None:
+            raise FakeCDPError(f"No target with given id found: {target_id}")
+        self.emit("Target.targetDestroyed", {"targetId": target_id})
+        return {"success": True}
+
+
+def memory_link(chrome: FakeChrome, clock, *, default_timeout: float = 30.0) -> CDPConnection:
+    """A CDPConnection wired to ``chrome`` in memory; ``abort()`` simulates a dropped socket."""
+    detach: list[Callable[[], None]] = []
+
+    def abort() -> None:
+        for each in detach:
+            each()
+        link.connection_lost("connection aborted")
+
+    link = CDPConnection(clock, chrome.receive, abort, default_timeout=default_timeout, description="FakeChrome")
+    detach.append(chrome.connect(link.message_received))
+    return link
+
+
+class _FakeServerProtocol(WebSocketServerProtocol):
+    def onConnect(self, request):
+        self.factory.requests.append(request)
+        if self.factory.refuse is not None:
+            raise ConnectionDeny(*self.factory.refuse)
+        return None
+
+    def onOpen(self):
+        self._detach = self.factory.chrome.connect(
+            lambda text: self.sendMessage(text.encode("utf-8"), isBinary=False)
+        )
+        self.factory.connections.append(self)
+
+    def onMessage(self, payload, isBinary):
+        self.factory.chrome.receive(payload.decode("utf-8"))
+
+    def onClose(self, wasClean, code, reason):
+        if getattr(self, "_detach", None) is not None:
+            self._detach()
+        if self in self.factory.connections:
+            self.factory.connections.remove(self)
+
+
+class FakeCDPServerFactory(WebSocketServerFactory):
+    """Serves a `FakeChrome` over WebSocket (listen with ``reactor.listenTCP(0, factory)``).
+
+    ``requests`` holds each handshake request (headers included); set ``refuse`` to
+    ``(status, reason)`` to refuse handshakes; `drop_all` aborts every connection.
+    """
+
+    protocol = _FakeServerProtocol
+
+    def __init__(self, chrome: FakeChrome, *, reactor):
+        super().__init__("ws://127.0.0.1", reactor=reactor)
+        self.chrome = chrome
+        self.requests: list = []
+        self.connections: list[_FakeServerProtocol] = []
+        self.refuse: tuple[int, str] | None = None
+        self.setProtocolOptions(maxMessagePayloadSize=0, maxFramePayloadSize=0)
+
+    def drop_all(self) -> None:
+        """Abort every client connection without a closing handshake."""
+        for connection in list(self.connections):
+            connection.transport.abortConnection()

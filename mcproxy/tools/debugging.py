@@ -1,0 +1,211 @@
+"""Debugging tools: take_snapshot, evaluate_script, take_screenshot."""
+
+import json
+
+from mcproxy.errors import CDPError, ToolError
+from mcproxy.tools import schema as s
+from mcproxy.tools.pages import Response, ToolCall
+from mcproxy.tools.settle import act_and_settle
+from mcproxy.tools.snapshot import element_error, resolve_element, resolve_uid, take_snapshot
+
+_MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+def _not_yet(parameter: str, instead: str) -> ToolError:
+    return ToolError(f'"{parameter}" is not supported by this server yet; {instead}')
+
+
+async def take_snapshot_tool(call: ToolCall) -> Response:
+    """Render the page's accessibility tree as the latest snapshot."""
+    if call.args.get("filePath"):
+        raise _not_yet("filePath", "call take_snapshot without it to get the snapshot in the result.")
+    return Response().add_snapshot(await take_snapshot(call.page, verbose=bool(call.args.get("verbose"))))
+
+
+def _script_error(details: dict) -> ToolError:
+    exception = details.get("exception", {})
+    text = exception.get("description") or details.get("text") or "unknown error"
+    return ToolError(f"The script failed: {text}")
+
+
+async def evaluate_script(call: ToolCall) -> Response:
+    """Run the caller's function in the page (elements as arguments); JSON result."""
+    args = call.args
+    if args.get("serviceWorkerId"):
+        raise _not_yet("serviceWorkerId", "evaluate scripts in pages (pageId) only.")
+    if args.get("sourcePath"):
+        raise _not_yet("sourcePath", 'pass the script itself as "function".')
+    if args.get("filePath"):
+        raise _not_yet("filePath", "the result is returned inline; call evaluate_script without it.")
+    source = args.get("function")
+    if not source:
+        raise ToolError('Missing required argument "function": the JavaScript to run.')
+    uids = args.get("args") or []
+    as_script = args.get("format") == "script"
+    if as_script and uids:
+        raise ToolError('"args" needs format "function": a classic script cannot receive arguments.')
+    page = call.page
+    elements = [(await resolve_element(page, uid))[1] for uid in uids]
+    if as_script:
+        method, params = "Runtime.evaluate", {"expression": source}
+    elif elements:
+        method, params = "Runtime.callFunctionOn", {
+            "objectId": elements[0],
+            "functionDeclaration": (
+                f"async function (...elements) {{ const fn = ({source}\n); return JSON.stringify(await fn(...elements)); }}"
+            ),
+            "arguments": [{"objectId": element} for element in elements],
+        }
+    else:
+        method, params = "Runtime.evaluate", {
+            "expression": f"(async () => {{ const fn = ({source}\n); return JSON.stringify(await fn()); }})()"
+        }
+    params.update(awaitPromise=True, returnByValue=True, userGesture=True)
+    outcome: dict = {}
+
+    async def run() -> None:
+        outcome.update(await page.send(method, params, timeout=call.config.navigation_timeout))
+
+    dialog_action = args.get("dialogAction", "accept")
+
+    def answer_dialog(_: str, event: dict) -> None:
+        reply = {"accept": dialog_action != "dismiss"}
+        if event.get("type") == "prompt" and dialog_action not in ("accept", "dismiss"):
+            reply["promptText"] = dialog_action
+        page.send("Page.handleJavaScriptDialog", reply).addErrback(lambda _: None)
+
+    unsubscribe = page.subscribe("Page.javascriptDialogOpening", answer_dialog)
+    try:
+        if args.get("waitForStableDom", True):
+            await act_and_settle(
+                page, call.clock, run, navigation_timeout=call.config.navigation_timeout, stop_on_dialog=False
+            )
+        else:
+            await run()
+    finally:
+        unsubscribe()
+    if "exceptionDetails" in outcome:
+        raise _script_error(outcome["exceptionDetails"])
+    result = outcome.get("result", {})
+    if "value" not in result:
+        text = "undefined"
+    elif as_script:
+        text = json.dumps(result["value"], ensure_ascii=False, separators=(",", ":"))
+    else:
+        text = result["value"]
+    return Response().add(f"Script ran on page and returned:\n```json\n{text}\n```")
+
+
+async def take_screenshot(call: ToolCall) -> Response:
+    """Capture the viewport, the full page or one element, inline."""
+    args = call.args
+    if args.get("filePath"):
+        raise _not_yet("filePath", "the image is returned inline; call take_screenshot without it.")
+    uid = args.get("uid")
+    if uid and args.get("fullPage"):
+        raise ToolError('"uid" and "fullPage" cannot be used together: screenshot either an element or the page.')
+    page = call.page
+    image_format = args.get("format", "png")
+    params: dict = {"format": image_format}
+    if image_format != "png" and "quality" in args:
+        params["quality"] = round(args["quality"])
+    if uid:
+        params["clip"] = await _element_clip(page, uid)
+        message = f'Took a screenshot of node with uid "{uid}".'
+    elif args.get("fullPage"):
+        metrics = await page.send("Page.getLayoutMetrics")
+        size = metrics["cssContentSize"]
+        params["clip"] = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+        params["captureBeyondViewport"] = True
+        message = "Took a screenshot of the full current page."
+    else:
+        message = "Took a screenshot of the current page's viewport."
+    shot = await page.send("Page.captureScreenshot", params, timeout=call.config.navigation_timeout)
+    return Response().add(message).add_image(shot["data"], _MIME_TYPES[image_format])
+
+
+async def _element_clip(page, uid: str) -> dict:
+    """The element's border box in page coordinates, after scrolling it into view."""
+    backend = resolve_uid(page, uid)
+    try:
+        await page.send("DOM.scrollIntoViewIfNeeded", {"backendNodeId": backend})
+        box = await page.send("DOM.getBoxModel", {"backendNodeId": backend})
+    except CDPError as e:
+        raise element_error(page, uid, e) from None
+    metrics = await page.send("Page.getLayoutMetrics")
+    viewport = metrics["cssVisualViewport"]
+    quad = box["model"]["border"]
+    xs, ys = quad[0::2], quad[1::2]
+    width, height = max(xs) - min(xs), max(ys) - min(ys)
+    if width < 1 or height < 1:
+        raise ToolError(f'Element uid "{uid}" has no visible box on page {page.page_id}, so it cannot be captured.')
+    return {"x": min(xs) + viewport["pageX"], "y": min(ys) + viewport["pageY"], "width": width, "height": height, "scale": 1}
+
+
+TOOLS = [
+    s.ToolSpec(
+        name="take_snapshot",
+        category="debugging",
+        title="Take snapshot",
+        description=(
+            "Describe the page as text from its accessibility tree: one line per element with a uid that "
+            "click, fill, evaluate_script and take_screenshot accept. Prefer it to a screenshot; "
+            "uids come from the latest snapshot."
+        ),
+        input_schema=s.obj(
+            {
+                "pageId": s.page_id(),
+                "verbose": s.boolean("Include every node of the accessibility tree, not only the useful ones. Default false."),
+                "filePath": s.string("Save the snapshot to a file instead (not supported yet)."),
+            },
+            ("pageId",),
+        ),
+        run=take_snapshot_tool,
+    ),
+    s.ToolSpec(
+        name="evaluate_script",
+        category="debugging",
+        title="Evaluate script",
+        description=(
+            "Run a JavaScript function in the page and return its JSON-serializable result, e.g. "
+            "`() => document.title`, or `(el) => el.innerText` with args naming snapshot uids."
+        ),
+        input_schema=s.obj(
+                {
+                    "pageId": s.page_id("The id of the page to run the script in (from list_pages). Required."),
+                    "function": s.string("The JavaScript function (or, with format \"script\", the script) to run."),
+                    "sourcePath": s.string("Read the source from a file instead (not supported yet)."),
+                    "format": s.string(
+                        '"function" (default): a function, called with args; "script": classic code, no args.',
+                        enum=("function", "script"),
+                    ),
+                    "args": s.array("Element uids from the latest snapshot, passed to the function in order.", s.uid()),
+                    "filePath": s.string("Save the result to a file instead (not supported yet)."),
+                    "dialogAction": s.string(
+                        'How to answer dialogs the script opens: "accept" (default), "dismiss", or the text for a prompt.'
+                    ),
+                    "waitForStableDom": s.boolean("Wait for the page to settle after the script. Default true."),
+                    "serviceWorkerId": s.string("Run in an extension service worker instead (not supported yet)."),
+                }
+        ),
+        run=evaluate_script,
+    ),
+    s.ToolSpec(
+        name="take_screenshot",
+        category="debugging",
+        title="Take screenshot",
+        description="Capture the viewport, the full page, or one element (uid) as an image.",
+        input_schema=s.obj(
+            {
+                "pageId": s.page_id(),
+                "format": s.string('Image format. Default "png".', enum=("png", "jpeg", "webp"), default="png"),
+                "quality": s.number("JPEG/WebP quality, 0-100 (ignored for PNG).", minimum=0, maximum=100),
+                "uid": s.uid("Capture only this element (a uid from the latest snapshot)."),
+                "fullPage": s.boolean("Capture the whole page, not just the viewport. Not with uid."),
+                "filePath": s.string("Save the image to a file instead (not supported yet)."),
+            },
+            ("pageId",),
+        ),
+        run=take_screenshot,
+    ),
+]

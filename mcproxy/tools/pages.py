@@ -1,0 +1,151 @@
+"""Which pages a caller may use, and the pieces every tool result is made of.
+
+Tab scope (DESIGN.md decision 3, ``tools.tab_scope``): ``session`` shows the pages this
+MCP session opened, ``user`` the pages opened through the proxy for this user, ``browser``
+every tab. Without a protocol session (2026-07-28) ``session`` falls back to ``user``. A
+page outside the scope is reported exactly like a page that does not exist.
+"""
+
+from typing import Any
+
+import attrs
+import mcp_types
+
+from mcproxy.config import ToolsConfig
+from mcproxy.errors import CDPError, ToolError
+from mcproxy.tools.base import CallContext
+
+PAGES_OUTPUT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "pages": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "number"},
+                    "url": {"type": "string"},
+                    "title": {"type": "string"},
+                    "selected": {"type": "boolean"},
+                },
+                "required": ["id", "url", "title", "selected"],
+            },
+        }
+    },
+    "required": ["pages"],
+}
+
+
+@attrs.define
+class ToolCall:
+    """One tool invocation: arguments, caller, the caller's browser and (for page tools) the page."""
+
+    args: dict[str, Any]
+    context: CallContext
+    browser: Any
+    config: ToolsConfig
+    clock: Any
+    page: Any = None
+
+    def timeout(self, name: str = "timeout") -> float:
+        """Seconds to wait: the tool's ``timeout`` argument (ms) or the configured default."""
+        value = self.args.get(name) or 0
+        return value / 1000.0 if value > 0 else self.config.navigation_timeout
+
+
+@attrs.define
+class Response:
+    """A tool result under construction: text sections, images, structured content."""
+
+    lines: list[str] = attrs.field(factory=list)
+    images: list[mcp_types.ImageContent] = attrs.field(factory=list)
+    structured: dict | None = None
+
+    def add(self, text: str) -> "Response":
+        """Append a section of text (sections are joined by newlines)."""
+        self.lines.append(text)
+        return self
+
+    def add_snapshot(self, snapshot_text: str) -> "Response":
+        """Append a rendered snapshot under its upstream heading."""
+        return self.add("## Latest page snapshot\n" + snapshot_text)
+
+    def add_image(self, data: str, mime_type: str) -> "Response":
+        """Attach a base64 image after the text."""
+        self.images.append(mcp_types.ImageContent(type="image", data=data, mime_type=mime_type))
+        return self
+
+    async def add_pages(self, call: "ToolCall", *, structured: bool = False) -> "Response":
+        """The ``## Pages`` section (and, for list_pages, the ``pages`` structured content)."""
+        listing = await _fresh_listing(call)
+        selected = call.context.session.selected_page_id
+        if listing:
+            lines = [_page_line(page_id, url, title, page_id == selected) for page_id, url, title in listing]
+            self.add("## Pages\n" + "\n".join(lines))
+        else:
+            self.add("## Pages\nNo pages open. Call new_page to open one.")
+        if structured:
+            self.structured = {
+                "pages": [
+                    {"id": page_id, "url": url, "title": title, "selected": page_id == selected}
+                    for page_id, url, title in listing
+                ]
+            }
+        return self
+
+    def to_result(self) -> mcp_types.CallToolResult:
+        """The MCP result: one text block, then the images."""
+        content: list[Any] = [mcp_types.TextContent(type="text", text="\n".join(self.lines))]
+        content.extend(self.images)
+        return mcp_types.CallToolResult(content=content, structured_content=self.structured)
+
+
+def error_result(message: str) -> mcp_types.CallToolResult:
+    """An ``isError`` result the model can read and act on."""
+    return mcp_types.CallToolResult(content=[mcp_types.TextContent(type="text", text=message)], is_error=True)
+
+
+async def _fresh_listing(call: "ToolCall") -> list[tuple[int, str, str]]:
+    """``(page_id, url, title)`` of the visible pages, with titles as Chrome has them now.
+
+    Title change events can trail a page's load event, so ask Chrome (one call).
+    """
+    pages = visible_pages(call)
+    if not pages:
+        return []
+    try:
+        targets = await call.browser.send("Target.getTargets")
+    except CDPError:
+        targets = {}
+    infos = {info["targetId"]: info for info in targets.get("targetInfos", ())}
+    listing = []
+    for page in pages:
+        info = infos.get(page.target_id, {})
+        listing.append((page.page_id, info.get("url") or page.url or "about:blank", info.get("title", page.title) or ""))
+    return listing
+
+
+def _page_line(page_id: int, url: str, title: str, selected: bool) -> str:
+    line = f"{page_id}: {url}" if not title or title == url else f"{page_id}: {title} ({url})"
+    return line + " [selected]" if selected else line
+
+
+def visible_pages(call: ToolCall) -> list:
+    """The open pages the caller may see and act on, by page id."""
+    pages = [p for p in call.browser.pages() if not p.closed]
+    scope = call.config.tab_scope
+    session_id = call.context.session.session_id
+    if scope == "browser":
+        return pages
+    if scope == "session" and session_id is not None:
+        return [p for p in pages if p.opener == session_id]
+    return [p for p in pages if p.via_proxy]
+
+
+def resolve_page(call: ToolCall, page_id: Any):
+    """The page ``page_id`` names, if the caller may use it; else the unknown-page error."""
+    for page in visible_pages(call):
+        if page.page_id == page_id:
+            return page
+    shown = int(page_id) if isinstance(page_id, float) and page_id.is_integer() else page_id
+    raise ToolError(f"No page with id {shown}. Call list_pages to see the pages you can use.")

@@ -1,0 +1,115 @@
+"""The tool provider the MCP layer calls: lists tools per principal and runs them.
+
+Every failure a model can act on (unknown tool, refused permission, bad arguments, a page
+outside its scope, a browser that is away, Chrome refusing a call) comes back as an
+``isError`` result with a readable text. Anything unexpected is logged and reported as an
+internal error, never with a traceback. Cancelling the returned Deferred cancels the CDP
+calls the tool is waiting on.
+"""
+
+from collections.abc import Awaitable, Callable, Iterable
+
+import mcp_types
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from mcproxy.config import ToolsConfig
+from mcproxy.errors import BrowserUnavailable, ToolError
+from mcproxy.interfaces import IToolProvider
+from mcproxy.tools import debugging, navigation
+from mcproxy.tools import input as input_tools
+from mcproxy.tools.base import CallContext
+from mcproxy.tools.pages import ToolCall, error_result, resolve_page
+from mcproxy.tools.schema import ToolSpec, validate
+
+log = Logger()
+
+DEFAULT_TOOLS: tuple[ToolSpec, ...] = (*navigation.TOOLS, *input_tools.TOOLS, *debugging.TOOLS)
+
+
+@implementer(IToolProvider)
+class ToolRegistry:
+    """Runs the chrome-devtools-mcp compatible tools on the caller's own browser.
+
+    ``get_browser(user_id)`` is a coroutine function returning the user's `IUserBrowser`
+    (raising ToolError or BrowserUnavailable when there is none or it is away).
+    """
+
+    def __init__(
+        self,
+        get_browser: Callable[[str], Awaitable],
+        config: ToolsConfig,
+        clock,
+        tools: Iterable[ToolSpec] = DEFAULT_TOOLS,
+    ):
+        self._get_browser = get_browser
+        self._config = config
+        self._clock = clock
+        self._tools = {tool.name: tool for tool in tools}
+
+    def list_tools(self, principal) -> list[mcp_types.Tool]:
+        """The tools ``principal`` may call, in a stable order."""
+        return [
+            self._describe(tool)
+            for tool in self._tools.values()
+            if principal.may_call_tool(tool.name, tool.category)
+        ]
+
+    @staticmethod
+    def _describe(tool: ToolSpec) -> mcp_types.Tool:
+        # chrome-devtools-mcp puts the category in the annotations, but the MCP wire types
+        # (and the per-version sieve) drop unknown annotation keys, so it travels in _meta.
+        return mcp_types.Tool(
+            name=tool.name,
+            title=tool.title,
+            description=tool.description,
+            input_schema=tool.input_schema,
+            output_schema=tool.output_schema,
+            annotations=mcp_types.ToolAnnotations(title=tool.title, read_only_hint=tool.read_only),
+            _meta={"category": tool.category},
+        )
+
+    def call_tool(self, name: str, arguments: dict | None, context: CallContext) -> Deferred:
+        """Run a tool. Deferred[mcp_types.CallToolResult]; cancellation reaches the browser."""
+        return Deferred.fromCoroutine(self._call(name, arguments, context))
+
+    async def _call(self, name: str, arguments: dict | None, context: CallContext) -> mcp_types.CallToolResult:
+        principal = context.principal
+        tool = self._tools.get(name)
+        if tool is None:
+            return error_result(f'Unknown tool "{name}". Call tools/list to see the tools you can use.')
+        if not principal.may_call_tool(tool.name, tool.category):
+            return error_result(
+                f'You are not allowed to call "{name}": your credential needs the permission '
+                f'"tools:{name}", "tools:category:{tool.category}" or "tools:*".'
+            )
+        try:
+            args = validate(tool.input_schema, arguments)
+            if tool.page_bound and "pageId" not in args:
+                raise ToolError('Missing required argument "pageId". Call list_pages to see the pages you can use.')
+            browser = await self._get_browser(principal.user_id)
+            # A browser just registered (or reconnecting) has no page list yet.
+            await browser.connected(self._config.navigation_timeout)
+            call = ToolCall(args=args, context=context, browser=browser, config=self._config, clock=self._clock)
+            if not tool.page_bound:
+                response = await tool.run(call)
+            else:
+                call.page = resolve_page(call, args["pageId"])
+                if tool.exclusive:
+                    response = await call.page.run_exclusive(tool.run, call)
+                else:
+                    response = await tool.run(call)
+        except CancelledError:
+            raise
+        except (ToolError, BrowserUnavailable) as e:
+            return error_result(e.message)
+        except Exception:
+            log.failure(
+                "Tool {tool} failed for user {user_id} (session {session_id})",
+                tool=name,
+                user_id=principal.user_id,
+                session_id=context.session.session_id,
+            )
+            return error_result(f'Internal error while running "{name}". The failure was logged; try again.')
+        return response.to_result()

@@ -1,0 +1,69 @@
+"""The legacy HTTP+SSE transport: ``GET /sse`` opens the session, ``POST /message`` feeds it.
+
+The session lives exactly as long as its stream. A POST must come from the user who opened
+the stream; for anyone else the session does not exist (404), and its owner is unaffected.
+"""
+
+from twisted.logger import Logger
+
+from mcproxy.errors import NotFound
+from mcproxy.mcp.jsonrpc import RpcError
+from mcproxy.mcp.protocol import McpSession
+from mcproxy.tools.base import SessionView
+from mcproxy.web.mcp_common import McpEndpoint, check_origin, read_rpc, write_accepted, write_rpc
+from mcproxy.web.sse import SseStream
+
+log = Logger()
+
+TRANSPORT = "sse"
+
+
+class SseResource(McpEndpoint):
+    """``GET /sse``: a new MCP session whose messages all travel on this event stream."""
+
+    async def answer_GET(self, request) -> None:
+        t = self.t
+        check_origin(request, t.allowed_origins, t.allow_loopback_origins)
+        principal = await t.authenticate(request)
+        entry = t.sessions.create(principal.user_id, TRANSPORT)
+        mcp = McpSession(t.server, principal, SessionView(entry.id))
+        entry.state = mcp
+        stream = SseStream(request, t.clock, t.keepalive)
+        entry.stream = stream
+        stream.start()
+        entry.hold()
+        # The session ends with its stream, and the stream with the session.
+        stream.on_closed(lambda: t.sessions.close(entry.id))
+        entry.on_close(mcp.close)
+        entry.on_close(stream.close)
+        base = request.path.decode("latin-1").rsplit("/", 1)[0]
+        stream.send(f"{base}/message?sessionId={entry.id}", event="endpoint")
+        log.info(
+            "Legacy SSE session {session_id} opened for user {user_id}",
+            session_id=entry.id,
+            user_id=principal.user_id,
+        )
+
+
+class MessageResource(McpEndpoint):
+    """``POST /message?sessionId=``: one JSON-RPC message; the answer goes to the session's stream."""
+
+    async def answer_POST(self, request) -> None:
+        t = self.t
+        check_origin(request, t.allowed_origins, t.allow_loopback_origins)
+        principal = await t.authenticate(request)
+        ids = request.args.get(b"sessionId") or request.args.get(b"session_id") or [b""]
+        entry = t.sessions.get(ids[0].decode("latin-1"), principal.user_id)
+        if entry is None or entry.transport != TRANSPORT:
+            raise NotFound("no such session; open a new one with GET /sse", code="session_not_found")
+        try:
+            message = read_rpc(request, t.max_body)
+        except RpcError as e:
+            write_rpc(request, 400, e.to_message())
+            return
+        entry.touch()
+        stream, mcp = entry.stream, entry.state
+        write_accepted(request)
+        response = await mcp.handle(message, stream.send_json)
+        if response is not None:
+            stream.send_json(response)

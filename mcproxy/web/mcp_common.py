@@ -1,0 +1,184 @@
+"""What the MCP transports share: origin and media-type checks, JSON-RPC over HTTP bodies.
+
+Origin policy (DNS-rebinding protection): a request without ``Origin`` is allowed (IDE
+clients send none); an origin in ``cors.allowed_origins`` (or ``*`` there) is allowed; a
+loopback origin (``http(s)://localhost``, ``127.0.0.0/8``, ``[::1]``, any port) is allowed
+only when every listener of the server is on a loopback interface. Anything else is 403.
+A trusted origin gets CORS headers (and ``OPTIONS`` preflights are answered) so that
+browser-based MCP clients can use the endpoints.
+"""
+
+import ipaddress
+import re
+from typing import Any, Awaitable, Callable
+from urllib.parse import urlsplit
+
+from twisted.internet.defer import Deferred
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from mcproxy.errors import BadRequest, Forbidden, MCProxyError, MethodNotAllowed, UnsupportedMediaType
+from mcproxy.mcp.jsonrpc import RpcError, encode, parse_message
+from mcproxy.web.http import read_body, request_id, write_error, write_failure
+
+_EXPOSED_HEADERS = b"Mcp-Session-Id, MCP-Protocol-Version, X-Request-Id, WWW-Authenticate"
+_ALLOWED_HEADERS = (
+    b"Authorization, Content-Type, Accept, Mcp-Session-Id, MCP-Protocol-Version, Mcp-Method, Mcp-Name, "
+    b"Last-Event-ID, X-Request-Id, X-User-Id"
+)
+_JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]+\+)?json\s*(;.*)?$", re.I)
+
+
+class NotAcceptable(MCProxyError):
+    """The client's ``Accept`` header allows no media type we could answer with."""
+
+    http_status = 406
+    code = "not_acceptable"
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """Whether ``host`` (a name or an address, without brackets) is this machine."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def listens_on_loopback_only(listen: tuple[str, ...]) -> bool:
+    """Whether every endpoint string listens on a loopback interface (or a UNIX socket)."""
+    for endpoint in listen:
+        if endpoint.startswith("unix:"):
+            continue
+        match = re.search(r"(?:^|:)interface=((?:\\:|[^:])+)", endpoint)
+        interface = match.group(1).replace("\\", "").strip("[]") if match else None
+        if not is_loopback_host(interface):
+            return False
+    return bool(listen)
+
+
+def check_origin(request: IRequest, allowed: tuple[str, ...], allow_loopback: bool) -> None:
+    """Raise `Forbidden` for a browser origin we do not trust (see the module docstring)."""
+    raw = request.getHeader(b"origin")
+    if raw is None:
+        return
+    origin = raw.decode("latin-1").strip().rstrip("/")
+    trusted = "*" in allowed or origin in (a.rstrip("/") for a in allowed)
+    if not trusted and allow_loopback:
+        parts = urlsplit(origin)
+        trusted = parts.scheme in ("http", "https") and is_loopback_host(parts.hostname)
+    if not trusted:
+        raise Forbidden(
+            f"origin {origin!r} is not allowed; add it to cors.allowed_origins", code="origin_not_allowed"
+        )
+    # CORS, so that browser-based MCP clients of a trusted origin can read the answers.
+    request.setHeader(b"Access-Control-Allow-Origin", origin.encode("latin-1"))
+    request.setHeader(b"Access-Control-Expose-Headers", _EXPOSED_HEADERS)
+    request.setHeader(b"Vary", b"Origin")
+
+
+def accepts(request: IRequest) -> tuple[bool, bool]:
+    """Whether the client accepts (JSON, SSE) answers; a missing Accept accepts both."""
+    raw = request.getHeader(b"accept")
+    if raw is None:
+        return True, True
+    kinds = {part.split(";")[0].strip().lower() for part in raw.decode("latin-1").split(",")}
+    anything = "*/*" in kinds or "application/*" in kinds
+    return (
+        anything or "application/json" in kinds,
+        "*/*" in kinds or "text/*" in kinds or "text/event-stream" in kinds,
+    )
+
+
+def read_rpc(request: IRequest, limit: int) -> Any:
+    """The body as one JSON-RPC message; 415 unless it is JSON, 413 over the limit.
+
+    Raises `RpcError` for a body that is JSON-RPC-invalid.
+    """
+    content_type = (request.getHeader(b"content-type") or b"").decode("latin-1")
+    if not _JSON_TYPE.match(content_type.strip()):
+        raise UnsupportedMediaType(f"Content-Type must be application/json, got {content_type or 'none'!r}")
+    return parse_message(read_body(request, limit))
+
+
+def write_rpc(
+    request: IRequest, status: int, message: dict, headers: dict[bytes, bytes] | None = None
+) -> None:
+    """Finish ``request`` with one JSON-RPC message as its body."""
+    if request.finished or getattr(request, "_disconnected", False):
+        return
+    data = encode(message)
+    request.setResponseCode(status)
+    for name, value in (headers or {}).items():
+        request.setHeader(name, value)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Content-Length", str(len(data)).encode("ascii"))
+    request.setHeader(b"Cache-Control", b"no-store")
+    request.write(data)
+    request.finish()
+
+
+def write_accepted(request: IRequest) -> None:
+    """202 with no body: a notification or a message whose answer goes elsewhere."""
+    if request.finished or getattr(request, "_disconnected", False):
+        return
+    request.setResponseCode(202)
+    request.setHeader(b"Content-Length", b"0")
+    request.finish()
+
+
+def rpc_error_status(error: RpcError) -> int:
+    """HTTP status for a JSON-RPC error raised before dispatch."""
+    return 404 if error.code == -32601 else 400
+
+
+def missing_session(message: str) -> BadRequest:
+    return BadRequest(message, code="session_required")
+
+
+def serve(request: IRequest, work: Callable[[], Awaitable[None]]) -> Any:
+    """Run a coroutine that answers ``request``; errors become JSON, never HTML."""
+    request_id(request)
+    d = Deferred.fromCoroutine(work())
+    d.addErrback(lambda failure: write_failure(request, failure))
+    return NOT_DONE_YET
+
+
+class McpEndpoint(Resource):
+    """A leaf resource whose ``answer_<METHOD>`` coroutines answer; other methods get a JSON 405."""
+
+    isLeaf = True
+
+    def __init__(self, transports):
+        super().__init__()
+        self.t = transports
+
+    def render(self, request):
+        method = request.method.decode("ascii", "replace")
+        allowed = sorted(name[len("answer_") :] for name in dir(self) if name.startswith("answer_"))
+        if method == "OPTIONS":
+            return serve(request, lambda: self._preflight(request, allowed))
+        answer = getattr(self, f"answer_{method}", None)
+        if answer is None:
+            request.setHeader(b"Allow", ", ".join(allowed).encode("ascii"))
+            request_id(request)
+            write_error(
+                request, MethodNotAllowed(f"{method} is not allowed here; use {' or '.join(allowed)}")
+            )
+            return NOT_DONE_YET
+        return serve(request, lambda: answer(request))
+
+    async def _preflight(self, request, allowed: list[str]) -> None:
+        """A CORS preflight: no credential is sent with it, so only the origin is checked."""
+        check_origin(request, self.t.allowed_origins, self.t.allow_loopback_origins)
+        methods = ", ".join(allowed).encode("ascii")
+        request.setHeader(b"Allow", methods)
+        request.setHeader(b"Access-Control-Allow-Methods", methods)
+        request.setHeader(b"Access-Control-Allow-Headers", _ALLOWED_HEADERS)
+        request.setHeader(b"Access-Control-Max-Age", b"600")
+        request.setResponseCode(204)
+        request.finish()

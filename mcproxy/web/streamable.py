@@ -1,0 +1,273 @@
+"""Streamable HTTP at ``/mcp`` (2025 revisions, with sessions) and the stateless 2026-07-28 revision.
+
+A POSTed request is answered with one JSON body unless something must stream before the
+answer: the response turns into an event stream when the request carries a progress token
+(and the client accepts SSE), or when a notification for it comes up first. Large results
+thus stay in plain JSON, clear of clients' limits on SSE event size.
+"""
+
+from typing import Mapping
+
+from mcp_types import HEADER_MISMATCH, JSONRPCRequest
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
+from twisted.internet.defer import CancelledError
+from twisted.logger import Logger
+
+from mcproxy.errors import BadRequest, Conflict, NotFound
+from mcproxy.mcp.jsonrpc import REQUEST_CANCELLED, TOO_MANY_IN_FLIGHT, RpcError, error_message
+from mcproxy.mcp.protocol import (
+    McpSession,
+    Notify,
+    is_stateless,
+    modern_envelope,
+    request_version,
+    unsupported_version,
+)
+from mcproxy.tools.base import SessionView
+from mcproxy.web.mcp_common import (
+    McpEndpoint,
+    NotAcceptable,
+    accepts,
+    check_origin,
+    missing_session,
+    read_rpc,
+    rpc_error_status,
+    write_accepted,
+    write_rpc,
+)
+from mcproxy.web.sse import SseStream
+
+log = Logger()
+
+TRANSPORT = "streamable"
+
+_ROUTING_HEADERS = (b"mcp-protocol-version", b"mcp-method", b"mcp-name")
+
+
+class _Exchange:
+    """Where one POSTed request's notifications and answer go: JSON, or SSE once needed."""
+
+    def __init__(self, t, request, accepted: tuple[bool, bool], fallback: Notify | None):
+        self.t = t
+        self.request = request
+        self.accepts_json, self.accepts_sse = accepted
+        self.fallback = fallback
+        self.stream: SseStream | None = None
+        self.done = False
+
+    def open_stream(self) -> None:
+        if self.stream is None:
+            self.stream = SseStream(self.request, self.t.clock, self.t.keepalive)
+            self.stream.start()
+
+    def notify(self, message: dict) -> None:
+        if self.done:
+            return
+        if self.stream is None and not self.accepts_sse:
+            if self.fallback is not None:
+                self.fallback(message)
+            return
+        self.open_stream()
+        self.stream.send_json(message)
+
+    def finish(self, response: dict, status: int) -> None:
+        self.done = True
+        if self.stream is not None:
+            self.stream.send_json(response)
+            self.stream.close()
+        else:
+            write_rpc(self.request, status, response)
+
+    async def run(self, mcp: McpSession, message: JSONRPCRequest, error_status) -> None:
+        """Dispatch ``message`` and answer; the client going away cancels the work."""
+        meta = (message.params or {}).get("_meta")
+        wants_progress = isinstance(meta, Mapping) and meta.get("progressToken") is not None
+        if self.accepts_sse and (wants_progress or not self.accepts_json):
+            self.open_stream()
+        d = mcp.handle(message, self.notify)
+        self.request.notifyFinish().addErrback(lambda _: d.cancel())
+        try:
+            response = await d
+        except CancelledError:
+            self.done = True
+            log.debug("Client went away; request {rid} cancelled", rid=message.id)
+            return
+        if response is None:
+            response = error_message(message.id, REQUEST_CANCELLED, "Request cancelled")
+        error = response.get("error")
+        self.finish(response, error_status(error["code"]) if error else 200)
+
+
+def _headers(request) -> dict[str, str]:
+    """Request headers by lower-case name; a repeated routing header is a -32020 error."""
+    found = {}
+    for name, values in request.requestHeaders.getAllRawHeaders():
+        key = name.lower()
+        if key in _ROUTING_HEADERS and len(values) > 1:
+            raise RpcError(HEADER_MISMATCH, f"{key.decode()} header appears more than once")
+        found[key.decode("latin-1")] = values[-1].decode("latin-1")
+    return found
+
+
+class StreamableResource(McpEndpoint):
+    """``/mcp``: POST messages, GET the session's notification stream, DELETE the session."""
+
+    async def answer_POST(self, request) -> None:
+        t = self.t
+        check_origin(request, t.allowed_origins, t.allow_loopback_origins)
+        principal = await t.authenticate(request)
+        accepted = accepts(request)
+        if not any(accepted):
+            raise NotAcceptable(
+                "Accept must allow application/json or text/event-stream", code="not_acceptable"
+            )
+        try:
+            message = read_rpc(request, t.max_body)
+            headers = _headers(request)
+        except RpcError as e:
+            write_rpc(request, rpc_error_status(e), e.to_message())
+            return
+        session_id = headers.get("mcp-session-id")
+        if isinstance(message, JSONRPCRequest) and message.method == "initialize":
+            await self._initialize(request, principal, message)
+        elif not session_id:
+            if not is_stateless(request_version(message, headers)):
+                raise missing_session(
+                    "Mcp-Session-Id header is required: send initialize first, "
+                    "or use protocol 2026-07-28, which needs no session"
+                )
+            await self._stateless(request, principal, message, headers, accepted)
+        else:
+            await self._in_session(request, principal, session_id, message, headers, accepted)
+
+    async def _initialize(self, request, principal, message: JSONRPCRequest) -> None:
+        t = self.t
+        entry = t.sessions.create(principal.user_id, TRANSPORT)
+        mcp = McpSession(t.server, principal, SessionView(entry.id))
+        entry.state = mcp
+        entry.on_close(mcp.close)
+        response = await mcp.handle(message, lambda _: None)
+        if "error" in response:
+            t.sessions.close(entry.id)
+            write_rpc(request, 400, response)
+            return
+        write_rpc(request, 200, response, {b"Mcp-Session-Id": entry.id.encode("ascii")})
+
+    async def _in_session(self, request, principal, session_id: str, message, headers, accepted) -> None:
+        entry = self._session(session_id, principal)
+        mcp = entry.state
+        version = headers.get("mcp-protocol-version")
+        if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
+            raise BadRequest(
+                f"MCP-Protocol-Version {version!r} is not a protocol this session can speak "
+                f"(it negotiated {mcp.protocol_version})",
+                code="unsupported_protocol_version",
+            )
+        if not isinstance(message, JSONRPCRequest):
+            entry.touch()
+            mcp.handle(message, lambda _: None)
+            write_accepted(request)
+            return
+
+        def to_standalone_stream(note: dict) -> None:
+            if entry.stream is not None:
+                entry.stream.send_json(note)
+
+        entry.hold()
+        try:
+            await _Exchange(self.t, request, accepted, to_standalone_stream).run(
+                mcp, message, lambda code: 200
+            )
+        finally:
+            entry.release()
+
+    async def _stateless(self, request, principal, message, headers, accepted) -> None:
+        t = self.t
+        if not isinstance(message, JSONRPCRequest):
+            # The 2026 HTTP wire has no client notifications: cancelling is closing the stream.
+            version = request_version(message, headers)
+            if version not in MODERN_PROTOCOL_VERSIONS:
+                write_rpc(request, 400, unsupported_version(version).to_message())
+            else:
+                write_accepted(request)
+            return
+        try:
+            envelope = modern_envelope(message, headers)
+        except RpcError as e:
+            write_rpc(request, rpc_error_status(e), e.to_message(message.id))
+            return
+        user = principal.user_id
+        running = t.stateless_in_flight.get(user, 0)
+        if running >= t.server.max_in_flight:
+            write_rpc(
+                request,
+                200,
+                error_message(
+                    message.id,
+                    TOO_MANY_IN_FLIGHT,
+                    f"Too many requests in flight for this user (limit {t.server.max_in_flight})",
+                ),
+            )
+            return
+        t.stateless_in_flight[user] = running + 1
+        try:
+            mcp = McpSession(t.server, principal, SessionView(None), modern=envelope)
+            await _Exchange(t, request, accepted, None).run(mcp, message, _stateless_status)
+        finally:
+            left = t.stateless_in_flight[user] - 1
+            if left:
+                t.stateless_in_flight[user] = left
+            else:
+                del t.stateless_in_flight[user]
+
+    def _session(self, session_id: str | None, principal):
+        if not session_id:
+            raise missing_session("Mcp-Session-Id header is required")
+        entry = self.t.sessions.get(session_id, principal.user_id)
+        if entry is None or entry.transport != TRANSPORT:
+            raise NotFound("no such session; send initialize to start a new one", code="session_not_found")
+        return entry
+
+    async def answer_GET(self, request) -> None:
+        t = self.t
+        check_origin(request, t.allowed_origins, t.allow_loopback_origins)
+        principal = await t.authenticate(request)
+        if not accepts(request)[1]:
+            raise NotAcceptable("Accept must allow text/event-stream", code="not_acceptable")
+        entry = self._session(_header(request, b"mcp-session-id"), principal)
+        if entry.stream is not None and not entry.stream.closed:
+            raise Conflict("this session already has an open stream", code="stream_already_open")
+        stream = SseStream(request, t.clock, t.keepalive)
+        stream.start()
+        stream.comment("stream open")
+        entry.stream = stream
+        entry.hold()
+
+        def closed() -> None:
+            if entry.stream is stream:
+                entry.stream = None
+            entry.release()
+
+        stream.on_closed(closed)
+        entry.on_close(stream.close)
+
+    async def answer_DELETE(self, request) -> None:
+        t = self.t
+        check_origin(request, t.allowed_origins, t.allow_loopback_origins)
+        principal = await t.authenticate(request)
+        entry = self._session(_header(request, b"mcp-session-id"), principal)
+        t.sessions.close(entry.id)
+        request.setResponseCode(204)
+        request.finish()
+
+
+def _header(request, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return value.decode("latin-1") if value is not None else None
+
+
+def _stateless_status(code: int) -> int:
+    """HTTP status of a 2026-07-28 error answer: client faults 4xx, the rest 200."""
+    return {-32601: 404, -32700: 400, -32600: 400, -32602: 400, -32020: 400, -32021: 400, -32022: 400}.get(
+        code, 200
+    )

@@ -1,0 +1,225 @@
+"""The CDP client: the protocol core on a Clock, then autobahn against a fake CDP server."""
+
+import json
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from mcproxy.browser.cdp.connection import CDPConnection, open_websocket
+from mcproxy.errors import BrowserUnavailable, CDPError, InvalidBrowserURL
+from mcproxy.testing.fake_cdp import HANG, FakeCDPError, FakeCDPServerFactory, FakeChrome
+
+
+class Wire:
+    """Captures what a CDPConnection writes."""
+
+    def __init__(self):
+        self.sent = []
+        self.aborted = False
+
+    def write(self, text):
+        self.sent.append(json.loads(text))
+
+    def abort(self):
+        self.aborted = True
+
+
+def make(clock=None, timeout=5.0):
+    wire = Wire()
+    connection = CDPConnection(clock or Clock(), wire.write, wire.abort, default_timeout=timeout)
+    return connection, wire
+
+
+def outcome(d):
+    box = []
+    d.addBoth(box.append)
+    return box[0] if box else None
+
+
+def test_ids_increase_and_replies_are_matched_by_id():
+    connection, wire = make()
+    first = connection.send("Browser.getVersion")
+    second = connection.send("Runtime.evaluate", {"expression": "1"}, session_id="S1")
+    assert [m["id"] for m in wire.sent] == [1, 2]
+    assert wire.sent[1] == {"id": 2, "method": "Runtime.evaluate", "params": {"expression": "1"}, "sessionId": "S1"}
+    connection.message_received(json.dumps({"id": 2, "result": {"result": {"value": 1}}, "sessionId": "S1"}))
+    assert outcome(second) == {"result": {"value": 1}}
+    assert not first.called
+    connection.message_received(json.dumps({"id": 1, "result": {"product": "Chrome"}}))
+    assert outcome(first) == {"product": "Chrome"}
+    assert connection.pending_count == 0
+
+
+def test_error_reply_becomes_cdp_error_with_chromes_message():
+    connection, _ = make()
+    call = connection.send("DOM.resolveNode", {"backendNodeId": 9})
+    connection.message_received(
+        json.dumps({"id": 1, "error": {"code": -32000, "message": "No node with given id found"}})
+    )
+    failure = outcome(call)
+    assert failure.check(CDPError)
+    assert failure.value.cdp_code == -32000
+    assert "DOM.resolveNode: No node with given id found" == failure.value.message
+
+
+def test_timeout_uses_the_clock_and_forgets_the_call():
+    clock = Clock()
+    connection, _ = make(clock, timeout=5)
+    default = connection.send("Page.navigate", {"url": "about:blank"})
+    short = connection.send("Page.reload", timeout=1)
+    clock.advance(1)
+    assert "did not answer Page.reload within 1 s" in outcome(short).value.message
+    assert not default.called
+    clock.advance(4)
+    assert outcome(default).check(BrowserUnavailable)
+    assert connection.pending_count == 0
+    connection.message_received(json.dumps({"id": 1, "result": {}}))  # a late reply is ignored
+
+
+def test_cancel_removes_the_call_from_the_pending_map():
+    connection, _ = make()
+    call = connection.send("Runtime.evaluate")
+    assert connection.pending_count == 1
+    call.cancel()
+    assert outcome(call).check(defer.CancelledError)
+    assert connection.pending_count == 0
+
+
+def test_disconnect_fails_everything_pending_and_later_calls_fail_fast():
+    connection, _ = make()
+    calls = [connection.send("Runtime.evaluate"), connection.send("Page.navigate", session_id="S")]
+    reasons = []
+    connection.add_close_listener(reasons.append)
+    connection.connection_lost("peer went away")
+    failures = [outcome(call) for call in calls]
+    assert all(f.check(BrowserUnavailable) for f in failures)
+    assert "lost during Page.navigate (peer went away)" in failures[1].value.message
+    assert reasons == ["peer went away"]
+    assert outcome(connection.send("Browser.getVersion")).check(BrowserUnavailable)
+
+
+def test_events_are_routed_by_session_and_method():
+    connection, _ = make()
+    seen = []
+    connection.subscribe("Page.loadEventFired", lambda m, p: seen.append(("S1 load", p)), session_id="S1")
+    connection.subscribe(None, lambda m, p: seen.append(("S1 any", m)), session_id="S1")
+    unsubscribe = connection.subscribe("Target.targetCreated", lambda m, p: seen.append(("browser", m)))
+    connection.message_received(json.dumps({"method": "Page.loadEventFired", "params": {"t": 1}, "sessionId": "S1"}))
+    connection.message_received(json.dumps({"method": "Page.loadEventFired", "params": {}, "sessionId": "S2"}))
+    connection.message_received(json.dumps({"method": "Target.targetCreated", "params": {}}))
+    unsubscribe()
+    connection.message_received(json.dumps({"method": "Target.targetCreated", "params": {}}))
+    connection.message_received("not json")
+    assert seen == [("S1 load", {"t": 1}), ("S1 any", "Page.loadEventFired"), ("browser", "Target.targetCreated")]
+
+
+@pytest.fixture
+def fake_server(reactor):
+    chrome = FakeChrome()
+    factory = FakeCDPServerFactory(chrome, reactor=reactor)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    factory.url = f"ws://127.0.0.1:{port.getHost().port}/devtools/browser/fake"
+    factory.port_number = port.getHost().port
+    yield factory
+    factory.drop_all()
+    pytest_twisted.blockon(port.stopListening())
+
+
+async def connect(reactor, server, **kw):
+    protocol = await open_websocket(
+        reactor, server.url, address="127.0.0.1", port=server.port_number, timeout=5, **kw
+    )
+    return protocol
+
+
+@pytest_twisted.ensureDeferred
+async def test_websocket_round_trip_without_origin_header(reactor, fake_server):
+    protocol = await connect(reactor, fake_server, host_header=f"localhost:{fake_server.port_number}")
+    try:
+        version = await protocol.cdp.send("Browser.getVersion")
+        assert version["product"] == "FakeChrome/1.0"
+        [request] = fake_server.requests
+        assert "origin" not in request.headers
+        assert request.headers["host"] == f"localhost:{fake_server.port_number}"
+        fake_server.chrome.handlers["DOM.getDocument"] = lambda p, s: (_ for _ in ()).throw(
+            FakeCDPError("Document needs to be loaded")
+        )
+        with pytest.raises(CDPError, match="Document needs to be loaded"):
+            await protocol.cdp.send("DOM.getDocument", session_id="S1")
+    finally:
+        protocol.cdp.abort()
+
+
+@pytest_twisted.ensureDeferred
+async def test_unanswered_call_times_out_and_abrupt_disconnect_fails_pending(reactor, fake_server):
+    fake_server.chrome.handlers["Runtime.evaluate"] = lambda p, s: HANG
+    protocol = await connect(reactor, fake_server, call_timeout=0.2)
+    with pytest.raises(BrowserUnavailable, match="did not answer Runtime.evaluate within 0.2 s"):
+        await protocol.cdp.send("Runtime.evaluate")
+    hanging = protocol.cdp.send("Runtime.evaluate", timeout=30)
+    fake_server.drop_all()
+    with pytest.raises(BrowserUnavailable, match="lost during Runtime.evaluate"):
+        await hanging
+    assert protocol.cdp.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_huge_messages_within_and_over_the_cap(reactor, fake_server):
+    protocol = await connect(reactor, fake_server, max_message_bytes=4 * 1024 * 1024)
+    big = "x" * (3 * 1024 * 1024)
+    fake_server.chrome.handlers["Page.captureScreenshot"] = lambda p, s: {"data": big}
+    result = await protocol.cdp.send("Page.captureScreenshot")
+    assert len(result["data"]) == len(big)
+    fake_server.chrome.handlers["Page.captureScreenshot"] = lambda p, s: {"data": big + big}
+    with pytest.raises(BrowserUnavailable, match="lost during Page.captureScreenshot"):
+        await protocol.cdp.send("Page.captureScreenshot")
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_handshake_explains_remote_allow_origins(reactor, fake_server):
+    fake_server.refuse = (403, "Forbidden")
+    with pytest.raises(InvalidBrowserURL, match="--remote-allow-origins"):
+        await connect(reactor, fake_server)
+
+
+@pytest_twisted.ensureDeferred
+async def test_connect_to_a_closed_port_is_browser_unavailable(reactor, fake_server):
+    with pytest.raises(BrowserUnavailable, match="cannot open the DevTools WebSocket"):
+        await open_websocket(reactor, "ws://127.0.0.1:1/devtools/browser/x", address="127.0.0.1", port=1, timeout=5)
+
+
+@pytest_twisted.ensureDeferred
+async def test_pool_over_a_websocket_url_reconnects_after_a_drop(reactor, fake_server):
+    """The whole real path (validation, autobahn, ClientService) with a ws:// browserURL."""
+    import attrs
+    from twisted.internet.task import deferLater
+
+    from mcproxy.browser.pool import BrowserPool
+    from mcproxy.config import BrowserConfig
+
+    config = attrs.evolve(BrowserConfig(), backoff_initial=0.2, connect_timeout=5.0)
+    pool = BrowserPool(reactor, config)
+    try:
+        browser = pool.browser_for("alice", fake_server.url)
+        await browser.connected(5)
+        [page] = browser.pages()
+        methods = fake_server.chrome.methods()
+        assert methods[0] == "Target.setDiscoverTargets" and "Target.getTargets" in methods
+        fake_server.drop_all()
+        while browser.status == "connected":
+            await deferLater(reactor, 0.02)
+        assert browser.status == "reconnecting"
+        while browser.status != "connected":
+            await deferLater(reactor, 0.02)
+        assert browser.pages() == [page] and page.session_id.endswith("-2")
+        assert len(fake_server.requests) == 2
+    finally:
+        await pool.close()
+    assert browser.status == "disconnected" and browser.cdp is None
+    for _ in range(100):  # the server side notices the closed socket a moment later
+        if not fake_server.connections:
+            break
+        await deferLater(reactor, 0.02)
+    assert fake_server.connections == []

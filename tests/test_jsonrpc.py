@@ -1,0 +1,75 @@
+"""JSON-RPC framing: what is a message, and how errors are spelled."""
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from mcp_types import JSONRPCNotification, JSONRPCRequest, JSONRPCResponse
+
+from mcproxy.mcp.jsonrpc import (
+    RpcError,
+    encode,
+    error_message,
+    notification_message,
+    parse_message,
+    result_message,
+)
+
+
+def test_parses_requests_notifications_and_responses():
+    request = parse_message(b'{"jsonrpc":"2.0","id":7,"method":"ping"}')
+    assert isinstance(request, JSONRPCRequest) and request.id == 7
+    note = parse_message('{"jsonrpc":"2.0","method":"notifications/initialized"}')
+    assert isinstance(note, JSONRPCNotification)
+    response = parse_message(b'{"jsonrpc":"2.0","id":"a","result":{}}')
+    assert isinstance(response, JSONRPCResponse)
+
+
+@pytest.mark.parametrize(
+    "body, code, rid",
+    [
+        (b"{nope", -32700, None),
+        (b"", -32700, None),
+        (b"[]", -32600, None),
+        (b'[{"jsonrpc":"2.0","id":1,"method":"ping"}]', -32600, None),
+        (b'"text"', -32600, None),
+        (b'{"jsonrpc":"1.0","id":3,"method":"ping"}', -32600, 3),
+        (b'{"jsonrpc":"2.0","id":3}', -32600, 3),
+        (b'{"jsonrpc":"2.0","id":1.5,"method":"ping"}', -32600, None),
+        (b'{"jsonrpc":"2.0","id":true,"method":"ping"}', -32600, None),
+        (b'{"jsonrpc":"2.0","id":4,"method":7}', -32600, 4),
+    ],
+)
+def test_refusals(body, code, rid):
+    with pytest.raises(RpcError) as caught:
+        parse_message(body)
+    assert caught.value.code == code
+    message = caught.value.to_message()
+    assert message["id"] == rid and message["error"]["code"] == code
+    assert "id" in json.loads(encode(message))
+
+
+def test_batches_are_refused_with_a_clear_message():
+    with pytest.raises(RpcError, match="Batches are not supported"):
+        parse_message(b'[{"jsonrpc":"2.0","method":"x"}]')
+
+
+def test_builders():
+    assert result_message(1, {}) == {"jsonrpc": "2.0", "id": 1, "result": {}}
+    assert error_message(None, -32700, "bad") == {
+        "jsonrpc": "2.0",
+        "id": None,
+        "error": {"code": -32700, "message": "bad"},
+    }
+    assert error_message(2, -1, "m", {"k": 1})["error"]["data"] == {"k": 1}
+    assert notification_message("n") == {"jsonrpc": "2.0", "method": "n"}
+    assert encode({"a": "é"}) == '{"a":"é"}'.encode("utf-8")
+
+
+@given(st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
+def test_any_input_is_a_message_or_an_rpc_error(body):
+    try:
+        parse_message(body)
+    except RpcError as e:
+        assert e.code in (-32700, -32600)

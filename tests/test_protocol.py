@@ -1,0 +1,355 @@
+"""The sans-IO MCP session layer, on a deterministic clock."""
+
+import json
+
+import pytest
+from twisted.internet.defer import CancelledError
+from twisted.internet.task import Clock
+
+from mcproxy.auth.principal import Principal
+from mcproxy.mcp.jsonrpc import RpcError, parse_message
+from mcproxy.mcp.protocol import McpServer, McpSession, modern_envelope
+from mcproxy.testing.fake_tools import FakeToolProvider
+from mcproxy.tools.base import SessionView
+
+ALICE = Principal("alice", frozenset({"tools:*"}))
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+
+
+def msg(method, params=None, rid=None):
+    body = {"jsonrpc": "2.0", "method": method}
+    if params is not None:
+        body["params"] = params
+    if rid is not None:
+        body["id"] = rid
+    return parse_message(json.dumps(body))
+
+
+class Harness:
+    def __init__(self, max_in_flight=16):
+        self.clock = Clock()
+        self.tools = FakeToolProvider(self.clock)
+        self.server = McpServer(self.tools, max_in_flight=max_in_flight)
+        self.session = McpSession(self.server, ALICE, SessionView("s1"))
+        self.notes = []
+        self.next_id = 100
+
+    def send(self, method, params=None, rid=None):
+        """Handle a request; returns the Deferred."""
+        if rid is None:
+            self.next_id += 1
+            rid = self.next_id
+        return self.session.handle(msg(method, params, rid), self.notes.append)
+
+    def answer(self, method, params=None, rid=None):
+        d = self.send(method, params, rid)
+        results = []
+        d.addBoth(results.append)
+        assert results, f"{method} did not answer synchronously"
+        return results[0]
+
+    def notify(self, method, params=None):
+        self.session.handle(msg(method, params), self.notes.append)
+
+    def initialize(self, version="2025-11-25"):
+        answer = self.answer(
+            "initialize",
+            {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}},
+        )
+        self.notify("notifications/initialized")
+        return answer
+
+
+@pytest.fixture
+def h():
+    return Harness()
+
+
+def test_requests_before_initialize_are_refused_but_ping_works(h):
+    refused = h.answer("tools/list")
+    assert refused["error"]["code"] == -32600
+    assert "initialize" in refused["error"]["message"]
+    assert h.answer("ping") == {"jsonrpc": "2.0", "id": h.next_id, "result": {}}
+
+
+@pytest.mark.parametrize(
+    "requested, negotiated",
+    [
+        ("2024-11-05", "2024-11-05"),
+        ("2025-03-26", "2025-03-26"),
+        ("2025-06-18", "2025-06-18"),
+        ("2025-11-25", "2025-11-25"),
+        ("2026-07-28", "2025-11-25"),
+        ("1999-01-01", "2025-11-25"),
+    ],
+)
+def test_version_negotiation(h, requested, negotiated):
+    result = h.initialize(requested)["result"]
+    assert result["protocolVersion"] == negotiated
+    assert result["serverInfo"]["name"] == "mcproxy"
+    assert result["capabilities"]["tools"] == {"listChanged": False}
+    assert result["capabilities"]["logging"] == {}
+    assert "resources" in result["capabilities"] and result["instructions"]
+    assert h.session.protocol_version == negotiated
+
+
+def test_second_initialize_and_bad_initialize_params(h):
+    assert h.answer("initialize", {"protocolVersion": 5})["error"]["code"] == -32602
+    h.initialize()
+    assert h.answer("initialize", {})["error"]["code"] == -32600
+
+
+def test_unknown_methods_and_bad_params(h):
+    h.initialize()
+    assert h.answer("nope/nope")["error"]["code"] == -32601
+    assert h.answer("server/discover")["error"]["code"] == -32601  # not a handshake-era method
+    assert h.answer("prompts/list")["error"]["code"] == -32601  # not offered
+    bad = h.answer("tools/call", {"name": 5})["error"]
+    assert bad["code"] == -32602 and "name" in bad["message"]
+    assert h.answer("logging/setLevel", {"level": "loud"})["error"]["code"] == -32602
+
+
+def test_tools_list_and_call(h):
+    h.initialize("2025-06-18")
+    tools = h.answer("tools/list")["result"]
+    assert "ttlMs" not in tools and len(tools["tools"]) == 6
+    echoed = h.answer("tools/call", {"name": "echo", "arguments": {"text": "hi"}})["result"]
+    assert echoed["content"] == [{"type": "text", "text": "hi"}]
+    failed = h.answer("tools/call", {"name": "fail"})["result"]
+    assert failed["isError"] is True
+    context = h.tools.calls[0][2]
+    assert context.principal == ALICE and context.session.session_id == "s1"
+    assert context.protocol_version == "2025-06-18" and context.request_id == str(h.next_id - 1)
+
+
+def test_resources_hook_is_empty_for_now(h):
+    h.initialize()
+    assert h.answer("resources/list")["result"]["resources"] == []
+    missing = h.answer("resources/read", {"uri": "mcproxy://artifacts/x"})["error"]
+    assert missing["code"] == -32602 and "mcproxy://artifacts/x" in missing["message"]
+
+
+def test_cancel_notification_cancels_the_work_and_nothing_is_answered(h):
+    h.initialize()
+    d = h.send("tools/call", {"name": "slow", "arguments": {"seconds": 10}}, rid="r1")
+    results = []
+    d.addBoth(results.append)
+    assert not results and h.session.in_flight == 1
+    h.notify("notifications/cancelled", {"requestId": "r1", "reason": "user"})
+    assert results == [None]
+    assert h.tools.cancelled == ["slow"] and h.session.in_flight == 0
+
+
+def test_transport_cancelling_the_deferred_cancels_the_work(h):
+    h.initialize()
+    d = h.send("tools/call", {"name": "slow", "arguments": {"seconds": 10}})
+    failures = []
+    d.addErrback(failures.append)
+    d.cancel()
+    assert failures and failures[0].check(CancelledError)
+    assert h.tools.cancelled == ["slow"]
+
+
+def test_cancel_of_unknown_or_finished_request_is_ignored(h):
+    h.initialize()
+    d = h.send("tools/call", {"name": "slow", "arguments": {"seconds": 1}}, rid=5)
+    h.clock.advance(1)
+    assert d.result["result"]["content"][0]["text"] == "waited 1.0s"
+    h.notify("notifications/cancelled", {"requestId": 5})
+    h.notify("notifications/cancelled", {"requestId": "never"})
+    assert h.tools.cancelled == []
+
+
+def test_progress_only_with_a_token(h):
+    h.initialize()
+    h.answer("tools/call", {"name": "progress", "arguments": {"steps": 2}})
+    assert h.notes == []
+    h.answer("tools/call", {"name": "progress", "arguments": {"steps": 2}, "_meta": {"progressToken": "tok"}})
+    assert [n["method"] for n in h.notes] == ["notifications/progress"] * 2
+    assert h.notes[1]["params"] == {
+        "progressToken": "tok",
+        "progress": 2,
+        "total": 2,
+        "message": "step 2 of 2",
+    }
+
+
+def test_progress_message_field_is_left_out_for_2024(h):
+    h.initialize("2024-11-05")
+    h.answer("tools/call", {"name": "progress", "arguments": {"steps": 1}, "_meta": {"progressToken": 1}})
+    assert h.notes[0]["params"] == {"progressToken": 1, "progress": 1, "total": 1}
+
+
+def test_logging_is_off_until_set_level_then_filtered(h):
+    h.initialize()
+    h.answer("tools/call", {"name": "log"})
+    assert h.notes == []
+    assert h.answer("logging/setLevel", {"level": "warning"})["result"] == {}
+    h.answer("tools/call", {"name": "log"})
+    assert [n["params"]["level"] for n in h.notes] == ["warning", "error", "critical", "alert", "emergency"]
+    assert h.notes[0] == {
+        "jsonrpc": "2.0",
+        "method": "notifications/message",
+        "params": {"level": "warning", "data": "a warning message"},
+    }
+
+
+def test_in_flight_cap():
+    h = Harness(max_in_flight=2)
+    h.initialize()
+    first = h.send("tools/call", {"name": "slow", "arguments": {"seconds": 5}})
+    h.send("tools/call", {"name": "slow", "arguments": {"seconds": 5}})
+    refused = h.answer("tools/call", {"name": "echo"})
+    assert refused["error"]["code"] == -32010 and "limit 2" in refused["error"]["message"]
+    assert "result" in h.answer("ping")
+    h.clock.advance(5)
+    assert "result" in first.result
+    assert "result" in h.answer("tools/call", {"name": "echo"})
+
+
+def test_duplicate_in_flight_id_is_refused(h):
+    h.initialize()
+    h.send("tools/call", {"name": "slow", "arguments": {"seconds": 5}}, rid=1)
+    assert h.answer("ping", rid=1)["error"]["code"] == -32600
+
+
+def test_close_cancels_everything(h):
+    h.initialize()
+    d = h.send("tools/call", {"name": "slow", "arguments": {"seconds": 5}})
+    d.addErrback(lambda f: f.trap(CancelledError))
+    h.session.close()
+    assert h.tools.cancelled == ["slow"]
+    assert h.answer("ping")["error"]["code"] == -32600
+
+
+def test_notifications_and_responses_are_never_answered(h):
+    h.initialize()
+    assert h.session.handle(msg("notifications/whatever"), h.notes.append).result is None
+    response = parse_message(b'{"jsonrpc":"2.0","id":1,"result":{}}')
+    assert h.session.handle(response, h.notes.append).result is None
+
+
+def test_a_provider_crash_is_an_internal_error_without_details(h):
+    class Broken(FakeToolProvider):
+        def call_tool(self, name, arguments, context):
+            raise RuntimeError("secret detail")
+
+    h.server.tools = Broken(h.clock)
+    h.initialize()
+    error = h.answer("tools/call", {"name": "echo"})["error"]
+    assert error["code"] == -32603 and "secret" not in error["message"]
+
+
+# --- 2026-07-28 ---------------------------------------------------------------
+
+
+def modern(method, params=None, headers=None, rid=1):
+    params = dict(params or {})
+    params["_meta"] = {**MODERN_META, **params.get("_meta", {})}
+    message = msg(method, params, rid)
+    return message, modern_envelope(message, headers)
+
+
+def test_modern_request_needs_no_handshake():
+    clock = Clock()
+    tools = FakeToolProvider(clock)
+    server = McpServer(tools)
+    message, envelope = modern("tools/list")
+    session = McpSession(server, ALICE, SessionView(None), modern=envelope)
+    result = session.handle(message, lambda n: None).result["result"]
+    assert result["resultType"] == "complete" and result["ttlMs"] == 0 and len(result["tools"]) == 6
+    assert result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "mcproxy"
+
+
+def test_discover_lists_every_version():
+    message, envelope = modern("server/discover")
+    session = McpSession(McpServer(FakeToolProvider(Clock())), ALICE, SessionView(None), modern=envelope)
+    result = session.handle(message, lambda n: None).result["result"]
+    assert result["supportedVersions"] == [
+        "2024-11-05",
+        "2025-03-26",
+        "2025-06-18",
+        "2025-11-25",
+        "2026-07-28",
+    ]
+    assert "tools" in result["capabilities"] and "logging" not in result["capabilities"]
+    assert result["instructions"]
+
+
+def test_modern_log_level_comes_from_the_request():
+    message, envelope = modern(
+        "tools/call", {"name": "log", "_meta": {"io.modelcontextprotocol/logLevel": "alert"}}
+    )
+    notes = []
+    session = McpSession(McpServer(FakeToolProvider(Clock())), ALICE, SessionView(None), modern=envelope)
+    session.handle(message, notes.append)
+    assert [n["params"]["level"] for n in notes] == ["alert", "emergency"]
+
+
+def test_modern_methods_removed_in_2026_are_not_found():
+    message, envelope = modern("ping")
+    session = McpSession(McpServer(FakeToolProvider(Clock())), ALICE, SessionView(None), modern=envelope)
+    assert session.handle(message, lambda n: None).result["error"]["code"] == -32601
+
+
+@pytest.mark.parametrize(
+    "params, headers, code",
+    [
+        ({"name": "echo"}, None, -32602),
+        ({"name": "echo", "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}, None, -32602),
+        ({"name": "echo", "_meta": MODERN_META}, {"mcp-protocol-version": "2025-11-25"}, -32020),
+        (
+            {"name": "echo", "_meta": MODERN_META},
+            {"mcp-protocol-version": "2026-07-28", "mcp-method": "x"},
+            -32020,
+        ),
+        (
+            {"name": "echo", "_meta": MODERN_META},
+            {"mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": "fail"},
+            -32020,
+        ),
+        (
+            {
+                "name": "echo",
+                "_meta": {**MODERN_META, "io.modelcontextprotocol/protocolVersion": "2030-01-01"},
+            },
+            None,
+            -32022,
+        ),
+        (
+            {"name": "echo", "_meta": {**MODERN_META, "io.modelcontextprotocol/logLevel": "loud"}},
+            None,
+            -32602,
+        ),
+    ],
+)
+def test_modern_envelope_refusals(params, headers, code):
+    with pytest.raises(RpcError) as caught:
+        modern_envelope(msg("tools/call", params, 1), headers)
+    assert caught.value.code == code
+    if code == -32022:
+        assert caught.value.data == {
+            "supported": ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28"],
+            "requested": "2030-01-01",
+        }
+
+
+def test_modern_envelope_accepts_matching_headers():
+    headers = {"mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": "echo"}
+    envelope = modern_envelope(msg("tools/call", {"name": "echo", "_meta": MODERN_META}, 1), headers)
+    assert envelope.protocol_version == "2026-07-28" and envelope.log_level is None
+
+
+def test_modern_mcp_name_may_be_base64_wrapped():
+    params = {"name": "écho", "_meta": MODERN_META}
+    headers = {
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "tools/call",
+        "mcp-name": "=?base64?w6ljaG8=?=",
+    }
+    assert modern_envelope(msg("tools/call", params, 1), headers).protocol_version == "2026-07-28"
+    with pytest.raises(RpcError):
+        modern_envelope(msg("tools/call", params, 1), {**headers, "mcp-name": "=?base64?!!?="})

@@ -1,0 +1,357 @@
+"""Deterministic tests of the tool machinery: argument validation, `first`, settling (with a
+Clock and a scripted page), page listing and the close_page guard (with a fake browser)."""
+
+import pytest
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.task import Clock
+
+from mcproxy.auth.principal import Principal
+from mcproxy.config import ToolsConfig
+from mcproxy.errors import CDPError, ToolError
+from mcproxy.tools import schema
+from mcproxy.tools.base import CallContext, SessionView
+from mcproxy.tools.settle import DOM_QUIET, NAVIGATION_WINDOW, act_and_settle, first
+
+
+def result_of(d: Deferred):
+    """The synchronous result of a fired Deferred (re-raising its failure)."""
+    results = []
+    d.addBoth(results.append)
+    assert results, "the Deferred has not fired"
+    outcome = results[0]
+    if hasattr(outcome, "raiseException"):
+        outcome.raiseException()
+    return outcome
+
+
+# -- schema.validate -------------------------------------------------------------------
+
+SCHEMA = schema.obj(
+    {
+        "pageId": schema.page_id(),
+        "kind": schema.string("k", enum=("a", "b")),
+        "count": {"type": "integer", "minimum": 0, "maximum": 5},
+        "texts": schema.array("t", {"type": "string"}, min_items=1),
+        "flag": schema.boolean("f"),
+    },
+    ("pageId",),
+)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({}, 'Missing required argument "pageId".'),
+        ({"pageId": None}, 'Missing required argument "pageId".'),
+        ({"pageId": True}, 'Invalid argument "pageId": expected a number, got a boolean.'),
+        ({"pageId": 1, "kind": "c"}, "Invalid argument \"kind\": must be one of \"a\", \"b\", got 'c'."),
+        ({"pageId": 1, "count": 1.5}, 'Invalid argument "count": expected an integer, got a number.'),
+        ({"pageId": 1, "count": -1}, 'Invalid argument "count": must be at least 0, got -1.'),
+        ({"pageId": 1, "texts": []}, 'Invalid argument "texts": must have at least 1 item(s).'),
+        ({"pageId": 1, "texts": ["x", None]}, 'Invalid argument "texts"[1]: expected a string, got null.'),
+        ({"pageId": 1, "flag": "yes"}, 'Invalid argument "flag": expected a boolean, got a string.'),
+        ({"pageId": 1, "other": 1}, 'Unknown argument "other" (this tool takes: "pageId", "kind", "count", "texts", "flag").'),
+    ],
+)
+def test_validation_names_the_parameter(arguments, message):
+    with pytest.raises(schema.InvalidArguments) as raised:
+        schema.validate(SCHEMA, arguments)
+    assert raised.value.message == message
+
+
+def test_validation_passes_good_arguments_and_drops_nulls():
+    arguments = {"pageId": 2.0, "kind": "a", "count": 5, "texts": ["x"], "flag": False, "other": None}
+    assert schema.validate({**SCHEMA, "properties": {**SCHEMA["properties"], "other": {}}}, arguments) == {
+        "pageId": 2.0, "kind": "a", "count": 5, "texts": ["x"], "flag": False,
+    }
+    with pytest.raises(schema.InvalidArguments, match="expected an object"):
+        schema.validate(SCHEMA, ["pageId"])
+
+
+# -- first -----------------------------------------------------------------------------
+
+def test_first_fires_with_the_first_result_and_cancels_the_rest():
+    a, b = Deferred(), Deferred()
+    both = first([a, b])
+    b.callback("b")
+    assert result_of(both) == (1, "b")
+    assert a.called, "the loser was cancelled (its CancelledError is consumed by first)"
+
+
+def test_first_reports_the_first_failure_instead_of_waiting():
+    a, b = Deferred(), Deferred()
+    both = first([a, b])
+    a.errback(ToolError("boom"))
+    with pytest.raises(ToolError, match="boom"):
+        result_of(both)
+    assert b.called
+
+
+def test_cancelling_first_cancels_every_input():
+    a, b = Deferred(), Deferred()
+    first([a, b]).addErrback(lambda f: f.trap(CancelledError)).cancel()
+    assert a.called and b.called
+
+
+# -- act_and_settle ----------------------------------------------------------------------
+
+class ScriptedPage:
+    """A page whose CDP answers are scripted: ``idle`` lists the DOM-quiet readings (ms)."""
+
+    page_id = 1
+    target_id = "MAIN"
+
+    def __init__(self, idle=(), quiet_error=None):
+        self.state = {}
+        self.idle = list(idle)
+        self.quiet_error = quiet_error
+        self.calls = []
+        self.subscribers = {}
+        self.observers = 0
+
+    def subscribe(self, method, callback):
+        self.subscribers.setdefault(method, []).append(callback)
+        return lambda: self.subscribers[method].remove(callback)
+
+    def emit(self, method, params):
+        for callback in list(self.subscribers.get(method, [])):
+            callback(method, params)
+
+    def send(self, method, params=None, *, timeout=None):
+        self.calls.append(method)
+        if method == "Runtime.evaluate":
+            self.observers += 1
+            return succeed({"result": {"objectId": f"watch{self.observers}"}})
+        if method == "Runtime.callFunctionOn" and "performance.now()" in params["functionDeclaration"]:
+            if self.quiet_error is not None:
+                error, self.quiet_error = self.quiet_error, None
+                return fail(error)
+            return succeed({"result": {"value": self.idle.pop(0)}})
+        return succeed({})
+
+
+def settle(page, clock, action=lambda: succeed(None), **kw):
+    async def run():
+        await action()
+
+    return Deferred.fromCoroutine(act_and_settle(page, clock, run, navigation_timeout=5, **kw))
+
+
+def test_returns_once_the_dom_has_been_quiet_for_the_window():
+    clock, page = Clock(), ScriptedPage(idle=[30.0, DOM_QUIET * 1000])
+    done = settle(page, clock)
+    clock.advance(DOM_QUIET - 0.001)
+    assert not done.called
+    clock.advance(0.001)
+    assert not done.called, "30 ms quiet is not enough: wait the remaining 70 ms"
+    clock.advance(DOM_QUIET - 0.03)
+    assert result_of(done) is None
+    assert page.observers == 1
+    assert not any(page.subscribers.values()), "every event subscription is removed"
+
+
+def test_a_navigation_started_in_the_window_is_awaited_then_the_new_document_settles():
+    clock, page = Clock(), ScriptedPage(idle=[DOM_QUIET * 1000])
+    done = settle(page, clock)
+    clock.advance(NAVIGATION_WINDOW / 2)
+    page.emit("Page.frameStartedLoading", {"frameId": "MAIN"})
+    clock.advance(1)
+    assert not done.called
+    page.emit("Page.frameStoppedLoading", {"frameId": "SUBFRAME"})
+    assert not done.called
+    page.emit("Page.frameStoppedLoading", {"frameId": "MAIN"})
+    assert page.observers == 2, "a fresh observer watches the new document"
+    clock.advance(DOM_QUIET)
+    assert result_of(done) is None
+
+
+def test_a_late_navigation_shows_up_as_a_lost_document():
+    clock, page = Clock(), ScriptedPage(idle=[DOM_QUIET * 1000], quiet_error=CDPError("Cannot find context"))
+    done = settle(page, clock)
+    clock.advance(DOM_QUIET)
+    assert not done.called
+    page.emit("Page.loadEventFired", {})
+    clock.advance(DOM_QUIET)
+    assert result_of(done) is None
+
+
+def test_a_navigation_that_never_loads_is_bounded():
+    clock, page = Clock(), ScriptedPage()
+    done = settle(page, clock)
+    page.emit("Page.frameStartedLoading", {"frameId": "MAIN"})
+    clock.advance(NAVIGATION_WINDOW)
+    clock.advance(5)
+    assert result_of(done) is None
+
+
+def test_a_dialog_ends_the_wait_and_cancels_the_action():
+    clock, page = Clock(), ScriptedPage()
+    blocked = Deferred()
+    done = settle(page, clock, action=lambda: blocked)
+    page.emit("Page.javascriptDialogOpening", {"type": "alert", "message": "hi"})
+    assert result_of(done) == {"type": "alert", "message": "hi"}
+    assert blocked.called, "the blocked CDP call was cancelled"
+    blocked.addErrback(lambda f: f.trap(CancelledError))
+
+
+def test_a_failed_action_fails_at_once():
+    clock, page = Clock(), ScriptedPage()
+    done = settle(page, clock, action=lambda: fail(ToolError("not fillable")))
+    with pytest.raises(ToolError, match="not fillable"):
+        result_of(done)
+
+
+def test_cancelling_stops_every_wait():
+    clock, page = Clock(), ScriptedPage(idle=[0.0])
+    done = settle(page, clock)
+    done.cancel()
+    with pytest.raises(CancelledError):
+        result_of(done)
+    assert not clock.getDelayedCalls()
+
+
+# -- pages -----------------------------------------------------------------------------
+
+class FakePage:
+    def __init__(self, page_id, opener=None, via_proxy=True, title="", url="about:blank"):
+        self.page_id, self.opener, self.via_proxy = page_id, opener, via_proxy
+        self.target_id, self.title, self.url, self.closed = f"T{page_id}", title, url, False
+        self.state = {}
+
+    def run_exclusive(self, fn, *args):
+        return Deferred.fromCoroutine(fn(*args))
+
+
+class FakeBrowser:
+    def __init__(self, pages):
+        self._pages = pages
+        self.closed = []
+
+    def pages(self):
+        return list(self._pages)
+
+    async def connected(self, timeout=None):
+        assert timeout == ToolsConfig().navigation_timeout
+
+    def send(self, method, params=None, *, timeout=None):
+        assert method == "Target.getTargets"
+        return succeed({"targetInfos": [{"targetId": "T2", "title": "Fresh title", "url": "http://x/2"}]})
+
+    def close_page(self, page_id):
+        self.closed.append(page_id)
+        self._pages = [p for p in self._pages if p.page_id != page_id]
+        return succeed(None)
+
+
+def registry_for(browser, **config):
+    from mcproxy.tools.registry import ToolRegistry
+
+    async def get_browser(user_id):
+        return browser
+
+    return ToolRegistry(get_browser, ToolsConfig(**config), Clock())
+
+
+def context(session_id="s1", selected=None):
+    return CallContext(Principal("u", frozenset({"tools:*"})), SessionView(session_id, selected), "2025-11-25")
+
+
+def test_pages_listing_text_and_structured_content():
+    browser = FakeBrowser([FakePage(1, "s1"), FakePage(2, "s1", title="stale"), FakePage(3, "other")])
+    result = result_of(registry_for(browser).call_tool("list_pages", {}, context(selected=2)))
+    assert result.content[0].text == "## Pages\n1: about:blank\n2: Fresh title (http://x/2) [selected]"
+    assert result.structured_content == {
+        "pages": [
+            {"id": 1, "url": "about:blank", "title": "", "selected": False},
+            {"id": 2, "url": "http://x/2", "title": "Fresh title", "selected": True},
+        ]
+    }
+    empty = result_of(registry_for(browser).call_tool("list_pages", {}, context("nobody")))
+    assert empty.content[0].text == "## Pages\nNo pages open. Call new_page to open one."
+
+
+def test_close_page_refuses_the_last_page_and_clears_the_selection():
+    browser = FakeBrowser([FakePage(1, "s1")])
+    tools = registry_for(browser)
+    result = result_of(tools.call_tool("close_page", {"pageId": 1}, context()))
+    assert result.is_error and result.content[0].text.startswith("The last open page cannot be closed.")
+    browser._pages.append(FakePage(2, "s1"))
+    call_context = context(selected=2)
+    result = result_of(tools.call_tool("close_page", {"pageId": 2}, call_context))
+    assert not result.is_error and browser.closed == [2]
+    assert call_context.session.selected_page_id is None
+    assert result.content[0].text == "## Pages\n1: about:blank"
+
+
+def test_unexpected_errors_become_an_internal_error_result():
+    class Broken(FakeBrowser):
+        def pages(self):
+            raise RuntimeError("secret detail")
+
+    result = result_of(registry_for(Broken([])).call_tool("list_pages", {}, context()))
+    assert result.is_error
+    assert result.content[0].text == 'Internal error while running "list_pages". The failure was logged; try again.'
+
+
+def test_an_unreachable_browser_is_reported_as_a_tool_error():
+    from mcproxy.errors import BrowserUnavailable
+
+    class Away(FakeBrowser):
+        async def connected(self, timeout=None):
+            raise BrowserUnavailable("the browser of u at http://127.0.0.1:9222 is not reachable right now")
+
+    result = result_of(registry_for(Away([])).call_tool("list_pages", {}, context()))
+    assert result.is_error
+    assert result.content[0].text == "the browser of u at http://127.0.0.1:9222 is not reachable right now"
+
+
+def test_a_missing_browser_is_reported_as_a_tool_error():
+    from mcproxy.tools.registry import ToolRegistry
+
+    async def no_browser(user_id):
+        raise ToolError(f"no browser registered for user {user_id}; register one with POST /api/register")
+
+    result = result_of(ToolRegistry(no_browser, ToolsConfig(), Clock()).call_tool("list_pages", None, context()))
+    assert result.is_error
+    assert result.content[0].text == "no browser registered for user u; register one with POST /api/register"
+
+
+def test_a_dom_that_never_rests_is_waited_for_at_most_the_cap():
+    from mcproxy.tools.settle import SETTLE_CAP
+
+    clock, page = Clock(), ScriptedPage(idle=[10.0] * 1000)
+    done = settle(page, clock)
+    while not done.called and clock.seconds() < 2 * SETTLE_CAP:
+        clock.advance(0.01)
+    assert result_of(done) is None
+    assert SETTLE_CAP <= clock.seconds() < SETTLE_CAP + DOM_QUIET
+
+
+@pytest.mark.parametrize(
+    "combo, expected",
+    [
+        ("Enter", [("keyDown", "Enter", 0), ("keyUp", "Enter", 0)]),
+        ("+", [("keyDown", "+", 0), ("keyUp", "+", 0)]),
+        ("Control++", [("rawKeyDown", "Control", 2), ("rawKeyDown", "+", 2), ("keyUp", "+", 2), ("keyUp", "Control", 0)]),
+        (
+            "Control+Shift+r",
+            [
+                ("rawKeyDown", "Control", 2), ("rawKeyDown", "Shift", 10), ("rawKeyDown", "R", 10),
+                ("keyUp", "R", 10), ("keyUp", "Shift", 2), ("keyUp", "Control", 0),
+            ],
+        ),
+    ],
+)
+def test_key_combinations(combo, expected):
+    from mcproxy.tools.input import _key_events
+
+    events = [(p["type"], p["key"], p["modifiers"]) for method, p in _key_events(combo)]
+    assert events == expected
+
+
+@pytest.mark.parametrize("combo", ["Hyper+a", "Control+", "NoSuchKey"])
+def test_bad_key_combinations_are_explained(combo):
+    from mcproxy.tools.input import _key_events
+
+    with pytest.raises(ToolError, match="modifier|No key|Unknown key"):
+        _key_events(combo)
