@@ -37,7 +37,7 @@ async def _browser_flow(session, page_url: str) -> dict:
     listed = await session.list_tools()
     names = {tool.name for tool in listed.tools}
     opened = await session.call_tool("new_page", {"url": page_url})
-    assert not opened.isError, _text(opened)
+    assert not opened.is_error, _text(opened)
     page_id = int(re.search(r"^(\d+): .*\[selected\]", _text(opened), re.M).group(1))
     snapshot = _text(await session.call_tool("take_snapshot", {"pageId": page_id}))
     uid_of = {
@@ -45,11 +45,11 @@ async def _browser_flow(session, page_url: str) -> dict:
         for m in re.finditer(r'uid=(\S+) (?:textbox|button) "([^"]+)"', snapshot)
     }
     filled = await session.call_tool("fill", {"pageId": page_id, "uid": uid_of["Name"], "value": "Alice"})
-    assert not filled.isError, _text(filled)
+    assert not filled.is_error, _text(filled)
     clicked = await session.call_tool("click", {"pageId": page_id, "uid": uid_of["Submit"]})
-    assert not clicked.isError, _text(clicked)
+    assert not clicked.is_error, _text(clicked)
     evaluated = await session.call_tool(
-        "evaluate_script", {"pageId": page_id, "function": "() => document.getElementById('out').textContent"}
+        "evaluate_script", {"pageId": page_id, "function": "() => document.getElementById('output').textContent"}
     )
     shot = await session.call_tool("take_screenshot", {"pageId": page_id})
     images = [block for block in shot.content if isinstance(block, types.ImageContent)]
@@ -100,7 +100,7 @@ async def test_flow_over_streamable_http(proxy, chromium, fixture_site):
         async with client, streamable_http_client(proxy.base_url + "/mcp", http_client=client) as (read, write):
             async with ClientSession(read, write) as session:
                 initialized = await session.initialize()
-                assert initialized.protocolVersion == "2025-11-25"
+                assert initialized.protocol_version == "2025-11-25"
                 return await _browser_flow(session, fixture_site.url("index.html"))
 
     _check_flow(await run_async(flow()))
