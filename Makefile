@@ -12,7 +12,7 @@ $(STAMP): setup.cfg setup.py
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "mcproxy needs Python >= 3.11"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --config-settings editable_mode=compat -e '.[test]'
 	touch $(STAMP)
 
 run: install
