@@ -69,6 +69,15 @@ def write_failure(request: IRequest, failure) -> None:
     if failure.check(MCProxyError):
         write_error(request, failure.value)
         return
+    log_unhandled(request, failure)
+    write_error(request, INTERNAL)
+
+
+INTERNAL = MCProxyError("internal error; the server log has details")
+
+
+def log_unhandled(request: IRequest, failure) -> None:
+    """Log a bug that reached the HTTP layer, with the request it broke."""
     log.failure(
         "Unhandled error answering {method} {path} (request {request_id})",
         failure,
@@ -76,7 +85,6 @@ def write_failure(request: IRequest, failure) -> None:
         path=request.path.decode("latin-1"),
         request_id=request_id(request),
     )
-    write_error(request, MCProxyError("internal error; the server log has details"))
 
 
 def read_body(request: IRequest, limit: int) -> bytes:

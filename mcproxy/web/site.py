@@ -7,13 +7,11 @@ buffered, and hands each path to the resource that owns it: the MCP transports a
 
 import io
 
-from twisted.logger import Logger
 from twisted.web import resource, server
 
-from mcproxy.errors import MCProxyError, NotFound, PayloadTooLarge
-from mcproxy.web.http import request_id, write_error
+from mcproxy.errors import NotFound, PayloadTooLarge
+from mcproxy.web.http import INTERNAL, log_unhandled, request_id, write_error
 
-log = Logger()
 
 
 class _Discard(io.BytesIO):
@@ -59,16 +57,10 @@ class ProxyRequest(server.Request):
 
     def processingFailed(self, reason):
         """A bug escaped a resource: log it, answer a JSON 500, never a traceback."""
-        log.failure(
-            "Unhandled error answering {method} {path} (request {request_id})",
-            reason,
-            method=self.method.decode("latin-1"),
-            path=self.path.decode("latin-1"),
-            request_id=request_id(self),
-        )
+        log_unhandled(self, reason)
         if not self.finished and not self._disconnected:
             if not self.startedWriting:
-                write_error(self, MCProxyError("internal error; the server log has details"))
+                write_error(self, INTERNAL)
             else:
                 self.finish()
         return reason
