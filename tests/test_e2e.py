@@ -203,3 +203,50 @@ async def test_register_refuses_bad_browser_urls(proxy, url, fragment):
     assert fragment in body["error"]["message"]
     code, _, _ = await proxy.api("GET", "/api/users/gina/status", token=token)
     assert code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_chrome_killed_mid_call_and_restarted(proxy, private_chromium, fixture_site):
+    from mcp import ClientSession
+    from mcp.client.sse import sse_client
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    token = await proxy.token_for("henry")
+    await proxy.register("henry", private_chromium.browser_url, token)
+    headers = {"Authorization": f"Bearer {token}"}
+
+    async def start_waiting():
+        async with sse_client(proxy.base_url + "/sse", headers=headers) as (read, write):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                opened = await session.call_tool("new_page", {"url": fixture_site.url("index.html")})
+                page_id = int(re.search(r"^(\d+): .*\[selected\]", _text(opened), re.M).group(1))
+                return await session.call_tool(
+                    "wait_for", {"pageId": page_id, "text": ["never shown"], "timeout": 20000}
+                )
+
+    waiting = run_async(start_waiting())
+    await deferLater(reactor, 1.5, lambda: None)
+    started = reactor.seconds()
+    await private_chromium.kill()
+    result = await waiting
+    assert result.is_error
+    assert reactor.seconds() - started < 10, "a call on a dead browser must fail fast"
+    await private_chromium.restart()
+
+    async def list_after_restart():
+        async with sse_client(proxy.base_url + "/sse", headers=headers) as (read, write):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                return await session.call_tool("new_page", {"url": fixture_site.url("second.html")})
+
+    for _ in range(40):
+        code, status, _ = await proxy.api("GET", "/api/users/henry/status", token=token)
+        if status["browserStatus"] == "connected":
+            break
+        await deferLater(reactor, 0.5, lambda: None)
+    assert status["browserStatus"] == "connected"
+    reopened = await run_async(list_after_restart())
+    assert not reopened.is_error, _text(reopened)
+    assert "second.html" in _text(reopened)
