@@ -13,6 +13,8 @@ from mcproxy.errors import ToolError
 
 log = Logger()
 
+ACTIVITY_WRITE_INTERVAL = 60.0
+
 
 def _endpoint_is_loopback(description: str) -> bool:
     """Whether a listen endpoint string only accepts connections from this machine."""
@@ -98,15 +100,28 @@ class MCProxyService(service.MultiService):
             pool.browser_for(user.user_id, user.browser_url)
         self.sessions = sessions = SessionRegistry(reactor, config.session.idle_timeout)
 
+        last_touched: dict[str, float] = {}
+
         async def browser_for_user(user_id: str):
-            user = await store.get_user(user_id)
-            if user is None:
-                raise ToolError(
-                    f"No browser is registered for user {user_id}. Register one with POST /api/register "
-                    '{"browserURL": "http://127.0.0.1:9222"} (start Chrome with --remote-debugging-port=9222).'
-                )
-            await store.touch_user(user_id, reactor.seconds())
-            return pool.browser_for(user_id, user.browser_url)
+            """The user's browser; the pool answers for users it knows, the store for the rest.
+
+            Registration and deletion go through the pool too, so a browser the pool holds is
+            always the registered one; last activity is written at most once a minute.
+            """
+            browser = pool.existing(user_id)
+            if browser is None:
+                user = await store.get_user(user_id)
+                if user is None:
+                    raise ToolError(
+                        f"No browser is registered for user {user_id}. Register one with POST /api/register "
+                        '{"browserURL": "http://127.0.0.1:9222"} (start Chrome with --remote-debugging-port=9222).'
+                    )
+                browser = pool.browser_for(user_id, user.browser_url)
+            now = reactor.seconds()
+            if now - last_touched.get(user_id, float("-inf")) >= ACTIVITY_WRITE_INTERVAL:
+                last_touched[user_id] = now
+                await store.touch_user(user_id, now)
+            return browser
 
         tools = ToolRegistry(browser_for_user, config.tools, reactor)
         chain = AuthenticationChain([TokenAuthenticator(store, reactor)], config.auth.mode, reactor)
