@@ -8,54 +8,10 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import CancelledError
 
-from mcproxy.auth.principal import Principal
-from mcproxy.config import ToolsConfig
-from mcproxy.tools.base import CallContext, SessionView
+from mcproxy.testing.tool_calls import make_context, make_registry, ok, sleep, text_of, uid_of
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SOI = b"\xff\xd8"
-
-
-def make_registry(reactor, browser, **tools):
-    from mcproxy.tools.registry import ToolRegistry
-
-    async def get_browser(user_id):
-        assert user_id == "alice"
-        return browser
-
-    return ToolRegistry(get_browser, ToolsConfig(**tools), reactor)
-
-
-def make_context(session_id="s1", permissions=("tools:*",)):
-    return CallContext(
-        principal=Principal("alice", frozenset(permissions)),
-        session=SessionView(session_id),
-        protocol_version="2025-11-25",
-    )
-
-
-def text_of(result):
-    return result.content[0].text
-
-
-async def ok(registry, context, name, **arguments):
-    """Call a tool and insist it succeeded; its text."""
-    result = await registry.call_tool(name, arguments, context)
-    assert not result.is_error, text_of(result)
-    return result
-
-
-def uid_of(snapshot: str, line_pattern: str) -> str:
-    """The uid on the snapshot line matching ``line_pattern``."""
-    match = re.search(r"uid=(\d+_\d+) " + line_pattern, snapshot)
-    assert match, f"no line matching {line_pattern!r} in:\n{snapshot}"
-    return match.group(1)
-
-
-async def sleep(reactor, seconds):
-    from twisted.internet.task import deferLater
-
-    await deferLater(reactor, seconds, lambda: None)
 
 
 @pytest.fixture

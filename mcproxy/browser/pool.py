@@ -7,7 +7,7 @@ refused handshake or a failed attach counts as a failed attempt and backs off.
 """
 
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
@@ -609,7 +609,11 @@ class UserBrowser:
 
 @implementer(IBrowserPool)
 class BrowserPool:
-    """All users' browsers of this process."""
+    """All users' browsers of this process.
+
+    ``page_listeners`` are added to every browser the pool creates (see
+    `UserBrowser.add_page_listener`).
+    """
 
     def __init__(
         self,
@@ -619,12 +623,14 @@ class BrowserPool:
         *,
         open_link: LinkOpener = open_cdp_link,
         rng: Callable[[], float] = random.random,
+        page_listeners: Iterable[PageListener] = (),
     ):
         self.reactor = reactor
         self.config = config
         self.http_client = http_client or default_http_client(reactor)
         self._open_link = open_link
         self._rng = rng
+        self._page_listeners = tuple(page_listeners)
         self._browsers: dict[str, UserBrowser] = {}
 
     def browser_for(self, user_id: str, browser_url: str) -> UserBrowser:
@@ -645,6 +651,10 @@ class BrowserPool:
             open_link=self._open_link,
             rng=self._rng,
         )
+        # Before the first attach, so watchers (dialogs, console, network) see every page
+        # from the moment the proxy knows it.
+        for listener in self._page_listeners:
+            browser.add_page_listener(listener)
         self._browsers[user_id] = browser
         browser.start()
         return browser

@@ -38,7 +38,10 @@ PAGES_OUTPUT_SCHEMA = {
 
 @attrs.define
 class ToolCall:
-    """One tool invocation: arguments, caller, the caller's browser and (for page tools) the page."""
+    """One tool invocation: arguments, caller, the caller's browser and (for page tools) the page.
+
+    ``artifacts`` is the `mcproxy.artifacts.ArtifactStore` files produced by tools go to.
+    """
 
     args: dict[str, Any]
     context: CallContext
@@ -46,6 +49,7 @@ class ToolCall:
     config: ToolsConfig
     clock: Any
     page: Any = None
+    artifacts: Any = None
 
     def timeout(self, name: str = "timeout") -> float:
         """Seconds to wait: the tool's ``timeout`` argument (ms) or the configured default."""

@@ -33,7 +33,8 @@ class ToolRegistry:
     """Runs the chrome-devtools-mcp compatible tools on the caller's own browser.
 
     ``get_browser(user_id)`` is a coroutine function returning the user's `IUserBrowser`
-    (raising ToolError or BrowserUnavailable when there is none or it is away).
+    (raising ToolError or BrowserUnavailable when there is none or it is away);
+    ``artifacts`` is the `mcproxy.artifacts.ArtifactStore` tools save files to.
     """
 
     def __init__(
@@ -42,10 +43,12 @@ class ToolRegistry:
         config: ToolsConfig,
         clock,
         tools: Iterable[ToolSpec] = DEFAULT_TOOLS,
+        artifacts=None,
     ):
         self._get_browser = get_browser
         self._config = config
         self._clock = clock
+        self._artifacts = artifacts
         self._tools = {tool.name: tool for tool in tools}
 
     def list_tools(self, principal) -> list[mcp_types.Tool]:
@@ -91,7 +94,14 @@ class ToolRegistry:
             browser = await self._get_browser(principal.user_id)
             # A browser just registered (or reconnecting) has no page list yet.
             await browser.connected(self._config.navigation_timeout)
-            call = ToolCall(args=args, context=context, browser=browser, config=self._config, clock=self._clock)
+            call = ToolCall(
+                args=args,
+                context=context,
+                browser=browser,
+                config=self._config,
+                clock=self._clock,
+                artifacts=self._artifacts,
+            )
             if not tool.page_bound:
                 response = await tool.run(call)
             else:

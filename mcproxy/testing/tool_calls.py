@@ -1,0 +1,60 @@
+"""Calling tools the way the MCP layer does, for tests against a real browser."""
+
+import re
+
+from mcproxy.auth.principal import Principal
+from mcproxy.config import ToolsConfig
+from mcproxy.tools.base import CallContext, SessionView
+
+
+def make_registry(reactor, browser, *, artifacts=None, user_id="alice", **tools_config):
+    """A ToolRegistry with every default tool, running on ``browser`` for ``user_id`` only."""
+    from mcproxy.tools.registry import ToolRegistry
+
+    async def get_browser(asked_for):
+        assert asked_for == user_id, f"tool asked for the browser of {asked_for!r}"
+        return browser
+
+    return ToolRegistry(get_browser, ToolsConfig(**tools_config), reactor, artifacts=artifacts)
+
+
+def make_context(session_id="s1", permissions=("tools:*",), user_id="alice"):
+    """The CallContext of one MCP session of ``user_id``."""
+    return CallContext(
+        principal=Principal(user_id, frozenset(permissions)),
+        session=SessionView(session_id),
+        protocol_version="2025-11-25",
+    )
+
+
+def text_of(result) -> str:
+    """The text of a tool result's first content block."""
+    return result.content[0].text
+
+
+async def ok(registry, context, name, **arguments):
+    """Call a tool and insist it succeeded; the result."""
+    result = await registry.call_tool(name, arguments, context)
+    assert not result.is_error, text_of(result)
+    return result
+
+
+async def failed(registry, context, name, **arguments) -> str:
+    """Call a tool and insist it failed with an ``isError`` result; its text."""
+    result = await registry.call_tool(name, arguments, context)
+    assert result.is_error, f"{name} unexpectedly succeeded: {text_of(result)}"
+    return text_of(result)
+
+
+def uid_of(snapshot: str, line_pattern: str) -> str:
+    """The uid on the snapshot line matching ``line_pattern``."""
+    match = re.search(r"uid=(\d+_\d+) " + line_pattern, snapshot)
+    assert match, f"no line matching {line_pattern!r} in:\n{snapshot}"
+    return match.group(1)
+
+
+async def sleep(reactor, seconds: float) -> None:
+    """Let ``seconds`` of reactor time pass."""
+    from twisted.internet.task import deferLater
+
+    await deferLater(reactor, seconds, lambda: None)
