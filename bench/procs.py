@@ -175,8 +175,9 @@ class ProxyDaemon:
                 f"url = {json.dumps(store_url)}\n"
                 "[audit]\n"
                 f"path = {json.dumps(os.path.join(self.data_dir, 'audit.jsonl'))}\n"
-                # One benchmark user sends thousands of requests in seconds: lift the per-user limit.
+                # One benchmark user sends thousands of requests in seconds: lift the rate limits.
                 "[ratelimit]\nuser_rate = 1000000.0\nuser_burst = 1000000\n"
+                "address_rate = 1000000.0\naddress_burst = 1000000\n"
             )
         return path
 

@@ -5,6 +5,7 @@ The result is one frozen `Config`. Every problem is a `ConfigError` that names t
 
 import ipaddress
 import os
+import re
 import tomllib
 from typing import Any
 
@@ -61,6 +62,9 @@ class AuthConfig:
 class RateLimitConfig:
     user_rate: float = 20.0
     user_burst: int = 40
+    address_rate: float = 50.0
+    address_burst: int = 100
+    limits: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -71,6 +75,7 @@ class CorsConfig:
 @attrs.frozen
 class NetworkConfig:
     ip_allow: tuple[str, ...] = ()
+    ip_deny: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ()
 
 
@@ -231,6 +236,31 @@ def load(path: str | None = None, environ: dict | None = None, overrides: dict |
     return _build(raw)
 
 
+LIMIT_KINDS = ("endpoint", "tool")
+ENDPOINT_CLASSES = ("mcp", "admin")
+_LIMIT = re.compile(r"^(?P<kind>[a-z]+):(?P<name>[A-Za-z0-9_*-]+)=(?P<rate>[0-9.]+)/(?P<burst>[0-9]+)$")
+
+
+def parse_limit(text: str) -> tuple[str, str, float, int]:
+    """``"tool:take_screenshot=0.5/5"`` -> ("tool", "take_screenshot", 0.5, 5); ValueError says why."""
+    match = _LIMIT.match(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not KIND:NAME=RATE/BURST (e.g. \"tool:take_screenshot=0.5/5\")")
+    kind, name = match["kind"], match["name"]
+    if kind not in LIMIT_KINDS:
+        raise ValueError(f"{text!r}: the kind must be one of {', '.join(LIMIT_KINDS)}")
+    if kind == "endpoint" and name not in ENDPOINT_CLASSES:
+        raise ValueError(f"{text!r}: endpoint classes are {', '.join(ENDPOINT_CLASSES)}")
+    try:
+        rate = float(match["rate"])
+    except ValueError:
+        raise ValueError(f"{text!r}: the rate is not a number") from None
+    burst = int(match["burst"])
+    if rate <= 0 or burst < 1:
+        raise ValueError(f"{text!r}: the rate must be positive and the burst at least 1")
+    return kind, name, rate, burst
+
+
 def _check_networks(key: str, networks: tuple[str, ...]) -> None:
     for network in networks:
         try:
@@ -255,12 +285,14 @@ def validate(config: Config) -> None:
     for key, value in (
         ("server.max_body_bytes", config.server.max_body_bytes),
         ("ratelimit.user_burst", config.ratelimit.user_burst),
+        ("ratelimit.address_burst", config.ratelimit.address_burst),
         ("session.max_in_flight", config.session.max_in_flight),
     ):
         if value < 1:
             raise ConfigError(f"{key}: must be at least 1, got {value}")
     for key, value in (
         ("ratelimit.user_rate", config.ratelimit.user_rate),
+        ("ratelimit.address_rate", config.ratelimit.address_rate),
         ("browser.health_interval", config.browser.health_interval),
         ("browser.backoff_initial", config.browser.backoff_initial),
         ("browser.backoff_max", config.browser.backoff_max),
@@ -271,7 +303,13 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{key}: must be positive, got {value}")
     if config.browser.max_attempts < 0:
         raise ConfigError("browser.max_attempts: must be 0 (forever) or more")
+    for limit in config.ratelimit.limits:
+        try:
+            parse_limit(limit)
+        except ValueError as e:
+            raise ConfigError(f"ratelimit.limits: {e}") from None
     _check_networks("browser.allowed_networks", config.browser.allowed_networks)
     _check_networks("network.ip_allow", config.network.ip_allow)
+    _check_networks("network.ip_deny", config.network.ip_deny)
     _check_networks("network.trusted_proxies", config.network.trusted_proxies)
     _check_networks("metrics.allowed_networks", config.metrics.allowed_networks)

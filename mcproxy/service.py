@@ -82,12 +82,14 @@ class MCProxyService(service.MultiService):
         """Open the store, make the admin token, connect known browsers, then listen."""
         from mcproxy.auth.bootstrap import ensure_admin_token
         from mcproxy.auth.chain import AuthenticationChain
+        from mcproxy.auth.ratelimit import RequestLimits
         from mcproxy.auth.tokens import TokenAuthenticator, create_token
         from mcproxy.browser.pool import BrowserPool, probe_browser
         from mcproxy.session.registry import SessionRegistry
         from mcproxy.storage import open_store
         from mcproxy.tools.registry import ToolRegistry
         from mcproxy.web.admin import AdminAPI, AdminDependencies
+        from mcproxy.web.network import ClientPolicy
         from mcproxy.web.site import ProxySite, Root
         from mcproxy.web.transports import McpTransports
 
@@ -123,21 +125,33 @@ class MCProxyService(service.MultiService):
                 await store.touch_user(user_id, now)
             return browser
 
-        tools = ToolRegistry(browser_for_user, config.tools, reactor)
-        chain = AuthenticationChain([TokenAuthenticator(store, reactor)], config.auth.mode, reactor)
-        transports = McpTransports(reactor, config, chain.authenticate, tools, sessions)
+        limits = RequestLimits(reactor, config.ratelimit)
+        tools = ToolRegistry(browser_for_user, config.tools, reactor, limits=limits)
+        api_tokens = TokenAuthenticator(store, reactor)
+        chain = AuthenticationChain([api_tokens], config.auth.mode, reactor)
+
+        def authenticate_for(endpoint_class: str):
+            async def authenticate(request):
+                principal = await chain.authenticate(request)
+                limits.check_user(principal.user_id, endpoint_class)
+                return principal
+
+            return authenticate
+
+        transports = McpTransports(reactor, config, authenticate_for("mcp"), tools, sessions)
         admin = AdminAPI(
             AdminDependencies(
                 clock=reactor,
                 store=store,
                 pool=pool,
                 sessions=sessions,
-                authenticate=chain.authenticate,
+                authenticate=authenticate_for("admin"),
                 create_token=create_token,
                 probe_browser=lambda url: probe_browser(reactor, config.browser, url),
                 max_body_bytes=config.server.max_body_bytes,
                 session_token_ttl=30 * 86400,
                 started_at=reactor.seconds(),
+                token_revoked=api_tokens.forget,
             )
         )
         root = Root(
@@ -148,7 +162,13 @@ class MCProxyService(service.MultiService):
             },
             admin,
         )
-        site = ProxySite(root, max_body_bytes=config.server.max_body_bytes)
+        network = config.network
+        site = ProxySite(
+            root,
+            max_body_bytes=config.server.max_body_bytes,
+            client_policy=ClientPolicy(network.ip_allow, network.ip_deny, network.trusted_proxies),
+            check_address=limits.check_address,
+        )
         for description in config.server.listen:
             port = await serverFromString(reactor, description).listen(site)
             self.ports.append(port)

@@ -310,3 +310,30 @@ def test_provides_the_interface(store, clock):
     from mcproxy.interfaces import IAuthenticator
 
     assert verifyObject(IAuthenticator, TokenAuthenticator(store, clock))
+
+
+def test_records_are_cached_briefly_and_revocation_still_lands(store, clock):
+    token, record = run(create_token(store, "alice", ["tools:*"], None, clock))
+    lookups = []
+    original = store.get_token
+
+    def counting_get_token(token_id):
+        lookups.append(token_id)
+        return original(token_id)
+
+    store.get_token = counting_get_token
+    authenticator = TokenAuthenticator(store, clock, cache_seconds=2.0)
+    req = request(b"Bearer " + token.encode())
+    for _ in range(5):
+        assert authenticate(authenticator, req).user_id == "alice"
+    assert lookups == [record.token_id]
+    # A wrong secret for a cached id is still refused: the cache holds records, not verdicts.
+    forged = token[: -4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    with pytest.raises(Unauthorized):
+        authenticate(authenticator, request(b"Bearer " + forged.encode()))
+    fired(store.revoke_token(record.token_id, clock.seconds()))
+    clock.advance(2.0)
+    with pytest.raises(Unauthorized) as refused:
+        authenticate(authenticator, req)
+    assert refused.value.reason == "revoked"
+    assert len(lookups) == 2

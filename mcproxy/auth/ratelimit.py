@@ -1,8 +1,10 @@
-"""Token-bucket rate limits, keyed by user (or any string)."""
+"""Token-bucket rate limits: per client address, per user, per endpoint class and per tool."""
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 
+from mcproxy.config import RateLimitConfig, parse_limit
 from mcproxy.errors import RateLimited
 
 
@@ -29,7 +31,49 @@ class RateLimiter:
         if tokens < cost:
             self._buckets[key] = (tokens, now)
             wait = math.ceil((cost - tokens) / self.rate)
-            raise RateLimited(f"rate limit of {self.rate:g} requests a second exceeded; retry later", retry_after=wait)
+            raise RateLimited(
+                f"rate limit of {self.rate:g} requests a second exceeded; retry in {wait} s", retry_after=wait
+            )
         self._buckets[key] = (tokens - cost, now)
         while len(self._buckets) > self._max_keys:
             self._buckets.popitem(last=False)
+
+
+class RequestLimits:
+    """Every rate limit of the daemon, from ``ratelimit.*``.
+
+    A request is counted against its client address before authentication (guessing
+    credentials costs the guesser), then against its user, then against the user's bucket
+    of its endpoint class; a tool call also against the user's bucket of that tool.
+    """
+
+    def __init__(self, clock, config: RateLimitConfig, on_limited: Callable[[str], None] = lambda kind: None):
+        self.addresses = RateLimiter(clock, config.address_rate, config.address_burst)
+        self.users = RateLimiter(clock, config.user_rate, config.user_burst)
+        self._classes: dict[str, RateLimiter] = {}
+        self._tools: dict[str, RateLimiter] = {}
+        for kind, name, rate, burst in map(parse_limit, config.limits):
+            (self._classes if kind == "endpoint" else self._tools)[name] = RateLimiter(clock, rate, burst)
+        self._on_limited = on_limited
+
+    def _take(self, kind: str, limiter: RateLimiter | None, key: str) -> None:
+        if limiter is None:
+            return
+        try:
+            limiter.check(key)
+        except RateLimited:
+            self._on_limited(kind)
+            raise
+
+    def check_address(self, address: str) -> None:
+        """Count a request from ``address`` (before authentication)."""
+        self._take("address", self.addresses, address)
+
+    def check_user(self, user_id: str, endpoint_class: str) -> None:
+        """Count an authenticated request of ``user_id`` to ``endpoint_class`` ("mcp", "admin")."""
+        self._take("user", self.users, user_id)
+        self._take("endpoint", self._classes.get(endpoint_class), user_id)
+
+    def check_tool(self, user_id: str, tool: str) -> None:
+        """Count a call of ``tool`` by ``user_id`` where that tool has its own limit."""
+        self._take("tool", self._tools.get(tool) or self._tools.get("*"), user_id)

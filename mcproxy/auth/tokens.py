@@ -9,6 +9,7 @@ import hmac
 import math
 import re
 import secrets
+from collections import OrderedDict
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
@@ -23,6 +24,8 @@ log = Logger()
 
 TOKEN_PREFIX = "mcpx_"
 TOUCH_INTERVAL = 60.0
+RECORD_CACHE_SECONDS = 2.0
+RECORD_CACHE_SIZE = 10_000
 
 _TOKEN = re.compile(r"mcpx_([0-9a-f]{16})_[A-Za-z0-9_-]{43}\Z")
 _TOKEN_ID = re.compile(r"[0-9a-f]{16}\Z")
@@ -147,14 +150,24 @@ class TokenAuthenticator:
     """Accepts ``Authorization: Bearer mcpx_...`` API tokens; leaves other bearers (JWTs) alone.
 
     The last-use time is written at most once per ``touch_interval`` per token, so a busy
-    client does not turn every request into a store write.
+    client does not turn every request into a store write. Token records are kept for
+    ``cache_seconds`` (the secret is still checked on every request), which takes a store
+    round trip off each call; a revocation elsewhere takes effect within that time.
     """
 
-    def __init__(self, store: IStore, clock, touch_interval: float = TOUCH_INTERVAL):
+    def __init__(
+        self,
+        store: IStore,
+        clock,
+        touch_interval: float = TOUCH_INTERVAL,
+        cache_seconds: float = RECORD_CACHE_SECONDS,
+    ):
         self._store = store
         self._clock = clock
         self._touch_interval = touch_interval
         self._touched: dict[str, float] = {}
+        self._cache_seconds = cache_seconds
+        self._records: OrderedDict[str, tuple[TokenRecord, float]] = OrderedDict()
 
     def authenticate(self, request) -> Deferred:
         """Deferred[Principal | None]; fails with Unauthorized for a bad mcpx token."""
@@ -165,7 +178,7 @@ class TokenAuthenticator:
         if credential is None or not credential.startswith(TOKEN_PREFIX):
             return None
         token_id = parse_token(credential)
-        record = await self._store.get_token(token_id) if token_id else None
+        record = await self._record(token_id) if token_id else None
         if record is None or not token_matches(credential, record):
             raise Unauthorized("the API token is not valid", reason="invalid")
         now = self._clock.seconds()
@@ -177,6 +190,24 @@ class TokenAuthenticator:
         return Principal(
             user_id=record.user_id, permissions=frozenset(record.permissions), token_id=record.token_id
         )
+
+    def forget(self, token_id: str) -> None:
+        """Drop a cached record (the token was just revoked in this process)."""
+        self._records.pop(token_id, None)
+
+    async def _record(self, token_id: str) -> TokenRecord | None:
+        """The stored record of ``token_id``, from the short-lived cache when fresh."""
+        now = self._clock.seconds()
+        cached = self._records.get(token_id)
+        if cached is not None and now - cached[1] < self._cache_seconds:
+            return cached[0]
+        record = await self._store.get_token(token_id)
+        self._records.pop(token_id, None)
+        if record is not None and self._cache_seconds > 0:
+            self._records[token_id] = (record, now)
+            while len(self._records) > RECORD_CACHE_SIZE:
+                self._records.popitem(last=False)
+        return record
 
     async def _touch(self, record: TokenRecord, now: float) -> None:
         last = max(record.last_used_at or 0.0, self._touched.get(record.token_id, 0.0))

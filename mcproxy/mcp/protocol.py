@@ -42,7 +42,7 @@ from twisted.logger import Logger
 
 import mcproxy
 from mcproxy.auth.principal import Principal
-from mcproxy.errors import MCProxyError
+from mcproxy.errors import MCProxyError, RateLimited
 from mcproxy.mcp.jsonrpc import (
     NOT_INITIALIZED,
     TOO_MANY_IN_FLIGHT,
@@ -310,6 +310,8 @@ class McpSession:
             raise
         except RpcError as e:
             return e.to_message(rid)
+        except RateLimited as e:
+            return error_message(rid, e.jsonrpc_code, e.message, {"retryAfter": e.retry_after})
         except MCProxyError as e:
             return error_message(rid, e.jsonrpc_code, e.message)
         except Exception:
@@ -407,7 +409,7 @@ class McpSession:
         )
         try:
             return await self.server.tools.call_tool(params.name, params.arguments or {}, context)
-        except CancelledError:
+        except (CancelledError, RateLimited):
             raise
         except MCProxyError as e:
             return types.CallToolResult(

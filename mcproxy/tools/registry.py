@@ -34,7 +34,8 @@ class ToolRegistry:
 
     ``get_browser(user_id)`` is a coroutine function returning the user's `IUserBrowser`
     (raising ToolError or BrowserUnavailable when there is none or it is away);
-    ``artifacts`` is the `mcproxy.artifacts.ArtifactStore` tools save files to.
+    ``artifacts`` is the `mcproxy.artifacts.ArtifactStore` tools save files to; ``limits``
+    the `mcproxy.auth.ratelimit.RequestLimits` whose per-tool buckets apply.
     """
 
     def __init__(
@@ -44,11 +45,13 @@ class ToolRegistry:
         clock,
         tools: Iterable[ToolSpec] = DEFAULT_TOOLS,
         artifacts=None,
+        limits=None,
     ):
         self._get_browser = get_browser
         self._config = config
         self._clock = clock
         self._artifacts = artifacts
+        self._limits = limits
         self._tools = {tool.name: tool for tool in tools}
 
     def list_tools(self, principal) -> list[mcp_types.Tool]:
@@ -87,6 +90,8 @@ class ToolRegistry:
                 f'You are not allowed to call "{name}": your credential needs the permission '
                 f'"tools:{name}", "tools:category:{tool.category}" or "tools:*".'
             )
+        if self._limits is not None:
+            self._limits.check_tool(principal.user_id, name)  # RateLimited: a JSON-RPC error
         try:
             args = validate(tool.input_schema, arguments)
             if tool.page_bound and "pageId" not in args:

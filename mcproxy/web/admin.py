@@ -46,6 +46,8 @@ class AdminDependencies:
     max_body_bytes: int
     session_token_ttl: float
     started_at: float
+    #: Told of every revoked token id, so this process stops honouring it at once.
+    token_revoked: Callable[[str], None] = lambda token_id: None
 
 
 Handler = Callable[..., Awaitable[tuple[int, Any]]]
@@ -138,6 +140,7 @@ class AdminAPI(resource.Resource):
         await self._principal(request, ADMIN)
         if not await self.deps.store.revoke_token(token_id, self.deps.clock.seconds()):
             raise NotFound(f"no token with id {token_id!r}")
+        self.deps.token_revoked(token_id)
         log.info("Token {token_id} revoked", token_id=token_id)
         return 204, None
 

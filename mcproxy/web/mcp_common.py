@@ -156,10 +156,11 @@ class McpEndpoint(Resource):
     def __init__(self, transports):
         super().__init__()
         self.t = transports
+        self._allowed = sorted(name[len("answer_") :] for name in dir(self) if name.startswith("answer_"))
 
     def render(self, request):
         method = request.method.decode("ascii", "replace")
-        allowed = sorted(name[len("answer_") :] for name in dir(self) if name.startswith("answer_"))
+        allowed = self._allowed
         if method == "OPTIONS":
             return serve(request, lambda: self._preflight(request, allowed))
         answer = getattr(self, f"answer_{method}", None)

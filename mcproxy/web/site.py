@@ -1,7 +1,7 @@
 """The HTTP front door: one Site, one root resource, JSON everywhere.
 
 The root assigns every request an id, refuses bodies over the limit before they are
-buffered, and hands each path to the resource that owns it: the MCP transports at
+buffered, refuses clients outside the address lists or over their address rate, and hands each path to the resource that owns it: the MCP transports at
 ``/sse``, ``/message`` and ``/mcp``; the admin API (``/health``, ``/api/...``) otherwise.
 """
 
@@ -9,9 +9,9 @@ import io
 
 from twisted.web import resource, server
 
-from mcproxy.errors import NotFound, PayloadTooLarge
+from mcproxy.errors import MCProxyError, NotFound, PayloadTooLarge
 from mcproxy.web.http import INTERNAL, log_unhandled, request_id, write_error
-
+from mcproxy.web.network import ClientPolicy
 
 
 class _Discard(io.BytesIO):
@@ -53,6 +53,14 @@ class ProxyRequest(server.Request):
             limit = self.channel.site.max_body_bytes
             write_error(self, PayloadTooLarge(f"request body is over the limit of {limit} bytes"))
             return
+        site = self.channel.site
+        self.mcproxy_client = site.client_policy.client_address(self)
+        try:
+            site.client_policy.admit(self.mcproxy_client)
+            site.check_address(self.mcproxy_client)
+        except MCProxyError as e:
+            write_error(self, e)
+            return
         super().process()
 
     def processingFailed(self, reason):
@@ -67,14 +75,27 @@ class ProxyRequest(server.Request):
 
 
 class ProxySite(server.Site):
-    """The daemon's Site: `ProxyRequest`s, no tracebacks, a body limit."""
+    """The daemon's Site: `ProxyRequest`s, no tracebacks, a body limit, the client checks.
+
+    ``check_address(address)`` raises RateLimited for a client over its address limit.
+    """
 
     requestFactory = ProxyRequest
     displayTracebacks = False
 
-    def __init__(self, root, *, max_body_bytes: int, **kwargs):
+    def __init__(
+        self,
+        root,
+        *,
+        max_body_bytes: int,
+        client_policy: ClientPolicy | None = None,
+        check_address=lambda address: None,
+        **kwargs,
+    ):
         super().__init__(root, **kwargs)
         self.max_body_bytes = max_body_bytes
+        self.client_policy = client_policy or ClientPolicy()
+        self.check_address = check_address
 
 
 class Root(resource.Resource):

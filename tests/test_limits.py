@@ -1,0 +1,141 @@
+"""Rate limits and client addresses: unit level, then against a running daemon."""
+
+import json
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.web.test.requesthelper import DummyRequest
+
+from mcproxy.auth.ratelimit import RequestLimits
+from mcproxy.config import ConfigError, RateLimitConfig, load, parse_limit
+from mcproxy.errors import Forbidden, RateLimited
+from mcproxy.testing.daemon import start_proxy
+from mcproxy.web.network import ClientPolicy
+
+
+def test_limit_syntax():
+    assert parse_limit("tool:take_screenshot=0.5/5") == ("tool", "take_screenshot", 0.5, 5)
+    assert parse_limit(" endpoint:admin=2/4 ") == ("endpoint", "admin", 2.0, 4)
+    for bad, why in (
+        ("take_screenshot=1/2", "KIND:NAME=RATE/BURST"),
+        ("user:alice=1/2", "kind must be one of"),
+        ("endpoint:sse=1/2", "endpoint classes are mcp, admin"),
+        ("tool:click=0/2", "rate must be positive"),
+        ("tool:click=1.2.3/2", "not a number"),
+    ):
+        with pytest.raises(ValueError, match=why):
+            parse_limit(bad)
+    with pytest.raises(ConfigError, match=r"^ratelimit\.limits: "):
+        load(None, environ={"MCPROXY_RATELIMIT_LIMITS": "tool:click=1/2,nonsense"})
+
+
+def test_buckets_by_address_user_class_and_tool():
+    clock = Clock()
+    limited = []
+    config = RateLimitConfig(
+        user_rate=10, user_burst=3, address_rate=1, address_burst=2, limits=("endpoint:admin=1/1", "tool:click=1/1")
+    )
+    limits = RequestLimits(clock, config, on_limited=limited.append)
+    limits.check_address("10.0.0.1")
+    limits.check_address("10.0.0.1")
+    with pytest.raises(RateLimited):
+        limits.check_address("10.0.0.1")
+    limits.check_address("10.0.0.2")  # another address has its own bucket
+    limits.check_user("alice", "admin")
+    with pytest.raises(RateLimited) as caught:
+        limits.check_user("alice", "admin")
+    assert caught.value.retry_after == 1
+    limits.check_user("alice", "mcp")  # the user's bucket still has room
+    limits.check_tool("alice", "click")
+    with pytest.raises(RateLimited):
+        limits.check_tool("alice", "click")
+    limits.check_tool("bob", "click")
+    for _ in range(5):
+        limits.check_tool("alice", "take_snapshot")  # no limit of its own
+    assert limited == ["address", "endpoint", "tool"]
+
+
+def _request(peer: str, *forwarded: str) -> DummyRequest:
+    request = DummyRequest([b""])
+    request.client = IPv4Address("TCP", peer, 50000)
+    for value in forwarded:
+        request.requestHeaders.addRawHeader(b"x-forwarded-for", value.encode())
+    return request
+
+
+def test_forwarded_for_is_believed_only_from_trusted_proxies():
+    policy = ClientPolicy(trusted_proxies=["10.0.0.0/8"])
+    assert policy.client_address(_request("192.0.2.7", "203.0.113.9")) == "192.0.2.7"
+    assert policy.client_address(_request("10.1.1.1", "203.0.113.9")) == "203.0.113.9"
+    # A client cannot hide behind a forged left part of the chain.
+    assert policy.client_address(_request("10.1.1.1", "1.2.3.4, 203.0.113.9, 10.2.2.2")) == "203.0.113.9"
+    assert policy.client_address(_request("10.1.1.1", "1.2.3.4", "203.0.113.9")) == "203.0.113.9"
+    assert policy.client_address(_request("10.1.1.1", "garbage, 203.0.113.9")) == "203.0.113.9"
+    assert policy.client_address(_request("10.1.1.1", "garbage")) == "10.1.1.1"
+    assert policy.client_address(_request("10.1.1.1")) == "10.1.1.1"
+    assert policy.client_address(_request("::ffff:10.1.1.1", "203.0.113.9")) == "203.0.113.9"
+    assert ClientPolicy().client_address(_request("10.1.1.1", "203.0.113.9")) == "10.1.1.1"
+
+
+def test_address_lists():
+    policy = ClientPolicy(ip_allow=["192.0.2.0/24"], ip_deny=["192.0.2.66/32"])
+    policy.admit("192.0.2.1")
+    for refused in ("192.0.2.66", "198.51.100.1", "not-an-address"):
+        with pytest.raises(Forbidden) as caught:
+            policy.admit(refused)
+        assert caught.value.code == "address_denied"
+    ClientPolicy().admit("198.51.100.1")
+
+
+@pytest_twisted.async_yield_fixture
+async def limited_proxy(reactor, tmp_path):
+    proxy = await start_proxy(
+        reactor,
+        tmp_path,
+        ratelimit={"user_rate": 1.0, "user_burst": 5, "limits": ["tool:list_pages=0.01/1"]},
+    )
+    yield proxy
+    await proxy.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_flooding_user_is_limited_and_others_are_not(limited_proxy):
+    alice = await limited_proxy.token_for("alice")
+    bob = await limited_proxy.token_for("bob")
+    codes = []
+    for _ in range(40):
+        code, body, headers = await limited_proxy.api("GET", "/api/users/alice/status", token=alice)
+        codes.append(code)
+    assert codes.count(429) >= 30, codes
+    assert body["error"]["code"] == "rate_limited"
+    assert int(headers.getRawHeaders("retry-after")[0]) >= 1
+    code, _, _ = await limited_proxy.api("GET", "/api/users/bob/status", token=bob)
+    assert code in (200, 404)  # bob's bucket is untouched
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tool_over_its_limit_is_a_jsonrpc_error(limited_proxy):
+    token = await limited_proxy.token_for("carol")
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+    headers = {
+        "Authorization": [f"Bearer {token}"],
+        "Content-Type": ["application/json"],
+        "Accept": ["application/json, text/event-stream"],
+        "MCP-Protocol-Version": ["2026-07-28"],
+        "Mcp-Method": ["tools/call"],
+        "Mcp-Name": ["list_pages"],
+    }
+    answers = []
+    for rid in (1, 2):
+        body = {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": {"name": "list_pages", "_meta": meta}}
+        response = await treq.post(
+            limited_proxy.base_url + "/mcp", json.dumps(body).encode(), headers=headers, persistent=False
+        )
+        answers.append(await response.json())
+    # The first call is counted and runs (carol has no browser: a tool error says so).
+    assert answers[0]["result"]["isError"] is True and "No browser is registered" in answers[0]["result"]["content"][0]["text"]
+    error = answers[1]["error"]
+    assert error["code"] == -32029 and "retry in" in error["message"] and error["data"]["retryAfter"] >= 1
