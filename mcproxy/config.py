@@ -103,6 +103,7 @@ class ToolsConfig:
     tab_scope: str = "session"
     navigation_timeout: float = 10.0
     categories: tuple[str, ...] = ()
+    own_permission: tuple[str, ...] = ()
 
 
 @attrs.frozen

@@ -55,6 +55,8 @@ class MCProxyService(service.MultiService):
         self.store = None
         self.pool = None
         self.sessions = None
+        self.audit = None
+        self.artifacts = None
         self._starting: defer.Deferred | None = None
 
     @classmethod
@@ -80,6 +82,8 @@ class MCProxyService(service.MultiService):
 
     async def start(self) -> None:
         """Open the store, make the admin token, connect known browsers, then listen."""
+        from mcproxy.artifacts import ArtifactStore
+        from mcproxy.audit import AuditLog
         from mcproxy.auth.bootstrap import ensure_admin_token
         from mcproxy.auth.chain import AuthenticationChain
         from mcproxy.auth.ratelimit import RequestLimits
@@ -126,7 +130,17 @@ class MCProxyService(service.MultiService):
             return browser
 
         limits = RequestLimits(reactor, config.ratelimit)
-        tools = ToolRegistry(browser_for_user, config.tools, reactor, limits=limits)
+        self.audit = audit = AuditLog(config.audit.path, reactor)
+        self.artifacts = artifacts = ArtifactStore(config.server.data_dir, config.artifacts, reactor)
+        artifacts.start()
+        tools = ToolRegistry(
+            browser_for_user,
+            config.tools,
+            reactor,
+            artifacts=artifacts,
+            limits=limits,
+            on_call_finished=[audit.tool_call],
+        )
         api_tokens = TokenAuthenticator(store, reactor)
         chain = AuthenticationChain([api_tokens], config.auth.mode, reactor)
 
@@ -138,7 +152,7 @@ class MCProxyService(service.MultiService):
 
             return authenticate
 
-        transports = McpTransports(reactor, config, authenticate_for("mcp"), tools, sessions)
+        transports = McpTransports(reactor, config, authenticate_for("mcp"), tools, sessions, resources=artifacts)
         admin = AdminAPI(
             AdminDependencies(
                 clock=reactor,
@@ -152,6 +166,7 @@ class MCProxyService(service.MultiService):
                 session_token_ttl=30 * 86400,
                 started_at=reactor.seconds(),
                 token_revoked=api_tokens.forget,
+                audit=audit.admin_action,
             )
         )
         root = Root(
@@ -191,3 +206,7 @@ class MCProxyService(service.MultiService):
             await self.pool.close()
         if self.store is not None:
             await self.store.close()
+        if self.audit is not None:
+            self.audit.close()
+        if self.artifacts is not None:
+            self.artifacts.stop()

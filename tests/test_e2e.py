@@ -250,3 +250,50 @@ async def test_chrome_killed_mid_call_and_restarted(proxy, private_chromium, fix
     reopened = await run_async(list_after_restart())
     assert not reopened.is_error, _text(reopened)
     assert "second.html" in _text(reopened)
+
+
+@pytest_twisted.ensureDeferred
+async def test_artifacts_reach_their_owner_only(proxy, chromium, fixture_site):
+    from mcp import ClientSession, types
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+    from mcp.shared.exceptions import MCPError
+
+    owner = await proxy.token_for("gina")
+    other = await proxy.token_for("hank")
+    await proxy.register("gina", chromium.browser_url, owner)
+
+    async def session_of(token, work):
+        client = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+        async with client, streamable_http_client(proxy.base_url + "/mcp", http_client=client) as (read, write):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                return await work(session)
+
+    async def save(session):
+        opened = await session.call_tool("new_page", {"url": fixture_site.url("index.html")})
+        page_id = int(re.search(r"^(\d+): .*\[selected\]", _text(opened), re.M).group(1))
+        shot = await session.call_tool("take_screenshot", {"pageId": page_id, "filePath": "shots/home.png"})
+        assert not shot.is_error, _text(shot)
+        links = [block for block in shot.content if isinstance(block, types.ResourceLink)]
+        listed = await session.list_resources()
+        read = await session.read_resource(links[0].uri)
+        return links, listed, read
+
+    links, listed, read = await run_async(session_of(owner, save))
+    uri = str(links[0].uri)
+    assert uri.startswith("mcproxy://artifacts/") and links[0].name == "shots/home.png"
+    assert [str(r.uri) for r in listed.resources] == [uri]
+    assert base64.b64decode(read.contents[0].blob).startswith(b"\x89PNG\r\n\x1a\n")
+
+    async def snoop(session):
+        listed = await session.list_resources()
+        try:
+            await session.read_resource(uri)
+        except MCPError as e:
+            return listed, e
+        return listed, None
+
+    listed, refused = await run_async(session_of(other, snoop))
+    assert listed.resources == []
+    assert refused is not None and "not found" in str(refused).lower()

@@ -1,10 +1,7 @@
 """Rate limits and client addresses: unit level, then against a running daemon."""
 
-import json
-
 import pytest
 import pytest_twisted
-import treq
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
@@ -119,22 +116,7 @@ async def test_a_flooding_user_is_limited_and_others_are_not(limited_proxy):
 @pytest_twisted.ensureDeferred
 async def test_a_tool_over_its_limit_is_a_jsonrpc_error(limited_proxy):
     token = await limited_proxy.token_for("carol")
-    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
-    headers = {
-        "Authorization": [f"Bearer {token}"],
-        "Content-Type": ["application/json"],
-        "Accept": ["application/json, text/event-stream"],
-        "MCP-Protocol-Version": ["2026-07-28"],
-        "Mcp-Method": ["tools/call"],
-        "Mcp-Name": ["list_pages"],
-    }
-    answers = []
-    for rid in (1, 2):
-        body = {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": {"name": "list_pages", "_meta": meta}}
-        response = await treq.post(
-            limited_proxy.base_url + "/mcp", json.dumps(body).encode(), headers=headers, persistent=False
-        )
-        answers.append(await response.json())
+    answers = [await limited_proxy.call_tool(token, "list_pages", rid=rid) for rid in (1, 2)]
     # The first call is counted and runs (carol has no browser: a tool error says so).
     assert answers[0]["result"]["isError"] is True and "No browser is registered" in answers[0]["result"]["content"][0]["text"]
     error = answers[1]["error"]

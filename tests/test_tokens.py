@@ -104,7 +104,7 @@ def test_bad_user_id_is_refused(store, clock, user_id):
 
 @pytest.mark.parametrize(
     "permission",
-    ["tools", "tools:", "tools:category:", "Admin", "admin ", "tools:a b", "superuser", "", "tools:*x", 7],
+    ["tools", "tools:", "tools:category:", "Admin", "admin ", "tools:a b", "superuser", "", "!admin", "!!tools:x", 7],
 )
 def test_unknown_permissions_are_refused(store, clock, permission):
     with pytest.raises(BadRequest, match="permission"):
@@ -117,6 +117,9 @@ def test_known_permissions_are_kept_in_order_without_duplicates():
         "tools:*",
         "tools:take_snapshot",
         "tools:category:navigation",
+        "tools:take_*",
+        "!tools:evaluate_script",
+        "!tools:category:emulation",
         "register",
         "admin",
         "impersonate",

@@ -223,6 +223,8 @@ class FakePage:
 
 
 class FakeBrowser:
+    browser_url = "http://127.0.0.1:9222"
+
     def __init__(self, pages):
         self._pages = pages
         self.closed = []
@@ -243,17 +245,18 @@ class FakeBrowser:
         return succeed(None)
 
 
-def registry_for(browser, **config):
+def registry_for(browser, clock=None, records=None, **config):
     from mcproxy.tools.registry import ToolRegistry
 
     async def get_browser(user_id):
         return browser
 
-    return ToolRegistry(get_browser, ToolsConfig(**config), Clock())
+    observers = {} if records is None else {"on_call_finished": [records.append]}
+    return ToolRegistry(get_browser, ToolsConfig(**config), clock or Clock(), **observers)
 
 
-def context(session_id="s1", selected=None):
-    return CallContext(Principal("u", frozenset({"tools:*"})), SessionView(session_id, selected), "2025-11-25")
+def context(session_id="s1", selected=None, permissions=("tools:*",)):
+    return CallContext(Principal("u", frozenset(permissions), "tok1"), SessionView(session_id, selected), "2025-11-25")
 
 
 def test_pages_listing_text_and_structured_content():
@@ -355,3 +358,64 @@ def test_bad_key_combinations_are_explained(combo):
 
     with pytest.raises(ToolError, match="modifier|No key|Unknown key"):
         _key_events(combo)
+
+
+# -- permissions, categories and the record of each call ---------------------------------
+
+
+def listed(tools, permissions):
+    return {tool.name for tool in tools.list_tools(Principal("u", frozenset(permissions)))}
+
+
+def test_grants_patterns_and_deny_rules():
+    tools = registry_for(FakeBrowser([]))
+    everything = listed(tools, ["tools:*"])
+    assert {"list_pages", "click", "evaluate_script", "take_screenshot"} <= everything
+    patterned = listed(tools, ["tools:take_*"])
+    assert {"take_snapshot", "take_screenshot"} <= patterned
+    assert patterned == {name for name in everything if name.startswith("take_")}
+    assert listed(tools, ["tools:category:navigation"]) == {
+        t.name for t in tools.list_tools(Principal("u", frozenset({"admin"}))) if t.meta["category"] == "navigation"
+    }
+    assert "evaluate_script" not in listed(tools, ["tools:*", "!tools:evaluate_script"])
+    assert not listed(tools, ["tools:*", "!tools:category:*"])
+    assert listed(tools, ["admin", "!tools:click"]) == everything - {"click"}
+    refused = result_of(tools.call_tool("click", {"pageId": 1, "uid": "1_1"}, context(permissions=["tools:*", "!tools:click"])))
+    assert refused.is_error and 'not allowed to call "click"' in refused.content[0].text
+
+
+def test_a_tool_can_need_its_own_permission():
+    tools = registry_for(FakeBrowser([]), own_permission=("evaluate_script",))
+    assert "evaluate_script" not in listed(tools, ["tools:*", "tools:category:debugging"])
+    assert "evaluate_script" in listed(tools, ["tools:evaluate_script"])
+    refused = result_of(tools.call_tool("evaluate_script", {"pageId": 1, "function": "() => 1"}, context()))
+    assert refused.is_error and "requires it by name" in refused.content[0].text
+
+
+def test_categories_restrict_what_is_offered_and_callable():
+    tools = registry_for(FakeBrowser([FakePage(1, "s1")]), categories=("navigation",))
+    assert listed(tools, ["tools:*"]) == {
+        t.name for t in tools.list_tools(Principal("u", frozenset({"admin"}))) if t.meta["category"] == "navigation"
+    }
+    assert "list_pages" in listed(tools, ["tools:*"])
+    unknown = result_of(tools.call_tool("take_snapshot", {"pageId": 1}, context()))
+    assert unknown.is_error and unknown.content[0].text.startswith('Unknown tool "take_snapshot"')
+
+
+def test_every_call_is_recorded_with_its_outcome():
+    clock = Clock()
+    records = []
+    tools = registry_for(FakeBrowser([FakePage(1, "s1")]), clock=clock, records=records)
+    result_of(tools.call_tool("list_pages", {}, context()))
+    result_of(tools.call_tool("nope", {}, context()))
+    result_of(tools.call_tool("list_pages", {}, context(permissions=["tools:click"])))
+    result_of(tools.call_tool("select_page", {"pageId": 9}, context()))
+    assert [(r.tool, r.outcome) for r in records] == [
+        ("list_pages", "ok"),
+        ("nope", "unknown_tool"),
+        ("list_pages", "denied"),
+        ("select_page", "error"),
+    ]
+    first = records[0]
+    assert first.browser_url == "http://127.0.0.1:9222" and first.context.principal.token_id == "tok1"
+    assert first.duration == 0 and first.sensitive == frozenset()

@@ -1,5 +1,7 @@
 """Who is calling, and what they may do."""
 
+import fnmatch
+
 import attrs
 
 ADMIN = "admin"
@@ -7,6 +9,17 @@ REGISTER = "register"
 IMPERSONATE = "impersonate"
 METRICS = "metrics"
 ALL_TOOLS = "tools:*"
+DENY = "!"
+
+
+def _matches(rule: str, name: str, category: str) -> bool:
+    """Whether a ``tools:...`` permission covers tool ``name`` of ``category``."""
+    if not rule.startswith("tools:"):
+        return False
+    target = rule[len("tools:") :]
+    if target.startswith("category:"):
+        return fnmatch.fnmatchcase(category, target[len("category:") :])
+    return fnmatch.fnmatchcase(name, target)
 
 
 @attrs.frozen
@@ -25,14 +38,19 @@ class Principal:
         """True when the credential carries ``permission`` (admin carries everything)."""
         return self.is_admin or permission in self.permissions
 
-    def may_call_tool(self, name: str, category: str) -> bool:
-        """Tool permission: ``tools:*``, ``tools:<name>`` or ``tools:category:<category>``."""
-        return (
-            self.is_admin
-            or ALL_TOOLS in self.permissions
-            or f"tools:{name}" in self.permissions
-            or f"tools:category:{category}" in self.permissions
-        )
+    def may_call_tool(self, name: str, category: str, *, explicit_only: bool = False) -> bool:
+        """Tool permission: granted by ``tools:*``, ``tools:<name>``, ``tools:category:<category>``
+        or a name pattern (``tools:take_*``); a deny rule (``!tools:...``, same forms) always wins.
+
+        With ``explicit_only`` only ``tools:<name>`` itself (or admin) grants the tool.
+        """
+        if any(_matches(rule[1:], name, category) for rule in self.permissions if rule.startswith(DENY)):
+            return False
+        if self.is_admin or f"tools:{name}" in self.permissions:
+            return True
+        if explicit_only:
+            return False
+        return any(_matches(rule, name, category) for rule in self.permissions if not rule.startswith(DENY))
 
     def may_act_for(self, user_id: str) -> bool:
         """Whether this principal may act as (or manage) ``user_id``."""

@@ -30,8 +30,8 @@ RECORD_CACHE_SIZE = 10_000
 _TOKEN = re.compile(r"mcpx_([0-9a-f]{16})_[A-Za-z0-9_-]{43}\Z")
 _TOKEN_ID = re.compile(r"[0-9a-f]{16}\Z")
 _USER_ID = re.compile(r"[A-Za-z0-9._@-]{1,128}\Z")
-_NAME = r"[A-Za-z0-9_.-]{1,64}"
-_PERMISSION = re.compile(rf"tools:(?:{_NAME}|category:{_NAME})\Z")
+_PATTERN = r"[A-Za-z0-9_.*?-]{1,64}"
+_PERMISSION = re.compile(rf"!?tools:(?:{_PATTERN}|category:{_PATTERN})\Z")
 _FIXED_PERMISSIONS = frozenset({ALL_TOOLS, REGISTER, ADMIN, IMPERSONATE, METRICS})
 # RFC 6750 b64token, the syntax of a bearer credential.
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*\Z")
@@ -58,8 +58,9 @@ def check_permissions(permissions) -> tuple[str, ...]:
         )
         if not known:
             raise BadRequest(
-                f"unknown permission {permission!r}; expected tools:*, tools:<name>,"
-                " tools:category:<category>, register, admin, impersonate or metrics",
+                f"unknown permission {permission!r}; expected tools:*, tools:<name or pattern>,"
+                " tools:category:<category>, a deny rule !tools:..., register, admin, impersonate"
+                " or metrics",
                 code="invalid_permission",
             )
         if permission not in checked:

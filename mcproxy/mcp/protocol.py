@@ -228,6 +228,7 @@ class McpSession:
         self.client_params: types.InitializeRequestParams | None = None
         self.log_level: str | None = modern.log_level if modern else None
         self.closed = False
+        self.client: str | None = None
         self._in_flight: dict[Any, Deferred] = {}
         self._cancelled_by_peer: set[Any] = set()
         self._handlers = {
@@ -246,8 +247,14 @@ class McpSession:
         """How many requests are running now."""
         return len(self._in_flight)
 
-    def handle(self, message: Any, notify: Notify) -> Deferred:
-        """Handle one decoded message. Deferred[dict | None]: the response to send, if any."""
+    def handle(self, message: Any, notify: Notify, client: str | None = None) -> Deferred:
+        """Handle one decoded message. Deferred[dict | None]: the response to send, if any.
+
+        ``client`` is the address the message came from (tool calls are audited with the
+        address of the latest request of the session).
+        """
+        if client is not None:
+            self.client = client
         if isinstance(message, JSONRPCNotification):
             self._notification(message)
             return succeed(None)
@@ -406,6 +413,7 @@ class McpSession:
             report_progress=self._progress_reporter(message, notify, live),
             log=self._logger(notify, live),
             request_id=str(message.id),
+            client=self.client,
         )
         try:
             return await self.server.tools.call_tool(params.name, params.arguments or {}, context)

@@ -45,6 +45,22 @@ class RunningProxy:
         assert code == 201, body
         return body
 
+    async def call_tool(self, token: str, name: str, arguments: dict | None = None, rid: int = 1) -> dict:
+        """One stateless (2026-07-28) ``tools/call`` on /mcp; the parsed JSON-RPC answer."""
+        meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+        params = {"name": name, "arguments": arguments or {}, "_meta": meta}
+        headers = {
+            "Authorization": [f"Bearer {token}"],
+            "Content-Type": ["application/json"],
+            "Accept": ["application/json, text/event-stream"],
+            "MCP-Protocol-Version": ["2026-07-28"],
+            "Mcp-Method": ["tools/call"],
+            "Mcp-Name": [name],
+        }
+        body = json.dumps({"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params}).encode()
+        response = await treq.post(self.base_url + "/mcp", body, headers=headers, persistent=False)
+        return json.loads(await response.content())
+
     async def stop(self) -> None:
         await Deferred.fromCoroutine(self.service.stop())
 

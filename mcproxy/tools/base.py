@@ -35,3 +35,4 @@ class CallContext:
     report_progress: Callable[..., None] = lambda progress, total=None, message=None: None
     log: Callable[[str, Any], None] = lambda level, data: None
     request_id: str | None = None
+    client: str | None = None

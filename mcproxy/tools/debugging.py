@@ -1,7 +1,9 @@
-"""Debugging tools: take_snapshot, evaluate_script, take_screenshot."""
+"""Debugging tools: take_snapshot, evaluate_script, take_screenshot; memory: take_heapsnapshot."""
 
+import base64
 import json
 
+from mcproxy.artifacts import guess_mime_type, is_text, split_path
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools import schema as s
 from mcproxy.tools.pages import Response, ToolCall
@@ -15,11 +17,31 @@ def _not_yet(parameter: str, instead: str) -> ToolError:
     return ToolError(f'"{parameter}" is not supported by this server yet; {instead}')
 
 
+def _artifact_store(call: ToolCall):
+    """Where the ``filePath`` result goes; checked before any work, so a bad name costs nothing."""
+    if call.artifacts is None:
+        raise ToolError('This server does not keep files, so "filePath" cannot be used; call the tool without it.')
+    split_path(call.args["filePath"])
+    return call.artifacts
+
+
+async def _save(call: ToolCall, data: bytes, mime_type: str):
+    """Save ``data`` as the caller's ``filePath`` artifact."""
+    store = _artifact_store(call)
+    return await store.save(call.context.principal.user_id, call.args["filePath"], data, mime_type)
+
+
 async def take_snapshot_tool(call: ToolCall) -> Response:
-    """Render the page's accessibility tree as the latest snapshot."""
+    """Render the page's accessibility tree as the latest snapshot, inline or saved as a text file."""
     if call.args.get("filePath"):
-        raise _not_yet("filePath", "call take_snapshot without it to get the snapshot in the result.")
-    return Response().add_snapshot(await take_snapshot(call.page, verbose=bool(call.args.get("verbose"))))
+        _artifact_store(call)
+    snapshot = await take_snapshot(call.page, verbose=bool(call.args.get("verbose")))
+    file_path = call.args.get("filePath")
+    if not file_path:
+        return Response().add_snapshot(snapshot)
+    mime_type = guess_mime_type(file_path)
+    artifact = await _save(call, snapshot.encode("utf-8"), mime_type if is_text(mime_type) else "text/plain")
+    return Response().add_artifact(artifact, "Snapshot")
 
 
 def _script_error(details: dict) -> ToolError:
@@ -97,10 +119,10 @@ async def evaluate_script(call: ToolCall) -> Response:
 
 
 async def take_screenshot(call: ToolCall) -> Response:
-    """Capture the viewport, the full page or one element, inline."""
+    """Capture the viewport, the full page or one element, inline or saved as an image file."""
     args = call.args
     if args.get("filePath"):
-        raise _not_yet("filePath", "the image is returned inline; call take_screenshot without it.")
+        _artifact_store(call)
     uid = args.get("uid")
     if uid and args.get("fullPage"):
         raise ToolError('"uid" and "fullPage" cannot be used together: screenshot either an element or the page.')
@@ -121,7 +143,42 @@ async def take_screenshot(call: ToolCall) -> Response:
     else:
         message = "Took a screenshot of the current page's viewport."
     shot = await page.send("Page.captureScreenshot", params, timeout=call.config.navigation_timeout)
+    if args.get("filePath"):
+        artifact = await _save(call, base64.b64decode(shot["data"]), _MIME_TYPES[image_format])
+        return Response().add(message).add_artifact(artifact, "Screenshot")
     return Response().add(message).add_image(shot["data"], _MIME_TYPES[image_format])
+
+
+async def take_heapsnapshot(call: ToolCall) -> Response:
+    """Save a heap snapshot of the page as an artifact, chunk by chunk as Chrome streams it.
+
+    The snapshot is never held whole (they reach hundreds of MB); the CDP call is bounded by
+    ``browser.call_timeout``. Past ``artifacts.max_bytes`` the partial file is removed.
+    """
+    store = _artifact_store(call)
+    page = call.page
+    writer = store.writer(call.context.principal.user_id, call.args["filePath"], "application/json")
+    too_big: list[ToolError] = []
+
+    def on_chunk(_: str, event: dict) -> None:
+        if too_big:
+            return
+        try:
+            writer.write(event["chunk"].encode("utf-8"))
+        except ToolError as e:  # the writer removed the file already
+            too_big.append(e)
+
+    unsubscribe = page.subscribe("HeapProfiler.addHeapSnapshotChunk", on_chunk)
+    try:
+        await page.send("HeapProfiler.takeHeapSnapshot", {"reportProgress": False})
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        unsubscribe()
+    if too_big:
+        raise too_big[0]
+    return Response().add_artifact(await writer.finish(), "Heap snapshot")
 
 
 async def _element_clip(page, uid: str) -> dict:
@@ -156,7 +213,10 @@ TOOLS = [
             {
                 "pageId": s.page_id(),
                 "verbose": s.boolean("Include every node of the accessibility tree, not only the useful ones. Default false."),
-                "filePath": s.string("Save the snapshot to a file instead (not supported yet)."),
+                "filePath": s.string(
+                    "Save the snapshot as a text file instead of returning it: a name relative to your own "
+                    "artifact directory (e.g. 'snapshots/home.txt'), returned as a resource to read."
+                ),
             },
             ("pageId",),
         ),
@@ -202,10 +262,33 @@ TOOLS = [
                 "quality": s.number("JPEG/WebP quality, 0-100 (ignored for PNG).", minimum=0, maximum=100),
                 "uid": s.uid("Capture only this element (a uid from the latest snapshot)."),
                 "fullPage": s.boolean("Capture the whole page, not just the viewport. Not with uid."),
-                "filePath": s.string("Save the image to a file instead (not supported yet)."),
+                "filePath": s.string(
+                    "Save the image instead of attaching it: a name relative to your own artifact directory "
+                    "(e.g. 'shots/home.png'), returned as a resource to read."
+                ),
             },
             ("pageId",),
         ),
         run=take_screenshot,
+    ),
+    s.ToolSpec(
+        name="take_heapsnapshot",
+        category="memory",
+        title="Take heap snapshot",
+        description=(
+            "Record a heap snapshot of the page's JavaScript objects, for finding memory leaks and what "
+            "holds memory. It is saved as a file you read with resources/read."
+        ),
+        input_schema=s.obj(
+            {
+                "pageId": s.page_id(),
+                "filePath": s.string(
+                    "Where to save the .heapsnapshot file: a name relative to your own artifact directory "
+                    "(e.g. 'heap/home.heapsnapshot')."
+                ),
+            },
+            ("pageId", "filePath"),
+        ),
+        run=take_heapsnapshot,
     ),
 ]

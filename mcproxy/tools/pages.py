@@ -10,6 +10,7 @@ from typing import Any
 
 import attrs
 import mcp_types
+from mcp_types.version import is_version_at_least
 
 from mcproxy.config import ToolsConfig
 from mcproxy.errors import CDPError, ToolError
@@ -50,6 +51,8 @@ class ToolCall:
     clock: Any
     page: Any = None
     artifacts: Any = None
+    #: Argument names whose values must never be logged (e.g. text typed into a password field).
+    sensitive: set[str] = attrs.field(factory=set)
 
     def timeout(self, name: str = "timeout") -> float:
         """Seconds to wait: the tool's ``timeout`` argument (ms) or the configured default."""
@@ -59,10 +62,11 @@ class ToolCall:
 
 @attrs.define
 class Response:
-    """A tool result under construction: text sections, images, structured content."""
+    """A tool result under construction: text sections, images, resource links, structured content."""
 
     lines: list[str] = attrs.field(factory=list)
     images: list[mcp_types.ImageContent] = attrs.field(factory=list)
+    links: list[mcp_types.ResourceLink] = attrs.field(factory=list)
     structured: dict | None = None
 
     def add(self, text: str) -> "Response":
@@ -77,6 +81,23 @@ class Response:
     def add_image(self, data: str, mime_type: str) -> "Response":
         """Attach a base64 image after the text."""
         self.images.append(mcp_types.ImageContent(type="image", data=data, mime_type=mime_type))
+        return self
+
+    def add_artifact(self, artifact, description: str) -> "Response":
+        """Say where a saved file went and link it, so the client can fetch it with resources/read."""
+        self.add(
+            f"{description} saved as {artifact.uri} ({artifact.name}, {artifact.size} bytes); "
+            "read it with resources/read."
+        )
+        self.links.append(
+            mcp_types.ResourceLink(
+                type="resource_link",
+                uri=artifact.uri,
+                name=artifact.name,
+                mime_type=artifact.mime_type,
+                size=artifact.size,
+            )
+        )
         return self
 
     async def add_pages(self, call: "ToolCall", *, structured: bool = False) -> "Response":
@@ -97,10 +118,16 @@ class Response:
             }
         return self
 
-    def to_result(self) -> mcp_types.CallToolResult:
-        """The MCP result: one text block, then the images."""
+    def to_result(self, protocol_version: str | None = None) -> mcp_types.CallToolResult:
+        """The MCP result: one text block, then the images, then the resource links.
+
+        Resource links exist from protocol 2025-06-18 on, and mcp_types passes them to older
+        clients unchanged, which may reject the whole result; those get the text line only.
+        """
         content: list[Any] = [mcp_types.TextContent(type="text", text="\n".join(self.lines))]
         content.extend(self.images)
+        if protocol_version is None or is_version_at_least(protocol_version, "2025-06-18"):
+            content.extend(self.links)
         return mcp_types.CallToolResult(content=content, structured_content=self.structured)
 
 

@@ -9,13 +9,14 @@ calls the tool is waiting on.
 
 from collections.abc import Awaitable, Callable, Iterable
 
+import attrs
 import mcp_types
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from mcproxy.config import ToolsConfig
-from mcproxy.errors import BrowserUnavailable, ToolError
+from mcproxy.errors import BrowserUnavailable, RateLimited, ToolError
 from mcproxy.interfaces import IToolProvider
 from mcproxy.tools import debugging, navigation
 from mcproxy.tools import input as input_tools
@@ -35,7 +36,10 @@ class ToolRegistry:
     ``get_browser(user_id)`` is a coroutine function returning the user's `IUserBrowser`
     (raising ToolError or BrowserUnavailable when there is none or it is away);
     ``artifacts`` is the `mcproxy.artifacts.ArtifactStore` tools save files to; ``limits``
-    the `mcproxy.auth.ratelimit.RequestLimits` whose per-tool buckets apply.
+    the `mcproxy.auth.ratelimit.RequestLimits` whose per-tool buckets apply. Observers:
+    ``on_call_started(tool_name)`` and ``on_call_finished(ToolCallRecord)`` (audit, metrics).
+    ``tools.categories`` restricts the offer to those categories; tools named in
+    ``tools.own_permission`` need ``tools:<name>`` itself (``tools:*`` is not enough).
     """
 
     def __init__(
@@ -46,21 +50,37 @@ class ToolRegistry:
         tools: Iterable[ToolSpec] = DEFAULT_TOOLS,
         artifacts=None,
         limits=None,
+        on_call_started: Iterable[Callable[[str], None]] = (),
+        on_call_finished: Iterable[Callable[["ToolCallRecord"], None]] = (),
     ):
         self._get_browser = get_browser
         self._config = config
         self._clock = clock
         self._artifacts = artifacts
         self._limits = limits
+        self._on_started = tuple(on_call_started)
+        self._on_finished = tuple(on_call_finished)
         self._tools = {tool.name: tool for tool in tools}
+        offered = {tool.category for tool in self._tools.values()}
+        self._categories = frozenset(config.categories) & offered if config.categories else offered
 
     def list_tools(self, principal) -> list[mcp_types.Tool]:
         """The tools ``principal`` may call, in a stable order."""
         return [
             self._describe(tool)
             for tool in self._tools.values()
-            if principal.may_call_tool(tool.name, tool.category)
+            if tool.category in self._categories and self._may_call(principal, tool)
         ]
+
+    def _may_call(self, principal, tool: ToolSpec) -> bool:
+        own_permission = tool.name in self._config.own_permission
+        return principal.may_call_tool(tool.name, tool.category, explicit_only=own_permission)
+
+    def _broader_grants(self, tool: ToolSpec) -> str:
+        if tool.name in self._config.own_permission:
+            return " (this server requires it by name)"
+        return f', "tools:category:{tool.category}" or "tools:*"'
+
 
     @staticmethod
     def _describe(tool: ToolSpec) -> mcp_types.Tool:
@@ -81,25 +101,62 @@ class ToolRegistry:
         return Deferred.fromCoroutine(self._call(name, arguments, context))
 
     async def _call(self, name: str, arguments: dict | None, context: CallContext) -> mcp_types.CallToolResult:
+        """Run the tool and tell the observers how it went, whatever happened."""
+        started = self._clock.seconds()
+        for observe in self._on_started:
+            observe(name)
+        attempt = _Attempt()
+        try:
+            result = await self._run(name, arguments, context, attempt)
+        except CancelledError:
+            attempt.outcome = "cancelled"
+            raise
+        except RateLimited:
+            attempt.outcome = "rate_limited"
+            raise
+        finally:
+            record = ToolCallRecord(
+                tool=name,
+                arguments=arguments if isinstance(arguments, dict) else {},
+                context=context,
+                outcome=attempt.outcome,
+                duration=self._clock.seconds() - started,
+                browser_url=attempt.browser_url,
+                sensitive=frozenset(attempt.call.sensitive) if attempt.call is not None else frozenset(),
+            )
+            for observe in self._on_finished:
+                try:
+                    observe(record)
+                except Exception:
+                    log.failure("A tool call observer failed for {tool}", tool=name)
+        return result
+
+    async def _run(
+        self, name: str, arguments: dict | None, context: CallContext, attempt: "_Attempt"
+    ) -> mcp_types.CallToolResult:
         principal = context.principal
         tool = self._tools.get(name)
-        if tool is None:
+        if tool is None or tool.category not in self._categories:
+            attempt.outcome = "unknown_tool"
             return error_result(f'Unknown tool "{name}". Call tools/list to see the tools you can use.')
-        if not principal.may_call_tool(tool.name, tool.category):
+        if not self._may_call(principal, tool):
+            attempt.outcome = "denied"
             return error_result(
                 f'You are not allowed to call "{name}": your credential needs the permission '
-                f'"tools:{name}", "tools:category:{tool.category}" or "tools:*".'
+                f'"tools:{name}"{self._broader_grants(tool)}, and no rule that denies it.'
             )
         if self._limits is not None:
             self._limits.check_tool(principal.user_id, name)  # RateLimited: a JSON-RPC error
+        attempt.outcome = "error"
         try:
             args = validate(tool.input_schema, arguments)
             if tool.page_bound and "pageId" not in args:
                 raise ToolError('Missing required argument "pageId". Call list_pages to see the pages you can use.')
             browser = await self._get_browser(principal.user_id)
+            attempt.browser_url = browser.browser_url
             # A browser just registered (or reconnecting) has no page list yet.
             await browser.connected(self._config.navigation_timeout)
-            call = ToolCall(
+            call = attempt.call = ToolCall(
                 args=args,
                 context=context,
                 browser=browser,
@@ -120,6 +177,7 @@ class ToolRegistry:
         except (ToolError, BrowserUnavailable) as e:
             return error_result(e.message)
         except Exception:
+            attempt.outcome = "internal_error"
             log.failure(
                 "Tool {tool} failed for user {user_id} (session {session_id})",
                 tool=name,
@@ -127,4 +185,33 @@ class ToolRegistry:
                 session_id=context.session.session_id,
             )
             return error_result(f'Internal error while running "{name}". The failure was logged; try again.')
-        return response.to_result()
+        attempt.outcome = "ok"
+        return response.to_result(context.protocol_version)
+
+
+@attrs.define
+class _Attempt:
+    """What `ToolRegistry._run` learned on the way, for the record (even when it failed)."""
+
+    outcome: str = "error"
+    browser_url: str | None = None
+    call: ToolCall | None = None
+
+
+@attrs.frozen
+class ToolCallRecord:
+    """One finished tool call, as audit and metrics see it.
+
+    ``outcome`` is "ok", "error" (a tool error the model can act on), "denied",
+    "unknown_tool", "rate_limited", "cancelled" or "internal_error"; ``arguments`` are the
+    client's, unredacted (``sensitive`` names those the tool marked as secret, e.g. text
+    typed into a password field).
+    """
+
+    tool: str
+    arguments: dict
+    context: CallContext
+    outcome: str
+    duration: float
+    browser_url: str | None
+    sensitive: frozenset[str]

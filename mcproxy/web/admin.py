@@ -12,10 +12,11 @@ from typing import Any, Awaitable, Callable
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import resource, server
 
 from mcproxy.auth.principal import ADMIN, REGISTER, Principal
-from mcproxy.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound
+from mcproxy.errors import BadRequest, Forbidden, MCProxyError, MethodNotAllowed, NotFound
 from mcproxy.storage.records import UserRecord
 from mcproxy.web.http import read_json_object, request_id, write_failure, write_json
 
@@ -48,6 +49,8 @@ class AdminDependencies:
     started_at: float
     #: Told of every revoked token id, so this process stops honouring it at once.
     token_revoked: Callable[[str], None] = lambda token_id: None
+    #: ``audit(principal, client, action, target, outcome)`` for every call that changes something.
+    audit: Callable[..., None] = lambda principal, client, action, target, outcome: None
 
 
 Handler = Callable[..., Awaitable[tuple[int, Any]]]
@@ -74,9 +77,28 @@ class AdminAPI(resource.Resource):
     def render(self, request):
         request_id(request)
         d = Deferred.fromCoroutine(self._dispatch(request))
+        d.addBoth(self._audit, request)
         d.addCallback(lambda result: write_json(request, *result))
         d.addErrback(lambda failure: write_failure(request, failure))
         return server.NOT_DONE_YET
+
+    def _audit(self, result, request):
+        """Audit the calls that change something (not reads), whatever their outcome."""
+        action = getattr(request, "mcproxy_action", None)
+        if action is not None and request.method not in (b"GET", b"HEAD"):
+            if isinstance(result, Failure):
+                error = result.value
+                outcome = error.code if isinstance(error, MCProxyError) else "internal_error"
+            else:
+                outcome = "ok"
+            self.deps.audit(
+                getattr(request, "mcproxy_principal", None),
+                getattr(request, "mcproxy_client", None),
+                action,
+                request.path.decode("utf-8", "replace"),
+                outcome,
+            )
+        return result
 
     async def _dispatch(self, request) -> tuple[int, Any]:
         path = request.path.decode("utf-8", "replace")
@@ -89,11 +111,12 @@ class AdminAPI(resource.Resource):
                 allowed = ", ".join(sorted(m.decode("ascii") for m in methods))
                 request.setHeader(b"Allow", allowed.encode("ascii"))
                 raise MethodNotAllowed(f"{request.method.decode('latin-1')} is not allowed here; use {allowed}")
+            request.mcproxy_action = handler.__name__
             return await handler(request, **match.groupdict())
         raise NotFound(f"no such endpoint: {path}")
 
     async def _principal(self, request, permission: str | None = None) -> Principal:
-        principal = await self.deps.authenticate(request)
+        principal = request.mcproxy_principal = await self.deps.authenticate(request)
         if permission is not None and not principal.has(permission):
             raise Forbidden(f"this credential lacks the {permission!r} permission")
         return principal

@@ -10,7 +10,7 @@ from mcproxy.errors import NotFound
 from mcproxy.mcp.jsonrpc import RpcError
 from mcproxy.mcp.protocol import McpSession
 from mcproxy.tools.base import SessionView
-from mcproxy.web.mcp_common import McpEndpoint, check_origin, read_rpc, write_accepted, write_rpc
+from mcproxy.web.mcp_common import McpEndpoint, check_origin, client_of, read_rpc, write_accepted, write_rpc
 from mcproxy.web.sse import SseStream
 
 log = Logger()
@@ -64,6 +64,6 @@ class MessageResource(McpEndpoint):
         entry.touch()
         stream, mcp = entry.stream, entry.state
         write_accepted(request)
-        response = await mcp.handle(message, stream.send_json)
+        response = await mcp.handle(message, stream.send_json, client=client_of(request))
         if response is not None:
             stream.send_json(response)

@@ -122,6 +122,11 @@ def write_rpc(
     request.finish()
 
 
+def client_of(request: IRequest) -> str | None:
+    """The client address the site worked out for ``request`` (see `mcproxy.web.network`)."""
+    return getattr(request, "mcproxy_client", None)
+
+
 def write_accepted(request: IRequest) -> None:
     """202 with no body: a notification or a message whose answer goes elsewhere."""
     if request.finished or getattr(request, "_disconnected", False):

@@ -29,6 +29,7 @@ from mcproxy.web.mcp_common import (
     NotAcceptable,
     accepts,
     check_origin,
+    client_of,
     missing_session,
     read_rpc,
     rpc_error_status,
@@ -84,7 +85,7 @@ class _Exchange:
         wants_progress = isinstance(meta, Mapping) and meta.get("progressToken") is not None
         if self.accepts_sse and (wants_progress or not self.accepts_json):
             self.open_stream()
-        d = mcp.handle(message, self.notify)
+        d = mcp.handle(message, self.notify, client=client_of(self.request))
         self.request.notifyFinish().addErrback(lambda _: d.cancel())
         try:
             response = await d
@@ -146,7 +147,7 @@ class StreamableResource(McpEndpoint):
         mcp = McpSession(t.server, principal, SessionView(entry.id))
         entry.state = mcp
         entry.on_close(mcp.close)
-        response = await mcp.handle(message, lambda _: None)
+        response = await mcp.handle(message, lambda _: None, client=client_of(request))
         if "error" in response:
             t.sessions.close(entry.id)
             write_rpc(request, 400, response)

@@ -1,0 +1,113 @@
+"""The audit trail: one JSON object per line for every tool call and every admin action.
+
+Fields of a tool call (DESIGN.md §3, ``audit.path``): ``time``, ``userId``, ``tokenId``,
+``client``, ``sessionId``, ``browser``, ``tool``, ``arguments`` (redacted), ``outcome``,
+``durationMs``; admin actions carry ``action`` and ``target`` instead of the tool fields.
+Lines are written whole and flushed at once, so a crash loses at most the line being
+written; ``reopen()`` (on SIGHUP) follows a log rotation.
+"""
+
+import json
+import os
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+from twisted.logger import Logger
+
+log = Logger()
+
+REDACTED = "[redacted]"
+#: Argument names whose values are credentials wherever they appear.
+SECRET_KEY = re.compile(r"pass(word|wd)?|secret|token|authori[sz]ation|cookie|api[-_]?key|credential", re.I)
+#: Values that are credentials whatever their key: API tokens, JWTs, Bearer/Basic headers.
+SECRET_VALUE = re.compile(
+    r"mcpx_[0-9a-f]{16}_[A-Za-z0-9_-]+|eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*|(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+"
+)
+MAX_VALUE_CHARS = 2000
+
+
+def redact(value: Any, sensitive: frozenset[str] = frozenset(), key: str = "") -> Any:
+    """A copy of ``value`` with credentials, and the arguments named in ``sensitive``, replaced."""
+    if key and (key in sensitive or SECRET_KEY.search(key)):
+        return REDACTED
+    if isinstance(value, dict):
+        return {k: redact(v, sensitive, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(item, sensitive) for item in value]
+    if isinstance(value, str):
+        value = SECRET_VALUE.sub(REDACTED, value)
+        return value if len(value) <= MAX_VALUE_CHARS else value[:MAX_VALUE_CHARS] + "…"
+    return value
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class AuditLog:
+    """Appends audit events to ``path`` (created 0600); an empty path keeps no file."""
+
+    def __init__(self, path: str, clock):
+        self._path = path
+        self._clock = clock
+        self._file = None
+        self.reopen()
+
+    def reopen(self) -> None:
+        """(Re)open the file, e.g. after logrotate moved it away."""
+        self.close()
+        if not self._path:
+            return
+        directory = os.path.dirname(os.path.abspath(self._path))
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._file = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def write(self, event: dict) -> None:
+        """Append one event, stamped with the time; a write error is logged, never raised."""
+        if self._file is None:
+            return
+        line = json.dumps({"time": _iso(self._clock.seconds()), **event}, separators=(",", ":"), default=str)
+        try:
+            self._file.write(line + "\n")
+        except OSError as e:
+            log.error("Could not write to the audit log {path}: {error}", path=self._path, error=e)
+
+    def tool_call(self, record) -> None:
+        """Audit one finished tool call (a `mcproxy.tools.registry.ToolCallRecord`)."""
+        context = record.context
+        self.write(
+            {
+                "kind": "tool_call",
+                "userId": context.principal.user_id,
+                "tokenId": context.principal.token_id,
+                "client": context.client,
+                "sessionId": context.session.session_id,
+                "requestId": context.request_id,
+                "browser": record.browser_url,
+                "tool": record.tool,
+                "arguments": redact(record.arguments, record.sensitive),
+                "outcome": record.outcome,
+                "durationMs": round(record.duration * 1000, 3),
+            }
+        )
+
+    def admin_action(self, principal, client: str | None, action: str, target: str | None, outcome: str) -> None:
+        """Audit one admin API action (token creation, registration, deletion, ...)."""
+        self.write(
+            {
+                "kind": "admin",
+                "userId": principal.user_id if principal is not None else None,
+                "tokenId": principal.token_id if principal is not None else None,
+                "client": client,
+                "action": action,
+                "target": target,
+                "outcome": outcome,
+            }
+        )

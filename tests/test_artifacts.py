@@ -1,0 +1,284 @@
+"""The artifact store: per-user files behind MCP resources, on a deterministic clock."""
+
+import base64
+import json
+import os
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from mcproxy.artifacts import ArtifactStore, split_path
+from mcproxy.auth.principal import Principal
+from mcproxy.config import ArtifactsConfig
+from mcproxy.errors import ToolError
+from mcproxy.mcp.jsonrpc import RpcError, parse_message
+from mcproxy.mcp.protocol import McpServer, McpSession
+from mcproxy.testing.fake_tools import FakeToolProvider
+from mcproxy.tools.base import SessionView
+from mcproxy.tools.pages import Response
+
+ALICE = Principal("alice", frozenset({"tools:*"}))
+MALLORY = Principal("mallory/../alice", frozenset({"tools:*"}))
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+
+
+def run(coroutine):
+    """The result of a coroutine that finishes without waiting (the store does no async I/O)."""
+    results = []
+    Deferred.fromCoroutine(coroutine).addBoth(results.append)
+    assert results, "the coroutine waited"
+    if isinstance(results[0], Exception) or hasattr(results[0], "raiseException"):
+        results[0].raiseException()
+    return results[0]
+
+
+@pytest.fixture
+def clock():
+    clock = Clock()
+    clock.advance(1_700_000_000)
+    return clock
+
+
+@pytest.fixture
+def store(tmp_path, clock):
+    return ArtifactStore(str(tmp_path), ArtifactsConfig(max_bytes=10_000, ttl=3600), clock)
+
+
+def files_under(path) -> list[str]:
+    return sorted(
+        os.path.relpath(os.path.join(d, f), path) for d, _, names in os.walk(path) for f in names
+    )
+
+
+def test_save_list_read_round_trip(store, tmp_path, clock):
+    shot = run(store.save("alice", "shots/home.png", PNG))
+    clock.advance(1)  # listed oldest first
+    notes = run(store.save("alice", "notes.md", "héllo\n".encode()))
+    assert shot.uri == f"mcproxy://artifacts/{shot.id}" and len(shot.id) == 32
+    assert (shot.name, shot.size, shot.mime_type) == ("shots/home.png", len(PNG), "image/png")
+
+    listed = store.list_resources(ALICE)
+    assert [(r.uri, r.name, r.mime_type, r.size) for r in listed] == [
+        (shot.uri, "shots/home.png", "image/png", len(PNG)),
+        (notes.uri, "notes.md", "text/markdown", len("héllo\n".encode())),
+    ]
+    assert "2023-11-14T22:13:20Z" in listed[0].description  # when it was saved
+
+    blob = store.read_resource(ALICE, shot.uri).contents[0]
+    assert base64.b64decode(blob.blob) == PNG and blob.mime_type == "image/png" and blob.uri == shot.uri
+    text = store.read_resource(ALICE, notes.uri).contents[0]
+    assert text.text == "héllo\n" and text.mime_type == "text/markdown"
+
+    # The file lies in the user's own directory, named as asked; nothing is left in tmp/.
+    user_dirs = os.listdir(tmp_path / "artifacts")
+    assert len(user_dirs) == 1
+    assert files_under(tmp_path / "artifacts" / user_dirs[0]) == sorted(
+        ["files/notes.md", "files/shots/home.png", f"meta/{notes.id}.json", f"meta/{shot.id}.json"]
+    )
+
+
+def test_saving_the_same_name_again_replaces_the_artifact(store):
+    first = run(store.save("alice", "shot.png", PNG))
+    second = run(store.save("alice", "./shot.png", PNG[:20]))
+    assert [r.uri for r in store.list_resources(ALICE)] == [second.uri]
+    with pytest.raises(RpcError):
+        store.read_resource(ALICE, first.uri)
+    assert base64.b64decode(store.read_resource(ALICE, second.uri).contents[0].blob) == PNG[:20]
+
+
+def test_another_user_can_neither_list_nor_read(store):
+    secret = run(store.save("alice", "secret.txt", b"alice's"))
+    run(store.save("mallory/../alice", "mine.txt", b"mallory's"))
+    assert [r.name for r in store.list_resources(MALLORY)] == ["mine.txt"]
+    with pytest.raises(RpcError) as e:
+        store.read_resource(MALLORY, secret.uri)
+    # Exactly what an unknown resource gets (protocol.EmptyResources), so nothing leaks.
+    assert (e.value.code, e.value.message) == (-32602, f"Resource not found: {secret.uri}")
+    assert e.value.data == {"uri": secret.uri}
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["mcproxy://artifacts/", "mcproxy://artifacts/../x", "mcproxy://artifacts/" + "0" * 32, "file:///etc/passwd"],
+)
+def test_malformed_or_unknown_uris_are_not_found(store, uri):
+    with pytest.raises(RpcError) as e:
+        store.read_resource(ALICE, uri)
+    assert e.value.code == -32602 and uri in e.value.message
+
+
+def test_protocol_layer_answers_not_found_and_lists_only_the_callers_own(store):
+    secret = run(store.save("alice", "a.txt", b"alice's"))
+    server = McpServer(FakeToolProvider(Clock()), resources=store)
+
+    hello = {"protocolVersion": "2024-11-05", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+
+    def answer(principal, method, params):
+        session = McpSession(server, principal, SessionView("s1"))
+        for rid, (m, p) in enumerate([("initialize", hello), (method, params)]):
+            results = []
+            message = parse_message(json.dumps({"jsonrpc": "2.0", "id": rid, "method": m, "params": p}))
+            session.handle(message, None).addBoth(results.append)
+        return results[0]
+
+    read = answer(ALICE, "resources/read", {"uri": secret.uri})["result"]
+    assert read["contents"] == [{"uri": secret.uri, "mimeType": "text/plain", "text": "alice's"}]
+    assert answer(MALLORY, "resources/list", {})["result"]["resources"] == []
+    error = answer(MALLORY, "resources/read", {"uri": secret.uri})["error"]
+    assert error == {"code": -32602, "message": f"Resource not found: {secret.uri}", "data": {"uri": secret.uri}}
+
+
+@pytest.mark.parametrize(
+    "file_path, complaint",
+    [
+        ("../escape.png", '"filePath" \'../escape.png\' goes up with ".."'),
+        ("shots/../../escape.png", 'goes up with ".."'),
+        ("shots\\..\\..\\escape.png", 'goes up with ".."'),
+        ("/etc/passwd", "is an absolute path"),
+        ("\\\\server\\share\\x.png", "is an absolute path"),
+        ("C:\\Users\\x.png", "is an absolute path"),
+        ("~/x.png", "is an absolute path"),
+        ("", '"filePath" is empty'),
+        ("./", "names no file"),
+        ("a\0b.png", "NUL character"),
+    ],
+)
+def test_escaping_names_are_refused(store, tmp_path, file_path, complaint):
+    with pytest.raises(ToolError) as e:
+        run(store.save("alice", file_path, PNG))
+    assert complaint in e.value.message and "relative name like 'shots/home.png'" in e.value.message
+    assert files_under(tmp_path) == []
+
+
+def test_split_path_normalizes_harmless_segments():
+    assert split_path("./shots//home.png") == ["shots", "home.png"]
+    assert split_path("shots\\home.png") == ["shots", "home.png"]
+
+
+def test_symlinks_in_the_users_directory_are_not_followed(store, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    run(store.save("alice", "first.txt", b"x"))
+    (user_dir,) = os.listdir(tmp_path / "artifacts")
+    files = tmp_path / "artifacts" / user_dir / "files"
+    os.symlink(outside, files / "linked")
+    os.symlink(outside / "target.txt", files / "leaf.txt")
+
+    with pytest.raises(ToolError) as e:
+        run(store.save("alice", "linked/x.txt", b"escaped"))
+    assert "symlink" in e.value.message
+    assert os.listdir(outside) == []
+    # A symlink as the final name is replaced by the file, never written through.
+    leaf = run(store.save("alice", "leaf.txt", b"replaced"))
+    assert not os.path.islink(files / "leaf.txt") and not os.path.exists(outside / "target.txt")
+    assert store.read_resource(ALICE, leaf.uri).contents[0].text == "replaced"
+    assert os.listdir(tmp_path / "artifacts" / user_dir / "tmp") == []
+
+
+def test_a_file_swapped_for_a_symlink_is_not_read(store, tmp_path):
+    (tmp_path / "secret").write_text("operator's")
+    saved = run(store.save("alice", "a.txt", b"mine"))
+    (user_dir,) = os.listdir(tmp_path / "artifacts")
+    path = tmp_path / "artifacts" / user_dir / "files" / "a.txt"
+    path.unlink()
+    os.symlink(tmp_path / "secret", path)
+    with pytest.raises(RpcError):
+        store.read_resource(ALICE, saved.uri)
+    assert store.list_resources(ALICE) == []
+
+
+def test_size_limit_aborts_the_writer_and_leaves_no_file(store, tmp_path):
+    writer = store.writer("alice", "big/heap.json")
+    writer.write(b"x" * 6000)
+    with pytest.raises(ToolError) as e:
+        writer.write(b"x" * 6000)
+    assert "larger than the 10000 bytes" in e.value.message and "artifacts.max_bytes" in e.value.message
+    with pytest.raises(ToolError):
+        writer.write(b"x")
+    writer.abort()  # harmless after the limit already aborted it
+    assert files_under(tmp_path) == []
+    with pytest.raises(ToolError):
+        run(store.save("alice", "big.bin", b"y" * 10_001))
+    assert files_under(tmp_path) == [] and store.list_resources(ALICE) == []
+    exactly = run(store.save("alice", "ok.bin", b"y" * 10_000))
+    assert exactly.size == 10_000
+
+
+def test_streaming_writer_and_abort(store, tmp_path):
+    writer = store.writer("alice", "parts.json", "application/json")
+    for chunk in (b'{"snap', b'shot": ', b"1}"):
+        writer.write(chunk)
+    artifact = run(writer.finish())
+    assert artifact.size == 15 and artifact.mime_type == "application/json"
+    assert json.loads(store.read_resource(ALICE, artifact.uri).contents[0].text) == {"snapshot": 1}
+
+    abandoned = store.writer("alice", "abandoned.json")
+    abandoned.write(b"partial")
+    abandoned.abort()
+    assert [r.name for r in store.list_resources(ALICE)] == ["parts.json"]
+    (user_dir,) = os.listdir(tmp_path / "artifacts")
+    assert not any("abandoned" in f or f.startswith("tmp") for f in files_under(tmp_path / "artifacts" / user_dir))
+
+
+def test_expiry_by_sweep_and_on_read(store, clock, tmp_path):
+    store.start()
+    try:
+        early = run(store.save("alice", "early.txt", b"1"))
+        clock.advance(1800)
+        late = run(store.save("alice", "late.txt", b"2"))
+        clock.advance(1799.5)
+        assert [r.name for r in store.list_resources(ALICE)] == ["early.txt", "late.txt"]
+        clock.advance(0.5)  # early expires now; the sweep has not run yet, the read checks itself
+        assert [r.name for r in store.list_resources(ALICE)] == ["late.txt"]
+        with pytest.raises(RpcError):
+            store.read_resource(ALICE, early.uri)
+        assert not any(f.endswith("early.txt") for f in files_under(tmp_path))
+        clock.advance(1800)  # the minute sweep deletes late's file without anyone asking
+        assert files_under(tmp_path) == []
+        with pytest.raises(RpcError):
+            store.read_resource(ALICE, late.uri)
+    finally:
+        store.stop()
+    assert not clock.getDelayedCalls()
+
+
+def test_restart_rebuilds_the_index(tmp_path, clock):
+    config = ArtifactsConfig(max_bytes=10_000, ttl=3600)
+    first = ArtifactStore(str(tmp_path), config, clock)
+    doomed = run(first.save("bob", "doomed.txt", b"gone"))
+    clock.advance(1000)
+    kept = run(first.save("alice", "shots/kept.png", PNG))
+    later = run(first.save("bob", "later.txt", b"stays"))
+    unfinished = first.writer("alice", "crashed.json")
+    unfinished.write(b"half")  # the process dies here: no finish, no abort
+
+    clock.advance(2700)  # past doomed's expiry, before the others'
+    second = ArtifactStore(str(tmp_path), config, clock)
+    listed = [(r.uri, r.name, r.size) for r in second.list_resources(ALICE)]
+    assert listed == [(kept.uri, "shots/kept.png", len(PNG))]
+    assert base64.b64decode(second.read_resource(ALICE, kept.uri).contents[0].blob) == PNG
+    bob = Principal("bob", frozenset())
+    assert [r.uri for r in second.list_resources(bob)] == [later.uri]
+    with pytest.raises(RpcError):
+        second.read_resource(bob, doomed.uri)
+    leftovers = files_under(tmp_path)
+    assert not any("doomed" in f or doomed.id in f or f.split("/")[-2] == "tmp" for f in leftovers), leftovers
+    unfinished.abort()
+
+
+def test_add_artifact_links_the_resource_for_new_protocols_only(store):
+    artifact = run(store.save("alice", "shot.png", PNG))
+    response = Response().add("Took a screenshot.").add_artifact(artifact, "Screenshot")
+    text = (
+        f"Took a screenshot.\nScreenshot saved as {artifact.uri} (shot.png, {len(PNG)} bytes); "
+        "read it with resources/read."
+    )
+    new = response.to_result("2025-06-18")
+    assert new.content[0].text == text
+    link = new.content[1]
+    assert (link.type, link.uri, link.name, link.mime_type, link.size) == (
+        "resource_link", artifact.uri, "shot.png", "image/png", len(PNG)
+    )
+    old = response.to_result("2024-11-05")
+    assert [c.type for c in old.content] == ["text"] and old.content[0].text == text

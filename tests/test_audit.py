@@ -1,0 +1,83 @@
+"""The audit trail: redaction, the file, and what a running daemon writes to it."""
+
+import json
+import os
+import stat
+
+import pytest_twisted
+from twisted.internet.task import Clock
+
+from mcproxy.audit import REDACTED, AuditLog, redact
+from mcproxy.testing.daemon import start_proxy
+
+
+def test_credentials_and_sensitive_arguments_are_redacted():
+    token = "mcpx_0123456789abcdef_" + "A" * 43
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
+    arguments = {
+        "url": f"https://example.test/?next=1&t={token}",
+        "headers": {"Authorization": "Bearer abc", "X-Api-Key": "k", "Accept": "text/html"},
+        "elements": [{"uid": "1_2", "value": "hunter2"}, {"uid": "1_3", "value": "bob"}],
+        "function": f"() => fetch('/x', {{headers: {{a: 'Bearer {jwt}'}}}})",
+        "password": "pw",
+        "value": "typed secret",
+    }
+    cleaned = redact(arguments, frozenset({"value"}))
+    text = json.dumps(cleaned)
+    for secret in (token, jwt, "hunter2", "typed secret", '"pw"', '"k"', "abc"):
+        assert secret not in text, secret
+    assert cleaned["headers"]["Accept"] == "text/html"
+    assert cleaned["password"] == REDACTED and cleaned["value"] == REDACTED
+    assert cleaned["elements"][1] == {"uid": "1_3", "value": REDACTED}
+    assert cleaned["url"] == f"https://example.test/?next=1&t={REDACTED}"
+    assert redact("x" * 5000).endswith("…") and len(redact("x" * 5000)) == 2001
+
+
+def test_lines_are_whole_json_objects_in_a_private_file(tmp_path):
+    clock = Clock()
+    clock.advance(1_800_000_000.25)
+    path = tmp_path / "logs" / "audit.jsonl"
+    audit = AuditLog(str(path), clock)
+    audit.admin_action(None, "127.0.0.1", "create_token", "/api/tokens", "unauthorized")
+    os.rename(path, tmp_path / "rotated.jsonl")
+    audit.reopen()
+    audit.admin_action(None, "127.0.0.1", "register", "/api/register", "ok")
+    audit.close()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    (line,) = path.read_text().splitlines()
+    event = json.loads(line)
+    assert event == {
+        "time": "2027-01-15T08:00:00.250Z",
+        "kind": "admin",
+        "userId": None,
+        "tokenId": None,
+        "client": "127.0.0.1",
+        "action": "register",
+        "target": "/api/register",
+        "outcome": "ok",
+    }
+    AuditLog("", clock).admin_action(None, None, "x", None, "ok")  # no path: nothing kept, no error
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_running_daemon_audits_tool_calls_and_admin_actions(reactor, tmp_path):
+    proxy = await start_proxy(reactor, tmp_path)
+    try:
+        token = await proxy.token_for("alice")
+        answer = await proxy.call_tool(token, "list_pages")
+        assert answer["result"]["isError"] is True  # no browser registered: still audited
+        await proxy.call_tool(token, "no_such_tool")
+        code, _, _ = await proxy.api("DELETE", "/api/tokens/0123456789abcdef")
+        assert code == 404
+    finally:
+        await proxy.stop()
+    events = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    admin_events = [(e["action"], e["outcome"]) for e in events if e["kind"] == "admin"]
+    assert admin_events == [("create_token", "ok"), ("revoke_token", "not_found")]
+    calls = [e for e in events if e["kind"] == "tool_call"]
+    assert [(c["tool"], c["outcome"]) for c in calls] == [("list_pages", "error"), ("no_such_tool", "unknown_tool")]
+    first = calls[0]
+    assert first["userId"] == "alice" and first["tokenId"] == token.split("_")[1]
+    assert first["client"] == "127.0.0.1" and first["sessionId"] is None and first["durationMs"] >= 0
+    assert set(first) >= {"time", "userId", "tokenId", "client", "sessionId", "tool", "arguments", "outcome", "durationMs"}
+    assert token not in (tmp_path / "audit.jsonl").read_text()
