@@ -34,6 +34,8 @@ class ServerConfig:
     listen: tuple[str, ...] = ("tcp:3000:interface=127.0.0.1",)
     data_dir: str = "./var"
     public_url: str = ""
+    allowed_hosts: tuple[str, ...] = ()
+    hsts_max_age: int = 31536000
     max_body_bytes: int = 4 * 1024 * 1024
     drain_timeout: float = 30.0
     request_timeout: float = 120.0
@@ -302,6 +304,8 @@ def validate(config: Config) -> None:
     ):
         if value <= 0:
             raise ConfigError(f"{key}: must be positive, got {value}")
+    if config.server.hsts_max_age < 0:
+        raise ConfigError("server.hsts_max_age: must be 0 (no header) or more")
     if config.browser.max_attempts < 0:
         raise ConfigError("browser.max_attempts: must be 0 (forever) or more")
     for limit in config.ratelimit.limits:

@@ -183,6 +183,7 @@ class MCProxyService(service.MultiService):
             max_body_bytes=config.server.max_body_bytes,
             client_policy=ClientPolicy(network.ip_allow, network.ip_deny, network.trusted_proxies),
             check_address=limits.check_address,
+            hsts_max_age=config.server.hsts_max_age,
         )
         for description in config.server.listen:
             port = await serverFromString(reactor, description).listen(site)

@@ -16,9 +16,9 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 
 from mcproxy.auth.principal import ADMIN, REGISTER, Principal
-from mcproxy.errors import BadRequest, Forbidden, MCProxyError, MethodNotAllowed, NotFound
+from mcproxy.errors import BadRequest, Conflict, Forbidden, MCProxyError, MethodNotAllowed, NotFound
 from mcproxy.storage.records import UserRecord
-from mcproxy.web.http import read_json_object, request_id, write_failure, write_json
+from mcproxy.web.http import read_body, read_json_object, request_id, write_failure, write_json
 
 log = Logger()
 
@@ -55,6 +55,9 @@ class AdminDependencies:
 
 Handler = Callable[..., Awaitable[tuple[int, Any]]]
 
+DEFAULT_ROTATION_GRACE = 60.0
+MAX_ROTATION_GRACE = 7 * 86400.0
+
 
 class AdminAPI(resource.Resource):
     """Routes ``/health`` and ``/api/...`` to coroutine handlers."""
@@ -68,6 +71,7 @@ class AdminAPI(resource.Resource):
             (re.compile(r"^/health/?$"), {b"GET": self.health}),
             (re.compile(r"^/api/tokens/?$"), {b"POST": self.create_token, b"GET": self.list_tokens}),
             (re.compile(r"^/api/tokens/(?P<token_id>[^/]+)/?$"), {b"DELETE": self.revoke_token}),
+            (re.compile(r"^/api/tokens/(?P<token_id>[^/]+)/rotate/?$"), {b"POST": self.rotate_token}),
             (re.compile(r"^/api/register/?$"), {b"POST": self.register}),
             (re.compile(r"^/api/users/?$"), {b"GET": self.list_users}),
             (re.compile(r"^/api/users/(?P<user_id>[^/]+)/status/?$"), {b"GET": self.user_status}),
@@ -121,7 +125,10 @@ class AdminAPI(resource.Resource):
             raise Forbidden(f"this credential lacks the {permission!r} permission")
         return principal
 
-    def _body(self, request) -> dict:
+    def _body(self, request, optional: bool = False) -> dict:
+        """The JSON object body; with ``optional``, an empty body reads as ``{}``."""
+        if optional and not read_body(request, self.deps.max_body_bytes).strip():
+            return {}
         return read_json_object(request, self.deps.max_body_bytes)
 
     # -- health ---------------------------------------------------------------
@@ -166,6 +173,40 @@ class AdminAPI(resource.Resource):
         self.deps.token_revoked(token_id)
         log.info("Token {token_id} revoked", token_id=token_id)
         return 204, None
+
+    async def rotate_token(self, request, token_id: str):
+        """A new token with the same user, permissions and expiry; the old one works until
+        ``graceSeconds`` (default 60) have passed, so clients can switch without a gap."""
+        principal = await self._principal(request)
+        record = await self.deps.store.get_token(token_id)
+        now = self.deps.clock.seconds()
+        mine = record is not None and principal.user_id == record.user_id and principal.token_id is not None
+        if record is None or not (principal.is_admin or mine):
+            raise NotFound(f"no token with id {token_id!r}")
+        if record.revoked_at is not None and record.revoked_at <= now:
+            raise Conflict(f"token {token_id} is revoked; create a new token instead", code="token_revoked")
+        body = self._body(request, optional=True)
+        grace = body.get("graceSeconds", DEFAULT_ROTATION_GRACE)
+        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not 0 <= grace <= MAX_ROTATION_GRACE:
+            raise BadRequest(f'"graceSeconds" must be a number from 0 to {MAX_ROTATION_GRACE}')
+        ttl = None
+        if record.expires_at is not None:
+            ttl = record.expires_at - now
+            if ttl <= 0:
+                raise Conflict(f"token {token_id} has expired; create a new token instead", code="token_expired")
+        token, new = await self.deps.create_token(
+            self.deps.store, record.user_id, record.permissions, ttl, self.deps.clock, f"rotated from {token_id}"
+        )
+        ends = now + grace
+        await self.deps.store.revoke_token(token_id, ends)  # keeps an earlier revocation
+        self.deps.token_revoked(token_id)
+        log.info(
+            "Token {token_id} rotated to {new_id}; the old one works for {grace} s more",
+            token_id=token_id,
+            new_id=new.token_id,
+            grace=grace,
+        )
+        return 201, {**_token_answer(token, new), "replaces": token_id, "previousValidUntil": iso8601(ends)}
 
     # -- users ----------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """What the MCP transports share: origin and media-type checks, JSON-RPC over HTTP bodies.
 
-Origin policy (DNS-rebinding protection): a request without ``Origin`` is allowed (IDE
+Host policy: see `check_host`. Origin policy (DNS-rebinding protection): a request without ``Origin`` is allowed (IDE
 clients send none); an origin in ``cors.allowed_origins`` (or ``*`` there) is allowed; a
 loopback origin (``http(s)://localhost``, ``127.0.0.0/8``, ``[::1]``, any port) is allowed
 only when every listener of the server is on a loopback interface. Anything else is 403.
@@ -79,6 +79,28 @@ def check_origin(request: IRequest, allowed: tuple[str, ...], allow_loopback: bo
     request.setHeader(b"Access-Control-Allow-Origin", origin.encode("latin-1"))
     request.setHeader(b"Access-Control-Expose-Headers", _EXPOSED_HEADERS)
     request.setHeader(b"Vary", b"Origin")
+
+
+def check_host(request: IRequest, allowed: tuple[str, ...], allow_loopback: bool) -> None:
+    """Raise `Forbidden` for a ``Host`` this server does not answer to (DNS rebinding).
+
+    A page whose own name was re-pointed at the proxy's address talks to it under that
+    name. Host names in ``allowed`` (``server.allowed_hosts`` and the host of
+    ``server.public_url``) always pass; loopback names pass on a loopback-only server; with
+    neither configured on a public listener, every host passes (nothing to compare with).
+    """
+    if not allowed and not allow_loopback:
+        return
+    raw = (request.getHeader(b"host") or b"").decode("latin-1").strip()
+    try:
+        host = urlsplit("//" + raw).hostname if raw else None
+    except ValueError:
+        host = None
+    if host is not None and (host in allowed or (allow_loopback and is_loopback_host(host))):
+        return
+    raise Forbidden(
+        f"host {raw!r} is not a name of this server; add it to server.allowed_hosts", code="host_not_allowed"
+    )
 
 
 def accepts(request: IRequest) -> tuple[bool, bool]:
@@ -166,6 +188,11 @@ class McpEndpoint(Resource):
     def render(self, request):
         method = request.method.decode("ascii", "replace")
         allowed = self._allowed
+        try:
+            check_host(request, self.t.allowed_hosts, self.t.allow_loopback_origins)
+        except Forbidden as e:
+            write_error(request, e)
+            return NOT_DONE_YET
         if method == "OPTIONS":
             return serve(request, lambda: self._preflight(request, allowed))
         answer = getattr(self, f"answer_{method}", None)

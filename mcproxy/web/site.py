@@ -54,6 +54,8 @@ class ProxyRequest(server.Request):
             write_error(self, PayloadTooLarge(f"request body is over the limit of {limit} bytes"))
             return
         site = self.channel.site
+        if site.hsts_max_age and self.isSecure():
+            self.setHeader(b"Strict-Transport-Security", b"max-age=%d" % site.hsts_max_age)
         self.mcproxy_client = site.client_policy.client_address(self)
         try:
             site.client_policy.admit(self.mcproxy_client)
@@ -75,7 +77,8 @@ class ProxyRequest(server.Request):
 
 
 class ProxySite(server.Site):
-    """The daemon's Site: `ProxyRequest`s, no tracebacks, a body limit, the client checks.
+    """The daemon's Site: `ProxyRequest`s, no tracebacks, a body limit, the client checks,
+    and HSTS on TLS listeners (``hsts_max_age`` seconds; 0 sends none).
 
     ``check_address(address)`` raises RateLimited for a client over its address limit.
     """
@@ -90,10 +93,12 @@ class ProxySite(server.Site):
         max_body_bytes: int,
         client_policy: ClientPolicy | None = None,
         check_address=lambda address: None,
+        hsts_max_age: int = 0,
         **kwargs,
     ):
         super().__init__(root, **kwargs)
         self.max_body_bytes = max_body_bytes
+        self.hsts_max_age = hsts_max_age
         self.client_policy = client_policy or ClientPolicy()
         self.check_address = check_address
 

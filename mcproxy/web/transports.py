@@ -1,5 +1,7 @@
 """The MCP endpoints the site mounts: legacy SSE, its message endpoint, and Streamable HTTP."""
 
+from urllib.parse import urlsplit
+
 from mcproxy.mcp.protocol import EmptyResources, McpServer
 from mcproxy.web.legacy import MessageResource, SseResource
 from mcproxy.web.mcp_common import listens_on_loopback_only
@@ -32,6 +34,9 @@ class McpTransports:
         self.max_body = config.server.max_body_bytes
         self.keepalive = config.server.sse_keepalive
         self.allowed_origins = tuple(config.cors.allowed_origins)
+        public_host = urlsplit(config.server.public_url).hostname if config.server.public_url else None
+        hosts = [host.lower() for host in config.server.allowed_hosts]
+        self.allowed_hosts = tuple(hosts + [public_host] if public_host else hosts)
         if allow_loopback_origins is None:
             allow_loopback_origins = listens_on_loopback_only(tuple(config.server.listen))
         self.allow_loopback_origins = allow_loopback_origins
