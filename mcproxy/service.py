@@ -56,6 +56,7 @@ class MCProxyService(service.MultiService):
         self.pool = None
         self.sessions = None
         self.audit = None
+        self.revocations = None
         self.artifacts = None
         self._starting: defer.Deferred | None = None
 
@@ -90,6 +91,7 @@ class MCProxyService(service.MultiService):
         from mcproxy.auth.tokens import TokenAuthenticator, create_token
         from mcproxy.browser.pool import BrowserPool, probe_browser
         from mcproxy.session.registry import SessionRegistry
+        from mcproxy.session.revocation import RevocationWatch
         from mcproxy.storage import open_store
         from mcproxy.tools.registry import ToolRegistry
         from mcproxy.web.admin import AdminAPI, AdminDependencies
@@ -105,6 +107,8 @@ class MCProxyService(service.MultiService):
         for user in await store.list_users():
             pool.browser_for(user.user_id, user.browser_url)
         self.sessions = sessions = SessionRegistry(reactor, config.session.idle_timeout)
+        self.revocations = RevocationWatch(sessions, store, reactor)
+        self.revocations.start()
 
         last_touched: dict[str, float] = {}
 
@@ -201,6 +205,8 @@ class MCProxyService(service.MultiService):
         for port in self.ports:
             await port.stopListening()
         self.ports.clear()
+        if self.revocations is not None:
+            self.revocations.stop()
         if self.sessions is not None:
             self.sessions.close_all()
         if self.pool is not None:

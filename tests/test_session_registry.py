@@ -87,3 +87,43 @@ def test_a_failing_close_callback_does_not_stop_the_others():
     s.on_close(lambda: ran.append(True))
     sessions.close(s.id)
     assert ran == [True]
+
+
+def test_sessions_end_when_their_token_is_revoked_expired_or_deleted():
+    from mcproxy.auth.tokens import create_token
+    from mcproxy.session.revocation import RevocationWatch
+    from mcproxy.storage.memory import MemoryStore
+    from mcproxy.testing.stores import result_of, run_now
+
+    clock, sessions = make(idle=3600)
+    clock.advance(1_800_000_000)
+    store = MemoryStore()
+    _, kept = run_now(create_token(store, "alice", ["tools:*"], None, clock))
+    _, revoked = run_now(create_token(store, "alice", ["tools:*"], None, clock))
+    _, expiring = run_now(create_token(store, "bob", ["tools:*"], 7, clock))
+    _, rotated = run_now(create_token(store, "bob", ["tools:*"], None, clock))
+    opened = {
+        name: sessions.create(user, "sse", record.token_id)
+        for name, user, record in (
+            ("kept", "alice", kept),
+            ("revoked", "alice", revoked),
+            ("expiring", "bob", expiring),
+            ("rotated", "bob", rotated),
+        )
+    }
+    no_token = sessions.create("local", "streamable")
+    watch = RevocationWatch(sessions, store, clock, interval=5)
+    watch.start()
+    result_of(store.revoke_token(revoked.token_id, clock.seconds()))
+    result_of(store.revoke_token(rotated.token_id, clock.seconds() + 60))  # a rotation's grace period
+    clock.advance(5)
+    assert [name for name, s in opened.items() if s.closed] == ["revoked"]
+    clock.advance(5)
+    assert [name for name, s in opened.items() if s.closed] == ["revoked", "expiring"]
+    clock.advance(60)
+    assert [name for name, s in opened.items() if s.closed] == ["revoked", "expiring", "rotated"]
+    assert not opened["kept"].closed and not no_token.closed
+    watch.stop()
+    result_of(store.revoke_token(kept.token_id, clock.seconds()))
+    clock.advance(30)
+    assert not opened["kept"].closed  # a stopped watch checks nothing

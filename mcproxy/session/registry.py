@@ -19,11 +19,14 @@ class Session:
     end its streams and cancel its work when the session ends for any reason.
     """
 
-    def __init__(self, registry: "SessionRegistry", session_id: str, user_id: str, transport: str):
+    def __init__(
+        self, registry: "SessionRegistry", session_id: str, user_id: str, transport: str, token_id: str | None = None
+    ):
         self.registry = registry
         self.id = session_id
         self.user_id = user_id
         self.transport = transport
+        self.token_id = token_id
         self.state: Any = None
         self.stream: Any = None  # the SSE stream server messages go to, when one is open
         self.closed = False
@@ -91,9 +94,10 @@ class SessionRegistry:
         self.idle_timeout = idle_timeout
         self._sessions: dict[str, Session] = {}
 
-    def create(self, user_id: str, transport: str) -> Session:
-        """A new session for ``user_id`` over ``transport`` (``"sse"`` or ``"streamable"``)."""
-        session = Session(self, secrets.token_urlsafe(24), user_id, transport)
+    def create(self, user_id: str, transport: str, token_id: str | None = None) -> Session:
+        """A new session for ``user_id`` over ``transport`` (``"sse"`` or ``"streamable"``),
+        opened with the API token ``token_id`` (it ends when that token is revoked)."""
+        session = Session(self, secrets.token_urlsafe(24), user_id, transport, token_id)
         self._sessions[session.id] = session
         session.touch()
         return session
@@ -116,6 +120,17 @@ class SessionRegistry:
     def close_user(self, user_id: str) -> int:
         """End every session of ``user_id``; how many there were."""
         ids = [s.id for s in self._sessions.values() if s.user_id == user_id]
+        for session_id in ids:
+            self.close(session_id)
+        return len(ids)
+
+    def token_ids(self) -> set[str]:
+        """The API tokens live sessions were opened with."""
+        return {s.token_id for s in self._sessions.values() if s.token_id is not None}
+
+    def close_token(self, token_id: str) -> int:
+        """End every session opened with ``token_id``; how many there were."""
+        ids = [s.id for s in self._sessions.values() if s.token_id == token_id]
         for session_id in ids:
             self.close(session_id)
         return len(ids)

@@ -25,7 +25,7 @@ class SseResource(McpEndpoint):
         t = self.t
         check_origin(request, t.allowed_origins, t.allow_loopback_origins)
         principal = await t.authenticate(request)
-        entry = t.sessions.create(principal.user_id, TRANSPORT)
+        entry = t.sessions.create(principal.user_id, TRANSPORT, principal.token_id)
         mcp = McpSession(t.server, principal, SessionView(entry.id))
         entry.state = mcp
         stream = SseStream(request, t.clock, t.keepalive)

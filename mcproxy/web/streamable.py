@@ -143,7 +143,7 @@ class StreamableResource(McpEndpoint):
 
     async def _initialize(self, request, principal, message: JSONRPCRequest) -> None:
         t = self.t
-        entry = t.sessions.create(principal.user_id, TRANSPORT)
+        entry = t.sessions.create(principal.user_id, TRANSPORT, principal.token_id)
         mcp = McpSession(t.server, principal, SessionView(entry.id))
         entry.state = mcp
         entry.on_close(mcp.close)

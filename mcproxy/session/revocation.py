@@ -1,0 +1,56 @@
+"""Sessions end soon after the API token that opened them is revoked or expires.
+
+Every request is authenticated again, but a stream (legacy ``GET /sse``, a standalone
+Streamable HTTP ``GET``) lives on one request; without this it would outlive its token.
+"""
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+log = Logger()
+
+CHECK_INTERVAL = 5.0
+
+
+class RevocationWatch:
+    """Every ``interval`` seconds, ends the sessions whose token is gone, revoked or expired."""
+
+    def __init__(self, sessions, store, clock, interval: float = CHECK_INTERVAL):
+        self._sessions = sessions
+        self._store = store
+        self._clock = clock
+        self._interval = interval
+        self._loop = LoopingCall(lambda: Deferred.fromCoroutine(self.check()))
+        self._loop.clock = clock
+
+    def start(self) -> None:
+        self._loop.start(self._interval, now=False).addErrback(
+            lambda failure: log.failure("The token revocation check stopped", failure)
+        )
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+
+    async def check(self) -> None:
+        """One pass over the tokens of the live sessions (a store failure skips a token)."""
+        now = self._clock.seconds()
+        for token_id in sorted(self._sessions.token_ids()):
+            try:
+                record = await self._store.get_token(token_id)
+            except CancelledError:
+                raise
+            except Exception:
+                log.failure("Could not check token {token_id} of open sessions", token_id=token_id)
+                continue
+            if record is None:
+                why = "deleted"
+            elif record.revoked_at is not None and record.revoked_at <= now:
+                why = "revoked"
+            elif record.expires_at is not None and record.expires_at <= now:
+                why = "expired"
+            else:
+                continue
+            ended = self._sessions.close_token(token_id)
+            log.info("Token {token_id} {why}: ended {count} session(s)", token_id=token_id, why=why, count=ended)
