@@ -114,6 +114,15 @@ class MetricsConfig:
 
 
 @attrs.frozen
+class BrowsingConfig:
+    schemes: tuple[str, ...] = ("http", "https", "about", "data", "blob")
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    user_rules: tuple[str, ...] = ()
+    intercept: bool = False
+
+
+@attrs.frozen
 class AuditConfig:
     path: str = "./var/audit.jsonl"
 
@@ -138,6 +147,7 @@ class Config:
     session: SessionConfig = _section(SessionConfig)
     tools: ToolsConfig = _section(ToolsConfig)
     metrics: MetricsConfig = _section(MetricsConfig)
+    browsing: BrowsingConfig = _section(BrowsingConfig)
     audit: AuditConfig = _section(AuditConfig)
     artifacts: ArtifactsConfig = _section(ArtifactsConfig)
 
@@ -264,6 +274,14 @@ def parse_limit(text: str) -> tuple[str, str, float, int]:
     return kind, name, rate, burst
 
 
+def parse_user_rule(text: str) -> tuple[str, str, str]:
+    """``"alice allow *.corp.example"`` -> ("alice", "allow", "*.corp.example"); ValueError says why."""
+    parts = text.split()
+    if len(parts) != 3 or parts[1] not in ("allow", "deny"):
+        raise ValueError(f'{text!r} is not "USER allow|deny PATTERN" (e.g. "alice allow *.corp.example")')
+    return parts[0], parts[1], parts[2].lower()
+
+
 def _check_networks(key: str, networks: tuple[str, ...]) -> None:
     for network in networks:
         try:
@@ -313,6 +331,11 @@ def validate(config: Config) -> None:
             parse_limit(limit)
         except ValueError as e:
             raise ConfigError(f"ratelimit.limits: {e}") from None
+    for rule in config.browsing.user_rules:
+        try:
+            parse_user_rule(rule)
+        except ValueError as e:
+            raise ConfigError(f"browsing.user_rules: {e}") from None
     _check_networks("browser.allowed_networks", config.browser.allowed_networks)
     _check_networks("network.ip_allow", config.network.ip_allow)
     _check_networks("network.ip_deny", config.network.ip_deny)

@@ -9,7 +9,7 @@ from zope.interface import Attribute, Interface
 
 
 class IStore(Interface):
-    """Durable state: users with their browser URL, and API tokens (hashed).
+    """Durable state: users with their browser URL, API tokens and passwords (both hashed).
 
     Implementations: ``memory:``, ``sqlite:PATH``, ``redis://``; one contract test
     suite runs against all of them.
@@ -44,6 +44,16 @@ class IStore(Interface):
 
     def touch_token(token_id, when):
         """Record the token's last use. Deferred[None]."""
+
+    def set_password(user_id, encoded):
+        """Store a user's password hash (``mcproxy.auth.basic.hash_password``), replacing any. Deferred[None].
+
+        Passwords live apart from the user record: a user may have one before registering
+        a browser, and unregistering a browser keeps it.
+        """
+
+    def get_password(user_id):
+        """Deferred[str | None]: the user's stored password hash."""
 
     def close():
         """Release connections. Deferred[None]."""
@@ -109,8 +119,12 @@ class IUserBrowser(Interface):
     def page(page_id):
         """The `Page` with this id; raise ToolError when there is none."""
 
-    def new_page(url, *, background=False, opener=None, timeout=None):
-        """Open a tab, wait for it to load. Deferred[Page]. ``opener`` is the MCP session id."""
+    def new_page(url, *, background=False, opener=None, timeout=None, isolated_context=None):
+        """Open a tab, wait for it to load. Deferred[Page]. ``opener`` is the MCP session id;
+        ``isolated_context`` names a browser context of its own (storage kept apart)."""
+
+    def context_name(page):
+        """The isolated context name ``page`` was opened in, or None."""
 
     def close_page(page_id):
         """Close a tab. Deferred[None]."""

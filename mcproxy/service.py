@@ -93,6 +93,7 @@ class MCProxyService(service.MultiService):
         from mcproxy.session.registry import SessionRegistry
         from mcproxy.session.revocation import RevocationWatch
         from mcproxy.storage import open_store
+        from mcproxy.tools.emulation import emulation_listener
         from mcproxy.tools.registry import ToolRegistry
         from mcproxy.web.admin import AdminAPI, AdminDependencies
         from mcproxy.web.network import ClientPolicy
@@ -103,7 +104,7 @@ class MCProxyService(service.MultiService):
         os.makedirs(config.server.data_dir, mode=0o700, exist_ok=True)
         self.store = store = await open_store(config.store.url, reactor)
         await ensure_admin_token(store, config.server.data_dir, reactor)
-        self.pool = pool = BrowserPool(reactor, config.browser)
+        self.pool = pool = BrowserPool(reactor, config.browser, page_listeners=[emulation_listener])
         for user in await store.list_users():
             pool.browser_for(user.user_id, user.browser_url)
         self.sessions = sessions = SessionRegistry(reactor, config.session.idle_timeout)

@@ -269,8 +269,6 @@ async def test_argument_and_permission_errors(tools, fixture_site):
     assert [t.name for t in tools.list_tools(limited.principal)] == [
         "list_pages", "select_page", "new_page", "close_page", "navigate_page", "wait_for",
     ]
-    result = await tools.call_tool("new_page", {"url": fixture_site.page("tools_second.html"), "isolatedContext": "x"}, context)
-    assert result.is_error and "isolatedContext is not supported" in text_of(result)
 
 
 @pytest_twisted.ensureDeferred

@@ -232,6 +232,9 @@ class FakeBrowser:
     def pages(self):
         return list(self._pages)
 
+    def context_name(self, page):
+        return None
+
     async def connected(self, timeout=None):
         assert timeout == ToolsConfig().navigation_timeout
 

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
@@ -169,6 +169,9 @@ class UserBrowser:
         self._attached_on: dict[str, CDPConnection] = {}
         self._listeners: list[PageListener] = []
         self._waiters: list[Deferred] = []
+        #: Isolated browser contexts opened by new_page, by name -> browserContextId.
+        self.contexts: dict[str, str] = {}
+        self._contexts_lock = DeferredLock()
         self._health = LoopingCall(lambda: Deferred.fromCoroutine(self._check_health()))
         self._health.clock = reactor
         policy = backoffPolicy(
@@ -555,27 +558,65 @@ class UserBrowser:
         return link.send(method, params, timeout=timeout)
 
     def new_page(
-        self, url: str, *, background: bool = False, opener: str | None = None, timeout: float | None = None
+        self,
+        url: str,
+        *,
+        background: bool = False,
+        opener: str | None = None,
+        timeout: float | None = None,
+        isolated_context: str | None = None,
     ) -> Deferred:
-        """Open a tab at ``url`` and wait for its load event. Deferred[Page]."""
-        return Deferred.fromCoroutine(self._new_page(url, background, opener, timeout))
+        """Open a tab at ``url`` and wait for its load event. Deferred[Page].
 
-    async def _new_page(self, url: str, background: bool, opener: str | None, timeout: float | None) -> Page:
+        With ``isolated_context``, the tab opens in that named browser context (its own
+        cookies and storage), created on first use and kept for later tabs of that name.
+        """
+        return Deferred.fromCoroutine(self._new_page(url, background, opener, timeout, isolated_context))
+
+    async def _new_page(
+        self, url: str, background: bool, opener: str | None, timeout: float | None, isolated_context: str | None
+    ) -> Page:
         seconds = self.call_timeout if timeout is None else timeout
         await self.connected(seconds)
         link = self.cdp
-        reply = await link.send(
-            "Target.createTarget", {"url": "about:blank", "background": background}, timeout=seconds
-        )
+        params: dict = {"url": "about:blank", "background": background}
+        if isolated_context is not None:
+            params["browserContextId"] = await self._browser_context(isolated_context, seconds)
+        reply = await link.send("Target.createTarget", params, timeout=seconds)
         info = {"targetId": reply["targetId"], "type": "page", "url": "about:blank"}
         page = await self._ensure_attached(link, info, timeout=seconds)
         page.via_proxy = True
         page.opener = opener
+        if isolated_context is not None:
+            page.browser_context_id = params["browserContextId"]
         # The attach does not wait for Page.enable; the load event below needs it done.
         await page.send("Page.enable", timeout=seconds)
         if url and url != "about:blank":
             await self.navigate(page, url, timeout=seconds)
         return page
+
+    async def _browser_context(self, name: str, seconds: float) -> str:
+        """The id of the isolated context ``name``: the one made before if Chrome still has
+        it (it outlives our connection, not a Chrome restart), else a new one."""
+        await self._contexts_lock.acquire()
+        try:
+            known = self.contexts.get(name)
+            if known is not None:
+                alive = await self.send("Target.getBrowserContexts", timeout=seconds)
+                if known in alive.get("browserContextIds", ()):
+                    return known
+            created = await self.send("Target.createBrowserContext", {"disposeOnDetach": False}, timeout=seconds)
+            self.contexts[name] = created["browserContextId"]
+            return created["browserContextId"]
+        finally:
+            self._contexts_lock.release()
+
+    def context_name(self, page: Page) -> str | None:
+        """The name of the isolated context ``page`` is in; None for the default context."""
+        for name, context_id in self.contexts.items():
+            if context_id == page.browser_context_id:
+                return name
+        return None
 
     async def navigate(self, page: Page, url: str, *, timeout: float | None = None) -> None:
         """Navigate ``page`` to ``url`` and wait for its load event (PageLoadError otherwise)."""

@@ -50,18 +50,17 @@ async def select_page(call: ToolCall) -> Response:
 
 
 async def new_page(call: ToolCall) -> Response:
-    """Open a tab owned by this session and select it."""
-    if call.args.get("isolatedContext"):
-        raise ToolError(
-            "isolatedContext is not supported by this server yet; call new_page without it "
-            "to open the page in the browser's default context."
-        )
+    """Open a tab owned by this session and select it, in a named isolated context if asked."""
     session = call.context.session
+    options = {}
+    if call.args.get("isolatedContext"):
+        options["isolated_context"] = call.args["isolatedContext"]
     page = await call.browser.new_page(
         call.args["url"],
         background=bool(call.args.get("background")),
         opener=session.session_id,
         timeout=call.timeout(),
+        **options,
     )
     session.opened_page_ids.add(page.page_id)
     session.selected_page_id = page.page_id
@@ -253,7 +252,11 @@ TOOLS = [
             {
                 "url": s.string("The URL to load in the new tab."),
                 "background": s.boolean("Open the tab without bringing it to the front. Default false."),
-                "isolatedContext": s.string("Name of an isolated browser context for the tab (not supported yet)."),
+                "isolatedContext": s.string(
+                    "Open the tab in the isolated browser context of this name, created on first use. Tabs "
+                    "of one context share cookies and storage; different contexts (and the default one) "
+                    "share nothing, which gives clean-slate cookies and logins."
+                ),
                 "timeout": _TIMEOUT,
             },
             ("url",),

@@ -51,13 +51,20 @@ class ToolCall:
     clock: Any
     page: Any = None
     artifacts: Any = None
+    #: The caller's `mcproxy.browser.policy.BrowsingPolicy` (URLs tools may navigate to).
+    policy: Any = None
     #: Argument names whose values must never be logged (e.g. text typed into a password field).
     sensitive: set[str] = attrs.field(factory=set)
 
     def timeout(self, name: str = "timeout") -> float:
-        """Seconds to wait: the tool's ``timeout`` argument (ms) or the configured default."""
+        """Seconds to wait: the tool's ``timeout`` argument (ms), or the configured default
+        stretched by the page's throttling (CPU or network emulation)."""
+        from mcproxy.tools.emulation import timeout_factor  # emulation builds on this module
+
         value = self.args.get(name) or 0
-        return value / 1000.0 if value > 0 else self.config.navigation_timeout
+        if value > 0:
+            return value / 1000.0
+        return self.config.navigation_timeout * (timeout_factor(self.page) if self.page is not None else 1)
 
 
 @attrs.define
@@ -105,7 +112,11 @@ class Response:
         listing = await _fresh_listing(call)
         selected = call.context.session.selected_page_id
         if listing:
-            lines = [_page_line(page_id, url, title, page_id == selected) for page_id, url, title in listing]
+            contexts = {page.page_id: call.browser.context_name(page) for page in visible_pages(call)}
+            lines = [
+                _page_line(page_id, url, title, page_id == selected, contexts.get(page_id))
+                for page_id, url, title in listing
+            ]
             self.add("## Pages\n" + "\n".join(lines))
         else:
             self.add("## Pages\nNo pages open. Call new_page to open one.")
@@ -156,9 +167,11 @@ async def _fresh_listing(call: "ToolCall") -> list[tuple[int, str, str]]:
     return listing
 
 
-def _page_line(page_id: int, url: str, title: str, selected: bool) -> str:
+def _page_line(page_id: int, url: str, title: str, selected: bool, context: str | None = None) -> str:
     line = f"{page_id}: {url}" if not title or title == url else f"{page_id}: {title} ({url})"
-    return line + " [selected]" if selected else line
+    if selected:
+        line += " [selected]"
+    return f"{line} isolatedContext={context}" if context else line
 
 
 def visible_pages(call: ToolCall) -> list:

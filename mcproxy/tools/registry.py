@@ -15,10 +15,11 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mcproxy.config import ToolsConfig
+from mcproxy.browser.policy import PolicyBook
+from mcproxy.config import BrowsingConfig, ToolsConfig
 from mcproxy.errors import BrowserUnavailable, RateLimited, ToolError
 from mcproxy.interfaces import IToolProvider
-from mcproxy.tools import debugging, navigation
+from mcproxy.tools import debugging, emulation, navigation, styles
 from mcproxy.tools import input as input_tools
 from mcproxy.tools.base import CallContext
 from mcproxy.tools.pages import ToolCall, error_result, resolve_page
@@ -26,7 +27,13 @@ from mcproxy.tools.schema import ToolSpec, validate
 
 log = Logger()
 
-DEFAULT_TOOLS: tuple[ToolSpec, ...] = (*navigation.TOOLS, *input_tools.TOOLS, *debugging.TOOLS)
+DEFAULT_TOOLS: tuple[ToolSpec, ...] = (
+    *navigation.TOOLS,
+    *input_tools.TOOLS,
+    *debugging.TOOLS,
+    *emulation.TOOLS,
+    *styles.TOOLS,
+)
 
 
 @implementer(IToolProvider)
@@ -40,6 +47,7 @@ class ToolRegistry:
     ``on_call_started(tool_name)`` and ``on_call_finished(ToolCallRecord)`` (audit, metrics).
     ``tools.categories`` restricts the offer to those categories; tools named in
     ``tools.own_permission`` need ``tools:<name>`` itself (``tools:*`` is not enough).
+    ``policies`` (a `mcproxy.browser.policy.PolicyBook`) says where each user may navigate.
     """
 
     def __init__(
@@ -52,6 +60,7 @@ class ToolRegistry:
         limits=None,
         on_call_started: Iterable[Callable[[str], None]] = (),
         on_call_finished: Iterable[Callable[["ToolCallRecord"], None]] = (),
+        policies: PolicyBook | None = None,
     ):
         self._get_browser = get_browser
         self._config = config
@@ -60,6 +69,7 @@ class ToolRegistry:
         self._limits = limits
         self._on_started = tuple(on_call_started)
         self._on_finished = tuple(on_call_finished)
+        self._policies = policies or PolicyBook(BrowsingConfig())
         self._tools = {tool.name: tool for tool in tools}
         offered = {tool.category for tool in self._tools.values()}
         self._categories = frozenset(config.categories) & offered if config.categories else offered
@@ -163,6 +173,7 @@ class ToolRegistry:
                 config=self._config,
                 clock=self._clock,
                 artifacts=self._artifacts,
+                policy=self._policies.policy_for(principal.user_id),
             )
             if not tool.page_bound:
                 response = await tool.run(call)

@@ -1,0 +1,459 @@
+"""Emulation tools: emulate (network, CPU, geolocation, user agent, media, viewport, headers)
+and resize_page.
+
+``emulate`` replaces the page's whole emulation at every call, as chrome-devtools-mcp does:
+whatever a call leaves out is reset, except ``extraHttpHeaders``, which stay until a call
+clears them with an empty string. The settings live in ``page.state`` so that
+`reapply_emulation` can restore them on a new DevTools session after a reconnect (Chrome
+drops a session's overrides with the session), and so that other tools can stretch their
+waits with `timeout_factor` while the page is throttled.
+"""
+
+import json
+import re
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred, FirstError, gatherResults
+from twisted.logger import Logger
+
+from mcproxy.errors import CDPError, ToolError
+from mcproxy.tools import schema as s
+from mcproxy.tools.pages import Response, ToolCall
+
+log = Logger()
+
+STATE_KEY = "mcproxy.emulation"
+
+_KBPS = 1000 / 8  # bytes per second in one kilobit per second
+
+# name -> (latency ms, download B/s, upload B/s, timeout factor); the figures of
+# Puppeteer's PredefinedNetworkConditions (as chrome-devtools-mcp uses) and its factors.
+NETWORK_PRESETS: dict[str, tuple[float, float, float, float]] = {
+    "Offline": (0, 0, 0, 1),
+    "Slow 3G": (400 * 5, 500 * _KBPS * 0.8, 500 * _KBPS * 0.8, 10),
+    "Fast 3G": (150 * 3.75, 1600 * _KBPS * 0.9, 750 * _KBPS * 0.9, 5),
+    "Slow 4G": (150 * 3.75, 1600 * _KBPS * 0.9, 750 * _KBPS * 0.9, 2.5),
+    "Fast 4G": (60 * 2.75, 9000 * _KBPS * 0.9, 1500 * _KBPS * 0.9, 1),
+}
+# emulate parameter -> CSS media feature; "auto" (or absent) resets it.
+MEDIA_FEATURES = {
+    "colorScheme": "prefers-color-scheme",
+    "prefersReducedMotion": "prefers-reduced-motion",
+    "prefersContrast": "prefers-contrast",
+    "forcedColors": "forced-colors",
+}
+_VIEWPORT = re.compile(r"^\s*(\d+)\s*x\s*(\d+)(?:\s*x\s*(\d+(?:\.\d+)?|\.\d+))?((?:\s*,\s*[a-z]+)*)\s*$", re.I)
+_VIEWPORT_FLAGS = ("mobile", "touch", "landscape")
+_VIEWPORT_HELP = (
+    "Use '<width>x<height>x<devicePixelRatio>[,mobile][,touch][,landscape]', "
+    "for example '390x844x3,mobile,touch' or '1280x720x1'."
+)
+
+
+@attrs.frozen
+class Viewport:
+    """An emulated device viewport, parsed from the ``viewport`` string."""
+
+    width: int
+    height: int
+    device_scale_factor: float = 1
+    mobile: bool = False
+    touch: bool = False
+    landscape: bool = False
+
+    def describe(self) -> str:
+        """JSON in the key order chrome-devtools-mcp reports it."""
+        return json.dumps(
+            {
+                "deviceScaleFactor": self.device_scale_factor,
+                "isMobile": self.mobile,
+                "hasTouch": self.touch,
+                "isLandscape": self.landscape,
+                "width": self.width,
+                "height": self.height,
+            },
+            separators=(",", ":"),
+        )
+
+
+@attrs.define
+class Emulation:
+    """What is emulated on one page now (the defaults mean: nothing)."""
+
+    network: str | None = None
+    cpu_rate: float = 1
+    geolocation: tuple[float, float] | None = None
+    user_agent: str | None = None
+    media: dict[str, str] = attrs.field(factory=dict)
+    viewport: Viewport | None = None
+    headers: dict[str, str] = attrs.field(factory=dict)
+
+
+def parse_viewport(text: str) -> Viewport:
+    """The `Viewport` a ``viewport`` argument describes; ToolError explaining the format."""
+    match = _VIEWPORT.match(text)
+    if not match:
+        raise ToolError(f"Invalid viewport {text!r}. {_VIEWPORT_HELP}")
+    width, height, scale, rest = match.groups()
+    flags = [flag.strip().lower() for flag in rest.split(",")[1:]]
+    unknown = [flag for flag in flags if flag not in _VIEWPORT_FLAGS]
+    if unknown:
+        raise ToolError(f"Invalid viewport {text!r}: unknown option {unknown[0]!r}. {_VIEWPORT_HELP}")
+    ratio = float(scale) if scale else 1.0
+    if int(width) == 0 or int(height) == 0 or ratio <= 0:
+        raise ToolError(f"Invalid viewport {text!r}: width, height and pixel ratio must be above 0. {_VIEWPORT_HELP}")
+    return Viewport(
+        int(width),
+        int(height),
+        int(ratio) if ratio.is_integer() else ratio,
+        mobile="mobile" in flags,
+        touch="touch" in flags,
+        landscape="landscape" in flags,
+    )
+
+
+def parse_geolocation(text: str) -> tuple[float, float]:
+    """``(latitude, longitude)`` from ``"<latitude>,<longitude>"``; ToolError when out of range."""
+    parts = text.split(",")
+    try:
+        latitude, longitude = (float(part) for part in parts)
+    except ValueError:
+        raise ToolError(
+            f"Invalid geolocation {text!r}: use '<latitude>,<longitude>' in degrees, e.g. '48.8584,2.2945'."
+        ) from None
+    if not -90 <= latitude <= 90 or not -180 <= longitude <= 180:
+        raise ToolError(
+            f"Invalid geolocation {text!r}: latitude must be between -90 and 90, longitude between -180 and 180."
+        )
+    return latitude, longitude
+
+
+def parse_headers(text: str) -> dict[str, str]:
+    """The header map of ``extraHttpHeaders`` (a JSON object of strings; "" clears)."""
+    if not text.strip():
+        return {}
+    try:
+        headers = json.loads(text)
+    except ValueError:
+        headers = None
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        raise ToolError(
+            'Invalid extraHttpHeaders: pass a JSON object of header names to string values, '
+            'e.g. {"X-Custom": "value"}, or "" to clear them.'
+        )
+    return headers
+
+
+def emulation_of(page) -> Emulation:
+    """The page's current emulation (nothing emulated when never set)."""
+    return page.state.get(STATE_KEY) or Emulation()
+
+
+def timeout_factor(page) -> float:
+    """How much longer to wait on ``page`` while it is throttled (1 when it is not).
+
+    The larger of the CPU slowdown and the network preset's factor (Slow 3G: 10).
+    """
+    return _factor(emulation_of(page))
+
+
+def _factor(emulation: Emulation) -> float:
+    network = NETWORK_PRESETS[emulation.network][3] if emulation.network else 1
+    return max(float(emulation.cpu_rate), float(network))
+
+
+def _from_args(args: dict, previous: Emulation) -> Emulation:
+    """The emulation a call asks for: absent settings reset, headers kept unless given."""
+    viewport = args.get("viewport")
+    geolocation = args.get("geolocation")
+    headers = args.get("extraHttpHeaders")
+    return Emulation(
+        network=args.get("networkConditions"),
+        cpu_rate=args.get("cpuThrottlingRate", 1),
+        geolocation=parse_geolocation(geolocation) if geolocation else None,
+        user_agent=args.get("userAgent") or None,
+        media={
+            feature: args[name]
+            for name, feature in MEDIA_FEATURES.items()
+            if args.get(name) not in (None, "auto")
+        },
+        viewport=parse_viewport(viewport) if viewport else None,
+        headers=previous.headers if headers is None else parse_headers(headers),
+    )
+
+
+def _viewport_calls(viewport: Viewport | None) -> list[tuple[str, dict | None]]:
+    if viewport is None:
+        return [
+            ("Emulation.clearDeviceMetricsOverride", None),
+            ("Emulation.setTouchEmulationEnabled", {"enabled": False}),
+        ]
+    orientation = (
+        {"type": "landscapePrimary", "angle": 90} if viewport.landscape else {"type": "portraitPrimary", "angle": 0}
+    )
+    return [
+        (
+            "Emulation.setDeviceMetricsOverride",
+            {
+                "width": viewport.width,
+                "height": viewport.height,
+                "deviceScaleFactor": viewport.device_scale_factor,
+                "mobile": viewport.mobile,
+                "screenOrientation": orientation,
+            },
+        ),
+        ("Emulation.setTouchEmulationEnabled", {"enabled": viewport.touch, "maxTouchPoints": 5}),
+    ]
+
+
+def _network_params(network: str | None) -> dict:
+    if network is None:
+        return {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1}
+    latency, download, upload, _ = NETWORK_PRESETS[network]
+    return {
+        "offline": network == "Offline",
+        "latency": latency,
+        "downloadThroughput": download,
+        "uploadThroughput": upload,
+    }
+
+
+async def _origin(page) -> str | None:
+    """The origin of the page's document, if it has a real one (not about:blank, data:...)."""
+    reply = await page.send("Runtime.evaluate", {"expression": "location.origin", "returnByValue": True})
+    origin = reply.get("result", {}).get("value")
+    return origin if isinstance(origin, str) and origin.startswith(("http://", "https://")) else None
+
+
+async def _apply(page, emulation: Emulation) -> None:
+    """Send every override (set or reset), so the page ends up exactly as ``emulation`` says."""
+    calls: list[tuple[str, dict | None]] = [
+        # Throttling and extra headers only act while the Network domain is enabled (the
+        # console/network collector enables it too; enabling twice is harmless).
+        ("Network.enable", None),
+        ("Network.emulateNetworkConditions", _network_params(emulation.network)),
+        ("Emulation.setCPUThrottlingRate", {"rate": emulation.cpu_rate}),
+        ("Emulation.setUserAgentOverride", {"userAgent": emulation.user_agent or ""}),
+        (
+            "Emulation.setEmulatedMedia",
+            {"features": [{"name": f, "value": emulation.media.get(f, "")} for f in MEDIA_FEATURES.values()]},
+        ),
+        ("Network.setExtraHTTPHeaders", {"headers": emulation.headers}),
+        *_viewport_calls(emulation.viewport),
+    ]
+    if emulation.geolocation is None:
+        calls.append(("Emulation.clearGeolocationOverride", None))
+    else:
+        latitude, longitude = emulation.geolocation
+        position = {"latitude": latitude, "longitude": longitude, "accuracy": 1}
+        calls.append(("Emulation.setGeolocationOverride", position))
+        origin = await _origin(page)
+        if origin is not None:
+            permission = {"permission": {"name": "geolocation"}, "setting": "granted", "origin": origin}
+            if page.browser_context_id:
+                permission["browserContextId"] = page.browser_context_id
+            await page.browser.send("Browser.setPermission", permission)
+    try:
+        await gatherResults([page.send(method, params) for method, params in calls], consumeErrors=True)
+    except FirstError as e:
+        e.subFailure.raiseException()
+
+
+def reapply_emulation(page) -> None:
+    """Page listener: restore a page's emulation on its new session after a reconnect."""
+    if page.closed or STATE_KEY not in page.state:
+        return
+    Deferred.fromCoroutine(_apply(page, page.state[STATE_KEY])).addErrback(
+        lambda failure: log.info(
+            "Could not restore the emulation of page {page_id}: {error}",
+            page_id=page.page_id,
+            error=failure.getErrorMessage(),
+        )
+    )
+
+
+def emulation_listener(page, event: str) -> None:
+    """For ``BrowserPool(page_listeners=[...])``: re-apply emulation on "reattached"."""
+    if event == "reattached":
+        reapply_emulation(page)
+
+
+def _describe(emulation: Emulation, navigation_timeout: float) -> list[str]:
+    lines = ["Emulation configured successfully"]
+    if emulation.network:
+        lines.append(f"Emulating network conditions: {emulation.network}")
+    if emulation.cpu_rate > 1:
+        lines.append(f"Emulating CPU throttling: {emulation.cpu_rate:g}x slowdown")
+    if emulation.network or emulation.cpu_rate > 1:
+        lines.append(f"Default navigation timeout set to {navigation_timeout * _factor(emulation) * 1000:.0f} ms")
+    if emulation.viewport:
+        lines.append(f"Emulating viewport: {emulation.viewport.describe()}")
+    if emulation.user_agent:
+        lines.append(f"Emulating user agent: {emulation.user_agent}")
+    if emulation.geolocation:
+        lines.append("Emulating geolocation: latitude {:g}, longitude {:g}".format(*emulation.geolocation))
+    for name, feature in MEDIA_FEATURES.items():
+        if feature in emulation.media:
+            label = "color scheme" if name == "colorScheme" else feature
+            lines.append(f"Emulating {label}: {emulation.media[feature]}")
+    if emulation.headers:
+        lines.append("Extra HTTP headers sent with every request: " + ", ".join(sorted(emulation.headers)))
+    return lines
+
+
+async def emulate(call: ToolCall) -> Response:
+    """Replace the page's emulation with the one the call describes."""
+    page = call.page
+    emulation = _from_args(call.args, emulation_of(page))
+    try:
+        await _apply(page, emulation)
+    except CancelledError:
+        raise
+    except CDPError as e:
+        raise ToolError(f"Chrome refused the emulation: {e.message}") from None
+    finally:
+        # What Chrome got is what the page has now: keep it in step even after a failure.
+        page.state[STATE_KEY] = emulation
+    return Response().add("\n".join(_describe(emulation, call.config.navigation_timeout)))
+
+
+_INNER_SIZE = "[window.innerWidth, window.innerHeight]"
+
+
+async def _inner_size(page) -> tuple[int, int]:
+    reply = await page.send("Runtime.evaluate", {"expression": _INNER_SIZE, "returnByValue": True})
+    width, height = reply["result"]["value"]
+    return width, height
+
+
+async def _resize_window(call: ToolCall, width: int, height: int) -> bool:
+    """Resize the tab's window so its contents are ``width`` x ``height``; False if Chrome can't."""
+    page = call.page
+    try:
+        window = await call.browser.send("Browser.getWindowForTarget", {"targetId": page.target_id})
+        window_id = window["windowId"]
+        if window.get("bounds", {}).get("windowState", "normal") != "normal":
+            normal = {"windowId": window_id, "bounds": {"windowState": "normal"}}
+            await call.browser.send("Browser.setWindowBounds", normal)
+        try:
+            size = {"windowId": window_id, "width": width, "height": height}
+            await call.browser.send("Browser.setContentsSize", size)
+        except CDPError:
+            # Older Chrome: size the window by its frame, measured from the page.
+            inner = await _inner_size(page)
+            bounds = (await call.browser.send("Browser.getWindowBounds", {"windowId": window_id}))["bounds"]
+            outer = {"width": width + bounds["width"] - inner[0], "height": height + bounds["height"] - inner[1]}
+            await call.browser.send("Browser.setWindowBounds", {"windowId": window_id, "bounds": outer})
+    except CDPError:
+        return False
+    return await _inner_size(page) == (width, height)
+
+
+async def resize_page(call: ToolCall) -> Response:
+    """Make the page's viewport the given size: by its window, else by a metrics override.
+
+    While emulate's viewport is in force the window size does not reach the page, so that
+    emulated viewport is resized instead.
+    """
+    page = call.page
+    width, height = int(call.args["width"]), int(call.args["height"])
+    if width <= 0 or height <= 0:
+        raise ToolError("width and height must be positive numbers of CSS pixels.")
+    response = Response()
+    emulation = emulation_of(page)
+    if emulation.viewport is None and await _resize_window(call, width, height):
+        response.add(f"The page is now {width}x{height} pixels.")
+    else:
+        viewport = attrs.evolve(emulation.viewport or Viewport(width, height), width=width, height=height)
+        await gatherResults([page.send(method, params) for method, params in _viewport_calls(viewport)])
+        page.state[STATE_KEY] = attrs.evolve(emulation, viewport=viewport)
+        if emulation.viewport is not None:
+            response.add(f"The emulated viewport is now {width}x{height} pixels ({viewport.describe()}).")
+        else:
+            response.add(
+                f"Chrome could not resize this page's window, so its viewport is emulated at {width}x{height} "
+                "pixels instead; emulate without a viewport removes that."
+            )
+    return await response.add_pages(call)
+
+
+def _pixels(description: str) -> dict:
+    return {"type": "integer", "exclusiveMinimum": 0, "maximum": s.MAX_SAFE_INTEGER, "description": description}
+
+
+def _choice(description: str, choices: tuple[str, ...]) -> dict:
+    return s.string(description, enum=choices)
+
+
+TOOLS = (
+    s.ToolSpec(
+        name="emulate",
+        category="emulation",
+        title="Emulate",
+        description=(
+            "Emulate conditions on a page: network throttling, CPU slowdown, geolocation, user agent, "
+            "color scheme and other media features, a device viewport, extra HTTP headers. Every call "
+            "replaces the page's previous emulation (anything not given is reset; extraHttpHeaders stay "
+            "until cleared), so pass everything you want in one call."
+        ),
+        input_schema=s.obj(
+            {
+                "pageId": s.page_id(),
+                "networkConditions": _choice(
+                    "Network throttling preset. Leave out to stop throttling.", tuple(NETWORK_PRESETS)
+                ),
+                "cpuThrottlingRate": s.number(
+                    "CPU slowdown factor (1 to 20). Leave out or use 1 for no slowdown.", minimum=1, maximum=20
+                ),
+                "geolocation": s.string(
+                    "Position to report, as '<latitude>,<longitude>' (latitude -90..90, longitude "
+                    "-180..180). Leave out to stop overriding the position."
+                ),
+                "userAgent": s.string("User agent string to send. Leave out or pass an empty string to reset it."),
+                "colorScheme": _choice(
+                    'Dark or light mode (prefers-color-scheme). Leave out or use "auto" for the default.',
+                    ("dark", "light", "auto"),
+                ),
+                "forcedColors": _choice(
+                    'The forced-colors media feature. Leave out or use "auto" for the default.',
+                    ("active", "none", "auto"),
+                ),
+                "prefersContrast": _choice(
+                    'The prefers-contrast media feature. Leave out or use "auto" for the default.',
+                    ("more", "less", "custom", "no-preference", "auto"),
+                ),
+                "prefersReducedMotion": _choice(
+                    'The prefers-reduced-motion media feature. Leave out or use "auto" for the default.',
+                    ("reduce", "no-preference", "auto"),
+                ),
+                "viewport": s.string(
+                    "Device viewport as '<width>x<height>x<devicePixelRatio>[,mobile][,touch][,landscape]': "
+                    "'mobile' and 'touch' emulate a phone, 'landscape' turns it sideways. Leave out to "
+                    "remove the viewport override."
+                ),
+                "extraHttpHeaders": s.string(
+                    'Headers added to every request of the page, as a JSON object string such as '
+                    '{"X-Custom": "value"}. They stay across navigations and later emulate calls until '
+                    "an empty string clears them."
+                ),
+            },
+            ("pageId",),
+        ),
+        run=emulate,
+    ),
+    s.ToolSpec(
+        name="resize_page",
+        category="emulation",
+        title="Resize page",
+        description="Resize a page's window so that the page itself (its viewport) has the given size.",
+        input_schema=s.obj(
+            {
+                "pageId": s.page_id(),
+                "width": _pixels("Viewport width in CSS pixels."),
+                "height": _pixels("Viewport height in CSS pixels."),
+            },
+            ("pageId", "width", "height"),
+        ),
+        run=resize_page,
+    ),
+)
