@@ -1,11 +1,12 @@
-"""Target 3: ``fill`` and ``click`` through mcproxy vs chrome-devtools-mcp 1.11.0.
+"""Target 3: ``fill``, ``click``, ``fill_form`` and ``hover`` through mcproxy vs chrome-devtools-mcp 1.11.0.
 
 Both servers are driven by the official MCP SDK ``ClientSession`` in this process (stdio for
 chrome-devtools-mcp, Streamable HTTP for mcproxy), each against its own headless instance of
 the same Chromium binary with the same flags, so client cost and browser are alike and
 neither server sees the other's tabs. Rounds alternate between the two servers so that
-machine noise lands on both. Each side takes one snapshot, then fills the text box and
-clicks the button; the page must show the last value afterwards.
+machine noise lands on both. Each side takes one snapshot, then per round fills the text box,
+clicks the button, fills the text box again through fill_form and hovers over the button; the
+page must show the last click and the last form value afterwards.
 """
 
 import contextlib
@@ -20,6 +21,8 @@ from bench.procs import Chromium, FixtureSite, ProxyDaemon
 from bench.report import Summary, Verdict, say
 
 TARGET_RATIO = 0.5
+#: The tools judged against the target, in the order each round calls them.
+TIMED_TOOLS = ("fill", "click", "fill_form", "hover")
 BENCH_DIR = Path(__file__).resolve().parent
 CDM_ENTRY = BENCH_DIR / "node_modules" / "chrome-devtools-mcp" / "build" / "src" / "bin" / "chrome-devtools-mcp.js"
 NPM_TIMEOUT = 240
@@ -69,7 +72,7 @@ class ToolSide:
         self.page_url = page_url
         self.page_id = 0
         self.uids: dict[str, str] = {}
-        self.timings: dict[str, list[float]] = {"take_snapshot": [], "fill": [], "click": []}
+        self.timings: dict[str, list[float]] = {tool: [] for tool in ("take_snapshot", *TIMED_TOOLS)}
 
     async def call(self, tool: str, arguments: dict, record: bool = True) -> str:
         start = time.perf_counter()
@@ -97,12 +100,20 @@ class ToolSide:
             self.uids[role] = uid.group(1)
 
     async def round(self, value: str, record: bool) -> None:
-        await self.call("fill", {"pageId": self.page_id, "uid": self.uids["textbox"], "value": value}, record)
-        await self.call("click", {"pageId": self.page_id, "uid": self.uids["button"]}, record)
+        textbox, button = self.uids["textbox"], self.uids["button"]
+        await self.call("fill", {"pageId": self.page_id, "uid": textbox, "value": value}, record)
+        await self.call("click", {"pageId": self.page_id, "uid": button}, record)
+        elements = [{"uid": textbox, "value": f"{value} (form)"}]
+        await self.call("fill_form", {"pageId": self.page_id, "elements": elements}, record)
+        await self.call("hover", {"pageId": self.page_id, "uid": button}, record)
 
     async def page_text(self) -> str:
         return await self.call(
-            "evaluate_script", {"pageId": self.page_id, "function": "() => document.getElementById('out').textContent"}
+            "evaluate_script",
+            {
+                "pageId": self.page_id,
+                "function": "() => document.getElementById('out').textContent + ' / ' + document.getElementById('name').value",
+            },
         )
 
 
@@ -138,8 +149,8 @@ async def _proxy_session(stack: contextlib.AsyncExitStack, base_url: str, token:
 
 
 async def run(options) -> list[Verdict]:
-    """Time fill and click on both servers and judge the ratio of their medians."""
-    say(f"== tools: fill + click, mcproxy vs chrome-devtools-mcp 1.11.0 ({options.rounds} rounds) ==")
+    """Time the input tools on both servers and judge the ratio of their medians."""
+    say(f"== tools: {' + '.join(TIMED_TOOLS)}, mcproxy vs chrome-devtools-mcp 1.11.0 ({options.rounds} rounds) ==")
     try:
         ensure_baseline_installed()
     except BaselineUnavailable as e:
@@ -168,7 +179,8 @@ async def run(options) -> list[Verdict]:
             for i in range(options.tool_warmup + options.rounds):
                 for side in sides:
                     await side.round(f"round {i}", record=i >= options.tool_warmup)
-            last = f"clicked round {options.tool_warmup + options.rounds - 1}"
+            final = f"round {options.tool_warmup + options.rounds - 1}"
+            last = f"clicked {final} / {final} (form)"
             for side in sides:
                 shown = await side.page_text()
                 if last not in shown:
@@ -183,7 +195,7 @@ async def run(options) -> list[Verdict]:
 
 def _judge(baseline: ToolSide, proxied: ToolSide) -> list[Verdict]:
     verdicts = []
-    for tool in ("take_snapshot", "fill", "click"):
+    for tool in ("take_snapshot", *TIMED_TOOLS):
         base, through = Summary.of(baseline.timings[tool]), Summary.of(proxied.timings[tool])
         ratio = through.median / base.median
         say(f"  {tool}:")

@@ -93,6 +93,8 @@ class MCProxyService(service.MultiService):
         from mcproxy.session.registry import SessionRegistry
         from mcproxy.session.revocation import RevocationWatch
         from mcproxy.storage import open_store
+        from mcproxy.browser.policy import PolicyBook
+        from mcproxy.tools.dialogs import track_dialogs
         from mcproxy.tools.emulation import emulation_listener
         from mcproxy.tools.registry import ToolRegistry
         from mcproxy.web.admin import AdminAPI, AdminDependencies
@@ -104,7 +106,10 @@ class MCProxyService(service.MultiService):
         os.makedirs(config.server.data_dir, mode=0o700, exist_ok=True)
         self.store = store = await open_store(config.store.url, reactor)
         await ensure_admin_token(store, config.server.data_dir, reactor)
-        self.pool = pool = BrowserPool(reactor, config.browser, page_listeners=[emulation_listener])
+        policies = PolicyBook(config.browsing)
+        self.pool = pool = BrowserPool(
+            reactor, config.browser, page_listeners=[track_dialogs, emulation_listener, policies.guard]
+        )
         for user in await store.list_users():
             pool.browser_for(user.user_id, user.browser_url)
         self.sessions = sessions = SessionRegistry(reactor, config.session.idle_timeout)
@@ -145,6 +150,7 @@ class MCProxyService(service.MultiService):
             artifacts=artifacts,
             limits=limits,
             on_call_finished=[audit.tool_call],
+            policies=policies,
         )
         api_tokens = TokenAuthenticator(store, reactor)
         chain = AuthenticationChain([api_tokens], config.auth.mode, reactor)

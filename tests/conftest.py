@@ -108,10 +108,11 @@ def browser_config():
 
 @pytest_twisted.async_yield_fixture()
 async def browser_pool(reactor, browser_config, http_client):
-    """A BrowserPool, closed after the test."""
+    """A BrowserPool that tracks dialogs like the daemon's, closed after the test."""
     from mcproxy.browser.pool import BrowserPool
+    from mcproxy.tools.dialogs import track_dialogs
 
-    pool = BrowserPool(reactor, browser_config, http_client)
+    pool = BrowserPool(reactor, browser_config, http_client, page_listeners=[track_dialogs])
     yield pool
     await pool.close()
 

@@ -1,18 +1,21 @@
-"""Input tools: click, fill, press_key, type_text.
+"""Input tools: click, hover, drag, fill, fill_form, upload_file, press_key, type_text, handle_dialog.
 
-Clicks and keys go through ``Input.dispatch*`` directly (no page-side helpers), fills through
+Mouse and keys go through ``Input.dispatch*`` directly (no page-side helpers), fills through
 DOM focus plus ``Input.insertText`` (or a page-side function for selects and checkboxes);
-every action then waits for the page to settle (`mcproxy.tools.settle`).
+every action then waits for the page to settle (`mcproxy.tools.settle`). While a dialog
+blocks the page, the tools refuse at once (`mcproxy.tools.dialogs`).
 """
 
 from typing import Any, Awaitable, Callable
 
 from twisted.internet.defer import FirstError, gatherResults
 
+from mcproxy.browser.page import EventTimeout
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools import schema as s
+from mcproxy.tools.dialogs import describe_dialog, handle_dialog
 from mcproxy.tools.pages import Response, ToolCall
-from mcproxy.tools.settle import act_and_settle, dialog_message
+from mcproxy.tools.settle import act_and_settle
 from mcproxy.tools.snapshot import element_error, resolve_element, resolve_uid, stale_error, take_snapshot
 
 _INCLUDE_SNAPSHOT = s.boolean("Also return a fresh snapshot of the page after the action. Default false.")
@@ -141,24 +144,27 @@ async def send_all(page, calls: list[tuple[str, dict]]) -> list[dict]:
         e.subFailure.raiseException()
 
 
-async def element_center(page, uid: str) -> tuple[float, float]:
-    """Scroll the element into view; the centre of its first visible box, in viewport pixels."""
-    backend = resolve_uid(page, uid)
+async def element_centers(page, *uids: str) -> list[tuple[float, float]]:
+    """Scroll each element into view (in order); the centre of each one's first visible box,
+    in viewport pixels, measured after all the scrolling."""
+    backends = [resolve_uid(page, uid) for uid in uids]
+    calls = [("DOM.scrollIntoViewIfNeeded", {"backendNodeId": backend}) for backend in backends]
+    calls += [("DOM.getContentQuads", {"backendNodeId": backend}) for backend in backends]
     try:
-        _, quads = await send_all(
-            page,
-            [
-                ("DOM.scrollIntoViewIfNeeded", {"backendNodeId": backend}),
-                ("DOM.getContentQuads", {"backendNodeId": backend}),
-            ],
-        )
-    except CDPError as e:
-        raise element_error(page, uid, e) from None
+        replies = await gatherResults([page.send(method, params) for method, params in calls], consumeErrors=True)
+    except FirstError as e:
+        if not e.subFailure.check(CDPError):
+            e.subFailure.raiseException()
+        raise element_error(page, uids[e.index % len(uids)], e.subFailure.value) from None
+    return [_center(page, uid, reply) for uid, reply in zip(uids, replies[len(uids):])]
+
+
+def _center(page, uid: str, quads: dict) -> tuple[float, float]:
     for quad in quads.get("quads", []):
         xs, ys = quad[0::2], quad[1::2]
         if max(xs) - min(xs) >= 1 and max(ys) - min(ys) >= 1:
             return sum(xs) / 4, sum(ys) / 4
-    raise ToolError(f'Element uid "{uid}" has no visible box on page {page.page_id}, so it cannot be clicked.')
+    raise ToolError(f'Element uid "{uid}" has no visible box on page {page.page_id}, so the mouse cannot reach it.')
 
 
 def _key_events(combo: str) -> list[tuple[str, dict]]:
@@ -243,54 +249,283 @@ async def _act(call: ToolCall, action: Callable[[], Awaitable[Any]], done: str, 
     page = call.page
     dialog = await act_and_settle(page, call.clock, action, navigation_timeout=call.config.navigation_timeout)
     if dialog is not None:
-        return Response().add(dialog_message(dialog_lead, dialog))
+        return Response().add(dialog_lead).add(describe_dialog(dialog))
     response = Response().add(done)
     if call.args.get("includeSnapshot"):
         response.add_snapshot(await take_snapshot(page))
     return response
 
 
+def _mouse(kind: str, x: float, y: float, **extra) -> tuple[str, dict]:
+    return "Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, **extra}
+
+
+def _click_events(x: float, y: float, clicks: int = 1) -> list[tuple[str, dict]]:
+    events = [_mouse("mouseMoved", x, y)]
+    for count in range(1, clicks + 1):
+        for kind in ("mousePressed", "mouseReleased"):
+            events.append(_mouse(kind, x, y, button="left", clickCount=count))
+    return events
+
+
 async def click(call: ToolCall) -> Response:
     """Mouse events at the centre of the element's box, then settle."""
     page = call.page
-    x, y = await element_center(page, call.args["uid"])
+    [(x, y)] = await element_centers(page, call.args["uid"])
     clicks = 2 if call.args.get("dblClick") else 1
-    mouse = [("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x, "y": y})]
-    for count in range(1, clicks + 1):
-        for kind in ("mousePressed", "mouseReleased"):
-            mouse.append(
-                ("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left", "clickCount": count})
-            )
+    mouse = _click_events(x, y, clicks)
     done = "Successfully double clicked on the element" if clicks == 2 else "Successfully clicked on the element"
     return await _act(call, lambda: send_all(page, mouse), done, "The element was clicked and it opened a dialog.")
+
+
+async def hover(call: ToolCall) -> Response:
+    """Move the mouse to the centre of the element's box, then settle."""
+    page = call.page
+    [(x, y)] = await element_centers(page, call.args["uid"])
+    move = [_mouse("mouseMoved", x, y)]
+    return await _act(
+        call, lambda: send_all(page, move), "Successfully hovered over the element",
+        "The mouse moved over the element and it opened a dialog.",
+    )
+
+
+# Notes whether the page started an HTML5 drag (a ``dragstart`` it did not cancel).
+_WATCH_DRAGSTART = """(() => {
+  const watch = {event: null};
+  watch.listener = e => { watch.event = e; };
+  document.addEventListener('dragstart', watch.listener, true);
+  return watch;
+})()"""
+_DRAG_STARTED = """function () {
+  document.removeEventListener('dragstart', this.listener, true);
+  return this.event !== null && !this.event.defaultPrevented;
+}"""
+_DRAG_STEPS = 5
+
+
+async def drag(call: ToolCall) -> Response:
+    """Press on one element, move in steps onto the other, release; then settle.
+
+    With ``Input.setInterceptDrags`` Chrome hands an HTML5 drag (``draggable``, ``dragstart``)
+    back to us instead of running its own drag loop; we then deliver dragenter, dragover and
+    drop at the target. Pages that drag with plain mouse events just see the mouse.
+    """
+    page = call.page
+    (x0, y0), (x1, y1) = await element_centers(page, call.args["from_uid"], call.args["to_uid"])
+
+    held = {"button": "left", "buttons": 1}
+    press = [_mouse("mouseMoved", x0, y0), _mouse("mousePressed", x0, y0, clickCount=1, **held)]
+    steps = [
+        _mouse("mouseMoved", x0 + (x1 - x0) * i / _DRAG_STEPS, y0 + (y1 - y0) * i / _DRAG_STEPS, **held)
+        for i in range(1, _DRAG_STEPS + 1)
+    ]
+
+    async def action() -> None:
+        intercepted = page.wait_for_event("Input.dragIntercepted")
+        try:
+            watch = await page.send("Runtime.evaluate", {"expression": _WATCH_DRAGSTART, "objectGroup": "mcproxy-drag"})
+            await send_all(page, [("Input.setInterceptDrags", {"enabled": True}), *press])
+            # One at a time: moves sent back to back reach the page coalesced into one.
+            for method, params in steps:
+                await page.send(method, params)
+            started = await page.send(
+                "Runtime.callFunctionOn",
+                {"objectId": watch["result"]["objectId"], "functionDeclaration": _DRAG_STARTED, "returnByValue": True},
+            )
+            if started["result"].get("value"):
+                data = (await intercepted)["data"]
+                await send_all(
+                    page,
+                    [
+                        ("Input.dispatchDragEvent", {"type": kind, "x": x1, "y": y1, "data": data})
+                        for kind in ("dragEnter", "dragOver", "drop")
+                    ],
+                )
+            await page.send(*_mouse("mouseReleased", x1, y1, button="left", clickCount=1))
+        finally:
+            intercepted.cancel()
+            intercepted.addErrback(lambda _: None)
+            for method, params in (
+                ("Input.setInterceptDrags", {"enabled": False}),
+                ("Runtime.releaseObjectGroup", {"objectGroup": "mcproxy-drag"}),
+            ):
+                page.send(method, params).addErrback(lambda _: None)
+
+    return await _act(
+        call, action, "Successfully dragged an element", "The element was dragged and it opened a dialog."
+    )
+
+
+async def _fill_element(page, uid: str, value: str) -> None:
+    """Set one control's value the way a user would (no settling)."""
+    _, object_id = await resolve_element(page, uid)
+    result = await page.send(
+        "Runtime.callFunctionOn",
+        {
+            "objectId": object_id,
+            "functionDeclaration": _FILL,
+            "arguments": [{"value": value}],
+            "returnByValue": True,
+        },
+    )
+    outcome = result.get("result", {}).get("value") or {}
+    kind = outcome.get("kind")
+    if kind == "stale":
+        raise stale_error(page, uid)
+    if kind == "error":
+        raise ToolError(outcome["message"])
+    if kind == "type":
+        await page.send("Input.insertText", {"text": value})
 
 
 async def fill(call: ToolCall) -> Response:
     """Set a control's value the way a user would, then settle."""
     page = call.page
     uid, value = call.args["uid"], call.args["value"]
-    _, object_id = await resolve_element(page, uid)
+    return await _act(
+        call, lambda: _fill_element(page, uid, value), "Successfully filled out the element",
+        "The element was filled and it opened a dialog.",
+    )
+
+
+async def fill_form(call: ToolCall) -> Response:
+    """Fill several controls one after the other, then settle once."""
+    page = call.page
+    elements = call.args["elements"]
+    for index, element in enumerate(elements):
+        if not (isinstance(element.get("uid"), str) and isinstance(element.get("value"), str)):
+            raise s.InvalidArguments(
+                f'Invalid argument "elements"[{index}]: needs a "uid" string and a "value" string.'
+            )
+    # Every uid must be known before anything changes, so a typo does not leave half a form.
+    for element in elements:
+        resolve_uid(page, element["uid"])
 
     async def action() -> None:
+        filled: list[str] = []
+        for element in elements:
+            uid = element["uid"]
+            try:
+                await _fill_element(page, uid, element["value"])
+            except ToolError as e:
+                before = ", ".join(f'"{u}"' for u in filled) if filled else "none"
+                raise ToolError(
+                    f'Could not fill element uid "{uid}": {e.message} '
+                    f"Filled before it: {before}; the elements after it were not filled."
+                ) from None
+            filled.append(uid)
+
+    return await _act(
+        call, action, "Successfully filled out the form", "The form was being filled and it opened a dialog."
+    )
+
+
+CHOOSER_WAIT = 3.0
+
+
+async def upload_file(call: ToolCall) -> Response:
+    """Put files (paths on the browser's machine) into a file input, or into the file chooser
+    that clicking the element opens; then settle."""
+    page = call.page
+    uid, paths = call.args["uid"], call.args["filePaths"]
+    backend = resolve_uid(page, uid)
+
+    async def action() -> None:
+        target = backend
+        try:
+            await page.send("DOM.setFileInputFiles", {"files": paths, "backendNodeId": backend})
+        except CDPError as e:
+            if "not a file input" not in str(e):
+                raise await _upload_error(page, uid, paths, e) from None
+            target = await _upload_through_chooser(page, uid, paths)
+        await _require_readable(page, uid, target, paths)
+
+    shown = ", ".join(paths)
+    done = f"File uploaded from {shown}." if len(paths) == 1 else f"Files uploaded from {shown}."
+    return await _act(call, action, done, "The files were chosen and it opened a dialog.")
+
+
+async def _upload_through_chooser(page, uid: str, paths: list[str]) -> int:
+    """Click the element, catch the file chooser it opens, answer it; the file input's backend id."""
+    [(x, y)] = await element_centers(page, uid)
+    chooser = page.wait_for_event("Page.fileChooserOpened", timeout=CHOOSER_WAIT)
+    try:
+        await page.send("Page.setInterceptFileChooserDialog", {"enabled": True})
+        await send_all(page, _click_events(x, y))
+        try:
+            opened = await chooser
+        except EventTimeout:
+            raise ToolError(
+                f'Failed to upload: element uid "{uid}" is not a file input, and clicking it did not open a '
+                f"file chooser within {CHOOSER_WAIT:g} s. Use the uid of the file input or of the button that opens it."
+            ) from None
+        if opened.get("mode") == "selectSingle" and len(paths) > 1:
+            raise ToolError(
+                f'The file chooser opened by uid "{uid}" takes a single file; pass one path in filePaths.'
+            )
+        try:
+            await page.send("DOM.setFileInputFiles", {"files": paths, "backendNodeId": opened["backendNodeId"]})
+        except CDPError as e:
+            raise await _upload_error(page, uid, paths, e) from None
+        return opened["backendNodeId"]
+    finally:
+        chooser.cancel()
+        chooser.addErrback(lambda _: None)
+        page.send("Page.setInterceptFileChooserDialog", {"enabled": False}).addErrback(lambda _: None)
+
+
+# Chrome takes any path and hands the page a File that fails when read: try one byte (a
+# missing file claims size 0, and an empty slice is never read, so read those whole).
+# Chrome also sets files on an input removed from the page; that uid is stale.
+_UNREADABLE_FILES = """async function () {
+  if (!this.isConnected) return null;
+  const bad = [];
+  for (const [index, file] of Array.from(this.files).entries()) {
+    try { await (file.size ? file.slice(0, 1) : file).arrayBuffer(); } catch (e) { bad.push(index); }
+  }
+  if (bad.length) {
+    this.value = '';
+    this.dispatchEvent(new Event('input', {bubbles: true}));
+    this.dispatchEvent(new Event('change', {bubbles: true}));
+  }
+  return bad;
+}"""
+
+
+async def _require_readable(page, uid: str, backend: int, paths: list[str]) -> None:
+    """ToolError when the input left the page, or (the input emptied again) when the browser
+    cannot read a chosen file."""
+    node = await page.send("DOM.resolveNode", {"backendNodeId": backend, "objectGroup": "mcproxy-upload"})
+    try:
         result = await page.send(
             "Runtime.callFunctionOn",
             {
-                "objectId": object_id,
-                "functionDeclaration": _FILL,
-                "arguments": [{"value": value}],
+                "objectId": node["object"]["objectId"],
+                "functionDeclaration": _UNREADABLE_FILES,
+                "awaitPromise": True,
                 "returnByValue": True,
             },
         )
-        outcome = result.get("result", {}).get("value") or {}
-        kind = outcome.get("kind")
-        if kind == "stale":
-            raise stale_error(page, uid)
-        if kind == "error":
-            raise ToolError(outcome["message"])
-        if kind == "type":
-            await page.send("Input.insertText", {"text": value})
+    finally:
+        page.send("Runtime.releaseObjectGroup", {"objectGroup": "mcproxy-upload"}).addErrback(lambda _: None)
+    unreadable = result["result"].get("value")
+    if unreadable is None:
+        raise stale_error(page, uid)
+    bad = [paths[index] for index in unreadable if index < len(paths)]
+    if bad:
+        raise ToolError(
+            f"The browser cannot read {', '.join(bad)}: no such readable file on the machine the browser runs on "
+            "(paths are on the browser's machine, not on this server). Nothing was uploaded."
+        )
 
-    return await _act(call, action, "Successfully filled out the element", "The element was filled and it opened a dialog.")
+
+async def _upload_error(page, uid: str, paths: list[str], error: CDPError) -> ToolError:
+    """Why Chrome refused the files: the element is gone (stale uid), or the paths."""
+    await resolve_element(page, uid)
+    return ToolError(
+        f"Chrome refused the files {', '.join(paths)} ({error}). The paths must name readable files on the "
+        "machine the browser runs on (not on this server)."
+    )
 
 
 async def press_key(call: ToolCall) -> Response:
@@ -383,5 +618,112 @@ TOOLS = [
             ("pageId", "text"),
         ),
         run=type_text,
+    ),
+    s.ToolSpec(
+        name="hover",
+        category="input",
+        title="Hover",
+        description="Move the mouse over an element, identified by its uid from the latest snapshot.",
+        input_schema=s.obj(
+            {"pageId": s.page_id(), "uid": s.uid(), "includeSnapshot": _INCLUDE_SNAPSHOT},
+            ("pageId", "uid"),
+        ),
+        run=hover,
+    ),
+    s.ToolSpec(
+        name="drag",
+        category="input",
+        title="Drag",
+        description=(
+            "Drag one element and drop it onto another (both uids from the latest snapshot); "
+            "works with HTML5 drag and drop and with pages that follow the mouse."
+        ),
+        input_schema=s.obj(
+            {
+                "pageId": s.page_id(),
+                "from_uid": s.uid("The uid of the element to drag."),
+                "to_uid": s.uid("The uid of the element to drop it onto."),
+                "includeSnapshot": _INCLUDE_SNAPSHOT,
+            },
+            ("pageId", "from_uid", "to_uid"),
+        ),
+        run=drag,
+    ),
+    s.ToolSpec(
+        name="fill_form",
+        category="input",
+        title="Fill form",
+        description=(
+            "Fill several form controls in one call (text fields, lists, checkboxes, radio buttons), in order. "
+            "Prefer it to separate fill or click calls for forms: one call, one wait for the page. "
+            'Example: a user name, a password and "true" for a "remember me" checkbox.'
+        ),
+        input_schema=s.obj(
+            {
+                "pageId": s.page_id(),
+                "elements": s.array(
+                    "The controls to fill, from the latest snapshot, in order.",
+                    {
+                        "type": "object",
+                        "description": "One control to fill.",
+                        "properties": {
+                            "uid": s.uid("The uid of the control."),
+                            "value": s.string(
+                                'Its value: text, an option\'s text or value, "true"/"false" for checkboxes, '
+                                '"true" for a radio button.'
+                            ),
+                        },
+                        "required": ["uid", "value"],
+                    },
+                ),
+                "includeSnapshot": _INCLUDE_SNAPSHOT,
+            },
+            ("pageId", "elements"),
+        ),
+        run=fill_form,
+    ),
+    s.ToolSpec(
+        name="upload_file",
+        category="input",
+        title="Upload file",
+        description=(
+            "Choose files for a file input, or for the file chooser that clicking the element opens. "
+            "The paths are on the machine the browser runs on, not on this server; the server never reads them."
+        ),
+        input_schema=s.obj(
+            {
+                "pageId": s.page_id(),
+                "uid": s.uid("The uid of the file input, or of an element that opens a file chooser when clicked."),
+                "filePaths": s.array(
+                    "One or more paths of files on the browser's machine.", {"type": "string"}, min_items=1
+                ),
+                "includeSnapshot": _INCLUDE_SNAPSHOT,
+            },
+            ("pageId", "uid", "filePaths"),
+        ),
+        run=upload_file,
+    ),
+    s.ToolSpec(
+        name="handle_dialog",
+        category="input",
+        title="Handle dialog",
+        description=(
+            "Accept or dismiss the JavaScript dialog (alert, confirm, prompt, leave-page) that blocks a page; "
+            "responses show such a dialog under \"# Open dialog\"."
+        ),
+        input_schema=s.obj(
+            {
+                "pageId": s.page_id(),
+                "action": s.string("Accept or dismiss the dialog.", enum=("accept", "dismiss")),
+                "promptText": s.string(
+                    "Text to answer a prompt dialog with when accepting it; default: the prompt's default text."
+                ),
+            },
+            ("pageId", "action"),
+        ),
+        run=handle_dialog,
+        # Never queued behind a call the dialog itself holds up.
+        exclusive=False,
+        dialog_safe=True,
     ),
 ]

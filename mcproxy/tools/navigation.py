@@ -52,6 +52,7 @@ async def select_page(call: ToolCall) -> Response:
 async def new_page(call: ToolCall) -> Response:
     """Open a tab owned by this session and select it, in a named isolated context if asked."""
     session = call.context.session
+    call.policy.check(call.args["url"])
     options = {}
     if call.args.get("isolatedContext"):
         options["isolated_context"] = call.args["isolatedContext"]
@@ -124,6 +125,8 @@ async def navigate_page(call: ToolCall) -> Response:
     kind = call.args.get("type") or ("url" if "url" in call.args else None)
     if kind is None:
         raise ToolError('Say where to go: type "url" with a url, or type "back", "forward" or "reload".')
+    if kind == "url" and call.args.get("url"):
+        call.policy.check(call.args["url"])
     seconds = call.timeout()
     script_id = None
     if call.args.get("initScript"):
@@ -242,6 +245,7 @@ TOOLS = [
         run=select_page,
         read_only=True,
         exclusive=False,
+        dialog_safe=True,
     ),
     s.ToolSpec(
         name="new_page",
@@ -272,6 +276,7 @@ TOOLS = [
         input_schema=s.obj({"pageId": s.page_id("The id of the page to close (from list_pages).")}, ("pageId",)),
         run=close_page,
         exclusive=False,
+        dialog_safe=True,
     ),
     s.ToolSpec(
         name="navigate_page",
@@ -297,6 +302,8 @@ TOOLS = [
             ("pageId",),
         ),
         run=navigate_page,
+        # Navigating (or reloading) is how a page blocked by a dialog gets going again.
+        dialog_safe=True,
     ),
     s.ToolSpec(
         name="wait_for",

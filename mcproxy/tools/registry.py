@@ -22,6 +22,7 @@ from mcproxy.interfaces import IToolProvider
 from mcproxy.tools import debugging, emulation, navigation, styles
 from mcproxy.tools import input as input_tools
 from mcproxy.tools.base import CallContext
+from mcproxy.tools.dialogs import add_dialog_note, require_no_dialog
 from mcproxy.tools.pages import ToolCall, error_result, resolve_page
 from mcproxy.tools.schema import ToolSpec, validate
 
@@ -178,11 +179,15 @@ class ToolRegistry:
             if not tool.page_bound:
                 response = await tool.run(call)
             else:
-                call.page = resolve_page(call, args["pageId"])
+                page = call.page = resolve_page(call, args["pageId"])
+                if not tool.dialog_safe:
+                    require_no_dialog(page)
                 if tool.exclusive:
-                    response = await call.page.run_exclusive(tool.run, call)
+                    response = await page.run_exclusive(tool.run, call)
                 else:
                     response = await tool.run(call)
+                if not page.closed:
+                    add_dialog_note(page, response)
         except CancelledError:
             raise
         except (ToolError, BrowserUnavailable) as e:

@@ -92,7 +92,9 @@ class ToolSpec:
 
     ``run(call)`` receives a `mcproxy.tools.pages.ToolCall` and returns a
     `mcproxy.tools.pages.Response`. Tools with ``page_bound`` get ``call.page`` resolved
-    from ``pageId`` and, when ``exclusive``, run inside that page's FIFO.
+    from ``pageId`` and, when ``exclusive``, run inside that page's FIFO. A page-bound tool
+    is refused at once while a JavaScript dialog blocks its page, unless ``dialog_safe``
+    (it does not need the page's JavaScript, or it is how the page gets unblocked).
     """
 
     name: str
@@ -105,6 +107,7 @@ class ToolSpec:
     exclusive: bool = True
     title: str | None = None
     output_schema: dict | None = None
+    dialog_safe: bool = False
 
 
 _TYPE_NAMES = {

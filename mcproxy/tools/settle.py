@@ -13,7 +13,7 @@ dispatched and run side by side:
   slow it down). The wait is capped by `SETTLE_CAP`.
 
 A JavaScript dialog blocks the page; when one opens the action returns at once with its
-text instead of hanging.
+parameters instead of hanging (`mcproxy.tools.dialogs` words it and tracks it).
 """
 
 from typing import Any, Awaitable, Callable
@@ -220,10 +220,3 @@ async def act_and_settle(
         if watch_id is not None:
             _release(page, watch_id)
 
-
-def dialog_message(lead: str, params: dict) -> str:
-    """The text telling the model that its action opened a dialog."""
-    return (
-        f"{lead}\n# Open dialog\n{params.get('type', 'alert')}: {params.get('message', '')}.\n"
-        "Call handle_dialog to handle it before continuing."
-    )
