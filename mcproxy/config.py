@@ -58,6 +58,8 @@ class AuthConfig:
     permissions_claim: str = "scope"
     authorization_servers: tuple[str, ...] = ()
     basic: bool = False
+    jwt_leeway: float = 30.0
+    jwks_timeout: float = 2.0
 
 
 @attrs.frozen

@@ -47,11 +47,19 @@ class Unauthorized(MCProxyError):
 
 
 class Forbidden(MCProxyError):
-    """A valid credential that lacks the permission, or a refused origin or address."""
+    """A valid credential that lacks the permission, or a refused origin or address.
+
+    ``scope`` names the permission that was missing; it goes into the 403's
+    ``WWW-Authenticate: Bearer error="insufficient_scope", scope="..."`` (RFC 6750).
+    """
 
     http_status = 403
     code = "forbidden"
     jsonrpc_code = INVALID_REQUEST
+
+    def __init__(self, message: str, *, code: str | None = None, scope: str | None = None):
+        super().__init__(message, code=code)
+        self.scope = scope
 
 
 class NotFound(MCProxyError):

@@ -99,6 +99,7 @@ class MCProxyService(service.MultiService):
         from mcproxy.tools.registry import ToolRegistry
         from mcproxy.web.admin import AdminAPI, AdminDependencies
         from mcproxy.web.network import ClientPolicy
+        from mcproxy.web.oauth import ProtectedResource, WellKnownResource
         from mcproxy.web.site import ProxySite, Root
         from mcproxy.web.transports import McpTransports
 
@@ -153,7 +154,14 @@ class MCProxyService(service.MultiService):
             policies=policies,
         )
         api_tokens = TokenAuthenticator(store, reactor)
-        chain = AuthenticationChain([api_tokens], config.auth.mode, reactor)
+        metadata = ProtectedResource(config.server.public_url, config.auth.authorization_servers)
+        chain = AuthenticationChain(
+            [api_tokens, *self._identity_providers(store)],
+            config.auth.mode,
+            reactor,
+            resource_metadata=metadata.metadata_url,
+            offer_basic=config.auth.basic,
+        )
 
         def authenticate_for(endpoint_class: str):
             async def authenticate(request):
@@ -185,6 +193,7 @@ class MCProxyService(service.MultiService):
                 b"sse": transports.sse_resource,
                 b"message": transports.message_resource,
                 b"mcp": transports.mcp_resource,
+                b".well-known": WellKnownResource(metadata),
             },
             admin,
         )
@@ -200,6 +209,32 @@ class MCProxyService(service.MultiService):
             port = await serverFromString(reactor, description).listen(site)
             self.ports.append(port)
             log.info("mcproxy listening on {endpoint}", endpoint=description)
+
+    def _identity_providers(self, store) -> list:
+        """The authenticators besides API tokens that ``auth.*`` switches on: JWTs, Basic."""
+        from mcproxy.auth.basic import BasicAuthenticator
+        from mcproxy.auth.jwks import JWKSCache
+        from mcproxy.auth.jwt import JWTAuthenticator, audiences_for
+
+        auth, reactor = self.config.auth, self.reactor
+        providers = []
+        if auth.jwt_secret or auth.jwks_url:
+            jwks = JWKSCache.for_url(reactor, auth.jwks_url, timeout=auth.jwks_timeout) if auth.jwks_url else None
+            providers.append(
+                JWTAuthenticator(
+                    reactor,
+                    secret=auth.jwt_secret,
+                    jwks=jwks,
+                    audiences=audiences_for(auth.jwt_audience, self.config.server.public_url),
+                    issuer=auth.jwt_issuer,
+                    user_claim=auth.user_claim,
+                    permissions_claim=auth.permissions_claim,
+                    leeway=auth.jwt_leeway,
+                )
+            )
+        if auth.basic:
+            providers.append(BasicAuthenticator(store, reactor))
+        return providers
 
     def stopService(self):
         super().stopService()

@@ -342,3 +342,56 @@ def test_importing_the_stores_does_not_import_the_reactor():
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.stdout.split() == ["False", "False"], done.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_passwords(store):
+    assert await store.get_password("alice") is None
+    await store.set_password("alice", "scrypt$16384$8$1$c2FsdA==$aGFzaA==")
+    await store.set_password("bob@example.com", "scrypt$16384$8$1$b3RoZXI=$b3RoZXI=")
+    assert await store.get_password("alice") == "scrypt$16384$8$1$c2FsdA==$aGFzaA=="
+    await store.set_password("alice", "scrypt$16384$8$1$bmV3$bmV3")
+    assert await store.get_password("alice") == "scrypt$16384$8$1$bmV3$bmV3"
+    assert await store.get_password("bob@example.com") == "scrypt$16384$8$1$b3RoZXI=$b3RoZXI="
+    # A password is not part of the user record: it may exist before registration and outlives it.
+    await store.save_user(user("alice"))
+    assert await store.delete_user("alice") is True
+    assert await store.get_password("alice") == "scrypt$16384$8$1$bmV3$bmV3"
+    assert await store.list_users() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_files_from_before_passwords_get_the_table(tmp_path, reactor):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TABLE users (user_id TEXT PRIMARY KEY, browser_url TEXT NOT NULL, metadata TEXT NOT NULL,"
+            " registered_at REAL NOT NULL, last_activity REAL)"
+        )
+        old.execute("INSERT INTO users VALUES ('alice', 'http://127.0.0.1:9222', '{}', 1.0, NULL)")
+        old.execute("PRAGMA user_version = 1")
+    old.close()
+    store = await open_store(f"sqlite:{path}", reactor)
+    try:
+        assert (await store.get_user("alice")).browser_url == "http://127.0.0.1:9222"
+        await store.set_password("alice", "scrypt$x")
+        assert await store.get_password("alice") == "scrypt$x"
+    finally:
+        await store.close()
+    reopened = await open_store(f"sqlite:{path}", reactor)
+    try:
+        assert await reopened.get_password("alice") == "scrypt$x"
+    finally:
+        await reopened.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_passwords_stay_under_the_prefix(tmp_path, reactor):
+    store = await open_test_store("redis", str(tmp_path), reactor)
+    try:
+        await store.set_password("alice", "scrypt$x")
+        assert await store.redis.keys(store.prefix + "*") == [store.prefix + "password:alice"]
+    finally:
+        await discard_test_store(store)

@@ -1,16 +1,18 @@
-"""``mcproxy-admin``: manage API tokens directly in the configured store.
+"""``mcproxy-admin``: manage API tokens and Basic-auth passwords directly in the configured store.
 
 Works whether the daemon runs or not (SQLite in WAL mode and Redis both allow a second
 client). Only `main` touches the global reactor, through `twisted.internet.task.react`.
 """
 
+import getpass
 import sys
 import time
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python import usage
 
-from mcproxy.auth.tokens import create_token, is_valid_token_id, parse_token
+from mcproxy.auth.basic import hash_password
+from mcproxy.auth.tokens import create_token, is_valid_token_id, is_valid_user_id, parse_token
 from mcproxy.config import ConfigError, load
 from mcproxy.errors import MCProxyError, NotFound
 from mcproxy.storage import open_store
@@ -86,12 +88,39 @@ class TokensOptions(usage.Options):
             raise usage.UsageError("choose one of: tokens create, tokens list, tokens revoke")
 
 
+class SetPasswordOptions(usage.Options):
+    """``users set-password USER``: the password comes from stdin (one line) or a prompt."""
+
+    def getSynopsis(self):
+        return super().getSynopsis() + " USER"
+
+    def parseArgs(self, user_id):
+        if not is_valid_user_id(user_id):
+            raise usage.UsageError(f"{user_id!r} is not a user id (1-128 of A-Z a-z 0-9 . _ @ -)")
+        self["user"] = user_id
+
+
+class UsersOptions(usage.Options):
+    """``users``: per-user settings (Basic-auth passwords)."""
+
+    subCommands = [
+        ["set-password", None, SetPasswordOptions, "Set a user's password for Authorization: Basic."],
+    ]
+
+    def postOptions(self):
+        if self.subCommand is None:
+            raise usage.UsageError("choose one of: users set-password USER")
+
+
 class Options(usage.Options):
     """Command line of ``mcproxy-admin``."""
 
     synopsis = "Usage: mcproxy-admin [--config PATH]"
     optParameters = [["config", "c", None, "The mcproxy TOML configuration file (env overrides apply)."]]
-    subCommands = [["tokens", None, TokensOptions, "Manage API tokens."]]
+    subCommands = [
+        ["tokens", None, TokensOptions, "Manage API tokens."],
+        ["users", None, UsersOptions, "Manage users' passwords."],
+    ]
 
     def postOptions(self):
         if self.subCommand is None:
@@ -145,18 +174,40 @@ async def _revoke(store, options, clock, out) -> None:
     out.write(f"revoked {token_id}\n")
 
 
-_COMMANDS = {"create": _create, "list": _list, "revoke": _revoke}
+def read_password(stdin) -> str:
+    """The new password: typed twice at a terminal, else the first line of ``stdin``."""
+    if stdin.isatty():
+        password = getpass.getpass("New password: ")
+        if getpass.getpass("Repeat it: ") != password:
+            raise MCProxyError("the two passwords differ; nothing was changed", code="bad_password")
+    else:
+        password = stdin.readline().rstrip("\r\n")
+    if not password:
+        raise MCProxyError("the password is empty; nothing was changed", code="bad_password")
+    return password
+
+
+async def _set_password(store, options, clock, out) -> None:
+    try:
+        encoded = hash_password(read_password(sys.stdin))
+    except ValueError as e:
+        raise MCProxyError(f"{e}; nothing was changed", code="bad_password") from None
+    await store.set_password(options["user"], encoded)
+    out.write(f"password set for {options['user']}\n")
+
+
+_COMMANDS = {"create": _create, "list": _list, "revoke": _revoke, "set-password": _set_password}
 
 
 async def run(reactor, options: Options, config, out=None, err=None) -> None:
     """Carry out the parsed command against the configured store; SystemExit(1) on failure."""
     out, err = out or sys.stdout, err or sys.stderr
-    tokens = options.subOptions
-    command = _COMMANDS[tokens.subCommand]
+    group = options.subOptions
+    command = _COMMANDS[group.subCommand]
     try:
         store = await open_store(config.store.url, reactor)
         try:
-            await command(store, tokens.subOptions, reactor, out)
+            await command(store, group.subOptions, reactor, out)
         finally:
             await store.close()
     except CancelledError:

@@ -21,11 +21,12 @@ def earlier(current: float | None, when: float) -> float:
 
 @implementer(IStore)
 class MemoryStore:
-    """`IStore` over two dicts; every method answers with an already-fired Deferred."""
+    """`IStore` over dicts; every method answers with an already-fired Deferred."""
 
     def __init__(self):
         self._users: dict[str, UserRecord] = {}
         self._tokens: dict[str, TokenRecord] = {}
+        self._passwords: dict[str, str] = {}
 
     def save_user(self, user):
         self._users[user.user_id] = user
@@ -69,6 +70,13 @@ class MemoryStore:
         if token is not None:
             self._tokens[token_id] = attrs.evolve(token, last_used_at=later(token.last_used_at, when))
         return succeed(None)
+
+    def set_password(self, user_id, encoded):
+        self._passwords[user_id] = encoded
+        return succeed(None)
+
+    def get_password(self, user_id):
+        return succeed(self._passwords.get(user_id))
 
     def close(self):
         return succeed(None)

@@ -2,7 +2,8 @@
 
 Layout (every key under the prefix, ``mcproxy:`` by default): a hash per user
 (``user:<id>``) and the set ``users``; a hash per token (``token:<id>``), the set
-``tokens`` and a set per user (``user-tokens:<user>``). Writes that touch several keys,
+``tokens`` and a set per user (``user-tokens:<user>``); a string per password hash
+(``password:<user>``). Writes that touch several keys,
 or read-then-write, are Lua scripts so concurrent processes never see half a record.
 
 txredisapi imports the global reactor, so it is imported inside the functions.
@@ -269,6 +270,13 @@ class RedisStore:
     def touch_token(self, token_id, when):
         d = self._set_time(self._key("token", token_id), "last_used_at", when, "later")
         return d.addCallback(lambda _: None)
+
+    def set_password(self, user_id, encoded):
+        d = self.redis.set(self._key("password", user_id), encoded).addTimeout(self._timeout, self._reactor)
+        return d.addCallback(lambda _: None)
+
+    def get_password(self, user_id):
+        return self.redis.get(self._key("password", user_id)).addTimeout(self._timeout, self._reactor)
 
     def close(self):
         """Stop reconnecting and close the connection. Deferred[None]."""

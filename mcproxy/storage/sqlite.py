@@ -16,7 +16,7 @@ from mcproxy.interfaces import IStore
 from mcproxy.storage import dump_json, load_permissions
 from mcproxy.storage.records import TokenRecord, UserRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS users (
@@ -39,6 +39,11 @@ _SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS tokens_by_user ON tokens (user_id, created_at)",
     "CREATE INDEX IF NOT EXISTS tokens_by_creation ON tokens (created_at, token_id)",
+    # Version 2: Basic-auth password hashes (created in place on older files).
+    """CREATE TABLE IF NOT EXISTS passwords (
+        user_id TEXT PRIMARY KEY,
+        encoded TEXT NOT NULL
+    )""",
     f"PRAGMA user_version = {SCHEMA_VERSION}",
 )
 
@@ -207,6 +212,15 @@ class SQLiteStore:
             token_id,
         )
         return d.addCallback(lambda _: None)
+
+    def set_password(self, user_id, encoded):
+        return self._pool.runOperation(
+            "INSERT OR REPLACE INTO passwords (user_id, encoded) VALUES (?, ?)", (user_id, encoded)
+        )
+
+    def get_password(self, user_id):
+        d = self._rows("SELECT encoded FROM passwords WHERE user_id = ?", user_id)
+        return d.addCallback(lambda rows: rows[0][0] if rows else None)
 
     def close(self):
         """Stop the pool's thread and close the connection (a checkpoint folds the WAL back)."""

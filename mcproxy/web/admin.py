@@ -122,7 +122,7 @@ class AdminAPI(resource.Resource):
     async def _principal(self, request, permission: str | None = None) -> Principal:
         principal = request.mcproxy_principal = await self.deps.authenticate(request)
         if permission is not None and not principal.has(permission):
-            raise Forbidden(f"this credential lacks the {permission!r} permission")
+            raise Forbidden(f"this credential lacks the {permission!r} permission", scope=permission)
         return principal
 
     def _body(self, request, optional: bool = False) -> dict:
@@ -215,7 +215,10 @@ class AdminAPI(resource.Resource):
         body = self._body(request)
         user_id = _user_id(body.get("userId", principal.user_id))
         if not (principal.is_admin or (principal.has(REGISTER) and user_id == principal.user_id)):
-            raise Forbidden("registering a browser needs the 'register' permission for your own user id, or 'admin'")
+            raise Forbidden(
+                "registering a browser needs the 'register' permission for your own user id, or 'admin'",
+                scope="register",
+            )
         browser_url = body.get("browserURL")
         if not isinstance(browser_url, str) or not browser_url:
             raise BadRequest('"browserURL" is required: the DevTools URL of your Chrome, e.g. http://127.0.0.1:9222')
@@ -273,9 +276,9 @@ class AdminAPI(resource.Resource):
         principal = await self._principal(request)
         if not principal.is_admin:
             if principal.user_id != user_id:
-                raise Forbidden("you may only see or change your own user")
+                raise Forbidden("you may only see or change your own user", scope="admin")
             if permission is not None and not principal.has(permission):
-                raise Forbidden(f"this credential lacks the {permission!r} permission")
+                raise Forbidden(f"this credential lacks the {permission!r} permission", scope=permission)
         user = await self.deps.store.get_user(user_id)
         if user is None:
             raise NotFound(f"user {user_id!r} has no registered browser")

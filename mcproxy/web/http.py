@@ -8,7 +8,8 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from mcproxy.errors import BadRequest, MCProxyError, PayloadTooLarge, RateLimited, Unauthorized
+from mcproxy.auth.chain import challenge_headers
+from mcproxy.errors import BadRequest, MCProxyError, PayloadTooLarge, RateLimited
 
 log = Logger()
 
@@ -48,12 +49,14 @@ def write_json(request: IRequest, status: int, body: Any) -> None:
 
 
 def error_headers(request: IRequest, error: MCProxyError) -> None:
-    """Headers that go with an error: ``Retry-After`` on 429, ``WWW-Authenticate`` on 401."""
+    """Headers that go with an error: ``Retry-After`` on 429, ``WWW-Authenticate`` on 401/403."""
     if isinstance(error, RateLimited):
         request.setHeader(b"Retry-After", str(error.retry_after).encode("ascii"))
-    if isinstance(error, Unauthorized):
-        challenge = getattr(request, "mcproxy_challenge", None) or 'Bearer realm="mcproxy"'
-        request.setHeader(b"WWW-Authenticate", challenge.encode("latin-1"))
+    challenges = challenge_headers(request, error)
+    if challenges:
+        request.responseHeaders.setRawHeaders(
+            b"WWW-Authenticate", [c.encode("latin-1") for c in challenges]
+        )
 
 
 def write_error(request: IRequest, error: MCProxyError) -> None:
