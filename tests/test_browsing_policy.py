@@ -1,6 +1,7 @@
 """The browsing policy: schemes, host allow/deny lists, per-user rules, and interception."""
 
 import pytest
+import pytest_twisted
 
 from mcproxy.browser.policy import PolicyBook
 from mcproxy.config import BrowsingConfig, ConfigError, load
@@ -56,3 +57,65 @@ def test_schemes_can_be_opened_up_and_bad_rules_are_refused():
     assert book(schemes=("http", "https", "file")).policy_for("a").refusal("file:///tmp/x") is None
     with pytest.raises(ConfigError, match=r"^browsing\.user_rules: "):
         load(None, environ={"MCPROXY_BROWSING_USER_RULES": "alice permit x"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_interception_stops_links_and_scripts_to_denied_hosts(reactor, chromium, browser_config, http_client):
+    """The page itself tries to leave for a denied host, by link and by script: it never gets there."""
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
+    from mcproxy.browser.pool import BrowserPool
+    from mcproxy.testing.tool_calls import make_context, make_registry, ok, sleep, text_of
+
+    asked = []
+
+    class Pages(Resource):
+        isLeaf = True
+
+        def render_GET(self, request):
+            asked.append((request.getHeader(b"host").decode(), request.path.decode()))
+            request.setHeader(b"Content-Type", b"text/html")
+            return (
+                b'<a id="away" href="http://localhost:%d/secret-by-link">away</a>' % port.getHost().port
+                if request.path == b"/start"
+                else b"<p>here</p>"
+            )
+
+    port = reactor.listenTCP(0, Site(Pages()), interface="127.0.0.1")
+    policies = book(deny=("localhost",), intercept=True)
+    pool = BrowserPool(reactor, browser_config, http_client, page_listeners=[policies.guard])
+    try:
+        browser = pool.browser_for("alice", chromium.browser_url)
+        await browser.connected(10)
+        tools = make_registry(reactor, browser, policies=policies)
+        context = make_context()
+        start = f"http://127.0.0.1:{port.getHost().port}/start"
+        await ok(tools, context, "new_page", url=start)
+        page_id = context.session.selected_page_id
+        refused = await tools.call_tool(
+            "navigate_page", {"pageId": page_id, "url": f"http://localhost:{port.getHost().port}/by-tool"}, context
+        )
+        assert refused.is_error and 'the host "localhost" is on the deny list' in text_of(refused)
+        await ok(tools, context, "evaluate_script", pageId=page_id, function="() => document.getElementById('away').click()")
+        await ok(
+            tools,
+            context,
+            "evaluate_script",
+            pageId=page_id,
+            function=f"() => {{ location.href = 'http://localhost:{port.getHost().port}/secret-by-script'; }}",
+        )
+        await sleep(reactor, 1.0)
+        paths = [path for _, path in asked]
+        assert paths[0] == "/start"
+        assert not any(path.startswith("/secret") or path == "/by-tool" for path in paths), asked
+        # An allowed navigation the page starts itself still goes through.
+        await ok(tools, context, "evaluate_script", pageId=page_id, function=f"() => {{ location.href = '{start}?again'; }}")
+        await sleep(reactor, 1.0)
+        assert [path for _, path in asked].count("/start") == 2
+        for page in browser.pages():
+            if page.via_proxy:
+                await browser.close_page(page.page_id)
+    finally:
+        await pool.close()
+        await port.stopListening()

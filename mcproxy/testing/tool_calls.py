@@ -7,7 +7,7 @@ from mcproxy.config import ToolsConfig
 from mcproxy.tools.base import CallContext, SessionView
 
 
-def make_registry(reactor, browser, *, artifacts=None, user_id="alice", **tools_config):
+def make_registry(reactor, browser, *, artifacts=None, policies=None, user_id="alice", **tools_config):
     """A ToolRegistry with every default tool, running on ``browser`` for ``user_id`` only."""
     from mcproxy.tools.registry import ToolRegistry
 
@@ -15,7 +15,7 @@ def make_registry(reactor, browser, *, artifacts=None, user_id="alice", **tools_
         assert asked_for == user_id, f"tool asked for the browser of {asked_for!r}"
         return browser
 
-    return ToolRegistry(get_browser, ToolsConfig(**tools_config), reactor, artifacts=artifacts)
+    return ToolRegistry(get_browser, ToolsConfig(**tools_config), reactor, artifacts=artifacts, policies=policies)
 
 
 def make_context(session_id="s1", permissions=("tools:*",), user_id="alice"):
