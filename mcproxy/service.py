@@ -2,6 +2,8 @@
 
 import ipaddress
 import os
+import signal
+import threading
 
 from twisted.application import service
 from twisted.internet import defer
@@ -73,6 +75,8 @@ class MCProxyService(service.MultiService):
 
     def startService(self):
         super().startService()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.on_hangup))
         self._starting = defer.Deferred.fromCoroutine(self.start())
         self._starting.addErrback(self._start_failed)
 
@@ -235,6 +239,12 @@ class MCProxyService(service.MultiService):
         if auth.basic:
             providers.append(BasicAuthenticator(store, reactor))
         return providers
+
+    def on_hangup(self) -> None:
+        """SIGHUP: reopen the audit log (after logrotate moved it)."""
+        if self.audit is not None:
+            self.audit.reopen()
+            log.info("Reopened the audit log {path}", path=self.config.audit.path)
 
     def stopService(self):
         super().stopService()

@@ -81,3 +81,31 @@ async def test_a_running_daemon_audits_tool_calls_and_admin_actions(reactor, tmp
     assert first["client"] == "127.0.0.1" and first["sessionId"] is None and first["durationMs"] >= 0
     assert set(first) >= {"time", "userId", "tokenId", "client", "sessionId", "tool", "arguments", "outcome", "durationMs"}
     assert token not in (tmp_path / "audit.jsonl").read_text()
+
+
+@pytest_twisted.ensureDeferred
+async def test_text_typed_into_password_fields_never_reaches_the_audit(reactor, user_browser, tmp_path):
+    from twisted.internet.task import Clock
+
+    from mcproxy.testing.tool_calls import make_context, make_registry, ok, text_of, uid_of
+
+    audit = AuditLog(str(tmp_path / "audit.jsonl"), Clock())
+    tools = make_registry(reactor, user_browser, on_call_finished=[audit.tool_call])
+    context = make_context()
+    page = "data:text/html,<label>User <input id=u></label><label>Secret <input id=p type=password></label>"
+    await ok(tools, context, "new_page", url=page)
+    page_id = context.session.selected_page_id
+    snapshot = text_of(await ok(tools, context, "take_snapshot", pageId=page_id))
+    user, secret = uid_of(snapshot, 'textbox "User"'), uid_of(snapshot, 'textbox "Secret"')
+    await ok(tools, context, "fill", pageId=page_id, uid=user, value="visible-name")
+    await ok(tools, context, "fill", pageId=page_id, uid=secret, value="hunter2-fill")
+    await ok(tools, context, "fill_form", pageId=page_id, elements=[{"uid": user, "value": "n2"}, {"uid": secret, "value": "hunter2-form"}])
+    await ok(tools, context, "evaluate_script", pageId=page_id, function="() => document.getElementById('p').focus()")
+    await ok(tools, context, "type_text", pageId=page_id, text="hunter2-typed")
+    typed = await ok(tools, context, "evaluate_script", pageId=page_id, function="() => document.getElementById('p').value")
+    assert "hunter2-formhunter2-typed" in text_of(typed)  # the text really went into the field
+    audit.close()
+    written = (tmp_path / "audit.jsonl").read_text()
+    assert "visible-name" in written
+    for secret_text in ("hunter2-fill", "hunter2-form", "hunter2-typed"):
+        assert secret_text not in written

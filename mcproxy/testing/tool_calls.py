@@ -7,7 +7,9 @@ from mcproxy.config import ToolsConfig
 from mcproxy.tools.base import CallContext, SessionView
 
 
-def make_registry(reactor, browser, *, artifacts=None, policies=None, user_id="alice", **tools_config):
+def make_registry(
+    reactor, browser, *, artifacts=None, policies=None, on_call_finished=(), user_id="alice", **tools_config
+):
     """A ToolRegistry with every default tool, running on ``browser`` for ``user_id`` only."""
     from mcproxy.tools.registry import ToolRegistry
 
@@ -15,7 +17,14 @@ def make_registry(reactor, browser, *, artifacts=None, policies=None, user_id="a
         assert asked_for == user_id, f"tool asked for the browser of {asked_for!r}"
         return browser
 
-    return ToolRegistry(get_browser, ToolsConfig(**tools_config), reactor, artifacts=artifacts, policies=policies)
+    return ToolRegistry(
+        get_browser,
+        ToolsConfig(**tools_config),
+        reactor,
+        artifacts=artifacts,
+        policies=policies,
+        on_call_finished=on_call_finished,
+    )
 
 
 def make_context(session_id="s1", permissions=("tools:*",), user_id="alice"):

@@ -132,7 +132,7 @@ _FILL = """function (value) {
     el.dispatchEvent(new Event('input', {bubbles: true}));
     return {kind: 'done'};
   }
-  return {kind: 'type'};
+  return {kind: 'type', secret: tag === 'input' && el.type === 'password'};
 }"""
 
 
@@ -356,8 +356,12 @@ async def drag(call: ToolCall) -> Response:
     )
 
 
-async def _fill_element(page, uid: str, value: str) -> None:
-    """Set one control's value the way a user would (no settling)."""
+async def _fill_element(call: ToolCall, uid: str, value: str) -> None:
+    """Set one control's value the way a user would (no settling).
+
+    Text for a password field marks the call's ``value`` arguments as secret for the logs.
+    """
+    page = call.page
     _, object_id = await resolve_element(page, uid)
     result = await page.send(
         "Runtime.callFunctionOn",
@@ -375,15 +379,16 @@ async def _fill_element(page, uid: str, value: str) -> None:
     if kind == "error":
         raise ToolError(outcome["message"])
     if kind == "type":
+        if outcome.get("secret"):
+            call.sensitive.add("value")
         await page.send("Input.insertText", {"text": value})
 
 
 async def fill(call: ToolCall) -> Response:
     """Set a control's value the way a user would, then settle."""
-    page = call.page
     uid, value = call.args["uid"], call.args["value"]
     return await _act(
-        call, lambda: _fill_element(page, uid, value), "Successfully filled out the element",
+        call, lambda: _fill_element(call, uid, value), "Successfully filled out the element",
         "The element was filled and it opened a dialog.",
     )
 
@@ -406,7 +411,7 @@ async def fill_form(call: ToolCall) -> Response:
         for element in elements:
             uid = element["uid"]
             try:
-                await _fill_element(page, uid, element["value"])
+                await _fill_element(call, uid, element["value"])
             except ToolError as e:
                 before = ", ".join(f'"{u}"' for u in filled) if filled else "none"
                 raise ToolError(
@@ -542,6 +547,12 @@ async def type_text(call: ToolCall) -> Response:
     """Type characters as key events (others as text input), then settle."""
     page = call.page
     text = call.args["text"]
+    focused = await page.send(
+        "Runtime.evaluate",
+        {"expression": "document.activeElement?.type === 'password'", "returnByValue": True},
+    )
+    if focused.get("result", {}).get("value") is True:
+        call.sensitive.add("text")
     events = _typing_events(text)
     submit = call.args.get("submitKey")
     if submit:
