@@ -69,9 +69,15 @@ async def test_a_running_daemon_audits_tool_calls_and_admin_actions(reactor, tmp
         await proxy.call_tool(token, "no_such_tool")
         code, _, _ = await proxy.api("DELETE", "/api/tokens/0123456789abcdef")
         assert code == 404
+        # logrotate moves the file away, then SIGHUP: the next events go to a fresh file.
+        os.rename(tmp_path / "audit.jsonl", tmp_path / "audit.jsonl.1")
+        proxy.service.on_hangup()
+        await proxy.call_tool(token, "list_pages", rid=2)
     finally:
         await proxy.stop()
-    events = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    (after_rotation,) = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert after_rotation["tool"] == "list_pages" and after_rotation["requestId"] == "2"
+    events = [json.loads(line) for line in (tmp_path / "audit.jsonl.1").read_text().splitlines()]
     admin_events = [(e["action"], e["outcome"]) for e in events if e["kind"] == "admin"]
     assert admin_events == [("create_token", "ok"), ("revoke_token", "not_found")]
     calls = [e for e in events if e["kind"] == "tool_call"]
@@ -80,7 +86,7 @@ async def test_a_running_daemon_audits_tool_calls_and_admin_actions(reactor, tmp
     assert first["userId"] == "alice" and first["tokenId"] == token.split("_")[1]
     assert first["client"] == "127.0.0.1" and first["sessionId"] is None and first["durationMs"] >= 0
     assert set(first) >= {"time", "userId", "tokenId", "client", "sessionId", "tool", "arguments", "outcome", "durationMs"}
-    assert token not in (tmp_path / "audit.jsonl").read_text()
+    assert token not in (tmp_path / "audit.jsonl.1").read_text()
 
 
 @pytest_twisted.ensureDeferred
