@@ -203,3 +203,45 @@ async def test_discover_accepts_a_plain_agent(reactor, chromium):
 
     agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
     assert (await discover(agent, chromium.browser_url, timeout=5, clock=reactor)).startswith("ws://")
+
+
+class _ScriptedDNS:
+    """A reactor whose name resolver answers from a script, one answer per lookup (DNS rebinding)."""
+
+    def __init__(self, reactor, *answers: list[str]):
+        self._reactor = reactor
+        self._answers = list(answers)
+        self.lookups = 0
+        self.nameResolver = self
+
+    def resolveHostName(self, receiver, host, port=0, addressTypes=None, transportSemantics="TCP"):
+        from twisted.internet.address import IPv4Address, IPv6Address
+
+        self.lookups += 1
+        receiver.resolutionBegan(None)
+        for address in self._answers.pop(0):
+            kind = IPv6Address if ":" in address else IPv4Address
+            receiver.addressResolved(kind("TCP", address, port))
+        receiver.resolutionComplete()
+
+    def __getattr__(self, name):
+        return getattr(self._reactor, name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_name_resolving_into_forbidden_space_is_refused(reactor):
+    for answer in (["169.254.169.254"], ["127.0.0.1", "169.254.169.254"], ["10.0.0.5"]):
+        dns = _ScriptedDNS(reactor, answer)
+        with pytest.raises(InvalidBrowserURL):
+            await validate_browser_url("http://chrome.dev.example:9222", ("127.0.0.0/8",), reactor=dns)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_changing_dns_answer_is_checked_again_and_the_checked_address_is_pinned(reactor):
+    dns = _ScriptedDNS(reactor, ["127.0.0.1"], ["169.254.169.254"])
+    first = await validate_browser_url("http://chrome.dev.example:9222", ("127.0.0.0/8",), reactor=dns)
+    assert first.address == "127.0.0.1" and first.host_header == "127.0.0.1:9222"
+    # The next connect resolves again; the rebound answer is refused instead of being used.
+    with pytest.raises(InvalidBrowserURL, match="169.254.169.254"):
+        await validate_browser_url("http://chrome.dev.example:9222", ("127.0.0.0/8",), reactor=dns)
+    assert dns.lookups == 2
