@@ -10,6 +10,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
+from mcproxy import systemd
 from mcproxy.config import Config, ConfigError
 from mcproxy.errors import ToolError
 
@@ -57,6 +58,8 @@ class MCProxyService(service.MultiService):
         self.store = None
         self.pool = None
         self.sessions = None
+        self.metrics = None
+        self.notifier = systemd.Notifier(reactor)
         self.audit = None
         self.revocations = None
         self.artifacts = None
@@ -66,6 +69,7 @@ class MCProxyService(service.MultiService):
     def from_config(cls, reactor, config: Config) -> "MCProxyService":
         """Validate what can be validated before the reactor runs, then build the service."""
         check_deployment(config)
+        systemd.check_socket_activation(reactor, config.server.listen)
         for endpoint in config.server.listen:
             try:
                 serverFromString(reactor, endpoint)
@@ -93,7 +97,8 @@ class MCProxyService(service.MultiService):
         from mcproxy.auth.chain import AuthenticationChain
         from mcproxy.auth.ratelimit import RequestLimits
         from mcproxy.auth.tokens import TokenAuthenticator, create_token
-        from mcproxy.browser.pool import BrowserPool, probe_browser
+        from mcproxy.browser.pool import BrowserPool, open_cdp_link, probe_browser
+        from mcproxy.metrics import Metrics
         from mcproxy.session.registry import SessionRegistry
         from mcproxy.session.revocation import RevocationWatch
         from mcproxy.storage import open_store
@@ -104,6 +109,7 @@ class MCProxyService(service.MultiService):
         from mcproxy.web.admin import AdminAPI, AdminDependencies
         from mcproxy.web.network import ClientPolicy
         from mcproxy.web.oauth import ProtectedResource, WellKnownResource
+        from mcproxy.web.metrics import MetricsResource
         from mcproxy.web.site import ProxySite, Root
         from mcproxy.web.transports import McpTransports
 
@@ -112,8 +118,22 @@ class MCProxyService(service.MultiService):
         self.store = store = await open_store(config.store.url, reactor)
         await ensure_admin_token(store, config.server.data_dir, reactor)
         policies = PolicyBook(config.browsing)
+
+        async def registered_users() -> int:
+            return len(await store.list_users())
+
+        self.metrics = metrics = Metrics(
+            reactor,
+            sessions=lambda: sessions.counts(),  # both built below; read at scrape time
+            browsers=lambda: pool.status_counts(),
+            registered_users=registered_users,
+        )
+        metrics.start()
         self.pool = pool = BrowserPool(
-            reactor, config.browser, page_listeners=[track_dialogs, emulation_listener, policies.guard]
+            reactor,
+            config.browser,
+            open_link=metrics.counting_reconnects(open_cdp_link),
+            page_listeners=[track_dialogs, emulation_listener, policies.guard],
         )
         for user in await store.list_users():
             pool.browser_for(user.user_id, user.browser_url)
@@ -144,7 +164,7 @@ class MCProxyService(service.MultiService):
                 await store.touch_user(user_id, now)
             return browser
 
-        limits = RequestLimits(reactor, config.ratelimit)
+        limits = RequestLimits(reactor, config.ratelimit, on_limited=metrics.rate_limited)
         self.audit = audit = AuditLog(config.audit.path, reactor)
         self.artifacts = artifacts = ArtifactStore(config.server.data_dir, config.artifacts, reactor)
         artifacts.start()
@@ -154,7 +174,8 @@ class MCProxyService(service.MultiService):
             reactor,
             artifacts=artifacts,
             limits=limits,
-            on_call_finished=[audit.tool_call],
+            on_call_started=[metrics.tool_call_started],
+            on_call_finished=[audit.tool_call, metrics.tool_call_finished],
             policies=policies,
         )
         api_tokens = TokenAuthenticator(store, reactor)
@@ -167,9 +188,11 @@ class MCProxyService(service.MultiService):
             offer_basic=config.auth.basic,
         )
 
+        authenticate_counted = metrics.counting_auth_failures(chain.authenticate)
+
         def authenticate_for(endpoint_class: str):
             async def authenticate(request):
-                principal = await chain.authenticate(request)
+                principal = await authenticate_counted(request)
                 limits.check_user(principal.user_id, endpoint_class)
                 return principal
 
@@ -197,6 +220,7 @@ class MCProxyService(service.MultiService):
                 b"sse": transports.sse_resource,
                 b"message": transports.message_resource,
                 b"mcp": transports.mcp_resource,
+                b"metrics": MetricsResource(metrics, authenticate_for("admin"), config.metrics.allowed_networks),
                 b".well-known": WellKnownResource(metadata),
             },
             admin,
@@ -208,11 +232,13 @@ class MCProxyService(service.MultiService):
             client_policy=ClientPolicy(network.ip_allow, network.ip_deny, network.trusted_proxies),
             check_address=limits.check_address,
             hsts_max_age=config.server.hsts_max_age,
+            metrics=metrics,
         )
         for description in config.server.listen:
             port = await serverFromString(reactor, description).listen(site)
             self.ports.append(port)
             log.info("mcproxy listening on {endpoint}", endpoint=description)
+        self.notifier.ready(f"Listening on {', '.join(config.server.listen)}")
 
     def _identity_providers(self, store) -> list:
         """The authenticators besides API tokens that ``auth.*`` switches on: JWTs, Basic."""
@@ -254,6 +280,9 @@ class MCProxyService(service.MultiService):
         """Stop listening, end sessions, close browser connections and the store."""
         if self._starting is not None and not self._starting.called:
             self._starting.cancel()
+        self.notifier.stopping()
+        if self.metrics is not None:
+            self.metrics.stop()
         for port in self.ports:
             await port.stopListening()
         self.ports.clear()

@@ -6,6 +6,7 @@ The only module that imports the global reactor.
 from twisted.python import usage
 
 from mcproxy import config as configuration
+from mcproxy import logs
 
 
 class Options(usage.Options):
@@ -26,6 +27,7 @@ class Options(usage.Options):
         self["listen"].append(endpoint)
 
     def postOptions(self):
+        logs.use_for_twistd(getattr(self, "parent", None))  # twistd's own options
         overrides: dict[str, dict] = {}
         if self["listen"]:
             overrides["server"] = {"listen": list(self["listen"])}

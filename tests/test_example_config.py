@@ -1,6 +1,5 @@
 """The shipped files in etc/ stay in step with the code that reads them."""
 
-import configparser
 import pathlib
 import re
 import tomllib
@@ -11,7 +10,6 @@ from mcproxy.config import SECTIONS, Config, load
 
 ETC = pathlib.Path(__file__).resolve().parent.parent / "etc"
 EXAMPLE = ETC / "mcproxy.example.toml"
-UNIT = ETC / "systemd" / "mcproxy.service"
 
 _KEY_LINE = re.compile(r"^([a-z_]+)\s*=")
 
@@ -55,26 +53,3 @@ def test_example_env_override_still_wins():
     config = load(str(EXAMPLE), environ=environ)
     assert config.store.url == "memory:"
     assert config.cors.allowed_origins == ("https://a.test", "https://b.test")
-
-
-def test_systemd_unit_runs_the_daemon_confined():
-    """The unit starts twistd in the foreground from the venv, as its own user, hardened."""
-    unit = configparser.ConfigParser(strict=False, interpolation=None, delimiters=("=",))
-    unit.optionxform = str
-    unit.read_string(UNIT.read_text(encoding="utf-8"))
-    service = unit["Service"]
-    assert service["ExecStart"] == (
-        "/opt/mcproxy/.venv/bin/twistd --nodaemon --pidfile= mcproxy --config /etc/mcproxy/mcproxy.toml"
-    )
-    assert service["Type"] == "simple"
-    assert service["User"] == "mcproxy"
-    assert service["StateDirectory"] == "mcproxy"
-    assert service["WorkingDirectory"] == "/var/lib/mcproxy"
-    assert service["Restart"] == "on-failure"
-    assert service["NoNewPrivileges"] == "yes"
-    assert service["ProtectSystem"] == "strict"
-    assert service["ProtectHome"] == "yes"
-    assert service["PrivateTmp"] == "yes"
-    assert "/var/lib/mcproxy" in service["ReadWritePaths"].split()
-    assert set(service["RestrictAddressFamilies"].split()) == {"AF_INET", "AF_INET6", "AF_UNIX"}
-    assert unit["Install"]["WantedBy"] == "multi-user.target"

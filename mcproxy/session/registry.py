@@ -146,6 +146,14 @@ class SessionRegistry:
             return len(self._sessions)
         return sum(1 for s in self._sessions.values() if s.transport == transport)
 
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Live sessions per (transport, protocol revision), for the sessions gauge."""
+        counts: dict[tuple[str, str], int] = {}
+        for session in self._sessions.values():
+            key = (session.transport, getattr(session.state, "protocol_version", None) or "unknown")
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
     def count_for_user(self, user_id: str) -> int:
         return sum(1 for s in self._sessions.values() if s.user_id == user_id)
 

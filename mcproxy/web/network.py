@@ -19,7 +19,8 @@ def networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
 
 
-def _address(text: str):
+def parse_address(text: str):
+    """An ip_address from text (IPv4-mapped IPv6 as IPv4), or None when it is not one."""
     try:
         address = ipaddress.ip_address(text.strip().strip("[]"))
     except ValueError:
@@ -51,14 +52,14 @@ class ClientPolicy:
     def client_address(self, request) -> str:
         """The client's address as text, believing ``X-Forwarded-For`` only from trusted proxies."""
         peer = peer_address(request)
-        if not self._trusted or not within(_address(peer), self._trusted):
+        if not self._trusted or not within(parse_address(peer), self._trusted):
             return peer
         chain = []
         for header in request.requestHeaders.getRawHeaders(b"x-forwarded-for") or ():
             chain.extend(part.strip() for part in header.decode("latin-1").split(","))
         client = peer
         for hop in reversed(chain):
-            address = _address(hop)
+            address = parse_address(hop)
             if address is None:
                 break  # garbage in the chain: stop at the last hop we could read
             client = str(address)
@@ -68,7 +69,7 @@ class ClientPolicy:
 
     def admit(self, address: str) -> None:
         """Refuse (403) an address outside the allow-list or inside the deny-list."""
-        parsed = _address(address)
+        parsed = parse_address(address)
         if address == "unix":
             return
         if within(parsed, self._deny) or (self._allow and not within(parsed, self._allow)):

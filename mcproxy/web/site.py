@@ -9,6 +9,7 @@ import io
 
 from twisted.web import resource, server
 
+from mcproxy import logs
 from mcproxy.errors import MCProxyError, NotFound, PayloadTooLarge
 from mcproxy.web.http import INTERNAL, log_unhandled, request_id, write_error
 from mcproxy.web.network import ClientPolicy
@@ -47,7 +48,13 @@ class ProxyRequest(server.Request):
         super().handleContentChunk(data)
 
     def process(self):
-        request_id(self)
+        """Handle the request in a context of its own, so its id is on every event it causes."""
+        site = self.channel.site
+        if site.metrics is not None:
+            self.notifyFinish().addBoth(lambda _: site.metrics.http_request(self.path, self.code))
+        logs.in_request(request_id(self), self._process)
+
+    def _process(self):
         if self.too_large:
             self.setHeader(b"Connection", b"close")
             limit = self.channel.site.max_body_bytes
@@ -94,11 +101,13 @@ class ProxySite(server.Site):
         client_policy: ClientPolicy | None = None,
         check_address=lambda address: None,
         hsts_max_age: int = 0,
+        metrics=None,
         **kwargs,
     ):
         super().__init__(root, **kwargs)
         self.max_body_bytes = max_body_bytes
         self.hsts_max_age = hsts_max_age
+        self.metrics = metrics
         self.client_policy = client_policy or ClientPolicy()
         self.check_address = check_address
 
