@@ -1,4 +1,4 @@
-"""``python -m bench [latency] [sse_memory] [tools]``: run benchmarks, print figures and verdicts.
+"""``python -m bench [latency] [sse_memory] [tools] [console]``: run benchmarks, print figures and verdicts.
 
 Exits 0 only when every selected target passed.
 """
@@ -8,10 +8,10 @@ import asyncio
 import sys
 import traceback
 
-from bench import latency, sse_memory, tools
+from bench import console, latency, sse_memory, tools
 from bench.report import Verdict, say
 
-BENCHMARKS = {"latency": latency.run, "sse_memory": sse_memory.run, "tools": tools.run}
+BENCHMARKS = {"latency": latency.run, "sse_memory": sse_memory.run, "tools": tools.run, "console": console.run}
 #: Hard bound per benchmark, so that the whole run stays well under five minutes.
 TIME_LIMIT = 120.0
 

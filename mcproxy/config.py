@@ -108,6 +108,7 @@ class ToolsConfig:
     navigation_timeout: float = 10.0
     categories: tuple[str, ...] = ()
     own_permission: tuple[str, ...] = ()
+    redact_headers: tuple[str, ...] = ("authorization", "cookie", "set-cookie", "proxy-authorization")
 
 
 @attrs.frozen

@@ -103,6 +103,7 @@ class MCProxyService(service.MultiService):
         from mcproxy.session.revocation import RevocationWatch
         from mcproxy.storage import open_store
         from mcproxy.browser.policy import PolicyBook
+        from mcproxy.tools.collect import Collector
         from mcproxy.tools.dialogs import track_dialogs
         from mcproxy.tools.emulation import emulation_listener
         from mcproxy.tools.registry import ToolRegistry
@@ -133,7 +134,12 @@ class MCProxyService(service.MultiService):
             reactor,
             config.browser,
             open_link=metrics.counting_reconnects(open_cdp_link),
-            page_listeners=[track_dialogs, emulation_listener, policies.guard],
+            page_listeners=[
+                track_dialogs,
+                emulation_listener,
+                policies.guard,
+                Collector(redact_headers=config.tools.redact_headers),
+            ],
         )
         for user in await store.list_users():
             pool.browser_for(user.user_id, user.browser_url)

@@ -81,7 +81,7 @@ async def close_page(call: ToolCall) -> Response:
     return await Response().add_pages(call)
 
 
-async def _loaded(page, seconds: float, start: Deferred) -> None:
+async def wait_for_load(page, seconds: float, start: Deferred) -> None:
     """Await ``start`` (the CDP call that navigates) and then the new document's load.
 
     The load waiter is armed before the call so a fast load cannot be missed. A
@@ -144,11 +144,11 @@ async def navigate_page(call: ToolCall) -> Response:
             url = call.args.get("url")
             if not url:
                 raise ToolError('navigate_page with type "url" needs a "url".')
-            await _loaded(page, seconds, page.send("Page.navigate", {"url": url}, timeout=seconds))
+            await wait_for_load(page, seconds, page.send("Page.navigate", {"url": url}, timeout=seconds))
             message = f"Successfully navigated to {url}."
         elif kind == "reload":
             params = {"ignoreCache": bool(call.args.get("ignoreCache"))}
-            await _loaded(page, seconds, page.send("Page.reload", params, timeout=seconds))
+            await wait_for_load(page, seconds, page.send("Page.reload", params, timeout=seconds))
             message = "Successfully reloaded the page."
         else:
             history = await page.send("Page.getNavigationHistory")
@@ -158,7 +158,7 @@ async def navigate_page(call: ToolCall) -> Response:
                 where = "previous" if kind == "back" else "next"
                 raise ToolError(f"Cannot navigate {kind}: there is no {where} page in this page's history.")
             entry = {"entryId": entries[index]["id"]}
-            await _loaded(page, seconds, page.send("Page.navigateToHistoryEntry", entry, timeout=seconds))
+            await wait_for_load(page, seconds, page.send("Page.navigateToHistoryEntry", entry, timeout=seconds))
             message = f"Successfully navigated {kind} to {await _current_url(page)}."
     finally:
         unsubscribe()

@@ -19,7 +19,7 @@ from mcproxy.browser.policy import PolicyBook
 from mcproxy.config import BrowsingConfig, ToolsConfig
 from mcproxy.errors import BrowserUnavailable, RateLimited, ToolError
 from mcproxy.interfaces import IToolProvider
-from mcproxy.tools import debugging, emulation, navigation, styles
+from mcproxy.tools import console, debugging, emulation, navigation, network, performance, styles
 from mcproxy.tools import input as input_tools
 from mcproxy.tools.base import CallContext
 from mcproxy.tools.dialogs import add_dialog_note, require_no_dialog
@@ -34,6 +34,9 @@ DEFAULT_TOOLS: tuple[ToolSpec, ...] = (
     *debugging.TOOLS,
     *emulation.TOOLS,
     *styles.TOOLS,
+    *console.TOOLS,
+    *network.TOOLS,
+    *performance.TOOLS,
 )
 
 

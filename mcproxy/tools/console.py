@@ -1,0 +1,178 @@
+"""Console tools: list_console_messages, get_console_message (data from `mcproxy.tools.collect`)."""
+
+from mcproxy.errors import ToolError
+from mcproxy.tools import schema as s
+from mcproxy.tools.collect import PAGINATION_SCHEMA, paginate, paging_schema, records_of, whole_id
+from mcproxy.tools.pages import Response, ToolCall
+
+CONSOLE_TYPES = (
+    "log",
+    "debug",
+    "info",
+    "error",
+    "warn",
+    "dir",
+    "dirxml",
+    "table",
+    "trace",
+    "clear",
+    "startGroup",
+    "startGroupCollapsed",
+    "endGroup",
+    "assert",
+    "profile",
+    "profileEnd",
+    "count",
+    "timeEnd",
+    "verbose",
+    "issue",
+)
+ONE_BASED = "Note: line and column numbers use 1-based indexing"
+
+CONSOLE_OUTPUT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "consoleMessages": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "integer"},
+                    "type": {"type": "string"},
+                    "text": {"type": "string"},
+                    "argsCount": {"type": "integer"},
+                    "stackTrace": {"type": "string"},
+                },
+                "required": ["id", "type", "text", "argsCount"],
+            },
+        },
+        "pagination": PAGINATION_SCHEMA,
+    },
+    "required": ["consoleMessages"],
+}
+
+
+async def list_console_messages(call: ToolCall) -> Response:
+    """The page's console messages since its last navigation (or the last three), paged."""
+    args = call.args
+    if args.get("serviceWorkerId"):
+        raise ToolError(
+            '"serviceWorkerId" is not supported by this server yet; call list_console_messages with a pageId '
+            "to see a page's console messages."
+        )
+    console = records_of(call.page).console
+    preserved = bool(args.get("includePreservedMessages"))
+    messages = console.entries(preserved)
+    types = set(args.get("types") or ())
+    if types:
+        messages = [m for m in messages if m.type in types]
+    with_stacks = bool(args.get("includeStackTraces"))
+    response = Response().add("## Console messages")
+    structured: dict = {"consoleMessages": []}
+    response.structured = structured
+    if not messages:
+        return response.add("<no console messages found>")
+    chosen, lines, structured["pagination"] = paginate(messages, args.get("pageSize"), args.get("pageIdx"))
+    dropped = console.dropped(preserved)
+    if dropped:
+        lines.append(f"{dropped} older messages dropped to bound memory ({console.limits()}).")
+    items = structured["consoleMessages"]
+    any_stack = False
+    for message in chosen:
+        text = message.text
+        item = {"id": message.id, "type": message.type, "text": text, "argsCount": len(message.args)}
+        lines.append(f"msgid={message.id} [{message.type}] {text} ({len(message.args)} args)")
+        if with_stacks and message.stack:
+            stack = message.stack_lines()
+            item["stackTrace"] = "\n".join(stack)
+            lines.extend("  " + line for line in stack)
+            any_stack = True
+        items.append(item)
+    if any_stack:
+        lines.append("Note: stack trace line and column numbers use 1-based indexing")
+    return response.add("\n".join(lines))
+
+
+async def get_console_message(call: ToolCall) -> Response:
+    """One console message in full: its arguments and stack trace."""
+    console = records_of(call.page).console
+    msgid = whole_id(call.args["msgid"], "msgid")
+    message = console.get(msgid)
+    if message is None:
+        if console.issued(msgid):
+            raise ToolError(
+                f"Console message {msgid} of page {call.page.page_id} is no longer kept: only the current and "
+                f"the two previous navigations are ({console.limits()}). "
+                "Call list_console_messages to see the messages available."
+            )
+        raise ToolError(
+            f"No console message with msgid {msgid} on page {call.page.page_id}. "
+            "Call list_console_messages to see the messages available."
+        )
+    lines = [f"ID: {message.id}", f"Message: {message.type}> {message.text}"]
+    if message.args:
+        lines.append("### Arguments")
+        lines.extend(f"Arg #{index}: {arg}" for index, arg in enumerate(message.args))
+    if message.stack:
+        lines.append("### Stack trace")
+        lines.extend(message.stack_lines())
+        lines.append(ONE_BASED)
+    return Response().add("\n".join(lines))
+
+
+TOOLS = (
+    s.ToolSpec(
+        name="list_console_messages",
+        category="debugging",
+        title="List console messages",
+        description=(
+            "List the console messages of a page since its last navigation, including uncaught errors and "
+            "browser warnings, collected from the moment the page opened. Each has a msgid for get_console_message."
+        ),
+        input_schema=s.obj(
+            {
+                "pageId": s.page_id(),
+                **paging_schema("messages"),
+                "types": s.array(
+                    "Only messages of these types. Absent or empty: every type.",
+                    s.string("A console message type.", enum=CONSOLE_TYPES),
+                ),
+                "includePreservedMessages": {
+                    **s.boolean("Also list the messages of the two previous navigations. Default false."),
+                    "default": False,
+                },
+                "includeStackTraces": {
+                    **s.boolean("Show each message's stack trace when it has one (longer answer). Default false."),
+                    "default": False,
+                },
+                "serviceWorkerId": s.string("Messages of an extension service worker instead (not supported yet)."),
+            },
+            ("pageId",),
+        ),
+        output_schema=CONSOLE_OUTPUT_SCHEMA,
+        run=list_console_messages,
+        read_only=True,
+        exclusive=False,
+        dialog_safe=True,
+    ),
+    s.ToolSpec(
+        name="get_console_message",
+        category="debugging",
+        title="Get console message",
+        description=(
+            "Show one console message in full (arguments, stack trace) by the msgid that "
+            "list_console_messages gave."
+        ),
+        input_schema=s.obj(
+            {
+                "pageId": s.page_id(),
+                "msgid": s.number("The msgid of a message, from list_console_messages."),
+            },
+            ("pageId", "msgid"),
+        ),
+        run=get_console_message,
+        read_only=True,
+        exclusive=False,
+        dialog_safe=True,
+    ),
+)
