@@ -117,6 +117,14 @@ class MetricsConfig:
 
 
 @attrs.frozen
+class LimitsConfig:
+    max_sessions_per_user: int = 20
+    max_sessions: int = 10000
+    max_pages_per_user: int = 50
+    max_users: int = 1000
+
+
+@attrs.frozen
 class BrowsingConfig:
     schemes: tuple[str, ...] = ("http", "https", "about", "data", "blob")
     allow: tuple[str, ...] = ()
@@ -151,6 +159,7 @@ class Config:
     tools: ToolsConfig = _section(ToolsConfig)
     metrics: MetricsConfig = _section(MetricsConfig)
     browsing: BrowsingConfig = _section(BrowsingConfig)
+    limits: LimitsConfig = _section(LimitsConfig)
     audit: AuditConfig = _section(AuditConfig)
     artifacts: ArtifactsConfig = _section(ArtifactsConfig)
 
@@ -325,6 +334,9 @@ def validate(config: Config) -> None:
     ):
         if value <= 0:
             raise ConfigError(f"{key}: must be positive, got {value}")
+    for key in attrs.fields_dict(LimitsConfig):
+        if getattr(config.limits, key) < 0:
+            raise ConfigError(f"limits.{key}: must be 0 (no limit) or more")
     if config.server.hsts_max_age < 0:
         raise ConfigError("server.hsts_max_age: must be 0 (no header) or more")
     if config.browser.max_attempts < 0:

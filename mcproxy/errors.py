@@ -98,6 +98,20 @@ class UnsupportedMediaType(MCProxyError):
     code = "unsupported_media_type"
 
 
+class LimitReached(MCProxyError):
+    """A configured ``limits.*`` bound was hit for this user; the message names the key."""
+
+    http_status = 429
+    code = "limit_reached"
+
+
+class ServerFull(LimitReached):
+    """A process-wide ``limits.*`` bound was hit; another process may have room."""
+
+    http_status = 503
+    code = "server_full"
+
+
 class RateLimited(MCProxyError):
     """Too many requests; ``retry_after`` is whole seconds."""
 

@@ -95,6 +95,12 @@ class IBrowserPool(Interface):
     def browser_for(user_id, browser_url):
         """The `IUserBrowser` for this user, created (and connecting) on first use."""
 
+    def check_room(user_id):
+        """Raise ServerFull when taking on this user would pass the process's user limit."""
+
+    def existing(user_id):
+        """The user's `IUserBrowser` if the pool holds one, else None (nothing is created)."""
+
     def forget(user_id):
         """Close and drop the user's connection. Deferred[None]."""
 

@@ -12,7 +12,7 @@ from twisted.logger import Logger
 
 from mcproxy import systemd
 from mcproxy.config import Config, ConfigError
-from mcproxy.errors import ToolError
+from mcproxy.errors import ServerFull, ToolError
 
 log = Logger()
 
@@ -134,6 +134,8 @@ class MCProxyService(service.MultiService):
             reactor,
             config.browser,
             open_link=metrics.counting_reconnects(open_cdp_link),
+            max_users=config.limits.max_users,
+            max_pages_per_user=config.limits.max_pages_per_user,
             page_listeners=[
                 track_dialogs,
                 emulation_listener,
@@ -142,8 +144,17 @@ class MCProxyService(service.MultiService):
             ],
         )
         for user in await store.list_users():
-            pool.browser_for(user.user_id, user.browser_url)
-        self.sessions = sessions = SessionRegistry(reactor, config.session.idle_timeout)
+            try:
+                pool.browser_for(user.user_id, user.browser_url)
+            except ServerFull as e:
+                log.warn("Not connecting the remaining registered browsers now: {reason}", reason=e.message)
+                break
+        self.sessions = sessions = SessionRegistry(
+            reactor,
+            config.session.idle_timeout,
+            max_per_user=config.limits.max_sessions_per_user,
+            max_total=config.limits.max_sessions,
+        )
         self.revocations = RevocationWatch(sessions, store, reactor)
         self.revocations.start()
 

@@ -25,7 +25,7 @@ from mcproxy.browser.cdp.discovery import discover
 from mcproxy.browser.page import EventTimeout, Page
 from mcproxy.browser.urls import parse_browser_url, validate_browser_url
 from mcproxy.config import BrowserConfig
-from mcproxy.errors import BrowserUnavailable, CDPError, MCProxyError, ToolError
+from mcproxy.errors import BrowserUnavailable, CDPError, MCProxyError, ServerFull, ToolError
 from mcproxy.interfaces import IBrowserPool, IUserBrowser
 
 log = Logger()
@@ -148,6 +148,7 @@ class UserBrowser:
         *,
         open_link: LinkOpener = open_cdp_link,
         rng: Callable[[], float] = random.random,
+        max_pages: int = 0,
     ):
         self.reactor = reactor
         self.clock = reactor
@@ -160,6 +161,7 @@ class UserBrowser:
         self.last_error: str | None = None
         self.cdp: CDPConnection | None = None
         self._open_link = open_link
+        self.max_pages = max_pages
         self._attempting = False
         self._pages: dict[int, Page] = {}
         self._by_target: dict[str, Page] = {}
@@ -577,6 +579,12 @@ class UserBrowser:
         self, url: str, background: bool, opener: str | None, timeout: float | None, isolated_context: str | None
     ) -> Page:
         seconds = self.call_timeout if timeout is None else timeout
+        opened = sum(1 for page in self._pages.values() if page.via_proxy and not page.closed)
+        if self.max_pages and opened >= self.max_pages:
+            raise ToolError(
+                f"You have {opened} pages open through the proxy, the most allowed (limits.max_pages_per_user). "
+                "Close some with close_page first."
+            )
         await self.connected(seconds)
         link = self.cdp
         params: dict = {"url": "about:blank", "background": background}
@@ -653,7 +661,8 @@ class BrowserPool:
     """All users' browsers of this process.
 
     ``page_listeners`` are added to every browser the pool creates (see
-    `UserBrowser.add_page_listener`).
+    `UserBrowser.add_page_listener`); ``max_users`` and ``max_pages_per_user`` are the
+    ``limits.*`` bounds (0: none).
     """
 
     def __init__(
@@ -665,6 +674,8 @@ class BrowserPool:
         open_link: LinkOpener = open_cdp_link,
         rng: Callable[[], float] = random.random,
         page_listeners: Iterable[PageListener] = (),
+        max_users: int = 0,
+        max_pages_per_user: int = 0,
     ):
         self.reactor = reactor
         self.config = config
@@ -672,6 +683,8 @@ class BrowserPool:
         self._open_link = open_link
         self._rng = rng
         self._page_listeners = tuple(page_listeners)
+        self._max_users = max_users
+        self._max_pages = max_pages_per_user
         self._browsers: dict[str, UserBrowser] = {}
 
     def browser_for(self, user_id: str, browser_url: str) -> UserBrowser:
@@ -681,6 +694,7 @@ class BrowserPool:
             browser.retry()
             return browser
         parse_browser_url(browser_url)
+        self.check_room(user_id)
         if browser is not None:
             self._stop_quietly(browser)
         browser = UserBrowser(
@@ -691,6 +705,7 @@ class BrowserPool:
             browser_url,
             open_link=self._open_link,
             rng=self._rng,
+            max_pages=self._max_pages,
         )
         # Before the first attach, so watchers (dialogs, console, network) see every page
         # from the moment the proxy knows it.
@@ -699,6 +714,14 @@ class BrowserPool:
         self._browsers[user_id] = browser
         browser.start()
         return browser
+
+    def check_room(self, user_id: str) -> None:
+        """Raise ServerFull when a new user would pass ``limits.max_users``."""
+        if user_id not in self._browsers and self._max_users and len(self._browsers) >= self._max_users:
+            raise ServerFull(
+                f"this proxy process already keeps the browsers of {self._max_users} users (limits.max_users); "
+                "try another instance or ask the operator to raise the limit"
+            )
 
     def existing(self, user_id: str) -> UserBrowser | None:
         """The user's browser if one exists, without creating it."""

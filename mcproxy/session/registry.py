@@ -9,6 +9,8 @@ from typing import Any, Callable
 
 from twisted.logger import Logger
 
+from mcproxy.errors import LimitReached, ServerFull
+
 log = Logger()
 
 
@@ -89,14 +91,30 @@ class Session:
 class SessionRegistry:
     """Every live MCP session of this process, with clock-driven idle expiry."""
 
-    def __init__(self, clock, idle_timeout: float):
+    def __init__(self, clock, idle_timeout: float, max_per_user: int = 0, max_total: int = 0):
         self.clock = clock
         self.idle_timeout = idle_timeout
+        self.max_per_user = max_per_user
+        self.max_total = max_total
         self._sessions: dict[str, Session] = {}
 
     def create(self, user_id: str, transport: str, token_id: str | None = None) -> Session:
         """A new session for ``user_id`` over ``transport`` (``"sse"`` or ``"streamable"``),
-        opened with the API token ``token_id`` (it ends when that token is revoked)."""
+        opened with the API token ``token_id`` (it ends when that token is revoked).
+
+        Raises LimitReached / ServerFull over ``limits.max_sessions_per_user`` /
+        ``limits.max_sessions`` (0: no limit).
+        """
+        if self.max_total and len(self._sessions) >= self.max_total:
+            raise ServerFull(
+                f"this proxy process has its maximum of {self.max_total} open MCP sessions (limits.max_sessions); "
+                "try again later or another instance"
+            )
+        if self.max_per_user and self.count_for_user(user_id) >= self.max_per_user:
+            raise LimitReached(
+                f"user {user_id} already has {self.max_per_user} open MCP sessions (limits.max_sessions_per_user); "
+                "close one (DELETE /mcp with its Mcp-Session-Id) or let idle ones expire"
+            )
         session = Session(self, secrets.token_urlsafe(24), user_id, transport, token_id)
         self._sessions[session.id] = session
         session.touch()

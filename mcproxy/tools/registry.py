@@ -17,7 +17,7 @@ from zope.interface import implementer
 
 from mcproxy.browser.policy import PolicyBook
 from mcproxy.config import BrowsingConfig, ToolsConfig
-from mcproxy.errors import BrowserUnavailable, RateLimited, ToolError
+from mcproxy.errors import BrowserUnavailable, LimitReached, RateLimited, ToolError
 from mcproxy.interfaces import IToolProvider
 from mcproxy.tools import console, debugging, emulation, navigation, network, performance, styles
 from mcproxy.tools import input as input_tools
@@ -193,7 +193,7 @@ class ToolRegistry:
                     add_dialog_note(page, response)
         except CancelledError:
             raise
-        except (ToolError, BrowserUnavailable) as e:
+        except (ToolError, BrowserUnavailable, LimitReached) as e:
             return error_result(e.message)
         except Exception:
             attempt.outcome = "internal_error"

@@ -225,6 +225,7 @@ class AdminAPI(resource.Resource):
         metadata = body.get("metadata", {})
         if not isinstance(metadata, dict):
             raise BadRequest('"metadata" must be a JSON object')
+        self.deps.pool.check_room(user_id)
         version = await self.deps.probe_browser(browser_url)
         now = self.deps.clock.seconds()
         existing = await self.deps.store.get_user(user_id)
