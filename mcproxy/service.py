@@ -12,7 +12,7 @@ from twisted.logger import Logger
 
 from mcproxy import systemd
 from mcproxy.config import Config, ConfigError
-from mcproxy.errors import ServerFull, ToolError
+from mcproxy.errors import Forbidden, ServerFull, ToolError
 
 log = Logger()
 
@@ -210,6 +210,8 @@ class MCProxyService(service.MultiService):
         def authenticate_for(endpoint_class: str):
             async def authenticate(request):
                 principal = await authenticate_counted(request)
+                if not principal.may_connect_from(getattr(request, "mcproxy_client", None)):
+                    raise Forbidden("this credential may not be used from your address", code="address_denied")
                 limits.check_user(principal.user_id, endpoint_class)
                 return principal
 

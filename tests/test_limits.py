@@ -121,3 +121,26 @@ async def test_a_tool_over_its_limit_is_a_jsonrpc_error(limited_proxy):
     assert answers[0]["result"]["isError"] is True and "No browser is registered" in answers[0]["result"]["content"][0]["text"]
     error = answers[1]["error"]
     assert error["code"] == -32029 and "retry in" in error["message"] and error["data"]["retryAfter"] >= 1
+
+
+def test_network_bound_credentials():
+    from mcproxy.auth.principal import Principal
+
+    bound = Principal("alice", frozenset({"tools:*", "net:10.0.0.0/8", "net:2001:db8::/32"}))
+    assert bound.may_connect_from("10.1.2.3") and bound.may_connect_from("::ffff:10.1.2.3")
+    assert bound.may_connect_from("2001:db8::7")
+    assert not bound.may_connect_from("192.0.2.1") and not bound.may_connect_from(None)
+    assert not bound.may_connect_from("unix")
+    assert Principal("bob", frozenset({"tools:*"})).may_connect_from("192.0.2.1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_token_bound_to_other_networks_is_refused_here(limited_proxy):
+    elsewhere = await limited_proxy.token_for("dora", "tools:*", "net:10.0.0.0/8")
+    here = await limited_proxy.token_for("dora", "tools:*", "net:127.0.0.0/8")
+    code, body, _ = await limited_proxy.api("GET", "/api/users/dora/status", token=elsewhere)
+    assert code == 403 and body["error"]["code"] == "address_denied"
+    answer = await limited_proxy.call_tool(elsewhere, "list_pages")
+    assert answer["error"]["code"] == "address_denied"  # refused over HTTP before any JSON-RPC
+    code, _, _ = await limited_proxy.api("GET", "/api/users/dora/status", token=here)
+    assert code == 404

@@ -104,7 +104,7 @@ def test_bad_user_id_is_refused(store, clock, user_id):
 
 @pytest.mark.parametrize(
     "permission",
-    ["tools", "tools:", "tools:category:", "Admin", "admin ", "tools:a b", "superuser", "", "!admin", "!!tools:x", 7],
+    ["tools", "tools:", "tools:category:", "Admin", "admin ", "tools:a b", "superuser", "", "!admin", "!!tools:x", "net:banana", "net:", 7],
 )
 def test_unknown_permissions_are_refused(store, clock, permission):
     with pytest.raises(BadRequest, match="permission"):
@@ -120,6 +120,8 @@ def test_known_permissions_are_kept_in_order_without_duplicates():
         "tools:take_*",
         "!tools:evaluate_script",
         "!tools:category:emulation",
+        "net:10.0.0.0/8",
+        "net:2001:db8::/32",
         "register",
         "admin",
         "impersonate",

@@ -1,6 +1,7 @@
 """Who is calling, and what they may do."""
 
 import fnmatch
+import ipaddress
 
 import attrs
 
@@ -10,6 +11,7 @@ IMPERSONATE = "impersonate"
 METRICS = "metrics"
 ALL_TOOLS = "tools:*"
 DENY = "!"
+NETWORK = "net:"
 
 
 def _matches(rule: str, name: str, category: str) -> bool:
@@ -51,6 +53,20 @@ class Principal:
         if explicit_only:
             return False
         return any(_matches(rule, name, category) for rule in self.permissions if not rule.startswith(DENY))
+
+    def may_connect_from(self, address: str | None) -> bool:
+        """Whether the credential may be used from ``address``: ``net:<CIDR>`` permissions
+        restrict it to those networks (any of them); without one, from anywhere."""
+        networks = [p[len(NETWORK) :] for p in self.permissions if p.startswith(NETWORK)]
+        if not networks:
+            return True
+        try:
+            client = ipaddress.ip_address(address or "")
+        except ValueError:
+            return False
+        if isinstance(client, ipaddress.IPv6Address) and client.ipv4_mapped is not None:
+            client = client.ipv4_mapped
+        return any(client in ipaddress.ip_network(cidr, strict=False) for cidr in networks)
 
     def may_act_for(self, user_id: str) -> bool:
         """Whether this principal may act as (or manage) ``user_id``."""

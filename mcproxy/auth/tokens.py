@@ -6,6 +6,7 @@ proves the secret. The token string itself is never stored or logged.
 
 import hashlib
 import hmac
+import ipaddress
 import math
 import re
 import secrets
@@ -15,7 +16,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mcproxy.auth.principal import ADMIN, ALL_TOOLS, IMPERSONATE, METRICS, REGISTER, Principal
+from mcproxy.auth.principal import ADMIN, ALL_TOOLS, IMPERSONATE, METRICS, NETWORK, REGISTER, Principal
 from mcproxy.errors import BadRequest, Unauthorized
 from mcproxy.interfaces import IAuthenticator, IStore
 from mcproxy.storage.records import TokenRecord
@@ -54,18 +55,29 @@ def check_permissions(permissions) -> tuple[str, ...]:
     checked: list[str] = []
     for permission in permissions:
         known = isinstance(permission, str) and (
-            permission in _FIXED_PERMISSIONS or _PERMISSION.match(permission)
+            permission in _FIXED_PERMISSIONS or _PERMISSION.match(permission) or _is_network(permission)
         )
         if not known:
             raise BadRequest(
                 f"unknown permission {permission!r}; expected tools:*, tools:<name or pattern>,"
-                " tools:category:<category>, a deny rule !tools:..., register, admin, impersonate"
-                " or metrics",
+                " tools:category:<category>, a deny rule !tools:..., net:<CIDR>, register, admin,"
+                " impersonate or metrics",
                 code="invalid_permission",
             )
         if permission not in checked:
             checked.append(permission)
     return tuple(checked)
+
+
+def _is_network(permission: str) -> bool:
+    """``net:<CIDR>``: the credential works only from client addresses in that network."""
+    if not permission.startswith(NETWORK):
+        return False
+    try:
+        ipaddress.ip_network(permission[len(NETWORK) :], strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 def hash_token(token: str) -> str:
