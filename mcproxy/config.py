@@ -40,6 +40,7 @@ class ServerConfig:
     drain_timeout: float = 30.0
     request_timeout: float = 120.0
     sse_keepalive: float = 15.0
+    log_level: str = "info"
 
 
 @attrs.frozen
@@ -134,6 +135,12 @@ class BrowsingConfig:
 
 
 @attrs.frozen
+class PluginsConfig:
+    enabled: tuple[str, ...] = ()
+    settings: tuple[str, ...] = ()
+
+
+@attrs.frozen
 class AuditConfig:
     path: str = "./var/audit.jsonl"
 
@@ -162,6 +169,7 @@ class Config:
     limits: LimitsConfig = _section(LimitsConfig)
     audit: AuditConfig = _section(AuditConfig)
     artifacts: ArtifactsConfig = _section(ArtifactsConfig)
+    plugins: PluginsConfig = _section(PluginsConfig)
 
     def replace(self, **sections: dict) -> "Config":
         """A copy with some keys changed: ``config.replace(store={"url": "memory:"})``."""
@@ -261,6 +269,7 @@ def load(path: str | None = None, environ: dict | None = None, overrides: dict |
     return _build(raw)
 
 
+LOG_LEVELS = ("debug", "info", "warn", "error")
 LIMIT_KINDS = ("endpoint", "tool")
 ENDPOINT_CLASSES = ("mcp", "admin")
 _LIMIT = re.compile(r"^(?P<kind>[a-z]+):(?P<name>[A-Za-z0-9_*-]+)=(?P<rate>[0-9.]+)/(?P<burst>[0-9]+)$")
@@ -310,6 +319,10 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f'tools.tab_scope: expected "session", "user" or "browser", got {config.tools.tab_scope!r}'
         )
+    if config.server.log_level not in LOG_LEVELS:
+        raise ConfigError(
+            f"server.log_level: expected one of {', '.join(LOG_LEVELS)}, got {config.server.log_level!r}"
+        )
     if not config.server.listen:
         raise ConfigError("server.listen: at least one endpoint is needed")
     store = config.store.url
@@ -337,6 +350,8 @@ def validate(config: Config) -> None:
     for key in attrs.fields_dict(LimitsConfig):
         if getattr(config.limits, key) < 0:
             raise ConfigError(f"limits.{key}: must be 0 (no limit) or more")
+    if config.server.drain_timeout < 0:
+        raise ConfigError("server.drain_timeout: must be 0 (stop at once) or more")
     if config.server.hsts_max_age < 0:
         raise ConfigError("server.hsts_max_age: must be 0 (no header) or more")
     if config.browser.max_attempts < 0:

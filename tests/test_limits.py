@@ -2,6 +2,8 @@
 
 import pytest
 import pytest_twisted
+import treq
+from twisted.internet.defer import Deferred
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
@@ -144,3 +146,39 @@ async def test_a_token_bound_to_other_networks_is_refused_here(limited_proxy):
     assert answer["error"]["code"] == "address_denied"  # refused over HTTP before any JSON-RPC
     code, _, _ = await limited_proxy.api("GET", "/api/users/dora/status", token=here)
     assert code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_thousand_requests_in_a_second_from_one_user(reactor, tmp_path):
+    from twisted.internet.defer import gatherResults
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    proxy = await start_proxy(
+        reactor, tmp_path, ratelimit={"user_rate": 20.0, "user_burst": 40, "address_rate": 1e6, "address_burst": 10**6}
+    )
+    pool = HTTPConnectionPool(reactor)
+    pool.maxPersistentPerHost = 50
+    client = treq.client.HTTPClient(Agent(reactor, pool=pool))
+    try:
+        alice = await proxy.token_for("alice")
+        bob = await proxy.token_for("bob")
+        headers = {"Authorization": [f"Bearer {alice}"]}
+
+        async def worker():
+            """40 requests back to back on one kept-alive connection."""
+            seen = []
+            for _ in range(40):
+                response = await client.get(proxy.base_url + "/api/users/alice/status", headers=headers)
+                await response.content()
+                seen.append(response.code)
+            return seen
+
+        # 25 clients at once: 1,000 requests, far more than 20 a second.
+        answers = await gatherResults([Deferred.fromCoroutine(worker()) for _ in range(25)])
+        codes = [code for seen in answers for code in seen]
+        assert codes.count(429) >= 900 and set(codes) <= {404, 429}, sorted(set(codes))
+        code, _, _ = await proxy.api("GET", "/api/users/bob/status", token=bob)
+        assert code == 404  # bob is served as usual
+    finally:
+        await pool.closeCachedConnections()
+        await proxy.stop()
