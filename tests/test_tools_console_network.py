@@ -256,7 +256,7 @@ async def test_console_messages_listed_and_detailed(reactor, browser, site):
     assert "No console message with msgid 99 on page" in await failed(
         tools, context, "get_console_message", pageId=page_id, msgid=99
     )
-    assert "not supported" in await failed(
+    assert 'No extension service worker with id "sw-1"' in await failed(
         tools, context, "list_console_messages", pageId=page_id, serviceWorkerId="sw-1"
     )
 

@@ -75,10 +75,14 @@ class _ChromeProcess(ProcessProtocol):
 class Chromium:
     """A headless Chromium with remote debugging on 127.0.0.1 and a fresh profile."""
 
-    def __init__(self, reactor, *, binary: str | None = None, start_timeout: float = 20.0):
+    def __init__(
+        self, reactor, *, binary: str | None = None, start_timeout: float = 20.0, extra_flags: tuple[str, ...] = ()
+    ):
         self.reactor = reactor
         self.binary = binary or find_chrome()
         self.start_timeout = start_timeout
+        #: Added after `FLAGS`, e.g. ("--load-extension=...", "--enable-unsafe-extension-debugging").
+        self.extra_flags = tuple(extra_flags)
         self.profile = tempfile.mkdtemp(prefix="mcproxy-chrome-")
         self.port: int | None = None
         self._process = None
@@ -105,6 +109,7 @@ class Chromium:
         args = [
             self.binary,
             *FLAGS,
+            *self.extra_flags,
             f"--remote-debugging-port={self.port or 0}",
             f"--user-data-dir={self.profile}",
             "about:blank",

@@ -3,6 +3,7 @@
 from mcproxy.errors import ToolError
 from mcproxy.tools import schema as s
 from mcproxy.tools.collect import PAGINATION_SCHEMA, paginate, paging_schema, records_of, whole_id
+from mcproxy.tools.extensions import worker_for
 from mcproxy.tools.pages import Response, ToolCall
 
 CONSOLE_TYPES = (
@@ -55,12 +56,9 @@ CONSOLE_OUTPUT_SCHEMA = {
 async def list_console_messages(call: ToolCall) -> Response:
     """The page's console messages since its last navigation (or the last three), paged."""
     args = call.args
-    if args.get("serviceWorkerId"):
-        raise ToolError(
-            '"serviceWorkerId" is not supported by this server yet; call list_console_messages with a pageId '
-            "to see a page's console messages."
-        )
-    console = records_of(call.page).console
+    worker_id = args.get("serviceWorkerId")
+    source = await worker_for(call, worker_id) if worker_id else call.page
+    console = records_of(source).console
     preserved = bool(args.get("includePreservedMessages"))
     messages = console.entries(preserved)
     types = set(args.get("types") or ())
@@ -145,7 +143,10 @@ TOOLS = (
                     **s.boolean("Show each message's stack trace when it has one (longer answer). Default false."),
                     "default": False,
                 },
-                "serviceWorkerId": s.string("Messages of an extension service worker instead (not supported yet)."),
+                "serviceWorkerId": s.string(
+                    "List the messages of this extension service worker (an id from list_pages) instead of the "
+                    "page's, collected since the proxy first attached to it (earlier ones as far as Chrome kept them)."
+                ),
             },
             ("pageId",),
         ),

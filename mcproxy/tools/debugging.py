@@ -6,6 +6,7 @@ import json
 from mcproxy.artifacts import guess_mime_type, is_text, split_path
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools import schema as s
+from mcproxy.tools.extensions import worker_for
 from mcproxy.tools.pages import Response, ToolCall
 from mcproxy.tools.settle import act_and_settle
 from mcproxy.tools.snapshot import element_error, resolve_element, resolve_uid, take_snapshot
@@ -53,8 +54,6 @@ def _script_error(details: dict) -> ToolError:
 async def evaluate_script(call: ToolCall) -> Response:
     """Run the caller's function in the page (elements as arguments); JSON result."""
     args = call.args
-    if args.get("serviceWorkerId"):
-        raise _not_yet("serviceWorkerId", "evaluate scripts in pages (pageId) only.")
     if args.get("sourcePath"):
         raise _not_yet("sourcePath", 'pass the script itself as "function".')
     if args.get("filePath"):
@@ -66,23 +65,14 @@ async def evaluate_script(call: ToolCall) -> Response:
     as_script = args.get("format") == "script"
     if as_script and uids:
         raise ToolError('"args" needs format "function": a classic script cannot receive arguments.')
+    worker_id = args.get("serviceWorkerId")
+    if worker_id:
+        if uids:
+            raise ToolError('"args" (element uids) cannot be used with "serviceWorkerId": a service worker has no DOM.')
+        return await _evaluate_in_worker(call, worker_id, source, as_script)
     page = call.page
     elements = [(await resolve_element(page, uid))[1] for uid in uids]
-    if as_script:
-        method, params = "Runtime.evaluate", {"expression": source}
-    elif elements:
-        method, params = "Runtime.callFunctionOn", {
-            "objectId": elements[0],
-            "functionDeclaration": (
-                f"async function (...elements) {{ const fn = ({source}\n); return JSON.stringify(await fn(...elements)); }}"
-            ),
-            "arguments": [{"objectId": element} for element in elements],
-        }
-    else:
-        method, params = "Runtime.evaluate", {
-            "expression": f"(async () => {{ const fn = ({source}\n); return JSON.stringify(await fn()); }})()"
-        }
-    params.update(awaitPromise=True, returnByValue=True, userGesture=True)
+    method, params = _script_call(source, as_script, elements)
     outcome: dict = {}
 
     async def run() -> None:
@@ -106,6 +96,31 @@ async def evaluate_script(call: ToolCall) -> Response:
             await run()
     finally:
         unsubscribe()
+    return _script_answer(outcome, as_script, "page")
+
+
+def _script_call(source: str, as_script: bool, elements: list[str]) -> tuple[str, dict]:
+    """The CDP call that runs the caller's source (elements as the function's arguments)."""
+    if as_script:
+        method, params = "Runtime.evaluate", {"expression": source}
+    elif elements:
+        method, params = "Runtime.callFunctionOn", {
+            "objectId": elements[0],
+            "functionDeclaration": (
+                f"async function (...elements) {{ const fn = ({source}\n); return JSON.stringify(await fn(...elements)); }}"
+            ),
+            "arguments": [{"objectId": element} for element in elements],
+        }
+    else:
+        method, params = "Runtime.evaluate", {
+            "expression": f"(async () => {{ const fn = ({source}\n); return JSON.stringify(await fn()); }})()"
+        }
+    params.update(awaitPromise=True, returnByValue=True, userGesture=True)
+    return method, params
+
+
+def _script_answer(outcome: dict, as_script: bool, where: str) -> Response:
+    """The script's JSON result, or its exception as a ToolError."""
     if "exceptionDetails" in outcome:
         raise _script_error(outcome["exceptionDetails"])
     result = outcome.get("result", {})
@@ -115,7 +130,15 @@ async def evaluate_script(call: ToolCall) -> Response:
         text = json.dumps(result["value"], ensure_ascii=False, separators=(",", ":"))
     else:
         text = result["value"]
-    return Response().add(f"Script ran on page and returned:\n```json\n{text}\n```")
+    return Response().add(f"Script ran on {where} and returned:\n```json\n{text}\n```")
+
+
+async def _evaluate_in_worker(call: ToolCall, worker_id: str, source: str, as_script: bool) -> Response:
+    """Run the source in an extension service worker (no DOM, so no settling and no dialogs)."""
+    worker = await worker_for(call, worker_id)
+    method, params = _script_call(source, as_script, [])
+    outcome = await worker.send(method, params, timeout=call.config.navigation_timeout)
+    return _script_answer(outcome, as_script, f"service worker {worker_id}")
 
 
 async def take_screenshot(call: ToolCall) -> Response:
@@ -245,7 +268,10 @@ TOOLS = [
                         'How to answer dialogs the script opens: "accept" (default), "dismiss", or the text for a prompt.'
                     ),
                     "waitForStableDom": s.boolean("Wait for the page to settle after the script. Default true."),
-                    "serviceWorkerId": s.string("Run in an extension service worker instead (not supported yet)."),
+                    "serviceWorkerId": s.string(
+                        "Run in this extension service worker (an id from list_pages) instead of a page; "
+                        "pageId can then be left out, and args (element uids) cannot be used."
+                    ),
                 }
         ),
         run=evaluate_script,

@@ -7,6 +7,7 @@ from twisted.internet.task import deferLater
 
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools import schema as s
+from mcproxy.tools.extensions import add_service_workers
 from mcproxy.tools.pages import PAGES_OUTPUT_SCHEMA, Response, ToolCall
 from mcproxy.tools.settle import first
 from mcproxy.tools.snapshot import take_snapshot
@@ -36,8 +37,9 @@ _WAIT_FOR_TEXT = """function (texts) {
 
 
 async def list_pages(call: ToolCall) -> Response:
-    """The pages in the caller's scope, as text and as structured content."""
-    return await Response().add_pages(call, structured=True)
+    """The pages in the caller's scope and the browser's extension service workers, as text and
+    as structured content."""
+    return await add_service_workers(call, await Response().add_pages(call, structured=True))
 
 
 async def select_page(call: ToolCall) -> Response:
@@ -223,7 +225,10 @@ TOOLS = [
         name="list_pages",
         category="navigation",
         title="List pages",
-        description="List the browser pages (tabs) you can use, with their ids; the selected one is marked.",
+        description=(
+            "List the browser pages (tabs) you can use, with their ids (the selected one is marked), and the "
+            "browser's extension service workers with theirs."
+        ),
         input_schema=s.obj({}),
         run=list_pages,
         read_only=True,

@@ -19,7 +19,7 @@ from mcproxy.browser.policy import PolicyBook
 from mcproxy.config import BrowsingConfig, ToolsConfig
 from mcproxy.errors import BrowserUnavailable, LimitReached, RateLimited, ToolError
 from mcproxy.interfaces import IToolProvider
-from mcproxy.tools import console, debugging, emulation, navigation, network, performance, styles
+from mcproxy.tools import console, debugging, emulation, extensions, navigation, network, performance, styles
 from mcproxy.tools import input as input_tools
 from mcproxy.tools.base import CallContext
 from mcproxy.tools.dialogs import add_dialog_note, require_no_dialog
@@ -37,6 +37,7 @@ DEFAULT_TOOLS: tuple[ToolSpec, ...] = (
     *console.TOOLS,
     *network.TOOLS,
     *performance.TOOLS,
+    *extensions.TOOLS,
 )
 
 
@@ -75,8 +76,13 @@ class ToolRegistry:
         self._on_finished = tuple(on_call_finished)
         self._policies = policies or PolicyBook(BrowsingConfig())
         self._tools = {tool.name: tool for tool in tools}
+        self.reconfigure(config)
+
+    def reconfigure(self, config: ToolsConfig) -> None:
+        """Apply new ``tools.*`` values (live reload); calls already running keep the old ones."""
         offered = {tool.category for tool in self._tools.values()}
         self._categories = frozenset(config.categories) & offered if config.categories else offered
+        self._config = config
 
     def list_tools(self, principal) -> list[mcp_types.Tool]:
         """The tools ``principal`` may call, in a stable order."""
@@ -164,7 +170,9 @@ class ToolRegistry:
         attempt.outcome = "error"
         try:
             args = validate(tool.input_schema, arguments)
-            if tool.page_bound and "pageId" not in args:
+            # A serviceWorkerId runs the tool in that extension service worker, not on a page.
+            on_page = tool.page_bound and not args.get("serviceWorkerId")
+            if on_page and "pageId" not in args:
                 raise ToolError('Missing required argument "pageId". Call list_pages to see the pages you can use.')
             browser = await self._get_browser(principal.user_id)
             attempt.browser_url = browser.browser_url
@@ -179,7 +187,7 @@ class ToolRegistry:
                 artifacts=self._artifacts,
                 policy=self._policies.policy_for(principal.user_id),
             )
-            if not tool.page_bound:
+            if not on_page:
                 response = await tool.run(call)
             else:
                 page = call.page = resolve_page(call, args["pageId"])
