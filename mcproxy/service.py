@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from mcproxy import systemd
 from mcproxy.config import Config, ConfigError
 from mcproxy.errors import Forbidden, ServerFull, ToolError
+from mcproxy.reload import ConfigSource, apply_log_level, plan
 
 log = Logger()
 
@@ -50,37 +51,58 @@ def check_deployment(config: Config) -> None:
 class MCProxyService(service.MultiService):
     """The daemon: store, browser pool, MCP sessions, tools and the HTTP listeners."""
 
-    def __init__(self, reactor, config: Config):
+    def __init__(self, reactor, config: Config, source: ConfigSource | None = None):
         super().__init__()
         self.reactor = reactor
         self.config = config
+        #: Where ``config`` came from; a live reload reads it again (None: nothing to reload).
+        self.source = source
         self.ports: list = []
         self.store = None
         self.pool = None
         self.sessions = None
         self.metrics = None
+        self.plugins = None
+        self.activity = None
         self.notifier = systemd.Notifier(reactor)
         self.audit = None
         self.revocations = None
         self.artifacts = None
+        # The running parts a live reload reconfigures; set by `start`.
+        self.limits = None
+        self.policies = None
+        self.tools = None
+        self.transports = None
+        self.admin = None
+        self.site = None
         self._starting: defer.Deferred | None = None
+        self._draining: defer.Deferred | None = None
+        self._told_stopping = False
 
     @classmethod
-    def from_config(cls, reactor, config: Config) -> "MCProxyService":
+    def from_config(cls, reactor, config: Config, source: ConfigSource | None = None) -> "MCProxyService":
         """Validate what can be validated before the reactor runs, then build the service."""
+        from mcproxy.plugins import find_plugins
+
         check_deployment(config)
+        find_plugins(config.plugins.enabled, config.plugins.settings)
         systemd.check_socket_activation(reactor, config.server.listen)
         for endpoint in config.server.listen:
             try:
                 serverFromString(reactor, endpoint)
             except (ValueError, TypeError, KeyError) as e:
                 raise ConfigError(f"server.listen: bad endpoint {endpoint!r}: {e}") from None
-        return cls(reactor, config)
+        return cls(reactor, config, source)
 
     def startService(self):
         super().startService()
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.on_hangup))
+            # After the reactor's own handlers (installed as it starts), which would stop at
+            # once and make twistd re-raise the signal: SIGTERM drains, then exits 0.
+            self.reactor.callWhenRunning(
+                signal.signal, signal.SIGTERM, lambda *_: self.reactor.callFromThread(self.on_terminate)
+            )
         self._starting = defer.Deferred.fromCoroutine(self.start())
         self._starting.addErrback(self._start_failed)
 
@@ -91,26 +113,29 @@ class MCProxyService(service.MultiService):
 
     async def start(self) -> None:
         """Open the store, make the admin token, connect known browsers, then listen."""
+        from mcproxy.activity import ActivityLog
         from mcproxy.artifacts import ArtifactStore
         from mcproxy.audit import AuditLog
         from mcproxy.auth.bootstrap import ensure_admin_token
         from mcproxy.auth.chain import AuthenticationChain
         from mcproxy.auth.ratelimit import RequestLimits
         from mcproxy.auth.tokens import TokenAuthenticator, create_token
+        from mcproxy.browser.policy import PolicyBook
         from mcproxy.browser.pool import BrowserPool, open_cdp_link, probe_browser
         from mcproxy.metrics import Metrics
+        from mcproxy.plugins import load_plugins
         from mcproxy.session.registry import SessionRegistry
         from mcproxy.session.revocation import RevocationWatch
         from mcproxy.storage import open_store
-        from mcproxy.browser.policy import PolicyBook
         from mcproxy.tools.collect import Collector
         from mcproxy.tools.dialogs import track_dialogs
         from mcproxy.tools.emulation import emulation_listener
         from mcproxy.tools.registry import ToolRegistry
         from mcproxy.web.admin import AdminAPI, AdminDependencies
+        from mcproxy.web.dashboard import DashboardResource, OverviewResource
+        from mcproxy.web.metrics import MetricsResource
         from mcproxy.web.network import ClientPolicy
         from mcproxy.web.oauth import ProtectedResource, WellKnownResource
-        from mcproxy.web.metrics import MetricsResource
         from mcproxy.web.site import ProxySite, Root
         from mcproxy.web.transports import McpTransports
 
@@ -118,7 +143,8 @@ class MCProxyService(service.MultiService):
         os.makedirs(config.server.data_dir, mode=0o700, exist_ok=True)
         self.store = store = await open_store(config.store.url, reactor)
         await ensure_admin_token(store, config.server.data_dir, reactor)
-        policies = PolicyBook(config.browsing)
+        self.policies = policies = PolicyBook(config.browsing)
+        apply_log_level(config.server.log_level)
 
         async def registered_users() -> int:
             return len(await store.list_users())
@@ -130,6 +156,12 @@ class MCProxyService(service.MultiService):
             registered_users=registered_users,
         )
         metrics.start()
+        self.plugins = plugins = load_plugins(
+            config.plugins.enabled, config, store, reactor, metrics, settings=config.plugins.settings
+        )
+        await plugins.start()
+        self.activity = activity = ActivityLog(reactor)
+        started_at = reactor.seconds()
         self.pool = pool = BrowserPool(
             reactor,
             config.browser,
@@ -181,24 +213,33 @@ class MCProxyService(service.MultiService):
                 await store.touch_user(user_id, now)
             return browser
 
-        limits = RequestLimits(reactor, config.ratelimit, on_limited=metrics.rate_limited)
+        self.limits = limits = RequestLimits(reactor, config.ratelimit, on_limited=metrics.rate_limited)
         self.audit = audit = AuditLog(config.audit.path, reactor)
         self.artifacts = artifacts = ArtifactStore(config.server.data_dir, config.artifacts, reactor)
         artifacts.start()
-        tools = ToolRegistry(
+        self.tools = tools = ToolRegistry(
             browser_for_user,
             config.tools,
             reactor,
             artifacts=artifacts,
             limits=limits,
-            on_call_started=[metrics.tool_call_started],
-            on_call_finished=[audit.tool_call, metrics.tool_call_finished],
+            on_call_started=[
+                metrics.tool_call_started,
+                activity.tool_call_started,
+                *plugins.call_started_observers(),
+            ],
+            on_call_finished=[
+                audit.tool_call,
+                metrics.tool_call_finished,
+                activity.tool_call_finished,
+                *plugins.call_finished_observers(),
+            ],
             policies=policies,
         )
         api_tokens = TokenAuthenticator(store, reactor)
         metadata = ProtectedResource(config.server.public_url, config.auth.authorization_servers)
         chain = AuthenticationChain(
-            [api_tokens, *self._identity_providers(store)],
+            [api_tokens, *self._identity_providers(store), *plugins.authenticators],
             config.auth.mode,
             reactor,
             resource_metadata=metadata.metadata_url,
@@ -217,8 +258,10 @@ class MCProxyService(service.MultiService):
 
             return authenticate
 
-        transports = McpTransports(reactor, config, authenticate_for("mcp"), tools, sessions, resources=artifacts)
-        admin = AdminAPI(
+        self.transports = transports = McpTransports(
+            reactor, config, authenticate_for("mcp"), tools, sessions, resources=artifacts
+        )
+        self.admin = admin = AdminAPI(
             AdminDependencies(
                 clock=reactor,
                 store=store,
@@ -229,9 +272,10 @@ class MCProxyService(service.MultiService):
                 probe_browser=lambda url: probe_browser(reactor, config.browser, url),
                 max_body_bytes=config.server.max_body_bytes,
                 session_token_ttl=30 * 86400,
-                started_at=reactor.seconds(),
+                started_at=started_at,
                 token_revoked=api_tokens.forget,
-                audit=audit.admin_action,
+                audit=plugins.admin_audit(audit.admin_action),
+                reload_config=self.reload,
             )
         )
         root = Root(
@@ -241,17 +285,28 @@ class MCProxyService(service.MultiService):
                 b"mcp": transports.mcp_resource,
                 b"metrics": MetricsResource(metrics, authenticate_for("admin"), config.metrics.allowed_networks),
                 b".well-known": WellKnownResource(metadata),
+                b"admin": DashboardResource(
+                    OverviewResource(
+                        clock=reactor,
+                        store=store,
+                        pool=pool,
+                        sessions=sessions,
+                        activity=activity,
+                        authenticate=authenticate_for("admin"),
+                        started_at=started_at,
+                    )
+                ),
             },
             admin,
         )
         network = config.network
-        site = ProxySite(
+        self.site = site = ProxySite(
             root,
             max_body_bytes=config.server.max_body_bytes,
             client_policy=ClientPolicy(network.ip_allow, network.ip_deny, network.trusted_proxies),
             check_address=limits.check_address,
             hsts_max_age=config.server.hsts_max_age,
-            metrics=metrics,
+            metrics=plugins.site_metrics(metrics),
         )
         for description in config.server.listen:
             port = await serverFromString(reactor, description).listen(site)
@@ -286,10 +341,90 @@ class MCProxyService(service.MultiService):
         return providers
 
     def on_hangup(self) -> None:
-        """SIGHUP: reopen the audit log (after logrotate moved it)."""
+        """SIGHUP: reopen the audit log (after logrotate moved it), then reload the configuration."""
         if self.audit is not None:
             self.audit.reopen()
             log.info("Reopened the audit log {path}", path=self.config.audit.path)
+        if self.site is None:
+            log.warn("SIGHUP while mcproxy is still starting: the configuration is not reloaded")
+            return
+        try:
+            self.reload()
+        except ConfigError:
+            pass  # logged by reload; the running configuration stays
+
+    def reload(self) -> list[str]:
+        """Re-read the configuration and apply what can change while running (`mcproxy.reload`).
+
+        The whole new configuration is validated before anything changes; an invalid one
+        raises `ConfigError` (naming the key) and the running one stays. Sessions and
+        browser connections are untouched. Returns the changed keys that need a restart.
+        """
+        try:
+            if self.source is None:
+                raise ConfigError("this daemon was not started from a configuration it could read again")
+            new = self.source.load()
+            check_deployment(new)
+        except ConfigError as e:
+            log.error("Configuration reload refused, the running configuration stays: {error}", error=str(e))
+            raise
+        effective, applied, restart_needed = plan(self.config, new)
+        for key in restart_needed:
+            log.warn("Configuration key {key} changed: it needs a restart, the running value stays", key=key)
+        self._apply(effective)
+        log.info(
+            "Configuration reloaded from {path}: {changed}",
+            path=self.source.path or "(no file: environment and flags)",
+            changed=", ".join(applied) or "no live key changed",
+        )
+        return restart_needed
+
+    def _apply(self, config: Config) -> None:
+        """Hand a validated configuration to the running parts (the ones built from its live keys)."""
+        from mcproxy.web.network import ClientPolicy
+
+        network = config.network
+        client_policy = ClientPolicy(network.ip_allow, network.ip_deny, network.trusted_proxies)
+        self.limits.reconfigure(config.ratelimit)
+        self.policies.reconfigure(config.browsing)
+        self.tools.reconfigure(config.tools)
+        self.transports.reconfigure(config)
+        self.site.client_policy = client_policy
+        self.site.max_body_bytes = self.admin.deps.max_body_bytes = config.server.max_body_bytes
+        self.site.hsts_max_age = config.server.hsts_max_age
+        self.sessions.idle_timeout = config.session.idle_timeout
+        self.sessions.max_per_user = config.limits.max_sessions_per_user
+        self.sessions.max_total = config.limits.max_sessions
+        apply_log_level(config.server.log_level)
+        self.config = config
+
+    def on_terminate(self) -> None:
+        """SIGTERM: drain, then stop the reactor, so twistd exits 0; a second SIGTERM cuts the wait short."""
+        if self._draining is not None:
+            log.info("SIGTERM again: cancelling the remaining tool calls now")
+            self._draining.cancel()
+            return
+        self._draining = defer.Deferred.fromCoroutine(self.drain())
+        self._draining.addErrback(lambda failure: log.failure("Draining failed; stopping anyway", failure))
+        self._draining.addBoth(lambda _: self.reactor.stop() if self.reactor.running else None)
+
+    async def drain(self) -> None:
+        """Stop listening and taking MCP requests; let running tool calls finish for up to
+        ``server.drain_timeout`` seconds, then cancel the rest (see `McpTransports.drain`)."""
+        timeout = self.config.server.drain_timeout
+        log.info("SIGTERM: draining for up to {timeout} s before stopping", timeout=timeout)
+        self._tell_stopping()
+        ports, self.ports = self.ports, []
+        for port in ports:
+            await port.stopListening()
+        if self.transports is not None:
+            await self.transports.drain(timeout)
+
+    def _tell_stopping(self) -> None:
+        """``STOPPING=1`` to systemd, once, whether the stop began with a drain or not."""
+        if not self._told_stopping:
+            self._told_stopping = True
+            self.notifier.stopping()
 
     def stopService(self):
         super().stopService()
@@ -299,7 +434,7 @@ class MCProxyService(service.MultiService):
         """Stop listening, end sessions, close browser connections and the store."""
         if self._starting is not None and not self._starting.called:
             self._starting.cancel()
-        self.notifier.stopping()
+        self._tell_stopping()
         if self.metrics is not None:
             self.metrics.stop()
         for port in self.ports:
@@ -311,6 +446,8 @@ class MCProxyService(service.MultiService):
             self.sessions.close_all()
         if self.pool is not None:
             await self.pool.close()
+        if self.plugins is not None:
+            await self.plugins.stop()
         if self.store is not None:
             await self.store.close()
         if self.audit is not None:

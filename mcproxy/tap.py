@@ -3,10 +3,13 @@
 The only module that imports the global reactor.
 """
 
+import os
+
 from twisted.python import usage
 
 from mcproxy import config as configuration
 from mcproxy import logs
+from mcproxy.reload import ConfigSource
 
 
 class Options(usage.Options):
@@ -35,8 +38,10 @@ class Options(usage.Options):
             overrides.setdefault("server", {})["data_dir"] = self["data-dir"]
         if self["store"]:
             overrides["store"] = {"url": self["store"]}
+        # Kept whole, so that a live reload reads the same file, environment and flags.
+        self.source = ConfigSource(self["config"], os.environ, overrides)
         try:
-            self.config = configuration.load(self["config"], overrides=overrides)
+            self.config = self.source.load()
         except configuration.ConfigError as e:
             raise usage.UsageError(str(e)) from None
 
@@ -48,6 +53,6 @@ def makeService(options):
     from mcproxy.service import MCProxyService
 
     try:
-        return MCProxyService.from_config(reactor, options.config)
+        return MCProxyService.from_config(reactor, options.config, source=options.source)
     except configuration.ConfigError as e:
         raise usage.UsageError(str(e)) from None

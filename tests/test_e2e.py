@@ -297,3 +297,16 @@ async def test_artifacts_reach_their_owner_only(proxy, chromium, fixture_site):
     listed, refused = await run_async(session_of(other, snoop))
     assert listed.resources == []
     assert refused is not None and "not found" in str(refused).lower()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_daemon_serves_the_dashboard_to_admins_only(proxy):
+    page = await treq.get(proxy.base_url + "/admin", persistent=False)
+    html = await page.text()
+    assert page.code == 200 and "<title>" in html
+    assert "default-src" in page.headers.getRawHeaders("content-security-policy")[0]
+    code, overview, _ = await proxy.api("GET", "/admin/api/overview")
+    assert code == 200 and {"users", "sessions", "recentCalls", "process"} <= set(overview)
+    user = await proxy.token_for("ivan")
+    code, body, _ = await proxy.api("GET", "/admin/api/overview", token=user)
+    assert code == 403 and "not an admin token" in body["error"]["message"]

@@ -23,6 +23,16 @@ class RateLimiter:
         self._max_keys = max_keys
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
+    def configure(self, rate: float, burst: int) -> None:
+        """New numbers for every bucket: a bigger burst is there to use at once, a smaller
+        one caps the saved-up tokens at the next check; what keys spent stays spent."""
+        grown = burst - self.burst
+        if grown > 0:
+            for key, (tokens, stamp) in self._buckets.items():
+                self._buckets[key] = (tokens + grown, stamp)
+        self.rate = rate
+        self.burst = burst
+
     def check(self, key: str, cost: float = 1.0) -> None:
         """Take ``cost`` tokens from ``key``'s bucket, or raise `RateLimited` with Retry-After."""
         now = self._clock.seconds()
@@ -48,13 +58,31 @@ class RequestLimits:
     """
 
     def __init__(self, clock, config: RateLimitConfig, on_limited: Callable[[str], None] = lambda kind: None):
+        self._clock = clock
         self.addresses = RateLimiter(clock, config.address_rate, config.address_burst)
         self.users = RateLimiter(clock, config.user_rate, config.user_burst)
         self._classes: dict[str, RateLimiter] = {}
         self._tools: dict[str, RateLimiter] = {}
-        for kind, name, rate, burst in map(parse_limit, config.limits):
-            (self._classes if kind == "endpoint" else self._tools)[name] = RateLimiter(clock, rate, burst)
         self._on_limited = on_limited
+        self.reconfigure(config)
+
+    def reconfigure(self, config: RateLimitConfig) -> None:
+        """Apply new ``ratelimit.*`` values (live reload).
+
+        Buckets that still exist keep what their keys have spent (see `RateLimiter.configure`);
+        limits no longer configured go away.
+        """
+        parsed = [parse_limit(text) for text in config.limits]  # raises before anything changes
+        self.addresses.configure(config.address_rate, config.address_burst)
+        self.users.configure(config.user_rate, config.user_burst)
+        classes: dict[str, RateLimiter] = {}
+        tools: dict[str, RateLimiter] = {}
+        for kind, name, rate, burst in parsed:
+            existing, target = (self._classes, classes) if kind == "endpoint" else (self._tools, tools)
+            limiter = existing.get(name) or RateLimiter(self._clock, rate, burst)
+            limiter.configure(rate, burst)
+            target[name] = limiter
+        self._classes, self._tools = classes, tools
 
     def _take(self, kind: str, limiter: RateLimiter | None, key: str) -> None:
         if limiter is None:

@@ -80,19 +80,27 @@ class PolicyBook:
     """Every user's `BrowsingPolicy`, from ``browsing.*``."""
 
     def __init__(self, config: BrowsingConfig):
-        self._config = config
-        self._default = BrowsingPolicy(frozenset(s.lower() for s in config.schemes), config.allow, config.deny)
+        self.reconfigure(config)
+
+    def reconfigure(self, config: BrowsingConfig) -> None:
+        """Apply new ``browsing.*`` rules (live reload): the next check of every page uses them.
+
+        Whether pages are intercepted at all is decided when a page is attached, so
+        ``browsing.intercept`` itself only changes with a restart.
+        """
+        default = BrowsingPolicy(frozenset(s.lower() for s in config.schemes), config.allow, config.deny)
         extra: dict[str, dict[str, list[str]]] = {}
         for user, kind, pattern in map(parse_user_rule, config.user_rules):
             extra.setdefault(user, {"allow": [], "deny": []})[kind].append(pattern)
-        self._users = {
+        users = {
             user: attrs.evolve(
-                self._default,
-                allow=self._default.allow + tuple(rules["allow"]),
-                deny=self._default.deny + tuple(rules["deny"]),
+                default,
+                allow=default.allow + tuple(rules["allow"]),
+                deny=default.deny + tuple(rules["deny"]),
             )
             for user, rules in extra.items()
         }
+        self._config, self._default, self._users = config, default, users
 
     def policy_for(self, user_id: str) -> BrowsingPolicy:
         return self._users.get(user_id, self._default)
@@ -101,9 +109,11 @@ class PolicyBook:
         """A page listener: with ``browsing.intercept``, stop refused document requests of ``page``."""
         if not self._config.intercept or event not in ("attached", "reattached"):
             return
-        policy = self.policy_for(page.browser.user_id)
         if event == "attached":
-            page.subscribe("Fetch.requestPaused", lambda _, params: self._decide(page, policy, params))
+            page.subscribe(
+                "Fetch.requestPaused",
+                lambda _, params: self._decide(page, self.policy_for(page.browser.user_id), params),
+            )
         page.send(
             "Fetch.enable", {"patterns": [{"urlPattern": "*", "resourceType": "Document", "requestStage": "Request"}]}
         ).addErrback(lambda f: log.info("Could not guard page {page_id}: {error}", page_id=page.page_id, error=f.getErrorMessage()))

@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 
 from mcproxy.auth.principal import ADMIN, REGISTER, Principal
+from mcproxy.config import ConfigError
 from mcproxy.errors import BadRequest, Conflict, Forbidden, MCProxyError, MethodNotAllowed, NotFound
 from mcproxy.storage.records import UserRecord
 from mcproxy.web.http import read_body, read_json_object, request_id, write_failure, write_json
@@ -51,6 +52,9 @@ class AdminDependencies:
     token_revoked: Callable[[str], None] = lambda token_id: None
     #: ``audit(principal, client, action, target, outcome)`` for every call that changes something.
     audit: Callable[..., None] = lambda principal, client, action, target, outcome: None
+    #: Live reload: re-reads the configuration; returns the changed keys that need a restart,
+    #: raises ConfigError for an invalid configuration (None: the daemon cannot reload).
+    reload_config: Callable[[], list[str]] | None = None
 
 
 Handler = Callable[..., Awaitable[tuple[int, Any]]]
@@ -76,6 +80,7 @@ class AdminAPI(resource.Resource):
             (re.compile(r"^/api/users/?$"), {b"GET": self.list_users}),
             (re.compile(r"^/api/users/(?P<user_id>[^/]+)/status/?$"), {b"GET": self.user_status}),
             (re.compile(r"^/api/users/(?P<user_id>[^/]+)/?$"), {b"DELETE": self.delete_user}),
+            (re.compile(r"^/api/admin/reload/?$"), {b"POST": self.reload_config}),
         ]
 
     def render(self, request):
@@ -295,6 +300,20 @@ class AdminAPI(resource.Resource):
             "activeSessions": self.deps.sessions.count_for_user(user.user_id),
             "lastActivity": iso8601(user.last_activity),
         }
+
+
+    # -- operations -------------------------------------------------------------
+
+    async def reload_config(self, request):
+        """Live reload, as SIGHUP does; 400 ``invalid_config`` (naming the key) keeps the running one."""
+        await self._principal(request, ADMIN)
+        if self.deps.reload_config is None:
+            raise Conflict("this server cannot reload its configuration", code="reload_unavailable")
+        try:
+            restart_needed = self.deps.reload_config()
+        except ConfigError as e:
+            raise BadRequest(str(e), code="invalid_config") from None
+        return 200, {"reloaded": True, "restartNeeded": restart_needed}
 
 
 def _user_id(value: Any) -> str:

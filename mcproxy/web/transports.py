@@ -1,11 +1,131 @@
-"""The MCP endpoints the site mounts: legacy SSE, its message endpoint, and Streamable HTTP."""
+"""The MCP endpoints the site mounts: legacy SSE, its message endpoint, and Streamable HTTP.
+
+They can be reconfigured while they serve (live reload) and drained (graceful shutdown):
+while draining, new requests get 503 with ``Retry-After``, event streams are closed so
+clients reconnect elsewhere, and tool calls still running after the drain timeout are
+answered with a JSON-RPC error saying that the server is shutting down.
+"""
 
 from urllib.parse import urlsplit
 
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from mcproxy.errors import MCProxyError
+from mcproxy.mcp.jsonrpc import RpcError
 from mcproxy.mcp.protocol import EmptyResources, McpServer
+from mcproxy.web.http import request_id, write_error
 from mcproxy.web.legacy import MessageResource, SseResource
 from mcproxy.web.mcp_common import listens_on_loopback_only
+from mcproxy.web.sse import SseStream
 from mcproxy.web.streamable import StreamableResource
+
+log = Logger()
+
+SHUTTING_DOWN = -32011
+"""JSON-RPC error code of a tool call cut short because the server stops."""
+
+DRAIN_RETRY_AFTER = 1
+"""Seconds a client refused during a drain is told to wait (another process, or this one restarted)."""
+
+
+class Draining(MCProxyError):
+    """The server is shutting down and takes no new MCP requests."""
+
+    http_status = 503
+    code = "draining"
+
+
+class _TrackedTools:
+    """The tool provider as the MCP layer sees it: every running call is known, so a drain
+    can wait for them and cut the rest short with a clear error."""
+
+    def __init__(self, tools):
+        self._tools = tools
+        self.running: set[Deferred] = set()
+        self.shutting_down = False
+        self._idle: list[Deferred] = []
+
+    def list_tools(self, principal):
+        return self._tools.list_tools(principal)
+
+    def call_tool(self, name: str, arguments, context) -> Deferred:
+        return Deferred.fromCoroutine(self._call(name, arguments, context))
+
+    async def _call(self, name: str, arguments, context):
+        work = self._tools.call_tool(name, arguments, context)
+        self.running.add(work)
+        try:
+            return await work
+        except CancelledError:
+            if not self.shutting_down:
+                raise  # the client cancelled or went away
+            raise RpcError(
+                SHUTTING_DOWN,
+                f'The server is shutting down; "{name}" was cancelled before it finished. '
+                "Reconnect and call it again.",
+            ) from None
+        finally:
+            self.running.discard(work)
+            if not self.running:
+                waiting, self._idle = self._idle, []
+                for d in waiting:
+                    d.callback(None)
+
+    def idle(self) -> Deferred:
+        """Fires when no call is running (at once if none is)."""
+        d = Deferred()
+        if self.running:
+            self._idle.append(d)
+        else:
+            d.callback(None)
+        return d
+
+    def cancel_all(self) -> int:
+        """Cancel every running call, answering each with the shutting-down error; how many."""
+        self.shutting_down = True
+        running = list(self.running)
+        for work in running:
+            work.cancel()
+        return len(running)
+
+
+class _Gate(Resource):
+    """Puts an MCP endpoint behind the drain: refuses requests while draining, and keeps
+    the event streams it opened (``GET``) so that a drain can close them."""
+
+    isLeaf = True
+
+    def __init__(self, transports: "McpTransports", endpoint: Resource):
+        super().__init__()
+        self._t = transports
+        self._endpoint = endpoint
+        self.streams: set = set()
+
+    def render(self, request):
+        if self._t.draining:
+            request_id(request)
+            request.setHeader(b"Retry-After", str(DRAIN_RETRY_AFTER).encode("ascii"))
+            request.setHeader(b"Connection", b"close")
+            write_error(request, Draining("the server is shutting down; retry in a moment (another server may answer)"))
+            return NOT_DONE_YET
+        if request.method == b"GET":
+            self.streams.add(request)
+            request.notifyFinish().addBoth(lambda _: self.streams.discard(request))
+        return self._endpoint.render(request)
+
+    def close_streams(self) -> int:
+        """End the event streams still open; how many there were."""
+        closed = 0
+        for request in list(self.streams):
+            stream = request.producer
+            if isinstance(stream, SseStream) and not stream.closed:
+                stream.close()
+                closed += 1
+        return closed
 
 
 class McpTransports:
@@ -30,17 +150,52 @@ class McpTransports:
         self.clock = reactor
         self.authenticate = authenticate
         self.sessions = sessions
-        self.server = McpServer(tools, resources or EmptyResources(), config.session.max_in_flight)
+        self.calls = _TrackedTools(tools)
+        self.server = McpServer(self.calls, resources or EmptyResources(), config.session.max_in_flight)
+        self.reconfigure(config)
+        if allow_loopback_origins is None:
+            allow_loopback_origins = listens_on_loopback_only(tuple(config.server.listen))
+        self.allow_loopback_origins = allow_loopback_origins
+        self.stateless_in_flight: dict[str, int] = {}
+        self.draining = False
+        self.sse_resource = _Gate(self, SseResource(self))
+        self.message_resource = _Gate(self, MessageResource(self))
+        self.mcp_resource = _Gate(self, StreamableResource(self))
+
+    def reconfigure(self, config) -> None:
+        """Apply new origins, hosts, limits and keep-alive interval (live reload); streams
+        already open keep their keep-alive interval."""
+        self.server.max_in_flight = config.session.max_in_flight
         self.max_body = config.server.max_body_bytes
         self.keepalive = config.server.sse_keepalive
         self.allowed_origins = tuple(config.cors.allowed_origins)
         public_host = urlsplit(config.server.public_url).hostname if config.server.public_url else None
         hosts = [host.lower() for host in config.server.allowed_hosts]
         self.allowed_hosts = tuple(hosts + [public_host] if public_host else hosts)
-        if allow_loopback_origins is None:
-            allow_loopback_origins = listens_on_loopback_only(tuple(config.server.listen))
-        self.allow_loopback_origins = allow_loopback_origins
-        self.stateless_in_flight: dict[str, int] = {}
-        self.sse_resource = SseResource(self)
-        self.message_resource = MessageResource(self)
-        self.mcp_resource = StreamableResource(self)
+
+    async def drain(self, timeout: float) -> int:
+        """Refuse new requests, close the notification streams, wait up to ``timeout``
+        seconds for running tool calls, then cut the rest short. How many were cut.
+
+        Legacy ``/sse`` streams carry their sessions' answers, so they close last, once
+        every call has been answered. Cancelling the returned Deferred stops the wait early.
+        """
+        self.draining = True
+        closed = self.mcp_resource.close_streams()
+        log.info(
+            "Draining: {streams} notification streams closed, waiting up to {timeout} s for {calls} tool calls",
+            streams=closed,
+            timeout=timeout,
+            calls=len(self.calls.running),
+        )
+        idle = self.calls.idle()
+        idle.addTimeout(timeout, self.clock)
+        try:
+            await idle
+        except (CancelledError, DeferredTimeout):
+            pass
+        cut = self.calls.cancel_all()
+        if cut:
+            log.warn("Drain timeout: {calls} tool calls were cancelled", calls=cut)
+        self.sse_resource.close_streams()
+        return cut
