@@ -284,6 +284,8 @@ class FixtureSite:
                 await writer.drain()
         except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
             pass
+        except asyncio.CancelledError:
+            pass  # the benchmark is over and the loop is cancelling idle keep-alive connections
         finally:
             self._writers.discard(writer)
             writer.close()
