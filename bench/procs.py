@@ -178,6 +178,8 @@ class ProxyDaemon:
                 # One benchmark user sends thousands of requests in seconds: lift the rate limits.
                 "[ratelimit]\nuser_rate = 1000000.0\nuser_burst = 1000000\n"
                 "address_rate = 1000000.0\naddress_burst = 1000000\n"
+                # ... and the sessions one user may hold (sse_memory opens a thousand).
+                "[limits]\nmax_sessions_per_user = 0\n"
             )
         return path
 
