@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench clean chromium
+.PHONY: install run test bench clean chromium ffmpeg
 
 install: $(STAMP)
 
@@ -25,7 +25,14 @@ chromium:
 	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	    else echo "Chromium is missing: install Debian's 'chromium' package (or set MCPROXY_TEST_CHROME)" >&2; exit 1; fi; }
 
-test: install chromium
+# Screencasts are encoded with ffmpeg when the machine has it; the tests check both ways.
+ffmpeg:
+	@command -v ffmpeg >/dev/null 2>&1 || { \
+	    if [ "$$(id -u)" = 0 ]; then \
+	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null; \
+	    else echo "ffmpeg is missing: install Debian's 'ffmpeg' package" >&2; exit 1; fi; }
+
+test: install chromium ffmpeg
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install chromium

@@ -110,6 +110,9 @@ class ToolsConfig:
     categories: tuple[str, ...] = ()
     own_permission: tuple[str, ...] = ()
     redact_headers: tuple[str, ...] = ("authorization", "cookie", "set-cookie", "proxy-authorization")
+    ffmpeg: str = ""
+    lighthouse_command: str = ""
+    lighthouse_timeout: float = 120.0
 
 
 @attrs.frozen

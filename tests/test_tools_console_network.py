@@ -9,7 +9,7 @@ import pytest
 import pytest_twisted
 from zope.interface import implementer
 
-from mcproxy.testing.tool_calls import failed, make_context, ok, sleep, text_of
+from mcproxy.testing.tool_calls import failed, make_context, make_registry, ok, sleep, text_of
 from mcproxy.tools import console, network
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -140,15 +140,7 @@ async def browser(reactor, browser_config, http_client, chromium):
 
 
 def registry(reactor, browser, artifacts=None, **config):
-    from mcproxy.config import ToolsConfig
-    from mcproxy.tools.registry import DEFAULT_TOOLS, ToolRegistry
-
-    async def get_browser(user_id):
-        assert user_id == "alice"
-        return browser
-
-    tools = (*DEFAULT_TOOLS, *console.TOOLS, *network.TOOLS)
-    return ToolRegistry(get_browser, ToolsConfig(**config), reactor, tools=tools, artifacts=artifacts)
+    return make_registry(reactor, browser, artifacts=artifacts, **config)
 
 
 async def until(reactor, check, timeout=15.0):

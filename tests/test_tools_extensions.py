@@ -54,14 +54,13 @@ def ext_browser(reactor, ext_chromium):
 def registry(reactor, ext_browser):
     """Every default tool plus the extension tools, on alice's browser, every tab in scope."""
     from mcproxy.config import ToolsConfig
-    from mcproxy.tools.registry import DEFAULT_TOOLS, ToolRegistry
+    from mcproxy.tools.registry import ToolRegistry
 
     async def get_browser(user_id):
         assert user_id == "alice"
         return ext_browser
 
-    tools = (*DEFAULT_TOOLS, *extensions.TOOLS)
-    return ToolRegistry(get_browser, ToolsConfig(tab_scope="browser"), reactor, tools=tools)
+    return ToolRegistry(get_browser, ToolsConfig(tab_scope="browser"), reactor)
 
 
 @pytest.fixture
@@ -356,7 +355,7 @@ class RefusingBrowser:
 async def test_without_the_extensions_domain(reactor, registry, context, ext_browser, tmp_path):
     """Listing falls back to the targets, the refusals name the flag, reload asks the worker itself."""
     from mcproxy.config import ToolsConfig
-    from mcproxy.tools.registry import DEFAULT_TOOLS, ToolRegistry
+    from mcproxy.tools.registry import ToolRegistry
 
     extension_id = await fixture_id(registry, context)
     copy = str(tmp_path / "reloaded-by-itself")
@@ -369,7 +368,7 @@ async def test_without_the_extensions_domain(reactor, registry, context, ext_bro
         return refusing
 
     limited = ToolRegistry(
-        get_browser, ToolsConfig(tab_scope="browser"), reactor, tools=(*DEFAULT_TOOLS, *extensions.TOOLS)
+        get_browser, ToolsConfig(tab_scope="browser"), reactor
     )
     text = text_of(await ok(limited, context, "list_extensions"))
     line = rf'^id={extension_id} "mcproxy test extension" v1\.2\.3 Enabled serviceWorkers=sw-\d+$'

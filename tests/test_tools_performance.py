@@ -20,7 +20,7 @@ from mcproxy.artifacts import ArtifactStore
 from mcproxy.config import ArtifactsConfig, ToolsConfig
 from mcproxy.testing.tool_calls import failed, make_context, ok, sleep, text_of
 from mcproxy.tools import performance
-from mcproxy.tools.registry import DEFAULT_TOOLS, ToolRegistry
+from mcproxy.tools.registry import ToolRegistry
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 # Seconds the perf site waits before answering these.
@@ -103,7 +103,7 @@ def perf_tools(reactor, browser, store):
         return browser
 
     return ToolRegistry(
-        get_browser, ToolsConfig(), reactor, tools=(*DEFAULT_TOOLS, *performance.TOOLS), artifacts=store
+        get_browser, ToolsConfig(), reactor, artifacts=store
     )
 
 

@@ -2,6 +2,14 @@
 
 A `Page` outlives CDP sessions: after a reconnect the same target gets a new flattened
 session id but keeps its ``page_id``, its event subscriptions and its ``state``.
+
+When the tab goes away (closed by the human, by a script, or its renderer crashed) the
+calls a tool is waiting on would never be answered; Chrome keeps silent about them. So
+the page fails them at once, and while crashed it refuses every call but those that
+bring it back (a reload or a navigation recreates the renderer in the same target).
+Likewise a JavaScript dialog that nobody answers within `DIALOG_GRACE` (tools that
+answer dialogs themselves do so at once) fails the calls it blocks, with advice, instead
+of letting them run into the CDP timeout.
 """
 
 import inspect
@@ -21,6 +29,37 @@ EventCallback = Callable[[str, dict], None]
 
 class EventTimeout(ToolError):
     """`Page.wait_for_event` saw no matching event in time."""
+
+
+#: Calls a crashed page still accepts: those that load a new renderer, and the set-up a
+#: fresh session sends.
+CRASH_SAFE = frozenset(
+    {
+        "Page.reload",
+        "Page.navigate",
+        "Page.getNavigationHistory",
+        "Page.navigateToHistoryEntry",
+        "Page.addScriptToEvaluateOnNewDocument",
+        "Page.removeScriptToEvaluateOnNewDocument",
+        "Page.enable",
+        "Page.setLifecycleEventsEnabled",
+        "Page.bringToFront",
+        "Inspector.enable",
+        "Runtime.runIfWaitingForDebugger",
+    }
+)
+
+#: Domains and methods a JavaScript dialog blocks (measured): they need the renderer's main
+#: thread. Browser-side calls (navigation, Target, Tracing, IO, Fetch...) still answer.
+DIALOG_BLOCKED = frozenset(
+    {
+        *("Runtime", "DOM", "DOMSnapshot", "DOMStorage", "Accessibility", "CSS", "Input", "Overlay"),
+        *("Emulation", "Performance", "Log", "HeapProfiler", "Profiler", "Debugger", "Animation", "LayerTree"),
+        *("Page.captureScreenshot", "Page.getLayoutMetrics", "Page.printToPDF"),
+    }
+)
+#: How long an open dialog may stay unanswered before the calls it blocks fail.
+DIALOG_GRACE = 0.3
 
 
 class Page:
@@ -48,9 +87,14 @@ class Page:
         self.opener = opener
         self.via_proxy = via_proxy
         self.closed = False
+        #: The renderer crashed (Inspector.targetCrashed) and has not been reloaded since.
+        self.crashed = False
         self.state: dict[str, Any] = {}
         self._subscribers: dict[str | None, list[EventCallback]] = {}
         self._waiters: set[Deferred] = set()
+        #: Calls awaiting Chrome's answer: the caller's Deferred -> (the CDP call, its method).
+        self._calls: dict[Deferred, tuple[Deferred, str]] = {}
+        self._dialog_timer = None
         self._lock = DeferredLock()
 
     def __repr__(self) -> str:
@@ -63,11 +107,60 @@ class Page:
             return defer.fail(ToolError(f"page {self.page_id} is closed; call list_pages to see open pages"))
         if connection is None or connection.closed:
             return defer.fail(BrowserUnavailable(self.browser.unavailable_message()))
+        if self.crashed and method not in CRASH_SAFE:
+            return defer.fail(ToolError(self.crash_message()))
         if self.session_id is None:
             return defer.fail(
                 ToolError(f"page {self.page_id} has no DevTools session (the tab may have crashed); call list_pages")
             )
-        return connection.send(method, params, session_id=self.session_id, timeout=timeout)
+        return self._track(connection.send(method, params, session_id=self.session_id, timeout=timeout), method)
+
+    def _track(self, call: Deferred, method: str) -> Deferred:
+        """The caller's view of ``call``, which `_fail_calls` can fail before Chrome answers."""
+        tracked: Deferred = Deferred(lambda _: call.cancel())
+        self._calls[tracked] = (call, method)
+
+        def answered(result):
+            self._calls.pop(tracked, None)
+            if not tracked.called:
+                tracked.callback(result)  # a Failure goes down the errback chain
+            # Otherwise the caller was told already (`_fail_calls`): drop the late outcome.
+
+        call.addBoth(answered)
+        return tracked
+
+    def _fail_calls(self, error: Exception, blocked_only: bool = False) -> None:
+        """Fail the calls awaiting an answer the renderer will not give (with ``blocked_only``:
+        only those a dialog holds up)."""
+        for tracked, (call, method) in list(self._calls.items()):
+            if blocked_only and method not in DIALOG_BLOCKED and method.split(".", 1)[0] not in DIALOG_BLOCKED:
+                continue
+            del self._calls[tracked]
+            if not tracked.called:
+                tracked.errback(error)
+            call.cancel()
+
+    def _dialog_opened(self, params: dict) -> None:
+        self._dialog_closed()
+        self._dialog_timer = self.browser.clock.callLater(DIALOG_GRACE, self._dialog_unanswered, params)
+
+    def _dialog_closed(self) -> None:
+        if self._dialog_timer is not None and self._dialog_timer.active():
+            self._dialog_timer.cancel()
+        self._dialog_timer = None
+
+    def _dialog_unanswered(self, params: dict) -> None:
+        self._dialog_timer = None
+        kind = params.get("type") or "alert"
+        article = "an" if kind[0] in "aeiou" else "a"
+        self._fail_calls(
+            ToolError(
+                f'Page {self.page_id} opened {article} {kind} dialog ("{params.get("message", "")}") while the '
+                'tool ran, and it blocks the page. Call handle_dialog with action "accept" or "dismiss", '
+                "then try again."
+            ),
+            blocked_only=True,
+        )
 
     def subscribe(self, method: str | None, callback: EventCallback) -> Callable[[], None]:
         """Call ``callback(method, params)`` on this page's events (``None``: every event).
@@ -157,8 +250,29 @@ class Page:
         """True while a `run_exclusive` call runs on this page."""
         return self._lock.locked
 
+    def crash_message(self) -> str:
+        """What tools on a crashed page answer."""
+        return f"Page {self.page_id} crashed; reload it with navigate_page type=reload or close it."
+
+    def mark_crashed(self) -> None:
+        """The renderer died: fail what waits on it; refuse calls until a reload."""
+        self.crashed = True
+        self._dialog_closed()
+        error = ToolError(self.crash_message())
+        self.fail_waiters(error)
+        self._fail_calls(error)
+
     def dispatch(self, method: str, params: dict) -> None:
         """Deliver one event from this page's CDP session to the subscribers."""
+        if method == "Inspector.targetCrashed":
+            self.mark_crashed()
+        elif method in ("Inspector.targetReloadedAfterCrash", "Page.loadEventFired"):
+            # A session attached mid-reload hears of the crash but not of the recovery.
+            self.crashed = False
+        elif method == "Page.javascriptDialogOpening":
+            self._dialog_opened(params)
+        elif method == "Page.javascriptDialogClosed":
+            self._dialog_closed()
         if method == "Page.frameNavigated" and not params.get("frame", {}).get("parentId"):
             self.url = params["frame"].get("url", self.url)
         for key in (method, None):
@@ -172,5 +286,10 @@ class Page:
         """The target is gone: refuse further calls and drop subscriptions."""
         self.closed = True
         self.session_id = None
-        self.fail_waiters(ToolError(f"page {self.page_id} was closed"))
+        self._dialog_closed()
+        error = ToolError(
+            f"page {self.page_id} was closed (in the browser or by a script); call list_pages to see the open pages"
+        )
+        self.fail_waiters(error)
+        self._fail_calls(error)
         self._subscribers.clear()

@@ -469,6 +469,10 @@ class UserBrowser:
             )
             self._next_page_id += 1
             event = "attached"
+        else:
+            # Chrome reports a crash again to each session that enables Inspector, so a
+            # tab reloaded while the proxy was away is usable again.
+            page.crashed = False
         page.session_id = session_id
         self._attached_on[target_id] = link
         link.subscribe(None, page.dispatch, session_id=session_id)
@@ -479,6 +483,8 @@ class UserBrowser:
             ("Page.enable", None),
             ("Page.setLifecycleEventsEnabled", {"enabled": True}),
             ("Runtime.runIfWaitingForDebugger", None),
+            # Inspector.targetCrashed: a crashed renderer fails the page's calls at once.
+            ("Inspector.enable", None),
         ):
             link.send(method, params, session_id=session_id, timeout=timeout).addErrback(
                 self._log_enable_failure, page, method

@@ -19,7 +19,18 @@ from mcproxy.browser.policy import PolicyBook
 from mcproxy.config import BrowsingConfig, ToolsConfig
 from mcproxy.errors import BrowserUnavailable, LimitReached, RateLimited, ToolError
 from mcproxy.interfaces import IToolProvider
-from mcproxy.tools import console, debugging, emulation, extensions, navigation, network, performance, styles
+from mcproxy.tools import (
+    console,
+    debugging,
+    emulation,
+    extensions,
+    lighthouse,
+    navigation,
+    network,
+    performance,
+    screencast,
+    styles,
+)
 from mcproxy.tools import input as input_tools
 from mcproxy.tools.base import CallContext
 from mcproxy.tools.dialogs import add_dialog_note, require_no_dialog
@@ -41,6 +52,16 @@ DEFAULT_TOOLS: tuple[ToolSpec, ...] = (
 )
 
 
+def default_tools(config: ToolsConfig) -> tuple[ToolSpec, ...]:
+    """What this server offers with ``config``: the fixed tools, screencasts (encoded with the
+    configured ffmpeg) and, when an operator configured its command, Lighthouse."""
+    return (
+        *DEFAULT_TOOLS,
+        *screencast.screencast_tools(config.ffmpeg),
+        *lighthouse.lighthouse_tools(config.lighthouse_command, config.lighthouse_timeout),
+    )
+
+
 @implementer(IToolProvider)
 class ToolRegistry:
     """Runs the chrome-devtools-mcp compatible tools on the caller's own browser.
@@ -60,7 +81,7 @@ class ToolRegistry:
         get_browser: Callable[[str], Awaitable],
         config: ToolsConfig,
         clock,
-        tools: Iterable[ToolSpec] = DEFAULT_TOOLS,
+        tools: Iterable[ToolSpec] | None = None,
         artifacts=None,
         limits=None,
         on_call_started: Iterable[Callable[[str], None]] = (),
@@ -75,7 +96,7 @@ class ToolRegistry:
         self._on_started = tuple(on_call_started)
         self._on_finished = tuple(on_call_finished)
         self._policies = policies or PolicyBook(BrowsingConfig())
-        self._tools = {tool.name: tool for tool in tools}
+        self._tools = {tool.name: tool for tool in (default_tools(config) if tools is None else tools)}
         self.reconfigure(config)
 
     def reconfigure(self, config: ToolsConfig) -> None:
