@@ -7,12 +7,15 @@ from twisted.internet.task import deferLater
 
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools import schema as s
+from mcproxy.tools.dialogs import dialog_note
 from mcproxy.tools.extensions import add_service_workers
 from mcproxy.tools.pages import PAGES_OUTPUT_SCHEMA, Response, ToolCall
 from mcproxy.tools.settle import first
 from mcproxy.tools.snapshot import take_snapshot
 
 _RETRY_DELAY = 0.05
+#: Seconds a reload that closes a dialog gets before it is sent again.
+DIALOG_RELOAD_GRACE = 3.0
 _TIMEOUT = s.timeout_ms("Longest wait in milliseconds; 0 or absent uses the server's default.")
 
 # Installed in the page: resolves with the first text found, checking again on every
@@ -150,7 +153,16 @@ async def navigate_page(call: ToolCall) -> Response:
             message = f"Successfully navigated to {url}."
         elif kind == "reload":
             params = {"ignoreCache": bool(call.args.get("ignoreCache"))}
-            await wait_for_load(page, seconds, page.send("Page.reload", params, timeout=seconds))
+            # A reload that closes a JavaScript dialog is sometimes dropped by Chrome (the
+            # dialog goes, no document comes): give it a short while, then ask once more.
+            blocked = dialog_note(page) is not None
+            try:
+                grace = min(seconds, DIALOG_RELOAD_GRACE) if blocked else seconds
+                await wait_for_load(page, grace, page.send("Page.reload", params, timeout=seconds))
+            except ToolError:
+                if not blocked:
+                    raise
+                await wait_for_load(page, seconds, page.send("Page.reload", params, timeout=seconds))
             message = "Successfully reloaded the page."
         else:
             history = await page.send("Page.getNavigationHistory")
