@@ -44,6 +44,9 @@ LIVE_KEYS = frozenset(
         "browsing.user_rules",
         "limits.max_sessions_per_user",
         "limits.max_sessions",
+        "limits.max_pages_per_user",
+        "limits.max_users",
+        "metrics.allowed_networks",
     }
 )
 """``section.key`` names a reload applies to the running daemon."""

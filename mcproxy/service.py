@@ -62,6 +62,7 @@ class MCProxyService(service.MultiService):
         self.pool = None
         self.sessions = None
         self.metrics = None
+        self.metrics_resource = None
         self.plugins = None
         self.activity = None
         self.notifier = systemd.Notifier(reactor)
@@ -278,12 +279,13 @@ class MCProxyService(service.MultiService):
                 reload_config=self.reload,
             )
         )
+        self.metrics_resource = MetricsResource(metrics, authenticate_for("admin"), config.metrics.allowed_networks)
         root = Root(
             {
                 b"sse": transports.sse_resource,
                 b"message": transports.message_resource,
                 b"mcp": transports.mcp_resource,
-                b"metrics": MetricsResource(metrics, authenticate_for("admin"), config.metrics.allowed_networks),
+                b"metrics": self.metrics_resource,
                 b".well-known": WellKnownResource(metadata),
                 b"admin": DashboardResource(
                     OverviewResource(
@@ -395,6 +397,8 @@ class MCProxyService(service.MultiService):
         self.sessions.idle_timeout = config.session.idle_timeout
         self.sessions.max_per_user = config.limits.max_sessions_per_user
         self.sessions.max_total = config.limits.max_sessions
+        self.pool.set_limits(config.limits.max_users, config.limits.max_pages_per_user)
+        self.metrics_resource.reconfigure(config.metrics.allowed_networks)
         apply_log_level(config.server.log_level)
         self.config = config
 

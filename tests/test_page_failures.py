@@ -153,8 +153,9 @@ async def test_crash_during_a_tool(reactor, tools, user_browser, fixture_site):
     text = await timed_failure(tools, context, "wait_for", pageId=page_id, text=["never there"], timeout=8000)
     await crashing
     assert text == crashed_text(page_id)
-    # The crashed tab stays open until it is reloaded or closed.
-    assert listed(text_of(await ok(tools, context, "list_pages")), page_id)
+    # The crashed tab stays open, marked, until it is reloaded or closed.
+    pages = text_of(await ok(tools, context, "list_pages"))
+    assert listed(pages, page_id) and f"{page_id}: " in pages and "[crashed]" in pages
     await ok(tools, context, "close_page", pageId=page_id)
     assert not listed(text_of(await ok(tools, context, "list_pages")), page_id)
 

@@ -228,3 +228,38 @@ async def test_reload_changes_the_log_level(reactor, tmp_path):
     messages = daemon.messages()
     assert not any("for user quiet" in m for m in messages)
     assert any("server.log_level" in m and "Configuration reloaded" in m for m in messages)
+
+
+@pytest_twisted.ensureDeferred
+async def test_reload_changes_metrics_networks_and_browser_limits(reactor, tmp_path, chromium):
+    from mcproxy.reload import ConfigSource
+    from mcproxy.testing.daemon import start_proxy
+
+    proxy = await start_proxy(reactor, tmp_path)
+    try:
+        scrape = await treq.get(proxy.base_url + "/metrics", persistent=False)
+        await scrape.content()
+        assert scrape.code == 401
+        base = {
+            "server": {"listen": ["tcp:0:interface=127.0.0.1"], "data_dir": str(tmp_path)},
+            "store": {"url": "memory:"},
+            "audit": {"path": str(tmp_path / "audit.jsonl")},
+        }
+        proxy.service.source = ConfigSource(
+            environ={},
+            overrides={
+                **base,
+                "metrics": {"allowed_networks": ["127.0.0.0/8"]},
+                "limits": {"max_users": 1, "max_pages_per_user": 3},
+            },
+        )
+        assert proxy.service.reload() == []
+        scrape = await treq.get(proxy.base_url + "/metrics", persistent=False)
+        assert scrape.code == 200 and "mcproxy_tool_calls_in_flight" in await scrape.text()
+        alice = await proxy.token_for("alice")
+        bob = await proxy.token_for("bob")
+        await proxy.register("alice", chromium.browser_url, alice)
+        code, body, _ = await proxy.api("POST", "/api/register", {"userId": "bob", "browserURL": chromium.browser_url}, bob)
+        assert code == 503 and "limits.max_users" in body["error"]["message"]
+    finally:
+        await proxy.stop()

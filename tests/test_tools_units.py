@@ -217,6 +217,7 @@ class FakePage:
         self.page_id, self.opener, self.via_proxy = page_id, opener, via_proxy
         self.target_id, self.title, self.url, self.closed = f"T{page_id}", title, url, False
         self.state = {}
+        self.crashed = False
 
     def run_exclusive(self, fn, *args):
         return Deferred.fromCoroutine(fn(*args))

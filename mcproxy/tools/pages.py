@@ -112,9 +112,9 @@ class Response:
         listing = await _fresh_listing(call)
         selected = call.context.session.selected_page_id
         if listing:
-            contexts = {page.page_id: call.browser.context_name(page) for page in visible_pages(call)}
+            pages = {page.page_id: page for page in visible_pages(call)}
             lines = [
-                _page_line(page_id, url, title, page_id == selected, contexts.get(page_id))
+                _page_line(page_id, url, title, page_id == selected, pages.get(page_id), call.browser)
                 for page_id, url, title in listing
             ]
             self.add("## Pages\n" + "\n".join(lines))
@@ -167,10 +167,13 @@ async def _fresh_listing(call: "ToolCall") -> list[tuple[int, str, str]]:
     return listing
 
 
-def _page_line(page_id: int, url: str, title: str, selected: bool, context: str | None = None) -> str:
+def _page_line(page_id: int, url: str, title: str, selected: bool, page=None, browser=None) -> str:
     line = f"{page_id}: {url}" if not title or title == url else f"{page_id}: {title} ({url})"
     if selected:
         line += " [selected]"
+    if page is not None and page.crashed:
+        line += " [crashed]"
+    context = browser.context_name(page) if page is not None else None
     return f"{line} isolatedContext={context}" if context else line
 
 

@@ -38,6 +38,10 @@ class MetricsResource(resource.Resource):
         self._authenticate = authenticate
         self._networks = networks(allowed_networks)
 
+    def reconfigure(self, allowed_networks: Iterable[str]) -> None:
+        """New ``metrics.allowed_networks`` (live reload)."""
+        self._networks = networks(allowed_networks)
+
     def render(self, request):
         request_id(request)
         if request.method != b"GET":
