@@ -93,6 +93,19 @@ async def test_snapshot_to_file_is_a_text_resource(tools, store, fixture_site):
 
 
 @pytest_twisted.ensureDeferred
+async def test_script_result_to_file_is_a_json_resource(tools, store, fixture_site):
+    context = make_context()
+    page_id = await open_page(tools, context, fixture_site)
+    function = "() => ({title: document.title, n: 42})"
+    result = await ok(tools, context, "evaluate_script", pageId=page_id, function=function, filePath="out/result.json")
+    assert text_of(result).startswith("The result of the script (run on page) saved as mcproxy://artifacts/")
+    _, data = saved(result, store, "out/result.json", "application/json")
+    assert json.loads(data) == {"title": "mcproxy test page", "n": 42}
+    refused = await failed(tools, context, "evaluate_script", pageId=page_id, sourcePath="/etc/passwd")
+    assert '"sourcePath" would name a file on this server' in refused
+
+
+@pytest_twisted.ensureDeferred
 async def test_heap_snapshot_is_streamed_to_a_json_resource(tools, store, fixture_site):
     context = make_context()
     page_id = await open_page(tools, context, fixture_site)

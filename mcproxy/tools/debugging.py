@@ -14,10 +14,6 @@ from mcproxy.tools.snapshot import element_error, resolve_element, resolve_uid, 
 _MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
-def _not_yet(parameter: str, instead: str) -> ToolError:
-    return ToolError(f'"{parameter}" is not supported by this server yet; {instead}')
-
-
 def _artifact_store(call: ToolCall):
     """Where the ``filePath`` result goes; checked before any work, so a bad name costs nothing."""
     if call.artifacts is None:
@@ -55,9 +51,12 @@ async def evaluate_script(call: ToolCall) -> Response:
     """Run the caller's function in the page (elements as arguments); JSON result."""
     args = call.args
     if args.get("sourcePath"):
-        raise _not_yet("sourcePath", 'pass the script itself as "function".')
+        raise ToolError(
+            '"sourcePath" would name a file on this server, which is shared and not your machine; '
+            'pass the script itself as "function".'
+        )
     if args.get("filePath"):
-        raise _not_yet("filePath", "the result is returned inline; call evaluate_script without it.")
+        _artifact_store(call)
     source = args.get("function")
     if not source:
         raise ToolError('Missing required argument "function": the JavaScript to run.')
@@ -96,7 +95,7 @@ async def evaluate_script(call: ToolCall) -> Response:
             await run()
     finally:
         unsubscribe()
-    return _script_answer(outcome, as_script, "page")
+    return await _script_answer(call, outcome, as_script, "page")
 
 
 def _script_call(source: str, as_script: bool, elements: list[str]) -> tuple[str, dict]:
@@ -119,8 +118,9 @@ def _script_call(source: str, as_script: bool, elements: list[str]) -> tuple[str
     return method, params
 
 
-def _script_answer(outcome: dict, as_script: bool, where: str) -> Response:
-    """The script's JSON result, or its exception as a ToolError."""
+async def _script_answer(call: ToolCall, outcome: dict, as_script: bool, where: str) -> Response:
+    """The script's JSON result (inline, or saved as the ``filePath`` artifact), or its
+    exception as a ToolError."""
     if "exceptionDetails" in outcome:
         raise _script_error(outcome["exceptionDetails"])
     result = outcome.get("result", {})
@@ -130,6 +130,9 @@ def _script_answer(outcome: dict, as_script: bool, where: str) -> Response:
         text = json.dumps(result["value"], ensure_ascii=False, separators=(",", ":"))
     else:
         text = result["value"]
+    if call.args.get("filePath"):
+        artifact = await _save(call, text.encode("utf-8"), "application/json")
+        return Response().add_artifact(artifact, f"The result of the script (run on {where})")
     return Response().add(f"Script ran on {where} and returned:\n```json\n{text}\n```")
 
 
@@ -138,7 +141,7 @@ async def _evaluate_in_worker(call: ToolCall, worker_id: str, source: str, as_sc
     worker = await worker_for(call, worker_id)
     method, params = _script_call(source, as_script, [])
     outcome = await worker.send(method, params, timeout=call.config.navigation_timeout)
-    return _script_answer(outcome, as_script, f"service worker {worker_id}")
+    return await _script_answer(call, outcome, as_script, f"service worker {worker_id}")
 
 
 async def take_screenshot(call: ToolCall) -> Response:
@@ -257,13 +260,19 @@ TOOLS = [
                 {
                     "pageId": s.page_id("The id of the page to run the script in (from list_pages). Required."),
                     "function": s.string("The JavaScript function (or, with format \"script\", the script) to run."),
-                    "sourcePath": s.string("Read the source from a file instead (not supported yet)."),
+                    "sourcePath": s.string(
+                        "A file with the source on the server's disk: refused here (the server is shared); "
+                        'pass the source as "function".'
+                    ),
                     "format": s.string(
                         '"function" (default): a function, called with args; "script": classic code, no args.',
                         enum=("function", "script"),
                     ),
                     "args": s.array("Element uids from the latest snapshot, passed to the function in order.", s.uid()),
-                    "filePath": s.string("Save the result to a file instead (not supported yet)."),
+                    "filePath": s.string(
+                        "Save the JSON result as an artifact of this name (read it with resources/read) "
+                        "instead of returning it inline."
+                    ),
                     "dialogAction": s.string(
                         'How to answer dialogs the script opens: "accept" (default), "dismiss", or the text for a prompt.'
                     ),
