@@ -9,7 +9,6 @@ import json
 import re
 from collections import Counter
 
-import pytest
 import pytest_twisted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -1,7 +1,6 @@
 """screencast_start / screencast_stop against real Chromium: APNG without ffmpeg, MP4/WebM with it."""
 
 import json
-import os
 import shutil
 import struct
 import subprocess
