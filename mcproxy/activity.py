@@ -98,24 +98,32 @@ class ActivityLog:
             message = OUTCOME_MESSAGES.get(record.outcome, record.outcome)
             self._errors.append(ErrorEntry(now, user_id, "tool", record.tool, message))
 
-    def browsers_seen(self, browsers: Iterable[tuple[str, str, str, str | None]]) -> None:
-        """Note every registered browser as it is now: ``(user_id, browser_url, status, error)``.
+    def browser_changed(self, user_id: str, browser_url: str, status: str, error: str | None) -> None:
+        """Note one browser as it is now (the pool calls this on every status change).
 
         A change of status (or of its error) is kept; a browser that is away with an error
-        also counts as an error, once per change. Browsers not listed are forgotten.
+        also counts as an error, once per change.
         """
+        state = (browser_url, status, error)
+        before = self._browsers.get(user_id)
+        self._browsers[user_id] = state
+        if before == state:
+            return
         now = self._clock.seconds()
-        seen: dict[str, tuple[str, str, str | None]] = {}
+        previous = before[1] if before is not None else None
+        self._changes.append(BrowserChange(now, user_id, browser_url, previous, status, error))
+        if error is not None and status != "connected":
+            self._errors.append(ErrorEntry(now, user_id, "browser", browser_url, f"{status}: {error}"))
+
+    def browsers_seen(self, browsers: Iterable[tuple[str, str, str, str | None]]) -> None:
+        """Note every registered browser as it is now: ``(user_id, browser_url, status, error)``;
+        browsers not listed are forgotten."""
+        listed = set()
         for user_id, browser_url, status, error in browsers:
-            state = seen[user_id] = (browser_url, status, error)
-            before = self._browsers.get(user_id)
-            if before == state:
-                continue
-            previous = before[1] if before is not None else None
-            self._changes.append(BrowserChange(now, user_id, browser_url, previous, status, error))
-            if error is not None and status != "connected":
-                self._errors.append(ErrorEntry(now, user_id, "browser", browser_url, f"{status}: {error}"))
-        self._browsers = seen
+            listed.add(user_id)
+            self.browser_changed(user_id, browser_url, status, error)
+        for gone in set(self._browsers) - listed:
+            del self._browsers[gone]
 
     # -- reads ----------------------------------------------------------------
 

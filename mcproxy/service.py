@@ -167,6 +167,11 @@ class MCProxyService(service.MultiService):
             reactor,
             config.browser,
             open_link=metrics.counting_reconnects(open_cdp_link),
+            status_listeners=[
+                lambda browser: activity.browser_changed(
+                    browser.user_id, browser.browser_url, browser.status, browser.last_error
+                )
+            ],
             max_users=config.limits.max_users,
             max_pages_per_user=config.limits.max_pages_per_user,
             page_listeners=[

@@ -132,3 +132,29 @@ def test_browser_changes_are_bounded():
         activity.browsers_seen([("alice", "http://127.0.0.1:9222", "failed", f"attempt {i}")])
     assert [c.error for c in activity.browser_changes()] == ["attempt 3", "attempt 2"]
     assert [e.message for e in activity.recent_errors()] == ["failed: attempt 3"]
+
+
+def test_every_status_change_of_a_pool_browser_is_noted():
+    from twisted.internet import defer
+
+    from mcproxy.browser.pool import BrowserPool
+    from mcproxy.config import BrowserConfig
+
+    clock = Clock()
+    log = ActivityLog(clock)
+    pool = BrowserPool(
+        clock,
+        BrowserConfig(backoff_initial=1.0, max_attempts=0),
+        http_client=object(),
+        open_link=lambda browser: defer.fail(ConnectionRefusedError("nothing listens")),
+        status_listeners=[lambda b: log.browser_changed(b.user_id, b.browser_url, b.status, b.last_error)],
+    )
+    pool.browser_for("alice", "http://127.0.0.1:9")
+    clock.advance(0)
+    changes = log.browser_changes()
+    assert [(c.user_id, c.status) for c in changes] == [("alice", "reconnecting")]
+    assert "nothing listens" in changes[0].error
+    assert [(e.kind, e.subject) for e in log.recent_errors()] == [("browser", "http://127.0.0.1:9")]
+    pool.close()
+    clock.advance(0)
+    assert [c.status for c in log.browser_changes()][0] == "disconnected"

@@ -157,7 +157,9 @@ class UserBrowser:
         self.user_id = user_id
         self.browser_url = browser_url
         self.call_timeout = config.call_timeout
-        self.status = DISCONNECTED
+        self._status = DISCONNECTED
+        self._status_listeners: list[Callable[["UserBrowser"], None]] = []
+        self._status_note = None
         self.last_error: str | None = None
         self.cdp: CDPConnection | None = None
         self._open_link = open_link
@@ -538,6 +540,33 @@ class UserBrowser:
             except Exception:
                 log.failure("Page listener failed for page {page_id}", page_id=page.page_id)
 
+    @property
+    def status(self) -> str:
+        """One of `STATUSES`; status listeners hear of each change."""
+        return self._status
+
+    @status.setter
+    def status(self, value: str) -> None:
+        if value == self._status:
+            return
+        self._status = value
+        # Told from a fresh reactor turn, when last_error has been updated along with it.
+        if self._status_listeners and self._status_note is None:
+            self._status_note = self.clock.callLater(0, self._tell_status)
+
+    def _tell_status(self) -> None:
+        self._status_note = None
+        for listener in list(self._status_listeners):
+            try:
+                listener(self)
+            except Exception:
+                log.failure("Status listener failed for the browser of {user_id}", user_id=self.user_id)
+
+    def add_status_listener(self, callback: Callable[["UserBrowser"], None]) -> None:
+        """Call ``callback(browser)`` after the status changed (several changes in one
+        reactor turn are told once)."""
+        self._status_listeners.append(callback)
+
     def add_page_listener(self, callback: PageListener) -> Callable[[], None]:
         """Call ``callback(page, event)`` with event "attached" (a new page has a session),
         "reattached" (a known page got a new session after a reconnect: enable domains
@@ -667,7 +696,8 @@ class BrowserPool:
     """All users' browsers of this process.
 
     ``page_listeners`` are added to every browser the pool creates (see
-    `UserBrowser.add_page_listener`); ``max_users`` and ``max_pages_per_user`` are the
+    `UserBrowser.add_page_listener`), ``status_listeners`` likewise (see
+    `UserBrowser.add_status_listener`); ``max_users`` and ``max_pages_per_user`` are the
     ``limits.*`` bounds (0: none).
     """
 
@@ -680,6 +710,7 @@ class BrowserPool:
         open_link: LinkOpener = open_cdp_link,
         rng: Callable[[], float] = random.random,
         page_listeners: Iterable[PageListener] = (),
+        status_listeners: Iterable[Callable[[UserBrowser], None]] = (),
         max_users: int = 0,
         max_pages_per_user: int = 0,
     ):
@@ -689,6 +720,7 @@ class BrowserPool:
         self._open_link = open_link
         self._rng = rng
         self._page_listeners = tuple(page_listeners)
+        self._status_listeners = tuple(status_listeners)
         self._max_users = max_users
         self._max_pages = max_pages_per_user
         self._browsers: dict[str, UserBrowser] = {}
@@ -717,6 +749,8 @@ class BrowserPool:
         # from the moment the proxy knows it.
         for listener in self._page_listeners:
             browser.add_page_listener(listener)
+        for listener in self._status_listeners:
+            browser.add_status_listener(listener)
         self._browsers[user_id] = browser
         browser.start()
         return browser
