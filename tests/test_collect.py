@@ -240,6 +240,24 @@ def test_network_events_redirects_and_redaction():
     assert open_records.network.entries()[0].request_headers == (("Authorization", "Bearer t"),)
 
 
+def test_raw_headers_that_come_before_their_request_or_response_are_not_lost():
+    page, records = attached(Collector(redact_headers=()))
+    # Chrome may send the ...ExtraInfo events first; across a redirect, the next hop's
+    # raw request headers can also come before that hop is announced.
+    page.fire("Network.requestWillBeSentExtraInfo", requestId="r1", headers={"Cookie": "a=1"})
+    page.fire("Network.responseReceivedExtraInfo", requestId="r1", headers={"Location": "/b", "Set-Cookie": "s=2"})
+    request_sent(page, "r1", "http://h/a")
+    page.fire("Network.requestWillBeSentExtraInfo", requestId="r1", headers={"Cookie": "a=1; s=2"})
+    request_sent(page, "r1", "http://h/b", redirect={"status": 302, "headers": {"location": "/b"}})
+    page.fire("Network.responseReceivedExtraInfo", requestId="r1", headers={"Content-Type": "text/plain", "X-Raw": "1"})
+    page.fire("Network.responseReceived", requestId="r1", response={"status": 200, "headers": {"Content-Type": "text/plain"}})
+    first, second = records.network.entries()
+    assert first.request_headers == (("Cookie", "a=1"),)
+    assert first.response_headers == (("Location", "/b"), ("Set-Cookie", "s=2"))
+    assert second.request_headers == (("Cookie", "a=1; s=2"),)
+    assert second.response_headers == (("Content-Type", "text/plain"), ("X-Raw", "1"))
+
+
 def test_main_frame_navigation_starts_a_new_navigation_with_its_document():
     page, records = attached()
     page.fire("Runtime.consoleAPICalled", type="log", args=[string("old page")])

@@ -40,6 +40,8 @@ TRUNCATED = "... <truncated>"
 KEPT_NAVIGATIONS = 3
 MAX_FRAMES = 20
 MAX_FIELD = 4096
+#: Raw-header events that came before their request or response, kept until it comes.
+MAX_EARLY_HEADERS = 256
 #: Accounted sizes, upper estimates of CPython's: an entry besides its strings (object,
 #: tuples, its slot in the journal), a string besides its characters, a header pair.
 _ENTRY_OVERHEAD = 384
@@ -212,6 +214,7 @@ class NetworkRequest:
         "status_text",
         "response_headers",
         "raw_response_headers",
+        "raw_request_headers",
         "extra_info_due",
         "mime_type",
         "failure",
@@ -237,6 +240,7 @@ class NetworkRequest:
         self.status_text = ""
         self.response_headers: tuple[tuple[str, str], ...] = ()
         self.raw_response_headers = False
+        self.raw_request_headers = False
         #: Chrome said the raw headers (with Set-Cookie) follow in a separate, later event.
         self.extra_info_due = False
         self.mime_type = ""
@@ -366,6 +370,9 @@ class PageRecords:
         self.console = Journal(collector.max_messages, collector.max_bytes)
         self.network = Journal(collector.max_requests, collector.max_bytes, self._forget_request)
         self._requests: dict[str, NetworkRequest] = {}
+        # Chrome may send the ...ExtraInfo events (raw headers, with cookies) before the
+        # event they complete: (kind, requestId) -> headers, oldest dropped first.
+        self._early: OrderedDict[tuple[str, str], dict] = OrderedDict()
         self._newest = 0.0
         self._replayed_until: float | None = None
 
@@ -471,11 +478,20 @@ class PageRecords:
         if self._requests.get(request.cdp_id) is request:
             del self._requests[request.cdp_id]
 
+    def _keep_early(self, kind: str, request_id: str, headers: dict) -> None:
+        self._early[(kind, request_id)] = headers
+        while len(self._early) > MAX_EARLY_HEADERS:
+            self._early.popitem(last=False)
+
     def _set_response(self, request: NetworkRequest, response: dict) -> None:
         request.status = response.get("status", request.status)
         request.status_text = response.get("statusText", request.status_text)
         request.mime_type = response.get("mimeType", request.mime_type)
-        if not request.raw_response_headers:
+        early = self._early.pop(("response", request.cdp_id), None)
+        if early is not None:
+            self._replace_response_headers(request, self._headers(early))
+            request.raw_response_headers = True
+        elif not request.raw_response_headers:
             self._replace_response_headers(request, self._headers(response.get("headers")))
 
     def _replace_response_headers(self, request: NetworkRequest, headers: tuple[tuple[str, str], ...]) -> None:
@@ -493,11 +509,19 @@ class PageRecords:
             request.redirected_from = previous
         self._requests[request.cdp_id] = request
         self.network.add(request)
+        early = self._early.pop(("request", request.cdp_id), None)
+        if early is not None:
+            self._request_extra_info("", {"requestId": request.cdp_id, "headers": early})
 
     def _request_extra_info(self, _: str, params: dict) -> None:
         request = self._requests.get(params.get("requestId"))
-        if request is None or request.status is not None or not params.get("headers"):
+        if not params.get("headers"):
             return
+        if request is None or request.raw_request_headers or request.status is not None:
+            # Before its request, or for the next hop of a redirect that is not known yet.
+            self._keep_early("request", params.get("requestId"), params["headers"])
+            return
+        request.raw_request_headers = True
         # The headers as sent, including the Cookie header the main event leaves out.
         headers = self._headers(params["headers"])
         self.network.charge(request, _headers_size(headers) - _headers_size(request.request_headers))
@@ -511,6 +535,10 @@ class PageRecords:
 
     def _response_extra_info(self, _: str, params: dict) -> None:
         request = self._requests.get(params.get("requestId"))
+        if (request is None or request.status is None) and params.get("headers"):
+            # Before the request or its response: applied when that comes (`_set_response`).
+            self._keep_early("response", params.get("requestId"), params["headers"])
+            return
         if request is not None and params.get("headers"):
             # The headers as received, including Set-Cookie; they win over the summary.
             self._replace_response_headers(request, self._headers(params["headers"]))
