@@ -162,7 +162,9 @@ async def test_reload_and_auto_stop_find_the_page_problems(tools, store, perf_si
     # The hero image arrives 0.4 s after it is asked for; it is painted soon after.
     assert 400 <= int(lcp.group(1)) < 3000
     assert re.search(r"- CLS: 0\.1\d", summary), summary
-    assert re.search(r"- Long tasks: 1 over 50 ms, longest 1[2-9]\d ms", summary), summary
+    # The page's script keeps the main thread busy for about 150 ms (longer on a busy machine).
+    long_tasks = re.search(r"- Long tasks: (\d+) over 50 ms, longest (\d+) ms", summary)
+    assert long_tasks and int(long_tasks.group(1)) >= 1 and int(long_tasks.group(2)) >= 120, summary
     for name in ("LCPBreakdown", "DocumentLatency", "RenderBlocking", "CLSCulprits", "LongTasks"):
         assert f"  - insight name: {name}\n" in summary
     assert "INPBreakdown (no interactions were recorded)" in summary
