@@ -258,6 +258,19 @@ def test_raw_headers_that_come_before_their_request_or_response_are_not_lost():
     assert second.response_headers == (("Content-Type", "text/plain"), ("X-Raw", "1"))
 
 
+def test_raw_headers_of_both_hops_of_a_redirect_before_it_go_to_their_own_hop():
+    page, records = attached(Collector(redact_headers=()))
+    request_sent(page, "r1", "http://h/a")
+    # Both responses' raw headers come before Chrome announces the redirect (same requestId).
+    page.fire("Network.responseReceivedExtraInfo", requestId="r1", headers={"Location": "/b"})
+    page.fire("Network.responseReceivedExtraInfo", requestId="r1", headers={"X-Raw": "1"})
+    request_sent(page, "r1", "http://h/b", redirect={"status": 302, "headers": {"location": "/b"}})
+    page.fire("Network.responseReceived", requestId="r1", response={"status": 200, "headers": {"A": "b"}})
+    first, second = records.network.entries()
+    assert first.response_headers == (("Location", "/b"),)
+    assert second.response_headers == (("X-Raw", "1"),)
+
+
 def test_main_frame_navigation_starts_a_new_navigation_with_its_document():
     page, records = attached()
     page.fire("Runtime.consoleAPICalled", type="log", args=[string("old page")])

@@ -9,6 +9,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 
 from mcproxy.browser.pool import BrowserPool
+from mcproxy.testing import tool_calls
 from mcproxy.testing.tool_calls import failed, make_context, make_registry, ok, sleep, text_of, uid_of
 
 #: A tool cut short by the event under test must answer well within this (the tools'
@@ -47,13 +48,9 @@ def soon(reactor, seconds, fn) -> Deferred:
     return Deferred.fromCoroutine(run())
 
 
-async def until(reactor, condition, seconds=5.0):
-    """Wait for ``condition()`` to hold (events arrive asynchronously); assert it does."""
-    for _ in range(int(seconds / 0.05)):
-        if condition():
-            return
-        await sleep(reactor, 0.05)
-    assert condition()
+async def until(reactor, condition):
+    """Wait (up to 5 s) for ``condition()`` to hold; assert it does."""
+    await tool_calls.until(reactor, condition, timeout=5.0)
 
 
 def listed(text: str, page_id: int) -> bool:

@@ -9,7 +9,7 @@ import pytest
 import pytest_twisted
 from zope.interface import implementer
 
-from mcproxy.testing.tool_calls import failed, make_context, make_registry, ok, sleep, text_of
+from mcproxy.testing.tool_calls import failed, make_context, make_registry, ok, sleep, text_of, until
 from mcproxy.tools import console, network
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -136,24 +136,14 @@ async def browser(reactor, browser_config, http_client, chromium):
     for page in browser.pages():
         if page.target_id not in before and browser.status == "connected":
             await browser.close_page(page.page_id)
+    if browser.status == "connected":
+        # The site's cookie (session=topsecret) must not reach later tests on the shared Chromium.
+        await browser.send("Storage.clearCookies")
     await pool.close()
 
 
 def registry(reactor, browser, artifacts=None, **config):
     return make_registry(reactor, browser, artifacts=artifacts, **config)
-
-
-async def until(reactor, check, timeout=15.0):
-    """Wait until ``check()`` returns something true; return it."""
-    waited = 0.0
-    while True:
-        value = check()
-        if value:
-            return value
-        if waited > timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await sleep(reactor, 0.05)
-        waited += 0.05
 
 
 async def open_page(tools, context, url):

@@ -423,3 +423,17 @@ def test_every_call_is_recorded_with_its_outcome():
     first = records[0]
     assert first.browser_url == "http://127.0.0.1:9222" and first.context.principal.token_id == "tok1"
     assert first.duration == 0 and first.sensitive == frozenset()
+
+
+def test_secret_arguments_are_marked_sensitive_even_when_the_call_fails():
+    records = []
+    tools = registry_for(FakeBrowser([FakePage(1, "s1")]), clock=Clock(), records=records)
+    headers = '{"Cookie": "session=abc"}'
+    result = result_of(tools.call_tool("emulate", {"pageId": 9, "extraHttpHeaders": headers}, context()))
+    assert result.is_error
+    answer = {"pageId": 9, "action": "accept", "promptText": "hunter2"}
+    assert result_of(tools.call_tool("handle_dialog", answer, context())).is_error
+    assert [(r.tool, r.outcome, r.sensitive) for r in records] == [
+        ("emulate", "error", frozenset({"extraHttpHeaders"})),
+        ("handle_dialog", "error", frozenset({"promptText"})),
+    ]

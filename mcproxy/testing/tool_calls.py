@@ -67,3 +67,17 @@ async def sleep(reactor, seconds: float) -> None:
     from twisted.internet.task import deferLater
 
     await deferLater(reactor, seconds, lambda: None)
+
+
+async def until(reactor, check, timeout: float = 15.0):
+    """Wait for ``check()`` (events arrive asynchronously) to return something true; that
+    value. AssertionError when it has not within ``timeout`` seconds."""
+    waited = 0.0
+    while True:
+        value = check()
+        if value:
+            return value
+        if waited > timeout:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await sleep(reactor, 0.05)
+        waited += 0.05

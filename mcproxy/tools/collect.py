@@ -371,8 +371,9 @@ class PageRecords:
         self.network = Journal(collector.max_requests, collector.max_bytes, self._forget_request)
         self._requests: dict[str, NetworkRequest] = {}
         # Chrome may send the ...ExtraInfo events (raw headers, with cookies) before the
-        # event they complete: (kind, requestId) -> headers, oldest dropped first.
-        self._early: OrderedDict[tuple[str, str], dict] = OrderedDict()
+        # event they complete: (kind, requestId, headers), oldest first and dropped first.
+        # The hops of a redirect share their requestId: each takes the oldest of its kind.
+        self._early: deque[tuple[str, str, dict]] = deque(maxlen=MAX_EARLY_HEADERS)
         self._newest = 0.0
         self._replayed_until: float | None = None
 
@@ -479,15 +480,20 @@ class PageRecords:
             del self._requests[request.cdp_id]
 
     def _keep_early(self, kind: str, request_id: str, headers: dict) -> None:
-        self._early[(kind, request_id)] = headers
-        while len(self._early) > MAX_EARLY_HEADERS:
-            self._early.popitem(last=False)
+        self._early.append((kind, request_id, headers))
+
+    def _take_early(self, kind: str, request_id: str) -> dict | None:
+        for index, (early_kind, early_id, headers) in enumerate(self._early):
+            if early_kind == kind and early_id == request_id:
+                del self._early[index]
+                return headers
+        return None
 
     def _set_response(self, request: NetworkRequest, response: dict) -> None:
         request.status = response.get("status", request.status)
         request.status_text = response.get("statusText", request.status_text)
         request.mime_type = response.get("mimeType", request.mime_type)
-        early = self._early.pop(("response", request.cdp_id), None)
+        early = self._take_early("response", request.cdp_id)
         if early is not None:
             self._replace_response_headers(request, self._headers(early))
             request.raw_response_headers = True
@@ -509,7 +515,7 @@ class PageRecords:
             request.redirected_from = previous
         self._requests[request.cdp_id] = request
         self.network.add(request)
-        early = self._early.pop(("request", request.cdp_id), None)
+        early = self._take_early("request", request.cdp_id)
         if early is not None:
             self._request_extra_info("", {"requestId": request.cdp_id, "headers": early})
 
@@ -663,6 +669,27 @@ def paging_schema(what: str) -> dict[str, dict]:
             "description": "Which page to return, counting from 0. Absent: the first.",
         },
     }
+
+
+def listed(
+    journal: Journal, args: dict, *, preserved: str, types: str, type_of: Callable[[object], str], what: str
+) -> tuple[list, list[str], dict] | None:
+    """A list tool's page of ``journal``: the current navigation's entries (every kept one's
+    when ``args[preserved]``), only of the types ``args[types]`` names, paged by ``pageSize``
+    and ``pageIdx``: `paginate`'s three values, its lines also telling how many ``what``
+    were dropped for room. None when no entry matches."""
+    keep_all = bool(args.get(preserved))
+    entries = journal.entries(keep_all)
+    wanted = set(args.get(types) or ())
+    if wanted:
+        entries = [entry for entry in entries if type_of(entry) in wanted]
+    if not entries:
+        return None
+    chosen, lines, pagination = paginate(entries, args.get("pageSize"), args.get("pageIdx"))
+    dropped = journal.dropped(keep_all)
+    if dropped:
+        lines.append(f"{dropped} older {what} dropped to bound memory ({journal.limits()}).")
+    return chosen, lines, pagination
 
 
 def paginate(items: list, page_size: float | None, page_idx: float | None) -> tuple[list, list[str], dict]:

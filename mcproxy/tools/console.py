@@ -2,7 +2,7 @@
 
 from mcproxy.errors import ToolError
 from mcproxy.tools import schema as s
-from mcproxy.tools.collect import PAGINATION_SCHEMA, paginate, paging_schema, records_of, whole_id
+from mcproxy.tools.collect import PAGINATION_SCHEMA, listed, paging_schema, records_of, whole_id
 from mcproxy.tools.extensions import worker_for
 from mcproxy.tools.pages import Response, ToolCall
 
@@ -58,22 +58,21 @@ async def list_console_messages(call: ToolCall) -> Response:
     args = call.args
     worker_id = args.get("serviceWorkerId")
     source = await worker_for(call, worker_id) if worker_id else call.page
-    console = records_of(source).console
-    preserved = bool(args.get("includePreservedMessages"))
-    messages = console.entries(preserved)
-    types = set(args.get("types") or ())
-    if types:
-        messages = [m for m in messages if m.type in types]
+    page = listed(
+        records_of(source).console,
+        args,
+        preserved="includePreservedMessages",
+        types="types",
+        type_of=lambda message: message.type,
+        what="messages",
+    )
     with_stacks = bool(args.get("includeStackTraces"))
     response = Response().add("## Console messages")
     structured: dict = {"consoleMessages": []}
     response.structured = structured
-    if not messages:
+    if page is None:
         return response.add("<no console messages found>")
-    chosen, lines, structured["pagination"] = paginate(messages, args.get("pageSize"), args.get("pageIdx"))
-    dropped = console.dropped(preserved)
-    if dropped:
-        lines.append(f"{dropped} older messages dropped to bound memory ({console.limits()}).")
+    chosen, lines, structured["pagination"] = page
     items = structured["consoleMessages"]
     any_stack = False
     for message in chosen:
@@ -135,14 +134,12 @@ TOOLS = (
                     "Only messages of these types. Absent or empty: every type.",
                     s.string("A console message type.", enum=CONSOLE_TYPES),
                 ),
-                "includePreservedMessages": {
-                    **s.boolean("Also list the messages of the two previous navigations. Default false."),
-                    "default": False,
-                },
-                "includeStackTraces": {
-                    **s.boolean("Show each message's stack trace when it has one (longer answer). Default false."),
-                    "default": False,
-                },
+                "includePreservedMessages": s.boolean(
+                    "Also list the messages of the two previous navigations. Default false.", default=False
+                ),
+                "includeStackTraces": s.boolean(
+                    "Show each message's stack trace when it has one (longer answer). Default false.", default=False
+                ),
                 "serviceWorkerId": s.string(
                     "List the messages of this extension service worker (an id from list_pages) instead of the "
                     "page's, collected since the proxy first attached to it (earlier ones as far as Chrome kept them)."

@@ -3,7 +3,7 @@
 import base64
 import json
 
-from mcproxy.artifacts import guess_mime_type, is_text, split_path
+from mcproxy.artifacts import guess_mime_type, is_text
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools import schema as s
 from mcproxy.tools.extensions import worker_for
@@ -16,10 +16,7 @@ _MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 def _artifact_store(call: ToolCall):
     """Where the ``filePath`` result goes; checked before any work, so a bad name costs nothing."""
-    if call.artifacts is None:
-        raise ToolError('This server does not keep files, so "filePath" cannot be used; call the tool without it.')
-    split_path(call.args["filePath"])
-    return call.artifacts
+    return call.file_store(call.args["filePath"])
 
 
 async def _save(call: ToolCall, data: bytes, mime_type: str):

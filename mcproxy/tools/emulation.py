@@ -440,6 +440,8 @@ TOOLS = (
             ("pageId",),
         ),
         run=emulate,
+        # Header values are often credentials (Cookie, API keys).
+        secret_args=frozenset({"extraHttpHeaders"}),
     ),
     s.ToolSpec(
         name="resize_page",

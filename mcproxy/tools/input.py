@@ -20,6 +20,13 @@ from mcproxy.tools.snapshot import element_error, resolve_element, resolve_uid, 
 
 _INCLUDE_SNAPSHOT = s.boolean("Also return a fresh snapshot of the page after the action. Default false.")
 
+
+def _schema(properties: dict[str, dict], required: tuple[str, ...], *, snapshot: bool = True) -> dict:
+    """An input tool's schema: ``pageId`` (required) first, then ``properties``, then
+    ``includeSnapshot`` when the tool answers with a snapshot on request."""
+    last = {"includeSnapshot": _INCLUDE_SNAPSHOT} if snapshot else {}
+    return s.obj({"pageId": s.page_id(), **properties, **last}, ("pageId", *required))
+
 _MODIFIER_BITS = {"Alt": 1, "Control": 2, "Meta": 4, "Shift": 8}
 # Non-character keys: name -> (code, windowsVirtualKeyCode, text typed).
 _NAMED_KEYS: dict[str, tuple[str, int, str]] = {
@@ -567,14 +574,9 @@ TOOLS = [
         category="input",
         title="Click",
         description="Click (or double-click) an element, identified by its uid from the latest snapshot.",
-        input_schema=s.obj(
-            {
-                "pageId": s.page_id(),
-                "uid": s.uid(),
-                "dblClick": s.boolean("Double-click instead of a single click. Default false."),
-                "includeSnapshot": _INCLUDE_SNAPSHOT,
-            },
-            ("pageId", "uid"),
+        input_schema=_schema(
+            {"uid": s.uid(), "dblClick": s.boolean("Double-click instead of a single click. Default false.")},
+            ("uid",),
         ),
         run=click,
     ),
@@ -586,14 +588,12 @@ TOOLS = [
             "Set the value of a form control identified by uid: types into text fields and text areas, "
             'picks a <select> option by its text or value, and sets checkboxes or radio buttons with "true"/"false".'
         ),
-        input_schema=s.obj(
+        input_schema=_schema(
             {
-                "pageId": s.page_id(),
                 "uid": s.uid(),
                 "value": s.string('The value: text, an option\'s text or value, or "true"/"false" for checkboxes.'),
-                "includeSnapshot": _INCLUDE_SNAPSHOT,
             },
-            ("pageId", "uid", "value"),
+            ("uid", "value"),
         ),
         run=fill,
     ),
@@ -605,14 +605,7 @@ TOOLS = [
             "Press a key or a key combination on the focused element, e.g. \"Enter\", \"Escape\", \"Control+A\", "
             "\"Control+Shift+R\" or \"Control++\". Modifiers: Control, Shift, Alt, Meta."
         ),
-        input_schema=s.obj(
-            {
-                "pageId": s.page_id(),
-                "key": s.string('The key or combination, such as "Enter" or "Control+A".'),
-                "includeSnapshot": _INCLUDE_SNAPSHOT,
-            },
-            ("pageId", "key"),
-        ),
+        input_schema=_schema({"key": s.string('The key or combination, such as "Enter" or "Control+A".')}, ("key",)),
         run=press_key,
     ),
     s.ToolSpec(
@@ -620,13 +613,13 @@ TOOLS = [
         category="input",
         title="Type text",
         description="Type text with the keyboard into the element that has focus (click or fill it first).",
-        input_schema=s.obj(
+        input_schema=_schema(
             {
-                "pageId": s.page_id(),
                 "text": s.string("The text to type."),
                 "submitKey": s.string('A key to press after the text, such as "Enter" or "Tab".'),
             },
-            ("pageId", "text"),
+            ("text",),
+            snapshot=False,
         ),
         run=type_text,
     ),
@@ -635,10 +628,7 @@ TOOLS = [
         category="input",
         title="Hover",
         description="Move the mouse over an element, identified by its uid from the latest snapshot.",
-        input_schema=s.obj(
-            {"pageId": s.page_id(), "uid": s.uid(), "includeSnapshot": _INCLUDE_SNAPSHOT},
-            ("pageId", "uid"),
-        ),
+        input_schema=_schema({"uid": s.uid()}, ("uid",)),
         run=hover,
     ),
     s.ToolSpec(
@@ -649,14 +639,12 @@ TOOLS = [
             "Drag one element and drop it onto another (both uids from the latest snapshot); "
             "works with HTML5 drag and drop and with pages that follow the mouse."
         ),
-        input_schema=s.obj(
+        input_schema=_schema(
             {
-                "pageId": s.page_id(),
                 "from_uid": s.uid("The uid of the element to drag."),
                 "to_uid": s.uid("The uid of the element to drop it onto."),
-                "includeSnapshot": _INCLUDE_SNAPSHOT,
             },
-            ("pageId", "from_uid", "to_uid"),
+            ("from_uid", "to_uid"),
         ),
         run=drag,
     ),
@@ -669,9 +657,8 @@ TOOLS = [
             "Prefer it to separate fill or click calls for forms: one call, one wait for the page. "
             'Example: a user name, a password and "true" for a "remember me" checkbox.'
         ),
-        input_schema=s.obj(
+        input_schema=_schema(
             {
-                "pageId": s.page_id(),
                 "elements": s.array(
                     "The controls to fill, from the latest snapshot, in order.",
                     {
@@ -687,9 +674,8 @@ TOOLS = [
                         "required": ["uid", "value"],
                     },
                 ),
-                "includeSnapshot": _INCLUDE_SNAPSHOT,
             },
-            ("pageId", "elements"),
+            ("elements",),
         ),
         run=fill_form,
     ),
@@ -701,16 +687,14 @@ TOOLS = [
             "Choose files for a file input, or for the file chooser that clicking the element opens. "
             "The paths are on the machine the browser runs on, not on this server; the server never reads them."
         ),
-        input_schema=s.obj(
+        input_schema=_schema(
             {
-                "pageId": s.page_id(),
                 "uid": s.uid("The uid of the file input, or of an element that opens a file chooser when clicked."),
                 "filePaths": s.array(
                     "One or more paths of files on the browser's machine.", {"type": "string"}, min_items=1
                 ),
-                "includeSnapshot": _INCLUDE_SNAPSHOT,
             },
-            ("pageId", "uid", "filePaths"),
+            ("uid", "filePaths"),
         ),
         run=upload_file,
     ),
@@ -722,19 +706,21 @@ TOOLS = [
             "Accept or dismiss the JavaScript dialog (alert, confirm, prompt, leave-page) that blocks a page; "
             "responses show such a dialog under \"# Open dialog\"."
         ),
-        input_schema=s.obj(
+        input_schema=_schema(
             {
-                "pageId": s.page_id(),
                 "action": s.string("Accept or dismiss the dialog.", enum=("accept", "dismiss")),
                 "promptText": s.string(
                     "Text to answer a prompt dialog with when accepting it; default: the prompt's default text."
                 ),
             },
-            ("pageId", "action"),
+            ("action",),
+            snapshot=False,
         ),
         run=handle_dialog,
         # Never queued behind a call the dialog itself holds up.
         exclusive=False,
         dialog_safe=True,
+        # The answer to a prompt may be a password.
+        secret_args=frozenset({"promptText"}),
     ),
 ]

@@ -19,6 +19,8 @@ import shlex
 import shutil
 import tempfile
 
+from twisted.internet.threads import deferToThreadPool
+
 from mcproxy.artifacts import split_path
 from mcproxy.browser.urls import validate_browser_url
 from mcproxy.errors import ToolError
@@ -58,6 +60,15 @@ def _command_line(command: str, url: str, address: str, port: int, device: str, 
         "--disable-storage-reset",
         "--quiet",
     ]
+
+
+def _read_report(path: str) -> dict:
+    """The JSON report Lighthouse wrote (some MB: read and parsed in a thread, off the reactor)."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except ValueError:
+            raise ToolError("Lighthouse wrote a report that is not JSON.") from None
 
 
 def _score(value) -> str:
@@ -171,11 +182,7 @@ def lighthouse_tools(command: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[s.
             json_path, html_path = output + ".report.json", output + ".report.html"
             if code != 0 or not os.path.isfile(json_path):
                 raise ToolError(f"Lighthouse failed (exit code {code}): {text[-800:] or 'no output'}")
-            with open(json_path, encoding="utf-8") as f:
-                try:
-                    report = json.load(f)
-                except ValueError:
-                    raise ToolError("Lighthouse wrote a report that is not JSON.") from None
+            report = await deferToThreadPool(call.clock, call.clock.getThreadPool(), _read_report, json_path)
             if report.get("runtimeError"):
                 error = report["runtimeError"]
                 raise ToolError(f"Lighthouse could not audit {url}: {error.get('message', error.get('code'))}")

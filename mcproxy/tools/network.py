@@ -20,7 +20,7 @@ from mcproxy.tools.collect import (
     TRUNCATED,
     NetworkRequest,
     clip,
-    paginate,
+    listed,
     paging_schema,
     records_of,
     whole_id,
@@ -90,21 +90,20 @@ def _line(request: NetworkRequest) -> str:
 async def list_network_requests(call: ToolCall) -> Response:
     """The page's requests since its last navigation (or the last three), paged."""
     args = call.args
-    network = records_of(call.page).network
-    preserved = bool(args.get("includePreservedRequests"))
-    requests = network.entries(preserved)
-    types = set(args.get("resourceTypes") or ())
-    if types:
-        requests = [r for r in requests if r.resource_type in types]
+    page = listed(
+        records_of(call.page).network,
+        args,
+        preserved="includePreservedRequests",
+        types="resourceTypes",
+        type_of=lambda request: request.resource_type,
+        what="requests",
+    )
     response = Response().add("## Network requests")
     structured: dict = {"networkRequests": []}
     response.structured = structured
-    if not requests:
+    if page is None:
         return response.add("No requests found.")
-    chosen, lines, structured["pagination"] = paginate(requests, args.get("pageSize"), args.get("pageIdx"))
-    dropped = network.dropped(preserved)
-    if dropped:
-        lines.append(f"{dropped} older requests dropped to bound memory ({network.limits()}).")
+    chosen, lines, structured["pagination"] = page
     for request in chosen:
         lines.append(_line(request))
         structured["networkRequests"].append(
@@ -362,10 +361,9 @@ TOOLS = (
                     "Only requests of these resource types. Absent or empty: every type.",
                     s.string("A resource type.", enum=RESOURCE_TYPES),
                 ),
-                "includePreservedRequests": {
-                    **s.boolean("Also list the requests of the two previous navigations. Default false."),
-                    "default": False,
-                },
+                "includePreservedRequests": s.boolean(
+                    "Also list the requests of the two previous navigations. Default false.", default=False
+                ),
             },
             ("pageId",),
         ),

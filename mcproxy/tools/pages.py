@@ -12,6 +12,7 @@ import attrs
 import mcp_types
 from mcp_types.version import is_version_at_least
 
+from mcproxy.artifacts import split_path
 from mcproxy.config import ToolsConfig
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools.base import CallContext
@@ -65,6 +66,14 @@ class ToolCall:
         if value > 0:
             return value / 1000.0
         return self.config.navigation_timeout * (timeout_factor(self.page) if self.page is not None else 1)
+
+    def file_store(self, file_path: str):
+        """The artifact store a ``filePath`` result goes to; checked (a store, an acceptable
+        name) before any work, so a bad name costs nothing."""
+        if self.artifacts is None:
+            raise ToolError('This server does not keep files, so "filePath" cannot be used; call the tool without it.')
+        split_path(file_path)
+        return self.artifacts
 
 
 @attrs.define

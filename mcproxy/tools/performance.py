@@ -17,7 +17,6 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
-from mcproxy.artifacts import split_path
 from mcproxy.errors import BrowserUnavailable, CDPError, ToolError
 from mcproxy.tools import schema as s
 from mcproxy.tools.emulation import emulation_of, timeout_factor
@@ -91,9 +90,9 @@ class _TraceFile:
     """
 
     def __init__(self, call: ToolCall, file_path: str):
-        _check_file_path(call, file_path)
+        store = call.file_store(file_path)
         gzipped = file_path.lower().endswith(".gz")
-        self._writer = call.artifacts.writer(
+        self._writer = store.writer(
             call.context.principal.user_id, file_path, "application/gzip" if gzipped else "application/json"
         )
         self._compressor = zlib.compressobj(wbits=31) if gzipped else None
@@ -123,13 +122,6 @@ class _TraceFile:
         self._writer.abort()
 
 
-def _check_file_path(call: ToolCall, file_path: str) -> None:
-    """Refuse a bad ``filePath`` before any work, so nothing is recorded for nothing."""
-    if call.artifacts is None:
-        raise ToolError('This server does not keep files, so "filePath" cannot be used; call the tool without it.')
-    split_path(file_path)
-
-
 async def start_trace(call: ToolCall) -> Response:
     """Start tracing; with reload, reload the page; with autoStop, stop and summarize after the load."""
     page = call.page
@@ -142,7 +134,7 @@ async def start_trace(call: ToolCall) -> Response:
         )
     file_path = call.args.get("filePath")
     if file_path:
-        _check_file_path(call, file_path)
+        call.file_store(file_path)  # refused before any work, so nothing is recorded for nothing
     if state.discarding is not None:
         await state.discarding
     await _start_tracing(call)
@@ -342,17 +334,14 @@ TOOLS = (
         input_schema=s.obj(
             {
                 "pageId": s.page_id(),
-                "reload": {
-                    **s.boolean(
-                        "Reload the page once the trace has started. Load the URL you want with navigate_page "
-                        "before starting the trace when reload or autoStop is true."
-                    ),
-                    "default": True,
-                },
-                "autoStop": {
-                    **s.boolean("Stop the trace by itself a few seconds after the page has loaded."),
-                    "default": True,
-                },
+                "reload": s.boolean(
+                    "Reload the page once the trace has started. Load the URL you want with navigate_page "
+                    "before starting the trace when reload or autoStop is true.",
+                    default=True,
+                ),
+                "autoStop": s.boolean(
+                    "Stop the trace by itself a few seconds after the page has loaded.", default=True
+                ),
                 "ignoreCache": s.boolean("Bypass the HTTP cache on the reload, to measure a cold load (reload only)."),
                 "filePath": _FILE_PATH,
             },

@@ -163,7 +163,7 @@ class ToolRegistry:
                 outcome=attempt.outcome,
                 duration=self._clock.seconds() - started,
                 browser_url=attempt.browser_url,
-                sensitive=frozenset(attempt.call.sensitive) if attempt.call is not None else frozenset(),
+                sensitive=self._sensitive(name, attempt),
             )
             for observe in self._on_finished:
                 try:
@@ -171,6 +171,12 @@ class ToolRegistry:
                 except Exception:
                     log.failure("A tool call observer failed for {tool}", tool=name)
         return result
+
+    def _sensitive(self, name: str, attempt: "_Attempt") -> frozenset[str]:
+        """The arguments of this call to keep out of logs: the tool's secret ones, and those it marked."""
+        tool = self._tools.get(name)
+        declared = tool.secret_args if tool is not None else frozenset()
+        return (declared | attempt.call.sensitive) if attempt.call is not None else declared
 
     async def _run(
         self, name: str, arguments: dict | None, context: CallContext, attempt: "_Attempt"

@@ -30,9 +30,12 @@ def string(description: str, *, enum: tuple[str, ...] | None = None, default: st
     return schema
 
 
-def boolean(description: str) -> dict:
+def boolean(description: str, *, default: bool | None = None) -> dict:
     """A boolean flag parameter."""
-    return {"type": "boolean", "description": description}
+    schema: dict[str, Any] = {"type": "boolean", "description": description}
+    if default is not None:
+        schema["default"] = default
+    return schema
 
 
 def number(description: str, *, minimum: float | None = None, maximum: float | None = None) -> dict:
@@ -95,6 +98,8 @@ class ToolSpec:
     from ``pageId`` and, when ``exclusive``, run inside that page's FIFO. A page-bound tool
     is refused at once while a JavaScript dialog blocks its page, unless ``dialog_safe``
     (it does not need the page's JavaScript, or it is how the page gets unblocked).
+    ``secret_args`` names arguments whose values never reach a log, however the call ends
+    (a tool marks others at run time in ``call.sensitive``).
     """
 
     name: str
@@ -108,6 +113,7 @@ class ToolSpec:
     title: str | None = None
     output_schema: dict | None = None
     dialog_safe: bool = False
+    secret_args: frozenset[str] = frozenset()
 
 
 _TYPE_NAMES = {

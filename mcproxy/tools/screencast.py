@@ -28,11 +28,15 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
 
 from mcproxy.artifacts import split_path
 from mcproxy.errors import ToolError
 from mcproxy.tools import schema as s
 from mcproxy.tools.pages import Response, ToolCall, resolve_page
+
+log = Logger()
 
 MAX_FRAMES = 3000
 MAX_SECONDS = 600.0
@@ -67,8 +71,9 @@ class _Recording:
     file_path: str
     ffmpeg: str | None
     directory: str
-    #: (file name, Chrome's timestamp): the browser's clock times the frames...
-    frames: list[tuple[str, float]] = attrs.field(factory=list)
+    #: (file name, Chrome's timestamp, PNG IHDR body or b""): the browser's clock times the
+    #: frames...
+    frames: list[tuple[str, float, bytes]] = attrs.field(factory=list)
     #: ...and ours the last one, against our stop (the two clocks may disagree).
     last_received: float = 0.0
     frame_bytes: int = 0
@@ -170,7 +175,10 @@ def _on_frame(recording: _Recording, clock, params: dict) -> None:
         f.write(data)
     recording.last_received = clock.seconds()
     timestamp = params.get("metadata", {}).get("timestamp") or recording.last_received
-    recording.frames.append((name, float(timestamp)))
+    # A PNG starts with its IHDR chunk (the frame's size): kept, so the APNG is assembled
+    # without opening every frame twice.
+    header = b"" if recording.ffmpeg else data[_IHDR_START:_IHDR_END]
+    recording.frames.append((name, float(timestamp), header))
     recording.frame_bytes += len(data)
 
 
@@ -198,13 +206,16 @@ def _discard(recording: _Recording) -> None:
         recording.timer.cancel()
     if recording.unsubscribe is not None:
         recording.unsubscribe()
-    shutil.rmtree(recording.directory, ignore_errors=True)
+    # Up to thousands of frame files: removed in a thread, not in a reactor turn.
+    deferToThread(shutil.rmtree, recording.directory, True).addErrback(
+        lambda failure: log.failure("Could not remove screencast frames in {path}", failure, path=recording.directory)
+    )
 
 
 def _durations(recording: _Recording, ended: float) -> list[float]:
     """How long each frame shows: until the next one; the last one until the stop (unless
     frames stopped coming earlier: a limit, a closed page)."""
-    times = [timestamp for _, timestamp in recording.frames]
+    times = [timestamp for _, timestamp, _ in recording.frames]
     durations = [max(0.001, later - earlier) for earlier, later in zip(times, times[1:])]
     recording_until_stop = recording.limit is None and not recording.page.closed
     last = ended - recording.last_received if recording_until_stop else LAST_FRAME_SECONDS
@@ -273,12 +284,8 @@ class _ApngWriter:
 async def _save_apng(call: ToolCall, recording: _Recording, durations: list[float], file_path: str):
     """Assemble the APNG into the caller's artifact, one frame per reactor turn; (artifact, skipped)."""
     frames = []
-    header = None
-    for (name, _), seconds in zip(recording.frames, durations):
-        with open(os.path.join(recording.directory, name), "rb") as f:
-            ihdr = f.read(_IHDR_END)[_IHDR_START:]  # a PNG starts with its IHDR chunk
-        if header is None:
-            header = ihdr
+    header = recording.frames[0][2]
+    for (name, _, ihdr), seconds in zip(recording.frames, durations):
         if ihdr == header:
             frames.append((name, seconds))
         elif frames:
@@ -326,7 +333,7 @@ async def _save_video(call: ToolCall, recording: _Recording, durations: list[flo
         width, height = jpeg_size(f.read())
     width, height = width + width % 2, height + height % 2  # H.264 and VP9 want even sizes
     lines = ["ffconcat version 1.0"]
-    for (name, _), seconds in zip(recording.frames, durations):
+    for (name, _, _), seconds in zip(recording.frames, durations):
         lines += [f"file {name}", f"duration {seconds:.3f}"]
     lines.append(f"file {recording.frames[-1][0]}")  # the demuxer ignores the last duration otherwise
     with open(os.path.join(directory, "frames.txt"), "w") as f:
