@@ -15,6 +15,8 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from mcproxy import logs
+
 log = Logger()
 
 REDACTED = "[redacted]"
@@ -36,7 +38,8 @@ def redact(value: Any, sensitive: frozenset[str] = frozenset(), key: str = "") -
     if isinstance(value, list):
         return [redact(item, sensitive) for item in value]
     if isinstance(value, str):
-        value = SECRET_VALUE.sub(REDACTED, value)
+        # Then the log rules, which also know ``password=...`` pairs and passwords in URLs.
+        value = logs.redact(SECRET_VALUE.sub(REDACTED, value))
         return value if len(value) <= MAX_VALUE_CHARS else value[:MAX_VALUE_CHARS] + "…"
     return value
 

@@ -43,19 +43,29 @@ _INTERNAL_KEYS = frozenset({"message", "format", "isError", "system", "time", "f
 _SECRET_FIELD = re.compile(
     r"(?:^|_)(?:password|passwd|pwd|secret|token|authorization|cookie|credentials?|api_?key|private_?key)$"
 )
+# A name is tried only from the start of its run of name characters (the leftmost match
+# starts there anyway): tried from every position inside the run, the lazy prefix made
+# redaction quadratic in a long word (20 KB of "token": 10 s).
+_RUN_START = r"(?<![\w-])"
 _SECRET_NAME = r"[\w-]*?(?:authorization|cookie|password|passwd|secret|token|api[_-]?key)"
 # ``name: "value"``, ``'name': 'value'``, ``b'name': [b'value']`` (reprs, JSON).
-_QUOTED_PAIR = re.compile(rf"(?i)({_SECRET_NAME}['\"]?\s*[:=]\s*\[?\s*b?)(['\"])(?:\\.|(?!\2).)*\2")
+_QUOTED_PAIR = re.compile(rf"(?i)({_RUN_START}{_SECRET_NAME}['\"]?\s*[:=]\s*\[?\s*b?)(['\"])(?:\\.|(?!\2).)*\2")
 # ``Authorization: ...`` and ``Cookie: ...`` header lines: the rest of the line.
 _HEADER_LINE = re.compile(r"(?i)\b((?:proxy-)?authorization|(?:set-)?cookie)(\s*[:=]\s*)(?![\"'\[])[^\r\n\"'}\]]+")
 # ``token=...``, ``password: ...`` in URLs, forms and prose: up to a separator.
-_BARE_PAIR = re.compile(rf"(?i)\b({_SECRET_NAME})(\s*[:=]\s*)(?![\"'\[\s])[^\s&#,;\"'}}\]]+")
+_BARE_PAIR = re.compile(rf"(?i)({_RUN_START}-*\b{_SECRET_NAME})(\s*[:=]\s*)(?![\"'\[\s])[^\s&#,;\"'}}\]]+")
 _BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9\-._~+/]+=*")
 _BASIC = re.compile(r"(?i)\b(basic)\s+([A-Za-z0-9+/]{4,}=*)")
-_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+# A JWT from its first "eyJ" word start to the end of its run of base64url characters. The
+# run is checked once from its start (lookahead), so that a long run of "eyJ-eyJ-..." is
+# not scanned again from each of them; the text before the "eyJ" (group 1) is kept.
+_JWT = re.compile(
+    r"(?<![A-Za-z0-9_-])(?=[A-Za-z0-9_-]*+\.[A-Za-z0-9_-]+\.)([A-Za-z0-9_-]*?)\beyJ[A-Za-z0-9_-]*+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"
+)
 _API_TOKEN = re.compile(r"\bmcpx_[A-Za-z0-9_-]*")
 _API_TOKEN_WITH_ID = re.compile(r"mcpx_([0-9a-f]{16})_.+")
-_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]+):[^/\s@]+@")
+# A scheme is short (RFC 3986); bounding it keeps a long "a.a.a..." run from costing O(n²).
+_URL_PASSWORD = re.compile(r"(?i)([a-z][a-z0-9+.-]{0,31}://[^/\s:@]+):[^/\s@]+@")
 
 
 def _basic(match: re.Match) -> str:
@@ -80,7 +90,7 @@ _RULES: tuple[tuple[re.Pattern, str | Callable[[re.Match], str]], ...] = (
     (_BARE_PAIR, rf"\1\2{REDACTED}"),
     (_BEARER, rf"\1 {REDACTED}"),
     (_BASIC, _basic),
-    (_JWT, REDACTED),
+    (_JWT, rf"\1{REDACTED}"),
     (_API_TOKEN, _api_token),
     (_URL_PASSWORD, rf"\1:{REDACTED}@"),
 )
@@ -139,6 +149,12 @@ def _traceback(event: dict) -> str | None:
     return redact(failure.getTraceback()) if failure is not None else None
 
 
+def _message(event: dict) -> str:
+    """The formatted message, with secret-named fields masked before they are put in."""
+    masked = {key: REDACTED for key in event if not key.startswith("log_") and is_secret_field(key)}
+    return redact(formatEvent({**event, **masked} if masked else event))
+
+
 def _level(event: dict) -> str:
     level = event.get("log_level")
     return level.name if level is not None else "info"
@@ -149,7 +165,7 @@ def _as_json(event: dict) -> str:
         "time": _timestamp(event).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "level": _level(event),
         "namespace": event.get("log_namespace", "-"),
-        "message": redact(formatEvent(event)),
+        "message": _message(event),
     }
     for key, value in event_fields(event).items():
         record.setdefault(key, value)
@@ -166,7 +182,7 @@ def _as_text(event: dict) -> str:
     stamp = _timestamp(event).astimezone().strftime("%Y-%m-%d %H:%M:%S")
     fields = event_fields(event)
     context = " ".join(f"{key}={fields[key]}" for key in _TEXT_CONTEXT if key in fields)
-    line = f"{stamp} {_level(event):<5} [{event.get('log_namespace', '-')}] {redact(formatEvent(event))}"
+    line = f"{stamp} {_level(event):<5} [{event.get('log_namespace', '-')}] {_message(event)}"
     if context:
         line += f"  ({context})"
     traceback = _traceback(event)

@@ -264,6 +264,7 @@ class MCProxyService(service.MultiService):
 
             return authenticate
 
+        authenticate_admin = authenticate_for("admin")
         self.transports = transports = McpTransports(
             reactor, config, authenticate_for("mcp"), tools, sessions, resources=artifacts
         )
@@ -273,7 +274,7 @@ class MCProxyService(service.MultiService):
                 store=store,
                 pool=pool,
                 sessions=sessions,
-                authenticate=authenticate_for("admin"),
+                authenticate=authenticate_admin,
                 create_token=create_token,
                 probe_browser=lambda url: probe_browser(reactor, config.browser, url),
                 max_body_bytes=config.server.max_body_bytes,
@@ -284,7 +285,7 @@ class MCProxyService(service.MultiService):
                 reload_config=self.reload,
             )
         )
-        self.metrics_resource = MetricsResource(metrics, authenticate_for("admin"), config.metrics.allowed_networks)
+        self.metrics_resource = MetricsResource(metrics, authenticate_admin, config.metrics.allowed_networks)
         root = Root(
             {
                 b"sse": transports.sse_resource,
@@ -299,7 +300,7 @@ class MCProxyService(service.MultiService):
                         pool=pool,
                         sessions=sessions,
                         activity=activity,
-                        authenticate=authenticate_for("admin"),
+                        authenticate=authenticate_admin,
                         started_at=started_at,
                     )
                 ),

@@ -21,10 +21,12 @@ def test_credentials_and_sensitive_arguments_are_redacted():
         "function": f"() => fetch('/x', {{headers: {{a: 'Bearer {jwt}'}}}})",
         "password": "pw",
         "value": "typed secret",
+        "proxy": "https://bob:userinfo-pw@proxy.test/",
+        "form": "user=bob&password=form-pw",
     }
     cleaned = redact(arguments, frozenset({"value"}))
     text = json.dumps(cleaned)
-    for secret in (token, jwt, "hunter2", "typed secret", '"pw"', '"k"', "abc"):
+    for secret in (token, jwt, "hunter2", "typed secret", '"pw"', '"k"', "abc", "userinfo-pw", "form-pw"):
         assert secret not in text, secret
     assert cleaned["headers"]["Accept"] == "text/html"
     assert cleaned["password"] == REDACTED and cleaned["value"] == REDACTED

@@ -28,8 +28,6 @@ from mcproxy.auth.jwt import JWTAuthenticator
 from mcproxy.errors import Unauthorized
 from mcproxy.testing.stores import result_of
 
-pytestmark = pytest.mark.filterwarnings("ignore:Using readBody with a transport")
-
 KEY_A = ec.generate_private_key(ec.SECP256R1())
 KEY_B = ec.generate_private_key(ec.SECP256R1())
 
@@ -47,7 +45,7 @@ def token(key, kid, clock_now=None):
 
 
 class JWKSServer(Resource):
-    """The identity provider's JWKS endpoint; ``mode`` is "ok", "slow" (never answers) or "error"."""
+    """The identity provider's JWKS endpoint; ``mode`` is "ok", "slow" (never answers), "error" or "huge" (over 1 MiB, chunked)."""
 
     isLeaf = True
 
@@ -66,6 +64,13 @@ class JWKSServer(Resource):
         if self.mode == "error":
             request.setResponseCode(503)
             return b"down for maintenance"
+        if self.mode == "huge":  # good keys, padded; chunked, so no Content-Length announces the size
+            request.write(json.dumps({"keys": self.keys}).encode()[:-1])
+            for _ in range(3):
+                request.write(b" " * 512 * 1024)
+            request.write(b"}")
+            request.finish()
+            return NOT_DONE_YET
         request.setHeader(b"Content-Type", b"application/json")
         return json.dumps({"keys": self.keys}).encode()
 
@@ -159,6 +164,13 @@ def test_a_hanging_jwks_times_out_on_the_clock_and_is_cancelled():
     clock.advance(0.2)
     assert results and results[0].value.reason == "jwks_unavailable"
     assert http.cancelled == 1
+
+
+def test_a_jwks_over_the_size_limit_without_a_length_is_refused():
+    cache, http, server, clock = scripted_cache()
+    server.mode = "huge"
+    assert refusal(cache) == "jwks_unavailable"
+    assert http.calls == 1
 
 
 def test_concurrent_requests_share_one_fetch_and_may_give_up_alone():

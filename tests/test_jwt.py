@@ -31,9 +31,6 @@ from mcproxy.storage.memory import MemoryStore
 from mcproxy.testing.stores import result_of, run_now
 from mcproxy.web.http import write_error
 
-# StubTreq's in-memory transport cannot abort; real connections can.
-pytestmark = pytest.mark.filterwarnings("ignore:Using readBody with a transport")
-
 NOW = 1_800_000_000
 SECRET = "s3cret-" * 11  # 66 bytes: long enough for HS512
 AUDIENCE = "https://mcproxy.example.com"

@@ -2,6 +2,7 @@
 
 import io
 import json
+import time
 
 import pytest
 import pytest_twisted
@@ -124,6 +125,18 @@ def test_secrets_never_reach_the_stream(kind, json_mode):
     assert output.count(logs.REDACTED) >= (3 if json_mode else 2)
 
 
+@pytest.mark.parametrize("unit", ["token", "-token", "a-", "eyJ-", "a.", "token:'"])
+def test_redaction_takes_linear_time_on_long_runs(unit):
+    text = unit * (100_000 // len(unit))  # quadratic patterns took minutes on these
+    started = time.monotonic()
+    logs.redact(text)
+    assert time.monotonic() - started < 2.0
+
+
+def test_a_jwt_inside_a_word_goes_and_the_word_stays():
+    assert logs.redact(f"id-{JWT} ok") == f"id-{logs.REDACTED} ok"
+
+
 def test_redaction_keeps_what_is_not_secret():
     text = "token_id=0123456789abcdef user_id=bob basic configuration at http://127.0.0.1:9222/json"
     assert logs.redact(text) == text
@@ -136,9 +149,10 @@ def test_redaction_keeps_what_is_not_secret():
 )
 def test_fields_named_like_secrets_are_dropped(name):
     stream = io.StringIO()
-    logged(stream).info("x", **{name: "plain-looking-value"})
+    logged(stream).info("x {" + name + "}", **{name: "plain-looking-value"})  # also formatted into the message
     (record,) = records(stream)
     assert record[name] == logs.REDACTED
+    assert record["message"] == f"x {logs.REDACTED}"
     assert "plain-looking-value" not in stream.getvalue()
 
 

@@ -21,8 +21,9 @@ import attrs
 from jwt import PyJWK
 from jwt.exceptions import PyJWTError
 from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.web.client import readBody
+from twisted.web.client import ResponseDone
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from mcproxy.errors import Unauthorized
@@ -189,8 +190,47 @@ class JWKSCache:
         )
         if response.length is not UNKNOWN_LENGTH and response.length > MAX_JWKS_BYTES:
             raise JWKSError(f"the document is over {MAX_JWKS_BYTES} bytes")
-        # readBody, unlike treq.content, closes the connection when cancelled (our timeout).
-        body = await readBody(response)
+        body = await _read_body(response)
         if response.code != 200:
             raise JWKSError(f"HTTP {response.code}")
         return body
+
+
+class _CappedBody(Protocol):
+    """Collects a response body into ``done``; past `MAX_JWKS_BYTES` drops the connection."""
+
+    def __init__(self, done: Deferred):
+        self.done = done
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def drop(self) -> None:
+        transport = self.transport
+        if transport is not None:
+            getattr(transport, "abortConnection", transport.stopProducing)()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        self.size += len(data)
+        if self.size > MAX_JWKS_BYTES:
+            self.drop()
+            self.done.errback(JWKSError(f"the document is over {MAX_JWKS_BYTES} bytes"))
+        else:
+            self.chunks.append(data)
+
+    def connectionLost(self, reason) -> None:
+        if self.done.called:
+            return
+        if reason.check(ResponseDone):
+            self.done.callback(b"".join(self.chunks))
+        else:
+            self.done.errback(reason)
+
+
+def _read_body(response) -> Deferred:
+    """Deferred[bytes]: the body, at most `MAX_JWKS_BYTES`; cancelling it (our timeout) closes
+    the connection, as `twisted.web.client.readBody` does (treq.content would leave it open)."""
+    protocol = _CappedBody(Deferred(lambda _: protocol.drop()))
+    response.deliverBody(protocol)
+    return protocol.done

@@ -44,10 +44,6 @@ class BrowsingPolicy:
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
 
-    @property
-    def restricts_hosts(self) -> bool:
-        return bool(self.allow or self.deny)
-
     def refusal(self, url: str) -> str | None:
         """Why ``url`` may not be visited, or None when it may."""
         if url in ALWAYS_ALLOWED:

@@ -157,14 +157,15 @@ class SQLiteStore:
     def delete_user(self, user_id):
         return self._changed("DELETE FROM users WHERE user_id = ?", user_id)
 
-    def touch_user(self, user_id, when):
+    def _raise_time(self, table: str, column: str, key: str, key_value, when):
+        """Move ``column`` of one row forward to ``when`` (never back); Deferred[None]."""
         d = self._changed(
-            "UPDATE users SET last_activity = MAX(COALESCE(last_activity, ?), ?) WHERE user_id = ?",
-            when,
-            when,
-            user_id,
+            f"UPDATE {table} SET {column} = MAX(COALESCE({column}, ?), ?) WHERE {key} = ?", when, when, key_value
         )
         return d.addCallback(lambda _: None)
+
+    def touch_user(self, user_id, when):
+        return self._raise_time("users", "last_activity", "user_id", user_id, when)
 
     def save_token(self, token):
         return self._pool.runOperation(
@@ -205,13 +206,7 @@ class SQLiteStore:
         )
 
     def touch_token(self, token_id, when):
-        d = self._changed(
-            "UPDATE tokens SET last_used_at = MAX(COALESCE(last_used_at, ?), ?) WHERE token_id = ?",
-            when,
-            when,
-            token_id,
-        )
-        return d.addCallback(lambda _: None)
+        return self._raise_time("tokens", "last_used_at", "token_id", token_id, when)
 
     def set_password(self, user_id, encoded):
         return self._pool.runOperation(

@@ -1,5 +1,6 @@
 """A server-sent-events response on a twisted.web request: keep-alives and flow control."""
 
+from collections import deque
 from typing import Callable
 
 from twisted.internet.interfaces import IPushProducer
@@ -40,7 +41,7 @@ class SseStream:
         self._on_closed: list[Callable[[], None]] = []
         self._pinger: LoopingCall | None = None
         self._paused = False
-        self._backlog: list[bytes] = []
+        self._backlog: deque[bytes] = deque()
         self._backlog_size = 0
 
     def start(self) -> None:
@@ -88,7 +89,7 @@ class SseStream:
         """End the response (after whatever is still waiting to be sent)."""
         if self.closed:
             return
-        backlog, self._backlog, self._backlog_size = self._backlog, [], 0
+        backlog, self._backlog, self._backlog_size = self._backlog, deque(), 0
         for data in backlog:  # the transport holds it from here
             self.request.write(data)
         self.request.unregisterProducer()
@@ -126,7 +127,7 @@ class SseStream:
 
     def _flush(self) -> None:
         while self._backlog and not self._paused:
-            data = self._backlog.pop(0)
+            data = self._backlog.popleft()
             self._backlog_size -= len(data)
             self.request.write(data)
 
