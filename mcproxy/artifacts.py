@@ -32,7 +32,9 @@ import attrs
 import mcp_types
 from mcp_types import INVALID_PARAMS
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from mcproxy.config import ArtifactsConfig
@@ -138,10 +140,13 @@ class ArtifactStore(Service):
     check expiry too, so an expired artifact is never served between sweeps.
     """
 
-    def __init__(self, data_dir: str, config: ArtifactsConfig, clock):
+    def __init__(self, data_dir: str, config: ArtifactsConfig, clock, run_blocking=deferToThread):
+        """``run_blocking(fn, *args)`` -> Deferred runs the reading and encoding of a
+        resource (up to ``artifacts.max_bytes``) away from the reactor."""
         self._root = os.path.join(os.path.abspath(data_dir), "artifacts")
         self._config = config
         self._clock = clock
+        self._run_blocking = run_blocking
         self._index: dict[str, Artifact] = {}
         self._sweeper: LoopingCall | None = None
         os.makedirs(self._root, mode=0o700, exist_ok=True)
@@ -270,21 +275,30 @@ class ArtifactStore(Service):
         )
 
     def read(self, user_id: str, uri: str) -> tuple[Artifact, bytes] | None:
-        """The caller's artifact and its bytes, or None."""
+        """The caller's artifact and its bytes, or None (in this thread: small files only)."""
         artifact = self.get(user_id, uri)
         if artifact is None:
             return None
+        data = self._read_bytes(artifact)
+        if data is None:
+            self._lost(artifact)
+            return None
+        return artifact, data
+
+    def _read_bytes(self, artifact: Artifact) -> bytes | None:
+        """The artifact's bytes, or None when its file is gone (safe in a thread)."""
         try:
-            user_fd = self._user_fd(user_id)
+            user_fd = self._user_fd(artifact.user_id)
             try:
-                data = _read_file(user_fd, ["files", *artifact.name.split("/")])
+                return _read_file(user_fd, ["files", *artifact.name.split("/")])
             finally:
                 os.close(user_fd)
         except OSError:
-            log.warn("Artifact {id} of user {user_id} lost its file", id=artifact.id, user_id=user_id)
-            self._remove(artifact, with_file=False)
             return None
-        return artifact, data
+
+    def _lost(self, artifact: Artifact) -> None:
+        log.warn("Artifact {id} of user {user_id} lost its file", id=artifact.id, user_id=artifact.user_id)
+        self._remove(artifact, with_file=False)
 
     # -- the McpServer resources hook ------------------------------------------------------
 
@@ -301,12 +315,25 @@ class ArtifactStore(Service):
             for a in self.artifacts(principal.user_id)
         ]
 
-    def read_resource(self, principal, uri: str) -> mcp_types.ReadResourceResult:
-        """``resources/read``: text types as text, everything else base64."""
-        found = self.read(principal.user_id, uri)
-        if found is None:
-            raise not_found(uri)
-        artifact, data = found
+    def read_resource(self, principal, uri: str) -> Deferred:
+        """``resources/read``: Deferred[ReadResourceResult], text types as text, everything
+        else base64; read and encoded by ``run_blocking``."""
+        artifact = self.get(principal.user_id, uri)
+        if artifact is None:
+            return fail(not_found(uri))
+
+        def encoded(result):
+            if result is None:
+                self._lost(artifact)
+                raise not_found(uri)
+            return result
+
+        return self._run_blocking(self._encode, artifact, uri).addCallback(encoded)
+
+    def _encode(self, artifact: Artifact, uri: str) -> mcp_types.ReadResourceResult | None:
+        data = self._read_bytes(artifact)
+        if data is None:
+            return None
         if is_text(artifact.mime_type):
             try:
                 text = data.decode("utf-8")

@@ -10,6 +10,7 @@ import pytest_twisted
 from mcproxy.artifacts import ArtifactStore
 from mcproxy.auth.principal import Principal
 from mcproxy.config import ArtifactsConfig
+from mcproxy.testing.stores import in_this_thread, result_of
 from mcproxy.testing.tool_calls import failed, make_context, make_registry, ok, text_of
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -20,7 +21,7 @@ BOB = Principal("bob", frozenset({"tools:*"}))
 
 @pytest.fixture
 def store(tmp_path, reactor):
-    return ArtifactStore(str(tmp_path), ArtifactsConfig(), reactor)
+    return ArtifactStore(str(tmp_path), ArtifactsConfig(), reactor, in_this_thread)
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ def saved(result, store, name, mime_type):
         (artifact.uri, name, mime_type, artifact.size)
     ]
     assert not [c for c in result.content if c.type == "image"]
-    contents = store.read_resource(ALICE, artifact.uri).contents[0]
+    contents = result_of(store.read_resource(ALICE, artifact.uri)).contents[0]
     data = contents.text.encode() if hasattr(contents, "text") else base64.b64decode(contents.blob)
     assert len(data) == artifact.size
     return artifact.uri, data
@@ -62,7 +63,7 @@ async def test_screenshot_to_file_is_a_png_resource_of_its_owner_only(tools, sto
     assert [r.uri for r in store.list_resources(ALICE)] == [uri]
     assert store.list_resources(BOB) == []
     with pytest.raises(Exception, match="Resource not found"):
-        store.read_resource(BOB, uri)
+        result_of(store.read_resource(BOB, uri))
 
 
 @pytest_twisted.ensureDeferred
@@ -118,7 +119,7 @@ async def test_heap_snapshot_is_streamed_to_a_json_resource(tools, store, fixtur
 
 @pytest_twisted.ensureDeferred
 async def test_heap_snapshot_over_the_size_limit_leaves_nothing(reactor, user_browser, tmp_path, fixture_site):
-    store = ArtifactStore(str(tmp_path), ArtifactsConfig(max_bytes=50_000), reactor)
+    store = ArtifactStore(str(tmp_path), ArtifactsConfig(max_bytes=50_000), reactor, in_this_thread)
     tools = make_registry(reactor, user_browser, artifacts=store)
     context = make_context()
     page_id = await open_page(tools, context, fixture_site)

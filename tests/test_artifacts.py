@@ -5,7 +5,6 @@ import json
 import os
 
 import pytest
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from mcproxy.artifacts import ArtifactStore, split_path
@@ -15,22 +14,14 @@ from mcproxy.errors import ToolError
 from mcproxy.mcp.jsonrpc import RpcError, parse_message
 from mcproxy.mcp.protocol import McpServer, McpSession
 from mcproxy.testing.fake_tools import FakeToolProvider
+from mcproxy.testing.stores import in_this_thread, result_of
+from mcproxy.testing.stores import run_now as run
 from mcproxy.tools.base import SessionView
 from mcproxy.tools.pages import Response
 
 ALICE = Principal("alice", frozenset({"tools:*"}))
 MALLORY = Principal("mallory/../alice", frozenset({"tools:*"}))
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
-
-
-def run(coroutine):
-    """The result of a coroutine that finishes without waiting (the store does no async I/O)."""
-    results = []
-    Deferred.fromCoroutine(coroutine).addBoth(results.append)
-    assert results, "the coroutine waited"
-    if isinstance(results[0], Exception) or hasattr(results[0], "raiseException"):
-        results[0].raiseException()
-    return results[0]
 
 
 @pytest.fixture
@@ -42,7 +33,7 @@ def clock():
 
 @pytest.fixture
 def store(tmp_path, clock):
-    return ArtifactStore(str(tmp_path), ArtifactsConfig(max_bytes=10_000, ttl=3600), clock)
+    return ArtifactStore(str(tmp_path), ArtifactsConfig(max_bytes=10_000, ttl=3600), clock, in_this_thread)
 
 
 def files_under(path) -> list[str]:
@@ -65,9 +56,9 @@ def test_save_list_read_round_trip(store, tmp_path, clock):
     ]
     assert "2023-11-14T22:13:20Z" in listed[0].description  # when it was saved
 
-    blob = store.read_resource(ALICE, shot.uri).contents[0]
+    blob = result_of(store.read_resource(ALICE, shot.uri)).contents[0]
     assert base64.b64decode(blob.blob) == PNG and blob.mime_type == "image/png" and blob.uri == shot.uri
-    text = store.read_resource(ALICE, notes.uri).contents[0]
+    text = result_of(store.read_resource(ALICE, notes.uri)).contents[0]
     assert text.text == "héllo\n" and text.mime_type == "text/markdown"
 
     # The file lies in the user's own directory, named as asked; nothing is left in tmp/.
@@ -83,8 +74,8 @@ def test_saving_the_same_name_again_replaces_the_artifact(store):
     second = run(store.save("alice", "./shot.png", PNG[:20]))
     assert [r.uri for r in store.list_resources(ALICE)] == [second.uri]
     with pytest.raises(RpcError):
-        store.read_resource(ALICE, first.uri)
-    assert base64.b64decode(store.read_resource(ALICE, second.uri).contents[0].blob) == PNG[:20]
+        result_of(store.read_resource(ALICE, first.uri))
+    assert base64.b64decode(result_of(store.read_resource(ALICE, second.uri)).contents[0].blob) == PNG[:20]
 
 
 def test_another_user_can_neither_list_nor_read(store):
@@ -92,7 +83,7 @@ def test_another_user_can_neither_list_nor_read(store):
     run(store.save("mallory/../alice", "mine.txt", b"mallory's"))
     assert [r.name for r in store.list_resources(MALLORY)] == ["mine.txt"]
     with pytest.raises(RpcError) as e:
-        store.read_resource(MALLORY, secret.uri)
+        result_of(store.read_resource(MALLORY, secret.uri))
     # Exactly what an unknown resource gets (protocol.EmptyResources), so nothing leaks.
     assert (e.value.code, e.value.message) == (-32602, f"Resource not found: {secret.uri}")
     assert e.value.data == {"uri": secret.uri}
@@ -104,7 +95,7 @@ def test_another_user_can_neither_list_nor_read(store):
 )
 def test_malformed_or_unknown_uris_are_not_found(store, uri):
     with pytest.raises(RpcError) as e:
-        store.read_resource(ALICE, uri)
+        result_of(store.read_resource(ALICE, uri))
     assert e.value.code == -32602 and uri in e.value.message
 
 
@@ -172,7 +163,7 @@ def test_symlinks_in_the_users_directory_are_not_followed(store, tmp_path):
     # A symlink as the final name is replaced by the file, never written through.
     leaf = run(store.save("alice", "leaf.txt", b"replaced"))
     assert not os.path.islink(files / "leaf.txt") and not os.path.exists(outside / "target.txt")
-    assert store.read_resource(ALICE, leaf.uri).contents[0].text == "replaced"
+    assert result_of(store.read_resource(ALICE, leaf.uri)).contents[0].text == "replaced"
     assert os.listdir(tmp_path / "artifacts" / user_dir / "tmp") == []
 
 
@@ -184,7 +175,7 @@ def test_a_file_swapped_for_a_symlink_is_not_read(store, tmp_path):
     path.unlink()
     os.symlink(tmp_path / "secret", path)
     with pytest.raises(RpcError):
-        store.read_resource(ALICE, saved.uri)
+        result_of(store.read_resource(ALICE, saved.uri))
     assert store.list_resources(ALICE) == []
 
 
@@ -211,7 +202,7 @@ def test_streaming_writer_and_abort(store, tmp_path):
         writer.write(chunk)
     artifact = run(writer.finish())
     assert artifact.size == 15 and artifact.mime_type == "application/json"
-    assert json.loads(store.read_resource(ALICE, artifact.uri).contents[0].text) == {"snapshot": 1}
+    assert json.loads(result_of(store.read_resource(ALICE, artifact.uri)).contents[0].text) == {"snapshot": 1}
 
     abandoned = store.writer("alice", "abandoned.json")
     abandoned.write(b"partial")
@@ -232,12 +223,12 @@ def test_expiry_by_sweep_and_on_read(store, clock, tmp_path):
         clock.advance(0.5)  # early expires now; the sweep has not run yet, the read checks itself
         assert [r.name for r in store.list_resources(ALICE)] == ["late.txt"]
         with pytest.raises(RpcError):
-            store.read_resource(ALICE, early.uri)
+            result_of(store.read_resource(ALICE, early.uri))
         assert not any(f.endswith("early.txt") for f in files_under(tmp_path))
         clock.advance(1800)  # the minute sweep deletes late's file without anyone asking
         assert files_under(tmp_path) == []
         with pytest.raises(RpcError):
-            store.read_resource(ALICE, late.uri)
+            result_of(store.read_resource(ALICE, late.uri))
     finally:
         store.stop()
     assert not clock.getDelayedCalls()
@@ -245,7 +236,7 @@ def test_expiry_by_sweep_and_on_read(store, clock, tmp_path):
 
 def test_restart_rebuilds_the_index(tmp_path, clock):
     config = ArtifactsConfig(max_bytes=10_000, ttl=3600)
-    first = ArtifactStore(str(tmp_path), config, clock)
+    first = ArtifactStore(str(tmp_path), config, clock, in_this_thread)
     doomed = run(first.save("bob", "doomed.txt", b"gone"))
     clock.advance(1000)
     kept = run(first.save("alice", "shots/kept.png", PNG))
@@ -254,14 +245,14 @@ def test_restart_rebuilds_the_index(tmp_path, clock):
     unfinished.write(b"half")  # the process dies here: no finish, no abort
 
     clock.advance(2700)  # past doomed's expiry, before the others'
-    second = ArtifactStore(str(tmp_path), config, clock)
+    second = ArtifactStore(str(tmp_path), config, clock, in_this_thread)
     listed = [(r.uri, r.name, r.size) for r in second.list_resources(ALICE)]
     assert listed == [(kept.uri, "shots/kept.png", len(PNG))]
-    assert base64.b64decode(second.read_resource(ALICE, kept.uri).contents[0].blob) == PNG
+    assert base64.b64decode(result_of(second.read_resource(ALICE, kept.uri)).contents[0].blob) == PNG
     bob = Principal("bob", frozenset())
     assert [r.uri for r in second.list_resources(bob)] == [later.uri]
     with pytest.raises(RpcError):
-        second.read_resource(bob, doomed.uri)
+        result_of(second.read_resource(bob, doomed.uri))
     leftovers = files_under(tmp_path)
     assert not any("doomed" in f or doomed.id in f or f.split("/")[-2] == "tmp" for f in leftovers), leftovers
     unfinished.abort()

@@ -7,7 +7,7 @@ but their own keys; `discard_test_store` deletes exactly those keys.
 import os
 import secrets
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
 from mcproxy.interfaces import IStore
@@ -70,3 +70,8 @@ def result_of(d: Deferred):
 def run_now(coroutine):
     """Run a coroutine that completes without waiting on the reactor; its result or exception."""
     return result_of(Deferred.fromCoroutine(coroutine))
+
+
+def in_this_thread(fn, *args):
+    """A ``run_blocking`` that runs ``fn`` at once (unit tests on a Clock): Deferred[result]."""
+    return maybeDeferred(fn, *args)
