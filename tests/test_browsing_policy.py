@@ -23,8 +23,8 @@ def book(**settings) -> PolicyBook:
         ("javascript:alert(1)", 'the scheme "javascript:" is not allowed'),
         ("JavaScript:alert(1)", 'the scheme "javascript:" is not allowed'),
         ("view-source:https://example.com", 'the scheme "view-source:" is not allowed'),
-        ("no-scheme-at-all", 'the scheme "(none):" is not allowed'),
-        ("http://[::1", "it is not a valid URL"),
+        ("no-scheme-at-all", "it is not a valid absolute URL"),
+        ("http://[::1", "it is not a valid absolute URL"),
     ],
 )
 def test_schemes_by_default(url, why):

@@ -2,21 +2,30 @@
 
 ``browsing.*`` holds the rules; ``browsing.user_rules`` adds per-user ones
 (``"alice allow *.corp.example"``, ``"bob deny social.example"``). A host pattern is a
-glob on the host name (``*.corp.example``) or a CIDR network for address hosts. Deny
-always wins; a non-empty allow list admits only what it names. ``about:blank`` is always
-allowed (it is where tabs start).
+glob on the host name (``*.corp.example``), an IP address, or a CIDR network for address
+hosts. Deny always wins; a non-empty allow list admits only what it names. ``about:blank``
+is always allowed (it is where tabs start).
+
+URLs are read the way Chrome reads them, by the WHATWG URL standard (``ada-url``, the
+parser Node uses), never by `urllib.parse`: ``http://evil\\@good.example/`` goes to
+``evil`` and ``http://0x7f.1/`` to ``127.0.0.1``, so that is what the lists are matched
+on. Hosts are compared in Chrome's canonical form (lower case, punycode, dotted-decimal
+IPv4, compressed IPv6, an IPv4-mapped IPv6 address as its IPv4, no trailing dot); a URL
+the standard rejects is refused.
 
 The tools check the URLs they are given (``new_page``, ``navigate_page``). With
 ``browsing.intercept`` the proxy also pauses every document request of every page
-(``Fetch`` domain) and fails the ones the policy refuses, so links and scripts cannot go
-where a tool could not.
+(``Fetch`` domain), new tabs and popups included (the pool holds them until `guard` has
+run), and fails the ones whose URL, as Chrome reports it, the policy refuses: links and
+scripts cannot go where a tool could not.
 """
 
 import fnmatch
 import ipaddress
-from urllib.parse import urlsplit
 
+import ada_url
 import attrs
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from mcproxy.config import BrowsingConfig, parse_user_rule
@@ -25,15 +34,83 @@ from mcproxy.errors import ToolError
 log = Logger()
 
 ALWAYS_ALLOWED = frozenset({"about:blank"})
+#: Schemes whose URLs name a network host the lists apply to.
+HOST_SCHEMES = frozenset({"http", "https", "ws", "wss"})
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def _host_matches(host: str, pattern: str) -> bool:
-    if "/" in pattern:
-        try:
-            return ipaddress.ip_address(host.strip("[]")) in ipaddress.ip_network(pattern, strict=False)
-        except ValueError:
-            return False
-    return fnmatch.fnmatchcase(host, pattern)
+def scheme_and_host(url: str) -> tuple[str, str]:
+    """The scheme and host Chrome would use for ``url``; ValueError when it is no URL at all.
+
+    The host is the WHATWG serialisation ("" when the URL has none): lower case, punycode,
+    IPv4 in dotted decimal whatever form it was written in, IPv6 compressed in brackets.
+    """
+    parts = ada_url.parse_url(url, attributes=("protocol", "hostname"))
+    return parts["protocol"].removesuffix(":"), parts["hostname"]
+
+
+def _address(text: str) -> Address | None:
+    """The IP address ``text`` names (an IPv4-mapped IPv6 address as its IPv4), else None."""
+    try:
+        address = ipaddress.ip_address(text.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return None
+    return getattr(address, "ipv4_mapped", None) or address
+
+
+def _network(text: str) -> Network:
+    """A CIDR pattern, with a network of IPv4-mapped IPv6 addresses as the IPv4 one."""
+    network = ipaddress.ip_network(text, strict=False)
+    mapped = ipaddress.ip_network("::ffff:0:0/96")
+    if network.version == 6 and network.prefixlen >= 96 and network.subnet_of(mapped):
+        network = ipaddress.ip_network((int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96))
+    return network
+
+
+def _name(text: str) -> str:
+    """A host name or name glob in canonical form: lower case, punycode labels, no final dot."""
+    labels = text.lower().rstrip(".").split(".")
+    return ".".join(label if label.isascii() else ada_url.idna_to_ascii(label).decode() or label for label in labels)
+
+
+@attrs.frozen
+class HostRule:
+    """One allow/deny pattern: an IP network, or a glob on canonical host names."""
+
+    pattern: str
+    network: Network | None = None
+
+    @classmethod
+    def parse(cls, pattern: "str | HostRule") -> "HostRule":
+        """The rule for a pattern from the configuration (a `HostRule` is kept as it is)."""
+        if isinstance(pattern, HostRule):
+            return pattern
+        address = _address(pattern)
+        if address is not None:
+            return cls(pattern, ipaddress.ip_network(address))
+        if "/" in pattern:
+            try:
+                return cls(pattern, _network(pattern))
+            except ValueError:
+                pass  # not a network: a glob no host name matches, as before
+        return cls(_name(pattern))
+
+    def matches(self, host: Address | str) -> bool:
+        """Whether the canonical ``host`` (see `host_key`) falls under this rule."""
+        if self.network is not None:
+            return not isinstance(host, str) and host in self.network
+        return fnmatch.fnmatchcase(str(host), self.pattern)
+
+
+def host_key(host: str) -> Address | str:
+    """What rules match a WHATWG host against: its IP address, or its canonical name."""
+    return _address(host) or _name(host)
+
+
+def _rules(patterns) -> tuple[HostRule, ...]:
+    return tuple(map(HostRule.parse, patterns))
 
 
 @attrs.frozen
@@ -41,27 +118,26 @@ class BrowsingPolicy:
     """The rules for one user."""
 
     schemes: frozenset[str]
-    allow: tuple[str, ...] = ()
-    deny: tuple[str, ...] = ()
+    allow: tuple[HostRule, ...] = attrs.field(default=(), converter=_rules)
+    deny: tuple[HostRule, ...] = attrs.field(default=(), converter=_rules)
 
     def refusal(self, url: str) -> str | None:
         """Why ``url`` may not be visited, or None when it may."""
         if url in ALWAYS_ALLOWED:
             return None
         try:
-            parts = urlsplit(url)
+            scheme, host = scheme_and_host(url)
         except ValueError:
-            return "it is not a valid URL"
-        scheme = parts.scheme.lower()
+            return "it is not a valid absolute URL (such as https://example.com/)"
         if scheme not in self.schemes:
             allowed = ", ".join(sorted(self.schemes))
-            return f'the scheme "{scheme or "(none)"}:" is not allowed (allowed: {allowed})'
-        if scheme not in ("http", "https", "ws", "wss"):
+            return f'the scheme "{scheme}:" is not allowed (allowed: {allowed})'
+        if scheme not in HOST_SCHEMES:
             return None
-        host = (parts.hostname or "").lower()
-        if any(_host_matches(host, pattern) for pattern in self.deny):
+        key = host_key(host)
+        if any(rule.matches(key) for rule in self.deny):
             return f'the host "{host}" is on the deny list'
-        if self.allow and not any(_host_matches(host, pattern) for pattern in self.allow):
+        if self.allow and not any(rule.matches(key) for rule in self.allow):
             return f'the host "{host}" is not on the allow list'
         return None
 
@@ -99,23 +175,29 @@ class PolicyBook:
         self._config, self._default, self._users = config, default, users
 
     def policy_for(self, user_id: str) -> BrowsingPolicy:
+        """The rules of ``user_id``: the defaults plus the user's own."""
         return self._users.get(user_id, self._default)
 
-    def guard(self, page, event: str) -> None:
-        """A page listener: with ``browsing.intercept``, stop refused document requests of ``page``."""
+    def guard(self, page, event: str) -> Deferred | None:
+        """A page listener: with ``browsing.intercept``, stop refused document requests of ``page``.
+
+        Returns the Deferred of ``Fetch.enable``: the pool holds a new tab (a popup) until it
+        fires, so the tab's first document is judged too.
+        """
         if not self._config.intercept or event not in ("attached", "reattached"):
-            return
+            return None
         if event == "attached":
             page.subscribe(
                 "Fetch.requestPaused",
                 lambda _, params: self._decide(page, self.policy_for(page.browser.user_id), params),
             )
-        page.send(
+        return page.send(
             "Fetch.enable", {"patterns": [{"urlPattern": "*", "resourceType": "Document", "requestStage": "Request"}]}
-        ).addErrback(lambda f: log.info("Could not guard page {page_id}: {error}", page_id=page.page_id, error=f.getErrorMessage()))
+        )
 
     @staticmethod
     def _decide(page, policy: BrowsingPolicy, params: dict) -> None:
+        """Judge the URL Chrome is about to load (not the one a tool asked for)."""
         url = params.get("request", {}).get("url", "")
         why = policy.refusal(url)
         if why is None:

@@ -36,7 +36,7 @@ RECONNECTING = "reconnecting"
 FAILED = "failed"
 STATUSES = (CONNECTED, DISCONNECTED, RECONNECTING, FAILED)
 
-PageListener = Callable[[Page, str], None]
+PageListener = Callable[[Page, str], Deferred | None]
 LinkOpener = Callable[["UserBrowser"], Awaitable[CDPConnection]]
 
 
@@ -388,33 +388,54 @@ class UserBrowser:
     # -- targets and pages ------------------------------------------------------------
 
     async def _attach(self, link: CDPConnection) -> None:
-        """Discover page targets on a fresh link and attach to each (flattened sessions)."""
-        link.subscribe("Target.targetCreated", lambda _, p: self._target_created(link, p["targetInfo"]))
+        """Have Chrome attach every page target to a fresh link (flattened sessions) and wait
+        until the pages it has now are set up.
+
+        Chrome attaches new targets too (tabs, popups, windows a script opens), paused before
+        they load anything until `_take_session` lets them run: the page listeners have
+        set each one up before its first request (the browsing guard needs that).
+        """
+        link.subscribe("Target.attachedToTarget", lambda _, p: self._auto_attached(link, p))
         link.subscribe("Target.targetInfoChanged", lambda _, p: self._target_changed(p["targetInfo"]))
         link.subscribe("Target.targetDestroyed", lambda _, p: self._target_gone(p["targetId"]))
         link.subscribe("Target.detachedFromTarget", lambda _, p: self._detached(p.get("sessionId")))
         timeout = self.config.connect_timeout
         await link.send("Target.setDiscoverTargets", {"discover": True}, timeout=timeout)
+        await link.send(
+            "Target.setAutoAttach",
+            {"autoAttach": True, "waitForDebuggerOnStart": True, "flatten": True, "filter": [{"type": "page"}]},
+            timeout=timeout,
+        )
         infos = (await link.send("Target.getTargets", timeout=timeout)).get("targetInfos", [])
         alive = {info["targetId"] for info in infos if info.get("type") == "page"}
         for page in list(self._pages.values()):
             if page.target_id not in alive:
                 self._drop_page(page)
-        attaching = [
-            self._ensure_attached(link, info, timeout=timeout)
-            for info in infos
-            if info.get("type") == "page"
-        ]
-        results = await defer.DeferredList(attaching, consumeErrors=True)
+        results = await defer.DeferredList(
+            [self._ensure_attached(link, target_id, timeout=timeout) for target_id in alive], consumeErrors=True
+        )
         for ok, result in results:
             if not ok and not result.check(CDPError, ToolError):
                 result.raiseException()
 
-    def _target_created(self, link: CDPConnection, info: dict) -> None:
+    def _auto_attached(self, link: CDPConnection, params: dict) -> None:
+        """Chrome attached a page target to ``link``: take its session (`_take_session`)."""
+        info = params["targetInfo"]
         if info.get("type") != "page" or link.closed:
             return
-        attaching = self._ensure_attached(link, info, timeout=self.config.call_timeout)
-        attaching.addErrback(self._log_attach_failure, info.get("targetId"))
+        target_id = info["targetId"]
+        taking = self._take_session(link, info, params["sessionId"], bool(params.get("waitingForDebugger")))
+        Deferred.fromCoroutine(taking).addBoth(self._settle, link, target_id)
+
+    def _settle(self, result: Page | Failure, link: CDPConnection, target_id: str) -> None:
+        """Tell the `_ensure_attached` waiters of ``target_id`` how its attach went."""
+        if isinstance(result, Failure):
+            self._log_attach_failure(result, target_id)
+            if link.closed:
+                return  # the waiters of this link fail with it; a new link's attach answers the others
+        for waiter in self._attaching.pop(target_id, []):
+            if not waiter.called:
+                waiter.errback(result) if isinstance(result, Failure) else waiter.callback(result)
 
     def _log_attach_failure(self, failure: Failure, target_id: str) -> None:
         log.info(
@@ -424,40 +445,34 @@ class UserBrowser:
             error=failure.getErrorMessage(),
         )
 
-    def _ensure_attached(self, link: CDPConnection, info: dict, *, timeout: float) -> Deferred:
-        """Deferred[Page] for ``info``'s target with a live session on ``link``; attaches once."""
-        target_id = info["targetId"]
+    def _ensure_attached(self, link: CDPConnection, target_id: str, *, timeout: float) -> Deferred:
+        """Deferred[Page] for the target once Chrome attached it to ``link`` and it is set up."""
+        page = self._by_target.get(target_id)
+        if page is not None and page.session_id is not None and self._attached_on.get(target_id) is link:
+            return defer.succeed(page)
+        if target_id in self._gone:
+            return defer.fail(ToolError(f"target {target_id} closed while attaching"))
 
         def forget(waiter: Deferred) -> None:
             waiters = self._attaching.get(target_id, [])
             if waiter in waiters:
                 waiters.remove(waiter)
 
+        def timed_out(failure: Failure) -> None:
+            failure.trap(defer.TimeoutError)
+            raise ToolError(f"the browser did not attach target {target_id} within {timeout:g} s")
+
         waiter: Deferred = Deferred(forget)
-        if target_id in self._attaching:
-            self._attaching[target_id].append(waiter)
-            return waiter
-        page = self._by_target.get(target_id)
-        if page is not None and page.session_id is not None and self._attached_on.get(target_id) is link:
-            return defer.succeed(page)
-        self._attaching[target_id] = [waiter]
+        self._attaching.setdefault(target_id, []).append(waiter)
+        waiter.addTimeout(timeout, self.clock)
+        return waiter.addErrback(timed_out)
 
-        def settle(result):
-            for each in self._attaching.pop(target_id, []):
-                if isinstance(result, Failure):
-                    each.errback(result)
-                else:
-                    each.callback(result)
-
-        Deferred.fromCoroutine(self._attach_target(link, info, timeout)).addBoth(settle)
-        return waiter
-
-    async def _attach_target(self, link: CDPConnection, info: dict, timeout: float) -> Page:
+    async def _take_session(self, link: CDPConnection, info: dict, session_id: str, waiting: bool) -> Page:
+        """Register the page of an attached target, let the page listeners set it up, then let
+        it run. A target that waits to run and could not be set up is closed instead: with the
+        browsing guard missing, it would load unchecked."""
         target_id = info["targetId"]
-        reply = await link.send(
-            "Target.attachToTarget", {"targetId": target_id, "flatten": True}, timeout=timeout
-        )
-        session_id = reply["sessionId"]
+        timeout = self.config.call_timeout
         page = self._by_target.get(target_id)
         event = "reattached"
         if page is None:
@@ -476,7 +491,6 @@ class UserBrowser:
             # tab reloaded while the proxy was away is usable again.
             page.crashed = False
         page.session_id = session_id
-        self._attached_on[target_id] = link
         link.subscribe(None, page.dispatch, session_id=session_id)
         # Not awaited: Chrome runs a session's commands in order, so later calls see the
         # domains enabled, and a page showing a JavaScript dialog answers Page.enable only
@@ -484,7 +498,6 @@ class UserBrowser:
         for method, params in (
             ("Page.enable", None),
             ("Page.setLifecycleEventsEnabled", {"enabled": True}),
-            ("Runtime.runIfWaitingForDebugger", None),
             # Inspector.targetCrashed: a crashed renderer fails the page's calls at once.
             ("Inspector.enable", None),
         ):
@@ -495,7 +508,16 @@ class UserBrowser:
             raise ToolError(f"target {target_id} closed while attaching")
         self._pages[page.page_id] = page
         self._by_target[target_id] = page
-        self._notify(page, event)
+        errors = [result for ok, result in await self._notify(page, event) if not ok]
+        for error in errors:
+            self._log_enable_failure(error, page, "Setting up")
+        if errors and waiting:
+            link.send("Target.closeTarget", {"targetId": target_id}, timeout=timeout).addErrback(lambda _: None)
+            raise ToolError(f"page {page.page_id} could not be set up ({errors[0].getErrorMessage()}); it was closed")
+        link.send("Runtime.runIfWaitingForDebugger", session_id=session_id, timeout=timeout).addErrback(
+            self._log_enable_failure, page, "Runtime.runIfWaitingForDebugger"
+        )
+        self._attached_on[target_id] = link
         return page
 
     def _log_enable_failure(self, failure: Failure, page: Page, method: str) -> None:
@@ -533,12 +555,20 @@ class UserBrowser:
             page.mark_closed()
             self._notify(page, "closed")
 
-    def _notify(self, page: Page, event: str) -> None:
+    def _notify(self, page: Page, event: str) -> Deferred:
+        """Tell the page listeners; Deferred[list] of the outcomes of the Deferreds some
+        return (set-up still under way), as `DeferredList` gives them."""
+        pending = []
         for listener in list(self._listeners):
             try:
-                listener(page, event)
+                result = listener(page, event)
             except Exception:
                 log.failure("Page listener failed for page {page_id}", page_id=page.page_id)
+                pending.append(defer.fail(ToolError("a page listener failed")))
+            else:
+                if isinstance(result, Deferred):
+                    pending.append(result)
+        return defer.DeferredList(pending, consumeErrors=True)
 
     @property
     def status(self) -> str:
@@ -570,7 +600,11 @@ class UserBrowser:
     def add_page_listener(self, callback: PageListener) -> Callable[[], None]:
         """Call ``callback(page, event)`` with event "attached" (a new page has a session),
         "reattached" (a known page got a new session after a reconnect: enable domains
-        again) or "closed". Returns a callable that removes the listener."""
+        again) or "closed". Returns a callable that removes the listener.
+
+        On "attached" and "reattached" the listener may return a Deferred: a new tab or popup
+        (which Chrome holds before its first request) runs only once it fired, and is closed
+        if it failed."""
         self._listeners.append(callback)
         return lambda: self._listeners.remove(callback) if callback in self._listeners else None
 
@@ -626,8 +660,7 @@ class UserBrowser:
         if isolated_context is not None:
             params["browserContextId"] = await self._browser_context(isolated_context, seconds)
         reply = await link.send("Target.createTarget", params, timeout=seconds)
-        info = {"targetId": reply["targetId"], "type": "page", "url": "about:blank"}
-        page = await self._ensure_attached(link, info, timeout=seconds)
+        page = await self._ensure_attached(link, reply["targetId"], timeout=seconds)
         page.via_proxy = True
         page.opener = opener
         if isolated_context is not None:

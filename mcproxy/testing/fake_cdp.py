@@ -1,7 +1,7 @@
 """A scripted fake Chrome DevTools endpoint, in memory or over a real loopback WebSocket.
 
 It knows just enough of the Target domain for a `UserBrowser` to connect, list, open
-and close pages, and lets a test script the edge cases: error replies, calls that are
+and close pages (attached on request or automatically, ``Target.setAutoAttach``), and lets a test script the edge cases: error replies, calls that are
 never answered, abrupt disconnects, huge messages, refused handshakes.
 """
 
@@ -40,12 +40,16 @@ class FakeChrome:
         self.calls: list[tuple[str, dict, str | None]] = []
         self.targets: dict[str, dict] = {}
         self._next_target = 0
+        self._sessions: dict[str, int] = {}
+        #: Whether pages are attached as they appear (``Target.setAutoAttach``).
+        self.auto_attach = False
         self._outputs: list[Callable[[str], None]] = []
         self.handlers: dict[str, Handler] = {
             "Browser.getVersion": lambda p, s: {"product": "FakeChrome/1.0", "protocolVersion": "1.3"},
             "Target.setDiscoverTargets": self._discover,
             "Target.getTargets": lambda p, s: {"targetInfos": list(self.targets.values())},
             "Target.attachToTarget": self._attach,
+            "Target.setAutoAttach": self._auto_attach,
             "Target.createTarget": self._create,
             "Target.closeTarget": self._close,
         }
@@ -65,6 +69,8 @@ class FakeChrome:
         }
         self.targets[target_id] = info
         self.emit("Target.targetCreated", {"targetInfo": info})
+        if self.auto_attach and type == "page":
+            self._attached(info, waiting=True)
         return target_id
 
     def connect(self, output: Callable[[str], None]) -> Callable[[], None]:
@@ -115,8 +121,24 @@ class FakeChrome:
         target_id = params["targetId"]
         if target_id not in self.targets:
             raise FakeCDPError(f"No target with given id found: {target_id}")
-        count = sum(1 for m, p, _ in self.calls if m == "Target.attachToTarget" and p["targetId"] == target_id)
-        return {"sessionId": f"S-{target_id}-{count}"}
+        return {"sessionId": self._new_session(target_id)}
+
+    def _new_session(self, target_id: str) -> str:
+        """Session ids "S-<target>-<n>": the n-th attach to that target."""
+        self._sessions[target_id] = self._sessions.get(target_id, 0) + 1
+        return f"S-{target_id}-{self._sessions[target_id]}"
+
+    def _auto_attach(self, params: dict, session_id: str | None) -> dict:
+        self.auto_attach = bool(params.get("autoAttach"))
+        if self.auto_attach:
+            for info in list(self.targets.values()):
+                if info["type"] == "page":
+                    self._attached(info, waiting=False)
+        return {}
+
+    def _attached(self, info: dict, *, waiting: bool) -> None:
+        session = self._new_session(info["targetId"])
+        self.emit("Target.attachedToTarget", {"sessionId": session, "targetInfo": info, "waitingForDebugger": waiting})
 
     def _create(self, params: dict, session_id: str | None) -> dict:
         return {"targetId": self.add_target(params.get("url", "about:blank"))}
