@@ -7,7 +7,7 @@ import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from mcproxy.browser.cdp.connection import CDPConnection, open_websocket
+from mcproxy.browser.cdp.connection import ALL, THREAD_DECODE_BYTES, CDPConnection, open_websocket
 from mcproxy.errors import BrowserUnavailable, CDPError, InvalidBrowserURL
 from mcproxy.testing.fake_cdp import HANG, FakeCDPError, FakeCDPServerFactory, FakeChrome
 
@@ -223,3 +223,142 @@ async def test_pool_over_a_websocket_url_reconnects_after_a_drop(reactor, fake_s
             break
         await deferLater(reactor, 0.02)
     assert fake_server.connections == []
+
+
+# -- what a hostile browser sends (more over a real WebSocket in test_hostile_browser.py) -----
+
+
+GARBAGE = [
+    "not json",
+    b"\xff\xfe not utf-8",
+    "[" * 100_000 + "]" * 100_000,  # nesting deeper than the parser's stack
+    "[1, 2]",
+    '"a string"',
+    "{}",
+    '{"id": "1", "result": {}}',
+    '{"id": true, "result": {}}',
+    '{"id": 1.5, "result": {}}',
+    '{"method": 7}',
+    '{"method": "Page.loadEventFired", "params": [1]}',
+    '{"method": "Page.loadEventFired", "params": {}, "sessionId": 3}',
+    '{"id": 1, "result": {}, "sessionId": ["S1"]}',
+]
+
+
+def test_garbage_is_dropped_and_counted_and_the_connection_keeps_working():
+    connection, _ = make()
+    call = connection.send("Browser.getVersion")
+    events = []
+    connection.subscribe(ALL, lambda m, p: events.append(m), session_id="S1")
+    connection.subscribe(ALL, lambda m, p: events.append(m))
+    for text in GARBAGE:
+        connection.message_received(text)
+    assert connection.dropped == len(GARBAGE)
+    assert not call.called and events == []
+    connection.message_received(json.dumps({"id": 999, "result": {}}))  # answers nothing: ignored
+    connection.message_received(json.dumps({"id": 1, "result": {"product": "Chrome"}}))
+    assert outcome(call) == {"product": "Chrome"}
+    assert connection.dropped == len(GARBAGE) and not connection.closed
+
+
+@pytest.mark.parametrize(
+    "reply, error",
+    [
+        ({"result": [1, 2]}, "Runtime.evaluate: FakeChrome sent a malformed reply (its result is not an object)"),
+        ({"result": "x"}, "Runtime.evaluate: FakeChrome sent a malformed reply (its result is not an object)"),
+        ({"error": "boom"}, "Runtime.evaluate: unknown error"),
+        ({"error": {"message": 5, "code": "x", "data": {"a": 1}}}, "Runtime.evaluate: unknown error"),
+        ({"error": {"message": "Bad", "code": -32000, "data": "details"}}, "Runtime.evaluate: Bad (details)"),
+    ],
+)
+def test_a_malformed_reply_fails_only_the_call_it_answers(reply, error):
+    connection = CDPConnection(Clock(), lambda text: None, lambda: None, description="FakeChrome")
+    first, second = connection.send("Runtime.evaluate"), connection.send("Runtime.evaluate")
+    connection.message_received(json.dumps({"id": 1, **reply}))
+    failure = outcome(first)
+    assert failure.check(CDPError) and failure.value.message == error
+    assert failure.value.cdp_code in (None, -32000)
+    assert not second.called and connection.pending_count == 1
+
+
+class ManualThreads:
+    """A run_in_thread whose "threads" finish when the test says so."""
+
+    def __init__(self):
+        self.running = []
+        self.paused = 0
+        self.resumed = 0
+
+    def run(self, function, *args):
+        done = defer.Deferred()
+        self.running.append((done, function, args))
+        return done
+
+    def finish(self):
+        done, function, args = self.running.pop(0)
+        try:
+            result = function(*args)
+        except Exception:
+            done.errback()
+        else:
+            done.callback(result)
+
+
+def threaded():
+    threads = ManualThreads()
+    connection = CDPConnection(
+        Clock(),
+        lambda text: None,
+        lambda: None,
+        run_in_thread=threads.run,
+        pause_reading=lambda: setattr(threads, "paused", threads.paused + 1),
+        resume_reading=lambda: setattr(threads, "resumed", threads.resumed + 1),
+    )
+    return connection, threads
+
+
+def test_a_big_message_is_decoded_in_a_thread_and_later_ones_wait_for_it():
+    connection, threads = threaded()
+    big_call, small_call = connection.send("Page.captureScreenshot"), connection.send("Runtime.evaluate")
+    order = []
+    big_call.addCallback(lambda r: order.append(("big", len(r["data"]))))
+    small_call.addCallback(lambda r: order.append(("small", r)))
+    connection.subscribe("Page.loadEventFired", lambda m, p: order.append(("event", p)))
+    big = json.dumps({"id": 1, "result": {"data": "x" * THREAD_DECODE_BYTES}})
+    connection.message_received(big.encode())
+    connection.message_received(json.dumps({"method": "Page.loadEventFired", "params": {"n": 1}}))
+    connection.message_received(json.dumps({"id": 2, "result": {"v": 2}}))
+    # The big one is in its "thread", reading is paused, and nothing overtook it.
+    assert len(threads.running) == 1 and threads.paused == 1 and threads.resumed == 0
+    assert order == []
+    threads.finish()
+    assert order == [("big", THREAD_DECODE_BYTES), ("event", {"n": 1}), ("small", {"v": 2})]
+    assert threads.resumed == 1
+    # Small messages alone never go to a thread.
+    connection.message_received(json.dumps({"method": "Page.loadEventFired", "params": {"n": 2}}))
+    assert threads.running == [] and order[-1] == ("event", {"n": 2})
+
+
+def test_big_garbage_is_dropped_after_its_thread_and_the_queue_goes_on():
+    connection, threads = threaded()
+    call = connection.send("Runtime.evaluate")
+    connection.message_received("[" * THREAD_DECODE_BYTES)
+    connection.message_received(json.dumps({"id": 1, "result": {}}))
+    assert not call.called
+    threads.finish()
+    assert outcome(call) == {} and connection.dropped == 1
+
+
+def test_a_disconnect_while_decoding_comes_after_the_messages_before_it():
+    connection, threads = threaded()
+    answered, unanswered = connection.send("Page.captureScreenshot"), connection.send("Runtime.evaluate")
+    reasons = []
+    connection.add_close_listener(reasons.append)
+    connection.message_received(json.dumps({"id": 1, "result": {"data": "x" * THREAD_DECODE_BYTES}}))
+    connection.connection_lost("peer went away")
+    assert not answered.called and not unanswered.called and reasons == []
+    threads.finish()
+    assert len(outcome(answered)["data"]) == THREAD_DECODE_BYTES
+    assert "lost during Runtime.evaluate (peer went away)" in outcome(unanswered).value.message
+    assert reasons == ["peer went away"] and connection.closed
+    assert threads.resumed == 0  # a lost transport is not resumed

@@ -4,10 +4,19 @@
 writes through a callable, so it runs the same over autobahn and in deterministic
 tests. `CDPClientProtocol`/`CDPClientFactory` put it on a WebSocket; `open_websocket`
 connects one and waits for the opening handshake, explaining Chrome's refusals.
+
+What the browser sends is untrusted (whoever answers at the registered URL): a message
+is at most ``browser.max_message_bytes`` (the WebSocket layer closes the connection past
+it); one of `THREAD_DECODE_BYTES` or more is decoded in a thread, with reading paused and
+later messages queued behind it so their order holds; one that is not JSON, not an
+object, or has fields of the wrong type is dropped with a log line, or fails only the
+call it answers; a reply to no pending call is ignored.
 """
 
 import json
+from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -15,7 +24,9 @@ from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mcproxy.errors import BrowserUnavailable, CDPError, InvalidBrowserURL
 
@@ -23,6 +34,45 @@ log = Logger()
 
 EventCallback = Callable[[str, dict], None]
 ALL = None  # subscribe(ALL, ...) receives every event of a session
+#: Messages this big or bigger are decoded in a thread: parsing a few MB of JSON takes
+#: long enough to stall every other user's calls if done in a reactor turn.
+THREAD_DECODE_BYTES = 1024 * 1024
+#: Malformed messages logged one by one per connection; after that only every 1000th.
+LOGGED_DROPS = 10
+
+
+class MalformedMessage(ValueError):
+    """A message from the browser that is no CDP reply or event (it is dropped)."""
+
+
+def parse_message(data: str | bytes) -> dict:
+    """One CDP message decoded and checked: a reply (``id``) or an event (``method``).
+
+    Pure, so it runs in a thread for big messages. Raises `MalformedMessage` saying why.
+    """
+    try:
+        message = json.loads(data)
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
+        raise MalformedMessage("not JSON") from None
+    if not isinstance(message, dict):
+        raise MalformedMessage("not a JSON object")
+    if not isinstance(message.get("sessionId", ""), str):
+        raise MalformedMessage("sessionId is not a string")
+    if "id" in message:
+        if not isinstance(message["id"], int) or isinstance(message["id"], bool):
+            raise MalformedMessage("id is not an integer")
+    elif not isinstance(message.get("method"), str):
+        raise MalformedMessage("neither a reply (id) nor an event (method)")
+    elif not isinstance(message.get("params", {}), dict):
+        raise MalformedMessage("params is not an object")
+    return message
+
+
+def thread_runner(reactor) -> Callable[..., Deferred] | None:
+    """``run(f, *args)`` in the reactor's thread pool, or None for a clock without threads."""
+    if not hasattr(reactor, "getThreadPool"):
+        return None
+    return partial(deferToThreadPool, reactor, reactor.getThreadPool())
 
 
 class CDPConnection:
@@ -30,6 +80,10 @@ class CDPConnection:
 
     ``send_text`` writes one text message; ``abort`` drops the transport. The owner
     calls `message_received` for each incoming message and `connection_lost` once.
+    ``run_in_thread(f, *args)`` (Deferred of the result) decodes big messages; without
+    it every message is decoded inline (in-memory tests). ``pause_reading`` and
+    ``resume_reading`` hold the transport while one is decoded, so the queue behind it
+    stays short.
     """
 
     def __init__(
@@ -40,16 +94,26 @@ class CDPConnection:
         *,
         default_timeout: float = 30.0,
         description: str = "the browser",
+        run_in_thread: Callable[..., Deferred] | None = None,
+        pause_reading: Callable[[], None] = lambda: None,
+        resume_reading: Callable[[], None] = lambda: None,
     ):
         self.clock = clock
         self._send_text = send_text
         self._abort = abort
         self.default_timeout = default_timeout
         self.description = description
+        self._run_in_thread = run_in_thread
+        self._pause_reading = pause_reading
+        self._resume_reading = resume_reading
         self._next_id = 0
         self._pending: dict[int, tuple[str, Deferred]] = {}
         self._subscribers: dict[tuple[str | None, str | None], list[EventCallback]] = {}
         self._close_listeners: list[Callable[[str], None]] = []
+        #: Messages received behind one being decoded in a thread.
+        self._inbox: deque = deque()
+        self._decoding = False
+        self.dropped = 0
         self.closed = False
         self.close_reason: str | None = None
 
@@ -71,7 +135,7 @@ class CDPConnection:
         Fails with BrowserUnavailable when disconnected or on timeout, CDPError when
         Chrome answers with an error. Cancelling the Deferred forgets the call.
         """
-        if self.closed:
+        if self.closed or self.close_reason is not None:
             return defer.fail(BrowserUnavailable(self._closed_message()))
         self._next_id += 1
         call_id = self._next_id
@@ -131,35 +195,91 @@ class CDPConnection:
         """Drop the transport; `connection_lost` follows."""
         self._abort()
 
-    def message_received(self, text: str | bytes) -> None:
-        """Route one message from Chrome to its pending call or to event subscribers."""
-        try:
-            message = json.loads(text)
-        except ValueError:
-            log.warn("Ignoring a non-JSON message from {browser}", browser=self.description)
+    def message_received(self, data: str | bytes) -> None:
+        """Route one message from Chrome to its pending call or to event subscribers, in
+        the order received (a big one is decoded in a thread; later ones wait for it)."""
+        if self.closed:
             return
-        if not isinstance(message, dict):
-            return
+        self._inbox.append(data)
+        if not self._decoding:
+            self._drain()
+
+    def _drain(self) -> None:
+        while self._inbox and not self._decoding:
+            data = self._inbox.popleft()
+            if self._run_in_thread is not None and len(data) >= THREAD_DECODE_BYTES:
+                self._decoding = True
+                self._pause_reading()
+                self._run_in_thread(parse_message, data).addBoth(self._decoded)
+                return
+            try:
+                message = parse_message(data)
+            except MalformedMessage as e:
+                self.drop(str(e))
+                continue
+            self._route(message)
+        if not self._decoding and self.close_reason is not None:
+            self._lost(self.close_reason)
+
+    def _decoded(self, result) -> None:
+        self._decoding = False
+        if self.close_reason is None:
+            self._resume_reading()
+        if isinstance(result, Failure):
+            if result.check(MalformedMessage):
+                self.drop(result.getErrorMessage())
+            else:
+                log.failure("Decoding a message from {browser} failed", result, browser=self.description)
+        else:
+            self._route(result)
+        self._drain()
+
+    def drop(self, why: str) -> None:
+        """Count a malformed message that is dropped; log the first few (a hostile browser
+        must not flood the log)."""
+        self.dropped += 1
+        if self.dropped <= LOGGED_DROPS or self.dropped % 1000 == 0:
+            log.warn(
+                "Dropped a malformed message from {browser} ({why}); {count} so far",
+                browser=self.description,
+                why=why,
+                count=self.dropped,
+            )
+
+    def _route(self, message: dict) -> None:
         if "id" in message:
             self._answer(message)
-        elif "method" in message:
+        else:
             self._dispatch(message.get("sessionId"), message["method"], message.get("params") or {})
 
     def _answer(self, message: dict) -> None:
         entry = self._pending.pop(message["id"], None)
         if entry is None:
-            return
+            return  # cancelled, timed out, or never asked: nothing waits for it
         method, result = entry
         error = message.get("error")
         if error is not None:
-            text = error.get("message", "unknown error") if isinstance(error, dict) else str(error)
-            data = error.get("data") if isinstance(error, dict) else None
-            if data:
+            if not isinstance(error, dict):
+                error = {}
+            text = error.get("message")
+            text = text if isinstance(text, str) else "unknown error"
+            data = error.get("data")
+            if isinstance(data, str) and data:
                 text = f"{text} ({data})"
-            code = error.get("code") if isinstance(error, dict) else None
+            code = error.get("code")
+            code = code if isinstance(code, int) and not isinstance(code, bool) else None
             result.errback(CDPError(f"{method}: {text}", cdp_code=code))
-        else:
-            result.callback(message.get("result") or {})
+            return
+        answer = message.get("result")
+        if answer is None:
+            answer = {}
+        if not isinstance(answer, dict):
+            self.drop(f"the result of {method} is not an object")
+            result.errback(
+                CDPError(f"{method}: {self.description} sent a malformed reply (its result is not an object)")
+            )
+            return
+        result.callback(answer)
 
     def _dispatch(self, session_id: str | None, method: str, params: dict) -> None:
         for key in ((session_id, method), (session_id, ALL)):
@@ -170,11 +290,18 @@ class CDPConnection:
                     log.failure("CDP event handler for {method} failed", method=method)
 
     def connection_lost(self, reason: str) -> None:
-        """Fail every pending call with BrowserUnavailable and tell the close listeners."""
+        """Fail every pending call with BrowserUnavailable and tell the close listeners
+        (after the messages still being decoded, which arrived first)."""
+        if self.closed or self.close_reason is not None:
+            return
+        self.close_reason = reason  # calls made from now on fail at once
+        if not self._decoding:
+            self._lost(reason)
+
+    def _lost(self, reason: str) -> None:
         if self.closed:
             return
         self.closed = True
-        self.close_reason = reason
         pending, self._pending = self._pending, {}
         for method, result in pending.values():
             result.errback(
@@ -210,6 +337,9 @@ class CDPClientProtocol(WebSocketClientProtocol):
             self._abort,
             default_timeout=factory.call_timeout,
             description=factory.description,
+            run_in_thread=thread_runner(factory.clock),
+            pause_reading=lambda: self.transport.pauseProducing(),
+            resume_reading=lambda: self.transport.resumeProducing(),
         )
         opened, self.opened = self.opened, None
         opened.callback(self)
@@ -219,7 +349,11 @@ class CDPClientProtocol(WebSocketClientProtocol):
             self.transport.abortConnection()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        if self.cdp is not None:
+        if self.cdp is None:
+            return
+        if isBinary:
+            self.cdp.drop("a binary frame; CDP sends text")
+        else:
             self.cdp.message_received(payload)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
@@ -353,5 +487,9 @@ __all__ = [
     "CDPClientFactory",
     "CDPClientProtocol",
     "CDPConnection",
+    "MalformedMessage",
+    "THREAD_DECODE_BYTES",
     "open_websocket",
+    "parse_message",
+    "thread_runner",
 ]
