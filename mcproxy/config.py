@@ -39,6 +39,10 @@ class ServerConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     drain_timeout: float = 30.0
     request_timeout: float = 120.0
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keepalive_timeout: float = 60.0
+    max_connections_per_address: int = 64
     sse_keepalive: float = 15.0
     log_level: str = "info"
 
@@ -347,6 +351,10 @@ def validate(config: Config) -> None:
         ("browser.backoff_max", config.browser.backoff_max),
         ("browser.call_timeout", config.browser.call_timeout),
         ("session.idle_timeout", config.session.idle_timeout),
+        ("server.request_timeout", config.server.request_timeout),
+        ("server.header_timeout", config.server.header_timeout),
+        ("server.body_timeout", config.server.body_timeout),
+        ("server.keepalive_timeout", config.server.keepalive_timeout),
     ):
         if value <= 0:
             raise ConfigError(f"{key}: must be positive, got {value}")
@@ -355,6 +363,8 @@ def validate(config: Config) -> None:
             raise ConfigError(f"limits.{key}: must be 0 (no limit) or more")
     if config.server.drain_timeout < 0:
         raise ConfigError("server.drain_timeout: must be 0 (stop at once) or more")
+    if config.server.max_connections_per_address < 0:
+        raise ConfigError("server.max_connections_per_address: must be 0 (no cap) or more")
     if config.server.hsts_max_age < 0:
         raise ConfigError("server.hsts_max_age: must be 0 (no header) or more")
     if config.browser.max_attempts < 0:

@@ -25,6 +25,10 @@ LIVE_KEYS = frozenset(
         "server.max_body_bytes",
         "server.drain_timeout",
         "server.request_timeout",
+        "server.header_timeout",
+        "server.body_timeout",
+        "server.keepalive_timeout",
+        "server.max_connections_per_address",
         "server.sse_keepalive",
         "server.log_level",
         *(f"ratelimit.{field.name}" for field in attrs.fields(SECTIONS["ratelimit"])),
@@ -46,6 +50,8 @@ LIVE_KEYS = frozenset(
         "limits.max_sessions",
         "limits.max_pages_per_user",
         "limits.max_users",
+        "limits.max_metadata_bytes",
+        "browser.user_networks",
         "metrics.allowed_networks",
     }
 )

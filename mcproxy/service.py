@@ -137,7 +137,7 @@ class MCProxyService(service.MultiService):
         from mcproxy.web.metrics import MetricsResource
         from mcproxy.web.network import ClientPolicy
         from mcproxy.web.oauth import ProtectedResource, WellKnownResource
-        from mcproxy.web.site import ProxySite, Root
+        from mcproxy.web.site import ConnectionLimits, ProxySite, Root
         from mcproxy.web.transports import McpTransports
 
         config, reactor = self.config, self.reactor
@@ -315,6 +315,9 @@ class MCProxyService(service.MultiService):
             check_address=limits.check_address,
             hsts_max_age=config.server.hsts_max_age,
             metrics=plugins.site_metrics(metrics),
+            limits=ConnectionLimits.from_config(config),
+            registry=metrics.registry,
+            reactor=reactor,
         )
         for description in config.server.listen:
             port = await serverFromString(reactor, description).listen(site)
@@ -390,6 +393,7 @@ class MCProxyService(service.MultiService):
     def _apply(self, config: Config) -> None:
         """Hand a validated configuration to the running parts (the ones built from its live keys)."""
         from mcproxy.web.network import ClientPolicy
+        from mcproxy.web.site import ConnectionLimits
 
         network = config.network
         client_policy = ClientPolicy(network.ip_allow, network.ip_deny, network.trusted_proxies)
@@ -400,6 +404,7 @@ class MCProxyService(service.MultiService):
         self.site.client_policy = client_policy
         self.site.max_body_bytes = self.admin.deps.max_body_bytes = config.server.max_body_bytes
         self.site.hsts_max_age = config.server.hsts_max_age
+        self.site.limits = ConnectionLimits.from_config(config)
         self.sessions.idle_timeout = config.session.idle_timeout
         self.sessions.max_per_user = config.limits.max_sessions_per_user
         self.sessions.max_total = config.limits.max_sessions

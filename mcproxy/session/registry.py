@@ -59,6 +59,11 @@ class Session:
         else:
             self._on_close.append(callback)
 
+    def forget_on_close(self, callback: Callable[[], Any]) -> None:
+        """Drop a callback given to `on_close` (what it would end has ended already)."""
+        if callback in self._on_close:
+            self._on_close.remove(callback)
+
     def _schedule(self) -> None:
         if self._expiry is not None and self._expiry.active():
             self._expiry.cancel()

@@ -1,12 +1,16 @@
-"""Small helpers every resource uses: JSON bodies in, JSON (and JSON errors) out."""
+"""Small helpers every resource uses: JSON bodies in, JSON (and JSON errors) out, and the
+time limit of a request (``server.request_timeout``)."""
 
 import json
 import re
 import uuid
-from typing import Any
+from typing import Any, Awaitable, Callable
 
+from mcp_types import REQUEST_TIMEOUT
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
+from twisted.web.server import NOT_DONE_YET
 
 from mcproxy.auth.chain import challenge_headers
 from mcproxy.errors import BadRequest, MCProxyError, PayloadTooLarge, RateLimited
@@ -14,6 +18,14 @@ from mcproxy.errors import BadRequest, MCProxyError, PayloadTooLarge, RateLimite
 log = Logger()
 
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class RequestTimeout(MCProxyError):
+    """A request was not answered within ``server.request_timeout``; its work was cancelled."""
+
+    http_status = 504
+    code = "request_timeout"
+    jsonrpc_code = REQUEST_TIMEOUT
 
 
 def request_id(request: IRequest) -> str:
@@ -33,8 +45,16 @@ def request_id(request: IRequest) -> str:
     return rid
 
 
+def answered(request: IRequest) -> bool:
+    """Whether ``request`` needs no answer any more: it has one, or its client is gone."""
+    return request.finished or getattr(request, "_disconnected", False)
+
+
 def write_json(request: IRequest, status: int, body: Any) -> None:
-    """Finish ``request`` with a JSON body (or an empty body for 204)."""
+    """Finish ``request`` with a JSON body (or an empty body for 204); a no-op once answered
+    (a time limit may have answered it first)."""
+    if answered(request):
+        return
     request.setResponseCode(status)
     if status == 204 or body is None:
         request.setHeader(b"Content-Length", b"0")
@@ -67,7 +87,7 @@ def write_error(request: IRequest, error: MCProxyError) -> None:
 
 def write_failure(request: IRequest, failure) -> None:
     """Errback for resource coroutines: known errors as JSON, anything else as a logged 500."""
-    if request.finished or getattr(request, "_disconnected", False):
+    if answered(request):
         return
     if failure.check(MCProxyError):
         write_error(request, failure.value)
@@ -77,6 +97,70 @@ def write_failure(request: IRequest, failure) -> None:
 
 
 INTERNAL = MCProxyError("internal error; the server log has details")
+
+
+def serve(request: IRequest, work: Callable[[], Awaitable[None]]) -> Any:
+    """Run a coroutine that answers ``request``; errors become JSON, never HTML.
+
+    The work is cancelled when the request outlives its time limit (see `set_deadline`).
+    """
+    request_id(request)
+    d = Deferred.fromCoroutine(work())
+    d.addErrback(lambda failure: write_failure(request, failure))
+    if not d.called:
+        request.mcproxy_work = d
+    return NOT_DONE_YET
+
+
+def set_deadline(request: IRequest, clock, seconds: float) -> None:
+    """Give ``request`` ``seconds`` to be answered.
+
+    Past them, its `on_deadline` handler runs if it has one; otherwise it is answered with
+    504 ``request_timeout`` and the work `serve` runs for it is cancelled. Answering the
+    request, its client going away, or `lift_deadline` (an event stream) ends the wait.
+    """
+    request.mcproxy_deadline = clock.callLater(seconds, _deadline_passed, request, seconds)
+    request.notifyFinish().addBoth(lambda _: lift_deadline(request))
+
+
+def on_deadline(request: IRequest, handler: Callable[[float], None]) -> None:
+    """Call ``handler(seconds)`` instead of the 504 when ``request`` outlives its time limit."""
+    request.mcproxy_on_deadline = handler
+
+
+def lift_deadline(request: IRequest) -> None:
+    """No time limit for ``request`` any more (it became a long-lived event stream)."""
+    deadline = getattr(request, "mcproxy_deadline", None)
+    if deadline is not None and deadline.active():
+        deadline.cancel()
+    request.mcproxy_deadline = None
+
+
+def _deadline_passed(request: IRequest, seconds: float) -> None:
+    request.mcproxy_deadline = None
+    if answered(request):
+        return
+    log.warn(
+        "No answer to {method} {path} within {seconds} s (request {request_id}): cut short",
+        method=request.method.decode("latin-1"),
+        path=request.path.decode("latin-1"),
+        seconds=seconds,
+        request_id=request_id(request),
+    )
+    handler = getattr(request, "mcproxy_on_deadline", None)
+    if handler is not None:
+        handler(seconds)
+        return
+    write_error(
+        request,
+        RequestTimeout(
+            f"the request was not answered within {seconds:g} s (server.request_timeout); "
+            "its work was cancelled, try again or ask for less"
+        ),
+    )
+    work = getattr(request, "mcproxy_work", None)
+    if work is not None:
+        work.cancel()
 
 
 def log_unhandled(request: IRequest, failure) -> None:

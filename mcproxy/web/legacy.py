@@ -2,15 +2,28 @@
 
 The session lives exactly as long as its stream. A POST must come from the user who opened
 the stream; for anyone else the session does not exist (404), and its owner is unaffected.
+A request still running when the session ends, or past ``server.request_timeout``, is
+answered on the stream with a JSON-RPC error before the stream closes.
 """
 
+from mcp_types import JSONRPCRequest
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
 from mcproxy.errors import NotFound
 from mcproxy.mcp.jsonrpc import RpcError
 from mcproxy.mcp.protocol import McpSession
 from mcproxy.tools.base import SessionView
-from mcproxy.web.mcp_common import McpEndpoint, check_origin, client_of, read_rpc, write_accepted, write_rpc
+from mcproxy.web.mcp_common import (
+    Cutoff,
+    McpEndpoint,
+    check_origin,
+    client_of,
+    read_rpc,
+    wants_progress,
+    write_accepted,
+    write_rpc,
+)
 from mcproxy.web.sse import SseStream
 
 log = Logger()
@@ -64,6 +77,20 @@ class MessageResource(McpEndpoint):
         entry.touch()
         stream, mcp = entry.stream, entry.state
         write_accepted(request)
-        response = await mcp.handle(message, stream.send_json, client=client_of(request))
+        d = mcp.handle(message, stream.send_json, client=client_of(request))
+        cutoff = Cutoff(d)
+        deadline = None
+        if isinstance(message, JSONRPCRequest) and not wants_progress(message):
+            # Answered on the stream, but a request all the same: bounded like one. With
+            # progress it streams, like a Streamable HTTP POST that does.
+            deadline = t.clock.callLater(t.request_timeout, cutoff.time_out, t.request_timeout)
+        try:
+            response = await d
+        except CancelledError:
+            # The time limit, or the session's end (its stream closes right after this).
+            response = cutoff.error(message, mcp.closed)
+        finally:
+            if deadline is not None and deadline.active():
+                deadline.cancel()
         if response is not None:
             stream.send_json(response)

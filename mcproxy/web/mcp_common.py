@@ -10,17 +10,18 @@ browser-based MCP clients can use the endpoints.
 
 import ipaddress
 import re
-from typing import Any, Awaitable, Callable
+from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+from mcp_types import REQUEST_TIMEOUT, JSONRPCRequest
 from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from mcproxy.errors import BadRequest, Forbidden, MCProxyError, MethodNotAllowed, UnsupportedMediaType
-from mcproxy.mcp.jsonrpc import RpcError, encode, parse_message
-from mcproxy.web.http import read_body, request_id, write_error, write_failure
+from mcproxy.mcp.jsonrpc import REQUEST_CANCELLED, RpcError, encode, error_message, parse_message
+from mcproxy.web.http import answered, read_body, request_id, serve, write_error
 
 _EXPOSED_HEADERS = b"Mcp-Session-Id, MCP-Protocol-Version, X-Request-Id, WWW-Authenticate"
 _ALLOWED_HEADERS = (
@@ -28,6 +29,11 @@ _ALLOWED_HEADERS = (
     b"Last-Event-ID, X-Request-Id, X-User-Id"
 )
 _JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]+\+)?json\s*(;.*)?$", re.I)
+
+
+SESSION_ENDED = -32012
+"""JSON-RPC error code of a request cut short because its session ended (deleted, expired,
+its token revoked, the server stopping)."""
 
 
 class NotAcceptable(MCProxyError):
@@ -131,7 +137,7 @@ def write_rpc(
     request: IRequest, status: int, message: dict, headers: dict[bytes, bytes] | None = None
 ) -> None:
     """Finish ``request`` with one JSON-RPC message as its body."""
-    if request.finished or getattr(request, "_disconnected", False):
+    if answered(request):
         return
     data = encode(message)
     request.setResponseCode(status)
@@ -151,11 +157,49 @@ def client_of(request: IRequest) -> str | None:
 
 def write_accepted(request: IRequest) -> None:
     """202 with no body: a notification or a message whose answer goes elsewhere."""
-    if request.finished or getattr(request, "_disconnected", False):
+    if answered(request):
         return
     request.setResponseCode(202)
     request.setHeader(b"Content-Length", b"0")
     request.finish()
+
+
+def wants_progress(message: JSONRPCRequest) -> bool:
+    """Whether the request asks for progress notifications (``_meta.progressToken``)."""
+    meta = (message.params or {}).get("_meta")
+    return isinstance(meta, Mapping) and meta.get("progressToken") is not None
+
+
+class Cutoff:
+    """Cuts a request's work short at its time limit, and words the error that answers a
+    request whose work the server cancelled (time limit, or the end of its session)."""
+
+    def __init__(self, work: Deferred):
+        self._work = work
+        self.timed_out: float | None = None
+
+    def time_out(self, seconds: float) -> None:
+        """The request outlived ``seconds`` (``server.request_timeout``): cancel its work."""
+        self.timed_out = seconds
+        self._work.cancel()
+
+    def error(self, message: JSONRPCRequest, session_closed: bool) -> dict:
+        """The JSON-RPC error answering ``message`` after its work was cancelled."""
+        if self.timed_out is not None:
+            return error_message(
+                message.id,
+                REQUEST_TIMEOUT,
+                f"Request timed out: no answer within {self.timed_out:g} s (server.request_timeout); its "
+                "work was cancelled. Try again, or ask for less at once",
+            )
+        if session_closed:
+            return error_message(
+                message.id,
+                SESSION_ENDED,
+                "The session ended (deleted, idle too long, its credential revoked, or the server stopping) "
+                "before this request was answered; its work was cancelled. Start a new session",
+            )
+        return error_message(message.id, REQUEST_CANCELLED, "Request cancelled")
 
 
 def rpc_error_status(error: RpcError) -> int:
@@ -165,14 +209,6 @@ def rpc_error_status(error: RpcError) -> int:
 
 def missing_session(message: str) -> BadRequest:
     return BadRequest(message, code="session_required")
-
-
-def serve(request: IRequest, work: Callable[[], Awaitable[None]]) -> Any:
-    """Run a coroutine that answers ``request``; errors become JSON, never HTML."""
-    request_id(request)
-    d = Deferred.fromCoroutine(work())
-    d.addErrback(lambda failure: write_failure(request, failure))
-    return NOT_DONE_YET
 
 
 class McpEndpoint(Resource):

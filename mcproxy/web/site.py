@@ -3,16 +3,184 @@
 The root assigns every request an id, refuses bodies over the limit before they are
 buffered, refuses clients outside the address lists or over their address rate, and hands each path to the resource that owns it: the MCP transports at
 ``/sse``, ``/message`` and ``/mcp``; the admin API (``/health``, ``/api/...``) otherwise.
+
+Slow and greedy clients (see `ConnectionLimits`): a request's line and headers must arrive
+within ``server.header_timeout`` and its body within ``server.body_timeout`` (else 408 and
+the connection is closed); an idle connection is closed after ``server.keepalive_timeout``;
+one address holds at most ``server.max_connections_per_address`` connections (503 beyond);
+a request not answered within ``server.request_timeout`` gets 504 (see
+`mcproxy.web.http.set_deadline`). The deadlines live in the HTTP/1.1 parser (`ProxyChannel`).
 """
 
 import io
+import ipaddress
+import json
 
-from twisted.web import resource, server
+import attrs
+from prometheus_client import CollectorRegistry, Counter
+from twisted.logger import Logger
+from twisted.web import http, resource, server
 
 from mcproxy import logs
 from mcproxy.errors import MCProxyError, NotFound, PayloadTooLarge
-from mcproxy.web.http import INTERNAL, log_unhandled, request_id, write_error
-from mcproxy.web.network import ClientPolicy
+from mcproxy.web.http import INTERNAL, log_unhandled, request_id, set_deadline, write_error
+from mcproxy.web.network import ClientPolicy, Network, networks, parse_address, within
+
+log = Logger()
+
+
+@attrs.frozen
+class ConnectionLimits:
+    """Time limits and the per-address connection cap of the HTTP listeners (seconds).
+
+    ``uncapped``: networks whose peers have no connection cap (trusted proxies: one load
+    balancer carries the connections of many clients, which the rate limits still tell apart).
+    """
+
+    request_timeout: float = 120.0
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keepalive_timeout: float = 60.0
+    max_per_address: int = 64
+    uncapped: tuple[Network, ...] = ()
+
+    @classmethod
+    def from_config(cls, config) -> "ConnectionLimits":
+        """The limits a `Config` sets (``server.*``, with ``network.trusted_proxies`` uncapped)."""
+        server = config.server
+        return cls(
+            request_timeout=server.request_timeout,
+            header_timeout=server.header_timeout,
+            body_timeout=server.body_timeout,
+            keepalive_timeout=server.keepalive_timeout,
+            max_per_address=server.max_connections_per_address,
+            uncapped=networks(config.network.trusted_proxies),
+        )
+
+
+def address_group(host: str | None):
+    """What the connection cap counts by: the address, or its /64 for IPv6 (one host's
+    share of a network); None for what is no IP address (a Unix socket)."""
+    address = parse_address(host) if host else None
+    if isinstance(address, ipaddress.IPv6Address):
+        return ipaddress.IPv6Network((address, 64), strict=False)
+    return address
+
+
+def _raw_error(status: int, reason: bytes, error: MCProxyError, extra: bytes = b"") -> bytes:
+    """A whole JSON error response, for a connection that has no request to answer through."""
+    body = json.dumps(error.to_json(), separators=(",", ":")).encode("utf-8")
+    return (
+        b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+        b"Cache-Control: no-store\r\nConnection: close\r\n%s\r\n" % (status, reason, len(body), extra)
+    ) + body
+
+
+class TooManyConnections(MCProxyError):
+    """The client's address holds as many connections as ``server.max_connections_per_address`` allows."""
+
+    http_status = 503
+    code = "too_many_connections"
+
+
+class SlowRequest(MCProxyError):
+    """The request's head or body did not arrive in time."""
+
+    http_status = 408
+    code = "request_too_slow"
+
+
+class ProxyChannel(http.HTTPChannel):
+    """HTTP/1.1 with deadlines for reading a request, and the per-address connection cap.
+
+    Twisted's idle timeout restarts with every byte, so a client sending one byte now and
+    then would hold a connection for ever: the whole head (request line and headers) must
+    arrive within ``header_timeout`` of its first byte (or of connecting), and the whole
+    body within ``body_timeout`` of the head.
+    """
+
+    _deadline = None
+    _reading_head = True
+    _group = None
+    _refused = False
+
+    def connectionMade(self):
+        super().connectionMade()
+        site, peer = self.site, self.transport.getPeer()
+        self._group = site.open_connection(getattr(peer, "host", None))
+        if self._group is False:
+            self._group = None
+            self._refused = True
+            limit = site.limits.max_per_address
+            self.transport.write(
+                _raw_error(
+                    503,
+                    b"Service Unavailable",
+                    TooManyConnections(
+                        f"your address already holds {limit} connections to this server "
+                        "(server.max_connections_per_address); close some or retry later"
+                    ),
+                    b"Retry-After: 1\r\n",
+                )
+            )
+            self.loseConnection()
+            return
+        self._arm("header")
+
+    def dataReceived(self, data):
+        if self._refused:
+            return
+        if self._reading_head and self._deadline is None:
+            self._arm("header")
+        super().dataReceived(data)
+
+    def allHeadersReceived(self):
+        self._disarm()
+        self._reading_head = False
+        if self.length != 0:  # a body follows (None: chunked)
+            self._arm("body")
+        super().allHeadersReceived()
+
+    def allContentReceived(self):
+        self._disarm()
+        super().allContentReceived()
+
+    def requestDone(self, request):
+        self._reading_head = True  # the next request's head (its first byte starts the clock)
+        super().requestDone(request)
+
+    def connectionLost(self, reason):
+        self._disarm()
+        if self._group is not None:
+            self.site.close_connection(self._group)
+            self._group = None
+        super().connectionLost(reason)
+
+    def _arm(self, part: str) -> None:
+        limits = self.site.limits
+        seconds = limits.header_timeout if part == "header" else limits.body_timeout
+        self._disarm()
+        self._deadline = self.callLater(seconds, self._too_slow, part, seconds)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _too_slow(self, part: str, seconds: float) -> None:
+        self._deadline = None
+        peer = getattr(self.transport.getPeer(), "host", "unix")
+        log.info(
+            "Closing a connection from {peer}: the request {part} took over {seconds} s",
+            peer=peer,
+            part=part,
+            seconds=seconds,
+        )
+        self.site.count_dropped(f"{part}_timeout")
+        error = SlowRequest(f"the request {part} did not arrive within {seconds:g} s (server.{part}_timeout)")
+        self.transport.write(_raw_error(408, b"Request Timeout", error))
+        self._refused = True  # nothing more is read from this connection
+        self.timeoutConnection()
 
 
 class _Discard(io.BytesIO):
@@ -48,8 +216,10 @@ class ProxyRequest(server.Request):
         super().handleContentChunk(data)
 
     def process(self):
-        """Handle the request in a context of its own, so its id is on every event it causes."""
+        """Handle the request in a context of its own, so its id is on every event it causes,
+        and within the time limit."""
         site = self.channel.site
+        set_deadline(self, site.reactor, site.limits.request_timeout)
         if site.metrics is not None:
             self.notifyFinish().addBoth(lambda _: site.metrics.http_request(self.path, self.code))
         logs.in_request(request_id(self), self._process)
@@ -84,10 +254,13 @@ class ProxyRequest(server.Request):
 
 
 class ProxySite(server.Site):
-    """The daemon's Site: `ProxyRequest`s, no tracebacks, a body limit, the client checks,
-    and HSTS on TLS listeners (``hsts_max_age`` seconds; 0 sends none).
+    """The daemon's Site: `ProxyRequest`s over `ProxyChannel`s, no tracebacks, a body limit,
+    the client checks, the `ConnectionLimits`, and HSTS on TLS listeners (``hsts_max_age``
+    seconds; 0 sends none). ``reactor`` is the clock of every time limit.
 
     ``check_address(address)`` raises RateLimited for a client over its address limit.
+    Connections dropped for being slow or over the cap are counted on ``registry`` as
+    ``mcproxy_connections_dropped_total{reason}``.
     """
 
     requestFactory = ProxyRequest
@@ -102,6 +275,8 @@ class ProxySite(server.Site):
         check_address=lambda address: None,
         hsts_max_age: int = 0,
         metrics=None,
+        limits: ConnectionLimits = ConnectionLimits(),
+        registry: CollectorRegistry | None = None,
         **kwargs,
     ):
         super().__init__(root, **kwargs)
@@ -110,6 +285,58 @@ class ProxySite(server.Site):
         self.metrics = metrics
         self.client_policy = client_policy or ClientPolicy()
         self.check_address = check_address
+        self.limits = limits
+        self.connections: dict = {}  # open connections per address group
+        self._crowded: set = set()  # groups refused since they last were under the cap
+        self._dropped = Counter(
+            "mcproxy_connections_dropped",
+            "Connections closed for a slow request head or body, or refused over the per-address cap.",
+            ("reason",),
+            registry=registry,
+        )
+
+    def protocol(self):
+        """HTTP/1.1 with read deadlines (no HTTP/2: its streams would bypass them)."""
+        return ProxyChannel()
+
+    def buildProtocol(self, addr):
+        channel = super().buildProtocol(addr)
+        channel.timeOut = self.limits.keepalive_timeout
+        return channel
+
+    def open_connection(self, host: str | None):
+        """Count a new connection from ``host``: the group to release it from (None when
+        uncounted), or False when the address is at its cap (counted as dropped)."""
+        limits = self.limits
+        group = address_group(host)
+        if group is None or not limits.max_per_address or within(parse_address(host), limits.uncapped):
+            return None
+        held = self.connections.get(group, 0)
+        if held >= limits.max_per_address:
+            self.count_dropped("over_address_cap")
+            if group not in self._crowded:  # said once while the crowd lasts, not per refusal
+                self._crowded.add(group)
+                log.warn(
+                    "Refusing connections from {group}: it holds {held} (server.max_connections_per_address)",
+                    group=str(group),
+                    held=held,
+                )
+            return False
+        self.connections[group] = held + 1
+        return group
+
+    def close_connection(self, group) -> None:
+        """A connection `open_connection` counted has closed."""
+        left = self.connections.get(group, 1) - 1
+        if left > 0:
+            self.connections[group] = left
+        else:
+            self.connections.pop(group, None)
+        if left < self.limits.max_per_address:
+            self._crowded.discard(group)
+
+    def count_dropped(self, reason: str) -> None:
+        self._dropped.labels(reason).inc()
 
 
 class Root(resource.Resource):

@@ -10,6 +10,7 @@ from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from mcproxy.mcp.jsonrpc import encode
+from mcproxy.web.http import lift_deadline
 
 log = Logger()
 
@@ -45,8 +46,10 @@ class SseStream:
         self._backlog_size = 0
 
     def start(self) -> None:
-        """Send the status and headers, and start the keep-alives."""
+        """Send the status and headers, and start the keep-alives. A stream lives as long as
+        it is read, so the request's time limit no longer applies."""
         request = self.request
+        lift_deadline(request)
         request.setResponseCode(200)
         request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"Cache-Control", b"no-cache")

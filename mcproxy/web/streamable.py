@@ -6,8 +6,6 @@ answer: the response turns into an event stream when the request carries a progr
 thus stay in plain JSON, clear of clients' limits on SSE event size.
 """
 
-from typing import Mapping
-
 from mcp_types import HEADER_MISMATCH, JSONRPCRequest
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from twisted.internet.defer import CancelledError
@@ -24,7 +22,9 @@ from mcproxy.mcp.protocol import (
     unsupported_version,
 )
 from mcproxy.tools.base import SessionView
+from mcproxy.web.http import answered, on_deadline
 from mcproxy.web.mcp_common import (
+    Cutoff,
     McpEndpoint,
     NotAcceptable,
     accepts,
@@ -33,6 +33,7 @@ from mcproxy.web.mcp_common import (
     missing_session,
     read_rpc,
     rpc_error_status,
+    wants_progress,
     write_accepted,
     write_rpc,
 )
@@ -80,19 +81,26 @@ class _Exchange:
             write_rpc(self.request, status, response)
 
     async def run(self, mcp: McpSession, message: JSONRPCRequest, error_status) -> None:
-        """Dispatch ``message`` and answer; the client going away cancels the work."""
-        meta = (message.params or {}).get("_meta")
-        wants_progress = isinstance(meta, Mapping) and meta.get("progressToken") is not None
-        if self.accepts_sse and (wants_progress or not self.accepts_json):
+        """Dispatch ``message`` and answer.
+
+        The client going away cancels the work. So do the request's time limit (until the
+        answer becomes an event stream) and the end of its session; those are answered
+        with a JSON-RPC error saying so, rather than left without an answer.
+        """
+        if self.accepts_sse and (wants_progress(message) or not self.accepts_json):
             self.open_stream()
         d = mcp.handle(message, self.notify, client=client_of(self.request))
+        cutoff = Cutoff(d)
+        on_deadline(self.request, cutoff.time_out)
         self.request.notifyFinish().addErrback(lambda _: d.cancel())
         try:
             response = await d
         except CancelledError:
-            self.done = True
-            log.debug("Client went away; request {rid} cancelled", rid=message.id)
-            return
+            if answered(self.request):
+                self.done = True
+                log.debug("Client went away; request {rid} cancelled", rid=message.id)
+                return
+            response = cutoff.error(message, mcp.closed)
         if response is None:
             response = error_message(message.id, REQUEST_CANCELLED, "Request cancelled")
         error = response.get("error")
@@ -243,14 +251,15 @@ class StreamableResource(McpEndpoint):
         stream.comment("stream open")
         entry.stream = stream
         entry.hold()
+        entry.on_close(stream.close)
 
         def closed() -> None:
             if entry.stream is stream:
                 entry.stream = None
+            entry.forget_on_close(stream.close)  # a session outlives many streams
             entry.release()
 
         stream.on_closed(closed)
-        entry.on_close(stream.close)
 
     async def answer_DELETE(self, request) -> None:
         t = self.t

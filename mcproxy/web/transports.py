@@ -163,11 +163,12 @@ class McpTransports:
         self.mcp_resource = _Gate(self, StreamableResource(self))
 
     def reconfigure(self, config) -> None:
-        """Apply new origins, hosts, limits and keep-alive interval (live reload); streams
-        already open keep their keep-alive interval."""
+        """Apply new origins, hosts, limits, time limit and keep-alive interval (live reload);
+        streams already open keep their keep-alive interval."""
         self.server.max_in_flight = config.session.max_in_flight
         self.max_body = config.server.max_body_bytes
         self.keepalive = config.server.sse_keepalive
+        self.request_timeout = config.server.request_timeout
         self.allowed_origins = tuple(config.cors.allowed_origins)
         public_host = urlsplit(config.server.public_url).hostname if config.server.public_url else None
         hosts = [host.lower() for host in config.server.allowed_hosts]
