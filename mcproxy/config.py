@@ -99,6 +99,7 @@ class BrowserConfig:
     call_timeout: float = 30.0
     connect_timeout: float = 10.0
     max_message_bytes: int = 64 * 1024 * 1024
+    user_networks: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -114,6 +115,7 @@ class ToolsConfig:
     categories: tuple[str, ...] = ()
     own_permission: tuple[str, ...] = ()
     redact_headers: tuple[str, ...] = ("authorization", "cookie", "set-cookie", "proxy-authorization")
+    collect_browser_max_bytes: int = 64 * 1024 * 1024
     ffmpeg: str = ""
     lighthouse_command: str = ""
     lighthouse_timeout: float = 120.0
@@ -130,6 +132,7 @@ class LimitsConfig:
     max_sessions: int = 10000
     max_pages_per_user: int = 50
     max_users: int = 1000
+    max_metadata_bytes: int = 16384
 
 
 @attrs.frozen
@@ -310,6 +313,24 @@ def parse_user_rule(text: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2].lower()
 
 
+def parse_user_network(text: str) -> tuple[str, str]:
+    """``"alice 10.1.2.0/24"`` or ``"alice http://10.1.2.3:9222"`` -> ("alice", target); ``*`` as
+    the user means every user without entries of their own. ValueError says why."""
+    parts = text.split()
+    if len(parts) == 2:
+        user, target = parts
+        if re.match(r"^(https?|wss?)://", target):
+            return user, target
+        try:
+            ipaddress.ip_network(target, strict=False)
+            return user, target
+        except ValueError:
+            pass
+    raise ValueError(
+        f'{text!r} is not "USER CIDR" or "USER URL" (e.g. "alice 10.1.2.0/24", "bob http://10.1.2.3:9222")'
+    )
+
+
 def _check_networks(key: str, networks: tuple[str, ...]) -> None:
     for network in networks:
         try:
@@ -340,6 +361,7 @@ def validate(config: Config) -> None:
         ("ratelimit.user_burst", config.ratelimit.user_burst),
         ("ratelimit.address_burst", config.ratelimit.address_burst),
         ("session.max_in_flight", config.session.max_in_flight),
+        ("tools.collect_browser_max_bytes", config.tools.collect_browser_max_bytes),
     ):
         if value < 1:
             raise ConfigError(f"{key}: must be at least 1, got {value}")
@@ -379,6 +401,11 @@ def validate(config: Config) -> None:
             parse_user_rule(rule)
         except ValueError as e:
             raise ConfigError(f"browsing.user_rules: {e}") from None
+    for entry in config.browser.user_networks:
+        try:
+            parse_user_network(entry)
+        except ValueError as e:
+            raise ConfigError(f"browser.user_networks: {e}") from None
     _check_networks("browser.allowed_networks", config.browser.allowed_networks)
     _check_networks("network.ip_allow", config.network.ip_allow)
     _check_networks("network.ip_deny", config.network.ip_deny)

@@ -24,6 +24,9 @@ class IStore(Interface):
     def list_users():
         """Deferred[list[UserRecord]], ordered by user id."""
 
+    def count_users():
+        """Deferred[int]: how many users are registered (cheap: no records are loaded)."""
+
     def delete_user(user_id):
         """Remove the user and revoke nothing else. Deferred[bool]: whether it existed."""
 

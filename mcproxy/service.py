@@ -6,7 +6,7 @@ import signal
 import threading
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
@@ -18,6 +18,8 @@ from mcproxy.reload import ConfigSource, apply_log_level, plan
 log = Logger()
 
 ACTIVITY_WRITE_INTERVAL = 60.0
+#: Lifetime of a registration's session token (never past the token it is made from).
+SESSION_TOKEN_TTL = 30 * 86400.0
 
 
 def _endpoint_is_loopback(description: str) -> bool:
@@ -108,9 +110,14 @@ class MCProxyService(service.MultiService):
         self._starting.addErrback(self._start_failed)
 
     def _start_failed(self, failure):
+        if failure.check(defer.CancelledError):
+            return  # stopped while starting: stop() cancelled the start, nothing went wrong
         log.failure("mcproxy could not start", failure)
         if self.reactor.running:
-            self.reactor.stop()
+            try:
+                self.reactor.stop()
+            except error.ReactorNotRunning:
+                pass  # already stopping
 
     async def start(self) -> None:
         """Open the store, make the admin token, connect known browsers, then listen."""
@@ -120,7 +127,7 @@ class MCProxyService(service.MultiService):
         from mcproxy.auth.bootstrap import ensure_admin_token
         from mcproxy.auth.chain import AuthenticationChain
         from mcproxy.auth.ratelimit import RequestLimits
-        from mcproxy.auth.tokens import TokenAuthenticator, create_token
+        from mcproxy.auth.tokens import TokenAuthenticator
         from mcproxy.browser.policy import PolicyBook
         from mcproxy.browser.pool import BrowserPool, open_cdp_link, probe_browser
         from mcproxy.metrics import Metrics
@@ -134,6 +141,7 @@ class MCProxyService(service.MultiService):
         from mcproxy.tools.registry import ToolRegistry
         from mcproxy.web.admin import AdminAPI, AdminDependencies
         from mcproxy.web.dashboard import DashboardResource, OverviewResource
+        from mcproxy.web.mcp_common import check_host, check_origin
         from mcproxy.web.metrics import MetricsResource
         from mcproxy.web.network import ClientPolicy
         from mcproxy.web.oauth import ProtectedResource, WellKnownResource
@@ -147,14 +155,11 @@ class MCProxyService(service.MultiService):
         self.policies = policies = PolicyBook(config.browsing)
         apply_log_level(config.server.log_level)
 
-        async def registered_users() -> int:
-            return len(await store.list_users())
-
         self.metrics = metrics = Metrics(
             reactor,
             sessions=lambda: sessions.counts(),  # both built below; read at scrape time
             browsers=lambda: pool.status_counts(),
-            registered_users=registered_users,
+            registered_users=store.count_users,
         )
         metrics.start()
         self.plugins = plugins = load_plugins(
@@ -178,7 +183,10 @@ class MCProxyService(service.MultiService):
                 track_dialogs,
                 emulation_listener,
                 policies.guard,
-                Collector(redact_headers=config.tools.redact_headers),
+                Collector(
+                    redact_headers=config.tools.redact_headers,
+                    max_browser_bytes=config.tools.collect_browser_max_bytes,
+                ),
             ],
         )
         for user in await store.list_users():
@@ -268,6 +276,17 @@ class MCProxyService(service.MultiService):
         self.transports = transports = McpTransports(
             reactor, config, authenticate_for("mcp"), tools, sessions, resources=artifacts
         )
+
+        def check_api_request(request) -> None:
+            """The MCP endpoints' Host and Origin rules (kept live by reload), for the HTTP API;
+            the server's own pages (same origin) may call it too."""
+            check_host(request, transports.allowed_hosts, transports.allow_loopback_origins)
+            origin = request.getHeader(b"origin")
+            host = request.getHeader(b"host")
+            if origin is not None and host is not None and origin.partition(b"://")[2] == host:
+                return
+            check_origin(request, transports.allowed_origins, transports.allow_loopback_origins)
+
         self.admin = admin = AdminAPI(
             AdminDependencies(
                 clock=reactor,
@@ -275,11 +294,14 @@ class MCProxyService(service.MultiService):
                 pool=pool,
                 sessions=sessions,
                 authenticate=authenticate_admin,
-                create_token=create_token,
                 probe_browser=lambda url: probe_browser(reactor, config.browser, url),
                 max_body_bytes=config.server.max_body_bytes,
-                session_token_ttl=30 * 86400,
+                session_token_ttl=SESSION_TOKEN_TTL,
                 started_at=started_at,
+                check_request=check_api_request,
+                max_metadata_bytes=config.limits.max_metadata_bytes,
+                user_networks=config.browser.user_networks,
+                resolve_timeout=config.browser.connect_timeout,
                 token_revoked=api_tokens.forget,
                 audit=plugins.admin_audit(audit.admin_action),
                 reload_config=self.reload,
@@ -403,6 +425,8 @@ class MCProxyService(service.MultiService):
         self.transports.reconfigure(config)
         self.site.client_policy = client_policy
         self.site.max_body_bytes = self.admin.deps.max_body_bytes = config.server.max_body_bytes
+        self.admin.deps.max_metadata_bytes = config.limits.max_metadata_bytes
+        self.admin.deps.user_networks = config.browser.user_networks
         self.site.hsts_max_age = config.server.hsts_max_age
         self.site.limits = ConnectionLimits.from_config(config)
         self.sessions.idle_timeout = config.session.idle_timeout

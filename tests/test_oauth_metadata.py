@@ -111,7 +111,7 @@ def site(reactor):
     admin = AdminAPI(
         AdminDependencies(
             clock=reactor, store=store, pool=None, sessions=sessions, authenticate=chain.authenticate,
-            create_token=create_token, probe_browser=None, max_body_bytes=65536, session_token_ttl=60.0,
+            probe_browser=None, max_body_bytes=65536, session_token_ttl=60.0,
             started_at=reactor.seconds(),
         )
     )

@@ -87,6 +87,9 @@ async def test_list_users_is_ordered_by_id(store):
     listed = await store.list_users()
     assert [u.user_id for u in listed] == sorted(["mallory", "alice", "bob@example.com", "Zed", "carol.x"])
     assert all(u.browser_url == "http://127.0.0.1:9222" for u in listed)
+    assert await store.count_users() == 5
+    await store.delete_user("Zed")
+    assert await store.count_users() == 4
 
 
 @pytest_twisted.ensureDeferred
@@ -132,6 +135,9 @@ async def test_token_round_trip(store):
     no_expiry = token("fedcba9876543210", permissions=())
     await store.save_token(no_expiry)
     assert await store.get_token("fedcba9876543210") == no_expiry
+    child = token("00000000000000aa", parent_id="0123456789abcdef")
+    await store.save_token(child)
+    assert (await store.get_token("00000000000000aa")).parent_id == "0123456789abcdef"
 
 
 @pytest_twisted.ensureDeferred
@@ -395,3 +401,27 @@ async def test_redis_passwords_stay_under_the_prefix(tmp_path, reactor):
         assert await store.redis.keys(store.prefix + "*") == [store.prefix + "password:alice"]
     finally:
         await discard_test_store(store)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_files_from_before_token_parents_gain_the_column(tmp_path, reactor):
+    import sqlite3
+
+    path = tmp_path / "v2.sqlite3"
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TABLE tokens (token_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, secret_hash TEXT NOT NULL,"
+            " permissions TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL, revoked_at REAL,"
+            " last_used_at REAL, description TEXT NOT NULL)"
+        )
+        old.execute("INSERT INTO tokens VALUES ('0123456789abcdef', 'alice', 'ab', '[\"admin\"]', 1.0, NULL, NULL, NULL, '')")
+        old.execute("PRAGMA user_version = 2")
+    old.close()
+    store = await open_store(f"sqlite:{path}", reactor)
+    try:
+        old_token = await store.get_token("0123456789abcdef")
+        assert old_token.permissions == ("admin",) and old_token.parent_id is None
+        await store.save_token(token("00000000000000aa", parent_id="0123456789abcdef"))
+        assert (await store.get_token("00000000000000aa")).parent_id == "0123456789abcdef"
+    finally:
+        await store.close()

@@ -12,7 +12,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.python import usage
 
 from mcproxy.auth.basic import hash_password
-from mcproxy.auth.tokens import create_token, is_valid_token_id, is_valid_user_id, parse_token
+from mcproxy.auth.tokens import create_token, is_valid_token_id, is_valid_user_id, parse_token, revoke_token_tree
 from mcproxy.config import ConfigError, load
 from mcproxy.errors import MCProxyError, NotFound
 from mcproxy.storage import open_store
@@ -169,9 +169,12 @@ async def _list(store, options, clock, out) -> None:
 
 async def _revoke(store, options, clock, out) -> None:
     token_id = options["token_id"]
-    if not await store.revoke_token(token_id, clock.seconds()):
+    revoked = await revoke_token_tree(store, token_id, clock.seconds())
+    if not revoked:
         raise NotFound(f"no token with id {token_id}")
     out.write(f"revoked {token_id}\n")
+    for child_id in revoked[1:]:
+        out.write(f"revoked {child_id} (made from it)\n")
 
 
 def read_password(stdin) -> str:

@@ -149,7 +149,7 @@ class AuthenticationChain:
             acting_for=wanted,
             token_id=principal.token_id,
         )
-        return attrs.evolve(principal, user_id=wanted)
+        return attrs.evolve(principal, user_id=wanted, impersonator=principal.user_id)
 
     async def _credential(self, request) -> Principal | None:
         """The first authenticator's principal; None only in mode "none" without a credential."""

@@ -31,6 +31,9 @@ class Principal:
     user_id: str
     permissions: frozenset[str] = frozenset()
     token_id: str | None = None
+    #: The authenticated user when this principal acts for ``user_id`` through
+    #: ``impersonate`` (``X-User-Id``); None when it is its own user.
+    impersonator: str | None = None
 
     @property
     def is_admin(self) -> bool:

@@ -12,6 +12,7 @@ import re
 import secrets
 from collections import OrderedDict
 
+import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -27,6 +28,10 @@ TOKEN_PREFIX = "mcpx_"
 TOUCH_INTERVAL = 60.0
 RECORD_CACHE_SECONDS = 2.0
 RECORD_CACHE_SIZE = 10_000
+#: How many generations of parents a token may have (a session token's session token...).
+MAX_ANCESTORS = 8
+#: What a token minted from another never inherits: it serves one user's own browser.
+NOT_INHERITED = frozenset({ADMIN, IMPERSONATE, METRICS})
 
 _TOKEN = re.compile(r"mcpx_([0-9a-f]{16})_[A-Za-z0-9_-]{43}\Z")
 _TOKEN_ID = re.compile(r"[0-9a-f]{16}\Z")
@@ -103,11 +108,14 @@ async def create_token(
     ttl: float | None,
     clock,
     description: str = "",
+    parent_id: str | None = None,
+    not_after: float | None = None,
 ) -> tuple[str, TokenRecord]:
     """Make and store a token for ``user_id``; returns (token string, its record).
 
     ``ttl`` is seconds until it expires, None for never. The string is shown once: only
-    its hash is kept.
+    its hash is kept. ``parent_id`` names the token it was minted from (see `mint_child_token`);
+    ``not_after`` caps the expiry (epoch seconds).
     """
     if not is_valid_user_id(user_id):
         raise BadRequest(
@@ -125,12 +133,84 @@ async def create_token(
         secret_hash=hash_token(token),
         permissions=checked,
         created_at=now,
-        expires_at=None if ttl is None else now + ttl,
+        expires_at=_earliest(None if ttl is None else now + ttl, not_after),
         description=description,
+        parent_id=parent_id,
     )
     await store.save_token(record)
     log.info("Created API token {token_id} for user {user_id}", token_id=token_id, user_id=user_id)
     return token, record
+
+
+def child_permissions(parent: TokenRecord, wanted) -> tuple[str, ...]:
+    """What a token minted from ``parent`` may carry: ``wanted`` from an admin parent, else the
+    parent's own permissions (deny and network rules included) without admin, impersonate and
+    metrics. Never more than the parent holds."""
+    if ADMIN in parent.permissions:
+        return tuple(wanted)
+    return tuple(p for p in parent.permissions if p not in NOT_INHERITED)
+
+
+async def mint_child_token(
+    store: IStore, parent: TokenRecord, user_id: str, wanted, ttl: float, clock, description: str = ""
+) -> tuple[str, TokenRecord]:
+    """A token for ``user_id`` that is a child of ``parent``: at most its permissions, never a
+    later expiry, and it stops working when the parent is revoked or expires."""
+    if parent.expires_at is not None and parent.expires_at <= clock.seconds():
+        raise Unauthorized("the API token has expired; ask for a new one", reason="expired")
+    return await create_token(
+        store,
+        user_id,
+        child_permissions(parent, wanted),
+        ttl,
+        clock,
+        description,
+        parent_id=parent.token_id,
+        not_after=parent.expires_at,
+    )
+
+
+async def descendants(store: IStore, token_id: str) -> list[TokenRecord]:
+    """Every token minted from ``token_id``, directly or through other children."""
+    children: dict[str | None, list[TokenRecord]] = {}
+    for record in await store.list_tokens():
+        children.setdefault(record.parent_id, []).append(record)
+    found: list[TokenRecord] = []
+    frontier = [token_id]
+    while frontier:
+        below = [child for parent in frontier for child in children.get(parent, ())]
+        found += below
+        frontier = [child.token_id for child in below]
+    return found
+
+
+async def revoke_token_tree(store: IStore, token_id: str, when: float) -> list[str]:
+    """Revoke ``token_id`` and every token minted from it at ``when``; the ids revoked, the
+    token's own first ([] when it does not exist)."""
+    if not await store.revoke_token(token_id, when):
+        return []
+    revoked = [token_id]
+    for child in await descendants(store, token_id):
+        if await store.revoke_token(child.token_id, when):
+            revoked.append(child.token_id)
+    return revoked
+
+
+async def adopt_children(store: IStore, old_id: str, new_id: str) -> int:
+    """Move the direct children of ``old_id`` to ``new_id`` (a rotation: same credential, new
+    secret), so they live on with the replacement. How many moved."""
+    moved = 0
+    for record in await store.list_tokens():
+        if record.parent_id == old_id:
+            await store.save_token(attrs.evolve(record, parent_id=new_id))
+            moved += 1
+    return moved
+
+
+def _earliest(*times: float | None) -> float | None:
+    """The earliest of the times given (None: never)."""
+    known = [t for t in times if t is not None]
+    return min(known) if known else None
 
 
 def authorization_header(request) -> bytes | None:
@@ -199,10 +279,25 @@ class TokenAuthenticator:
             raise Unauthorized("the API token has been revoked", reason="revoked")
         if record.expires_at is not None and now >= record.expires_at:
             raise Unauthorized("the API token has expired; ask for a new one", reason="expired")
+        await self._check_ancestors(record, now)
         await self._touch(record, now)
         return Principal(
             user_id=record.user_id, permissions=frozenset(record.permissions), token_id=record.token_id
         )
+
+    async def _check_ancestors(self, record: TokenRecord, now: float) -> None:
+        """A token minted from another works only while every token above it does."""
+        parent_id, generations = record.parent_id, 0
+        while parent_id is not None:
+            generations += 1
+            parent = await self._record(parent_id) if generations <= MAX_ANCESTORS else None
+            if parent is None or not parent.is_valid_at(now):
+                raise Unauthorized(
+                    "the token this session token was made from has been revoked or has expired;"
+                    " register again with a valid token",
+                    reason="revoked",
+                )
+            parent_id = parent.parent_id
 
     def forget(self, token_id: str) -> None:
         """Drop a cached record (the token was just revoked in this process)."""

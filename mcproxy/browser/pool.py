@@ -9,6 +9,7 @@ refused handshake or a failed attach counts as a failed attempt and backs off.
 import random
 from collections.abc import Awaitable, Callable, Iterable
 
+import attrs
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred, DeferredLock
@@ -23,7 +24,7 @@ from zope.interface import implementer
 from mcproxy.browser.cdp.connection import CDPConnection, open_websocket
 from mcproxy.browser.cdp.discovery import discover
 from mcproxy.browser.page import EventTimeout, Page
-from mcproxy.browser.urls import parse_browser_url, validate_browser_url
+from mcproxy.browser.urls import BrowserURL, browser_id, endpoint_key, parse_browser_url, validate_browser_url
 from mcproxy.config import BrowserConfig
 from mcproxy.errors import BrowserUnavailable, CDPError, MCProxyError, ServerFull, ToolError
 from mcproxy.interfaces import IBrowserPool, IUserBrowser
@@ -56,25 +57,59 @@ def default_http_client(reactor):
     return HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
 
 
-async def connect_browser(
-    reactor, config: BrowserConfig, http_client, browser_url: str, *, description: str = "the browser"
-) -> CDPConnection:
-    """Validate ``browser_url`` (resolving again), discover its WebSocket and open it."""
+@attrs.frozen
+class LocatedBrowser:
+    """A browser URL checked, resolved and discovered: where its DevTools WebSocket is."""
+
+    url: BrowserURL
+    ws_url: str
+    ws: BrowserURL
+
+    @property
+    def browser_id(self) -> str | None:
+        """Chrome's id for this browser run (from the WebSocket path)."""
+        return browser_id(self.ws.path)
+
+    @property
+    def endpoint(self) -> tuple[str, int]:
+        """The listening socket behind the WebSocket, the same whatever URL form named it."""
+        return endpoint_key(self.ws.address or self.ws.host, self.ws.port)
+
+
+@attrs.frozen
+class BrowserIdentity:
+    """What registration learns of a browser: its product and what tells it apart from others."""
+
+    product: str
+    browser_id: str | None
+    endpoint: tuple[str, int]
+
+
+async def locate_browser(reactor, config: BrowserConfig, http_client, browser_url: str) -> LocatedBrowser:
+    """Validate ``browser_url`` (resolving again) and discover its WebSocket (validated too)."""
     timeout = config.connect_timeout
     target = await validate_browser_url(browser_url, config.allowed_networks, reactor=reactor, timeout=timeout)
     ws_url = await discover(http_client, target, timeout=timeout, clock=reactor)
     ws = target if ws_url == target.url else await validate_browser_url(
         ws_url, config.allowed_networks, reactor=reactor, timeout=timeout
     )
+    return LocatedBrowser(url=target, ws_url=ws_url, ws=ws)
+
+
+async def open_located(
+    reactor, config: BrowserConfig, located: LocatedBrowser, *, description: str = "the browser"
+) -> CDPConnection:
+    """Open the DevTools WebSocket of a located browser, to its pinned address."""
+    ws = located.ws
     protocol = await open_websocket(
         reactor,
-        ws_url,
+        located.ws_url,
         address=ws.address,
         port=ws.port,
         secure=ws.secure,
         tls_hostname=ws.host,
         host_header=None if ws.secure else ws.host_header,
-        timeout=timeout,
+        timeout=config.connect_timeout,
         max_message_bytes=config.max_message_bytes,
         call_timeout=config.call_timeout,
         description=description,
@@ -82,28 +117,41 @@ async def connect_browser(
     return protocol.cdp
 
 
+async def connect_browser(
+    reactor, config: BrowserConfig, http_client, browser_url: str, *, description: str = "the browser"
+) -> CDPConnection:
+    """Validate ``browser_url`` (resolving again), discover its WebSocket and open it."""
+    located = await locate_browser(reactor, config, http_client, browser_url)
+    return await open_located(reactor, config, located, description=description)
+
+
 async def open_cdp_link(browser: "UserBrowser") -> CDPConnection:
-    """The real connect of a `UserBrowser` (tests substitute an in-memory one)."""
-    return await connect_browser(
-        browser.reactor,
-        browser.config,
-        browser.http_client,
-        browser.browser_url,
-        description=f"the browser of {browser.user_id}",
+    """The real connect of a `UserBrowser` (tests substitute an in-memory one); remembers
+    which browser run answered, so registration can tell who holds it."""
+    located = await locate_browser(browser.reactor, browser.config, browser.http_client, browser.browser_url)
+    browser.browser_id = located.browser_id
+    return await open_located(
+        browser.reactor, browser.config, located, description=f"the browser of {browser.user_id}"
     )
 
 
-async def probe_browser(reactor, config: BrowserConfig, browser_url: str, http_client=None) -> str:
-    """Check that ``browser_url`` is an allowed, live Chrome; its product string ("Chrome/156...").
+async def probe_browser(reactor, config: BrowserConfig, browser_url: str, http_client=None) -> BrowserIdentity:
+    """Check that ``browser_url`` is an allowed, live Chrome, and say which one it is.
 
     For registration: raises InvalidBrowserURL / BrowserUnavailable with advice.
     """
-    link = await connect_browser(reactor, config, http_client or default_http_client(reactor), browser_url)
+    located = await locate_browser(reactor, config, http_client or default_http_client(reactor), browser_url)
+    link = await open_located(reactor, config, located)
     try:
         version = await link.send("Browser.getVersion", timeout=config.connect_timeout)
     finally:
         link.abort()
-    return version.get("product") or "Chrome"
+    product = version.get("product") if isinstance(version, dict) else None
+    return BrowserIdentity(
+        product=product if isinstance(product, str) and product else "Chrome",
+        browser_id=located.browser_id,
+        endpoint=located.endpoint,
+    )
 
 
 class _Lifeline(Protocol):
@@ -162,6 +210,8 @@ class UserBrowser:
         self._status_note = None
         self.last_error: str | None = None
         self.cdp: CDPConnection | None = None
+        #: Chrome's id of the browser run last connected to (see `BrowserPool.holder_of`).
+        self.browser_id: str | None = None
         self._open_link = open_link
         self.max_pages = max_pages
         self._attempting = False
@@ -819,6 +869,15 @@ class BrowserPool:
         if browser is None:
             return defer.succeed(None)
         return self._stop_quietly(browser)
+
+    def holder_of(self, browser_id: str | None, *, besides: str) -> str | None:
+        """The user other than ``besides`` whose connection reached Chrome run ``browser_id``."""
+        if browser_id is None:
+            return None
+        for user_id, browser in self._browsers.items():
+            if user_id != besides and browser.browser_id == browser_id:
+                return user_id
+        return None
 
     def connection_count(self) -> int:
         """How many users' browsers are connected now."""

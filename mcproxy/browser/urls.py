@@ -2,12 +2,13 @@
 
 A ``browserURL`` is untrusted input that makes the proxy open connections, so it is
 checked for shape and, after resolving the host without blocking the reactor, for
-where it points: only into ``browser.allowed_networks`` and never into link-local space
-(cloud metadata services live there). The check runs again at every connect, so a name
-that later resolves elsewhere (DNS rebinding) is refused then.
+where it points: only into ``browser.allowed_networks`` and never into link-local space or
+onto a cloud metadata service, even one inside an allowed range. The check runs again at
+every connect, so a name that later resolves elsewhere (DNS rebinding) is refused then.
 """
 
 import ipaddress
+import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
@@ -17,10 +18,26 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IResolutionReceiver
 from zope.interface import implementer
 
-from mcproxy.errors import InvalidBrowserURL
+from mcproxy.config import parse_user_network
+from mcproxy.errors import Forbidden, InvalidBrowserURL
 
 SCHEMES = {"http": 80, "https": 443, "ws": 80, "wss": 443}
-NEVER = (ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fe80::/10"))
+LINK_LOCAL = (ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fe80::/10"))
+#: Instance-metadata and host services of cloud providers outside link-local space; some sit
+#: inside ranges an operator allows (fd00:ec2::254 is in fc00::/7).
+CLOUD_METADATA = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "fd00:ec2::254/128",  # AWS instance metadata over IPv6
+        "100.100.100.200/32",  # Alibaba Cloud metadata
+        "168.63.129.16/32",  # Azure WireServer
+        "192.0.0.192/32",  # Oracle Cloud metadata
+    )
+)
+#: NAT64 (RFC 6052) embeds an IPv4 address in IPv6: checked as that IPv4 address too.
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+#: Chrome's browser-level DevTools WebSocket path.
+BROWSER_WS_PATH = re.compile(r"/devtools/browser/([A-Za-z0-9-]{1,64})\Z")
 _EXAMPLE = "http://127.0.0.1:9222"
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -102,21 +119,53 @@ def parse_browser_url(url: str) -> BrowserURL:
                 f"browserURL {url!r} must be just scheme://host:port (no path), e.g. {_EXAMPLE}"
             )
         path = ""
-    else:
-        if parts.fragment:
-            raise InvalidBrowserURL(f"browserURL {url!r} must not have a fragment")
-        path = (path or "/") + (f"?{parts.query}" if parts.query else "")
+    elif parts.query or parts.fragment or not BROWSER_WS_PATH.match(path):
+        raise InvalidBrowserURL(
+            f"browserURL {url!r} is not a browser DevTools WebSocket: a ws(s) URL must be"
+            " ws://host:port/devtools/browser/<id>, the webSocketDebuggerUrl of /json/version"
+            f" (or give the HTTP endpoint instead, e.g. {_EXAMPLE})"
+        )
     return BrowserURL(url=url.strip(), scheme=scheme, host=host.lower(), port=port, path=path)
 
 
-def check_address(address: str, allowed_networks: Iterable[str], *, what: str) -> None:
-    """Refuse ``address`` unless it is in ``allowed_networks`` and not link-local."""
+def browser_id(path: str) -> str | None:
+    """Chrome's browser id in a ``/devtools/browser/<id>`` path; it changes at every Chrome start."""
+    match = BROWSER_WS_PATH.match(path)
+    return match.group(1) if match else None
+
+
+def _forms(address: str) -> list[IPAddress]:
+    """The address and the IPv4 address it embeds, if any (mapped, 6to4, NAT64)."""
     ip: IPAddress = ipaddress.ip_address(address.split("%", 1)[0])
-    mapped = getattr(ip, "ipv4_mapped", None)
-    candidates = [ip] if mapped is None else [ip, mapped]
-    if any(c in net for c in candidates for net in NEVER if c.version == net.version):
+    forms = [ip]
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and ip in NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            forms.append(embedded)
+    return forms
+
+
+def endpoint_key(address: str, port: int) -> tuple[str, int]:
+    """What names one listening socket, whatever URL form reached it: every loopback address
+    is the same machine, and an embedded IPv4 address is that address."""
+    ip = _forms(address)[-1]
+    return ("loopback" if ip.is_loopback else ip.compressed, port)
+
+
+def check_address(address: str, allowed_networks: Iterable[str], *, what: str) -> None:
+    """Refuse ``address`` unless it is in ``allowed_networks``, not link-local and not a
+    cloud metadata service."""
+    candidates = _forms(address)
+    if any(c in net for c in candidates for net in LINK_LOCAL if c.version == net.version):
         raise InvalidBrowserURL(
             f"{what} points to the link-local address {address}, which is never allowed; "
+            "give the address of the machine that runs Chrome"
+        )
+    if any(c in net for c in candidates for net in CLOUD_METADATA if c.version == net.version):
+        raise InvalidBrowserURL(
+            f"{what} points to {address}, a cloud metadata service, which is never allowed; "
             "give the address of the machine that runs Chrome"
         )
     networks = [ipaddress.ip_network(n, strict=False) for n in allowed_networks]
@@ -125,6 +174,31 @@ def check_address(address: str, allowed_networks: Iterable[str], *, what: str) -
             f"{what} points to {address}, which is outside browser.allowed_networks; "
             "use an address inside them or ask the operator to allow that network"
         )
+
+
+def check_user_networks(user_id: str, url: BrowserURL, addresses: Iterable[str], entries: Iterable[str]) -> None:
+    """``browser.user_networks``: a user with entries (or, without, the ``*`` entries) may only
+    register a browser at one of their URLs or with every address inside one of their networks."""
+    rules = [parse_user_network(entry) for entry in entries]
+    targets = [target for user, target in rules if user == user_id] or [t for user, t in rules if user == "*"]
+    if not targets:
+        return
+    place = (url.scheme, url.host, url.port, url.path)
+    addresses = list(addresses)
+    for target in targets:
+        if "://" in target:
+            allowed = parse_browser_url(target)
+            if (allowed.scheme, allowed.host, allowed.port, allowed.path) == place:
+                return
+        else:
+            network = ipaddress.ip_network(target, strict=False)
+            if addresses and all(any(f in network for f in _forms(a) if f.version == network.version) for a in addresses):
+                return
+    raise Forbidden(
+        f"browserURL {url.url} is not one of the browsers {user_id} may register (browser.user_networks);"
+        " ask the operator to add it",
+        code="browser_not_allowed",
+    )
 
 
 @implementer(IResolutionReceiver)
@@ -178,7 +252,10 @@ async def validate_browser_url(
 
 __all__ = [
     "BrowserURL",
+    "browser_id",
     "check_address",
+    "check_user_networks",
+    "endpoint_key",
     "parse_browser_url",
     "resolve",
     "validate_browser_url",

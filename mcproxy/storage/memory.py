@@ -38,6 +38,9 @@ class MemoryStore:
     def list_users(self):
         return succeed([self._users[key] for key in sorted(self._users)])
 
+    def count_users(self):
+        return succeed(len(self._users))
+
     def delete_user(self, user_id):
         return succeed(self._users.pop(user_id, None) is not None)
 

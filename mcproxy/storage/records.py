@@ -27,6 +27,9 @@ class TokenRecord:
     revoked_at: float | None = None
     last_used_at: float | None = None
     description: str = ""
+    #: The token this one was minted from (a registration's session token): it never
+    #: outlives that parent, and revoking the parent revokes it too.
+    parent_id: str | None = None
 
     def is_valid_at(self, now: float) -> bool:
         """Neither revoked nor expired at ``now``."""

@@ -166,6 +166,7 @@ def _token(token_id: str, h: dict) -> TokenRecord:
         revoked_at=_float(h.get("revoked_at")),
         last_used_at=_float(h.get("last_used_at")),
         description=h.get("description", ""),
+        parent_id=h.get("parent_id"),
     )
 
 
@@ -226,6 +227,9 @@ class RedisStore:
         d = self._list(self._key("users"), "user")
         return d.addCallback(lambda rows: sorted((_user(i, h) for i, h in rows), key=lambda u: u.user_id))
 
+    def count_users(self):
+        return self.redis.scard(self._key("users")).addTimeout(self._timeout, self._reactor).addCallback(int)
+
     def delete_user(self, user_id):
         d = self._eval(_DELETE_USER, [self._key("user", user_id), self._key("users")], [user_id])
         return d.addCallback(bool)
@@ -245,6 +249,7 @@ class RedisStore:
                 "revoked_at": token.revoked_at,
                 "last_used_at": token.last_used_at,
                 "description": token.description,
+                "parent_id": token.parent_id,
             }
         )
         keys = [

@@ -16,7 +16,7 @@ from mcproxy.interfaces import IStore
 from mcproxy.storage import dump_json, load_permissions
 from mcproxy.storage.records import TokenRecord, UserRecord
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS users (
@@ -35,7 +35,8 @@ _SCHEMA = (
         expires_at REAL,
         revoked_at REAL,
         last_used_at REAL,
-        description TEXT NOT NULL
+        description TEXT NOT NULL,
+        parent_id TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS tokens_by_user ON tokens (user_id, created_at)",
     "CREATE INDEX IF NOT EXISTS tokens_by_creation ON tokens (created_at, token_id)",
@@ -44,13 +45,14 @@ _SCHEMA = (
         user_id TEXT PRIMARY KEY,
         encoded TEXT NOT NULL
     )""",
+    "CREATE INDEX IF NOT EXISTS tokens_by_parent ON tokens (parent_id)",
     f"PRAGMA user_version = {SCHEMA_VERSION}",
 )
 
 _USER_COLUMNS = "user_id, browser_url, metadata, registered_at, last_activity"
 _TOKEN_COLUMNS = (
     "token_id, user_id, secret_hash, permissions, created_at, expires_at, revoked_at,"
-    " last_used_at, description"
+    " last_used_at, description, parent_id"
 )
 
 
@@ -62,6 +64,11 @@ def _configure(connection) -> None:
 
 
 def _create_schema(transaction) -> None:
+    transaction.execute(_SCHEMA[1])
+    columns = {row[1] for row in transaction.execute("PRAGMA table_info(tokens)").fetchall()}
+    if "parent_id" not in columns:
+        # Version 3: tokens remember the token they were minted from (older files gain the column).
+        transaction.execute("ALTER TABLE tokens ADD COLUMN parent_id TEXT")
     for statement in _SCHEMA:
         transaction.execute(statement)
 
@@ -78,7 +85,7 @@ def _user(row) -> UserRecord:
 
 
 def _token(row) -> TokenRecord:
-    token_id, user_id, secret_hash, permissions, created, expires, revoked, used, description = row
+    token_id, user_id, secret_hash, permissions, created, expires, revoked, used, description, parent = row
     return TokenRecord(
         token_id=token_id,
         user_id=user_id,
@@ -89,6 +96,7 @@ def _token(row) -> TokenRecord:
         revoked_at=revoked,
         last_used_at=used,
         description=description,
+        parent_id=parent,
     )
 
 
@@ -154,6 +162,9 @@ class SQLiteStore:
         d = self._rows(f"SELECT {_USER_COLUMNS} FROM users ORDER BY user_id")
         return d.addCallback(lambda rows: [_user(row) for row in rows])
 
+    def count_users(self):
+        return self._rows("SELECT COUNT(*) FROM users").addCallback(lambda rows: rows[0][0])
+
     def delete_user(self, user_id):
         return self._changed("DELETE FROM users WHERE user_id = ?", user_id)
 
@@ -169,7 +180,7 @@ class SQLiteStore:
 
     def save_token(self, token):
         return self._pool.runOperation(
-            f"INSERT OR REPLACE INTO tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 token.token_id,
                 token.user_id,
@@ -180,6 +191,7 @@ class SQLiteStore:
                 token.revoked_at,
                 token.last_used_at,
                 token.description,
+                token.parent_id,
             ),
         )
 

@@ -5,21 +5,33 @@ status. Handlers are coroutines that return ``(status, body)`` or raise an
 `mcproxy.errors.MCProxyError`.
 """
 
+import json
 import re
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredLock
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
 from mcproxy.auth.principal import ADMIN, REGISTER, Principal
+from mcproxy.auth.tokens import adopt_children, create_token, mint_child_token, revoke_token_tree
+from mcproxy.browser.urls import check_user_networks, endpoint_key, parse_browser_url, resolve
 from mcproxy.config import ConfigError
-from mcproxy.errors import BadRequest, Conflict, Forbidden, MCProxyError, MethodNotAllowed, NotFound
+from mcproxy.errors import (
+    BadRequest,
+    BrowserUnavailable,
+    Conflict,
+    Forbidden,
+    MCProxyError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+)
 from mcproxy.storage.records import UserRecord
-from mcproxy.web.http import read_body, read_json_object, request_id, write_failure, write_json
+from mcproxy.web.http import read_body, read_json_object, request_id, require_json, write_failure, write_json
 
 log = Logger()
 
@@ -43,11 +55,17 @@ class AdminDependencies:
     pool: Any
     sessions: Any
     authenticate: Callable[[Any], Awaitable[Principal]]
-    create_token: Callable[..., Awaitable[tuple[str, Any]]]
-    probe_browser: Callable[[str], Awaitable[str]]
+    #: Says which browser answers at a URL (`mcproxy.browser.pool.probe_browser`).
+    probe_browser: Callable[[str], Awaitable[Any]]
     max_body_bytes: int
     session_token_ttl: float
     started_at: float
+    #: The Host and Origin checks of the MCP endpoints (DNS rebinding, cross-site posts).
+    check_request: Callable[[Any], None] = lambda request: None
+    max_metadata_bytes: int = 16384
+    #: ``browser.user_networks``: which browsers each user may register.
+    user_networks: tuple[str, ...] = ()
+    resolve_timeout: float = 5.0
     #: Told of every revoked token id, so this process stops honouring it at once.
     token_revoked: Callable[[str], None] = lambda token_id: None
     #: ``audit(principal, client, action, target, outcome)`` for every call that changes something.
@@ -71,6 +89,8 @@ class AdminAPI(resource.Resource):
     def __init__(self, deps: AdminDependencies):
         super().__init__()
         self.deps = deps
+        # One registration at a time, so two users cannot claim one browser at once.
+        self._registering = DeferredLock()
         self._routes: list[tuple[re.Pattern, dict[bytes, Handler]]] = [
             (re.compile(r"^/health/?$"), {b"GET": self.health}),
             (re.compile(r"^/api/tokens/?$"), {b"POST": self.create_token, b"GET": self.list_tokens}),
@@ -110,6 +130,7 @@ class AdminAPI(resource.Resource):
         return result
 
     async def _dispatch(self, request) -> tuple[int, Any]:
+        self.deps.check_request(request)
         path = request.path.decode("utf-8", "replace")
         for pattern, methods in self._routes:
             match = pattern.match(path)
@@ -131,19 +152,20 @@ class AdminAPI(resource.Resource):
         return principal
 
     def _body(self, request, optional: bool = False) -> dict:
-        """The JSON object body; with ``optional``, an empty body reads as ``{}``."""
+        """The JSON object body (415 for any other type: no cross-site form posts); with
+        ``optional``, an empty body reads as ``{}``."""
         if optional and not read_body(request, self.deps.max_body_bytes).strip():
             return {}
+        require_json(request)
         return read_json_object(request, self.deps.max_body_bytes)
 
     # -- health ---------------------------------------------------------------
 
     async def health(self, request):
-        users = await self.deps.store.list_users()
         return 200, {
             "status": "ok",
             "activeSessions": self.deps.sessions.count(),
-            "registeredUsers": len(users),
+            "registeredUsers": await self.deps.store.count_users(),
             "browserConnections": self.deps.pool.connection_count(),
             "uptime": round(self.deps.clock.seconds() - self.deps.started_at, 3),
         }
@@ -160,9 +182,7 @@ class AdminAPI(resource.Resource):
         ttl = body.get("ttlSeconds")
         if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0):
             raise BadRequest('"ttlSeconds" must be a positive number')
-        token, record = await self.deps.create_token(
-            self.deps.store, user_id, permissions, ttl, self.deps.clock
-        )
+        token, record = await create_token(self.deps.store, user_id, permissions, ttl, self.deps.clock)
         log.info("Token {token_id} created for user {user_id}", token_id=record.token_id, user_id=user_id)
         return 201, _token_answer(token, record)
 
@@ -172,20 +192,31 @@ class AdminAPI(resource.Resource):
         return 200, {"tokens": [_token_summary(r) for r in records]}
 
     async def revoke_token(self, request, token_id: str):
+        """Revoke the token and every token minted from it (registration session tokens)."""
         await self._principal(request, ADMIN)
-        if not await self.deps.store.revoke_token(token_id, self.deps.clock.seconds()):
+        revoked = await revoke_token_tree(self.deps.store, token_id, self.deps.clock.seconds())
+        if not revoked:
             raise NotFound(f"no token with id {token_id!r}")
-        self.deps.token_revoked(token_id)
-        log.info("Token {token_id} revoked", token_id=token_id)
+        for revoked_id in revoked:
+            self.deps.token_revoked(revoked_id)
+        log.info("Token {token_id} revoked, with {children} made from it", token_id=token_id, children=len(revoked) - 1)
         return 204, None
 
     async def rotate_token(self, request, token_id: str):
         """A new token with the same user, permissions and expiry; the old one works until
-        ``graceSeconds`` (default 60) have passed, so clients can switch without a gap."""
+        ``graceSeconds`` (default 60) have passed, so clients can switch without a gap.
+
+        Only an admin or the token's own user, signed in as itself (never through
+        ``impersonate``), may rotate; tokens made from the old one move to the new one."""
         principal = await self._principal(request)
         record = await self.deps.store.get_token(token_id)
         now = self.deps.clock.seconds()
-        mine = record is not None and principal.user_id == record.user_id and principal.token_id is not None
+        mine = (
+            record is not None
+            and principal.user_id == record.user_id
+            and principal.token_id is not None
+            and principal.impersonator is None
+        )
         if record is None or not (principal.is_admin or mine):
             raise NotFound(f"no token with id {token_id!r}")
         if record.revoked_at is not None and record.revoked_at <= now:
@@ -199,9 +230,16 @@ class AdminAPI(resource.Resource):
             ttl = record.expires_at - now
             if ttl <= 0:
                 raise Conflict(f"token {token_id} has expired; create a new token instead", code="token_expired")
-        token, new = await self.deps.create_token(
-            self.deps.store, record.user_id, record.permissions, ttl, self.deps.clock, f"rotated from {token_id}"
+        token, new = await create_token(
+            self.deps.store,
+            record.user_id,
+            record.permissions,
+            ttl,
+            self.deps.clock,
+            f"rotated from {token_id}",
+            parent_id=record.parent_id,
         )
+        await adopt_children(self.deps.store, token_id, new.token_id)
         ends = now + grace
         await self.deps.store.revoke_token(token_id, ends)  # keeps an earlier revocation
         self.deps.token_revoked(token_id)
@@ -230,35 +268,99 @@ class AdminAPI(resource.Resource):
         metadata = body.get("metadata", {})
         if not isinstance(metadata, dict):
             raise BadRequest('"metadata" must be a JSON object')
-        self.deps.pool.check_room(user_id)
-        version = await self.deps.probe_browser(browser_url)
-        now = self.deps.clock.seconds()
-        existing = await self.deps.store.get_user(user_id)
-        await self.deps.store.save_user(
-            UserRecord(
-                user_id=user_id,
-                browser_url=browser_url,
-                metadata=metadata,
-                registered_at=existing.registered_at if existing else now,
-                last_activity=existing.last_activity if existing else None,
+        size = len(json.dumps(metadata, separators=(",", ":")).encode("utf-8"))
+        if size > self.deps.max_metadata_bytes:
+            raise PayloadTooLarge(
+                f'"metadata" is {size} bytes of JSON; the limit is {self.deps.max_metadata_bytes}'
+                " (limits.max_metadata_bytes)",
+                code="metadata_too_large",
             )
-        )
-        self.deps.pool.browser_for(user_id, browser_url)
-        token, record = await self.deps.create_token(
-            self.deps.store, user_id, list(SESSION_TOKEN_PERMISSIONS), self.deps.session_token_ttl, self.deps.clock
-        )
+        parsed = parse_browser_url(browser_url)
+        addresses = await resolve(self.deps.clock, parsed.host, timeout=self.deps.resolve_timeout)
+        check_user_networks(user_id, parsed, addresses, self.deps.user_networks)
+        self.deps.pool.check_room(user_id)
+        await self._registering.acquire()
+        try:
+            identity = await self._probe(browser_url)
+            await self._check_unclaimed(user_id, identity)
+            now = self.deps.clock.seconds()
+            existing = await self.deps.store.get_user(user_id)
+            await self.deps.store.save_user(
+                UserRecord(
+                    user_id=user_id,
+                    browser_url=browser_url,
+                    metadata=metadata,
+                    registered_at=existing.registered_at if existing else now,
+                    last_activity=existing.last_activity if existing else None,
+                )
+            )
+            self.deps.pool.browser_for(user_id, browser_url)
+        finally:
+            self._registering.release()
+        token = await self._session_token(principal, user_id)
         log.info(
             "User {user_id} registered browser {browser_url} ({version})",
             user_id=user_id,
             browser_url=browser_url,
-            version=version,
+            version=identity.product,
         )
-        return 201, {
-            "success": True,
-            "userId": user_id,
-            "sessionToken": token,
-            "message": f"Registered {version} at {browser_url} for {user_id}.",
-        }
+        message = f"Registered {identity.product} at {browser_url} for {user_id}."
+        if token is None:
+            message += " No session token: one is only made from an API token of your own; use your credential."
+        return 201, {"success": True, "userId": user_id, "sessionToken": token, "message": message}
+
+    async def _probe(self, browser_url: str):
+        """Which browser answers at ``browser_url``; a browser that does not answer is the
+        caller's problem to fix (400 ``browser_unreachable``), never a 5xx of the proxy."""
+        try:
+            return await self.deps.probe_browser(browser_url)
+        except BrowserUnavailable as e:
+            raise BadRequest(e.message, code="browser_unreachable") from None
+
+    async def _check_unclaimed(self, user_id: str, identity) -> None:
+        """409 when another user holds this browser: the same Chrome run (its browser id), or the
+        same listening socket under any URL form (``localhost``, an IP, the WebSocket URL)."""
+        taken = self.deps.pool.holder_of(identity.browser_id, besides=user_id) is not None
+        if not taken:
+            for user in await self.deps.store.list_users():
+                if user.user_id != user_id and identity.endpoint in await self._endpoints(user.browser_url):
+                    taken = True
+                    break
+        if taken:
+            raise Conflict(
+                "this browser is registered by another user, and a browser belongs to one user only;"
+                " start a Chrome of your own (its own --user-data-dir and port) and register that",
+                code="browser_taken",
+            )
+
+    async def _endpoints(self, browser_url: str) -> set[tuple[str, int]]:
+        """The listening sockets a stored browser URL names (none when it no longer resolves)."""
+        try:
+            parsed = parse_browser_url(browser_url)
+            addresses = await resolve(self.deps.clock, parsed.host, timeout=self.deps.resolve_timeout)
+        except MCProxyError:
+            return set()
+        return {endpoint_key(address, parsed.port) for address in addresses}
+
+    async def _session_token(self, principal: Principal, user_id: str) -> str | None:
+        """A token for the registered user's IDE, minted as a child of the caller's API token
+        (never more permissions, never a later expiry, revoked with it); None for a caller
+        without one of its own (JWT, Basic, impersonation)."""
+        if principal.token_id is None or principal.impersonator is not None:
+            return None
+        parent = await self.deps.store.get_token(principal.token_id)
+        if parent is None:
+            return None
+        token, _ = await mint_child_token(
+            self.deps.store,
+            parent,
+            user_id,
+            SESSION_TOKEN_PERMISSIONS,
+            self.deps.session_token_ttl,
+            self.deps.clock,
+            f"session token of the registration of {user_id}",
+        )
+        return token
 
     async def list_users(self, request):
         await self._principal(request, ADMIN)

@@ -13,7 +13,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 
 from mcproxy.auth.chain import challenge_headers
-from mcproxy.errors import BadRequest, MCProxyError, PayloadTooLarge, RateLimited
+from mcproxy.errors import BadRequest, MCProxyError, PayloadTooLarge, RateLimited, UnsupportedMediaType
 
 log = Logger()
 
@@ -197,3 +197,11 @@ def read_json_object(request: IRequest, limit: int) -> dict:
     if not isinstance(value, dict):
         raise BadRequest("request body must be a JSON object", code="invalid_json")
     return value
+
+
+def require_json(request: IRequest) -> None:
+    """415 unless the body is declared ``application/json`` (a form post from any web page
+    cannot declare it without a CORS preflight)."""
+    content_type = (request.getHeader(b"content-type") or b"").decode("latin-1")
+    if content_type.split(";", 1)[0].strip().lower() != "application/json":
+        raise UnsupportedMediaType(f"Content-Type must be application/json, got {content_type or 'none'!r}")
