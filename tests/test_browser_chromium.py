@@ -63,6 +63,23 @@ async def test_calls_on_one_page_queue_and_pages_run_concurrently(reactor, user_
 
 
 @pytest_twisted.ensureDeferred
+async def test_popups_a_page_opens_are_attached_once_and_run(reactor, user_browser, fixture_site):
+    """Chrome holds new tabs for the pool (auto-attach); with no listener to wait for, a popup
+    runs at once and becomes a page."""
+    opener = await user_browser.new_page(fixture_site.page())
+    before = {p.target_id for p in user_browser.pages()}
+    await opener.send(
+        "Runtime.evaluate", {"expression": f"window.open('{fixture_site.page('second.html')}'); 1", "userGesture": True}
+    )
+    await eventually(reactor, lambda: len(user_browser.pages()) > len(before))
+    [popup] = [p for p in user_browser.pages() if p.target_id not in before]
+    await eventually(reactor, lambda: popup.url == fixture_site.page("second.html"))
+    title = await popup.send("Runtime.evaluate", {"expression": "document.title", "returnByValue": True})
+    assert title["result"]["value"] == "Second page"
+    await user_browser.close_page(popup.page_id)
+
+
+@pytest_twisted.ensureDeferred
 async def test_dropped_link_reconnects_and_keeps_page_ids(reactor, user_browser, fixture_site):
     page = await user_browser.new_page(fixture_site.page(), opener="s1")
     ids = [p.page_id for p in user_browser.pages()]

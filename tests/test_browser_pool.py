@@ -381,3 +381,53 @@ def test_event_waits_fail_fast_when_the_link_drops_or_the_page_closes():
     result_of(h.browser.close_page(two.page_id))
     assert "page 2 was closed" in failure_of(closing).value.message
     assert two._waiters == set() and one._waiters == set()
+
+
+def test_new_targets_run_once_the_page_listeners_have_set_them_up():
+    """Chrome attaches every page and holds new ones; the pool lets each run when the Deferreds
+    its listeners returned have fired (at once when there are none), and closes one whose
+    set-up failed instead of letting it run."""
+    h = Harness()
+    gates: dict[str, Deferred] = {}
+
+    def listener(page, event):
+        if event == "attached" and page.target_id in gates:
+            return gates[page.target_id]
+        return None
+
+    h.browser.add_page_listener(listener)
+    h.browser.start()
+
+    def resumed(session: str) -> bool:
+        return ("Runtime.runIfWaitingForDebugger", {}, session) in h.chrome.calls
+
+    assert ("Target.setAutoAttach", {"autoAttach": True, "waitForDebuggerOnStart": True, "flatten": True, "filter": [{"type": "page"}]}, None) in h.chrome.calls
+    assert "Target.attachToTarget" not in h.chrome.methods()
+    # Nothing to wait for: a new tab runs at once.
+    plain = h.chrome.add_target("http://plain.test/")
+    assert resumed(f"S-{plain}-1")
+    # A listener still setting the tab up holds it; the page is known meanwhile.
+    gates["T3"] = Deferred()
+    held = h.chrome.add_target("http://held.test/")
+    assert held == "T3" and not resumed("S-T3-1")
+    assert [p.target_id for p in h.browser.pages()] == ["T1", plain, held]
+    gates["T3"].callback(None)
+    assert resumed("S-T3-1")
+    # A set-up that failed: the tab is closed, never run.
+    gates["T4"] = defer.fail(ToolError("Fetch.enable failed"))
+    doomed = h.chrome.add_target("http://doomed.test/")
+    assert not resumed(f"S-{doomed}-1")
+    assert ("Target.closeTarget", {"targetId": doomed}, None) in h.chrome.calls
+    assert doomed not in [p.target_id for p in h.browser.pages()]
+
+
+def test_new_page_returns_once_its_tab_is_set_up():
+    h = Harness()
+    gate = Deferred()
+    h.browser.add_page_listener(lambda page, event: gate if page.page_id == 2 else None)
+    h.browser.start()
+    opening = h.browser.new_page("about:blank")
+    assert not opening.called
+    gate.callback(None)
+    page = result_of(opening)
+    assert page.page_id == 2 and page.via_proxy

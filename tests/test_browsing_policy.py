@@ -59,43 +59,103 @@ def test_schemes_can_be_opened_up_and_bad_rules_are_refused():
         load(None, environ={"MCPROXY_BROWSING_USER_RULES": "alice permit x"})
 
 
+def test_hosts_are_read_as_chrome_reads_them():
+    """The WHATWG parser decides the host, in canonical form, whatever the URL looks like."""
+    policy = book(
+        allow=("allowed.corp", "*.bücher.example", "10.0.0.0/8", "::ffff:192.168.0.0/120", "[2001:db8::1]"),
+        deny=("127.0.0.0/8", "::1", "secret.allowed.corp", "10.9.9.9"),
+    ).policy_for("alice")
+    cases = {
+        # Chrome loads "evil" (a backslash ends the authority), not allowed.corp.
+        "http://evil\\@allowed.corp/": 'the host "evil" is not on the allow list',
+        "http://user:pw@allowed.corp/": None,
+        "http://allowed.corp\\@evil/": None,  # the host is allowed.corp: "\\@evil" is its path
+        "HTTP://ALLOWED.Corp./x": None,
+        "http:allowed.corp": None,
+        "http://allo\twed.corp\n/": None,
+        "http://allowed%2Ecorp/": None,
+        "http://SECRET.allowed.corp./": 'the host "secret.allowed.corp." is on the deny list',
+        "http://www.BÜCHER.example/": None,
+        "http://www.xn--bcher-kva.example/": None,
+        "http://2130706433/": 'the host "127.0.0.1" is on the deny list',
+        "http://0x7f.1/": 'the host "127.0.0.1" is on the deny list',
+        "http://127.1/": 'the host "127.0.0.1" is on the deny list',
+        "http://0177.0.0.01/": 'the host "127.0.0.1" is on the deny list',
+        "http://[::ffff:127.0.0.1]/": 'the host "[::ffff:7f00:1]" is on the deny list',
+        "http://[0:0:0:0:0:0:0:1]/": 'the host "[::1]" is on the deny list',
+        "http://012.011.011.011/": 'the host "10.9.9.9" is on the deny list',
+        "http://[::ffff:10.9.9.9]/": 'the host "[::ffff:a09:909]" is on the deny list',
+        "http://0xa.1.2.3/": None,
+        "http://[::ffff:c0a8:1]/": None,
+        "http://192.168.0.1/": None,
+        "http://[2001:DB8:0::1]/": None,
+        "http://192.168.1.1/": 'the host "192.168.1.1" is not on the allow list',
+        "http://1.2.3.4.5/": "it is not a valid absolute URL (such as https://example.com/)",
+        "http://256.0.0.1/": "it is not a valid absolute URL (such as https://example.com/)",
+        "http://%zz/": "it is not a valid absolute URL (such as https://example.com/)",
+        "https://exa mple.com/": "it is not a valid absolute URL (such as https://example.com/)",
+    }
+    assert {url: policy.refusal(url) for url in cases} == cases
+
+
+class RecordingSite:
+    """A loopback web server that records the paths asked for; ``/start`` serves ``start``."""
+
+    def __init__(self, reactor, start: bytes = b"<p>start</p>"):
+        from twisted.web.resource import Resource
+        from twisted.web.server import Site
+
+        asked = self.asked = []
+
+        class Pages(Resource):
+            isLeaf = True
+
+            def render_GET(self, request):
+                asked.append(request.path.decode())
+                request.setHeader(b"Content-Type", b"text/html")
+                return start % {b"port": self.port} if request.path == b"/start" else b"<p>here</p>"
+
+        Pages.port = b"%d" % 0
+        self.listening = reactor.listenTCP(0, Site(Pages()), interface="127.0.0.1")
+        self.port = self.listening.getHost().port
+        Pages.port = b"%d" % self.port
+
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        """The URL of ``path`` on this site, through ``host`` (any name or form of loopback)."""
+        return f"http://{host}:{self.port}{path}"
+
+
+async def guarded_tools(reactor, pool, chromium, policies):
+    """The tools of "alice" on the shared Chromium, with ``policies``; (registry, context, browser)."""
+    from mcproxy.testing.tool_calls import make_context, make_registry
+
+    browser = pool.browser_for("alice", chromium.browser_url)
+    await browser.connected(10)
+    return make_registry(reactor, browser, policies=policies), make_context(), browser
+
+
+async def close_proxy_pages(browser) -> None:
+    """Close the tabs a test opened, popups included (the shared Chromium keeps its first tab)."""
+    for page in browser.pages()[1:]:
+        if not page.closed:
+            await browser.close_page(page.page_id)
+
+
 @pytest_twisted.ensureDeferred
 async def test_interception_stops_links_and_scripts_to_denied_hosts(reactor, chromium, browser_config, http_client):
     """The page itself tries to leave for a denied host, by link and by script: it never gets there."""
-    from twisted.web.resource import Resource
-    from twisted.web.server import Site
-
     from mcproxy.browser.pool import BrowserPool
-    from mcproxy.testing.tool_calls import make_context, make_registry, ok, sleep, text_of
+    from mcproxy.testing.tool_calls import ok, sleep, text_of
 
-    asked = []
-
-    class Pages(Resource):
-        isLeaf = True
-
-        def render_GET(self, request):
-            asked.append((request.getHeader(b"host").decode(), request.path.decode()))
-            request.setHeader(b"Content-Type", b"text/html")
-            return (
-                b'<a id="away" href="http://localhost:%d/secret-by-link">away</a>' % port.getHost().port
-                if request.path == b"/start"
-                else b"<p>here</p>"
-            )
-
-    port = reactor.listenTCP(0, Site(Pages()), interface="127.0.0.1")
+    site = RecordingSite(reactor, b'<a id="away" href="http://localhost:%(port)s/secret-by-link">away</a>')
     policies = book(deny=("localhost",), intercept=True)
     pool = BrowserPool(reactor, browser_config, http_client, page_listeners=[policies.guard])
     try:
-        browser = pool.browser_for("alice", chromium.browser_url)
-        await browser.connected(10)
-        tools = make_registry(reactor, browser, policies=policies)
-        context = make_context()
-        start = f"http://127.0.0.1:{port.getHost().port}/start"
+        tools, context, browser = await guarded_tools(reactor, pool, chromium, policies)
+        start = site.url("/start")
         await ok(tools, context, "new_page", url=start)
         page_id = context.session.selected_page_id
-        refused = await tools.call_tool(
-            "navigate_page", {"pageId": page_id, "url": f"http://localhost:{port.getHost().port}/by-tool"}, context
-        )
+        refused = await tools.call_tool("navigate_page", {"pageId": page_id, "url": site.url("/by-tool", "localhost")}, context)
         assert refused.is_error and 'the host "localhost" is on the deny list' in text_of(refused)
         await ok(tools, context, "evaluate_script", pageId=page_id, function="() => document.getElementById('away').click()")
         await ok(
@@ -103,19 +163,84 @@ async def test_interception_stops_links_and_scripts_to_denied_hosts(reactor, chr
             context,
             "evaluate_script",
             pageId=page_id,
-            function=f"() => {{ location.href = 'http://localhost:{port.getHost().port}/secret-by-script'; }}",
+            function=f"() => {{ location.href = '{site.url('/secret-by-script', 'localhost')}'; }}",
         )
         await sleep(reactor, 1.0)
-        paths = [path for _, path in asked]
-        assert paths[0] == "/start"
-        assert not any(path.startswith("/secret") or path == "/by-tool" for path in paths), asked
+        assert site.asked[0] == "/start"
+        assert not any(path.startswith("/secret") or path == "/by-tool" for path in site.asked), site.asked
         # An allowed navigation the page starts itself still goes through.
         await ok(tools, context, "evaluate_script", pageId=page_id, function=f"() => {{ location.href = '{start}?again'; }}")
         await sleep(reactor, 1.0)
-        assert [path for _, path in asked].count("/start") == 2
-        for page in browser.pages():
-            if page.via_proxy:
-                await browser.close_page(page.page_id)
+        assert site.asked.count("/start") == 2
+        await close_proxy_pages(browser)
     finally:
         await pool.close()
-        await port.stopListening()
+        await site.listening.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_interception_judges_the_url_chrome_requests(reactor, chromium, browser_config, http_client):
+    """A page going to a denied network through another spelling of its address is stopped on the
+    URL Chrome reports (canonical, IPv4-mapped IPv6 as IPv4), while the proxy's own name for the
+    same server stays allowed."""
+    from mcproxy.browser.pool import BrowserPool
+    from mcproxy.testing.tool_calls import failed, ok, until
+
+    site = RecordingSite(reactor)
+    policies = book(deny=("127.0.0.0/8",), intercept=True)
+    pool = BrowserPool(reactor, browser_config, http_client, page_listeners=[policies.guard])
+    try:
+        tools, context, browser = await guarded_tools(reactor, pool, chromium, policies)
+        await ok(tools, context, "new_page", url=site.url("/start", "localhost"))
+        page_id = context.session.selected_page_id
+        page = browser.page(page_id)
+        mapped = site.url("/secret-mapped", "[::ffff:127.0.0.1]")
+        assert 'the host "[::ffff:7f00:1]" is on the deny list' in await failed(
+            tools, context, "navigate_page", pageId=page_id, url=mapped
+        )
+        spellings = {
+            mapped: site.url("/secret-mapped", "[::ffff:7f00:1]"),
+            site.url("/secret-hex", "0x7f.1"): site.url("/secret-hex"),
+            site.url("/secret-number", "2130706433"): site.url("/secret-number"),
+        }
+        for secret, canonical in spellings.items():
+            await ok(tools, context, "evaluate_script", pageId=page_id, function=f"() => {{ location.href = '{secret}'; }}")
+            # Refused, the tab shows Chrome's error page for the URL it meant to load.
+            await until(reactor, lambda: page.url == canonical)
+        assert [path for path in site.asked if path != "/favicon.ico"] == ["/start"]
+        await close_proxy_pages(browser)
+    finally:
+        await pool.close()
+        await site.listening.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_popups_are_guarded_before_they_load(reactor, chromium, browser_config, http_client):
+    """``window.open`` to a denied host, with or without an opener: the new tab is held until the
+    guard is on, so the request never leaves; a popup to an allowed host loads."""
+    from mcproxy.browser.pool import BrowserPool
+    from mcproxy.testing.tool_calls import ok, until
+
+    site = RecordingSite(reactor)
+    policies = book(deny=("localhost",), intercept=True)
+    pool = BrowserPool(reactor, browser_config, http_client, page_listeners=[policies.guard])
+    try:
+        tools, context, browser = await guarded_tools(reactor, pool, chromium, policies)
+        await ok(tools, context, "new_page", url=site.url("/start"))
+        page_id = context.session.selected_page_id
+        opens = [
+            (site.url("/secret-popup", "localhost"), ""),
+            (site.url("/secret-noopener", "localhost"), "noopener"),
+            (site.url("/allowed-popup"), ""),
+        ]
+        for url, features in opens:
+            before = len(browser.pages())
+            await ok(tools, context, "evaluate_script", pageId=page_id, function=f"() => {{ window.open('{url}', '_blank', '{features}'); }}")
+            popup = await until(reactor, lambda: len(browser.pages()) > before and browser.pages()[-1])
+            await until(reactor, lambda: popup.url == url)
+        assert "/allowed-popup" in site.asked
+        assert not [path for path in site.asked if path.startswith("/secret")], site.asked
+        await close_proxy_pages(browser)
+    finally:
+        await pool.close()
+        await site.listening.stopListening()
