@@ -183,9 +183,15 @@ async def test_probe_browser_for_registration(reactor, chromium, browser_config,
     from mcproxy.browser.pool import probe_browser
     from mcproxy.errors import InvalidBrowserURL
 
-    product = await probe_browser(reactor, browser_config, chromium.browser_url, http_client)
-    assert product.startswith(("Chrome/", "HeadlessChrome/"))
-    assert (await probe_browser(reactor, browser_config, f"http://localhost:{chromium.port}")).startswith(product[:6])
+    identity = await probe_browser(reactor, browser_config, chromium.browser_url, http_client)
+    assert identity.product.startswith(("Chrome/", "HeadlessChrome/"))
+    assert identity.endpoint == ("loopback", chromium.port) and identity.browser_id
+    by_name = await probe_browser(reactor, browser_config, f"http://localhost:{chromium.port}")
+    assert (by_name.product, by_name.browser_id, by_name.endpoint) == (
+        identity.product,
+        identity.browser_id,
+        identity.endpoint,
+    )
     with pytest.raises(InvalidBrowserURL, match="not a Chrome DevTools endpoint"):
         await probe_browser(reactor, browser_config, fixture_site.origin, http_client)
     with pytest.raises(InvalidBrowserURL, match="link-local"):
