@@ -3,27 +3,41 @@
 import pytest
 from twisted.internet import defer
 
+from twisted.internet.task import Clock
+
 from mcproxy.tools.collect import (
     STATE_KEY,
     Collector,
     ConsoleMessage,
     Journal,
     describe,
+    make_visible,
     paginate,
     substituted,
 )
 
 
+class FakeBrowser:
+    """What pages of one browser share (the collector's budget is per browser)."""
+
+
 class FakePage:
-    """Just what the collector touches: state, subscriptions and sends."""
+    """Just what the collector touches: state, subscriptions and sends.
+
+    ``answer``: None answers every call at once; else a list that collects the unanswered
+    calls' Deferreds."""
 
     page_id = 7
+    closed = False
 
-    def __init__(self, fail_sends=False):
+    def __init__(self, fail_sends=False, *, via_proxy=True, browser=None, answer=None):
         self.state = {}
         self.sent = []
         self.handlers = {}
         self._fail = fail_sends
+        self.via_proxy = via_proxy
+        self.browser = browser or FakeBrowser()
+        self.unanswered = answer
 
     def subscribe(self, method, callback):
         self.handlers.setdefault(method, []).append(callback)
@@ -31,6 +45,9 @@ class FakePage:
 
     def send(self, method, params=None):
         self.sent.append(method)
+        if self.unanswered is not None:
+            self.unanswered.append(defer.Deferred())
+            return self.unanswered[-1]
         return defer.fail(RuntimeError("gone")) if self._fail else defer.succeed({})
 
     def fire(self, method, **params):
@@ -332,3 +349,105 @@ def test_paginate_like_upstream():
     assert chosen == [0, 1] and lines[0] == "Invalid page number provided. Showing first page."
     assert pagination["invalidPage"] and pagination["currentPage"] == 0
     assert paginate(list(range(25)), None, 1)[1][0] == "Showing 21-25 of 25 (Page 2 of 2)."
+
+
+DOMAINS = ["Runtime.enable", "Log.enable", "Network.enable"]
+
+
+def log_call(page, text, at=None):
+    page.fire("Runtime.consoleAPICalled", type="log", args=[string(text)], timestamp=at)
+
+
+def test_a_tab_nobody_may_see_costs_nothing_until_a_tool_lists_or_uses_it():
+    page = FakePage(via_proxy=False)
+    collector = Collector()
+    collector(page, "attached")
+    assert page.sent == ["Page.enable"]  # answered at once, and the tab is still no one's
+    assert STATE_KEY not in page.state and page.handlers == {}
+    collector(page, "reattached")
+    assert STATE_KEY not in page.state and page.sent == ["Page.enable"] * 2
+    make_visible(page)
+    records = page.state[STATE_KEY]
+    assert page.sent[2:] == DOMAINS
+    log_call(page, "now seen")
+    assert [m.text for m in records.console.entries()] == ["now seen"]
+    make_visible(page)  # once is enough
+    assert page.sent[2:] == DOMAINS and page.state[STATE_KEY] is records
+
+
+def test_a_tab_the_proxy_opens_is_collected_before_it_loads():
+    """new_page marks its tab right after the attach settles, before any navigation; the
+    collector asks once Chrome answered a call sent at attach time (answers come in order)."""
+    calls = []
+    page = FakePage(via_proxy=False, answer=calls)
+    Collector()(page, "attached")
+    assert page.sent == ["Page.enable"] and STATE_KEY not in page.state
+    page.via_proxy = True  # what BrowserPool.new_page does when the attach settles
+    calls[0].callback({})
+    assert page.sent == ["Page.enable", *DOMAINS] and STATE_KEY in page.state
+    # A tab already known to be the proxy's starts at once (a reconnect, a late listener).
+    known = FakePage()
+    Collector()(known, "attached")
+    assert known.sent == DOMAINS
+
+
+def test_a_closed_tab_never_starts_collecting():
+    calls = []
+    page = FakePage(via_proxy=False, answer=calls)
+    collector = Collector()
+    collector(page, "attached")
+    collector(page, "closed")
+    page.closed = True
+    make_visible(page)
+    calls[0].errback(RuntimeError("closed"))
+    assert STATE_KEY not in page.state and page.sent == ["Page.enable"]
+
+
+def test_all_pages_of_a_browser_share_one_budget_and_the_fullest_pays():
+    one = message("x" * 100).cost
+    collector = Collector(max_browser_bytes=20 * one)
+    browser = FakeBrowser()
+    quiet, quiet_records = FakePage(browser=browser), None
+    collector(quiet, "attached")
+    quiet_records = quiet.state[STATE_KEY]
+    for n in range(5):
+        log_call(quiet, f"{n:03d}" + "x" * 97)
+    loud = FakePage(browser=browser)
+    collector(loud, "attached")
+    loud_records = loud.state[STATE_KEY]
+    for n in range(1000):
+        log_call(loud, f"{n:03d}" + "x" * 97)
+    # The flood stays within what the browser may hold, and the quiet page keeps its five.
+    assert len(quiet_records.console) == 5
+    assert len(loud_records.console) == 15 and loud_records.console.dropped() == 985
+    assert quiet_records.console.cost + loud_records.console.cost <= 20 * one
+    # Another browser has its own budget.
+    other = FakePage()
+    collector(other, "attached")
+    for n in range(30):
+        log_call(other, f"{n:03d}" + "x" * 97)
+    assert len(other.state[STATE_KEY].console) == 20
+    # A closed page gives its share back.
+    collector(loud, "closed")
+    for n in range(10):
+        log_call(quiet, f"{n:03d}" + "x" * 97)
+    assert len(quiet_records.console) == 15 and quiet_records.console.dropped() == 0
+
+
+def test_ready_waits_for_the_enables_or_gives_up_after_a_while():
+    calls = []
+    page = FakePage(answer=calls)
+    Collector()(page, "attached")
+    records = page.state[STATE_KEY]
+    clock = Clock()
+    first, second = records.ready(clock), records.ready(clock)
+    for call in calls[:2]:
+        call.callback({})
+    assert not first.called
+    calls[2].errback(RuntimeError("Network.enable failed"))  # logged, still ready
+    assert first.result is records and second.result is records
+    assert records.ready(clock).result is records
+    Collector()(blocked := FakePage(answer=[]), "attached")
+    waiting = blocked.state[STATE_KEY].ready(clock)
+    clock.advance(2)
+    assert waiting.result is blocked.state[STATE_KEY]

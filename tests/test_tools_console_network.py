@@ -244,16 +244,24 @@ async def test_console_messages_listed_and_detailed(reactor, browser, site):
 
 
 @pytest_twisted.ensureDeferred
-async def test_messages_logged_before_any_tool_call(reactor, browser, site):
-    """A tab the human opened: what it logged while loading is there on the first call."""
-    tools, context = registry(reactor, browser, tab_scope="browser"), make_context()
+async def test_a_tab_someone_else_opened_is_collected_only_once_a_caller_may_see_it(reactor, browser, site):
+    """Under session scope a tab opened past the proxy is no caller's: nothing is collected
+    for it. Under browser scope, once a tool lists it, it is, with what it logged before."""
     url = f"{site}/collect_step.html?early"
     target = await browser.send("Target.createTarget", {"url": url})
     page = await until(reactor, lambda: next((p for p in browser.pages() if p.target_id == target["targetId"]), None))
-    await until(reactor, lambda: "collect" in page.state and page.state["collect"].console.entries())
     try:
-        text = text_of(await ok(tools, context, "list_console_messages", pageId=page.page_id))
-        assert text.endswith("msgid=1 [log] step early (1 args)"), text
+        tools, context = registry(reactor, browser), make_context()
+        assert f"{page.page_id}: " not in text_of(await ok(tools, context, "list_pages"))
+        await page.send("Runtime.evaluate", {"expression": "console.log('logged unseen')"})
+        assert "collect" not in page.state
+        assert "No page with id" in await failed(tools, context, "list_console_messages", pageId=page.page_id)
+        assert "collect" not in page.state
+
+        wide = registry(reactor, browser, tab_scope="browser")
+        assert f"{page.page_id}: " in text_of(await ok(wide, context, "list_pages"))
+        text = text_of(await ok(wide, context, "list_console_messages", pageId=page.page_id))
+        assert "[log] step early (1 args)" in text and "[log] logged unseen (1 args)" in text, text
     finally:
         await browser.close_page(page.page_id)
 

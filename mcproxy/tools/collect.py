@@ -1,9 +1,17 @@
-"""Console messages and network requests of every page, from the moment the proxy knows it.
+"""Console messages and network requests of the pages a user may see.
 
 chrome-devtools-mcp starts collecting when a tool first touches a page, so whatever a page
-logged while loading is lost. Here `Collector` is a `BrowserPool` page listener: on
-"attached" (and "reattached", after a reconnect) it enables Runtime, Log and Network on
-the page's session and records events into ``page.state["collect"]`` (a `PageRecords`).
+logged while loading is lost. Here `Collector` is a `BrowserPool` page listener that
+enables Runtime, Log and Network on a page's session and records its events into
+``page.state["collect"]`` (a `PageRecords`):
+
+- a page opened through the proxy (``new_page``) from its attach on, before it loads
+  anything, and again after each reconnect;
+- any other tab (the human's, a popup) only once a caller may see it: `make_visible`,
+  called for every page a tool lists or uses (`mcproxy.tools.pages.visible_pages`). Until
+  then it costs nothing: Chrome is not asked for its events. When collection starts,
+  Chrome reports the console messages and log entries it still stores, so those logged
+  earlier are there; earlier network requests are not.
 
 Memory bound, per page (what an endless console flood or a chatty page can cost):
 
@@ -17,15 +25,21 @@ Memory bound, per page (what an endless console flood or a chatty page can cost)
 - no bodies: response and request bodies are fetched from Chrome when asked for.
 
 So a page holds at most about 2 × 8 MiB of collected data (a flood of 100,000 messages
-is measured in tests/test_tools_console_network.py); a quiet page holds a few kilobytes. Ids (``msgid``, ``reqid``) are
-increasing integers per page that never repeat.
+is measured in tests/test_tools_console_network.py); a quiet page holds a few kilobytes.
+All the pages of one browser together hold at most ``max_browser_bytes`` (default 64 MiB,
+``tools.collect_browser_max_bytes``): past it, the journal that holds most drops its
+oldest entries first, so a flooding page cannot push a quiet page's few out. Ids
+(``msgid``, ``reqid``) are increasing integers per page that never repeat.
 """
 
 import json
 import re
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from mcproxy.errors import ToolError
@@ -34,6 +48,11 @@ from mcproxy.tools.schema import MAX_SAFE_INTEGER
 log = Logger()
 
 STATE_KEY = "collect"
+#: The `Collector` of a page it does not collect for yet (`make_visible` starts it).
+PENDING_KEY = "collect.pending"
+#: How long a list or get tool waits for collection just started (Chrome's replay of the
+#: console messages it stored) before it answers with what is there.
+READY_WAIT = 2.0
 DEFAULT_REDACTED_HEADERS = frozenset({"authorization", "cookie", "set-cookie", "proxy-authorization"})
 REDACTED = "<redacted>"
 TRUNCATED = "... <truncated>"
@@ -77,14 +96,23 @@ class Journal:
     is told about every entry that leaves, so indexes of it can forget it.
     """
 
-    def __init__(self, max_entries: int, max_bytes: int, on_drop: Callable[[object], None] = lambda entry: None):
+    def __init__(
+        self,
+        max_entries: int,
+        max_bytes: int,
+        on_drop: Callable[[object], None] = lambda entry: None,
+        budget: "Budget | None" = None,
+    ):
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self._on_drop = on_drop
+        self._budget = budget
         self._navigations: deque[_Navigation] = deque([_Navigation()])
         self._count = 0
         self._cost = 0
         self._next_id = 1
+        if budget is not None:
+            budget.journals.add(self)
 
     def __len__(self) -> int:
         return self._count
@@ -100,15 +128,20 @@ class Journal:
         self._next_id += 1
         self._navigations[-1].entries[entry.id] = entry
         self._count += 1
-        self._cost += entry.cost
+        self._account(entry.cost)
         self._trim()
         return entry
 
     def charge(self, entry, extra: int) -> None:
         """``entry`` (kept) grew by ``extra``."""
         entry.cost += extra
-        self._cost += extra
+        self._account(extra)
         self._trim()
+
+    def _account(self, cost: int) -> None:
+        self._cost += cost
+        if self._budget is not None:
+            self._budget.cost += cost
 
     def navigated(self, keep: Callable[[object], bool] | None = None) -> None:
         """A new navigation starts; entries of the last one matching ``keep`` move into it."""
@@ -124,15 +157,28 @@ class Journal:
 
     def _trim(self) -> None:
         while self._count > self.max_entries or (self._cost > self.max_bytes and self._count > 1):
-            navigation = next(n for n in self._navigations if n.entries)
-            _, entry = navigation.entries.popitem(last=False)
-            navigation.dropped += 1
-            self._forget(entry)
+            self.drop_oldest()
+        if self._budget is not None:
+            self._budget.trim()
+
+    def drop_oldest(self) -> None:
+        """Drop the oldest entry kept, for room (it counts as dropped)."""
+        navigation = next(n for n in self._navigations if n.entries)
+        _, entry = navigation.entries.popitem(last=False)
+        navigation.dropped += 1
+        self._forget(entry)
 
     def _forget(self, entry) -> None:
         self._count -= 1
-        self._cost -= entry.cost
+        self._account(-entry.cost)
         self._on_drop(entry)
+
+    def release(self) -> None:
+        """The page is gone: its entries no longer count against the browser's budget."""
+        if self._budget is not None:
+            self._budget.journals.discard(self)
+            self._budget.cost -= self._cost
+            self._budget = None
 
     def entries(self, preserved: bool = False) -> list:
         """The current navigation's entries (all kept navigations' with ``preserved``), oldest first."""
@@ -161,6 +207,24 @@ class Journal:
     def issued(self, entry_id: int) -> bool:
         """Whether this id was ever given out (so a missing entry was dropped, not invented)."""
         return 0 < entry_id < self._next_id
+
+
+class Budget:
+    """What the collected pages of one browser hold together, bounded by ``max_bytes``."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.cost = 0
+        self.journals: set[Journal] = set()
+
+    def trim(self) -> None:
+        """Over the bound: the journal holding most drops its oldest entries (never a
+        journal's last one, as within a page)."""
+        while self.cost > self.max_bytes:
+            fullest = max((j for j in self.journals if len(j) > 1), key=lambda j: j.cost, default=None)
+            if fullest is None:
+                return
+            fullest.drop_oldest()
 
 
 # -- what is kept ---------------------------------------------------------------------------
@@ -365,10 +429,13 @@ def _frames(stack_trace: dict | None) -> tuple[tuple[str, ...], int]:
 class PageRecords:
     """One page's console messages and network requests, fed by its CDP events."""
 
-    def __init__(self, collector: "Collector"):
+    def __init__(self, collector: "Collector", budget: Budget | None = None):
         self._collector = collector
-        self.console = Journal(collector.max_messages, collector.max_bytes)
-        self.network = Journal(collector.max_requests, collector.max_bytes, self._forget_request)
+        self.console = Journal(collector.max_messages, collector.max_bytes, budget=budget)
+        self.network = Journal(collector.max_requests, collector.max_bytes, self._forget_request, budget)
+        #: Domain enables not answered yet, and the `ready` callers waiting for them.
+        self._enabling = 0
+        self._waiting: list[Deferred] = []
         self._requests: dict[str, NetworkRequest] = {}
         # Chrome may send the ...ExtraInfo events (raw headers, with cookies) before the
         # event they complete: (kind, requestId, headers), oldest first and dropped first.
@@ -380,6 +447,37 @@ class PageRecords:
     def reattached(self) -> None:
         """A new session is coming: Chrome will report the messages it still stores again."""
         self._replayed_until = self._newest
+
+    def release(self) -> None:
+        """The page closed: what it held no longer counts for its browser."""
+        self.console.release()
+        self.network.release()
+
+    def enable(self, page) -> None:
+        """Ask Chrome for the page's events. Not awaited: commands run in order on the
+        session, so a navigation sent later already reports into enabled domains."""
+        for method in _DOMAINS:
+            self._enabling += 1
+            sending = page.send(method)
+            sending.addErrback(_log_enable_failure, page, method)
+            sending.addBoth(self._enabled)
+
+    def _enabled(self, _) -> None:
+        self._enabling -= 1
+        if not self._enabling:
+            waiting, self._waiting = self._waiting, []
+            for each in waiting:
+                each.callback(self)
+
+    def ready(self, clock, timeout: float = READY_WAIT) -> Deferred:
+        """Deferred[self] once the domains are enabled (Chrome then has reported what it
+        stored), or after ``timeout`` seconds (an open dialog holds Runtime.enable)."""
+        if not self._enabling:
+            return defer.succeed(self)
+        waiting: Deferred = Deferred(self._waiting.remove)
+        self._waiting.append(waiting)
+        waiting.addTimeout(timeout, clock, onTimeoutCancel=lambda result, seconds: self)
+        return waiting
 
     def _fresh(self, timestamp: float | None) -> bool:
         """False for a message Chrome reports again after a reconnect (we have it already)."""
@@ -583,29 +681,60 @@ class Collector:
         max_requests: int = 1_000,
         max_bytes: int = 8 * 1024 * 1024,
         max_text: int = 10_000,
+        max_browser_bytes: int = 64 * 1024 * 1024,
     ):
         self.redact_headers = frozenset(name.lower() for name in redact_headers)
         self.max_messages = max_messages
         self.max_requests = max_requests
         self.max_bytes = max_bytes
         self.max_text = max_text
+        self.max_browser_bytes = max_browser_bytes
+        self._budgets: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def __call__(self, page, event: str) -> None:
         if event == "closed":
-            page.state.pop(STATE_KEY, None)
+            page.state.pop(PENDING_KEY, None)
+            records = page.state.pop(STATE_KEY, None)
+            if records is not None:
+                records.release()
             return
         if event not in ("attached", "reattached"):
             return
         records = page.state.get(STATE_KEY)
-        if records is None:
-            records = page.state[STATE_KEY] = PageRecords(self)
-            records.subscribe(page)
-        elif event == "reattached":
+        if records is not None:  # seen before the reconnect: collect on the new session too
             records.reattached()
-        # Not awaited: commands run in order on the session, so a navigation sent later
-        # already reports into enabled domains.
-        for method in _DOMAINS:
-            page.send(method).addErrback(_log_enable_failure, page, method)
+            records.enable(page)
+            return
+        page.state[PENDING_KEY] = self
+        if page.via_proxy:
+            self.start(page)
+            return
+        # A tab the proxy opens is marked as such (``via_proxy``) as soon as its attach
+        # settles, before anything loads in it. Chrome answers a session's calls in order,
+        # so when this call (Page.enable again: harmless) is answered, that has happened.
+        page.send("Page.enable").addCallbacks(
+            lambda _: self.start(page) if page.via_proxy else None, lambda _: None
+        )
+
+    def start(self, page) -> "PageRecords":
+        """Collect for ``page`` from now on (once; later calls return its records)."""
+        records = page.state.get(STATE_KEY)
+        if records is None and not page.closed:
+            page.state.pop(PENDING_KEY, None)
+            budget = self._budgets.get(page.browser)
+            if budget is None:
+                budget = self._budgets[page.browser] = Budget(self.max_browser_bytes)
+            records = page.state[STATE_KEY] = PageRecords(self, budget)
+            records.subscribe(page)
+            records.enable(page)
+        return records
+
+
+def make_visible(page) -> None:
+    """A caller may now see ``page``: start collecting for it, if a `Collector` waits to."""
+    collector = page.state.get(PENDING_KEY)
+    if collector is not None:
+        collector.start(page)
 
 
 def _log_enable_failure(failure, page, method: str) -> None:
@@ -626,6 +755,11 @@ def records_of(page) -> PageRecords:
             "this server was started without the collector. Ask its operator."
         )
     return records
+
+
+async def collected(source, clock) -> PageRecords:
+    """`records_of` ``source`` (a page or worker) once collection that just started caught up."""
+    return await records_of(source).ready(clock)
 
 
 def whole_id(value: float, name: str) -> int:

@@ -2,7 +2,7 @@
 
 from mcproxy.errors import ToolError
 from mcproxy.tools import schema as s
-from mcproxy.tools.collect import PAGINATION_SCHEMA, listed, paging_schema, records_of, whole_id
+from mcproxy.tools.collect import PAGINATION_SCHEMA, collected, listed, paging_schema, whole_id
 from mcproxy.tools.extensions import worker_for
 from mcproxy.tools.pages import Response, ToolCall
 
@@ -59,7 +59,7 @@ async def list_console_messages(call: ToolCall) -> Response:
     worker_id = args.get("serviceWorkerId")
     source = await worker_for(call, worker_id) if worker_id else call.page
     page = listed(
-        records_of(source).console,
+        (await collected(source, call.clock)).console,
         args,
         preserved="includePreservedMessages",
         types="types",
@@ -92,7 +92,7 @@ async def list_console_messages(call: ToolCall) -> Response:
 
 async def get_console_message(call: ToolCall) -> Response:
     """One console message in full: its arguments and stack trace."""
-    console = records_of(call.page).console
+    console = (await collected(call.page, call.clock)).console
     msgid = whole_id(call.args["msgid"], "msgid")
     message = console.get(msgid)
     if message is None:

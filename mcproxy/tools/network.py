@@ -20,9 +20,9 @@ from mcproxy.tools.collect import (
     TRUNCATED,
     NetworkRequest,
     clip,
+    collected,
     listed,
     paging_schema,
-    records_of,
     whole_id,
 )
 from mcproxy.tools.pages import Response, ToolCall
@@ -91,7 +91,7 @@ async def list_network_requests(call: ToolCall) -> Response:
     """The page's requests since its last navigation (or the last three), paged."""
     args = call.args
     page = listed(
-        records_of(call.page).network,
+        (await collected(call.page, call.clock)).network,
         args,
         preserved="includePreservedRequests",
         types="resourceTypes",
@@ -118,8 +118,7 @@ async def list_network_requests(call: ToolCall) -> Response:
     return response.add("\n".join(lines))
 
 
-def _find(call: ToolCall) -> NetworkRequest:
-    network = records_of(call.page).network
+def _find(call: ToolCall, network) -> NetworkRequest:
     if "reqid" not in call.args:
         raise ToolError(
             'Pass "reqid": this server has no DevTools Network panel whose selection could be used. '
@@ -321,8 +320,8 @@ async def _raw_headers(page, request) -> None:
 
 async def get_network_request(call: ToolCall) -> Response:
     """One request in full: headers, bodies (inline, truncated, or saved), failure, redirects."""
-    request = _find(call)
-    network = records_of(call.page).network
+    network = (await collected(call.page, call.clock)).network
+    request = _find(call, network)
     if request.extra_info_due:
         await _raw_headers(call.page, request)
     response = Response()

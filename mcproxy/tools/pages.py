@@ -3,7 +3,9 @@
 Tab scope (DESIGN.md decision 3, ``tools.tab_scope``): ``session`` shows the pages this
 MCP session opened, ``user`` the pages opened through the proxy for this user, ``browser``
 every tab. Without a protocol session (2026-07-28) ``session`` falls back to ``user``. A
-page outside the scope is reported exactly like a page that does not exist.
+page outside the scope is reported exactly like a page that does not exist. A page a tool
+lists or uses is visible to a caller from then on: console and network collection starts
+for it (`mcproxy.tools.collect.make_visible`).
 """
 
 from typing import Any
@@ -16,6 +18,7 @@ from mcproxy.artifacts import split_path
 from mcproxy.config import ToolsConfig
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools.base import CallContext
+from mcproxy.tools.collect import make_visible
 
 PAGES_OUTPUT_SCHEMA = {
     "type": "object",
@@ -171,6 +174,7 @@ async def _fresh_listing(call: "ToolCall") -> list[tuple[int, str, str]]:
     infos = {info["targetId"]: info for info in targets.get("targetInfos", ())}
     listing = []
     for page in pages:
+        make_visible(page)
         info = infos.get(page.target_id, {})
         listing.append((page.page_id, info.get("url") or page.url or "about:blank", info.get("title", page.title) or ""))
     return listing
@@ -202,6 +206,7 @@ def resolve_page(call: ToolCall, page_id: Any):
     """The page ``page_id`` names, if the caller may use it; else the unknown-page error."""
     for page in visible_pages(call):
         if page.page_id == page_id:
+            make_visible(page)
             return page
     shown = int(page_id) if isinstance(page_id, float) and page_id.is_integer() else page_id
     raise ToolError(f"No page with id {shown}. Call list_pages to see the pages you can use.")
