@@ -26,7 +26,7 @@ from mcproxy.auth.chain import AuthenticationChain
 from mcproxy.auth.jwt import JWTAuthenticator
 from mcproxy.auth.principal import Principal
 from mcproxy.auth.tokens import TokenAuthenticator, create_token
-from mcproxy.errors import BadRequest, Unauthorized
+from mcproxy.errors import BadRequest, RateLimited, Unauthorized
 from mcproxy.storage import open_store
 from mcproxy.storage.memory import MemoryStore
 from mcproxy.testing.stores import result_of, run_now
@@ -95,7 +95,7 @@ async def test_good_and_bad_passwords(reactor):
 
 
 @pytest_twisted.ensureDeferred
-async def test_unknown_user_costs_as_much_as_a_wrong_password(reactor):
+async def test_unknown_user_costs_as_much_as_a_wrong_password(reactor, monkeypatch):
     authenticator = BasicAuthenticator(await store_with_alice(), reactor, cache_seconds=0)
 
     async def median(user, rounds=7):
@@ -107,8 +107,13 @@ async def test_unknown_user_costs_as_much_as_a_wrong_password(reactor):
             durations.append(time.perf_counter() - started)
         return statistics.median(durations)
 
-    wrong_password, unknown_user = await median("alice"), await median("nobody")
-    assert wrong_password > 0.005 and unknown_user > 0.005  # both ran scrypt
+    wrong_password = await median("alice")
+    runs = []
+    real = basic.verify_password
+    monkeypatch.setattr(basic, "verify_password", lambda *a: runs.append(a) or real(*a))
+    unknown_user = await median("nobody")
+    assert runs == []  # made-up user names burn no CPU...
+    assert wrong_password > 0.005 and unknown_user > 0.005  # ...but take as long as scrypt
     assert 1 / 3 < unknown_user / wrong_password < 3
 
 
@@ -233,7 +238,7 @@ _CHAIN = AuthenticationChain(
     [
         TokenAuthenticator(_store, _clock),
         JWTAuthenticator(_clock, secret=SECRET),
-        BasicAuthenticator(_store, _clock, cache_seconds=0),
+        BasicAuthenticator(_store, _clock, cache_seconds=0, failure_burst=10**9),
     ],
     "tokens",
     _clock,
@@ -262,8 +267,10 @@ _values = st.one_of(
 @given(_values)
 def test_fuzz_one_authorization_header(value):
     request = request_with(value)
+    checking = Deferred.fromCoroutine(_CHAIN.authenticate(request))
+    _clock.advance(1)  # an unknown user's equalising wait
     try:
-        principal = run_now(_CHAIN.authenticate(request))
+        principal = result_of(checking)
     except Unauthorized as e:
         write_error(request, e)
         assert request.responseCode == 401
@@ -281,3 +288,40 @@ def test_fuzz_several_authorization_headers_are_refused(values):
     with pytest.raises(BadRequest) as info:
         run_now(_CHAIN.authenticate(request))
     assert info.value.code == "duplicate_authorization"
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_account_that_keeps_failing_is_throttled_without_hashing(monkeypatch):
+    clock = InlineThreads()
+    store = await store_with_alice()
+    authenticator = BasicAuthenticator(store, clock, cache_seconds=0, failure_burst=3, failure_rate=0.1)
+    runs = []
+    real = basic.verify_password
+    monkeypatch.setattr(basic, "verify_password", lambda *a: runs.append(a) or real(*a))
+    for _ in range(3):
+        with pytest.raises(Unauthorized):
+            result_of(authenticator.authenticate(request_with(basic_header("alice", "guess"))))
+    with pytest.raises(RateLimited) as info:
+        result_of(authenticator.authenticate(request_with(basic_header("alice", "guess"))))
+    assert info.value.retry_after >= 1 and "alice" in info.value.message
+    with pytest.raises(RateLimited):  # even the right password waits: guessing cannot go on
+        result_of(authenticator.authenticate(request_with(basic_header("alice", "correct horse"))))
+    assert len(runs) == 3  # the refused attempts ran no scrypt
+    clock.advance(10)
+    principal = result_of(authenticator.authenticate(request_with(basic_header("alice", "correct horse"))))
+    assert principal.user_id == "alice"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_flood_of_sign_ins_fails_fast_instead_of_queueing(reactor):
+    store = await store_with_alice()
+    authenticator = BasicAuthenticator(store, reactor, cache_seconds=0, concurrency=1, max_waiting=2)
+    checks = [authenticator.authenticate(request_with(basic_header("alice", f"guess {i}"))) for i in range(6)]
+    outcomes = []
+    for check in checks:
+        try:
+            await check
+        except (Unauthorized, RateLimited) as e:
+            outcomes.append(type(e).__name__)
+    # One runs, two wait, the rest are refused at once.
+    assert outcomes == ["Unauthorized"] * 3 + ["RateLimited"] * 3

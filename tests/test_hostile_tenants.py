@@ -296,3 +296,25 @@ async def test_a_browser_that_is_not_running_is_the_users_problem_not_a_502(prox
     code, body, _ = await _register(proxy, token, "alice", f"http://127.0.0.1:{port}")
     assert code == 400 and body["error"]["code"] == "browser_unreachable", body
     assert "--remote-debugging-port" in body["error"]["message"] or "reach" in body["error"]["message"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_address_rate_counts_an_ipv6_slash_64_as_one_client(reactor, tmp_path):
+    running = await start_proxy(
+        reactor,
+        tmp_path,
+        ratelimit={"address_rate": 0.001, "address_burst": 2},
+        network={"trusted_proxies": ["127.0.0.0/8"]},
+    )
+
+    async def health(client: str) -> int:
+        headers = {"X-Forwarded-For": [client]}
+        response = await treq.get(running.base_url + "/health", headers=headers, persistent=False)
+        await response.content()
+        return response.code
+
+    try:
+        assert [await health(f"2001:db8:0:1::{n}") for n in (1, 2, 3)] == [200, 200, 429]
+        assert await health("2001:db8:0:2::1") == 200  # another /64 is another client
+    finally:
+        await running.stop()

@@ -2,11 +2,17 @@
 
 Passwords are stored as scrypt hashes (``scrypt$N$r$p$salt$hash``, base64 parts) set with
 ``mcproxy-admin users set-password USER``. scrypt is slow on purpose (~50 ms of CPU and
-16 MiB), so it runs in the reactor's thread pool, at most ``concurrency`` at a time, and a
-good password is remembered for ``cache_seconds`` (keyed by an HMAC under a per-process
-key, and only while the stored hash is unchanged) so that a client sending Basic on every
-request does not pay it every time. An unknown user costs the same scrypt run as a wrong
-password, and hashes are compared in constant time: no timing oracle for user names.
+16 MiB), so it runs in the reactor's thread pool, at most ``concurrency`` at a time with
+at most ``max_waiting`` more queued (beyond, a 429 at once: a flood cannot queue forever),
+and a good password is remembered for ``cache_seconds`` (keyed by an HMAC under a
+per-process key, and only while the stored hash is unchanged) so that a client sending
+Basic on every request does not pay it every time.
+
+An unknown user costs no scrypt run, but waits as long as one takes (a running average),
+and hashes are compared in constant time: no timing oracle for user names, and no CPU to
+burn with made-up ones. Each account also has a failure budget (``failure_burst``
+failures, refilled at ``failure_rate`` a second): past it, attempts at that account are
+refused without hashing until the budget refills, so passwords cannot be guessed quickly.
 
 Basic users get the permissions ``tools:*`` and ``register`` (their own browser, every
 tool), the same as a self-registered user's session token; admin work needs a token.
@@ -20,14 +26,16 @@ import secrets
 from collections import OrderedDict
 
 from twisted.internet.defer import Deferred, DeferredSemaphore
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from mcproxy.auth.chain import authorization_value, has_scheme
 from mcproxy.auth.principal import ALL_TOOLS, REGISTER, Principal
+from mcproxy.auth.ratelimit import RateLimiter
 from mcproxy.auth.tokens import is_valid_user_id
-from mcproxy.errors import Unauthorized
+from mcproxy.errors import RateLimited, Unauthorized
 from mcproxy.interfaces import IAuthenticator, IStore
 
 log = Logger()
@@ -39,9 +47,11 @@ HASH_BYTES = 32
 MAX_PASSWORD_BYTES = 1024
 CACHE_SECONDS = 300.0
 CACHE_SIZE = 4096
-
-# What an unknown user's attempt is checked against: same parameters, matches nothing.
-_DUMMY_HASH = "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+MAX_WAITING = 32
+FAILURE_BURST = 10
+FAILURE_RATE = 1 / 6.0
+#: What an unknown user waits before the first scrypt run has been timed (seconds).
+INITIAL_HASH_SECONDS = 0.05
 
 WRONG = "wrong user name or password"
 
@@ -109,14 +119,31 @@ class BasicAuthenticator:
         reactor,
         *,
         concurrency: int = 2,
+        max_waiting: int = MAX_WAITING,
         cache_seconds: float = CACHE_SECONDS,
+        failure_burst: int = FAILURE_BURST,
+        failure_rate: float = FAILURE_RATE,
     ):
         self._store = store
         self._reactor = reactor
         self._limit = DeferredSemaphore(concurrency)
+        self._max_waiting = max_waiting
+        self._failures = RateLimiter(reactor, failure_rate, failure_burst)
+        self._hash_seconds = INITIAL_HASH_SECONDS
         self._cache_seconds = cache_seconds
         self._cache_key = secrets.token_bytes(32)
         self._good: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+
+    def _verify(self, password: bytes, stored: str) -> Deferred:
+        """scrypt in the thread pool, timed so that unknown users can be made to wait as long."""
+        started = self._reactor.seconds()
+
+        def timed(good: bool) -> bool:
+            self._hash_seconds = 0.8 * self._hash_seconds + 0.2 * (self._reactor.seconds() - started)
+            return good
+
+        pool = self._reactor.getThreadPool()
+        return deferToThreadPool(self._reactor, pool, verify_password, password, stored).addCallback(timed)
 
     def authenticate(self, request) -> Deferred:
         """Deferred[Principal | None]; fails with Unauthorized for a bad Basic credential."""
@@ -130,6 +157,7 @@ class BasicAuthenticator:
         stored = await self._store.get_password(user_id)
         if not await self._matches(user_id, password, stored):
             log.info("Basic authentication failed for user {user_id}", user_id=user_id)
+            self._failures.check(user_id)  # RateLimited once the account's budget is spent
             raise Unauthorized(WRONG, reason="bad_password")
         return Principal(user_id=user_id, permissions=BASIC_PERMISSIONS)
 
@@ -140,11 +168,17 @@ class BasicAuthenticator:
         if stored is not None and remembered is not None and remembered[0] == stored:
             if now - remembered[1] < self._cache_seconds:
                 return True
-        encoded = stored if stored is not None else _DUMMY_HASH
-        good = await self._limit.run(
-            deferToThreadPool, self._reactor, self._reactor.getThreadPool(), verify_password, password, encoded
-        )
-        good = good and stored is not None
+        wait = self._failures.wait(user_id)
+        if wait:
+            raise RateLimited(
+                f"too many failed sign-ins for {user_id}; retry in {wait} s", retry_after=wait
+            )
+        if len(self._limit.waiting) >= self._max_waiting:
+            raise RateLimited("too many sign-ins are being checked right now; retry in a second", retry_after=1)
+        if stored is None:
+            await deferLater(self._reactor, self._hash_seconds)
+            return False
+        good = await self._limit.run(self._verify, password, stored)
         self._good.pop(key, None)
         if good and self._cache_seconds > 0:
             self._good[key] = (stored, now)

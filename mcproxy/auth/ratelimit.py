@@ -33,6 +33,15 @@ class RateLimiter:
         self.rate = rate
         self.burst = burst
 
+    def wait(self, key: str, cost: float = 1.0) -> int:
+        """Whole seconds until ``key`` could spend ``cost`` (0: it can now); spends nothing."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return 0
+        tokens, stamp = bucket
+        tokens = min(float(self.burst), tokens + (self._clock.seconds() - stamp) * self.rate)
+        return 0 if tokens >= cost else math.ceil((cost - tokens) / self.rate)
+
     def check(self, key: str, cost: float = 1.0) -> None:
         """Take ``cost`` tokens from ``key``'s bucket, or raise `RateLimited` with Retry-After."""
         now = self._clock.seconds()

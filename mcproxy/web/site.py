@@ -236,7 +236,8 @@ class ProxyRequest(server.Request):
         self.mcproxy_client = site.client_policy.client_address(self)
         try:
             site.client_policy.admit(self.mcproxy_client)
-            site.check_address(self.mcproxy_client)
+            # One IPv6 host usually holds a whole /64: its rate is counted as one client.
+            site.check_address(str(address_group(self.mcproxy_client) or self.mcproxy_client))
         except MCProxyError as e:
             write_error(self, e)
             return
