@@ -195,6 +195,9 @@ class ProxyRequest(server.Request):
 
     too_large = False
     _received = 0
+    # Bodies are JSON here: twisted.web must not parse form posts itself (it answers a
+    # malformed multipart body with a bare, non-JSON 400 before any resource sees it).
+    _parsePOSTFormSubmission = False
 
     def gotLength(self, length):
         limit = self.channel.site.max_body_bytes
