@@ -195,9 +195,6 @@ class ProxyRequest(server.Request):
 
     too_large = False
     _received = 0
-    # Bodies are JSON here: twisted.web must not parse form posts itself (it answers a
-    # malformed multipart body with a bare, non-JSON 400 before any resource sees it).
-    _parsePOSTFormSubmission = False
 
     def gotLength(self, length):
         limit = self.channel.site.max_body_bytes
@@ -283,7 +280,9 @@ class ProxySite(server.Site):
         registry: CollectorRegistry | None = None,
         **kwargs,
     ):
-        super().__init__(root, **kwargs)
+        # Bodies are JSON here: twisted.web must not parse form posts itself (it answers a
+        # malformed multipart body with a bare, non-JSON 400 before any resource sees it).
+        super().__init__(root, parsePOSTFormSubmission=False, **kwargs)
         self.max_body_bytes = max_body_bytes
         self.hsts_max_age = hsts_max_age
         self.metrics = metrics
