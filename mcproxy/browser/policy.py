@@ -48,7 +48,8 @@ def scheme_and_host(url: str) -> tuple[str, str]:
     IPv4 in dotted decimal whatever form it was written in, IPv6 compressed in brackets.
     """
     parts = ada_url.parse_url(url, attributes=("protocol", "hostname"))
-    return parts["protocol"].removesuffix(":"), parts["hostname"]
+    # Chrome, unlike the standard, escapes "*" in a host name.
+    return parts["protocol"].removesuffix(":"), parts["hostname"].replace("*", "%2A")
 
 
 def _address(text: str) -> Address | None:
