@@ -318,3 +318,40 @@ async def test_the_address_rate_counts_an_ipv6_slash_64_as_one_client(reactor, t
         assert await health("2001:db8:0:2::1") == 200  # another /64 is another client
     finally:
         await running.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_while_starting_is_quiet(reactor, tmp_path):
+    """A stop during start-up (here: the store never answers) cancels the start; it is not
+    reported as a failure to start, and nothing is left unhandled."""
+    import socket
+
+    from twisted.logger import globalLogPublisher
+
+    from mcproxy import config as configuration
+    from mcproxy.service import MCProxyService
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()  # accepts, never speaks Redis
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        overrides = {
+            "server": {"listen": ["tcp:0:interface=127.0.0.1"], "data_dir": str(tmp_path)},
+            "store": {"url": f"redis://127.0.0.1:{silent.getsockname()[1]}/0"},
+            "audit": {"path": str(tmp_path / "audit.jsonl")},
+        }
+        service = MCProxyService.from_config(reactor, configuration.load(None, environ={}, overrides=overrides))
+        service.startService()
+        from mcproxy.testing.tool_calls import sleep
+
+        await sleep(reactor, 0.2)
+        await service.stopService()
+        await sleep(reactor, 0.1)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        silent.close()
+    failures = [e for e in events if e.get("log_failure") is not None or "could not start" in str(e.get("log_format"))]
+    assert failures == [], failures
+    assert service._starting.called
