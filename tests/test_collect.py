@@ -362,17 +362,17 @@ def test_a_tab_nobody_may_see_costs_nothing_until_a_tool_lists_or_uses_it():
     page = FakePage(via_proxy=False)
     collector = Collector()
     collector(page, "attached")
-    assert page.sent == ["Page.enable"]  # answered at once, and the tab is still no one's
+    assert page.sent == ["Page.enable"] * 2  # answered at once, and the tab is still no one's
     assert STATE_KEY not in page.state and page.handlers == {}
     collector(page, "reattached")
-    assert STATE_KEY not in page.state and page.sent == ["Page.enable"] * 2
+    assert STATE_KEY not in page.state and page.sent == ["Page.enable"] * 4
     make_visible(page)
     records = page.state[STATE_KEY]
-    assert page.sent[2:] == DOMAINS
+    assert page.sent[4:] == DOMAINS
     log_call(page, "now seen")
     assert [m.text for m in records.console.entries()] == ["now seen"]
     make_visible(page)  # once is enough
-    assert page.sent[2:] == DOMAINS and page.state[STATE_KEY] is records
+    assert page.sent[4:] == DOMAINS and page.state[STATE_KEY] is records
 
 
 def test_a_tab_the_proxy_opens_is_collected_before_it_loads():
@@ -382,9 +382,11 @@ def test_a_tab_the_proxy_opens_is_collected_before_it_loads():
     page = FakePage(via_proxy=False, answer=calls)
     Collector()(page, "attached")
     assert page.sent == ["Page.enable"] and STATE_KEY not in page.state
+    calls[0].callback({})  # a page listener's set-up still holds the attach: ask once more
+    assert page.sent == ["Page.enable"] * 2 and STATE_KEY not in page.state
     page.via_proxy = True  # what BrowserPool.new_page does when the attach settles
-    calls[0].callback({})
-    assert page.sent == ["Page.enable", *DOMAINS] and STATE_KEY in page.state
+    calls[1].callback({})
+    assert page.sent == ["Page.enable"] * 2 + DOMAINS and STATE_KEY in page.state
     # A tab already known to be the proxy's starts at once (a reconnect, a late listener).
     known = FakePage()
     Collector()(known, "attached")

@@ -158,3 +158,64 @@ def test_resolve_uid_errors_tell_the_model_what_to_do():
         callback("Page.frameNavigated", {"frame": {"id": "main"}})
     with pytest.raises(ToolError, match="new document. Take a new snapshot"):
         resolve_uid(page, "1_4")
+
+
+# -- trees a hostile browser may send (more through a WebSocket in test_hostile_browser.py) ----
+
+from mcproxy.testing.fake_cdp import ax_cycle, ax_deep, ax_duplicated, ax_node, ax_wide  # noqa: E402
+from mcproxy.tools.snapshot import MAX_DEPTH, MAX_FIELD, MAX_NODES  # noqa: E402
+
+
+def test_a_child_listed_twice_per_level_is_shown_once():
+    # 2**20 paths to the last node: a walk without a visited set never ends.
+    lines = format_snapshot(ax_duplicated(20), SnapshotState(), verbose=True).splitlines()
+    assert lines == [f'{"  " * i}uid=1_{i} generic "level {i}"' for i in range(21)]
+
+
+def test_a_cycle_is_cut_where_it_closes():
+    state = SnapshotState()
+    assert format_snapshot(ax_cycle(), state, verbose=True) == (
+        'uid=1_0 generic "root"\n  uid=1_1 generic "one"\n    uid=1_2 generic "two"\n'
+    )
+    # Not verbose: only the named leaf stays, under its known uid.
+    assert format_snapshot(ax_cycle(), state) == 'uid=1_0 generic "root"\n  uid=1_2 generic "two"\n'
+
+
+def test_a_huge_tree_is_cut_at_the_node_bound_and_says_so():
+    lines = format_snapshot(ax_wide(200_000), SnapshotState()).splitlines()
+    assert len(lines) == MAX_NODES + 1
+    assert lines[-2] == f'  uid=1_{MAX_NODES - 1} button "b{MAX_NODES - 1}"'
+    assert lines[-1].startswith(f"Note: this snapshot is incomplete: the page has more than {MAX_NODES} accessibility")
+
+
+def test_a_deep_tree_is_cut_at_the_depth_bound_without_recursion():
+    lines = format_snapshot(ax_deep(200_000), SnapshotState(), verbose=True).splitlines()
+    assert len(lines) == MAX_DEPTH + 2
+    assert lines[-2] == "  " * MAX_DEPTH + f'uid=1_{MAX_DEPTH} generic "d{MAX_DEPTH}"'
+    assert "nested more than 200 levels deep" in lines[-1]
+
+
+def test_nodes_of_the_wrong_shape_are_skipped_or_read_as_empty():
+    nodes = [
+        "not a node",
+        {"role": {"value": "button"}},  # no nodeId
+        {"nodeId": ["unhashable"], "childIds": []},
+        {
+            "nodeId": "1", "role": "RootWebArea", "name": {"value": "T" * (MAX_FIELD + 50)},
+            "childIds": ["2", ["x"], {"y": 1}, "404", "3"], "properties": "nope", "backendDOMNodeId": True,
+        },
+        {
+            "nodeId": "2", "parentId": ["1"], "role": {"value": "button"}, "name": {"value": "Go"},
+            "properties": [5, {"name": 3}, {"name": "focusable", "value": "x"}, {"name": "disabled", "value": True}],
+            "value": [1], "backendDOMNodeId": 2,
+        },
+        {"nodeId": "3", "parentId": "1", "role": {"value": "textbox"}, "childIds": "abc", "backendDOMNodeId": 3},
+    ]
+    state = SnapshotState()
+    text = format_snapshot(nodes, state)
+    lines = text.splitlines()
+    assert lines[0].startswith('uid=1_0  "' + "T" * 10) and lines[0].endswith('T..."')
+    assert lines[1:] == ['  uid=1_1 button "Go"', "  uid=1_2 textbox"]
+    assert state.uid_to_backend == {"1_1": 2, "1_2": 3}
+    assert format_snapshot({"nodes": "x"}, SnapshotState()) == "\n"
+    assert format_snapshot([ax_node("n1", parent="n1")], SnapshotState()) == "\n"  # no root at all

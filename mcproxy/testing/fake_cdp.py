@@ -86,9 +86,12 @@ class FakeChrome:
         self._write(message)
 
     def _write(self, message: dict) -> None:
-        text = json.dumps(message)
+        self.send_raw(json.dumps(message))
+
+    def send_raw(self, data: str | bytes) -> None:
+        """Send one message as it is, JSON or not, to every connected client."""
         for output in list(self._outputs):
-            output(text)
+            output(data)
 
     def receive(self, text: str) -> None:
         """Handle one client message."""
@@ -151,6 +154,55 @@ class FakeChrome:
         return {"success": True}
 
 
+# -- accessibility trees a hostile browser may send (Accessibility.getFullAXTree nodes) ----------
+
+
+def ax_node(node_id: str, child_ids=(), *, parent: str | None = None, role: str = "generic", name: str = "") -> dict:
+    """One AX node in Chrome's shape; its backend DOM node id is the number in its id."""
+    node = {
+        "nodeId": node_id,
+        "role": {"type": "role", "value": role},
+        "name": {"type": "computedString", "value": name},
+        "childIds": list(child_ids),
+        "backendDOMNodeId": int(node_id.lstrip("n")),
+    }
+    if parent is not None:
+        node["parentId"] = parent
+    return node
+
+
+def ax_duplicated(levels: int) -> list[dict]:
+    """A chain in which every node lists its child twice: 2**levels paths to the last one."""
+    return [
+        ax_node(f"n{i}", [f"n{i + 1}"] * 2 if i < levels else [], parent=f"n{i - 1}" if i else None, name=f"level {i}")
+        for i in range(levels + 1)
+    ]
+
+
+def ax_cycle() -> list[dict]:
+    """A root whose child n1 and grandchild n2 list each other (and the root) as children."""
+    return [
+        ax_node("n0", ["n1"], name="root"),
+        ax_node("n1", ["n2"], parent="n0", name="one"),
+        ax_node("n2", ["n1", "n0", "n2"], parent="n1", name="two"),
+    ]
+
+
+def ax_wide(count: int) -> list[dict]:
+    """A root with ``count - 1`` children."""
+    return [ax_node("n0", [f"n{i}" for i in range(1, count)], name="root")] + [
+        ax_node(f"n{i}", parent="n0", role="button", name=f"b{i}") for i in range(1, count)
+    ]
+
+
+def ax_deep(count: int) -> list[dict]:
+    """A chain of ``count`` nodes, each the only child of the one before."""
+    return [
+        ax_node(f"n{i}", [f"n{i + 1}"] if i + 1 < count else [], parent=f"n{i - 1}" if i else None, name=f"d{i}")
+        for i in range(count)
+    ]
+
+
 def memory_link(chrome: FakeChrome, clock, *, default_timeout: float = 30.0) -> CDPConnection:
     """A CDPConnection wired to ``chrome`` in memory; ``abort()`` simulates a dropped socket."""
     detach: list[Callable[[], None]] = []
@@ -174,7 +226,7 @@ class _FakeServerProtocol(WebSocketServerProtocol):
 
     def onOpen(self):
         self._detach = self.factory.chrome.connect(
-            lambda text: self.sendMessage(text.encode("utf-8"), isBinary=False)
+            lambda data: self.sendMessage(data if isinstance(data, bytes) else data.encode("utf-8"), isBinary=False)
         )
         self.factory.connections.append(self)
 

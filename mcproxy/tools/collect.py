@@ -53,6 +53,8 @@ PENDING_KEY = "collect.pending"
 #: How long a list or get tool waits for collection just started (Chrome's replay of the
 #: console messages it stored) before it answers with what is there.
 READY_WAIT = 2.0
+#: Round trips a new tab's attach may take before the collector knows whose it is.
+_PROBES = 2
 DEFAULT_REDACTED_HEADERS = frozenset({"authorization", "cookie", "set-cookie", "proxy-authorization"})
 REDACTED = "<redacted>"
 TRUNCATED = "... <truncated>"
@@ -706,15 +708,18 @@ class Collector:
             records.enable(page)
             return
         page.state[PENDING_KEY] = self
+        self._start_if_opened(page, _PROBES)
+
+    def _start_if_opened(self, page, probes: int) -> None:
+        """Start for a tab the proxy opened. `BrowserPool.new_page` marks it (``via_proxy``)
+        when its attach settles, once the page listeners' set-up calls are answered and
+        before anything loads in it; Chrome answers a session's calls in order, so by the
+        answer to a call sent now (Page.enable again: harmless), or to the next one, for
+        set-up that takes two round trips, it has."""
         if page.via_proxy:
             self.start(page)
-            return
-        # A tab the proxy opens is marked as such (``via_proxy``) as soon as its attach
-        # settles, before anything loads in it. Chrome answers a session's calls in order,
-        # so when this call (Page.enable again: harmless) is answered, that has happened.
-        page.send("Page.enable").addCallbacks(
-            lambda _: self.start(page) if page.via_proxy else None, lambda _: None
-        )
+        elif probes and not page.closed:
+            page.send("Page.enable").addCallbacks(lambda _: self._start_if_opened(page, probes - 1), lambda _: None)
 
     def start(self, page) -> "PageRecords":
         """Collect for ``page`` from now on (once; later calls return its records)."""

@@ -5,17 +5,34 @@ attributes``; the model passes a uid back to click, fill, evaluate or screenshot
 element that was in the previous snapshot of the page keeps its uid (matched by its
 ``backendDOMNodeId``), so a model that remembered "1_4" can keep using it after a click.
 
-`format_snapshot` is pure (it takes the nodes of ``Accessibility.getFullAXTree``);
-`take_snapshot` and `resolve_uid` talk to the page.
+`format_snapshot` renders the nodes of ``Accessibility.getFullAXTree``; `take_snapshot`
+and `resolve_uid` talk to the page.
+
+The tree comes from the browser, so it is untrusted: it is walked without recursion, each
+node at most once (a child listed twice, or a cycle, is cut), at most `MAX_NODES` nodes and
+`MAX_DEPTH` levels deep, into at most `MAX_CHARS` characters, each name or value cut at
+`MAX_FIELD`; a snapshot cut by a bound says so in its last line. A tree of more than
+`THREAD_NODES` nodes is rendered in a thread; the uid maps are only read and replaced on
+the reactor.
 """
 
 from typing import Any
 
 import attrs
 
+from mcproxy.browser.cdp.connection import thread_runner
 from mcproxy.errors import CDPError, ToolError
 
 STATE_KEY = "mcproxy.snapshot"
+#: Nodes walked per snapshot (big real pages have a few thousand).
+MAX_NODES = 20_000
+#: Levels below the root (real pages stay well under a hundred).
+MAX_DEPTH = 200
+#: Characters of one snapshot's text, and of one name, value or description in it.
+MAX_CHARS = 2_000_000
+MAX_FIELD = 10_000
+#: Trees with more nodes than this are rendered in a thread, not in a reactor turn.
+THREAD_NODES = 2_000
 
 # Roles that are (almost) always things the model acts on.
 _CONTROL_ROLES = frozenset(
@@ -60,11 +77,13 @@ class _Node:
     name: str
     properties: dict[str, Any]
     children: list["_Node"] = attrs.field(factory=list)
-    _focusable_child: bool | None = None
+    #: Whether a descendant (in the walked tree) is focusable; set bottom-up by `_walk`.
+    focusable_child: bool = False
 
     @property
     def backend_id(self) -> int | None:
-        return self.raw.get("backendDOMNodeId")
+        backend = self.raw.get("backendDOMNodeId")
+        return backend if isinstance(backend, int) and not isinstance(backend, bool) else None
 
     @property
     def ignored(self) -> bool:
@@ -73,11 +92,6 @@ class _Node:
     @property
     def focusable(self) -> bool:
         return bool(self.properties.get("focusable"))
-
-    def has_focusable_child(self) -> bool:
-        if self._focusable_child is None:
-            self._focusable_child = any(c.focusable or c.has_focusable_child() for c in self.children)
-        return self._focusable_child
 
     def is_plain_text_field(self) -> bool:
         if self.properties.get("editable") == "richtext":
@@ -90,7 +104,7 @@ class _Node:
             return True
         if self.role in _ATOMIC_ROLES:
             return True
-        if self.has_focusable_child():
+        if self.focusable_child:
             return False
         return bool(self.name) and (self.focusable or self.role == "heading")
 
@@ -106,38 +120,86 @@ class _Node:
         return self.is_leaf() and bool(self.name)
 
 
-def _build_tree(ax_nodes: list[dict]) -> _Node | None:
-    by_id: dict[str, _Node] = {}
-    for raw in ax_nodes:
-        properties = {p["name"]: p.get("value", {}).get("value") for p in raw.get("properties", ())}
-        by_id[raw["nodeId"]] = _Node(
-            raw=raw,
-            role=str(raw.get("role", {}).get("value", "")),
-            name=str(raw.get("name", {}).get("value") or ""),
-            properties=properties,
-        )
-    for node in by_id.values():
-        node.children = [by_id[c] for c in node.raw.get("childIds", ()) if c in by_id]
-    roots = [n for n in by_id.values() if n.raw.get("parentId") not in by_id]
-    return roots[0] if roots else None
+def _value(raw: dict, key: str) -> Any:
+    """``raw[key]["value"]`` when the browser sent that shape, else None."""
+    field = raw.get(key)
+    return field.get("value") if isinstance(field, dict) else None
+
+
+def _text(value: Any) -> str:
+    text = "" if value is None else str(value)
+    return text if len(text) <= MAX_FIELD else text[:MAX_FIELD] + "..."
+
+
+def _node(raw: dict) -> _Node:
+    properties = {}
+    listed = raw.get("properties")
+    for prop in listed if isinstance(listed, list) else ():
+        if isinstance(prop, dict) and isinstance(prop.get("name"), str):
+            properties[prop["name"]] = _value(prop, "value")
+    return _Node(raw=raw, role=_text(_value(raw, "role")), name=_text(_value(raw, "name")), properties=properties)
+
+
+def _key(value: Any) -> str | int | None:
+    """A node id as the browser should send it (a string), or None for anything unhashable."""
+    return value if isinstance(value, (str, int)) else None
+
+
+def _walk(ax_nodes: Any) -> tuple[_Node | None, str | None]:
+    """The tree under the root, each node once, within `MAX_NODES` and `MAX_DEPTH`; and
+    why it was cut (None when whole)."""
+    by_id: dict[str | int, dict] = {}
+    for raw in ax_nodes if isinstance(ax_nodes, list) else ():
+        if isinstance(raw, dict) and _key(raw.get("nodeId")) is not None:
+            by_id.setdefault(raw["nodeId"], raw)
+    root_id = next((i for i, raw in by_id.items() if _key(raw.get("parentId")) not in by_id), None)
+    if root_id is None:
+        return None, None
+    root = _node(by_id[root_id])
+    order = [root]
+    visited = {root_id}
+    cut = None
+    stack = [(root, 0)]
+    while stack and cut != "nodes":
+        node, depth = stack.pop()
+        child_ids = node.raw.get("childIds")
+        for child_id in child_ids if isinstance(child_ids, list) else ():
+            child_id = _key(child_id)
+            if child_id is None or child_id in visited or child_id not in by_id:
+                continue
+            if depth >= MAX_DEPTH:
+                cut = cut or "depth"
+                break
+            if len(order) >= MAX_NODES:
+                cut = "nodes"
+                break
+            visited.add(child_id)
+            child = _node(by_id[child_id])
+            node.children.append(child)
+            order.append(child)
+            stack.append((child, depth + 1))
+    # Children come after their parent in `order`, so this sees each child's flag first.
+    for node in reversed(order):
+        node.focusable_child = any(child.focusable or child.focusable_child for child in node.children)
+    return root, cut
 
 
 def _attributes(node: _Node) -> str:
     """The ``key="value"`` and flag words after the name, ordered by key."""
     found: dict[str, str] = {}
     props = node.properties
-    value = node.raw.get("value", {}).get("value")
+    value = _value(node.raw, "value")
     if value not in (None, ""):
-        found["value"] = f'value="{value}"'
-    description = node.raw.get("description", {}).get("value")
+        found["value"] = f'value="{_text(value)}"'
+    description = _value(node.raw, "description")
     if description:
-        found["description"] = f'description="{description}"'
+        found["description"] = f'description="{_text(description)}"'
     for key in _TOKEN_PROPERTIES:
         if props.get(key) not in (None, "", "false", False):
-            found[key.lower()] = f'{key.lower()}="{props[key]}"'
+            found[key.lower()] = f'{key.lower()}="{_text(props[key])}"'
     for key in _NUMBER_PROPERTIES:
         if props.get(key) is not None:
-            found[key] = f'{key}="{props[key]}"'
+            found[key] = f'{key}="{_text(props[key])}"'
     for key in _FLAG_PROPERTIES:
         if props.get(key) is True:
             found[key] = key
@@ -169,60 +231,71 @@ def _line(node: _Node, uid: str) -> str:
     return " ".join(parts)
 
 
-def _select(root: _Node, verbose: bool) -> set[int]:
-    """ids (``id()``) of the nodes to show; non-verbose keeps what a model can use."""
-    chosen: set[int] = set()
-
-    def visit(node: _Node, inside_control: bool) -> None:
-        if verbose or node is root or node.is_interesting(inside_control):
-            chosen.add(id(node))
-        if not verbose and node.is_leaf():
-            return
-        inside_control = inside_control or node.role in _CONTROL_ROLES
-        for child in node.children:
-            visit(child, inside_control)
-
-    visit(root, False)
-    return chosen
+_CUT_NOTES = {
+    "nodes": f"the page has more than {MAX_NODES} accessibility nodes",
+    "depth": f"parts of the page are nested more than {MAX_DEPTH} levels deep",
+    "chars": f"the snapshot reached {MAX_CHARS} characters",
+}
 
 
-def format_snapshot(ax_nodes: list[dict], state: SnapshotState, *, verbose: bool = False) -> str:
-    """Render a snapshot and make it the page's latest (``state`` is updated).
-
-    Elements of the previous snapshot keep their uids; new ones get ``<id>_<n>`` with a
-    fresh snapshot id and ``n`` counting only the new uids.
-    """
-    snapshot_id = state.last_id + 1
-    root = _build_tree(ax_nodes)
+def render(
+    ax_nodes: Any, previous: dict[int, str], snapshot_id: int, verbose: bool = False
+) -> tuple[str, dict[str, int], dict[int, str]]:
+    """The snapshot text and its uid maps (uid to backend node id and back). Pure, so it
+    can run in a thread: elements in ``previous`` (backend node id to uid) keep their uid;
+    new ones get ``<snapshot_id>_<n>``, ``n`` counting only the new uids."""
+    root, cut = _walk(ax_nodes)
     uid_to_backend: dict[str, int] = {}
     backend_to_uid: dict[int, str] = {}
     lines: list[str] = []
+    chars = 0
     counter = 0
-    if root is not None:
-        chosen = _select(root, verbose)
+    stack = [(root, 0, False)] if root is not None else []
+    while stack:
+        node, depth, inside_control = stack.pop()
+        if verbose or node is root or node.is_interesting(inside_control):
+            backend = node.backend_id
+            uid = previous.get(backend) if backend is not None else None
+            if uid is None or uid in uid_to_backend:
+                uid = f"{snapshot_id}_{counter}"
+                counter += 1
+            if backend is not None:
+                uid_to_backend[uid] = backend
+                backend_to_uid[backend] = uid
+            line = "  " * depth + _line(node, uid)
+            chars += len(line) + 1
+            if chars > MAX_CHARS:
+                cut = "chars"
+                break
+            lines.append(line)
+            depth += 1
+        if not verbose and node.is_leaf():
+            continue
+        inside_control = inside_control or node.role in _CONTROL_ROLES
+        stack.extend((child, depth, inside_control) for child in reversed(node.children))
+    if cut is not None:
+        lines.append(
+            f"Note: this snapshot is incomplete: {_CUT_NOTES[cut]}, and the rest was left out. "
+            "Use evaluate_script to inspect the page further."
+        )
+    return "\n".join(lines) + "\n", uid_to_backend, backend_to_uid
 
-        def emit(node: _Node, depth: int) -> None:
-            nonlocal counter
-            if id(node) in chosen:
-                backend = node.backend_id
-                uid = state.backend_to_uid.get(backend) if backend is not None else None
-                if uid is None or uid in uid_to_backend:
-                    uid = f"{snapshot_id}_{counter}"
-                    counter += 1
-                if backend is not None:
-                    uid_to_backend[uid] = backend
-                    backend_to_uid[backend] = uid
-                lines.append("  " * depth + _line(node, uid))
-                depth += 1
-            for child in node.children:
-                emit(child, depth)
 
-        emit(root, 0)
-    state.last_id = snapshot_id
+def _next_snapshot(state: "SnapshotState") -> int:
+    state.last_id += 1
+    return state.last_id
+
+
+def _install(state: "SnapshotState", rendered: tuple[str, dict[str, int], dict[int, str]]) -> str:
+    text, state.uid_to_backend, state.backend_to_uid = rendered
     state.snapshot_document = state.documents
-    state.uid_to_backend = uid_to_backend
-    state.backend_to_uid = backend_to_uid
-    return "\n".join(lines) + "\n"
+    return text
+
+
+def format_snapshot(ax_nodes: list[dict], state: SnapshotState, *, verbose: bool = False) -> str:
+    """Render a snapshot and make it the page's latest (``state`` is updated)."""
+    snapshot_id = _next_snapshot(state)
+    return _install(state, render(ax_nodes, state.backend_to_uid, snapshot_id, verbose))
 
 
 def snapshot_state(page) -> SnapshotState:
@@ -240,9 +313,16 @@ def snapshot_state(page) -> SnapshotState:
 
 
 async def take_snapshot(page, *, verbose: bool = False, timeout: float | None = None) -> str:
-    """Fetch the accessibility tree and render it as the page's latest snapshot."""
+    """Fetch the accessibility tree and render it as the page's latest snapshot (in a
+    thread when it is big)."""
     tree = await page.send("Accessibility.getFullAXTree", {}, timeout=timeout)
-    return format_snapshot(tree.get("nodes", []), snapshot_state(page), verbose=verbose)
+    nodes = tree.get("nodes")
+    state = snapshot_state(page)
+    run = thread_runner(page.browser.clock) if isinstance(nodes, list) and len(nodes) > THREAD_NODES else None
+    if run is None:
+        return format_snapshot(nodes, state, verbose=verbose)
+    snapshot_id = _next_snapshot(state)
+    return _install(state, await run(render, nodes, state.backend_to_uid, snapshot_id, verbose))
 
 
 def resolve_uid(page, uid: str) -> int:
