@@ -355,3 +355,18 @@ async def test_stopping_while_starting_is_quiet(reactor, tmp_path):
     failures = [e for e in events if e.get("log_failure") is not None or "could not start" in str(e.get("log_format"))]
     assert failures == [], failures
     assert service._starting.called
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_pool_never_connects_one_chrome_run_for_two_users(browser_pool, chromium):
+    """Registration refuses it; the pool refuses it too, should two records ever name one
+    Chrome (its LAN address and 127.0.0.1, say: here localhost and 127.0.0.1)."""
+    from mcproxy.errors import BrowserUnavailable
+
+    alice = browser_pool.browser_for("alice", chromium.browser_url)
+    await alice.connected(10)
+    bob = browser_pool.browser_for("bob", f"http://localhost:{chromium.port}")
+    with pytest.raises(BrowserUnavailable):
+        await bob.connected(3)
+    assert bob.status != "connected" and "another user" in bob.last_error
+    assert alice.status == "connected"

@@ -129,6 +129,12 @@ async def open_cdp_link(browser: "UserBrowser") -> CDPConnection:
     """The real connect of a `UserBrowser` (tests substitute an in-memory one); remembers
     which browser run answered, so registration can tell who holds it."""
     located = await locate_browser(browser.reactor, browser.config, browser.http_client, browser.browser_url)
+    if browser.held_elsewhere(located.browser_id):
+        # The same Chrome under another address (its LAN address and 127.0.0.1, say).
+        raise BrowserUnavailable(
+            "this browser is connected for another user, and a browser belongs to one user only;"
+            " register a Chrome of your own"
+        )
     browser.browser_id = located.browser_id
     return await open_located(
         browser.reactor, browser.config, located, description=f"the browser of {browser.user_id}"
@@ -197,6 +203,7 @@ class UserBrowser:
         open_link: LinkOpener = open_cdp_link,
         rng: Callable[[], float] = random.random,
         max_pages: int = 0,
+        held_elsewhere: Callable[[str | None], bool] = lambda browser_id: False,
     ):
         self.reactor = reactor
         self.clock = reactor
@@ -214,6 +221,8 @@ class UserBrowser:
         self.browser_id: str | None = None
         self._open_link = open_link
         self.max_pages = max_pages
+        #: Whether another user's connection reached Chrome run ``browser_id`` (one browser, one user).
+        self.held_elsewhere = held_elsewhere
         self._attempting = False
         self._pages: dict[int, Page] = {}
         self._by_target: dict[str, Page] = {}
@@ -827,6 +836,7 @@ class BrowserPool:
             open_link=self._open_link,
             rng=self._rng,
             max_pages=self._max_pages,
+            held_elsewhere=lambda browser_id: self.holder_of(browser_id, besides=user_id) is not None,
         )
         # Before the first attach, so watchers (dialogs, console, network) see every page
         # from the moment the proxy knows it.
