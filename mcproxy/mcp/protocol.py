@@ -426,19 +426,19 @@ class McpSession:
         finally:
             live[0] = False
 
-    def _progress_reporter(self, message: JSONRPCRequest, notify: Notify, live: list) -> Callable[..., None]:
-        meta = (message.params or {}).get("_meta")
+    def _progress_reporter(self, request: JSONRPCRequest, notify: Notify, live: list) -> Callable[..., None]:
+        meta = (request.params or {}).get("_meta")
         token = meta.get("progressToken") if isinstance(meta, Mapping) else None
         with_message = is_version_at_least(self.protocol_version, "2025-03-26")
 
-        def report_progress(progress: float, total: float | None = None, text: str | None = None) -> None:
+        def report_progress(progress: float, total: float | None = None, message: str | None = None) -> None:
             if token is None or not live[0]:
                 return
             params: dict = {"progressToken": token, "progress": progress}
             if total is not None:
                 params["total"] = total
-            if text is not None and with_message:
-                params["message"] = text
+            if message is not None and with_message:
+                params["message"] = message
             notify(notification_message("notifications/progress", params))
 
         return report_progress

@@ -73,7 +73,7 @@ class FakeToolProvider:
         if name == "progress":
             steps = int(arguments.get("steps", 3))
             for step in range(1, steps + 1):
-                context.report_progress(step, steps, f"step {step} of {steps}")
+                context.report_progress(step, total=steps, message=f"step {step} of {steps}")  # as documented
             return _text(f"done in {steps} steps")
         if name == "log":
             for level in LOG_LEVELS:
