@@ -5,7 +5,8 @@ import json
 import pytest_twisted
 from twisted.internet.defer import succeed
 import treq
-from twisted.web import resource
+from twisted.internet.task import Clock
+from twisted.web import resource, server
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
@@ -109,3 +110,118 @@ class _Producer:
 
     def resumeProducing(self):
         pass
+
+
+class Hang(resource.Resource):
+    """Never answers; notes whether its work was cancelled."""
+
+    isLeaf = True
+
+    def __init__(self):
+        super().__init__()
+        self.cancelled = False
+
+    def render(self, request):
+        from twisted.internet.defer import CancelledError, Deferred
+
+        from mcproxy.web.http import serve
+
+        async def work():
+            try:
+                await Deferred()
+            except CancelledError:
+                self.cancelled = True
+                raise
+
+        return serve(request, work)
+
+
+class LateAnswer(resource.Resource):
+    """Answers when the test says so, through a Deferred of its own (as the admin API does)."""
+
+    isLeaf = True
+
+    def __init__(self):
+        super().__init__()
+        self.release = None
+
+    def render(self, request):
+        from twisted.internet.defer import Deferred
+
+        from mcproxy.web.http import write_json
+
+        self.release = Deferred()
+        self.release.addCallback(lambda _: write_json(request, 200, {"late": True}))
+        return server.NOT_DONE_YET
+
+
+class Stream(resource.Resource):
+    """An event stream, like ``GET /sse``."""
+
+    isLeaf = True
+
+    def __init__(self, clock):
+        super().__init__()
+        self.clock = clock
+
+    def render(self, request):
+        from mcproxy.web.sse import SseStream
+
+        SseStream(request, self.clock, keepalive=15).start()
+        return server.NOT_DONE_YET
+
+
+def _clocked_site(children, clock):
+    """A site whose requests have 5 s to be answered on ``clock``."""
+    from mcproxy.web.site import ConnectionLimits
+
+    limits = ConnectionLimits(request_timeout=5.0, keepalive_timeout=3600.0, header_timeout=3600.0)
+    return ProxySite(Root(children, JSONNotFound()), max_body_bytes=1000, limits=limits, reactor=clock)
+
+
+def _get(site, path: bytes):
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    peer = IPv4Address("TCP", "127.0.0.1", 40000)
+    channel = site.buildProtocol(peer)
+    transport = StringTransport(peerAddress=peer)
+    channel.makeConnection(transport)
+    channel.dataReceived(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    return transport
+
+
+def test_unanswered_request_is_504_json_and_its_work_cancelled():
+    hang, clock = Hang(), Clock()
+    site = _clocked_site({b"hang": hang}, clock)
+    transport = _get(site, b"/hang")
+    clock.advance(4.9)
+    assert transport.value() == b"" and not hang.cancelled
+    clock.advance(0.1)
+    head, body = transport.value().split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 504 ") and b"Content-Type: application/json" in head
+    error = json.loads(body)["error"]
+    assert error["code"] == "request_timeout" and "server.request_timeout" in error["message"]
+    assert hang.cancelled
+
+
+def test_a_late_answer_after_the_504_is_dropped_quietly():
+    late, clock = LateAnswer(), Clock()
+    site = _clocked_site({b"late": late}, clock)
+    transport = _get(site, b"/late")
+    clock.advance(5)
+    assert transport.value().startswith(b"HTTP/1.1 504 ")
+    late.release.callback(None)
+    assert b"late" not in transport.value()
+    assert late.release.result is None  # no error in the answering chain
+
+
+def test_an_event_stream_outlives_the_request_time_limit():
+    clock = Clock()
+    site = _clocked_site({b"events": Stream(clock)}, clock)
+    transport = _get(site, b"/events")
+    for _ in range(4):  # a LoopingCall skips the beats a single long jump would miss
+        clock.advance(15)
+    written = transport.value()
+    assert written.startswith(b"HTTP/1.1 200 ") and b"504" not in written
+    assert written.count(b": keep-alive") == 4 and not transport.disconnecting

@@ -26,40 +26,67 @@ class Served:
     transports: object
 
 
-def _serve(reactor, config):
-    from twisted.web.resource import Resource
-    from twisted.web.server import Site
-
+def _serve(reactor, config, authenticate=fake_authenticate):
+    """The MCP endpoints on the daemon's site (its time limits included), on loopback."""
     from mcproxy.session.registry import SessionRegistry
+    from mcproxy.web.site import ConnectionLimits, JSONNotFound, ProxySite, Root
     from mcproxy.web.transports import McpTransports
 
     tools = FakeToolProvider(reactor)
     sessions = SessionRegistry(reactor, config.session.idle_timeout)
-    transports = McpTransports(reactor, config, fake_authenticate, tools, sessions)
-    root = Resource()
-    root.putChild(b"sse", transports.sse_resource)
-    root.putChild(b"message", transports.message_resource)
-    root.putChild(b"mcp", transports.mcp_resource)
-    site = Site(root)
-    site.displayTracebacks = False
+    transports = McpTransports(reactor, config, authenticate, tools, sessions)
+    root = Root(
+        {b"sse": transports.sse_resource, b"message": transports.message_resource, b"mcp": transports.mcp_resource},
+        JSONNotFound(),
+    )
+    site = ProxySite(
+        root, max_body_bytes=config.server.max_body_bytes, limits=ConnectionLimits.from_config(config), reactor=reactor
+    )
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     served = Served(f"http://127.0.0.1:{port.getHost().port}", tools, sessions, transports)
     return served, port
 
 
-@pytest.fixture
-def server():
+def serving(config, authenticate=fake_authenticate):
+    """Fixture body: a `Served` for ``config``, stopped after the test."""
     from twisted.internet import reactor
 
-    config = Config().replace(
-        server={"max_body_bytes": 64 * 1024, "sse_keepalive": 5.0},
-        session={"max_in_flight": 4},
-        cors={"allowed_origins": ["https://ide.example"]},
-    )
-    served, port = _serve(reactor, config)
+    served, port = _serve(reactor, config, authenticate)
     yield served
     served.sessions.close_all()
     pytest_twisted.blockon(port.stopListening())
+
+
+@pytest.fixture
+def server():
+    yield from serving(
+        Config().replace(
+            server={"max_body_bytes": 64 * 1024, "sse_keepalive": 5.0},
+            session={"max_in_flight": 4},
+            cors={"allowed_origins": ["https://ide.example"]},
+        )
+    )
+
+
+QUICK = 0.5
+"""``server.request_timeout`` of the `quick_server` (seconds)."""
+
+SLACK = 10.0
+"""Seconds granted beyond a configured limit before a test calls the server too late."""
+
+
+def within(awaitable, seconds: float):
+    """A coroutine or Deferred, failing with TimeoutError if it takes over ``seconds``."""
+    from twisted.internet import reactor
+    from twisted.internet.defer import ensureDeferred
+
+    return ensureDeferred(awaitable).addTimeout(seconds, reactor)
+
+
+@pytest.fixture
+def quick_server():
+    """A server whose requests have `QUICK` seconds to be answered."""
+    yield from serving(Config().replace(server={"request_timeout": QUICK}))
 
 
 def _auth(user: str) -> dict:
@@ -559,3 +586,64 @@ def test_sse_close_delivers_what_waits():
     stream.send("last")
     stream.close()
     assert b"".join(request.written).endswith(b"data: last\n\n") and request.finished
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_json_answered_call_past_the_time_limit_is_a_32001_error(quick_server):
+    mcp = quick_server.url + "/mcp"
+    headers = await _raw_session(mcp)
+    answer = await within(
+        _post(mcp, _call(7, "slow", {"seconds": 30}), {**headers, "Accept": "application/json"}), QUICK + SLACK
+    )
+    assert answer.code == 200
+    error = (await answer.json())["error"]
+    assert error["code"] == -32001 and "server.request_timeout" in error["message"]
+    assert quick_server.tools.cancelled == ["slow"]
+    # The session goes on.
+    echoed = await _post(mcp, _call(8, "echo", {"text": "after"}), headers)
+    assert (await echoed.json())["result"]["content"][0]["text"] == "after"
+
+
+@pytest_twisted.ensureDeferred
+async def test_streams_are_not_cut_by_the_time_limit(quick_server):
+    """A POST answered as a stream (with progress) and a standalone GET outlive the limit."""
+    import treq
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    mcp = quick_server.url + "/mcp"
+    headers = await _raw_session(mcp)
+    chunks = []
+    standalone = await treq.get(
+        mcp, headers={**{k: [v] for k, v in headers.items()}, "Accept": ["text/event-stream"]}, unbuffered=True
+    )
+    ended = treq.collect(standalone, chunks.append)
+    answer = await _post(mcp, _call(3, "slow", {"seconds": 3 * QUICK}, {"progressToken": "p"}), headers)
+    assert answer.headers.getRawHeaders(b"content-type")[0].startswith(b"text/event-stream")
+    events = _events(await answer.content())
+    assert events[-1]["result"]["content"][0]["text"] == f"waited {3 * QUICK}s"
+    await deferLater(reactor, QUICK, lambda: None)
+    assert not ended.called
+    await (await _post(mcp, b"", headers, method="DELETE")).text()
+    await ended
+    assert b"stream open" in b"".join(chunks)
+    assert quick_server.tools.cancelled == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_legacy_call_past_the_time_limit_is_answered_on_the_stream(quick_server):
+    from mcp import ClientSession
+    from mcp.client.sse import sse_client
+    from mcp.shared.exceptions import MCPError
+
+    async def flow():
+        async with sse_client(quick_server.url + "/sse", headers=_auth("alice")) as (read, write):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                with pytest.raises(MCPError) as raised:
+                    await session.call_tool("slow", {"seconds": 30}, read_timeout_seconds=QUICK + SLACK)
+                assert raised.value.error.code == -32001
+                assert _text(await session.call_tool("echo", {"text": "after"})) == "after"
+
+    await run_async(flow())
+    assert quick_server.tools.cancelled == ["slow"]
