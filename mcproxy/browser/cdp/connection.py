@@ -358,6 +358,8 @@ class CDPClientProtocol(WebSocketClientProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         text = reason or getattr(self, "wasNotCleanReason", None) or f"closed with code {code}"
+        if "exceeds payload limit" in text:
+            text += "; the proxy accepts messages up to browser.max_message_bytes"
         if self.cdp is not None:
             self.cdp.connection_lost(text)
         if self.opened is not None:
