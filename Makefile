@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench clean chromium ffmpeg
+.PHONY: install run test fuzz bench clean chromium ffmpeg
 
 install: $(STAMP)
 
@@ -34,6 +34,15 @@ ffmpeg:
 
 test: install chromium ffmpeg
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The hypothesis fuzzers (marked `fuzz`) at FUZZ_SCALE times their usual example counts,
+# 3,800 in all, so >= 100,000 cases (pytest prints the total), then the URL policy
+# against real Chromium. Not part of `make test`.
+FUZZ_SCALE ?= 27
+
+fuzz: install chromium
+	MCPROXY_FUZZ_SCALE=$(FUZZ_SCALE) $(BIN)/python -m pytest -m fuzz $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/test_url_policy_chromium.py $(PYTEST_ARGS)
 
 bench: install chromium
 	$(BIN)/python -m bench $(ARGS)

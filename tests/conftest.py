@@ -127,3 +127,13 @@ async def user_browser(browser_pool, chromium):
     for page in browser.pages():
         if page.target_id not in before and browser.status == "connected":
             await browser.close_page(page.page_id)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The number of fuzz cases run (``make fuzz`` quotes it)."""
+    from mcproxy.testing import fuzz
+
+    if fuzz.cases_run():
+        terminalreporter.write_line(
+            f"hypothesis fuzz cases run: {fuzz.cases_run()} ({fuzz.SCALE_VARIABLE}={fuzz.scale():g})"
+        )

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
@@ -16,6 +16,7 @@ from mcproxy.auth.tokens import TokenAuthenticator, create_token
 from mcproxy.errors import BadRequest, Forbidden, MCProxyError, Unauthorized
 from mcproxy.interfaces import IAuthenticator
 from mcproxy.storage.memory import MemoryStore
+from mcproxy.testing.fuzz import fuzz_settings
 from mcproxy.testing.stores import result_of as fired
 from mcproxy.testing.stores import run_now as run
 from mcproxy.web.http import write_error
@@ -215,7 +216,7 @@ _BEARER = _world.token("alice", ["tools:*"])
 _ADMIN = _world.token("root", ["admin"])
 
 
-@settings(max_examples=300, deadline=None)
+@fuzz_settings(300)
 @given(
     st.one_of(st.none(), st.binary(max_size=100), st.sampled_from([_BEARER, _ADMIN])),
     st.one_of(st.none(), st.binary(max_size=40), st.sampled_from([b"alice", b"root", b"bob"])),

@@ -12,7 +12,7 @@ import time
 import jwt
 import pytest
 import pytest_twisted
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock, deferLater
@@ -29,6 +29,7 @@ from mcproxy.auth.tokens import TokenAuthenticator, create_token
 from mcproxy.errors import BadRequest, RateLimited, Unauthorized
 from mcproxy.storage import open_store
 from mcproxy.storage.memory import MemoryStore
+from mcproxy.testing.fuzz import fuzz_settings
 from mcproxy.testing.stores import result_of, run_now
 from mcproxy.web.http import write_error
 
@@ -263,7 +264,7 @@ _values = st.one_of(
 )
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzz_settings(600, suppress_health_check=[HealthCheck.too_slow])
 @given(_values)
 def test_fuzz_one_authorization_header(value):
     request = request_with(value)
@@ -281,7 +282,7 @@ def test_fuzz_one_authorization_header(value):
     assert principal.user_id in ("alice", "tok", "jay")
 
 
-@settings(max_examples=100, deadline=None)
+@fuzz_settings(100)
 @given(st.lists(_values, min_size=2, max_size=4))
 def test_fuzz_several_authorization_headers_are_refused(values):
     request = request_with(*values)

@@ -9,6 +9,7 @@ from mcproxy.browser.cdp.discovery import HOST_REJECTED, discover
 from mcproxy.browser.urls import BrowserURL, check_address, parse_browser_url, validate_browser_url
 from mcproxy.config import LOOPBACK_AND_PRIVATE
 from mcproxy.errors import BrowserUnavailable, InvalidBrowserURL
+from mcproxy.testing.fuzz import fuzz_settings
 
 
 @pytest.mark.parametrize(
@@ -54,6 +55,7 @@ def test_addresses_outside_the_allowed_networks_are_refused(address):
         check_address(address, LOOPBACK_AND_PRIVATE, what="browserURL")
 
 
+@fuzz_settings(100)
 @given(st.ip_addresses())
 def test_check_address_agrees_with_the_networks(ip):
     import ipaddress

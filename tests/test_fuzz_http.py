@@ -9,8 +9,9 @@ import json
 import re
 from collections import Counter
 
+import pytest
 import pytest_twisted
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
@@ -18,6 +19,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from mcproxy.testing.daemon import start_proxy
+from mcproxy.testing.fuzz import fuzz_settings
 
 PATHS = ["/mcp", "/sse", "/message", "/message?sessionId=x", "/health", "/api/tokens", "/api/register",
          "/api/users", "/api/users/alice/status", "/api/users/alice", "/api/tokens/0123456789abcdef",
@@ -85,7 +87,7 @@ def _check(answer: bytes) -> None:
         json.loads(body)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@fuzz_settings(400, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     method=st.sampled_from(METHODS),
     path=st.sampled_from(PATHS),
@@ -105,7 +107,7 @@ def test_any_request_gets_a_clean_answer(site, method, path, headers, body, auth
     counted["cases"] += 1
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@fuzz_settings(400, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(message=rpc_like, modern=st.booleans(), path=st.sampled_from(["/mcp", "/message?sessionId=x"]))
 def test_any_jsonrpc_message_over_http_gets_a_clean_answer(site, message, modern, path):
     factory, token = site
@@ -125,7 +127,7 @@ def test_any_jsonrpc_message_over_http_gets_a_clean_answer(site, message, modern
     counted["cases"] += 1
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@fuzz_settings(300, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw=st.binary(max_size=300))
 def test_raw_garbage_never_breaks_the_server(site, raw):
     factory, _ = site
@@ -133,7 +135,7 @@ def test_raw_garbage_never_breaks_the_server(site, raw):
     counted["cases"] += 1
 
 
-@settings(max_examples=400, deadline=None)
+@fuzz_settings(400)
 @given(body=bodies)
 def test_jsonrpc_decoding_fails_only_with_jsonrpc_errors(body):
     from mcproxy.mcp.jsonrpc import RpcError, parse_message
@@ -145,6 +147,7 @@ def test_jsonrpc_decoding_fails_only_with_jsonrpc_errors(body):
     counted["cases"] += 1
 
 
+@pytest.mark.fuzz
 def test_report_the_number_of_cases():
     """Runs last in this module: the fuzzing above ran (and how much)."""
     print(f"\nHTTP/JSON-RPC fuzz cases run: {counted['cases']}; HTTP answers: {dict(statuses)}")

@@ -15,6 +15,7 @@ from mcproxy.mcp.jsonrpc import (
     parse_message,
     result_message,
 )
+from mcproxy.testing.fuzz import fuzz_settings
 
 
 def test_parses_requests_notifications_and_responses():
@@ -67,6 +68,7 @@ def test_builders():
     assert encode({"a": "é"}) == '{"a":"é"}'.encode("utf-8")
 
 
+@fuzz_settings(100)
 @given(st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
 def test_any_input_is_a_message_or_an_rpc_error(body):
     try:

@@ -11,7 +11,7 @@ import json
 
 import jwt
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -28,6 +28,7 @@ from mcproxy.auth.principal import Principal
 from mcproxy.auth.tokens import TokenAuthenticator
 from mcproxy.errors import Unauthorized
 from mcproxy.storage.memory import MemoryStore
+from mcproxy.testing.fuzz import fuzz_settings
 from mcproxy.testing.stores import result_of, run_now
 from mcproxy.web.http import write_error
 
@@ -305,7 +306,7 @@ _json = st.recursive(
 _claim_names = st.sampled_from(["sub", "scope", "aud", "iss", "exp", "nbf", "iat", "jti", "email"])
 
 
-@settings(max_examples=300, deadline=None)
+@fuzz_settings(300)
 @given(
     st.dictionaries(st.sampled_from(["alg", "kid", "typ", "crit", "b64"]), _json, max_size=3),
     st.dictionaries(_claim_names, _json, max_size=6),

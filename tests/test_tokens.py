@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.defer import fail
 from twisted.internet.task import Clock
@@ -26,6 +26,7 @@ from mcproxy.auth.tokens import (
 )
 from mcproxy.errors import BadRequest, Unauthorized
 from mcproxy.storage.memory import MemoryStore
+from mcproxy.testing.fuzz import fuzz_settings
 from mcproxy.testing.stores import result_of as fired
 from mcproxy.testing.stores import run_now as run
 
@@ -237,13 +238,13 @@ _clock = Clock()
 _TOKEN, _ = run(create_token(_stored, "alice", ["tools:*"], None, _clock))
 
 
-@settings(max_examples=400, deadline=None)
+@fuzz_settings(400)
 @given(st.lists(st.binary(max_size=120), max_size=3))
 def test_arbitrary_authorization_headers_never_raise_anything_else(values):
     _check_outcome(request(*values))
 
 
-@settings(max_examples=400, deadline=None)
+@fuzz_settings(400)
 @given(st.text(max_size=80), st.sampled_from(["Bearer ", "bearer ", "BEARER  ", "Bearer\t"]))
 def test_arbitrary_bearer_values_never_raise_anything_else(tail, scheme):
     for value in (tail, "mcpx_" + tail, _TOKEN[:21] + tail, _TOKEN + tail):
