@@ -493,8 +493,12 @@ class UserBrowser:
             if link.closed:
                 return  # the waiters of this link fail with it; a new link's attach answers the others
         for waiter in self._attaching.pop(target_id, []):
-            if not waiter.called:
-                waiter.errback(result) if isinstance(result, Failure) else waiter.callback(result)
+            if waiter.called:
+                continue
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
 
     def _log_attach_failure(self, failure: Failure, target_id: str) -> None:
         log.info(
