@@ -182,3 +182,33 @@ async def test_resized_page_keeps_the_first_size(reactor, user_browser, fixture_
     assert "frames of another size (the page was resized) were left out" in text_of(result)
     _, _, data = saved(artifacts, result)
     assert len(apng_frames(data)) >= 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_background_tab_records_and_screenshots_around_the_recording(reactor, user_browser, fixture_site, artifacts):
+    """A tab behind another paints no frames by itself: the recording has Chrome paint it
+    (focus emulation) without bringing it in front, and leaves it hidden again after."""
+    from mcproxy.testing.tool_calls import until
+
+    tools = registry(reactor, user_browser, artifacts, "none")
+    context = make_context()
+    await ok(tools, context, "new_page", url=fixture_site.page("sc_anim.html"), background=True)
+    page_id = context.session.selected_page_id
+    await ok(tools, context, "new_page", url=fixture_site.page("index.html"))  # in front of it
+    page = user_browser.page(page_id)
+
+    async def visibility():
+        reply = await page.send("Runtime.evaluate", {"expression": "document.visibilityState", "returnByValue": True})
+        return reply["result"]["value"]
+
+    assert await visibility() == "hidden"
+    await ok(tools, context, "screencast_start", pageId=page_id)
+    recording = screencast._recordings(user_browser)[page_id]
+    await until(reactor, lambda: len(recording.frames) >= 3)
+    await ok(tools, context, "take_screenshot", pageId=page_id)
+    result = await ok(tools, context, "screencast_stop", pageId=page_id)
+    _, _, data = saved(artifacts, result)
+    assert len(apng_frames(data)) >= 3
+    shot = await ok(tools, context, "take_screenshot", pageId=page_id)
+    assert shot.content[1].type == "image"
+    assert await visibility() == "hidden"

@@ -10,6 +10,11 @@ a private temporary directory. On stop the frames become one file:
 - without it: an animated PNG (APNG), which browsers play natively, assembled here from
   PNG frames (Chrome is asked for PNG instead of JPEG then, so nothing is decoded).
 
+A background tab paints no frames (Chrome draws only what is visible), so while recording
+the tab runs with focus emulation (``Emulation.setFocusEmulationEnabled``): Chrome paints
+it as if it were the visible, focused tab, without bringing it in front of the user. The
+stop acknowledges frames until Chrome confirms it, then turns the emulation off again.
+
 Bounds per recording: `MAX_FRAMES` frames, `MAX_SECONDS` seconds and `MAX_FRAME_BYTES`
 bytes of frames on disk; past any of them the recording takes no more frames and the stop
 says so. The saved file is bounded by ``artifacts.max_bytes``. A recording nobody stops is
@@ -79,6 +84,8 @@ class _Recording:
     frame_bytes: int = 0
     #: Why no more frames are taken (a bound was reached), or None.
     limit: str | None = None
+    #: screencast_stop is under way: frames are still acknowledged, no longer kept.
+    stopping: bool = False
     unsubscribe: object = None
     timer: object = None
 
@@ -161,7 +168,7 @@ def _on_frame(recording: _Recording, clock, params: dict) -> None:
     """Acknowledge a frame at once, then keep it unless a bound was reached."""
     page = recording.page
     page.send("Page.screencastFrameAck", {"sessionId": params.get("sessionId")}).addErrback(lambda _: None)
-    if recording.limit is not None:
+    if recording.limit is not None or recording.stopping:
         return
     data = base64.b64decode(params.get("data", ""))
     if len(recording.frames) >= MAX_FRAMES:
@@ -187,6 +194,12 @@ def _limit(recording: _Recording, reason: str) -> None:
     recording.limit = reason
     if not recording.page.closed:
         recording.page.send("Page.stopScreencast").addErrback(lambda _: None)
+        _focus_emulation(recording.page, False).addErrback(lambda _: None)
+
+
+def _focus_emulation(page, enabled: bool) -> Deferred:
+    """Have Chrome paint the tab as the visible, focused one (or stop pretending)."""
+    return page.send("Emulation.setFocusEmulationEnabled", {"enabled": enabled})
 
 
 def _time_limit(recording: _Recording, clock) -> None:
@@ -431,9 +444,12 @@ def screencast_tools(ffmpeg: str = "") -> tuple[s.ToolSpec, ...]:
         if binary:
             params["quality"] = JPEG_QUALITY
         try:
+            await _focus_emulation(page, True)
             await page.send("Page.startScreencast", params)
         except BaseException:
             _discard(recording)
+            if not page.closed:
+                _focus_emulation(page, False).addErrback(lambda _: None)
             raise
         recording.timer = call.clock.callLater(MAX_SECONDS, _time_limit, recording, call.clock)
         recordings[page.page_id] = recording
@@ -457,11 +473,13 @@ def screencast_tools(ffmpeg: str = "") -> tuple[s.ToolSpec, ...]:
         page = recording.page
         ended = call.clock.seconds()
         try:
-            if recording.unsubscribe is not None:
-                recording.unsubscribe()
+            # Frames Chrome sent before it got the stop are acknowledged (not kept): one left
+            # unacknowledged holds the tab's frame pipeline.
+            recording.stopping = True
             if not page.closed and recording.limit is None:
                 try:
                     await page.send("Page.stopScreencast")
+                    await _focus_emulation(page, False)
                 except ToolError:
                     pass  # a crashed or vanished renderer sends no more frames anyway
             notes = []
