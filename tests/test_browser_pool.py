@@ -401,7 +401,8 @@ def test_new_targets_run_once_the_page_listeners_have_set_them_up():
     def resumed(session: str) -> bool:
         return ("Runtime.runIfWaitingForDebugger", {}, session) in h.chrome.calls
 
-    assert ("Target.setAutoAttach", {"autoAttach": True, "waitForDebuggerOnStart": True, "flatten": True, "filter": [{"type": "page"}]}, None) in h.chrome.calls
+    auto = {"autoAttach": True, "waitForDebuggerOnStart": True, "flatten": True, "filter": [{"type": "page"}]}
+    assert ("Target.setAutoAttach", auto, None) in h.chrome.calls
     assert "Target.attachToTarget" not in h.chrome.methods()
     # Nothing to wait for: a new tab runs at once.
     plain = h.chrome.add_target("http://plain.test/")

@@ -99,26 +99,25 @@ def test_hosts_are_read_as_chrome_reads_them():
 
 
 class RecordingSite:
-    """A loopback web server that records the paths asked for; ``/start`` serves ``start``."""
+    """A loopback web server that records the paths asked for; ``/start`` serves ``start``
+    (where ``%(port)s`` is the server's port)."""
 
     def __init__(self, reactor, start: bytes = b"<p>start</p>"):
         from twisted.web.resource import Resource
         from twisted.web.server import Site
 
-        asked = self.asked = []
+        site, self.asked = self, []
 
         class Pages(Resource):
             isLeaf = True
 
             def render_GET(self, request):
-                asked.append(request.path.decode())
+                site.asked.append(request.path.decode())
                 request.setHeader(b"Content-Type", b"text/html")
-                return start % {b"port": self.port} if request.path == b"/start" else b"<p>here</p>"
+                return start % {b"port": b"%d" % site.port} if request.path == b"/start" else b"<p>here</p>"
 
-        Pages.port = b"%d" % 0
         self.listening = reactor.listenTCP(0, Site(Pages()), interface="127.0.0.1")
         self.port = self.listening.getHost().port
-        Pages.port = b"%d" % self.port
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
         """The URL of ``path`` on this site, through ``host`` (any name or form of loopback)."""
@@ -134,6 +133,13 @@ async def guarded_tools(reactor, pool, chromium, policies):
     return make_registry(reactor, browser, policies=policies), make_context(), browser
 
 
+async def run_script(tools, context, page_id: int, statement: str) -> None:
+    """Run one JavaScript statement in the page, as a user gesture (evaluate_script)."""
+    from mcproxy.testing.tool_calls import ok
+
+    await ok(tools, context, "evaluate_script", pageId=page_id, function=f"() => {{ {statement}; }}")
+
+
 async def close_proxy_pages(browser) -> None:
     """Close the tabs a test opened, popups included (the shared Chromium keeps its first tab)."""
     for page in browser.pages()[1:]:
@@ -145,7 +151,7 @@ async def close_proxy_pages(browser) -> None:
 async def test_interception_stops_links_and_scripts_to_denied_hosts(reactor, chromium, browser_config, http_client):
     """The page itself tries to leave for a denied host, by link and by script: it never gets there."""
     from mcproxy.browser.pool import BrowserPool
-    from mcproxy.testing.tool_calls import ok, sleep, text_of
+    from mcproxy.testing.tool_calls import failed, ok, sleep
 
     site = RecordingSite(reactor, b'<a id="away" href="http://localhost:%(port)s/secret-by-link">away</a>')
     policies = book(deny=("localhost",), intercept=True)
@@ -155,21 +161,15 @@ async def test_interception_stops_links_and_scripts_to_denied_hosts(reactor, chr
         start = site.url("/start")
         await ok(tools, context, "new_page", url=start)
         page_id = context.session.selected_page_id
-        refused = await tools.call_tool("navigate_page", {"pageId": page_id, "url": site.url("/by-tool", "localhost")}, context)
-        assert refused.is_error and 'the host "localhost" is on the deny list' in text_of(refused)
-        await ok(tools, context, "evaluate_script", pageId=page_id, function="() => document.getElementById('away').click()")
-        await ok(
-            tools,
-            context,
-            "evaluate_script",
-            pageId=page_id,
-            function=f"() => {{ location.href = '{site.url('/secret-by-script', 'localhost')}'; }}",
-        )
+        refused = await failed(tools, context, "navigate_page", pageId=page_id, url=site.url("/by-tool", "localhost"))
+        assert 'the host "localhost" is on the deny list' in refused
+        await run_script(tools, context, page_id, "document.getElementById('away').click()")
+        await run_script(tools, context, page_id, f"location.href = '{site.url('/secret-by-script', 'localhost')}'")
         await sleep(reactor, 1.0)
         assert site.asked[0] == "/start"
         assert not any(path.startswith("/secret") or path == "/by-tool" for path in site.asked), site.asked
         # An allowed navigation the page starts itself still goes through.
-        await ok(tools, context, "evaluate_script", pageId=page_id, function=f"() => {{ location.href = '{start}?again'; }}")
+        await run_script(tools, context, page_id, f"location.href = '{start}?again'")
         await sleep(reactor, 1.0)
         assert site.asked.count("/start") == 2
         await close_proxy_pages(browser)
@@ -204,7 +204,7 @@ async def test_interception_judges_the_url_chrome_requests(reactor, chromium, br
             site.url("/secret-number", "2130706433"): site.url("/secret-number"),
         }
         for secret, canonical in spellings.items():
-            await ok(tools, context, "evaluate_script", pageId=page_id, function=f"() => {{ location.href = '{secret}'; }}")
+            await run_script(tools, context, page_id, f"location.href = '{secret}'")
             # Refused, the tab shows Chrome's error page for the URL it meant to load.
             await until(reactor, lambda: page.url == canonical)
         assert [path for path in site.asked if path != "/favicon.ico"] == ["/start"]
@@ -235,7 +235,7 @@ async def test_popups_are_guarded_before_they_load(reactor, chromium, browser_co
         ]
         for url, features in opens:
             before = len(browser.pages())
-            await ok(tools, context, "evaluate_script", pageId=page_id, function=f"() => {{ window.open('{url}', '_blank', '{features}'); }}")
+            await run_script(tools, context, page_id, f"window.open('{url}', '_blank', '{features}')")
             popup = await until(reactor, lambda: len(browser.pages()) > before and browser.pages()[-1])
             await until(reactor, lambda: popup.url == url)
         assert "/allowed-popup" in site.asked

@@ -1,8 +1,9 @@
 """A scripted fake Chrome DevTools endpoint, in memory or over a real loopback WebSocket.
 
 It knows just enough of the Target domain for a `UserBrowser` to connect, list, open
-and close pages (attached on request or automatically, ``Target.setAutoAttach``), and lets a test script the edge cases: error replies, calls that are
-never answered, abrupt disconnects, huge messages, refused handshakes.
+and close pages (attached on request or automatically, ``Target.setAutoAttach``), and
+lets a test script the edge cases: error replies, calls that are never answered, abrupt
+disconnects, huge messages, refused handshakes.
 """
 
 import json
