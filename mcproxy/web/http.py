@@ -107,16 +107,21 @@ def serve(request: IRequest, work: Callable[[], Awaitable[None]]) -> Any:
     request_id(request)
     d = Deferred.fromCoroutine(work())
     d.addErrback(lambda failure: write_failure(request, failure))
-    if not d.called:
-        request.mcproxy_work = d
+    cancel_on_deadline(request, d)
     return NOT_DONE_YET
+
+
+def cancel_on_deadline(request: IRequest, work: Deferred) -> None:
+    """Cancel ``work`` (what answers ``request``) when the request outlives its time limit."""
+    if not work.called:
+        request.mcproxy_work = work
 
 
 def set_deadline(request: IRequest, clock, seconds: float) -> None:
     """Give ``request`` ``seconds`` to be answered.
 
     Past them, its `on_deadline` handler runs if it has one; otherwise it is answered with
-    504 ``request_timeout`` and the work `serve` runs for it is cancelled. Answering the
+    504 ``request_timeout`` and its work (`cancel_on_deadline`) is cancelled. Answering the
     request, its client going away, or `lift_deadline` (an event stream) ends the wait.
     """
     request.mcproxy_deadline = clock.callLater(seconds, _deadline_passed, request, seconds)

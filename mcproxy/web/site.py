@@ -67,12 +67,13 @@ def address_group(host: str | None):
     return address
 
 
-def _raw_error(status: int, reason: bytes, error: MCProxyError, extra: bytes = b"") -> bytes:
+def _raw_error(error: MCProxyError, extra: bytes = b"") -> bytes:
     """A whole JSON error response, for a connection that has no request to answer through."""
     body = json.dumps(error.to_json(), separators=(",", ":")).encode("utf-8")
+    status = error.http_status
     return (
         b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-        b"Cache-Control: no-store\r\nConnection: close\r\n%s\r\n" % (status, reason, len(body), extra)
+        b"Cache-Control: no-store\r\nConnection: close\r\n%s\r\n" % (status, http.RESPONSES[status], len(body), extra)
     ) + body
 
 
@@ -106,23 +107,11 @@ class ProxyChannel(http.HTTPChannel):
 
     def connectionMade(self):
         super().connectionMade()
-        site, peer = self.site, self.transport.getPeer()
-        self._group = site.open_connection(getattr(peer, "host", None))
-        if self._group is False:
-            self._group = None
+        try:
+            self._group = self.site.open_connection(getattr(self.transport.getPeer(), "host", None))
+        except TooManyConnections as e:
             self._refused = True
-            limit = site.limits.max_per_address
-            self.transport.write(
-                _raw_error(
-                    503,
-                    b"Service Unavailable",
-                    TooManyConnections(
-                        f"your address already holds {limit} connections to this server "
-                        "(server.max_connections_per_address); close some or retry later"
-                    ),
-                    b"Retry-After: 1\r\n",
-                )
-            )
+            self.transport.write(_raw_error(e, b"Retry-After: 1\r\n"))
             self.loseConnection()
             return
         self._arm("header")
@@ -178,7 +167,7 @@ class ProxyChannel(http.HTTPChannel):
         )
         self.site.count_dropped(f"{part}_timeout")
         error = SlowRequest(f"the request {part} did not arrive within {seconds:g} s (server.{part}_timeout)")
-        self.transport.write(_raw_error(408, b"Request Timeout", error))
+        self.transport.write(_raw_error(error))
         self._refused = True  # nothing more is read from this connection
         self.timeoutConnection()
 
@@ -308,8 +297,9 @@ class ProxySite(server.Site):
         return channel
 
     def open_connection(self, host: str | None):
-        """Count a new connection from ``host``: the group to release it from (None when
-        uncounted), or False when the address is at its cap (counted as dropped)."""
+        """Count a new connection from ``host``: the group to release it from with
+        `close_connection` (None: not counted). Raises `TooManyConnections` (counted as
+        dropped) when the address is at its cap."""
         limits = self.limits
         group = address_group(host)
         if group is None or not limits.max_per_address or within(parse_address(host), limits.uncapped):
@@ -324,7 +314,10 @@ class ProxySite(server.Site):
                     group=str(group),
                     held=held,
                 )
-            return False
+            raise TooManyConnections(
+                f"your address already holds {held} connections to this server "
+                "(server.max_connections_per_address); close some or retry later"
+            )
         self.connections[group] = held + 1
         return group
 
