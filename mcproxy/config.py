@@ -331,6 +331,17 @@ def parse_user_network(text: str) -> tuple[str, str]:
     )
 
 
+def _check_host_patterns(key: str, patterns) -> None:
+    """A host pattern with a ``/`` is a CIDR; a malformed one would silently match nothing
+    (a quiet hole in a deny list), so it is refused."""
+    for pattern in patterns:
+        if "/" in pattern:
+            try:
+                ipaddress.ip_network(pattern.strip("[]"), strict=False)
+            except ValueError:
+                raise ConfigError(f"{key}: {pattern!r} is neither a host pattern nor a CIDR network") from None
+
+
 def _check_networks(key: str, networks: tuple[str, ...]) -> None:
     for network in networks:
         try:
@@ -401,6 +412,9 @@ def validate(config: Config) -> None:
             parse_user_rule(rule)
         except ValueError as e:
             raise ConfigError(f"browsing.user_rules: {e}") from None
+        _check_host_patterns("browsing.user_rules", [parse_user_rule(rule)[2]])
+    _check_host_patterns("browsing.allow", config.browsing.allow)
+    _check_host_patterns("browsing.deny", config.browsing.deny)
     for entry in config.browser.user_networks:
         try:
             parse_user_network(entry)

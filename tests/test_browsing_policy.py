@@ -57,6 +57,11 @@ def test_schemes_can_be_opened_up_and_bad_rules_are_refused():
     assert book(schemes=("http", "https", "file")).policy_for("a").refusal("file:///tmp/x") is None
     with pytest.raises(ConfigError, match=r"^browsing\.user_rules: "):
         load(None, environ={"MCPROXY_BROWSING_USER_RULES": "alice permit x"})
+    # A CIDR typo would match nothing: a silent hole in a deny list, so it is refused.
+    for key, value in (("DENY", "10.0.0/8x"), ("ALLOW", "10.0.0.0/33"), ("USER_RULES", "bob deny 10.1/x")):
+        with pytest.raises(ConfigError, match=rf"^browsing\.{key.lower()}: .* neither a host pattern nor a CIDR"):
+            load(None, environ={f"MCPROXY_BROWSING_{key}": value})
+    assert load(None, environ={"MCPROXY_BROWSING_DENY": "10.0.0.0/8,::ffff:10.0.0.0/104,*.corp"}).browsing.deny
 
 
 def test_hosts_are_read_as_chrome_reads_them():
