@@ -90,6 +90,8 @@ def test_hosts_are_read_as_chrome_reads_them():
         "http://[0:0:0:0:0:0:0:1]/": 'the host "[::1]" is on the deny list',
         "http://012.011.011.011/": 'the host "10.9.9.9" is on the deny list',
         "http://[::ffff:10.9.9.9]/": 'the host "[::ffff:a09:909]" is on the deny list',
+        "http://[64:ff9b::a09:909]/": 'the host "[64:ff9b::a09:909]" is on the deny list',  # NAT64
+        "http://[2002:a09:909::1]/": 'the host "[2002:a09:909::1]" is on the deny list',  # 6to4
         "http://0xa.1.2.3/": None,
         "http://[::ffff:c0a8:1]/": None,
         "http://192.168.0.1/": None,

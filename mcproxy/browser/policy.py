@@ -28,6 +28,7 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from mcproxy.browser.urls import ip_forms
 from mcproxy.config import BrowsingConfig, parse_user_rule
 from mcproxy.errors import ToolError
 
@@ -54,12 +55,12 @@ def scheme_and_host(url: str) -> tuple[str, str]:
 
 
 def _address(text: str) -> Address | None:
-    """The IP address ``text`` names (an IPv4-mapped IPv6 address as its IPv4), else None."""
+    """The IP address ``text`` names (one that embeds an IPv4 address, mapped, 6to4 or
+    NAT64, as that IPv4 address), else None."""
     try:
-        address = ipaddress.ip_address(text.removeprefix("[").removesuffix("]"))
+        return ip_forms(text.removeprefix("[").removesuffix("]"))[-1]
     except ValueError:
         return None
-    return getattr(address, "ipv4_mapped", None) or address
 
 
 def _network(text: str) -> Network:

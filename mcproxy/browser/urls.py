@@ -134,7 +134,7 @@ def browser_id(path: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _forms(address: str) -> list[IPAddress]:
+def ip_forms(address: str) -> list[IPAddress]:
     """The address and the IPv4 address it embeds, if any (mapped, 6to4, NAT64)."""
     ip: IPAddress = ipaddress.ip_address(address.split("%", 1)[0])
     forms = [ip]
@@ -150,14 +150,14 @@ def _forms(address: str) -> list[IPAddress]:
 def endpoint_key(address: str, port: int) -> tuple[str, int]:
     """What names one listening socket, whatever URL form reached it: every loopback address
     is the same machine, and an embedded IPv4 address is that address."""
-    ip = _forms(address)[-1]
+    ip = ip_forms(address)[-1]
     return ("loopback" if ip.is_loopback else ip.compressed, port)
 
 
 def check_address(address: str, allowed_networks: Iterable[str], *, what: str) -> None:
     """Refuse ``address`` unless it is in ``allowed_networks``, not link-local and not a
     cloud metadata service."""
-    candidates = _forms(address)
+    candidates = ip_forms(address)
     if any(c in net for c in candidates for net in LINK_LOCAL if c.version == net.version):
         raise InvalidBrowserURL(
             f"{what} points to the link-local address {address}, which is never allowed; "
@@ -192,7 +192,7 @@ def check_user_networks(user_id: str, url: BrowserURL, addresses: Iterable[str],
                 return
         else:
             network = ipaddress.ip_network(target, strict=False)
-            if addresses and all(any(f in network for f in _forms(a) if f.version == network.version) for a in addresses):
+            if addresses and all(any(f in network for f in ip_forms(a) if f.version == network.version) for a in addresses):
                 return
     raise Forbidden(
         f"browserURL {url.url} is not one of the browsers {user_id} may register (browser.user_networks);"
@@ -256,6 +256,7 @@ __all__ = [
     "check_address",
     "check_user_networks",
     "endpoint_key",
+    "ip_forms",
     "parse_browser_url",
     "resolve",
     "validate_browser_url",
