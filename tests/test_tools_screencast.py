@@ -185,7 +185,7 @@ async def test_resized_page_keeps_the_first_size(reactor, user_browser, fixture_
 
 
 @pytest_twisted.ensureDeferred
-async def test_background_tab_records_and_screenshots_around_the_recording(reactor, user_browser, fixture_site, artifacts):
+async def test_background_tab_records_and_screenshots_around_it(reactor, user_browser, fixture_site, artifacts):
     """A tab behind another paints no frames by itself: the recording has Chrome paint it
     (focus emulation) without bringing it in front, and leaves it hidden again after."""
     from mcproxy.testing.tool_calls import until
