@@ -63,7 +63,7 @@ def parse_message(data: str | bytes) -> dict:
             raise MalformedMessage("id is not an integer")
     elif not isinstance(message.get("method"), str):
         raise MalformedMessage("neither a reply (id) nor an event (method)")
-    elif not isinstance(message.get("params", {}), dict):
+    elif not isinstance(message.get("params") or {}, dict):
         raise MalformedMessage("params is not an object")
     return message
 
