@@ -171,6 +171,8 @@ class ProxyDaemon:
                 "[server]\n"
                 f'listen = ["tcp:{self.port}:interface=127.0.0.1"]\n'
                 f"data_dir = {json.dumps(self.data_dir)}\n"
+                # Every benchmark client comes from 127.0.0.1 (sse_memory holds a thousand streams).
+                "max_connections_per_address = 0\n"
                 "[store]\n"
                 f"url = {json.dumps(store_url)}\n"
                 "[audit]\n"

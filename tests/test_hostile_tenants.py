@@ -370,3 +370,24 @@ async def test_the_pool_never_connects_one_chrome_run_for_two_users(browser_pool
         await bob.connected(3)
     assert bob.status != "connected" and "another user" in bob.last_error
     assert alice.status == "connected"
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_api_call_past_the_request_timeout_is_504_and_its_work_stops(reactor, tmp_path, chromium):
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()  # accepts, never answers /json/version
+    running = await start_proxy(reactor, tmp_path, server={"request_timeout": 1.0})
+    try:
+        token = await running.token_for("alice")
+        code, body, _ = await _register(running, token, "alice", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        assert code == 504 and body["error"]["code"] == "request_timeout", body
+        assert not running.service.admin._registering.locked  # the probe was cancelled
+        # The stuck registration let go of the registration lock: the next one goes through.
+        code, body, _ = await _register(running, token, "alice", chromium.browser_url)
+        assert code == 201, body
+    finally:
+        silent.close()
+        await running.stop()

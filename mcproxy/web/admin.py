@@ -31,7 +31,15 @@ from mcproxy.errors import (
     PayloadTooLarge,
 )
 from mcproxy.storage.records import UserRecord
-from mcproxy.web.http import read_body, read_json_object, request_id, require_json, write_failure, write_json
+from mcproxy.web.http import (
+    cancel_on_deadline,
+    read_body,
+    read_json_object,
+    request_id,
+    require_json,
+    write_failure,
+    write_json,
+)
 
 log = Logger()
 
@@ -106,6 +114,7 @@ class AdminAPI(resource.Resource):
     def render(self, request):
         request_id(request)
         d = Deferred.fromCoroutine(self._dispatch(request))
+        cancel_on_deadline(request, d)  # past server.request_timeout: 504, and the work stops
         d.addBoth(self._audit, request)
         d.addCallback(lambda result: write_json(request, *result))
         d.addErrback(lambda failure: write_failure(request, failure))
