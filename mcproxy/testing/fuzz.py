@@ -28,7 +28,7 @@ def scale(environ=os.environ) -> float:
     except ValueError:
         value = 0.0
     if not value > 0:
-        raise ValueError(f"{SCALE_VARIABLE} must be a positive number (a multiplier of the example counts), got {raw!r}")
+        raise ValueError(f"{SCALE_VARIABLE} must be a positive number (it multiplies example counts), got {raw!r}")
     return value
 
 
