@@ -119,6 +119,7 @@ class ToolsConfig:
     ffmpeg: str = ""
     lighthouse_command: str = ""
     lighthouse_timeout: float = 120.0
+    max_timeout: float = 120.0
 
 
 @attrs.frozen
@@ -159,6 +160,8 @@ class AuditConfig:
 class ArtifactsConfig:
     max_bytes: int = 104857600
     ttl: float = 86400.0
+    max_files_per_user: int = 1000
+    max_bytes_per_user: int = 1073741824
 
 
 @attrs.frozen
@@ -373,6 +376,8 @@ def validate(config: Config) -> None:
         ("ratelimit.address_burst", config.ratelimit.address_burst),
         ("session.max_in_flight", config.session.max_in_flight),
         ("tools.collect_browser_max_bytes", config.tools.collect_browser_max_bytes),
+        ("artifacts.max_files_per_user", config.artifacts.max_files_per_user),
+        ("artifacts.max_bytes_per_user", config.artifacts.max_bytes_per_user),
     ):
         if value < 1:
             raise ConfigError(f"{key}: must be at least 1, got {value}")
@@ -394,6 +399,11 @@ def validate(config: Config) -> None:
     for key in attrs.fields_dict(LimitsConfig):
         if getattr(config.limits, key) < 0:
             raise ConfigError(f"limits.{key}: must be 0 (no limit) or more")
+    if config.tools.max_timeout < config.tools.navigation_timeout:
+        raise ConfigError(
+            f"tools.max_timeout: must be at least tools.navigation_timeout ({config.tools.navigation_timeout}), "
+            f"got {config.tools.max_timeout}"
+        )
     if config.server.drain_timeout < 0:
         raise ConfigError("server.drain_timeout: must be 0 (stop at once) or more")
     if config.server.max_connections_per_address < 0:
