@@ -6,6 +6,13 @@ directory, ``<data_dir>/artifacts/<hash of user id>/files/``; the file is listed
 ``resources/list`` and read by ``resources/read`` as ``mcproxy://artifacts/<id>``, for its
 owner only, until ``artifacts.ttl`` passes.
 
+Each user may keep ``artifacts.max_files_per_user`` files of ``artifacts.max_bytes_per_user``
+bytes in all (files being written count too); a save past either fails with a ToolError
+before anything is written, or, for bytes, as soon as a write would cross the line. A name
+has at most `MAX_PATH_DEPTH` segments and `MAX_PATH_LENGTH` characters, so saving creates a
+bounded number of directories; directories left empty when their files expire or are
+replaced are removed.
+
 On disk, per user: ``files/`` (what the client named), ``meta/<id>.json`` (one sidecar
 per artifact, from which the index is rebuilt at start) and ``tmp/`` (files being
 written; renamed into place when complete, cleared at start).
@@ -45,6 +52,11 @@ log = Logger()
 
 URI_PREFIX = "mcproxy://artifacts/"
 SWEEP_INTERVAL = 60.0
+#: Characters of a ``filePath``, and the most segments (directories and file name) it may have.
+MAX_PATH_LENGTH = 1024
+MAX_PATH_DEPTH = 16
+#: Bytes of one segment in UTF-8 (the usual file system limit).
+MAX_NAME_BYTES = 255
 _ID = re.compile(r"[0-9a-f]{32}")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TEXT_TYPES = ("application/json", "application/xml", "application/javascript", "image/svg+xml")
@@ -85,6 +97,10 @@ def split_path(file_path: str) -> list[str]:
     advice = "give a relative name like 'shots/home.png'; files are kept in your own artifact directory."
     if not isinstance(file_path, str) or not file_path.strip():
         raise ToolError(f'"filePath" is empty: {advice}')
+    if len(file_path) > MAX_PATH_LENGTH:
+        raise ToolError(
+            f'"filePath" has {len(file_path)} characters, more than the {MAX_PATH_LENGTH} allowed: use a shorter name.'
+        )
     if "\0" in file_path:
         raise ToolError(f'"filePath" contains a NUL character: {advice}')
     if file_path.startswith(("/", "\\", "~")) or re.match(r"[A-Za-z]:", file_path):
@@ -94,6 +110,16 @@ def split_path(file_path: str) -> list[str]:
         raise ToolError(f'"filePath" {file_path!r} goes up with "..": {advice}')
     if not parts:
         raise ToolError(f'"filePath" {file_path!r} names no file: {advice}')
+    if len(parts) > MAX_PATH_DEPTH:
+        raise ToolError(
+            f'"filePath" has {len(parts)} segments, more than the {MAX_PATH_DEPTH} allowed (at most '
+            f"{MAX_PATH_DEPTH - 1} directories): use fewer directories."
+        )
+    for part in parts:
+        if len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            raise ToolError(
+                f'"filePath" has a segment longer than {MAX_NAME_BYTES} bytes, which file systems refuse: shorten it.'
+            )
     return parts
 
 
@@ -148,6 +174,8 @@ class ArtifactStore(Service):
         self._clock = clock
         self._run_blocking = run_blocking
         self._index: dict[str, Artifact] = {}
+        self._owned: dict[str, dict[str, Artifact]] = {}
+        self._writing: dict[str, set["ArtifactWriter"]] = {}
         self._sweeper: LoopingCall | None = None
         os.makedirs(self._root, mode=0o700, exist_ok=True)
         self._load()
@@ -190,9 +218,53 @@ class ArtifactStore(Service):
         return await writer.finish()
 
     def writer(self, user_id: str, file_path: str, mime_type: str | None = None) -> "ArtifactWriter":
-        """A streaming writer for ``file_path``; ToolError now if the name is not acceptable."""
+        """A streaming writer for ``file_path``; ToolError now if the name is not acceptable
+        or the user has no room left (`quota_error`)."""
         parts = split_path(file_path)
-        return ArtifactWriter(self, user_id, parts, mime_type or guess_mime_type(parts[-1]))
+        files, used = self._usage(user_id, "/".join(parts))
+        limit = self._config.max_files_per_user
+        if files >= limit:
+            raise ToolError(
+                f"You already keep {files} saved files, the most this server keeps per user "
+                f"(artifacts.max_files_per_user = {limit}). Save over one of your existing names "
+                f"(resources/list shows them) or wait until older ones expire ({self._config.ttl:g} s after saving)."
+            )
+        if used >= self._config.max_bytes_per_user:
+            raise self.quota_error(used, "/".join(parts))
+        writer = ArtifactWriter(self, user_id, parts, mime_type or guess_mime_type(parts[-1]))
+        self._writing.setdefault(user_id, set()).add(writer)
+        return writer
+
+    def _usage(self, user_id: str, replacing: str | None = None) -> tuple[int, int]:
+        """Files and bytes the user's live artifacts and unfinished files take, leaving out
+        the artifact named ``replacing`` (a save under its name replaces it)."""
+        now = self._clock.seconds()
+        live = [a for a in self._owned.get(user_id, {}).values() if a.expires > now and a.name != replacing]
+        writing = self._writing.get(user_id, set())
+        return len(live) + len(writing), sum(a.size for a in live) + sum(w.size for w in writing)
+
+    def room(self, user_id: str, name: str) -> int:
+        """Bytes the user may still write to ``name`` (its own unfinished bytes included)."""
+        return self._config.max_bytes_per_user - self._usage(user_id, name)[1]
+
+    def quota_error(self, used: int, name: str) -> ToolError:
+        """The error for a save that would take a user past ``artifacts.max_bytes_per_user``."""
+        return ToolError(
+            f'"{name}" was not saved: your saved files would take more than the {self._config.max_bytes_per_user} '
+            f"bytes this server keeps per user (artifacts.max_bytes_per_user; {used} in use). Save over one of your "
+            f"existing names or wait until older files expire ({self._config.ttl:g} s after saving)."
+        )
+
+    def _add(self, artifact: Artifact) -> None:
+        self._index[artifact.id] = artifact
+        self._owned.setdefault(artifact.user_id, {})[artifact.id] = artifact
+
+    def _ended(self, writer: "ArtifactWriter") -> None:
+        """A writer finished or gave up: it no longer counts against its user's quota."""
+        writing = self._writing.get(writer.user_id, set())
+        writing.discard(writer)
+        if not writing:
+            self._writing.pop(writer.user_id, None)
 
     def _user_fd(self, user_id: str) -> int:
         """The caller's own directory (created on first use), opened without following symlinks."""
@@ -217,19 +289,23 @@ class ArtifactStore(Service):
             finally:
                 os.close(tmp_fd)
         except OSError as e:
+            if parent_fd >= 0:
+                os.close(parent_fd)
+                parent_fd = -1
+            _prune(user_fd, parts)
             raise _path_error(parts, e) from None
         finally:
             if parent_fd >= 0:
                 os.close(parent_fd)
         name = "/".join(parts)
-        for old in [a for a in self._index.values() if a.user_id == artifact.user_id and a.name == name]:
+        for old in [a for a in self._owned.get(artifact.user_id, {}).values() if a.name == name]:
             self._remove(old, with_file=False)
         meta_fd = _open_dir(user_fd, "meta", create=True)
         try:
             _write_file(meta_fd, artifact.id + ".json", json.dumps(artifact.sidecar()).encode())
         finally:
             os.close(meta_fd)
-        self._index[artifact.id] = artifact
+        self._add(artifact)
         log.info(
             "Saved artifact {id} ({name}, {size} bytes) for user {user_id}",
             id=artifact.id,
@@ -239,8 +315,13 @@ class ArtifactStore(Service):
         )
 
     def _remove(self, artifact: Artifact, *, with_file: bool) -> None:
-        """Forget ``artifact``: its sidecar, and its file unless a newer artifact replaced it."""
+        """Forget ``artifact``: its sidecar, and its file (and the directories that leaves
+        empty) unless a newer artifact replaced it."""
         self._index.pop(artifact.id, None)
+        owned = self._owned.get(artifact.user_id, {})
+        owned.pop(artifact.id, None)
+        if not owned:
+            self._owned.pop(artifact.user_id, None)
         try:
             user_fd = self._user_fd(artifact.user_id)
         except OSError:
@@ -249,6 +330,7 @@ class ArtifactStore(Service):
             _unlink_quietly(user_fd, ["meta", artifact.id + ".json"])
             if with_file:
                 _unlink_quietly(user_fd, ["files", *artifact.name.split("/")])
+                _prune(user_fd, artifact.name.split("/"))
         finally:
             os.close(user_fd)
 
@@ -270,7 +352,7 @@ class ArtifactStore(Service):
         """The caller's live artifacts, oldest first."""
         now = self._clock.seconds()
         return sorted(
-            (a for a in self._index.values() if a.user_id == user_id and a.expires > now),
+            (a for a in self._owned.get(user_id, {}).values() if a.expires > now),
             key=lambda a: (a.created, a.name),
         )
 
@@ -375,7 +457,7 @@ class ArtifactStore(Service):
                 if artifact.expires <= now:
                     self._remove(artifact, with_file=True)
                 else:
-                    self._index[artifact.id] = artifact
+                    self._add(artifact)
 
 
 class ArtifactWriter:
@@ -387,12 +469,12 @@ class ArtifactWriter:
 
     def __init__(self, store: ArtifactStore, user_id: str, parts: list[str], mime_type: str):
         self._store = store
-        self._user_id = user_id
+        self.user_id = user_id
         self._parts = parts
         self._mime_type = mime_type
         self._id = secrets.token_hex(16)
         self._tmp_name = self._id + ".part"
-        self._size = 0
+        self.size = 0
         self._user_fd = store._user_fd(user_id)
         try:
             tmp_fd = _open_dir(self._user_fd, "tmp", create=True)
@@ -414,16 +496,21 @@ class ArtifactWriter:
         if self._fd is None:
             raise ToolError("This file was already finished or abandoned.")
         limit = self._store._config.max_bytes
-        if self._size + len(chunk) > limit:
+        name = "/".join(self._parts)
+        if self.size + len(chunk) > limit:
             self.abort()
             raise ToolError(
-                f'"{"/".join(self._parts)}" would be larger than the {limit} bytes a saved file may have '
+                f'"{name}" would be larger than the {limit} bytes a saved file may have '
                 "(artifacts.max_bytes), so it was not saved."
             )
+        room = self._store.room(self.user_id, name)
+        if len(chunk) > room:
+            self.abort()
+            raise self._store.quota_error(self._store._config.max_bytes_per_user - room, name)
         view = memoryview(chunk)
         while view:
             view = view[os.write(self._fd, view) :]
-        self._size += len(chunk)
+        self.size += len(chunk)
 
     async def finish(self) -> Artifact:
         """Close the file, move it to its name and record it; the `Artifact`."""
@@ -434,10 +521,10 @@ class ArtifactWriter:
         now = self._store._clock.seconds()
         artifact = Artifact(
             id=self._id,
-            user_id=self._user_id,
+            user_id=self.user_id,
             name="/".join(self._parts),
             mime_type=self._mime_type,
-            size=self._size,
+            size=self.size,
             created=now,
             expires=now + self._store._config.ttl,
         )
@@ -455,6 +542,7 @@ class ArtifactWriter:
         self._discard()
 
     def _discard(self) -> None:
+        self._store._ended(self)
         if self._user_fd >= 0:
             _unlink_quietly(self._user_fd, ["tmp", self._tmp_name])
             os.close(self._user_fd)
@@ -490,6 +578,21 @@ def _walk(user_fd: int, parts: list[str]) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _prune(user_fd: int, parts: list[str]) -> None:
+    """Remove the directories on the way to ``files/<parts>`` that are empty, deepest first."""
+    for depth in range(len(parts) - 1, 0, -1):
+        try:
+            parent = _walk(user_fd, ["files", *parts[:depth]])
+        except OSError:
+            return
+        try:
+            os.rmdir(parts[depth - 1], dir_fd=parent)
+        except OSError:
+            return
+        finally:
+            os.close(parent)
 
 
 def _unlink_quietly(user_fd: int, parts: list[str]) -> None:

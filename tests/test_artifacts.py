@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 
 from mcproxy.artifacts import ArtifactStore, split_path
 from mcproxy.auth.principal import Principal
-from mcproxy.config import ArtifactsConfig
+from mcproxy.config import ArtifactsConfig, ToolsConfig
 from mcproxy.errors import ToolError
 from mcproxy.mcp.jsonrpc import RpcError, parse_message
 from mcproxy.mcp.protocol import McpServer, McpSession
@@ -273,3 +273,105 @@ def test_add_artifact_links_the_resource_for_new_protocols_only(store):
     )
     old = response.to_result("2024-11-05")
     assert [c.type for c in old.content] == ["text"] and old.content[0].text == text
+
+
+def quota_store(tmp_path, clock, **limits):
+    config = ArtifactsConfig(max_bytes=10_000, ttl=3600, **limits)
+    return ArtifactStore(str(tmp_path), config, clock, in_this_thread)
+
+
+def test_files_per_user_quota_is_checked_before_writing(tmp_path, clock):
+    store = quota_store(tmp_path, clock, max_files_per_user=2)
+    run(store.save("alice", "one.txt", b"1"))
+    pending = store.writer("alice", "two.txt")  # unfinished files count too
+    with pytest.raises(ToolError) as e:
+        store.writer("alice", "three.txt")
+    assert "already keep 2 saved files" in e.value.message and "artifacts.max_files_per_user = 2" in e.value.message
+    assert not any("three" in f for f in files_under(tmp_path))
+    pending.abort()
+    run(store.save("alice", "two.txt", b"2"))
+    run(store.save("alice", "one.txt", b"again"))  # saving over a name takes no new place
+    run(store.save("bob", "one.txt", b"bob's own quota"))
+    with pytest.raises(ToolError):
+        run(store.save("alice", "three.txt", b"3"))
+    clock.advance(3600)  # expired files free their place at once, sweep or not
+    run(store.save("alice", "three.txt", b"3"))
+
+
+def test_bytes_per_user_quota_counts_every_file_and_every_writer(tmp_path, clock):
+    store = quota_store(tmp_path, clock, max_bytes_per_user=1000)
+    run(store.save("alice", "a.bin", b"a" * 600))
+    first, second = store.writer("alice", "b.bin"), store.writer("alice", "c.bin")
+    first.write(b"b" * 300)
+    with pytest.raises(ToolError) as e:
+        second.write(b"c" * 101)  # 600 saved + 300 being written + 101 > 1000
+    assert '"c.bin" was not saved' in e.value.message and "artifacts.max_bytes_per_user" in e.value.message
+    assert "900 in use" in e.value.message
+    first.write(b"b" * 100)
+    run(first.finish())
+    with pytest.raises(ToolError):
+        store.writer("alice", "d.bin")  # full: refused before anything is written
+    run(store.save("alice", "a.bin", b"a" * 100))  # replacing a file counts its new size only
+    assert sorted(f.rsplit("/", 1)[-1] for f in files_under(tmp_path) if "/files/" in f) == ["a.bin", "b.bin"]
+
+
+@pytest.mark.parametrize(
+    "file_path, complaint",
+    [
+        ("a/" * 1_000_000 + "x.txt", "more than the 1024 allowed"),
+        ("a/" * 16 + "x.txt", "17 segments, more than the 16 allowed"),
+        ("é" * 200 + ".txt", "longer than 255 bytes"),
+    ],
+)
+def test_long_or_deep_names_are_refused_before_any_directory_is_made(store, tmp_path, file_path, complaint):
+    with pytest.raises(ToolError) as e:
+        store.writer("alice", file_path)
+    assert complaint in e.value.message
+    assert not os.listdir(tmp_path / "artifacts")
+
+
+def test_directories_left_empty_are_removed(store, clock, tmp_path):
+    store.start()
+    try:
+        run(store.save("alice", "keep/deep/er/one.txt", b"1"))
+        run(store.save("alice", "keep/two.txt", b"2"))
+        clock.advance(1800)
+        run(store.save("alice", "keep/two.txt", b"2 again"))  # replaced: the directory stays
+        clock.advance(1800)  # one.txt expires: deep/er and deep go, keep holds two.txt
+        (user_dir,) = os.listdir(tmp_path / "artifacts")
+        files = tmp_path / "artifacts" / user_dir / "files"
+        assert [d for d, _, _ in os.walk(files)] == [str(files), str(files / "keep")]
+        clock.advance(1800)
+        assert os.listdir(files) == []
+    finally:
+        store.stop()
+
+
+def test_resources_need_a_credential_that_may_call_a_tool(store):
+    from mcproxy.tools.registry import ToolRegistry
+
+    saved = run(store.save("alice", "a.txt", b"alice's"))
+
+    async def no_browser(user_id):
+        raise AssertionError("no tool runs here")
+
+    server = McpServer(ToolRegistry(no_browser, ToolsConfig(), Clock()), resources=store)
+    hello = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+
+    def answer(principal, method, params):
+        session = McpSession(server, principal, SessionView("s1"))
+        results = []
+        for rid, (m, p) in enumerate([("initialize", hello), (method, params)]):
+            message = parse_message(json.dumps({"jsonrpc": "2.0", "id": rid, "method": m, "params": p}))
+            session.handle(message, None).addBoth(results.append)
+        return results[-1]
+
+    metrics_only = Principal("alice", frozenset({"metrics"}))
+    assert answer(metrics_only, "resources/list", {})["result"]["resources"] == []
+    error = answer(metrics_only, "resources/read", {"uri": saved.uri})["error"]
+    assert error == {"code": -32602, "message": f"Resource not found: {saved.uri}", "data": {"uri": saved.uri}}
+    one_tool = Principal("alice", frozenset({"tools:take_screenshot"}))
+    assert [r["uri"] for r in answer(one_tool, "resources/list", {})["result"]["resources"]] == [saved.uri]
+    assert answer(one_tool, "resources/read", {"uri": saved.uri})["result"]["contents"][0]["text"] == "alice's"
+    denied = Principal("alice", frozenset({"tools:*", "!tools:*"}))
+    assert answer(denied, "resources/list", {})["result"]["resources"] == []

@@ -10,7 +10,7 @@ from mcproxy.config import ToolsConfig
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools import schema
 from mcproxy.tools.base import CallContext, SessionView
-from mcproxy.tools.settle import DOM_QUIET, NAVIGATION_WINDOW, act_and_settle, first
+from mcproxy.tools.settle import DOM_POLL, DOM_QUIET, NAVIGATION_WINDOW, SETTLE_CAP, act_and_settle, first
 
 
 def result_of(d: Deferred):
@@ -96,18 +96,21 @@ def test_cancelling_first_cancels_every_input():
 # -- act_and_settle ----------------------------------------------------------------------
 
 class ScriptedPage:
-    """A page whose CDP answers are scripted: ``idle`` lists the DOM-quiet readings (ms)."""
+    """A page whose CDP answers are scripted: ``counts`` lists the mutation counts the
+    observer reports, one a reading (the last one repeats)."""
 
     page_id = 1
     target_id = "MAIN"
 
-    def __init__(self, idle=(), quiet_error=None):
+    def __init__(self, counts=(0,), quiet_error=None, silent=False):
         self.state = {}
-        self.idle = list(idle)
+        self.counts = list(counts)
         self.quiet_error = quiet_error
+        self.silent = silent
         self.calls = []
         self.subscribers = {}
         self.observers = 0
+        self.readings = 0
 
     def subscribe(self, method, callback):
         self.subscribers.setdefault(method, []).append(callback)
@@ -122,11 +125,15 @@ class ScriptedPage:
         if method == "Runtime.evaluate":
             self.observers += 1
             return succeed({"result": {"objectId": f"watch{self.observers}"}})
-        if method == "Runtime.callFunctionOn" and "performance.now()" in params["functionDeclaration"]:
+        if method == "Runtime.callFunctionOn" and "this.count" in params["functionDeclaration"]:
+            self.readings += 1
             if self.quiet_error is not None:
                 error, self.quiet_error = self.quiet_error, None
                 return fail(error)
-            return succeed({"result": {"value": self.idle.pop(0)}})
+            if self.silent:
+                return Deferred()
+            count = self.counts.pop(0) if len(self.counts) > 1 else self.counts[0]
+            return succeed({"result": {"value": count}})
         return succeed({})
 
 
@@ -137,21 +144,53 @@ def settle(page, clock, action=lambda: succeed(None), **kw):
     return Deferred.fromCoroutine(act_and_settle(page, clock, run, navigation_timeout=5, **kw))
 
 
-def test_returns_once_the_dom_has_been_quiet_for_the_window():
-    clock, page = Clock(), ScriptedPage(idle=[30.0, DOM_QUIET * 1000])
-    done = settle(page, clock)
-    clock.advance(DOM_QUIET - 0.001)
-    assert not done.called
-    clock.advance(0.001)
-    assert not done.called, "30 ms quiet is not enough: wait the remaining 70 ms"
-    clock.advance(DOM_QUIET - 0.03)
+def settled_at(clock, done, limit=10.0):
+    """Advance ``clock`` in small steps until ``done`` fires; the time it fired at."""
+    while not done.called and clock.seconds() < limit:
+        clock.advance(0.005)
     assert result_of(done) is None
+    return clock.seconds()
+
+
+def test_returns_once_the_dom_has_been_quiet_for_the_window():
+    clock, page = Clock(), ScriptedPage(counts=[0])
+    at = settled_at(clock, settle(page, clock))
+    assert DOM_QUIET <= at < DOM_QUIET + DOM_POLL
     assert page.observers == 1
     assert not any(page.subscribers.values()), "every event subscription is removed"
 
 
+def test_a_mutation_restarts_the_quiet_window_on_our_clock():
+    # Mutated before the first reading (at DOM_POLL), then still: quiet from that reading on.
+    clock, page = Clock(), ScriptedPage(counts=[1, 1])
+    at = settled_at(clock, settle(page, clock))
+    assert DOM_POLL + DOM_QUIET <= at < 2 * DOM_POLL + DOM_QUIET
+
+
+def test_a_dom_that_never_rests_is_waited_for_at_most_the_cap():
+    clock, page = Clock(), ScriptedPage(counts=list(range(1, 10_000)))
+    at = settled_at(clock, settle(page, clock))
+    assert SETTLE_CAP <= at < SETTLE_CAP + DOM_POLL
+
+
+def test_a_page_that_stops_answering_is_given_up_on_at_the_cap():
+    clock, page = Clock(), ScriptedPage(silent=True)
+    at = settled_at(clock, settle(page, clock))
+    assert SETTLE_CAP <= at < SETTLE_CAP + DOM_POLL
+    assert page.readings == 1
+
+
+def test_a_page_that_breaks_the_observer_still_waits_the_quiet_window():
+    clock, page = Clock(), ScriptedPage()
+    page.send = lambda method, params=None, *, timeout=None: succeed(
+        {"result": {"type": "object"}, "exceptionDetails": {"text": "MutationObserver is not a constructor"}}
+    )
+    at = settled_at(clock, settle(page, clock))
+    assert DOM_QUIET <= at < DOM_QUIET + DOM_POLL
+
+
 def test_a_navigation_started_in_the_window_is_awaited_then_the_new_document_settles():
-    clock, page = Clock(), ScriptedPage(idle=[DOM_QUIET * 1000])
+    clock, page = Clock(), ScriptedPage()
     done = settle(page, clock)
     clock.advance(NAVIGATION_WINDOW / 2)
     page.emit("Page.frameStartedLoading", {"frameId": "MAIN"})
@@ -161,18 +200,18 @@ def test_a_navigation_started_in_the_window_is_awaited_then_the_new_document_set
     assert not done.called
     page.emit("Page.frameStoppedLoading", {"frameId": "MAIN"})
     assert page.observers == 2, "a fresh observer watches the new document"
-    clock.advance(DOM_QUIET)
-    assert result_of(done) is None
+    loaded = clock.seconds()
+    assert DOM_QUIET <= settled_at(clock, done) - loaded < DOM_QUIET + DOM_POLL
 
 
 def test_a_late_navigation_shows_up_as_a_lost_document():
-    clock, page = Clock(), ScriptedPage(idle=[DOM_QUIET * 1000], quiet_error=CDPError("Cannot find context"))
+    clock, page = Clock(), ScriptedPage(quiet_error=CDPError("Cannot find context"))
     done = settle(page, clock)
     clock.advance(DOM_QUIET)
     assert not done.called
     page.emit("Page.loadEventFired", {})
-    clock.advance(DOM_QUIET)
-    assert result_of(done) is None
+    settled_at(clock, done)
+    assert page.observers == 2
 
 
 def test_a_navigation_that_never_loads_is_bounded():
@@ -202,7 +241,7 @@ def test_a_failed_action_fails_at_once():
 
 
 def test_cancelling_stops_every_wait():
-    clock, page = Clock(), ScriptedPage(idle=[0.0])
+    clock, page = Clock(), ScriptedPage()
     done = settle(page, clock)
     done.cancel()
     with pytest.raises(CancelledError):
@@ -321,17 +360,6 @@ def test_a_missing_browser_is_reported_as_a_tool_error():
     result = result_of(ToolRegistry(no_browser, ToolsConfig(), Clock()).call_tool("list_pages", None, context()))
     assert result.is_error
     assert result.content[0].text == "no browser registered for user u; register one with POST /api/register"
-
-
-def test_a_dom_that_never_rests_is_waited_for_at_most_the_cap():
-    from mcproxy.tools.settle import SETTLE_CAP
-
-    clock, page = Clock(), ScriptedPage(idle=[10.0] * 1000)
-    done = settle(page, clock)
-    while not done.called and clock.seconds() < 2 * SETTLE_CAP:
-        clock.advance(0.01)
-    assert result_of(done) is None
-    assert SETTLE_CAP <= clock.seconds() < SETTLE_CAP + DOM_QUIET
 
 
 @pytest.mark.parametrize(

@@ -394,11 +394,18 @@ class McpSession:
         return types.ListToolsResult(tools=list(tools))
 
     async def _list_resources(self, parsed, message, notify) -> BaseModel:
+        # Resources are what tools saved: a credential that may call no tool (say, metrics
+        # only) sees none of its user's, as if there were none.
+        if not self.server.tools.list_tools(self.principal):
+            return types.ListResourcesResult(resources=[])
         found = await _maybe_deferred(self.server.resources.list_resources(self.principal))
         return types.ListResourcesResult(resources=list(found))
 
     async def _read_resource(self, parsed, message, notify) -> BaseModel:
-        return await _maybe_deferred(self.server.resources.read_resource(self.principal, parsed.params.uri))
+        uri = parsed.params.uri
+        if not self.server.tools.list_tools(self.principal):
+            return EmptyResources().read_resource(self.principal, uri)  # raises "not found"
+        return await _maybe_deferred(self.server.resources.read_resource(self.principal, uri))
 
     async def _list_templates(self, parsed, message, notify) -> BaseModel:
         return types.ListResourceTemplatesResult(resource_templates=[])

@@ -256,7 +256,10 @@ TOOLS = [
         input_schema=s.obj(
                 {
                     "pageId": s.page_id("The id of the page to run the script in (from list_pages). Required."),
-                    "function": s.string("The JavaScript function (or, with format \"script\", the script) to run."),
+                    "function": s.string(
+                        "The JavaScript function (or, with format \"script\", the script) to run.",
+                        max_length=s.MAX_SCRIPT_LENGTH,
+                    ),
                     "sourcePath": s.string(
                         "A file with the source on the server's disk: refused here (the server is shared); "
                         'pass the source as "function".'

@@ -141,6 +141,8 @@ def parse_headers(text: str) -> dict[str, str]:
             'Invalid extraHttpHeaders: pass a JSON object of header names to string values, '
             'e.g. {"X-Custom": "value"}, or "" to clear them.'
         )
+    if len(headers) > s.MAX_ITEMS:
+        raise ToolError(f"Invalid extraHttpHeaders: {len(headers)} headers, more than the {s.MAX_ITEMS} allowed.")
     return headers
 
 

@@ -4,9 +4,18 @@ Mouse and keys go through ``Input.dispatch*`` directly (no page-side helpers), f
 DOM focus plus ``Input.insertText`` (or a page-side function for selects and checkboxes);
 every action then waits for the page to settle (`mcproxy.tools.settle`). While a dialog
 blocks the page, the tools refuse at once (`mcproxy.tools.dialogs`).
+
+Typed text up to `MAX_KEYED_TEXT` characters becomes key events, a key press a character, as
+upstream types it; a longer text (up to ``schema.MAX_TEXT_LENGTH``) is inserted `TEXT_CHUNK`
+characters at a time as text input, with a key press for each line break: Chrome takes time
+growing with the field's length for every key event, which makes a long text typed key by key
+last for minutes. Either way the calls go to Chrome a batch at a time, each batch answered
+before the next is made, so a long text never fills the connection (or a reactor turn) and
+other calls to the browser get their turn.
 """
 
-from typing import Any, Awaitable, Callable
+from itertools import islice
+from typing import Any, Awaitable, Callable, Iterable, Iterator
 
 from twisted.internet.defer import FirstError, gatherResults
 
@@ -77,6 +86,14 @@ _PUNCTUATION: dict[str, tuple[str, int]] = {
     "~": ("Backquote", 192),
 }
 _COMMAND_MODIFIERS = _MODIFIER_BITS["Alt"] | _MODIFIER_BITS["Control"] | _MODIFIER_BITS["Meta"]
+#: Characters of a key or key combination ("Control+Shift+ArrowDown" has 23).
+MAX_KEY_LENGTH = 100
+#: CDP input events sent before waiting for Chrome's answers.
+KEY_BATCH = 200
+#: Longest text type_text sends as key events; longer texts are inserted in chunks.
+MAX_KEYED_TEXT = 1000
+#: Characters of one ``Input.insertText`` call when a long text is typed.
+TEXT_CHUNK = 1000
 
 _FILL = """function (value) {
   const el = this;
@@ -151,6 +168,14 @@ async def send_all(page, calls: list[tuple[str, dict]]) -> list[dict]:
         e.subFailure.raiseException()
 
 
+async def send_batched(page, calls: Iterable[tuple[str, dict]], size: int = KEY_BATCH) -> None:
+    """Send any number of CDP calls in order, ``size`` at a time: each batch is built and
+    answered before the next, so one call never holds the reactor or the connection for long."""
+    pending: Iterator[tuple[str, dict]] = iter(calls)
+    while batch := list(islice(pending, size)):
+        await send_all(page, batch)
+
+
 async def element_centers(page, *uids: str) -> list[tuple[float, float]]:
     """Scroll each element into view (in order); the centre of each one's first visible box,
     in viewport pixels, measured after all the scrolling."""
@@ -184,6 +209,8 @@ def _key_events(combo: str) -> list[tuple[str, dict]]:
     for name in names:
         if name not in _MODIFIER_BITS:
             raise ToolError(f'Unknown modifier "{name}" in "{combo}"; modifiers are Control, Shift, Alt and Meta.')
+    if len(set(names)) < len(names):
+        raise ToolError(f'A modifier appears twice in "{combo}"; name each of Control, Shift, Alt and Meta once.')
     if not key:
         raise ToolError(f'No key in "{combo}". Name a key such as "Enter", "Tab", "a" or "Control+A".')
     events: list[tuple[str, dict]] = []
@@ -241,15 +268,24 @@ def _key_pair(key: str, modifiers: int) -> tuple[tuple[str, dict], tuple[str, di
     return ("Input.dispatchKeyEvent", down), ("Input.dispatchKeyEvent", _key_params("keyUp", key, modifiers))
 
 
-def _typing_events(text: str) -> list[tuple[str, dict]]:
-    events: list[tuple[str, dict]] = []
+def _inserting_events(text: str) -> Iterator[tuple[str, dict]]:
+    """The calls that type a long ``text``: runs of at most `TEXT_CHUNK` characters as text
+    input, line breaks as Enter presses (as typing them would)."""
+    for index, line in enumerate(text.replace("\r\n", "\n").replace("\r", "\n").split("\n")):
+        if index:
+            yield from _key_pair("Enter", 0)
+        for start in range(0, len(line), TEXT_CHUNK):
+            yield "Input.insertText", {"text": line[start : start + TEXT_CHUNK]}
+
+
+def _typing_events(text: str) -> Iterator[tuple[str, dict]]:
+    """The calls that type ``text`` key by key, made as they are sent."""
     for char in text:
         key = "Enter" if char in "\r\n" else char
         if key == "Enter" or (key.isascii() and (key.isalnum() or key in _PUNCTUATION)):
-            events += _key_pair(key, 0)
+            yield from _key_pair(key, 0)
         else:
-            events.append(("Input.insertText", {"text": char}))
-    return events
+            yield "Input.insertText", {"text": char}
 
 
 async def _act(call: ToolCall, action: Callable[[], Awaitable[Any]], done: str, dialog_lead: str) -> Response:
@@ -560,12 +596,18 @@ async def type_text(call: ToolCall) -> Response:
     )
     if focused.get("result", {}).get("value") is True:
         call.sensitive.add("text")
-    events = _typing_events(text)
     submit = call.args.get("submitKey")
-    if submit:
-        events += _key_events(submit)
+    submit_events = _key_events(submit) if submit else []
+
+    async def action() -> None:
+        if len(text) <= MAX_KEYED_TEXT:
+            await send_batched(page, _typing_events(text))
+        else:
+            await send_batched(page, _inserting_events(text), size=2)
+        await send_all(page, submit_events)
+
     done = f'Typed text "{text}"' + (f" and pressed {submit}" if submit else "")
-    return await _act(call, lambda: send_all(page, events), done, "The text was typed and it opened a dialog.")
+    return await _act(call, action, done, "The text was typed and it opened a dialog.")
 
 
 TOOLS = [
@@ -591,7 +633,10 @@ TOOLS = [
         input_schema=_schema(
             {
                 "uid": s.uid(),
-                "value": s.string('The value: text, an option\'s text or value, or "true"/"false" for checkboxes.'),
+                "value": s.string(
+                    'The value: text, an option\'s text or value, or "true"/"false" for checkboxes.',
+                    max_length=s.MAX_TEXT_LENGTH,
+                ),
             },
             ("uid", "value"),
         ),
@@ -605,18 +650,27 @@ TOOLS = [
             "Press a key or a key combination on the focused element, e.g. \"Enter\", \"Escape\", \"Control+A\", "
             "\"Control+Shift+R\" or \"Control++\". Modifiers: Control, Shift, Alt, Meta."
         ),
-        input_schema=_schema({"key": s.string('The key or combination, such as "Enter" or "Control+A".')}, ("key",)),
+        input_schema=_schema(
+            {"key": s.string('The key or combination, such as "Enter" or "Control+A".', max_length=MAX_KEY_LENGTH)},
+            ("key",),
+        ),
         run=press_key,
     ),
     s.ToolSpec(
         name="type_text",
         category="input",
         title="Type text",
-        description="Type text with the keyboard into the element that has focus (click or fill it first).",
+        description=(
+            "Type text with the keyboard into the element that has focus (click or fill it first). "
+            f"A text longer than {MAX_KEYED_TEXT} characters is inserted in chunks as text input (with a key "
+            "press for each line break) rather than key by key."
+        ),
         input_schema=_schema(
             {
-                "text": s.string("The text to type."),
-                "submitKey": s.string('A key to press after the text, such as "Enter" or "Tab".'),
+                "text": s.string("The text to type.", max_length=s.MAX_TEXT_LENGTH),
+                "submitKey": s.string(
+                    'A key to press after the text, such as "Enter" or "Tab".', max_length=MAX_KEY_LENGTH
+                ),
             },
             ("text",),
             snapshot=False,
@@ -668,7 +722,8 @@ TOOLS = [
                             "uid": s.uid("The uid of the control."),
                             "value": s.string(
                                 'Its value: text, an option\'s text or value, "true"/"false" for checkboxes, '
-                                '"true" for a radio button.'
+                                '"true" for a radio button.',
+                                max_length=s.MAX_TEXT_LENGTH,
                             ),
                         },
                         "required": ["uid", "value"],
@@ -691,7 +746,7 @@ TOOLS = [
             {
                 "uid": s.uid("The uid of the file input, or of an element that opens a file chooser when clicked."),
                 "filePaths": s.array(
-                    "One or more paths of files on the browser's machine.", {"type": "string"}, min_items=1
+                    "One or more paths of files on the browser's machine.", s.string("A path."), min_items=1
                 ),
             },
             ("uid", "filePaths"),

@@ -271,7 +271,7 @@ TOOLS = [
         description="Open a new tab, load a URL in it and select it.",
         input_schema=s.obj(
             {
-                "url": s.string("The URL to load in the new tab."),
+                "url": s.string("The URL to load in the new tab.", max_length=s.MAX_SCRIPT_LENGTH),
                 "background": s.boolean("Open the tab without bringing it to the front. Default false."),
                 "isolatedContext": s.string(
                     "Open the tab in the isolated browser context of this name, created on first use. Tabs "
@@ -307,13 +307,15 @@ TOOLS = [
                     'What to do: "url" (load url), "back", "forward" or "reload".',
                     enum=("url", "back", "forward", "reload"),
                 ),
-                "url": s.string('The URL to load (type "url" only).'),
+                "url": s.string('The URL to load (type "url" only).', max_length=s.MAX_SCRIPT_LENGTH),
                 "ignoreCache": s.boolean("Bypass the cache when reloading."),
                 "handleBeforeUnload": s.string(
                     'Answer to a "leave this page?" (beforeunload) prompt during the navigation. Default accept.',
                     enum=("accept", "dismiss"),
                 ),
-                "initScript": s.string("JavaScript to run in the next document before its own scripts."),
+                "initScript": s.string(
+                    "JavaScript to run in the next document before its own scripts.", max_length=s.MAX_SCRIPT_LENGTH
+                ),
                 "timeout": _TIMEOUT,
             },
             ("pageId",),
@@ -330,7 +332,9 @@ TOOLS = [
         input_schema=s.obj(
             {
                 "pageId": s.page_id(),
-                "text": s.array("Texts to wait for; the first one to appear ends the wait.", {"type": "string"}, min_items=1),
+                "text": s.array(
+                    "Texts to wait for; the first one to appear ends the wait.", s.string("A text."), min_items=1
+                ),
                 "timeout": _TIMEOUT,
             },
             ("pageId", "text"),

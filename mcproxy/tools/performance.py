@@ -19,7 +19,7 @@ from twisted.internet.task import deferLater
 
 from mcproxy.errors import BrowserUnavailable, CDPError, ToolError
 from mcproxy.tools import schema as s
-from mcproxy.tools.emulation import emulation_of, timeout_factor
+from mcproxy.tools.emulation import emulation_of
 from mcproxy.tools.navigation import wait_for_load
 from mcproxy.tools.pages import Response, ToolCall
 from mcproxy.tools.trace.events import TraceEvents, TraceFormatError, TraceParser
@@ -142,7 +142,7 @@ async def start_trace(call: ToolCall) -> Response:
     state.conditions = _conditions(page)
     try:
         if call.args.get("reload", True):
-            seconds = call.timeout() * timeout_factor(page)
+            seconds = call.timeout()  # already stretched by the page's throttling
             params = {"ignoreCache": bool(call.args.get("ignoreCache"))}
             await wait_for_load(page, seconds, page.send("Page.reload", params, timeout=seconds))
         if not call.args.get("autoStop", True):

@@ -123,6 +123,18 @@ class ToolRegistry:
         return f', "tools:category:{tool.category}" or "tools:*"'
 
 
+    def _cap_timeout(self, args: dict) -> str | None:
+        """Lower a ``timeout`` argument (ms) above ``tools.max_timeout``; the note that says so."""
+        limit = round(self._config.max_timeout * 1000)
+        asked = args.get("timeout")
+        if asked is None or asked <= limit:
+            return None
+        args["timeout"] = limit
+        return (
+            f"Note: the timeout of {int(asked)} ms was lowered to {limit} ms, the longest wait this server "
+            "allows (tools.max_timeout)."
+        )
+
     @staticmethod
     def _describe(tool: ToolSpec) -> mcp_types.Tool:
         # chrome-devtools-mcp puts the category in the annotations, but the MCP wire types
@@ -197,6 +209,7 @@ class ToolRegistry:
         attempt.outcome = "error"
         try:
             args = validate(tool.input_schema, arguments)
+            timeout_note = self._cap_timeout(args)
             # A serviceWorkerId runs the tool in that extension service worker, not on a page.
             on_page = tool.page_bound and not args.get("serviceWorkerId")
             if on_page and "pageId" not in args:
@@ -226,6 +239,8 @@ class ToolRegistry:
                     response = await tool.run(call)
                 if not page.closed:
                     add_dialog_note(page, response)
+            if timeout_note:
+                response.add(timeout_note)
         except CancelledError:
             raise
         except (ToolError, BrowserUnavailable, LimitReached) as e:

@@ -2,8 +2,13 @@
 
 The schemas keep chrome-devtools-mcp 1.11's parameter names, types and required lists so
 that clients and prompts built for it work unchanged. The validator covers the subset of
-JSON Schema those schemas use (type, required, enum, minimum/maximum, minItems, items,
-additionalProperties: false) and names the offending parameter in every message.
+JSON Schema those schemas use (type, required, enum, minimum/maximum, minItems/maxItems,
+maxLength, items, properties, additionalProperties: false) and names the offending parameter in
+every message.
+
+Every string and list a tool takes has a size limit (``maxLength`` / ``maxItems``, the
+constants below), so that no single call makes the proxy or the browser do unbounded work:
+upstream declares none, and for normal inputs these change nothing.
 """
 
 from typing import Any, Awaitable, Callable
@@ -15,16 +20,33 @@ from mcproxy.errors import ToolError
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 MAX_SAFE_INTEGER = 9007199254740991
 
+#: Characters of text one call may type or fill (type_text, fill, fill_form values).
+MAX_TEXT_LENGTH = 100_000
+#: Characters of JavaScript (evaluate_script's function, navigate_page's initScript) and of URLs.
+MAX_SCRIPT_LENGTH = 1_000_000
+#: Characters of any other string argument (uids, keys, names, paths, JSON options).
+MAX_STRING_LENGTH = 10_000
+#: Items of any list argument (fill_form elements, upload_file paths, wait_for texts, script args).
+MAX_ITEMS = 100
+
 
 class InvalidArguments(ToolError):
     """The arguments do not match the tool's input schema."""
 
 
-def string(description: str, *, enum: tuple[str, ...] | None = None, default: str | None = None) -> dict:
-    """A string parameter, optionally restricted to ``enum``."""
+def string(
+    description: str,
+    *,
+    enum: tuple[str, ...] | None = None,
+    default: str | None = None,
+    max_length: int = MAX_STRING_LENGTH,
+) -> dict:
+    """A string parameter of at most ``max_length`` characters, optionally restricted to ``enum``."""
     schema: dict[str, Any] = {"type": "string", "description": description}
     if enum is not None:
         schema["enum"] = list(enum)
+    else:
+        schema["maxLength"] = max_length
     if default is not None:
         schema["default"] = default
     return schema
@@ -58,11 +80,12 @@ def timeout_ms(description: str) -> dict:
     }
 
 
-def array(description: str, items: dict, *, min_items: int | None = None) -> dict:
-    """A list parameter whose items follow ``items``."""
+def array(description: str, items: dict, *, min_items: int | None = None, max_items: int = MAX_ITEMS) -> dict:
+    """A list parameter of at most ``max_items`` items that follow ``items``."""
     schema: dict[str, Any] = {"type": "array", "description": description, "items": items}
     if min_items is not None:
         schema["minItems"] = min_items
+    schema["maxItems"] = max_items
     return schema
 
 
@@ -155,13 +178,27 @@ def _check(schema: dict, value: Any, where: str) -> None:
         raise InvalidArguments(f"Invalid argument {where}: must be at least {schema['minimum']}, got {value}.")
     if "maximum" in schema and value > schema["maximum"]:
         raise InvalidArguments(f"Invalid argument {where}: must be at most {schema['maximum']}, got {value}.")
+    if "maxLength" in schema and len(value) > schema["maxLength"]:
+        raise InvalidArguments(
+            f"Invalid argument {where}: {len(value)} characters, more than the {schema['maxLength']} this server "
+            "accepts in one call. Send a shorter value (split long text over several calls)."
+        )
     if kind == "array":
         if len(value) < schema.get("minItems", 0):
             raise InvalidArguments(
                 f"Invalid argument {where}: must have at least {schema['minItems']} item(s)."
             )
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            raise InvalidArguments(
+                f"Invalid argument {where}: {len(value)} items, more than the {schema['maxItems']} this server "
+                "accepts in one call. Split them over several calls."
+            )
         for index, item in enumerate(value):
             _check(schema["items"], item, f"{where}[{index}]")
+    if kind == "object":
+        for name, item in value.items():
+            if name in schema.get("properties", {}) and item is not None:
+                _check(schema["properties"][name], item, f'{where}.{name}')
 
 
 def _json_type(value: Any) -> str:

@@ -7,10 +7,15 @@ dispatched and run side by side:
 - navigation: the main frame's ``Page.frameStartedLoading`` within `NAVIGATION_WINDOW`
   means the action navigated; we then wait for it to finish loading (bounded by the
   navigation timeout) and for the new document to be quiet;
-- DOM: a MutationObserver installed in the page just before the action records the time of
-  the last mutation; the clock here asks it how long the DOM has been quiet and returns once
-  that reaches `DOM_QUIET` (page timers are not used, so throttled background tabs do not
-  slow it down). The wait is capped by `SETTLE_CAP`.
+- DOM: a MutationObserver installed in the page just before the action counts mutations;
+  every `DOM_POLL` of the proxy's own clock we read the count, and return once it has not
+  changed for `DOM_QUIET` (page timers are not used, so throttled background tabs do not
+  slow it down). The wait is capped by `SETTLE_CAP`, on the same clock.
+
+The page only ever tells us *that* something changed, never *when*: a page is untrusted (it
+can redefine ``performance.now``, ``MutationObserver``, or mutate forever), and whatever it
+does, the page lock is released by `SETTLE_CAP` (plus one navigation wait when the action
+navigated).
 
 A JavaScript dialog blocks the page; when one opens the action returns at once with its
 parameters instead of hanging (`mcproxy.tools.dialogs` words it and tracks it).
@@ -29,15 +34,16 @@ log = Logger()
 
 NAVIGATION_WINDOW = 0.05
 DOM_QUIET = 0.1
+DOM_POLL = 0.025
 SETTLE_CAP = 3.0
 
 _INSTALL_OBSERVER = """(() => {
-  const watch = {last: performance.now()};
-  watch.observer = new MutationObserver(() => { watch.last = performance.now(); });
+  const watch = {count: 0};
+  watch.observer = new MutationObserver(() => { watch.count += 1; });
   watch.observer.observe(document, {childList: true, subtree: true, attributes: true, characterData: true});
   return watch;
 })()"""
-_QUIET_FOR = "function () { return performance.now() - this.last; }"
+_MUTATIONS = "function () { return this.count; }"
 _DISCONNECT = "function () { this.observer.disconnect(); }"
 
 
@@ -124,41 +130,56 @@ async def _with_timeout(d: Deferred, seconds: float, clock) -> Any:
     return await d
 
 
-async def _install_observer(page) -> str:
+async def _install_observer(page) -> str | None:
+    """The page-side mutation counter's object id; None when the page broke the means to
+    make one (then only the quiet window itself is waited)."""
     result = await page.send("Runtime.evaluate", {"expression": _INSTALL_OBSERVER, "objectGroup": "mcproxy-settle"})
-    return result["result"]["objectId"]
+    return result.get("result", {}).get("objectId")
 
 
-async def _dom_quiet(page, clock, watch_id: str, started: float) -> None:
-    """Return once the observed document has had no mutation for `DOM_QUIET` (or at the cap)."""
-    wait = DOM_QUIET
+async def _dom_quiet(page, clock, watch_id: str | None, started: float) -> None:
+    """Return once the mutation count has not changed for `DOM_QUIET` of our clock, or at
+    `SETTLE_CAP` after ``started`` (a page that never answers is given up on then too)."""
+    seen: Any = 0
+    changed = started
     while True:
-        await deferLater(clock, wait, lambda: None)
-        result = await page.send(
-            "Runtime.callFunctionOn",
-            {
-                "objectId": watch_id,
-                "functionDeclaration": _QUIET_FOR,
-                "returnByValue": True,
-            },
-        )
-        idle = result["result"]["value"] / 1000.0
-        if idle >= DOM_QUIET or clock.seconds() - started >= SETTLE_CAP:
+        now = clock.seconds()
+        left = started + SETTLE_CAP - now
+        if left <= 0:
             return
-        wait = DOM_QUIET - idle
+        await deferLater(clock, min(DOM_POLL, left, max(0.0, changed + DOM_QUIET - now)), lambda: None)
+        if watch_id is None:
+            count = seen
+        else:
+            reading = page.send(
+                "Runtime.callFunctionOn",
+                {"objectId": watch_id, "functionDeclaration": _MUTATIONS, "returnByValue": True},
+            )
+            try:
+                reply = await _with_timeout(reading, max(0.0, started + SETTLE_CAP - clock.seconds()), clock)
+            except TimeoutError:
+                return
+            count = reply.get("result", {}).get("value")
+        now = clock.seconds()
+        if count != seen:
+            seen, changed = count, now
+        elif now - changed >= DOM_QUIET:
+            return
 
 
-def _release(page, object_id: str) -> None:
+def _release(page, object_id: str | None) -> None:
     """Best-effort cleanup of the page-side observer; failures (page gone) do not matter."""
+    if object_id is None:
+        return
     page.send("Runtime.callFunctionOn", {"objectId": object_id, "functionDeclaration": _DISCONNECT}).addErrback(
         lambda _: None
     )
     page.send("Runtime.releaseObject", {"objectId": object_id}).addErrback(lambda _: None)
 
 
-async def _settle(page, clock, events: PageEvents, watch_id: str, dispatched: float, navigation_timeout: float) -> None:
+async def _settle(page, clock, events: PageEvents, watch_id: str | None, dispatched: float, navigation_timeout: float) -> None:
     remaining = max(0.0, NAVIGATION_WINDOW - (clock.seconds() - dispatched))
-    quiet = Deferred.fromCoroutine(_dom_quiet(page, clock, watch_id, dispatched))
+    quiet = Deferred.fromCoroutine(_dom_quiet(page, clock, watch_id, clock.seconds()))
     try:
         index, _ = await first([events.when("navigation_started"), deferLater(clock, remaining, lambda: None)])
         if index == 1:
@@ -217,6 +238,5 @@ async def act_and_settle(
         return value if index == 1 else None
     finally:
         events.close()
-        if watch_id is not None:
-            _release(page, watch_id)
+        _release(page, watch_id)
 
