@@ -173,10 +173,14 @@ async def test_a_thousand_requests_in_a_second_from_one_user(reactor, tmp_path):
                 seen.append(response.code)
             return seen
 
-        # 25 clients at once: 1,000 requests, far more than 20 a second.
+        # 25 clients at once: 1,000 requests, far more than 20 a second. What gets through is
+        # the burst plus what the bucket refilled while they ran, however long that took.
+        started = reactor.seconds()
         answers = await gatherResults([Deferred.fromCoroutine(worker()) for _ in range(25)])
+        elapsed = reactor.seconds() - started
         codes = [code for seen in answers for code in seen]
-        assert codes.count(429) >= 900 and set(codes) <= {404, 429}, sorted(set(codes))
+        assert set(codes) <= {404, 429}, sorted(set(codes))
+        assert 40 <= codes.count(404) <= 40 + 20 * elapsed + 1, (codes.count(404), elapsed)
         code, _, _ = await proxy.api("GET", "/api/users/bob/status", token=bob)
         assert code == 404  # bob is served as usual
     finally:
