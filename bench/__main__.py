@@ -1,4 +1,4 @@
-"""``python -m bench [latency] [sse_memory] [tools] [console]``: run benchmarks, print figures and verdicts.
+"""``python -m bench [latency] [sse_memory] [tools] [console] [isolation]``: run benchmarks, print figures and verdicts.
 
 Exits 0 only when every selected target passed.
 """
@@ -8,10 +8,16 @@ import asyncio
 import sys
 import traceback
 
-from bench import console, latency, sse_memory, tools
+from bench import console, isolation, latency, sse_memory, tools
 from bench.report import Verdict, say
 
-BENCHMARKS = {"latency": latency.run, "sse_memory": sse_memory.run, "tools": tools.run, "console": console.run}
+BENCHMARKS = {
+    "latency": latency.run,
+    "sse_memory": sse_memory.run,
+    "tools": tools.run,
+    "console": console.run,
+    "isolation": isolation.run,
+}
 #: Hard bound per benchmark, so that the whole run stays well under five minutes.
 TIME_LIMIT = 120.0
 
@@ -28,9 +34,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--sessions", type=int, default=1000, help="sse_memory: idle sessions to open")
     parser.add_argument("--rounds", type=int, default=20, help="tools: timed rounds (fill, click, fill_form, hover) per server")
     parser.add_argument("--tool-warmup", type=int, default=3, help="tools: untimed rounds first")
+    parser.add_argument(
+        "--isolation-calls", type=int, default=400, help="isolation: list_pages calls per phase (idle, loaded)"
+    )
+    parser.add_argument(
+        "--isolation-seconds", type=float, default=20.0, help="isolation: length of each phase, in seconds"
+    )
     args = parser.parse_args(argv)
-    if min(args.iterations, args.sessions, args.rounds) < 1:
-        parser.error("--iterations, --sessions and --rounds must be at least 1")
+    if min(args.iterations, args.sessions, args.rounds, args.isolation_calls) < 1:
+        parser.error("--iterations, --sessions, --rounds and --isolation-calls must be at least 1")
+    if not 0 < args.isolation_seconds <= TIME_LIMIT / 4:
+        parser.error(
+            f"--isolation-seconds must be above 0 and at most {TIME_LIMIT / 4:g}: "
+            f"both phases and the set-up must fit in the {TIME_LIMIT:g} s limit"
+        )
     unknown = set(args.names) - set(BENCHMARKS)
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
