@@ -145,8 +145,9 @@ def _bound(schema: dict, key: str, what: str) -> int:
 
 
 def _halve_result(arguments: dict) -> dict:
-    """evaluate_script's arguments for a result half as long: Chrome may not build the
-    longest one within ``tools.navigation_timeout`` on a busy machine."""
+    """evaluate_script's arguments for a result half as long: on a busy machine Chrome may
+    not build the longest one within ``tools.navigation_timeout`` or user A's patience, and
+    then the daemon's path for big answers would never be measured."""
     halved = _REPEAT.sub(lambda m: f"repeat({int(m[1]) // 2})", arguments["function"])
     return {**arguments, "function": halved}
 
@@ -162,7 +163,7 @@ class HeavyLoad:
     ``setup`` is page JavaScript run once before the idle phase, ``start`` once when the
     loaded phase begins, ``before_each`` before every heavy call. ``prepare(snapshot)``
     makes the arguments from the prepared page's snapshot; ``shrink(arguments)`` makes
-    lighter ones after a refusal."""
+    lighter ones after a call that was refused or given up on."""
 
     label: str
     tool: str
@@ -223,7 +224,7 @@ def heavy_loads(limits: Limits) -> list[HeavyLoad]:
         ),
         HeavyLoad(
             f"evaluate_script returning {limits.result_chars / 2**20:.1f} MiB (browser.max_message_bytes less room), "
-            "halved after each refusal",
+            "halved after each refusal or give-up",
             "evaluate_script",
             {"function": f"() => 'x'.repeat({limits.result_chars})"},
             shrink=_halve_result,
@@ -316,6 +317,8 @@ async def _hammer(load: HeavyLoad, client: _Client, patience: float) -> None:
             load.cut_off += 1
             if isinstance(e, asyncio.CancelledError):
                 raise
+            if load.shrink:
+                load.arguments = load.shrink(load.arguments)
             continue
         except BROKEN as e:
             reason = f"{type(e).__name__}: {str(e)[:160]}"
