@@ -177,7 +177,9 @@ def _release(page, object_id: str | None) -> None:
     page.send("Runtime.releaseObject", {"objectId": object_id}).addErrback(lambda _: None)
 
 
-async def _settle(page, clock, events: PageEvents, watch_id: str | None, dispatched: float, navigation_timeout: float) -> None:
+async def _settle(
+    page, clock, events: PageEvents, watch_id: str | None, dispatched: float, navigation_timeout: float
+) -> None:
     remaining = max(0.0, NAVIGATION_WINDOW - (clock.seconds() - dispatched))
     quiet = Deferred.fromCoroutine(_dom_quiet(page, clock, watch_id, clock.seconds()))
     try:
