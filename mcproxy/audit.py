@@ -27,20 +27,43 @@ SECRET_VALUE = re.compile(
     r"mcpx_[0-9a-f]{16}_[A-Za-z0-9_-]+|eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*|(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+"
 )
 MAX_VALUE_CHARS = 2000
+#: Characters past the cut still read by the redaction, so a credential that straddles
+#: the cut is recognised (and hidden) whole.
+CUT_MARGIN = 256
+#: Characters of argument text one audit record keeps in all; the rest is left out. Long
+#: arguments (typed text, form values) would otherwise cost the reactor seconds per call.
+MAX_RECORD_CHARS = 16384
+MAX_ITEMS = 100
+LEFT_OUT = "…"
 
 
 def redact(value: Any, sensitive: frozenset[str] = frozenset(), key: str = "") -> Any:
-    """A copy of ``value`` with credentials, and the arguments named in ``sensitive``, replaced."""
+    """A copy of ``value`` with credentials, and the arguments named in ``sensitive``,
+    replaced; strings are cut to `MAX_VALUE_CHARS` and the whole to `MAX_RECORD_CHARS`."""
+    return _redact(value, sensitive, key, [MAX_RECORD_CHARS])
+
+
+def _redact(value: Any, sensitive: frozenset[str], key: str, budget: list[int]) -> Any:
     if key and (key in sensitive or SECRET_KEY.search(key)):
         return REDACTED
     if isinstance(value, dict):
-        return {k: redact(v, sensitive, str(k)) for k, v in value.items()}
+        items = list(value.items())
+        kept = {k: _redact(v, sensitive, str(k), budget) for k, v in items[:MAX_ITEMS]}
+        if len(items) > MAX_ITEMS:
+            kept[LEFT_OUT] = f"{len(items) - MAX_ITEMS} more"
+        return kept
     if isinstance(value, list):
-        return [redact(item, sensitive) for item in value]
+        kept = [_redact(item, sensitive, "", budget) for item in value[:MAX_ITEMS]]
+        return kept + [f"{LEFT_OUT} {len(value) - MAX_ITEMS} more"] if len(value) > MAX_ITEMS else kept
     if isinstance(value, str):
+        room = min(MAX_VALUE_CHARS, budget[0])
+        if room <= 0:
+            return LEFT_OUT
         # Then the log rules, which also know ``password=...`` pairs and passwords in URLs.
-        value = logs.redact(SECRET_VALUE.sub(REDACTED, value))
-        return value if len(value) <= MAX_VALUE_CHARS else value[:MAX_VALUE_CHARS] + "…"
+        text = logs.redact(SECRET_VALUE.sub(REDACTED, value[: room + CUT_MARGIN]))
+        text = text if len(text) <= room and len(value) <= room + CUT_MARGIN else text[:room] + LEFT_OUT
+        budget[0] -= len(text)
+        return text
     return value
 
 
@@ -84,6 +107,8 @@ class AuditLog:
 
     def tool_call(self, record) -> None:
         """Audit one finished tool call (a `mcproxy.tools.registry.ToolCallRecord`)."""
+        if self._file is None:
+            return  # nothing to write: do not pay for the redaction
         context = record.context
         self.write(
             {

@@ -99,6 +99,8 @@ _RULES: tuple[tuple[re.Pattern, str | Callable[[re.Match], str]], ...] = (
 def redact(text: str) -> str:
     """``text`` with every credential-looking part replaced by ``[REDACTED]``."""
     for pattern, replacement in _RULES:
+        if pattern is _URL_PASSWORD and "://" not in text:
+            continue  # the costliest rule, and it needs a URL
         text = pattern.sub(replacement, text)
     return text
 

@@ -35,6 +35,32 @@ def test_credentials_and_sensitive_arguments_are_redacted():
     assert redact("x" * 5000).endswith("…") and len(redact("x" * 5000)) == 2001
 
 
+def test_huge_arguments_are_cut_before_they_are_redacted(monkeypatch):
+    """A form of a hundred 40,000-character values keeps 16 KiB in all, and the redaction
+    reads little more than that (it would otherwise hold the reactor for seconds)."""
+    import mcproxy.logs as logs
+
+    token = "mcpx_0123456789abcdef_" + "B" * 43
+    read = []
+    real = logs.redact
+    monkeypatch.setattr(logs, "redact", lambda text: read.append(len(text)) or real(text))
+    elements = [{"uid": f"1_{n}", "value": "v" * 40_000} for n in range(100)]
+    cleaned = redact({"elements": elements, "note": "x" * 1990 + token})
+    assert sum(read) <= 16384 + 100 * 300  # each string read only up to its cut and margin
+    assert len(json.dumps(cleaned)) < 24_000  # 16 KiB of text, the rest is structure
+    assert cleaned["elements"][0]["value"].endswith("…") and len(cleaned["elements"][0]["value"]) == 2001
+    assert cleaned["elements"][-1]["value"] == "…"  # past the record's budget
+    assert redact({"note": "x" * 1990 + token})["note"].startswith("x" * 1990 + REDACTED[:10])
+    assert redact(list(range(150)))[-1] == "… 50 more"
+
+
+def test_no_audit_file_no_redaction_work(monkeypatch):
+    import mcproxy.audit as audit_module
+
+    monkeypatch.setattr(audit_module, "redact", lambda *a: (_ for _ in ()).throw(AssertionError("redacted")))
+    AuditLog("", Clock()).tool_call(object())  # nothing is read, nothing is written
+
+
 def test_lines_are_whole_json_objects_in_a_private_file(tmp_path):
     clock = Clock()
     clock.advance(1_800_000_000.25)
