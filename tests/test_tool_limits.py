@@ -170,3 +170,21 @@ async def test_tool_timeouts_are_lowered_to_the_configured_maximum(reactor, user
     waiting = tools.call_tool("wait_for", {"pageId": page_id, "text": ["never there"], "timeout": 10**12}, context)
     result = await guarded(reactor, waiting)
     assert result.is_error and text_of(result) == 'Timed out after 1000 ms waiting for any of ["never there"] to appear.'
+
+
+def test_a_throttled_page_never_stretches_a_wait_past_the_cap():
+    """The default wait grows with a page's throttling (Slow 3G: 10x), but never past
+    ``tools.max_timeout``, like an explicit ``timeout`` argument."""
+    from types import SimpleNamespace
+
+    from mcproxy.config import ToolsConfig
+    from mcproxy.tools.emulation import STATE_KEY, Emulation
+    from mcproxy.tools.pages import ToolCall
+    from mcproxy.testing.tool_calls import make_context
+
+    page = SimpleNamespace(state={STATE_KEY: Emulation(cpu_rate=20)})
+    config = ToolsConfig(navigation_timeout=10.0, max_timeout=60.0)
+    call = ToolCall(args={}, context=make_context(), browser=None, config=config, clock=None, page=page)
+    assert call.timeout() == 60.0
+    assert ToolCall(args={"timeout": 90_000}, context=make_context(), browser=None, config=config, clock=None).timeout() == 60.0
+    assert ToolCall(args={}, context=make_context(), browser=None, config=config, clock=None).timeout() == 10.0

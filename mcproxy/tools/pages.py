@@ -62,13 +62,15 @@ class ToolCall:
 
     def timeout(self, name: str = "timeout") -> float:
         """Seconds to wait: the tool's ``timeout`` argument (ms), or the configured default
-        stretched by the page's throttling (CPU or network emulation)."""
+        stretched by the page's throttling (CPU or network emulation); never more than
+        ``tools.max_timeout``."""
         from mcproxy.tools.emulation import timeout_factor  # emulation builds on this module
 
         value = self.args.get(name) or 0
         if value > 0:
-            return value / 1000.0
-        return self.config.navigation_timeout * (timeout_factor(self.page) if self.page is not None else 1)
+            return min(value / 1000.0, self.config.max_timeout)
+        stretched = self.config.navigation_timeout * (timeout_factor(self.page) if self.page is not None else 1)
+        return min(stretched, self.config.max_timeout)
 
     def file_store(self, file_path: str):
         """The artifact store a ``filePath`` result goes to; checked (a store, an acceptable
