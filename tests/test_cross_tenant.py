@@ -24,6 +24,7 @@ from collections import Counter
 from urllib.parse import quote
 
 import attrs
+import pytest
 import pytest_twisted
 import treq
 from hypothesis import given
@@ -544,6 +545,7 @@ async def test_bob_cannot_use_alices_pages(world, credential, in_own_session, to
     await _attempt(world, "pages", f"{credential} {where}: {json.dumps(message)}", answer)
 
 
+@pytest.mark.fuzz
 @pytest_twisted.ensureDeferred
 async def test_every_page_tool_is_attacked(world):
     """New tools that take ``pageId`` must join `PAGE_TOOLS`."""
@@ -684,8 +686,11 @@ async def test_bob_cannot_touch_alices_tokens(world, credential, action, which, 
 
 # -- status, registration and browser --------------------------------------------------------------
 
-#: Alice's user id as it may appear in a path or a body.
-user_ids = st.sampled_from(["alice", "alice/", "Alice", "ALICE", "%61lice", "alice%00", "alice%2F", " alice", "alice "])
+#: Alice's user id as it may appear in a path or a body, and ids near it.
+user_ids = st.one_of(
+    st.sampled_from(["alice", "alice/", "Alice", "ALICE", "%61lice", "alice%00", "alice%2F", " alice", "alice "]),
+    mutations.map(lambda mutation: _near("alice", mutation)),
+)
 
 
 def _browser_url_forms(alice: Alice) -> list[str]:
@@ -755,6 +760,7 @@ async def test_bob_cannot_register_alices_browser(world, credential, form, claim
 # -- afterwards -------------------------------------------------------------------------------------
 
 
+@pytest.mark.fuzz
 @pytest_twisted.ensureDeferred
 async def test_every_attempt_failed_and_alice_is_unharmed(world, fixture_site):
     """Runs last: the attempts above ran (as many as asked), none succeeded, and Alice's
