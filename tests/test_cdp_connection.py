@@ -362,3 +362,23 @@ def test_a_disconnect_while_decoding_comes_after_the_messages_before_it():
     assert "lost during Runtime.evaluate (peer went away)" in outcome(unanswered).value.message
     assert reasons == ["peer went away"] and connection.closed
     assert threads.resumed == 0  # a lost transport is not resumed
+
+
+def test_a_flood_is_handled_a_share_per_reactor_turn():
+    """A browser sending thousands of events at once gets MESSAGES_PER_TURN of them handled a
+    turn, reading paused between, so other users' sockets are served in between."""
+    from mcproxy.browser.cdp.connection import MESSAGES_PER_TURN
+
+    connection, threads = threaded()
+    seen = []
+    connection.subscribe("Runtime.consoleAPICalled", lambda m, p: seen.append(p["n"]))
+    for n in range(2 * MESSAGES_PER_TURN + 50):
+        connection.message_received(json.dumps({"method": "Runtime.consoleAPICalled", "params": {"n": n}}))
+    assert seen == list(range(MESSAGES_PER_TURN)) and threads.paused == 1
+    # (A Clock runs the turns scheduled meanwhile in one advance; a reactor, one a turn.)
+    connection.clock.advance(0)
+    assert seen == list(range(2 * MESSAGES_PER_TURN + 50))
+    assert threads.paused == threads.resumed == 2  # held twice, a share at a time
+    connection.clock.advance(0)  # a quiet turn: a fresh share, nothing held
+    connection.message_received(json.dumps({"method": "Runtime.consoleAPICalled", "params": {"n": -1}}))
+    assert seen[-1] == -1 and threads.paused == 2

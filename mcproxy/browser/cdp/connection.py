@@ -10,7 +10,9 @@ is at most ``browser.max_message_bytes`` (the WebSocket layer closes the connect
 it); one of `THREAD_DECODE_BYTES` or more is decoded in a thread, with reading paused and
 later messages queued behind it so their order holds; one that is not JSON, not an
 object, or has fields of the wrong type is dropped with a log line, or fails only the
-call it answers; a reply to no pending call is ignored.
+call it answers; a reply to no pending call is ignored. At most `MESSAGES_PER_TURN` are
+handled in one reactor turn (reading paused until the next), so one browser's flood does
+not hold up other users' calls.
 """
 
 import json
@@ -37,6 +39,9 @@ ALL = None  # subscribe(ALL, ...) receives every event of a session
 #: Messages this big or bigger are decoded in a thread: parsing a few MB of JSON takes
 #: long enough to stall every other user's calls if done in a reactor turn.
 THREAD_DECODE_BYTES = 1024 * 1024
+#: Messages of one browser handled in one reactor turn; the rest wait for the next turn, so a
+#: browser that floods (console events by the thousand) cannot starve everyone else.
+MESSAGES_PER_TURN = 100
 #: Malformed messages logged one by one per connection; after that only every 1000th.
 LOGGED_DROPS = 10
 
@@ -81,9 +86,9 @@ class CDPConnection:
     ``send_text`` writes one text message; ``abort`` drops the transport. The owner
     calls `message_received` for each incoming message and `connection_lost` once.
     ``run_in_thread(f, *args)`` (Deferred of the result) decodes big messages; without
-    it every message is decoded inline (in-memory tests). ``pause_reading`` and
-    ``resume_reading`` hold the transport while one is decoded, so the queue behind it
-    stays short.
+    it every message is decoded inline, in one turn (in-memory tests). ``pause_reading`` and
+    ``resume_reading`` hold the transport while one is decoded or a flood waits for the next
+    turn, so the queue behind stays short.
     """
 
     def __init__(
@@ -110,9 +115,13 @@ class CDPConnection:
         self._pending: dict[int, tuple[str, Deferred]] = {}
         self._subscribers: dict[tuple[str | None, str | None], list[EventCallback]] = {}
         self._close_listeners: list[Callable[[str], None]] = []
-        #: Messages received behind one being decoded in a thread.
+        #: Messages received behind one being decoded in a thread, or past this turn's share.
         self._inbox: deque = deque()
         self._decoding = False
+        #: This reactor turn's share of messages is used; the rest waits for the next turn.
+        self._held = False
+        self._handled = 0
+        self._turn = None
         self.dropped = 0
         self.closed = False
         self.close_reason: str | None = None
@@ -201,11 +210,18 @@ class CDPConnection:
         if self.closed:
             return
         self._inbox.append(data)
-        if not self._decoding:
+        if not self._stalled:
             self._drain()
 
+    @property
+    def _stalled(self) -> bool:
+        """Whether messages wait: one is decoded in a thread, or this turn's share is used."""
+        return self._decoding or self._held
+
     def _drain(self) -> None:
-        while self._inbox and not self._decoding:
+        while self._inbox and not self._stalled:
+            if self._run_in_thread is not None and not self._count_one():
+                return
             data = self._inbox.popleft()
             if self._run_in_thread is not None and len(data) >= THREAD_DECODE_BYTES:
                 self._decoding = True
@@ -218,13 +234,31 @@ class CDPConnection:
                 self.drop(str(e))
                 continue
             self._route(message)
-        if not self._decoding and self.close_reason is not None:
+        if not self._stalled and self.close_reason is not None:
             self._lost(self.close_reason)
+
+    def _count_one(self) -> bool:
+        """Whether this reactor turn's share has room for one more message; when it has
+        not, reading is held until the next turn."""
+        if self._turn is None:
+            self._turn = self.clock.callLater(0, self._next_turn)
+        if self._handled >= MESSAGES_PER_TURN:
+            self._held = True
+            self._pause_reading()
+            return False
+        self._handled += 1
+        return True
+
+    def _next_turn(self) -> None:
+        """A new share; the rest of a flood goes on once the reactor has served everyone else."""
+        self._turn = None
+        self._handled = 0
+        if self._held:
+            self._held = False
+            self._go_on()
 
     def _decoded(self, result) -> None:
         self._decoding = False
-        if self.close_reason is None:
-            self._resume_reading()
         if isinstance(result, Failure):
             if result.check(MalformedMessage):
                 self.drop(result.getErrorMessage())
@@ -232,7 +266,14 @@ class CDPConnection:
                 log.failure("Decoding a message from {browser} failed", result, browser=self.description)
         else:
             self._route(result)
-        self._drain()
+        self._go_on()
+
+    def _go_on(self) -> None:
+        """Resume reading (unless something else still holds it) and handle what waits."""
+        if not self._stalled:
+            if self.close_reason is None:
+                self._resume_reading()
+            self._drain()
 
     def drop(self, why: str) -> None:
         """Count a malformed message that is dropped; log the first few (a hostile browser
@@ -295,13 +336,15 @@ class CDPConnection:
         if self.closed or self.close_reason is not None:
             return
         self.close_reason = reason  # calls made from now on fail at once
-        if not self._decoding:
+        if not self._stalled:
             self._lost(reason)
 
     def _lost(self, reason: str) -> None:
         if self.closed:
             return
         self.closed = True
+        if self._turn is not None and self._turn.active():
+            self._turn.cancel()
         pending, self._pending = self._pending, {}
         for method, result in pending.values():
             result.errback(
