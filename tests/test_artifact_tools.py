@@ -159,3 +159,40 @@ async def test_file_path_needs_an_artifact_store_and_heap_snapshot_needs_a_path(
     # Without filePath the screenshot is still inline.
     result = await ok(tools, context, "take_screenshot", pageId=page_id)
     assert base64.b64decode(result.content[1].data).startswith(PNG_SIGNATURE)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_screenshot_too_big_to_return_inline_is_saved_as_a_file(tools, store):
+    """As chrome-devtools-mcp does past 2 MB: the image becomes a file, the answer links it."""
+    from mcproxy.tools.debugging import INLINE_IMAGE_BYTES
+
+    context = make_context()
+    noisy = (
+        "data:text/html,<canvas id=c width=1600 height=1600></canvas><script>"
+        "const c = document.getElementById('c').getContext('2d'), d = c.createImageData(1600, 1600);"
+        "for (let i = 0; i < d.data.length; i++) d.data[i] = i % 4 == 3 ? 255 : Math.random() * 256;"
+        "c.putImageData(d, 0, 0);</script>"
+    )
+    await ok(tools, context, "new_page", url=noisy)
+    result = await ok(tools, context, "take_screenshot", pageId=context.session.selected_page_id, fullPage=True)
+    assert "too big to return inline, so it was saved as a file" in text_of(result)
+    (artifact,) = store.artifacts("alice")
+    assert artifact.size > INLINE_IMAGE_BYTES and artifact.name.startswith("screenshots/screenshot-")
+    assert not [c for c in result.content if c.type == "image"]
+    assert [c.uri for c in result.content if c.type == "resource_link"] == [artifact.uri]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_script_result_too_big_to_return_inline_stays_in_the_page(tools, store, fixture_site):
+    from mcproxy.tools.debugging import INLINE_RESULT_CHARS
+
+    context = make_context()
+    page_id = await open_page(tools, context, fixture_site)
+    big = f"() => 'x'.repeat({INLINE_RESULT_CHARS + 10})"
+    text = await failed(tools, context, "evaluate_script", pageId=page_id, function=big)
+    assert f"{INLINE_RESULT_CHARS + 12} characters of JSON" in text and '"filePath"' in text
+    just_fits = f"() => 'x'.repeat({INLINE_RESULT_CHARS - 2})"
+    assert "x" * 100 in text_of(await ok(tools, context, "evaluate_script", pageId=page_id, function=just_fits))
+    result = await ok(tools, context, "evaluate_script", pageId=page_id, function=big, filePath="big.json")
+    (artifact,) = store.artifacts("alice")
+    assert artifact.size == INLINE_RESULT_CHARS + 12

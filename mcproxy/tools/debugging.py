@@ -12,17 +12,25 @@ from mcproxy.tools.settle import act_and_settle
 from mcproxy.tools.snapshot import element_error, resolve_element, resolve_uid, take_snapshot
 
 _MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+#: Characters of JSON a script returns inline; a bigger result stays in the page (only its
+#: size crosses), unless ``filePath`` asks for it as a file. Megabytes of text help no model
+#: and would cost every other user a slow reactor turn to encode.
+INLINE_RESULT_CHARS = 1_000_000
+#: Bytes of image returned inline (as chrome-devtools-mcp does); a bigger screenshot is saved
+#: as an artifact instead.
+INLINE_IMAGE_BYTES = 2_000_000
 
 
-def _artifact_store(call: ToolCall):
+def _artifact_store(call: ToolCall, name: str | None = None):
     """Where the ``filePath`` result goes; checked before any work, so a bad name costs nothing."""
-    return call.file_store(call.args["filePath"])
+    return call.file_store(name or call.args["filePath"])
 
 
-async def _save(call: ToolCall, data: bytes, mime_type: str):
-    """Save ``data`` as the caller's ``filePath`` artifact."""
-    store = _artifact_store(call)
-    return await store.save(call.context.principal.user_id, call.args["filePath"], data, mime_type)
+async def _save(call: ToolCall, data: bytes, mime_type: str, name: str | None = None):
+    """Save ``data`` as the caller's ``filePath`` artifact (or as ``name``)."""
+    name = name or call.args["filePath"]
+    store = _artifact_store(call, name)
+    return await store.save(call.context.principal.user_id, name, data, mime_type)
 
 
 async def take_snapshot_tool(call: ToolCall) -> Response:
@@ -68,7 +76,7 @@ async def evaluate_script(call: ToolCall) -> Response:
         return await _evaluate_in_worker(call, worker_id, source, as_script)
     page = call.page
     elements = [(await resolve_element(page, uid))[1] for uid in uids]
-    method, params = _script_call(source, as_script, elements)
+    method, params = _script_call(source, as_script, elements, _result_limit(call))
     outcome: dict = {}
 
     async def run() -> None:
@@ -95,21 +103,33 @@ async def evaluate_script(call: ToolCall) -> Response:
     return await _script_answer(call, outcome, as_script, "page")
 
 
-def _script_call(source: str, as_script: bool, elements: list[str]) -> tuple[str, dict]:
-    """The CDP call that runs the caller's source (elements as the function's arguments)."""
+def _result_limit(call: ToolCall) -> int | None:
+    """How much JSON the script may send back: inline results are bounded, files are not."""
+    return None if call.args.get("filePath") else INLINE_RESULT_CHARS
+
+
+def _script_call(source: str, as_script: bool, elements: list[str], limit: int | None) -> tuple[str, dict]:
+    """The CDP call that runs the caller's source (elements as the function's arguments).
+
+    A function's result is JSON text made in the page; over ``limit`` characters only
+    ``{"tooLarge": length}`` comes back, so the browser never sends what would be refused."""
+    bounded = "json" if limit is None else f"(json !== undefined && json.length > {limit} ? {{tooLarge: json.length}} : json)"
     if as_script:
         method, params = "Runtime.evaluate", {"expression": source}
     elif elements:
         method, params = "Runtime.callFunctionOn", {
             "objectId": elements[0],
             "functionDeclaration": (
-                f"async function (...elements) {{ const fn = ({source}\n); return JSON.stringify(await fn(...elements)); }}"
+                f"async function (...elements) {{ const fn = ({source}\n);"
+                f" const json = JSON.stringify(await fn(...elements)); return {bounded}; }}"
             ),
             "arguments": [{"objectId": element} for element in elements],
         }
     else:
         method, params = "Runtime.evaluate", {
-            "expression": f"(async () => {{ const fn = ({source}\n); return JSON.stringify(await fn()); }})()"
+            "expression": (
+                f"(async () => {{ const fn = ({source}\n); const json = JSON.stringify(await fn()); return {bounded}; }})()"
+            )
         }
     params.update(awaitPromise=True, returnByValue=True, userGesture=True)
     return method, params
@@ -121,6 +141,12 @@ async def _script_answer(call: ToolCall, outcome: dict, as_script: bool, where: 
     if "exceptionDetails" in outcome:
         raise _script_error(outcome["exceptionDetails"])
     result = outcome.get("result", {})
+    if not as_script and isinstance(result.get("value"), dict):
+        raise ToolError(
+            f"The script's result is {result['value'].get('tooLarge')} characters of JSON, more than the"
+            f" {INLINE_RESULT_CHARS} returned inline. Return less (a summary, a slice), or pass"
+            ' "filePath" to save the whole result as a file you read with resources/read.'
+        )
     if "value" not in result:
         text = "undefined"
     elif as_script:
@@ -136,7 +162,7 @@ async def _script_answer(call: ToolCall, outcome: dict, as_script: bool, where: 
 async def _evaluate_in_worker(call: ToolCall, worker_id: str, source: str, as_script: bool) -> Response:
     """Run the source in an extension service worker (no DOM, so no settling and no dialogs)."""
     worker = await worker_for(call, worker_id)
-    method, params = _script_call(source, as_script, [])
+    method, params = _script_call(source, as_script, [], _result_limit(call))
     outcome = await worker.send(method, params, timeout=call.config.navigation_timeout)
     return await _script_answer(call, outcome, as_script, f"service worker {worker_id}")
 
@@ -166,8 +192,13 @@ async def take_screenshot(call: ToolCall) -> Response:
     else:
         message = "Took a screenshot of the current page's viewport."
     shot = await page.send("Page.captureScreenshot", params, timeout=call.config.navigation_timeout)
-    if args.get("filePath"):
-        artifact = await _save(call, base64.b64decode(shot["data"]), _MIME_TYPES[image_format])
+    size = len(shot["data"]) * 3 // 4
+    if args.get("filePath") or size > INLINE_IMAGE_BYTES:
+        name = args.get("filePath")
+        if name is None:
+            message += f" It is {size} bytes, too big to return inline, so it was saved as a file."
+            name = f"screenshots/screenshot-{round(call.clock.seconds() * 1000)}.{image_format}"
+        artifact = await _save(call, base64.b64decode(shot["data"]), _MIME_TYPES[image_format], name)
         return Response().add(message).add_artifact(artifact, "Screenshot")
     return Response().add(message).add_image(shot["data"], _MIME_TYPES[image_format])
 
