@@ -353,3 +353,25 @@ def test_modern_mcp_name_may_be_base64_wrapped():
     assert modern_envelope(msg("tools/call", params, 1), headers).protocol_version == "2026-07-28"
     with pytest.raises(RpcError):
         modern_envelope(msg("tools/call", params, 1), {**headers, "mcp-name": "=?base64?!!?="})
+
+
+def test_heavy_results_are_turned_into_json_off_the_reactor(h):
+    """A result of megabytes is shaped by ``run_blocking`` (a thread in the daemon); a small
+    one in the reactor, with no thread hop."""
+    from twisted.internet.defer import maybeDeferred
+
+    from mcproxy.mcp.protocol import OFF_REACTOR_WEIGHT
+
+    shaped = []
+
+    def run_blocking(f, *args):
+        shaped.append(args[0])
+        return maybeDeferred(f, *args)
+
+    h.server.run_blocking = run_blocking
+    h.initialize()
+    small = h.answer("tools/call", {"name": "big", "arguments": {"size": 1024}})
+    assert shaped == [] and small["result"]["content"][0]["type"] == "image"
+    big = h.answer("tools/call", {"name": "big", "arguments": {"size": OFF_REACTOR_WEIGHT}})
+    assert shaped == ["tools/call"]
+    assert len(big["result"]["content"][0]["data"]) >= OFF_REACTOR_WEIGHT

@@ -70,6 +70,22 @@ NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "
 
 Notify = Callable[[dict], None]
 
+#: Results at least this heavy (see `_weight`) are turned into JSON off the reactor.
+OFF_REACTOR_WEIGHT = 256 * 1024
+
+
+def _weight(result: BaseModel) -> int:
+    """A cheap estimate of how much work turning a tool result into JSON is: the characters
+    of its text and binary content, plus 64 for each item of its structured lists."""
+    weight = 0
+    for block in getattr(result, "content", None) or ():
+        weight += len(getattr(block, "text", "") or getattr(block, "data", "") or "")
+    structured = getattr(result, "structured_content", None) or {}
+    for value in structured.values():
+        if isinstance(value, list):
+            weight += 64 * len(value)
+    return weight
+
 
 class EmptyResources:
     """The resource hook until artifacts exist: nothing listed, nothing found."""
@@ -94,6 +110,9 @@ class McpServer:
     resources: Any = attrs.field(factory=EmptyResources)
     max_in_flight: int = 16
     instructions: str = INSTRUCTIONS
+    #: ``run_blocking(f, *args)``: Deferred of ``f(*args)`` run off the reactor (a thread),
+    #: for turning big results into JSON; None turns every result in the reactor (tests).
+    run_blocking: Callable[..., Deferred] | None = None
 
     @property
     def server_info(self) -> types.Implementation:
@@ -347,6 +366,14 @@ class McpSession:
         if handler is None:
             raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method} is not offered by this server")
         result = await handler(parsed, message, notify)
+        if self.server.run_blocking is not None and _weight(result) >= OFF_REACTOR_WEIGHT:
+            # Megabytes of answer (a long console list, a big image): shaped in a thread, so
+            # other users' calls go on meanwhile.
+            return await self.server.run_blocking(self._shape, method, version, result)
+        return self._shape(method, version, result)
+
+    def _shape(self, method: str, version: str, result: BaseModel) -> dict:
+        """The result as the JSON-RPC ``result`` of ``method`` for the negotiated version."""
         dump = result.model_dump(by_alias=True, mode="json", exclude_none=True)
         if self.modern is not None:
             dump.setdefault("_meta", {})[SERVER_INFO_META_KEY] = self.server.server_info.model_dump(

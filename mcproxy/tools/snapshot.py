@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from mcproxy.browser.cdp.connection import thread_runner
+from mcproxy.threads import thread_runner
 from mcproxy.errors import CDPError, ToolError
 
 STATE_KEY = "mcproxy.snapshot"

@@ -17,6 +17,7 @@ from twisted.web.server import NOT_DONE_YET
 from mcproxy.errors import MCProxyError
 from mcproxy.mcp.jsonrpc import RpcError
 from mcproxy.mcp.protocol import EmptyResources, McpServer
+from mcproxy.threads import thread_runner
 from mcproxy.web.http import request_id, write_error
 from mcproxy.web.legacy import MessageResource, SseResource
 from mcproxy.web.mcp_common import listens_on_loopback_only
@@ -151,7 +152,12 @@ class McpTransports:
         self.authenticate = authenticate
         self.sessions = sessions
         self.calls = _TrackedTools(tools)
-        self.server = McpServer(self.calls, resources or EmptyResources(), config.session.max_in_flight)
+        self.server = McpServer(
+            self.calls,
+            resources or EmptyResources(),
+            config.session.max_in_flight,
+            run_blocking=thread_runner(reactor),
+        )
         self.reconfigure(config)
         if allow_loopback_origins is None:
             allow_loopback_origins = listens_on_loopback_only(tuple(config.server.listen))

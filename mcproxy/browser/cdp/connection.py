@@ -18,7 +18,6 @@ not hold up other users' calls.
 import json
 from collections import deque
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -26,11 +25,11 @@ from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mcproxy.errors import BrowserUnavailable, CDPError, InvalidBrowserURL
+from mcproxy.threads import thread_runner
 
 log = Logger()
 
@@ -71,13 +70,6 @@ def parse_message(data: str | bytes) -> dict:
     elif not isinstance(message.get("params") or {}, dict):
         raise MalformedMessage("params is not an object")
     return message
-
-
-def thread_runner(reactor) -> Callable[..., Deferred] | None:
-    """``run(f, *args)`` in the reactor's thread pool, or None for a clock without threads."""
-    if not hasattr(reactor, "getThreadPool"):
-        return None
-    return partial(deferToThreadPool, reactor, reactor.getThreadPool())
 
 
 class CDPConnection:
