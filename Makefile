@@ -38,12 +38,14 @@ test: install chromium ffmpeg
 # The hypothesis fuzzers (marked `fuzz`) at FUZZ_SCALE times their usual example counts:
 # the HTTP, auth and JSON-RPC fuzzers usually run 3,800 cases, so over 100,000 here, and the
 # cross-tenant suite 1,050 (pytest prints the total). Then the URL policy against real
-# Chromium. Not part of `make test`.
+# Chromium (run even when the fuzzers fail). Not part of `make test`.
 FUZZ_SCALE ?= 27
 
 fuzz: install chromium
-	MCPROXY_FUZZ_SCALE=$(FUZZ_SCALE) $(BIN)/python -m pytest -m fuzz $(PYTEST_ARGS)
-	$(BIN)/python -m pytest tests/test_url_policy_chromium.py $(PYTEST_ARGS)
+	status=0; \
+	MCPROXY_FUZZ_SCALE=$(FUZZ_SCALE) $(BIN)/python -m pytest -m fuzz $(PYTEST_ARGS) || status=$$?; \
+	$(BIN)/python -m pytest tests/test_url_policy_chromium.py $(PYTEST_ARGS) || status=$$?; \
+	exit $$status
 
 bench: install chromium
 	$(BIN)/python -m bench $(ARGS)
