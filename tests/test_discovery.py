@@ -1,5 +1,7 @@
 """browserURL validation and /json/version discovery, against real servers on loopback."""
 
+import ipaddress
+
 import pytest
 import pytest_twisted
 from hypothesis import given
@@ -56,23 +58,37 @@ def test_addresses_outside_the_allowed_networks_are_refused(address):
 
 
 @fuzz_settings(100)
-@given(st.ip_addresses())
+@given(
+    st.one_of(
+        st.ip_addresses(),
+        # Addresses that carry an IPv4 address, which random IPv6 addresses almost never are.
+        st.ip_addresses(v=4).map(lambda v4: ipaddress.ip_address(f"::ffff:{v4}")),
+        st.ip_addresses(v=4).map(lambda v4: ipaddress.ip_address(f"64:ff9b::{v4}")),
+        st.ip_addresses(v=4).map(lambda v4: ipaddress.IPv6Address((0x2002 << 112) | (int(v4) << 80))),
+    )
+)
 def test_check_address_agrees_with_the_networks(ip):
+    """Accepted exactly when the address, or the IPv4 address it carries (mapped, 6to4,
+    NAT64), is inside the allowed networks and neither is link-local or a metadata service."""
     import ipaddress
 
+    from mcproxy.browser.urls import CLOUD_METADATA, LINK_LOCAL
+
+    forms = [ip]
+    if ip.version == 6:
+        carried = ip.ipv4_mapped or ip.sixtofour
+        if carried is None and ip in ipaddress.ip_network("64:ff9b::/96"):
+            carried = ipaddress.IPv4Address(ip.packed[-4:])
+        forms += [carried] if carried is not None else []
     allowed = [ipaddress.ip_network(n) for n in LOOPBACK_AND_PRIVATE]
-    link_local = ip in ipaddress.ip_network("169.254.0.0/16" if ip.version == 4 else "fe80::/10")
-    inside = any(ip in n for n in allowed if n.version == ip.version)
+    inside = any(f in n for f in forms for n in allowed if n.version == f.version)
+    never = any(f in n for f in forms for n in LINK_LOCAL + CLOUD_METADATA if n.version == f.version)
     try:
         check_address(str(ip), LOOPBACK_AND_PRIVATE, what="x")
         accepted = True
     except InvalidBrowserURL:
         accepted = False
-    mapped = getattr(ip, "ipv4_mapped", None)
-    if mapped is None:
-        assert accepted == (inside and not link_local)
-    elif accepted:
-        assert not mapped.is_link_local
+    assert accepted == (inside and not never)
 
 
 @pytest_twisted.ensureDeferred
