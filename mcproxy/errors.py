@@ -91,6 +91,20 @@ class PayloadTooLarge(MCProxyError):
     code = "payload_too_large"
 
 
+class SlowRequest(MCProxyError):
+    """The request's head or body did not arrive in time."""
+
+    http_status = 408
+    code = "request_too_slow"
+
+
+class TooManyConnections(MCProxyError):
+    """The client's address holds as many connections as ``server.max_connections_per_address`` allows."""
+
+    http_status = 503
+    code = "too_many_connections"
+
+
 class UnsupportedMediaType(MCProxyError):
     """The body is not JSON."""
 

@@ -137,3 +137,27 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(
             f"hypothesis fuzz cases run: {fuzz.cases_run()} ({fuzz.SCALE_VARIABLE}={fuzz.scale():g})"
         )
+
+
+@pytest_twisted.async_yield_fixture()
+async def proxy(reactor, tmp_path):
+    """A whole daemon of this test alone (memory store), listening on a free loopback port."""
+    from mcproxy.testing.daemon import start_proxy
+
+    running = await start_proxy(reactor, tmp_path)
+    yield running
+    await running.stop()
+
+
+@pytest.fixture
+def fake_server(reactor):
+    """A stand-in DevTools WebSocket endpoint (`mcproxy.testing.fake_cdp`) on a free port."""
+    from mcproxy.testing.fake_cdp import FakeCDPServerFactory, FakeChrome
+
+    factory = FakeCDPServerFactory(FakeChrome(), reactor=reactor)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    factory.url = f"ws://127.0.0.1:{port.getHost().port}/devtools/browser/fake"
+    factory.port_number = port.getHost().port
+    yield factory
+    factory.drop_all()
+    pytest_twisted.blockon(port.stopListening())

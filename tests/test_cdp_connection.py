@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 
 from mcproxy.browser.cdp.connection import ALL, THREAD_DECODE_BYTES, CDPConnection, open_websocket
 from mcproxy.errors import BrowserUnavailable, CDPError, InvalidBrowserURL
-from mcproxy.testing.fake_cdp import HANG, FakeCDPError, FakeCDPServerFactory, FakeChrome
+from mcproxy.testing.fake_cdp import HANG, FakeCDPError
 
 
 class Wire:
@@ -113,18 +113,6 @@ def test_events_are_routed_by_session_and_method():
     connection.message_received(json.dumps({"method": "Target.targetCreated", "params": {}}))
     connection.message_received("not json")
     assert seen == [("S1 load", {"t": 1}), ("S1 any", "Page.loadEventFired"), ("browser", "Target.targetCreated")]
-
-
-@pytest.fixture
-def fake_server(reactor):
-    chrome = FakeChrome()
-    factory = FakeCDPServerFactory(chrome, reactor=reactor)
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-    factory.url = f"ws://127.0.0.1:{port.getHost().port}/devtools/browser/fake"
-    factory.port_number = port.getHost().port
-    yield factory
-    factory.drop_all()
-    pytest_twisted.blockon(port.stopListening())
 
 
 async def connect(reactor, server, **kw):

@@ -9,21 +9,11 @@ import pytest_twisted
 import treq
 from twisted.internet.defer import Deferred
 
-from mcproxy.testing.daemon import start_proxy
 
 
 def run_async(coro):
     """Await an asyncio coroutine (SDK client code) from a Twisted test."""
     return Deferred.fromFuture(asyncio.ensure_future(coro))
-
-
-@pytest_twisted.async_yield_fixture
-async def proxy(tmp_path):
-    from twisted.internet import reactor
-
-    running = await start_proxy(reactor, tmp_path / "var")
-    yield running
-    await running.stop()
 
 
 def _text(result) -> str:

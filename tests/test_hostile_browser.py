@@ -12,20 +12,8 @@ from twisted.internet import task
 from mcproxy.browser.cdp import connection as cdp
 from mcproxy.browser.cdp.connection import THREAD_DECODE_BYTES, open_websocket
 from mcproxy.errors import BrowserUnavailable, CDPError
-from mcproxy.testing.fake_cdp import HANG, FakeCDPServerFactory, FakeChrome, ax_cycle, ax_deep, ax_duplicated, ax_wide
+from mcproxy.testing.fake_cdp import HANG, ax_cycle, ax_deep, ax_duplicated, ax_wide
 from mcproxy.tools import snapshot
-
-
-@pytest.fixture
-def fake_server(reactor):
-    chrome = FakeChrome()
-    factory = FakeCDPServerFactory(chrome, reactor=reactor)
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-    factory.url = f"ws://127.0.0.1:{port.getHost().port}/devtools/browser/fake"
-    factory.port_number = port.getHost().port
-    yield factory
-    factory.drop_all()
-    pytest_twisted.blockon(port.stopListening())
 
 
 async def connect(reactor, server, **kw):

@@ -13,13 +13,6 @@ import treq
 from mcproxy.testing.daemon import start_proxy
 
 
-@pytest_twisted.async_yield_fixture
-async def proxy(reactor, tmp_path):
-    running = await start_proxy(reactor, tmp_path)
-    yield running
-    await running.stop()
-
-
 def _id(token: str) -> str:
     return token.split("_")[1]
 
@@ -64,7 +57,6 @@ async def test_a_browser_another_user_holds_is_409_under_every_url_form(proxy, c
 async def test_the_same_chrome_run_is_recognised_by_its_browser_id(proxy, chromium):
     """Two listening sockets of one Chrome (the same browser id) are one browser."""
     alice = await proxy.token_for("alice")
-    bob = await proxy.token_for("bob")
     await proxy.register("alice", chromium.browser_url, alice)
     browser = proxy.service.pool.existing("alice")
     await browser.connected(10)

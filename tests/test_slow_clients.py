@@ -16,8 +16,9 @@ from twisted.internet.task import Clock, LoopingCall, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.web import resource
 
+from mcproxy.errors import TooManyConnections
 from mcproxy.web.network import networks
-from mcproxy.web.site import ConnectionLimits, JSONNotFound, ProxySite, Root, TooManyConnections, address_group
+from mcproxy.web.site import ConnectionLimits, JSONNotFound, ProxySite, Root, address_group
 
 SLACK = 5.0
 """Seconds granted beyond a configured limit before a test calls the server too late."""

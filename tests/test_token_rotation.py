@@ -2,14 +2,6 @@
 
 import pytest_twisted
 
-from mcproxy.testing.daemon import start_proxy
-
-
-@pytest_twisted.async_yield_fixture
-async def proxy(reactor, tmp_path):
-    running = await start_proxy(reactor, tmp_path)
-    yield running
-    await running.stop()
 
 
 def _id(token: str) -> str:

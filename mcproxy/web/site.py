@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.web import http, resource, server
 
 from mcproxy import logs
-from mcproxy.errors import MCProxyError, NotFound, PayloadTooLarge
+from mcproxy.errors import MCProxyError, NotFound, PayloadTooLarge, SlowRequest, TooManyConnections
 from mcproxy.web.http import INTERNAL, log_unhandled, request_id, set_deadline, write_error
 from mcproxy.web.network import ClientPolicy, Network, networks, parse_address, within
 
@@ -75,20 +75,6 @@ def _raw_error(error: MCProxyError, extra: bytes = b"") -> bytes:
         b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
         b"Cache-Control: no-store\r\nConnection: close\r\n%s\r\n" % (status, http.RESPONSES[status], len(body), extra)
     ) + body
-
-
-class TooManyConnections(MCProxyError):
-    """The client's address holds as many connections as ``server.max_connections_per_address`` allows."""
-
-    http_status = 503
-    code = "too_many_connections"
-
-
-class SlowRequest(MCProxyError):
-    """The request's head or body did not arrive in time."""
-
-    http_status = 408
-    code = "request_too_slow"
 
 
 class ProxyChannel(http.HTTPChannel):
