@@ -4,12 +4,15 @@ import json
 
 import pytest
 import pytest_twisted
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from mcproxy.browser.cdp.connection import ALL, THREAD_DECODE_BYTES, CDPConnection, open_websocket
 from mcproxy.errors import BrowserUnavailable, CDPError, InvalidBrowserURL
 from mcproxy.testing.fake_cdp import HANG, FakeCDPError
+from mcproxy.testing.fuzz import fuzz_settings
 
 
 class Wire:
@@ -370,3 +373,24 @@ def test_a_flood_is_handled_a_share_per_reactor_turn():
     connection.clock.advance(0)  # a quiet turn: a fresh share, nothing held
     connection.message_received(json.dumps({"method": "Runtime.consoleAPICalled", "params": {"n": -1}}))
     assert seen[-1] == -1 and threads.paused == 2
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    max_leaves=30,
+)
+
+
+@fuzz_settings(300)
+@given(_JSON, st.sampled_from([None, 1, 2]))
+def test_big_messages_decode_in_pieces_exactly_as_json_loads_does(value, indent):
+    """Big messages are decoded with many small decoder calls (the thread lets go of the GIL
+    between them); the result is json.loads's, and broken JSON is refused the same way."""
+    from mcproxy.browser.cdp.connection import loads_in_pieces
+
+    text = json.dumps(value, indent=indent)
+    assert loads_in_pieces(text) == json.loads(text)
+    for broken in (text + " x", "[" + text, "{" + text + "}", f"[{text},]"):
+        with pytest.raises(ValueError):
+            loads_in_pieces(broken)

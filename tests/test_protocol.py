@@ -355,17 +355,19 @@ def test_modern_mcp_name_may_be_base64_wrapped():
         modern_envelope(msg("tools/call", params, 1), {**headers, "mcp-name": "=?base64?!!?="})
 
 
-def test_heavy_results_are_turned_into_json_off_the_reactor(h):
-    """A result of megabytes is shaped by ``run_blocking`` (a thread in the daemon); a small
-    one in the reactor, with no thread hop."""
+def test_heavy_results_and_arguments_are_handled_off_the_reactor(h):
+    """A result of megabytes is shaped and encoded by ``run_blocking`` (a thread in the
+    daemon), and arguments of megabytes are validated there; small ones in the reactor, with
+    no thread hop."""
     from twisted.internet.defer import maybeDeferred
 
+    from mcproxy.mcp.jsonrpc import Encoded, encode
     from mcproxy.mcp.protocol import OFF_REACTOR_WEIGHT
 
     shaped = []
 
     def run_blocking(f, *args):
-        shaped.append(args[0])
+        shaped.append(f)
         return maybeDeferred(f, *args)
 
     h.server.run_blocking = run_blocking
@@ -373,5 +375,9 @@ def test_heavy_results_are_turned_into_json_off_the_reactor(h):
     small = h.answer("tools/call", {"name": "big", "arguments": {"size": 1024}})
     assert shaped == [] and small["result"]["content"][0]["type"] == "image"
     big = h.answer("tools/call", {"name": "big", "arguments": {"size": OFF_REACTOR_WEIGHT}})
-    assert shaped == ["tools/call"]
-    assert len(big["result"]["content"][0]["data"]) >= OFF_REACTOR_WEIGHT
+    assert len(shaped) == 1 and isinstance(big["result"], Encoded)  # encoded there too
+    wire = json.loads(encode(big))
+    assert wire["id"] == big["id"] and len(wire["result"]["content"][0]["data"]) >= OFF_REACTOR_WEIGHT
+    # Megabytes of arguments are validated there too (and a big echo is shaped there).
+    echoed = h.answer("tools/call", {"name": "echo", "arguments": {"text": "e" * OFF_REACTOR_WEIGHT}})
+    assert len(shaped) == 3 and json.loads(encode(echoed))["result"]["content"][0]["text"].startswith("eee")

@@ -102,6 +102,20 @@ def notification_message(method: str, params: dict | None = None) -> dict:
     return message
 
 
+class Encoded(bytes):
+    """A JSON value already encoded (a big result, encoded off the reactor): `encode` puts it
+    into its message as it is."""
+
+
+def to_json(value: Any) -> bytes:
+    """Compact UTF-8 JSON."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
 def encode(message: dict) -> bytes:
     """Compact UTF-8 JSON for the wire."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    result = message.get("result")
+    if isinstance(result, Encoded):
+        rest = to_json({key: value for key, value in message.items() if key != "result"})
+        return rest[:-1] + b',"result":' + result + b"}"
+    return to_json(message)

@@ -46,11 +46,13 @@ from mcproxy.errors import MCProxyError, RateLimited
 from mcproxy.mcp.jsonrpc import (
     NOT_INITIALIZED,
     TOO_MANY_IN_FLIGHT,
+    Encoded,
     RpcError,
     error_message,
     notification_message,
     readable,
     result_message,
+    to_json,
 )
 from mcproxy.tools.base import CallContext, SessionView
 
@@ -72,6 +74,24 @@ Notify = Callable[[dict], None]
 
 #: Results at least this heavy (see `_weight`) are turned into JSON off the reactor.
 OFF_REACTOR_WEIGHT = 256 * 1024
+
+
+def _heavy(value: Any, limit: int = OFF_REACTOR_WEIGHT) -> bool:
+    """Whether JSON ``value`` holds at least ``limit`` characters of strings, or so many items
+    that walking it is work in itself (it stops looking as soon as it knows)."""
+    stack, seen = [value], 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if isinstance(item, str):
+            limit -= len(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        if limit <= 0 or seen > 10_000:
+            return True
+    return False
 
 
 def _weight(result: BaseModel) -> int:
@@ -349,7 +369,7 @@ class McpSession:
             )
             return error_message(rid, INTERNAL_ERROR, "Internal error; the server log has details")
 
-    async def _dispatch(self, message: JSONRPCRequest, notify: Notify) -> dict:
+    async def _dispatch(self, message: JSONRPCRequest, notify: Notify) -> dict | Encoded:
         method = message.method
         if method == "initialize" and self.modern is None:
             return self._initialize(message)
@@ -357,7 +377,11 @@ class McpSession:
             raise RpcError(NOT_INITIALIZED, f"Session not initialized: send initialize before {method}")
         version = self.protocol_version or LATEST_HANDSHAKE_VERSION
         try:
-            parsed = methods.parse_client_request(method, version, message.params)
+            if self.server.run_blocking is not None and _heavy(message.params):
+                # Megabytes of arguments (a long form): validated in a thread.
+                parsed = await self.server.run_blocking(methods.parse_client_request, method, version, message.params)
+            else:
+                parsed = methods.parse_client_request(method, version, message.params)
         except KeyError:
             raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method} (protocol {version})") from None
         except ValidationError as e:
@@ -367,9 +391,9 @@ class McpSession:
             raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method} is not offered by this server")
         result = await handler(parsed, message, notify)
         if self.server.run_blocking is not None and _weight(result) >= OFF_REACTOR_WEIGHT:
-            # Megabytes of answer (a long console list, a big image): shaped in a thread, so
-            # other users' calls go on meanwhile.
-            return await self.server.run_blocking(self._shape, method, version, result)
+            # Megabytes of answer (a long console list, a big image): shaped and encoded in a
+            # thread, so other users' calls go on meanwhile.
+            return await self.server.run_blocking(lambda: Encoded(to_json(self._shape(method, version, result))))
         return self._shape(method, version, result)
 
     def _shape(self, method: str, version: str, result: BaseModel) -> dict:

@@ -4,11 +4,13 @@ import base64
 import json
 
 from mcproxy.artifacts import guess_mime_type, is_text
+from mcproxy.browser.cdp.connection import THREAD_DECODE_BYTES
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools import schema as s
 from mcproxy.tools.extensions import worker_for
 from mcproxy.tools.pages import Response, ToolCall
 from mcproxy.tools.settle import act_and_settle
+from mcproxy.threads import thread_runner
 from mcproxy.tools.snapshot import element_error, resolve_element, resolve_uid, take_snapshot
 
 _MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -198,9 +200,23 @@ async def take_screenshot(call: ToolCall) -> Response:
         if name is None:
             message += f" It is {size} bytes, too big to return inline, so it was saved as a file."
             name = f"screenshots/screenshot-{round(call.clock.seconds() * 1000)}.{image_format}"
-        artifact = await _save(call, base64.b64decode(shot["data"]), _MIME_TYPES[image_format], name)
+        artifact = await _save(call, await _decoded(call, shot["data"]), _MIME_TYPES[image_format], name)
         return Response().add(message).add_artifact(artifact, "Screenshot")
     return Response().add(message).add_image(shot["data"], _MIME_TYPES[image_format])
+
+
+async def _decoded(call: ToolCall, data: str) -> bytes:
+    """Base64 ``data`` decoded, in a thread when it is big (a tall page's screenshot is tens
+    of MB, which would hold the reactor)."""
+    run = thread_runner(call.clock) if len(data) >= THREAD_DECODE_BYTES else None
+    return await run(_b64decode_in_pieces, data) if run is not None else base64.b64decode(data)
+
+
+def _b64decode_in_pieces(data: str) -> bytes:
+    """Base64 decoded a megabyte at a time: the decoder holds the GIL for a whole call, so one
+    call on tens of MB would stall the reactor's thread even from another thread."""
+    piece = 4 * 256 * 1024  # whole base64 quanta
+    return b"".join(base64.b64decode(data[at : at + piece]) for at in range(0, len(data), piece))
 
 
 async def take_heapsnapshot(call: ToolCall) -> Response:

@@ -70,7 +70,7 @@ class MessageResource(McpEndpoint):
         if entry is None or entry.transport != TRANSPORT:
             raise NotFound("no such session; open a new one with GET /sse", code="session_not_found")
         try:
-            message = read_rpc(request, t.max_body)
+            message = await read_rpc(request, t.max_body, t.server.run_blocking)
         except RpcError as e:
             write_rpc(request, 400, e.to_message())
             return

@@ -32,6 +32,8 @@ _JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]+\+)?json\s*(;.*)?$", re.I)
 
 
 SESSION_ENDED = -32012
+#: Request bodies this big or bigger are parsed in a thread.
+OFF_REACTOR_BODY_BYTES = 256 * 1024
 """JSON-RPC error code of a request cut short because its session ended (deleted, expired,
 its token revoked, the server stopping)."""
 
@@ -122,15 +124,19 @@ def accepts(request: IRequest) -> tuple[bool, bool]:
     )
 
 
-def read_rpc(request: IRequest, limit: int) -> Any:
-    """The body as one JSON-RPC message; 415 unless it is JSON, 413 over the limit.
+async def read_rpc(request: IRequest, limit: int, run_blocking=None) -> Any:
+    """The body as one JSON-RPC message; 415 unless it is JSON, 413 over the limit. A body of
+    megabytes (a long form) is parsed by ``run_blocking`` (a thread), not in the reactor.
 
     Raises `RpcError` for a body that is JSON-RPC-invalid.
     """
     content_type = (request.getHeader(b"content-type") or b"").decode("latin-1")
     if not _JSON_TYPE.match(content_type.strip()):
         raise UnsupportedMediaType(f"Content-Type must be application/json, got {content_type or 'none'!r}")
-    return parse_message(read_body(request, limit))
+    body = read_body(request, limit)
+    if run_blocking is not None and len(body) >= OFF_REACTOR_BODY_BYTES:
+        return await run_blocking(parse_message, body)
+    return parse_message(body)
 
 
 def write_rpc(

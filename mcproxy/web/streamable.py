@@ -131,7 +131,7 @@ class StreamableResource(McpEndpoint):
                 "Accept must allow application/json or text/event-stream", code="not_acceptable"
             )
         try:
-            message = read_rpc(request, t.max_body)
+            message = await read_rpc(request, t.max_body, t.server.run_blocking)
             headers = _headers(request)
         except RpcError as e:
             write_rpc(request, rpc_error_status(e), e.to_message())
