@@ -51,6 +51,8 @@ async def test_garbage_frames_are_dropped_and_the_connection_keeps_answering(rea
         garbage = [
             "not json", "[" * 200_000, "[1]", "null", '{"id": "1", "result": {}}', '{"id": 1, "result": [1]}',
             '{"method": 5}', '{"method": "Target.targetCreated", "params": "x"}', '{"id": 424242, "result": {}}',
+            b'{"method": "Runtime.consoleAPICalled", "params": {"t": "\xff\xfe"}}',  # not UTF-8
+            b'{"id": 9, "result": {"v": "\xc3"}}' + b" " * (1 << 20),  # not UTF-8, and big (a thread)
         ]  # fmt: skip
         for text in garbage:
             chrome.send_raw(text)
@@ -60,6 +62,7 @@ async def test_garbage_frames_are_dropped_and_the_connection_keeps_answering(rea
         with pytest.raises(CDPError, match=r"^Runtime.evaluate: the browser sent a malformed reply"):
             await pending
         assert link.dropped == len(garbage) - 1 and not link.closed  # the unknown id is ignored, not counted
+        assert (await link.send("Browser.getVersion"))["product"] == "FakeChrome/1.0"
     finally:
         link.abort()
 

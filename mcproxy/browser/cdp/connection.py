@@ -507,6 +507,10 @@ class CDPClientFactory(WebSocketClientFactory):
             openHandshakeTimeout=handshake_timeout,
             closeHandshakeTimeout=1,
             perMessageCompressionOffers=[],
+            # parse_message decodes UTF-8 strictly (a broken message is dropped), so autobahn's
+            # check is redundant, and its two C calls per frame let go of the GIL: with a thread
+            # decoding a big message meanwhile, each costs the reactor a wait for it.
+            utf8validateIncoming=False,
         )
 
 
