@@ -70,6 +70,7 @@ _REPEAT = re.compile(r"repeat\((\d+)\)")
 BROKEN = (WireError, OSError, EOFError, ValueError)
 
 
+
 class LeanStateless(LeanStreamable):
     """Stateless 2026-07-28 requests on one persistent connection to ``/mcp``: no handshake and
     no session; each request carries its version in ``_meta`` and its routing headers."""
@@ -340,27 +341,28 @@ async def _hammer(load: HeavyLoad, client: _Client, patience: float) -> None:
 @attrs.frozen
 class Phase:
     """What user B saw in one phase: list_pages timings (ms), the raw CDP round trips to B's
-    Chrome made right after each, and why calls failed."""
+    Chrome made right after each (the ``Target.getTargets`` list_pages needs), and why calls
+    failed."""
 
     list_pages: list[float]
     raw_cdp: list[float]
     failures: dict[str, int]
 
 
-def probe(base_url: str, token: str, page_id: int, page_socket: str, calls: int, seconds: float) -> Phase:
+def probe(base_url: str, token: str, page_id: int, browser_socket: str, calls: int, seconds: float) -> Phase:
     """User B's ``list_pages``, ``calls`` times spread evenly over ``seconds``, each followed
-    by a raw ``Runtime.evaluate("1+1")`` on B's tab: the same-run baseline for what the
-    machine (the CPU, B's Chrome) adds without the daemon.
+    by a raw ``Target.getTargets`` on B's browser (what list_pages asks it): the same-run
+    baseline for what the machine (the CPU, B's Chrome) adds without the daemon.
 
     It runs in a process of its own, so that the benchmark's own work for user A (reading
     and parsing answers of tens of MiB) never delays user B's loop."""
-    return asyncio.run(_probe(_Client(base_url, token), page_id, page_socket, calls, seconds))
+    return asyncio.run(_probe(_Client(base_url, token), page_id, browser_socket, calls, seconds))
 
 
-async def _probe(client: _Client, page_id: int, page_socket: str, calls: int, seconds: float) -> Phase:
+async def _probe(client: _Client, page_id: int, browser_socket: str, calls: int, seconds: float) -> Phase:
     loop = asyncio.get_running_loop()
     phase = Phase([], [], collections.Counter())
-    cdp = await CdpSocket.open(page_socket)
+    cdp = await CdpSocket.open(browser_socket)
     begin = loop.time()
     try:
         for i in range(calls):
@@ -385,7 +387,7 @@ async def _probe(client: _Client, page_id: int, page_socket: str, calls: int, se
                 phase.list_pages.append(elapsed)
             # The baseline must answer: without it the figures cannot be read (WireError ends the run).
             started = time.perf_counter()
-            await asyncio.wait_for(cdp.call("Runtime.evaluate", {"expression": "1+1"}), CALL_TIMEOUT)
+            await asyncio.wait_for(cdp.call("Target.getTargets"), CALL_TIMEOUT)
             phase.raw_cdp.append((time.perf_counter() - started) * 1000)
     finally:
         client.close()
@@ -413,7 +415,7 @@ async def _phase(name: str, daemon: ProxyDaemon, measure: Awaitable[Phase]) -> P
     busy, waiting = (daemon.cpu_seconds() - cpu) / elapsed, (reactor_waited(daemon.pid) - waited) / elapsed
     say(f"  {name}: daemon CPU {busy:.0%} of a core; its reactor waited for a CPU {waiting:.0%} of the time")
     say(f"    list_pages through mcproxy       {_row(phase.list_pages)}")
-    say(f"    raw CDP Runtime.evaluate (B's)   {_row(phase.raw_cdp)}")
+    say(f"    raw CDP Target.getTargets (B's)  {_row(phase.raw_cdp)}")
     for reason, n in phase.failures.items():
         say(f"    failed {n}x: {reason}")
     return phase
@@ -428,8 +430,16 @@ async def run(options) -> list[Verdict]:
     )
     limits = Limits.from_code()
     loads = heavy_loads(limits)
-    chromium_a, chromium_b = Chromium(), Chromium()
+    # Users' browsers run on their own machines; here the daemon gets a core of its own and
+    # the browsers and both users' clients share the rest, so the figure measures the daemon,
+    # not the scheduler (on a single core everything shares it).
+    cores = sorted(os.sched_getaffinity(0))
+    daemon_cores, other_cores = ({cores[0]}, set(cores[1:])) if len(cores) > 1 else (None, None)
+    chromium_a, chromium_b = Chromium(cpus=other_cores), Chromium(cpus=other_cores)
     daemon = ProxyDaemon.for_benchmark(options, "isolation")
+    daemon.cpus = daemon_cores
+    if other_cores:
+        os.sched_setaffinity(0, other_cores)  # the bench process, and the prober it spawns
     clients: list[_Client] = []
     hammers: list[asyncio.Task] = []
     # spawn, not fork: this process runs an event loop and (for user A) big buffers.
@@ -442,7 +452,7 @@ async def run(options) -> list[Verdict]:
         clients.append(_Client(daemon.base_url, token_b))
         url_b = _fixture_url("user-b")
         page_b = await clients[0].open_page(url_b)
-        socket_b = await chromium_b.page_socket_url(url_b)
+        socket_b = await chromium_b.browser_socket_url()
         for load in loads:
             clients.append(_Client(daemon.base_url, token_a))
             await _set_up(load, clients[-1])
@@ -474,6 +484,7 @@ async def run(options) -> list[Verdict]:
         await chromium_b.stop()
         await _caught_up(daemon)
         await daemon.stop()
+        os.sched_setaffinity(0, cores)
 
 
 async def _caught_up(daemon: ProxyDaemon) -> None:

@@ -90,12 +90,22 @@ def _tail(log_path: str | None) -> str:
         return ":\n" + f.read()[-3000:]
 
 
-class Chromium:
-    """Debian's headless Chromium with remote debugging on a free loopback port."""
+def _pinned(cpus: set[int] | None):
+    """A ``preexec_fn`` that keeps a child (and its children) on ``cpus`` (None: anywhere)."""
+    return (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
 
-    def __init__(self):
+
+class Chromium:
+    """Debian's headless Chromium with remote debugging on a free loopback port.
+
+    ``cpus`` keeps it and its renderers on those cores: in production each browser runs on
+    its user's own machine, not on the cores the daemon is measured on.
+    """
+
+    def __init__(self, cpus: set[int] | None = None):
         self.profile = tempfile.mkdtemp(prefix="mcproxy-bench-chrome-")
         self.port = free_port()
+        self.cpus = cpus
         self.process: asyncio.subprocess.Process | None = None
 
     @property
@@ -112,6 +122,7 @@ class Chromium:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
+            preexec_fn=_pinned(self.cpus),
         )
 
         async def ready():
@@ -120,6 +131,11 @@ class Chromium:
 
         await _wait_until(ready, self.process, "Chromium")
         return self
+
+    async def browser_socket_url(self) -> str:
+        """The browser-level WebSocket (what a pool connects to)."""
+        _, version = await _get_json(self.browser_url, "/json/version")
+        return version["webSocketDebuggerUrl"]
 
     async def page_socket_url(self, page_url: str) -> str:
         """The page-level WebSocket of the tab showing ``page_url``."""
@@ -138,8 +154,10 @@ class Chromium:
 class ProxyDaemon:
     """``twistd -n mcproxy`` as a separate process with its own temporary config and data dir."""
 
-    def __init__(self, store: str = "sqlite", profile: str | None = None):
+    def __init__(self, store: str = "sqlite", profile: str | None = None, cpus: set[int] | None = None):
         self.root = tempfile.mkdtemp(prefix="mcproxy-bench-")
+        #: The cores the daemon may run on (None: any).
+        self.cpus = cpus
         self.data_dir = os.path.join(self.root, "var")
         self.log_path = os.path.join(self.root, "twistd.log")
         self.port = free_port()
@@ -197,7 +215,7 @@ class ProxyDaemon:
             self.process = await asyncio.create_subprocess_exec(
                 twistd, "--nodaemon", "--pidfile=", *profiling, "mcproxy", "--config", config,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
-                cwd=self.root, env=env,
+                cwd=self.root, env=env, preexec_fn=_pinned(self.cpus),
             )  # fmt: skip
 
         async def healthy():

@@ -286,3 +286,15 @@ async def test_select_and_close_pages(tools, fixture_site, user_browser):
     assert second_id not in [p.page_id for p in user_browser.pages()]
     result = await tools.call_tool("close_page", {"pageId": second_id}, context)
     assert result.is_error and text_of(result).startswith(f"No page with id {second_id}.")
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_pages_asks_chrome_for_its_targets_once(tools, user_browser, fixture_site, monkeypatch):
+    context = make_context()
+    await ok(tools, context, "new_page", url=fixture_site.page("tools_second.html"))
+    sent = []
+    real = user_browser.send
+    monkeypatch.setattr(user_browser, "send", lambda method, *a, **k: sent.append(method) or real(method, *a, **k))
+    result = await ok(tools, context, "list_pages")
+    assert sent.count("Target.getTargets") == 1
+    assert [page["id"] for page in result.structured_content["pages"]] == [context.session.selected_page_id]

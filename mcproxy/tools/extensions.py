@@ -216,12 +216,10 @@ async def worker_for(call: ToolCall, worker_id: str) -> Page:
     return await targets_of(call.browser).session(worker_id)
 
 
-async def add_service_workers(call: ToolCall, response: Response) -> Response:
-    """list_pages' ``## Extension Service Workers`` section and ``extensionServiceWorkers`` (when any run)."""
-    try:
-        workers = await targets_of(call.browser).workers()
-    except CDPError:
-        workers = []
+async def add_service_workers(call: ToolCall, response: Response, infos: list[dict] | None) -> Response:
+    """list_pages' ``## Extension Service Workers`` section and ``extensionServiceWorkers`` (when
+    any run), from Chrome's target list ``infos`` (None: Chrome did not answer)."""
+    workers = await targets_of(call.browser).workers(infos) if infos is not None else []
     if workers:
         response.add("## Extension Service Workers\n" + "\n".join(f"{w.id}: {w.url}" for w in workers))
         if response.structured is not None:

@@ -8,7 +8,7 @@ from twisted.internet.task import deferLater
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools import schema as s
 from mcproxy.tools.dialogs import dialog_note
-from mcproxy.tools.extensions import add_service_workers
+from mcproxy.tools.extensions import add_service_workers, targets_of
 from mcproxy.tools.pages import PAGES_OUTPUT_SCHEMA, Response, ToolCall
 from mcproxy.tools.settle import first
 from mcproxy.tools.snapshot import take_snapshot
@@ -41,8 +41,13 @@ _WAIT_FOR_TEXT = """function (texts) {
 
 async def list_pages(call: ToolCall) -> Response:
     """The pages in the caller's scope and the browser's extension service workers, as text and
-    as structured content."""
-    return await add_service_workers(call, await Response().add_pages(call, structured=True))
+    as structured content; one ``Target.getTargets`` serves both."""
+    try:
+        infos = await targets_of(call.browser).targets()
+    except CDPError:
+        infos = None
+    response = await Response().add_pages(call, structured=True, infos=infos or [])
+    return await add_service_workers(call, response, infos)
 
 
 async def select_page(call: ToolCall) -> Response:

@@ -121,9 +121,12 @@ class Response:
         )
         return self
 
-    async def add_pages(self, call: "ToolCall", *, structured: bool = False) -> "Response":
-        """The ``## Pages`` section (and, for list_pages, the ``pages`` structured content)."""
-        listing = await _fresh_listing(call)
+    async def add_pages(
+        self, call: "ToolCall", *, structured: bool = False, infos: list[dict] | None = None
+    ) -> "Response":
+        """The ``## Pages`` section (and, for list_pages, the ``pages`` structured content);
+        ``infos`` is Chrome's target list when the caller has it already."""
+        listing = await _fresh_listing(call, infos)
         selected = call.context.session.selected_page_id
         if listing:
             pages = {page.page_id: page for page in visible_pages(call)}
@@ -161,23 +164,25 @@ def error_result(message: str) -> mcp_types.CallToolResult:
     return mcp_types.CallToolResult(content=[mcp_types.TextContent(type="text", text=message)], is_error=True)
 
 
-async def _fresh_listing(call: "ToolCall") -> list[tuple[int, str, str]]:
+async def _fresh_listing(call: "ToolCall", infos: list[dict] | None = None) -> list[tuple[int, str, str]]:
     """``(page_id, url, title)`` of the visible pages, with titles as Chrome has them now.
 
-    Title change events can trail a page's load event, so ask Chrome (one call).
+    Title change events can trail a page's load event, so ask Chrome (one call) unless
+    ``infos`` is its answer already.
     """
     pages = visible_pages(call)
     if not pages:
         return []
-    try:
-        targets = await call.browser.send("Target.getTargets")
-    except CDPError:
-        targets = {}
-    infos = {info["targetId"]: info for info in targets.get("targetInfos", ())}
+    if infos is None:
+        try:
+            infos = (await call.browser.send("Target.getTargets")).get("targetInfos", [])
+        except CDPError:
+            infos = []
+    by_target = {info["targetId"]: info for info in infos}
     listing = []
     for page in pages:
         make_visible(page)
-        info = infos.get(page.target_id, {})
+        info = by_target.get(page.target_id, {})
         listing.append((page.page_id, info.get("url") or page.url or "about:blank", info.get("title", page.title) or ""))
     return listing
 
