@@ -38,7 +38,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--isolation-calls", type=int, default=400, help="isolation: list_pages calls per phase (idle, loaded)"
     )
     parser.add_argument(
-        "--isolation-seconds", type=float, default=20.0, help="isolation: length of each phase, in seconds"
+        "--isolation-seconds", type=float, default=15.0, help="isolation: length of each phase, in seconds"
     )
     args = parser.parse_args(argv)
     if min(args.iterations, args.sessions, args.rounds, args.isolation_calls) < 1:
