@@ -161,10 +161,19 @@ def test_returns_once_the_dom_has_been_quiet_for_the_window():
 
 
 def test_a_mutation_restarts_the_quiet_window_on_our_clock():
-    # Mutated before the first reading (at DOM_POLL), then still: quiet from that reading on.
-    clock, page = Clock(), ScriptedPage(counts=[1, 1])
+    # Read at once after the action (the action's own mutations count from there), mutated
+    # before the next reading (at DOM_POLL), then still: quiet from that reading on.
+    clock, page = Clock(), ScriptedPage(counts=[0, 1, 1])
     at = settled_at(clock, settle(page, clock))
     assert DOM_POLL + DOM_QUIET <= at < 2 * DOM_POLL + DOM_QUIET
+
+
+def test_the_actions_own_mutations_do_not_cost_a_poll():
+    """What the action itself changed is counted by the reading made at once: the quiet
+    window starts right after the action, not one poll later."""
+    clock, page = Clock(), ScriptedPage(counts=[3, 3])
+    at = settled_at(clock, settle(page, clock))
+    assert DOM_QUIET <= at < DOM_QUIET + DOM_POLL
 
 
 def test_a_dom_that_never_rests_is_waited_for_at_most_the_cap():

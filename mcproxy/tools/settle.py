@@ -139,17 +139,21 @@ async def _install_observer(page) -> str | None:
 
 async def _dom_quiet(page, clock, watch_id: str | None, started: float) -> None:
     """Return once the mutation count has not changed for `DOM_QUIET` of our clock, or at
-    `SETTLE_CAP` after ``started`` (a page that never answers is given up on then too)."""
-    seen: Any = 0
+    `SETTLE_CAP` after ``started`` (a page that never answers is given up on then too).
+
+    The count is read once at once, so the action's own mutations (made while it was
+    dispatched) start the quiet window then, not a poll later."""
+    seen: Any = None
     changed = started
     while True:
         now = clock.seconds()
         left = started + SETTLE_CAP - now
         if left <= 0:
             return
-        await deferLater(clock, min(DOM_POLL, left, max(0.0, changed + DOM_QUIET - now)), lambda: None)
+        if seen is not None:
+            await deferLater(clock, min(DOM_POLL, left, max(0.0, changed + DOM_QUIET - now)), lambda: None)
         if watch_id is None:
-            count = seen
+            count = 0
         else:
             reading = page.send(
                 "Runtime.callFunctionOn",
@@ -161,7 +165,9 @@ async def _dom_quiet(page, clock, watch_id: str | None, started: float) -> None:
                 return
             count = reply.get("result", {}).get("value")
         now = clock.seconds()
-        if count != seen:
+        if seen is None:
+            seen = count
+        elif count != seen:
             seen, changed = count, now
         elif now - changed >= DOM_QUIET:
             return
