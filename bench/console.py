@@ -36,6 +36,7 @@ class _Page:
     def __init__(self):
         self.state = {}
         self._handlers = {}
+        self.browser = _Browser(self)  # the per-browser collection budget is kept by it
 
     def subscribe(self, method, callback):
         self._handlers.setdefault(method, []).append(callback)
@@ -144,7 +145,7 @@ async def run(options) -> list[Verdict]:
     )
 
     async def get_browser(user_id):
-        return _Browser(page)
+        return page.browser
 
     registry = ToolRegistry(get_browser, ToolsConfig(tab_scope="browser"), Clock(), tools=console.TOOLS)
     context = make_context()
