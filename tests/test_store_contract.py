@@ -366,27 +366,36 @@ async def test_passwords(store):
     assert await store.list_users() == []
 
 
-@pytest_twisted.ensureDeferred
-async def test_sqlite_files_from_before_passwords_get_the_table(tmp_path, reactor):
+def old_sqlite_file(path, version: int, *statements: str) -> str:
+    """A store file as an older mcproxy left it: its schema ``version`` and ``statements``."""
     import sqlite3
 
-    path = tmp_path / "old.sqlite3"
     with sqlite3.connect(path) as old:
-        old.execute(
-            "CREATE TABLE users (user_id TEXT PRIMARY KEY, browser_url TEXT NOT NULL, metadata TEXT NOT NULL,"
-            " registered_at REAL NOT NULL, last_activity REAL)"
-        )
-        old.execute("INSERT INTO users VALUES ('alice', 'http://127.0.0.1:9222', '{}', 1.0, NULL)")
-        old.execute("PRAGMA user_version = 1")
+        for statement in statements:
+            old.execute(statement)
+        old.execute(f"PRAGMA user_version = {version}")
     old.close()
-    store = await open_store(f"sqlite:{path}", reactor)
+    return f"sqlite:{path}"
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_files_from_before_passwords_get_the_table(tmp_path, reactor):
+    path = tmp_path / "old.sqlite3"
+    url = old_sqlite_file(
+        path,
+        1,
+        "CREATE TABLE users (user_id TEXT PRIMARY KEY, browser_url TEXT NOT NULL, metadata TEXT NOT NULL,"
+        " registered_at REAL NOT NULL, last_activity REAL)",
+        "INSERT INTO users VALUES ('alice', 'http://127.0.0.1:9222', '{}', 1.0, NULL)",
+    )
+    store = await open_store(url, reactor)
     try:
         assert (await store.get_user("alice")).browser_url == "http://127.0.0.1:9222"
         await store.set_password("alice", "scrypt$x")
         assert await store.get_password("alice") == "scrypt$x"
     finally:
         await store.close()
-    reopened = await open_store(f"sqlite:{path}", reactor)
+    reopened = await open_store(url, reactor)
     try:
         assert await reopened.get_password("alice") == "scrypt$x"
     finally:
@@ -405,19 +414,15 @@ async def test_redis_passwords_stay_under_the_prefix(tmp_path, reactor):
 
 @pytest_twisted.ensureDeferred
 async def test_sqlite_files_from_before_token_parents_gain_the_column(tmp_path, reactor):
-    import sqlite3
-
-    path = tmp_path / "v2.sqlite3"
-    with sqlite3.connect(path) as old:
-        old.execute(
-            "CREATE TABLE tokens (token_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, secret_hash TEXT NOT NULL,"
-            " permissions TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL, revoked_at REAL,"
-            " last_used_at REAL, description TEXT NOT NULL)"
-        )
-        old.execute("INSERT INTO tokens VALUES ('0123456789abcdef', 'alice', 'ab', '[\"admin\"]', 1.0, NULL, NULL, NULL, '')")
-        old.execute("PRAGMA user_version = 2")
-    old.close()
-    store = await open_store(f"sqlite:{path}", reactor)
+    url = old_sqlite_file(
+        tmp_path / "v2.sqlite3",
+        2,
+        "CREATE TABLE tokens (token_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, secret_hash TEXT NOT NULL,"
+        " permissions TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL, revoked_at REAL,"
+        " last_used_at REAL, description TEXT NOT NULL)",
+        "INSERT INTO tokens VALUES ('0123456789abcdef', 'alice', 'ab', '[\"admin\"]', 1.0, NULL, NULL, NULL, '')",
+    )
+    store = await open_store(url, reactor)
     try:
         old_token = await store.get_token("0123456789abcdef")
         assert old_token.permissions == ("admin",) and old_token.parent_id is None
