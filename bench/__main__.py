@@ -40,6 +40,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--isolation-seconds", type=float, default=15.0, help="isolation: length of each phase, in seconds"
     )
+    parser.add_argument(
+        "--isolation-loads",
+        metavar="TOOL,...",
+        help="isolation: only user A's heavy calls of these tools (to find which one slows user B)",
+    )
     args = parser.parse_args(argv)
     if min(args.iterations, args.sessions, args.rounds, args.isolation_calls) < 1:
         parser.error("--iterations, --sessions, --rounds and --isolation-calls must be at least 1")

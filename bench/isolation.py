@@ -430,6 +430,8 @@ async def run(options) -> list[Verdict]:
     )
     limits = Limits.from_code()
     loads = heavy_loads(limits)
+    if options.isolation_loads:
+        loads = [load for load in loads if load.tool in options.isolation_loads.split(",")]
     # Users' browsers run on their own machines; here the daemon gets a core of its own and
     # the browsers and both users' clients share the rest, so the figure measures the daemon,
     # not the scheduler (on a single core everything shares it).

@@ -75,3 +75,20 @@ def test_any_input_is_a_message_or_an_rpc_error(body):
         parse_message(body)
     except RpcError as e:
         assert e.code in (-32700, -32600)
+
+
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    max_leaves=30,
+)
+
+
+@fuzz_settings(300)
+@given(_VALUES)
+def test_encoding_in_pieces_gives_the_same_bytes(value):
+    """Big results are encoded with many small encoder calls (a thread lets go of the GIL
+    between them); the bytes are exactly those of one call."""
+    from mcproxy.mcp.jsonrpc import to_json, to_json_in_pieces
+
+    assert to_json_in_pieces(value) == to_json(value)

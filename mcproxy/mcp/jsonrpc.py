@@ -112,6 +112,18 @@ def to_json(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+def to_json_in_pieces(value: Any, depth: int = 0) -> bytes:
+    """`to_json` built from many small encoder calls: the C encoder holds the GIL for a whole
+    call, so a thread encoding megabytes at once would stall the reactor all the same. The
+    outer three levels of objects and arrays (a result, its structured content, a list in
+    it) are taken apart; what lies deeper is encoded in one call each."""
+    if depth < 3 and isinstance(value, dict):
+        return b"{" + b",".join(to_json(str(k)) + b":" + to_json_in_pieces(v, depth + 1) for k, v in value.items()) + b"}"
+    if depth < 3 and isinstance(value, list):
+        return b"[" + b",".join(to_json_in_pieces(item, depth + 1) for item in value) + b"]"
+    return to_json(value)
+
+
 def encode(message: dict) -> bytes:
     """Compact UTF-8 JSON for the wire."""
     result = message.get("result")

@@ -52,7 +52,7 @@ from mcproxy.mcp.jsonrpc import (
     notification_message,
     readable,
     result_message,
-    to_json,
+    to_json_in_pieces,
 )
 from mcproxy.tools.base import CallContext, SessionView
 
@@ -393,17 +393,26 @@ class McpSession:
         if self.server.run_blocking is not None and _weight(result) >= OFF_REACTOR_WEIGHT:
             # Megabytes of answer (a long console list, a big image): shaped and encoded in a
             # thread, so other users' calls go on meanwhile.
-            return await self.server.run_blocking(lambda: Encoded(to_json(self._shape(method, version, result))))
+            return await self.server.run_blocking(lambda: Encoded(to_json_in_pieces(self._shape(method, version, result))))
         return self._shape(method, version, result)
 
     def _shape(self, method: str, version: str, result: BaseModel) -> dict:
-        """The result as the JSON-RPC ``result`` of ``method`` for the negotiated version."""
+        """The result as the JSON-RPC ``result`` of ``method`` for the negotiated version.
+
+        A tool's structured content is plain JSON the tool built: it skips pydantic (which
+        would walk thousands of console messages holding the GIL) and is put back as it is."""
+        structured = getattr(result, "structured_content", None)
+        if structured:
+            result = result.model_copy(update={"structured_content": {}})
         dump = result.model_dump(by_alias=True, mode="json", exclude_none=True)
         if self.modern is not None:
             dump.setdefault("_meta", {})[SERVER_INFO_META_KEY] = self.server.server_info.model_dump(
                 by_alias=True, mode="json", exclude_none=True
             )
-        return methods.serialize_server_result(method, version, dump)
+        shaped = methods.serialize_server_result(method, version, dump)
+        if structured and "structuredContent" in shaped:
+            shaped["structuredContent"] = structured
+        return shaped
 
     def _initialize(self, message: JSONRPCRequest) -> dict:
         if self.protocol_version is not None:
