@@ -469,11 +469,14 @@ async def run(options) -> list[Verdict]:
         loaded = await _phase("loaded (user A's heavy calls running)", daemon, measure())
         for task in hammers:
             task.cancel()
-        outcomes = await asyncio.gather(*hammers, return_exceptions=True)
+        await asyncio.wait(hammers, timeout=CATCH_UP_TIMEOUT)
         say("  user A's heavy calls during the loaded phase:")
-        for load, outcome in zip(loads, outcomes):
+        for load, task in zip(loads, hammers):
             say(load.line())
-            if not isinstance(outcome, asyncio.CancelledError):
+            if not task.done():
+                say(f"      still running {CATCH_UP_TIMEOUT:g} s after it was cancelled")
+            elif not task.cancelled() and task.exception() is not None:
+                outcome = task.exception()
                 say(f"      stopped early: {type(outcome).__name__}: {str(outcome)[:300]}")
         return [_verdict(idle, loaded)]
     finally:
