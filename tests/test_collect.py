@@ -275,6 +275,21 @@ def test_raw_headers_that_come_before_their_request_or_response_are_not_lost():
     assert second.response_headers == (("Content-Type", "text/plain"), ("X-Raw", "1"))
 
 
+def test_raw_request_headers_that_come_after_the_response_are_not_lost():
+    """Under load Chrome's requestWillBeSentExtraInfo can trail the response; once the hop has
+    finished loading no other hop can follow, so the late headers are its own."""
+    page, records = attached(Collector(redact_headers=()))
+    request_sent(page, "r1", "http://h/a")
+    request_sent(page, "r1", "http://h/b", redirect={"status": 302, "headers": {"location": "/b"}})
+    page.fire("Network.responseReceived", requestId="r1", response={"status": 200, "headers": {"A": "b"}})
+    page.fire("Network.requestWillBeSentExtraInfo", requestId="r1", headers={"Cookie": "late=1"})
+    page.fire("Network.loadingFinished", requestId="r1")
+    first, second = records.network.entries()
+    assert second.request_headers == (("Cookie", "late=1"),) and second.finished
+    page.fire("Network.requestWillBeSentExtraInfo", requestId="r1", headers={"Cookie": "later=1"})
+    assert second.request_headers == (("Cookie", "late=1"),)  # raw headers come once
+
+
 def test_raw_headers_of_both_hops_of_a_redirect_before_it_go_to_their_own_hop():
     page, records = attached(Collector(redact_headers=()))
     request_sent(page, "r1", "http://h/a")

@@ -623,8 +623,9 @@ class PageRecords:
         request = self._requests.get(params.get("requestId"))
         if not params.get("headers"):
             return
-        if request is None or request.raw_request_headers or request.status is not None:
-            # Before its request, or for the next hop of a redirect that is not known yet.
+        if request is None or request.raw_request_headers or (request.status is not None and not request.finished):
+            # Before its request, for the next hop of a redirect that is not known yet, or late
+            # for this hop: `_loading_finished` settles which (no hop follows a finished one).
             self._keep_early("request", params.get("requestId"), params["headers"])
             return
         request.raw_request_headers = True
@@ -660,6 +661,9 @@ class PageRecords:
         request = self._requests.get(params.get("requestId"))
         if request is not None:
             request.finished = True
+            late = None if request.raw_request_headers else self._take_early("request", request.cdp_id)
+            if late is not None:  # raw headers Chrome sent after the response: this hop's
+                self._request_extra_info("", {"requestId": request.cdp_id, "headers": late})
 
     def _loading_failed(self, _: str, params: dict) -> None:
         request = self._requests.get(params.get("requestId"))
