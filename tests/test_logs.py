@@ -1,5 +1,6 @@
 """Log output: JSON lines, readable text, request ids, and secrets that never reach the stream."""
 
+import contextvars
 import io
 import json
 import time
@@ -174,9 +175,12 @@ async def test_request_id_follows_a_request_across_awaits(reactor):
     def process(label):
         return Deferred.fromCoroutine(handle(label))
 
-    first = logs.in_request("req-1", process, "a")
-    second = logs.in_request("req-2", process, "b")
-    log.info("outside any request")
+    # A context of its own: the reactor may run this test in a context an earlier test's
+    # timer captured (the asyncio reactor's callbacks keep the context they were scheduled in).
+    clean = contextvars.Context()
+    first = clean.run(logs.in_request, "req-1", process, "a")
+    second = clean.run(logs.in_request, "req-2", process, "b")
+    clean.run(log.info, "outside any request")
     await first
     await second
     by_message = {r["message"]: r.get("request_id") for r in records(stream)}
@@ -187,7 +191,7 @@ async def test_request_id_follows_a_request_across_awaits(reactor):
         "after await b": "req-2",
         "outside any request": None,
     }
-    assert logs.REQUEST_ID.get() is None
+    assert clean.run(logs.REQUEST_ID.get) is None
 
 
 def test_an_events_own_request_id_wins():
