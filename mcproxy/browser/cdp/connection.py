@@ -10,8 +10,8 @@ is at most ``browser.max_message_bytes`` (the WebSocket layer closes the connect
 it); one of `THREAD_DECODE_BYTES` or more is decoded in a thread, with reading paused and
 later messages queued behind it so their order holds; one that is not JSON, not an
 object, or has fields of the wrong type is dropped with a log line, or fails only the
-call it answers; a reply to no pending call is ignored. At most `MESSAGES_PER_TURN` are
-handled in one reactor turn (reading paused until the next), so one browser's flood does
+call it answers; a reply to no pending call is ignored. After `MESSAGES_PER_TURN` messages
+in a row the reactor gets a turn (reading paused until then), so one browser's flood does
 not hold up other users' calls.
 """
 
@@ -169,7 +169,6 @@ class CDPConnection:
         #: This reactor turn's share of messages is used; the rest waits for the next turn.
         self._held = False
         self._handled = 0
-        self._turn = None
         self.dropped = 0
         self.closed = False
         self.close_reason: str | None = None
@@ -286,24 +285,22 @@ class CDPConnection:
             self._lost(self.close_reason)
 
     def _count_one(self) -> bool:
-        """Whether this reactor turn's share has room for one more message; when it has
-        not, reading is held until the next turn."""
-        if self._turn is None:
-            self._turn = self.clock.callLater(0, self._next_turn)
+        """Whether there is room for one more message before the reactor gets a turn for
+        everyone else; when there is not, reading is held until the next turn. (No timer per
+        message: in ordinary traffic this yields once every `MESSAGES_PER_TURN` messages.)"""
         if self._handled >= MESSAGES_PER_TURN:
             self._held = True
             self._pause_reading()
+            self.clock.callLater(0, self._next_turn)
             return False
         self._handled += 1
         return True
 
     def _next_turn(self) -> None:
         """A new share; the rest of a flood goes on once the reactor has served everyone else."""
-        self._turn = None
         self._handled = 0
-        if self._held:
-            self._held = False
-            self._go_on()
+        self._held = False
+        self._go_on()
 
     def _decoded(self, result) -> None:
         self._decoding = False
@@ -391,8 +388,6 @@ class CDPConnection:
         if self.closed:
             return
         self.closed = True
-        if self._turn is not None and self._turn.active():
-            self._turn.cancel()
         pending, self._pending = self._pending, {}
         for method, result in pending.values():
             result.errback(
