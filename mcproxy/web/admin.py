@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import Deferred, DeferredLock, gatherResults
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
@@ -331,10 +331,10 @@ class AdminAPI(resource.Resource):
         same listening socket under any URL form (``localhost``, an IP, the WebSocket URL)."""
         taken = self.deps.pool.holder_of(identity.browser_id, besides=user_id) is not None
         if not taken:
-            for user in await self.deps.store.list_users():
-                if user.user_id != user_id and identity.endpoint in await self._endpoints(user.browser_url):
-                    taken = True
-                    break
+            # Every other user's URL at once: names resolve side by side, each within its timeout.
+            others = [user for user in await self.deps.store.list_users() if user.user_id != user_id]
+            endpoints = await gatherResults([Deferred.fromCoroutine(self._endpoints(u.browser_url)) for u in others])
+            taken = any(identity.endpoint in found for found in endpoints)
         if taken:
             raise Conflict(
                 "this browser is registered by another user, and a browser belongs to one user only;"

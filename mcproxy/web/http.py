@@ -204,9 +204,12 @@ def read_json_object(request: IRequest, limit: int) -> dict:
     return value
 
 
+_JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]+\+)?json\s*(;.*)?$", re.I)
+
+
 def require_json(request: IRequest) -> None:
-    """415 unless the body is declared ``application/json`` (a form post from any web page
-    cannot declare it without a CORS preflight)."""
+    """415 unless the body is declared JSON (``application/json`` or ``application/*+json``):
+    a form post from any web page cannot declare it without a CORS preflight."""
     content_type = (request.getHeader(b"content-type") or b"").decode("latin-1")
-    if content_type.split(";", 1)[0].strip().lower() != "application/json":
+    if not _JSON_TYPE.match(content_type.strip()):
         raise UnsupportedMediaType(f"Content-Type must be application/json, got {content_type or 'none'!r}")

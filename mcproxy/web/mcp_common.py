@@ -19,16 +19,15 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from mcproxy.errors import BadRequest, Forbidden, MCProxyError, MethodNotAllowed, UnsupportedMediaType
+from mcproxy.errors import BadRequest, Forbidden, MCProxyError, MethodNotAllowed
 from mcproxy.mcp.jsonrpc import REQUEST_CANCELLED, RpcError, encode, error_message, parse_message
-from mcproxy.web.http import answered, read_body, request_id, serve, write_error
+from mcproxy.web.http import answered, read_body, request_id, require_json, serve, write_error
 
 _EXPOSED_HEADERS = b"Mcp-Session-Id, MCP-Protocol-Version, X-Request-Id, WWW-Authenticate"
 _ALLOWED_HEADERS = (
     b"Authorization, Content-Type, Accept, Mcp-Session-Id, MCP-Protocol-Version, Mcp-Method, Mcp-Name, "
     b"Last-Event-ID, X-Request-Id, X-User-Id"
 )
-_JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]+\+)?json\s*(;.*)?$", re.I)
 
 
 SESSION_ENDED = -32012
@@ -130,9 +129,7 @@ async def read_rpc(request: IRequest, limit: int, run_blocking=None) -> Any:
 
     Raises `RpcError` for a body that is JSON-RPC-invalid.
     """
-    content_type = (request.getHeader(b"content-type") or b"").decode("latin-1")
-    if not _JSON_TYPE.match(content_type.strip()):
-        raise UnsupportedMediaType(f"Content-Type must be application/json, got {content_type or 'none'!r}")
+    require_json(request)
     body = read_body(request, limit)
     if run_blocking is not None and len(body) >= OFF_REACTOR_BODY_BYTES:
         return await run_blocking(parse_message, body)
