@@ -383,6 +383,20 @@ def test_event_waits_fail_fast_when_the_link_drops_or_the_page_closes():
     assert two._waiters == set() and one._waiters == set()
 
 
+def test_a_crash_fails_waiting_calls_but_not_a_reload_on_its_way():
+    h = Harness()
+    h.browser.start()
+    (page,) = h.browser.pages()
+    h.chrome.handlers["Runtime.evaluate"] = h.chrome.handlers["Page.reload"] = lambda p, s: HANG
+    evaluating, reloading = page.send("Runtime.evaluate"), page.send("Page.reload")
+    h.chrome.emit("Inspector.targetCrashed", {}, session_id=page.session_id)
+    assert page.crashed
+    assert failure_of(evaluating).value.message == page.crash_message()
+    assert not reloading.called  # the browser process answers it: the page's way back
+    h.clock.advance(h.config.call_timeout)
+    assert "Page.reload" in str(failure_of(reloading).value)
+
+
 def test_new_targets_run_once_the_page_listeners_have_set_them_up():
     """Chrome attaches every page and holds new ones; the pool lets each run when the Deferreds
     its listeners returned have fired (at once when there are none), and closes one whose

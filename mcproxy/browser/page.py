@@ -31,14 +31,14 @@ class EventTimeout(ToolError):
     """`Page.wait_for_event` saw no matching event in time."""
 
 
-#: Calls a crashed page still accepts: those that load a new renderer, and the set-up a
-#: fresh session sends.
-CRASH_SAFE = frozenset(
+#: Calls that load a new renderer. The browser process answers them, so a crash that
+#: arrives while one is on its way does not fail it: it is how the page recovers.
+RELOADS = frozenset({"Page.reload", "Page.navigate", "Page.navigateToHistoryEntry"})
+
+#: Calls a crashed page still accepts: the reloads, and the set-up a fresh session sends.
+CRASH_SAFE = RELOADS | frozenset(
     {
-        "Page.reload",
-        "Page.navigate",
         "Page.getNavigationHistory",
-        "Page.navigateToHistoryEntry",
         "Page.addScriptToEvaluateOnNewDocument",
         "Page.removeScriptToEvaluateOnNewDocument",
         "Page.enable",
@@ -60,6 +60,11 @@ DIALOG_BLOCKED = frozenset(
 )
 #: How long an open dialog may stay unanswered before the calls it blocks fail.
 DIALOG_GRACE = 0.3
+
+
+def blocked_by_dialog(method: str) -> bool:
+    """Whether an open JavaScript dialog holds up ``method``."""
+    return method in DIALOG_BLOCKED or method.split(".", 1)[0] in DIALOG_BLOCKED
 
 
 class Page:
@@ -129,11 +134,10 @@ class Page:
         call.addBoth(answered)
         return tracked
 
-    def _fail_calls(self, error: Exception, blocked_only: bool = False) -> None:
-        """Fail the calls awaiting an answer the renderer will not give (with ``blocked_only``:
-        only those a dialog holds up)."""
+    def _fail_calls(self, error: Exception, affected: Callable[[str], bool] = lambda method: True) -> None:
+        """Fail the calls (of the ``affected`` methods) awaiting an answer that will not come."""
         for tracked, (call, method) in list(self._calls.items()):
-            if blocked_only and method not in DIALOG_BLOCKED and method.split(".", 1)[0] not in DIALOG_BLOCKED:
+            if not affected(method):
                 continue
             del self._calls[tracked]
             if not tracked.called:
@@ -159,7 +163,7 @@ class Page:
                 'tool ran, and it blocks the page. Call handle_dialog with action "accept" or "dismiss", '
                 "then try again."
             ),
-            blocked_only=True,
+            affected=blocked_by_dialog,
         )
 
     def subscribe(self, method: str | None, callback: EventCallback) -> Callable[[], None]:
@@ -260,7 +264,7 @@ class Page:
         self._dialog_closed()
         error = ToolError(self.crash_message())
         self.fail_waiters(error)
-        self._fail_calls(error)
+        self._fail_calls(error, affected=lambda method: method not in RELOADS)
 
     def dispatch(self, method: str, params: dict) -> None:
         """Deliver one event from this page's CDP session to the subscribers."""
