@@ -12,8 +12,13 @@ class IStore(Interface):
     """Durable state: users with their browser URL, API tokens and passwords (both hashed).
 
     Implementations: ``memory:``, ``sqlite:PATH``, ``redis://``; one contract test
-    suite runs against all of them.
+    suite runs against all of them. A store is built without I/O (`store_for_url`) and
+    made ready by `open`, so the daemon can wire its parts before the reactor runs.
     """
+
+    def open():
+        """Connect, or create the schema: Deferred[None]. Fails with `ConfigError` (naming
+        ``store.url``) when the store cannot be used."""
 
     def save_user(user):
         """Insert or replace a `UserRecord`. Deferred[None]."""

@@ -10,11 +10,12 @@ from mcproxy.config import ConfigError
 from mcproxy.interfaces import IStore
 from mcproxy.storage.records import TokenRecord, UserRecord
 
-__all__ = ["IStore", "TokenRecord", "UserRecord", "open_store", "token_order"]
+__all__ = ["IStore", "TokenRecord", "UserRecord", "open_store", "store_for_url", "token_order"]
 
 
-async def open_store(url: str, reactor) -> IStore:
-    """Open the store named by ``url``: ``memory:``, ``sqlite:PATH`` or ``redis://HOST:PORT/DB``.
+def store_for_url(url: str, reactor) -> IStore:
+    """The store named by ``url`` (``memory:``, ``sqlite:PATH`` or ``redis://HOST:PORT/DB``),
+    not yet opened: no I/O happens until `IStore.open`.
 
     Raises `ConfigError` (naming ``store.url``) for a URL we cannot use.
     """
@@ -23,17 +24,24 @@ async def open_store(url: str, reactor) -> IStore:
 
         return MemoryStore()
     if url.startswith("sqlite:"):
-        from mcproxy.storage.sqlite import open_sqlite_store
+        from mcproxy.storage.sqlite import SQLiteStore
 
         path = url[len("sqlite:") :]
         if not path:
             raise ConfigError(f"store.url: sqlite: needs a file path, got {url!r}")
-        return await open_sqlite_store(path, reactor)
+        return SQLiteStore.at(path, reactor)
     if url.startswith("redis://"):
-        from mcproxy.storage.redis import open_redis_store, parse_redis_url
+        from mcproxy.storage.redis import RedisStore, parse_redis_url
 
-        return await open_redis_store(reactor, *parse_redis_url(url))
+        return RedisStore.at(reactor, *parse_redis_url(url))
     raise ConfigError(f"store.url: expected sqlite:PATH, memory: or redis://HOST:PORT/DB, got {url!r}")
+
+
+async def open_store(url: str, reactor) -> IStore:
+    """The store named by ``url``, opened (see `store_for_url`)."""
+    store = store_for_url(url, reactor)
+    await store.open()
+    return store
 
 
 def token_order(token: TokenRecord) -> tuple:

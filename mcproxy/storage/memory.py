@@ -28,6 +28,9 @@ class MemoryStore:
         self._tokens: dict[str, TokenRecord] = {}
         self._passwords: dict[str, str] = {}
 
+    def open(self):
+        return succeed(None)
+
     def save_user(self, user):
         self._users[user.user_id] = user
         return succeed(None)

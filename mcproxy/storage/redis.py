@@ -94,42 +94,11 @@ def parse_redis_url(url: str) -> tuple[str, int, int, str | None, str | None]:
     return parts.hostname, port, int(path or 0), username, password
 
 
-async def open_redis_store(
-    reactor,
-    host: str,
-    port: int = 6379,
-    db: int = 0,
-    username: str | None = None,
-    password: str | None = None,
-    *,
-    prefix: str = DEFAULT_PREFIX,
-    timeout: float = 10.0,
-) -> "RedisStore":
-    """Connect (reconnecting later on its own) and wait at most ``timeout`` for the first connection."""
-    import txredisapi
-
-    factory = txredisapi.RedisFactory(
-        f"{host}:{port}",
-        db,
-        1,
-        charset="utf-8",
-        password=password,
-        username=username,
-        replyTimeout=timeout,
-        convertNumbers=False,
-    )
-    factory.startConnecting(HostnameEndpoint(reactor, host, port, timeout=timeout))
-    connected = factory.deferred.addTimeout(timeout, reactor)
-    try:
-        handler = await connected
-    except CancelledError:
-        factory.disconnect()
-        raise
-    except Exception as e:
-        await factory.disconnect()
-        reason = f"no connection within {timeout:g} s" if isinstance(e, TimeoutError) else str(e)
-        raise ConfigError(f"store.url: cannot connect to Redis at {host}:{port} db {db}: {reason}") from None
-    return RedisStore(handler, reactor, prefix=prefix, timeout=timeout)
+async def open_redis_store(reactor, host: str, port: int = 6379, db: int = 0, *args, **kwargs) -> "RedisStore":
+    """A `RedisStore` connected (see `RedisStore.at` for the arguments)."""
+    store = RedisStore.at(reactor, host, port, db, *args, **kwargs)
+    await store.open()
+    return store
 
 
 def _float(value: str | None) -> float | None:
@@ -187,6 +156,56 @@ class RedisStore:
         self.prefix = prefix
         self._reactor = reactor
         self._timeout = timeout
+        self._connect: tuple | None = None
+
+    @classmethod
+    def at(
+        cls,
+        reactor,
+        host: str,
+        port: int = 6379,
+        db: int = 0,
+        username: str | None = None,
+        password: str | None = None,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        timeout: float = 10.0,
+    ) -> "RedisStore":
+        """The store in database ``db`` of the server at ``host:port``; `open` connects (and
+        the connection reconnects on its own afterwards)."""
+        import txredisapi
+
+        factory = txredisapi.RedisFactory(
+            f"{host}:{port}",
+            db,
+            1,
+            isLazy=True,
+            charset="utf-8",
+            password=password,
+            username=username,
+            replyTimeout=timeout,
+            convertNumbers=False,
+        )
+        store = cls(factory.handler, reactor, prefix=prefix, timeout=timeout)
+        store._connect = (factory, HostnameEndpoint(reactor, host, port, timeout=timeout), f"{host}:{port} db {db}")
+        return store
+
+    async def open(self) -> None:
+        """Wait at most ``timeout`` for the first connection; `ConfigError` when none comes."""
+        if self._connect is None:
+            return  # made from a connection that is already open
+        factory, endpoint, where = self._connect
+        factory.startConnecting(endpoint)
+        connected = factory.deferred.addTimeout(self._timeout, self._reactor)
+        try:
+            await connected
+        except CancelledError:
+            factory.disconnect()
+            raise
+        except Exception as e:
+            await factory.disconnect()
+            reason = f"no connection within {self._timeout:g} s" if isinstance(e, TimeoutError) else str(e)
+            raise ConfigError(f"store.url: cannot connect to Redis at {where}: {reason}") from None
 
     def _key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)

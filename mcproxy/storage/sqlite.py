@@ -100,40 +100,44 @@ def _token(row) -> TokenRecord:
     )
 
 
-async def open_sqlite_store(path: str, reactor) -> "SQLiteStore":
-    """Open (creating the file, its directory and the schema if needed) the database at ``path``."""
-    parent = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(parent, mode=0o700, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"store.url: cannot create directory {parent}: {e.strerror}") from None
-    pool = adbapi.ConnectionPool(
-        "sqlite3",
-        path,
-        check_same_thread=False,
-        cp_min=1,
-        cp_max=1,
-        cp_openfun=_configure,
-        cp_reactor=reactor,
-    )
-    try:
-        await pool.runInteraction(_create_schema)
-    except CancelledError:
-        pool.close()
-        raise
-    except sqlite3.Error as e:
-        pool.close()
-        raise ConfigError(f"store.url: cannot open SQLite database {path}: {e}") from None
-    return SQLiteStore(pool)
-
-
 @implementer(IStore)
 class SQLiteStore:
     """`IStore` over an adbapi pool of one sqlite3 connection."""
 
-    def __init__(self, pool: adbapi.ConnectionPool):
+    def __init__(self, pool: adbapi.ConnectionPool, path: str):
         self._pool = pool
+        self._path = path
         self._closed = False
+
+    @classmethod
+    def at(cls, path: str, reactor) -> "SQLiteStore":
+        """The database at ``path``; nothing is read or created before `open`."""
+        pool = adbapi.ConnectionPool(
+            "sqlite3",
+            path,
+            check_same_thread=False,
+            cp_min=1,
+            cp_max=1,
+            cp_openfun=_configure,
+            cp_reactor=reactor,
+        )
+        return cls(pool, path)
+
+    async def open(self) -> None:
+        """Create the file, its directory and the schema if needed (migrating an older one)."""
+        parent = os.path.dirname(os.path.abspath(self._path))
+        try:
+            os.makedirs(parent, mode=0o700, exist_ok=True)
+            await self._pool.runInteraction(_create_schema)
+        except CancelledError:
+            self.close()
+            raise
+        except OSError as e:
+            self.close()
+            raise ConfigError(f"store.url: cannot create directory {parent}: {e.strerror}") from None
+        except sqlite3.Error as e:
+            self.close()
+            raise ConfigError(f"store.url: cannot open SQLite database {self._path}: {e}") from None
 
     def _rows(self, query: str, *args):
         return self._pool.runQuery(query, args)
