@@ -13,6 +13,7 @@ import re
 from datetime import datetime, timezone
 from typing import Any
 
+from twisted.application.service import Service
 from twisted.logger import Logger
 
 from mcproxy import logs
@@ -71,14 +72,22 @@ def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class AuditLog:
-    """Appends audit events to ``path`` (created 0600); an empty path keeps no file."""
+class AuditLog(Service):
+    """Appends audit events to ``path`` (created 0600) while the service runs; an empty
+    path keeps no file."""
 
     def __init__(self, path: str, clock):
         self._path = path
         self._clock = clock
         self._file = None
+
+    def startService(self) -> None:
+        super().startService()
         self.reopen()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.close()
 
     def reopen(self) -> None:
         """(Re)open the file, e.g. after logrotate moved it away."""

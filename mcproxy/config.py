@@ -29,22 +29,32 @@ def _section(cls):
     return attrs.field(factory=cls)
 
 
+#: attrs metadata key of the fields a running daemon takes on at a reload (`mcproxy.reload`).
+LIVE = "mcproxy.live"
+
+
+def live(default: Any) -> Any:
+    """A configuration field whose new value a reload applies to the running daemon: the
+    parts that read it apply it in their ``reconfigure(config)``. Other keys need a restart."""
+    return attrs.field(default=default, metadata={LIVE: True})
+
+
 @attrs.frozen
 class ServerConfig:
     listen: tuple[str, ...] = ("tcp:3000:interface=127.0.0.1",)
     data_dir: str = "./var"
     public_url: str = ""
-    allowed_hosts: tuple[str, ...] = ()
-    hsts_max_age: int = 31536000
-    max_body_bytes: int = 4 * 1024 * 1024
-    drain_timeout: float = 30.0
-    request_timeout: float = 120.0
-    header_timeout: float = 10.0
-    body_timeout: float = 30.0
-    keepalive_timeout: float = 60.0
-    max_connections_per_address: int = 64
-    sse_keepalive: float = 15.0
-    log_level: str = "info"
+    allowed_hosts: tuple[str, ...] = live(())
+    hsts_max_age: int = live(31536000)
+    max_body_bytes: int = live(4 * 1024 * 1024)
+    drain_timeout: float = live(30.0)
+    request_timeout: float = live(120.0)
+    header_timeout: float = live(10.0)
+    body_timeout: float = live(30.0)
+    keepalive_timeout: float = live(60.0)
+    max_connections_per_address: int = live(64)
+    sse_keepalive: float = live(15.0)
+    log_level: str = live("info")
 
 
 @attrs.frozen
@@ -69,23 +79,23 @@ class AuthConfig:
 
 @attrs.frozen
 class RateLimitConfig:
-    user_rate: float = 20.0
-    user_burst: int = 40
-    address_rate: float = 50.0
-    address_burst: int = 100
-    limits: tuple[str, ...] = ()
+    user_rate: float = live(20.0)
+    user_burst: int = live(40)
+    address_rate: float = live(50.0)
+    address_burst: int = live(100)
+    limits: tuple[str, ...] = live(())
 
 
 @attrs.frozen
 class CorsConfig:
-    allowed_origins: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = live(())
 
 
 @attrs.frozen
 class NetworkConfig:
-    ip_allow: tuple[str, ...] = ()
-    ip_deny: tuple[str, ...] = ()
-    trusted_proxies: tuple[str, ...] = ()
+    ip_allow: tuple[str, ...] = live(())
+    ip_deny: tuple[str, ...] = live(())
+    trusted_proxies: tuple[str, ...] = live(())
 
 
 @attrs.frozen
@@ -99,21 +109,21 @@ class BrowserConfig:
     call_timeout: float = 30.0
     connect_timeout: float = 10.0
     max_message_bytes: int = 64 * 1024 * 1024
-    user_networks: tuple[str, ...] = ()
+    user_networks: tuple[str, ...] = live(())
 
 
 @attrs.frozen
 class SessionConfig:
-    idle_timeout: float = 1800.0
-    max_in_flight: int = 16
+    idle_timeout: float = live(1800.0)
+    max_in_flight: int = live(16)
 
 
 @attrs.frozen
 class ToolsConfig:
-    tab_scope: str = "session"
-    navigation_timeout: float = 10.0
-    categories: tuple[str, ...] = ()
-    own_permission: tuple[str, ...] = ()
+    tab_scope: str = live("session")
+    navigation_timeout: float = live(10.0)
+    categories: tuple[str, ...] = live(())
+    own_permission: tuple[str, ...] = live(())
     redact_headers: tuple[str, ...] = ("authorization", "cookie", "set-cookie", "proxy-authorization")
     collect_browser_max_bytes: int = 64 * 1024 * 1024
     ffmpeg: str = ""
@@ -124,24 +134,24 @@ class ToolsConfig:
 
 @attrs.frozen
 class MetricsConfig:
-    allowed_networks: tuple[str, ...] = ()
+    allowed_networks: tuple[str, ...] = live(())
 
 
 @attrs.frozen
 class LimitsConfig:
-    max_sessions_per_user: int = 20
-    max_sessions: int = 10000
-    max_pages_per_user: int = 50
-    max_users: int = 1000
-    max_metadata_bytes: int = 16384
+    max_sessions_per_user: int = live(20)
+    max_sessions: int = live(10000)
+    max_pages_per_user: int = live(50)
+    max_users: int = live(1000)
+    max_metadata_bytes: int = live(16384)
 
 
 @attrs.frozen
 class BrowsingConfig:
-    schemes: tuple[str, ...] = ("http", "https", "about", "data", "blob")
-    allow: tuple[str, ...] = ()
-    deny: tuple[str, ...] = ()
-    user_rules: tuple[str, ...] = ()
+    schemes: tuple[str, ...] = live(("http", "https", "about", "data", "blob"))
+    allow: tuple[str, ...] = live(())
+    deny: tuple[str, ...] = live(())
+    user_rules: tuple[str, ...] = live(())
     intercept: bool = False
 
 
@@ -193,6 +203,16 @@ class Config:
 
 
 SECTIONS: dict[str, type] = {f.name: f.type for f in attrs.fields(Config)}
+
+
+def live_keys() -> frozenset[str]:
+    """``section.key`` of every field declared with `live`."""
+    return frozenset(
+        f"{section}.{field.name}"
+        for section, cls in SECTIONS.items()
+        for field in attrs.fields(cls)
+        if field.metadata.get(LIVE)
+    )
 
 
 def _coerce(key: str, kind: Any, value: Any) -> Any:

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
+from twisted.application.service import Service
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -86,7 +87,7 @@ class _LiveGauges:
         return sessions, browsers
 
 
-class Metrics:
+class Metrics(Service):
     """Every metric of the daemon; the rest of the code reports through these methods.
 
     ``sessions()`` maps ``(transport, protocol revision)`` to open sessions, ``browsers()``
@@ -220,15 +221,17 @@ class Metrics:
             return
         self.users_registered.set(count)
 
-    def start(self) -> None:
+    def startService(self) -> None:
         """Start measuring reactor lag."""
+        super().startService()
         if self._lag_loop is None:
             self._lag_loop = LoopingCall.withCount(self._lag_tick)
             self._lag_loop.clock = self.clock
             self._lag_expected = self.clock.seconds()
             self._lag_loop.start(self._lag_interval, now=False)
 
-    def stop(self) -> None:
+    def stopService(self) -> None:
+        super().stopService()
         if self._lag_loop is not None and self._lag_loop.running:
             self._lag_loop.stop()
         self._lag_loop = None

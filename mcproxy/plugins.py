@@ -26,6 +26,7 @@ from twisted.plugin import getPlugins
 from zope.interface import Attribute, Interface
 
 from mcproxy.config import ConfigError
+from mcproxy.lifecycle import AsyncService
 from mcproxy.metrics import route_label
 
 log = Logger()
@@ -260,8 +261,9 @@ class _SiteMetrics:
             hook(route, code)
 
 
-class Plugins:
-    """The built plugins, and the hooks to hand to the daemon's parts."""
+class Plugins(AsyncService):
+    """The built plugins, and the hooks to hand to the daemon's parts; starting the service
+    starts them."""
 
     def __init__(self, loaded: Iterable[LoadedPlugin] = ()):
         self.loaded = tuple(loaded)

@@ -2,7 +2,8 @@
 
 A reload reads the configuration again from the same file, environment and command-line
 overrides the daemon started with (`ConfigSource`), validates all of it, and only then
-hands the keys in `LIVE_KEYS` to the running parts (see `MCProxyService.reload`). Keys
+hands the keys declared live in `mcproxy.config` (`LIVE_KEYS`) to the running parts (each
+part's ``reconfigure``; see `MCProxyService.reload`). Keys
 outside it (listeners, the store, the data directory, authentication settings, the
 browser connections' settings...) keep their running value until a restart; `plan` says
 which ones changed so the operator is told. Tokens and permissions live in the store and
@@ -16,46 +17,10 @@ from twisted.logger import LogLevel
 
 from mcproxy import config as configuration
 from mcproxy import logs
-from mcproxy.config import SECTIONS, Config
+from mcproxy.config import SECTIONS, Config, live_keys
 
-LIVE_KEYS = frozenset(
-    {
-        "server.allowed_hosts",
-        "server.hsts_max_age",
-        "server.max_body_bytes",
-        "server.drain_timeout",
-        "server.request_timeout",
-        "server.header_timeout",
-        "server.body_timeout",
-        "server.keepalive_timeout",
-        "server.max_connections_per_address",
-        "server.sse_keepalive",
-        "server.log_level",
-        *(f"ratelimit.{field.name}" for field in attrs.fields(SECTIONS["ratelimit"])),
-        "cors.allowed_origins",
-        "network.ip_allow",
-        "network.ip_deny",
-        "network.trusted_proxies",
-        "session.idle_timeout",
-        "session.max_in_flight",
-        "tools.tab_scope",
-        "tools.navigation_timeout",
-        "tools.categories",
-        "tools.own_permission",
-        "browsing.schemes",
-        "browsing.allow",
-        "browsing.deny",
-        "browsing.user_rules",
-        "limits.max_sessions_per_user",
-        "limits.max_sessions",
-        "limits.max_pages_per_user",
-        "limits.max_users",
-        "limits.max_metadata_bytes",
-        "browser.user_networks",
-        "metrics.allowed_networks",
-    }
-)
-"""``section.key`` names a reload applies to the running daemon."""
+LIVE_KEYS = live_keys()
+"""``section.key`` names a reload applies to the running daemon (declared in `mcproxy.config`)."""
 
 
 @attrs.frozen

@@ -1,23 +1,55 @@
 """The composition root: builds every part of the daemon from one `Config`."""
 
 import ipaddress
-import os
 import signal
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
-from twisted.application import service
+from twisted.application.service import IService
 from twisted.internet import defer, error
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from mcproxy import systemd
+from mcproxy.activity import ActivityLog
+from mcproxy.artifacts import ArtifactStore
+from mcproxy.audit import AuditLog
+from mcproxy.auth.basic import BasicAuthenticator
+from mcproxy.auth.chain import AuthenticationChain
+from mcproxy.auth.jwks import JWKSCache
+from mcproxy.auth.jwt import JWTAuthenticator, audiences_for
+from mcproxy.auth.ratelimit import RequestLimits
+from mcproxy.auth.tokens import TokenAuthenticator
+from mcproxy.browser.policy import PolicyBook
+from mcproxy.browser.pool import BrowserPool, open_cdp_link, probe_browser
+from mcproxy.browser.registered import RegisteredBrowsers
 from mcproxy.config import Config, ConfigError
-from mcproxy.errors import Forbidden, ServerFull, ToolError
+from mcproxy.errors import Forbidden
+from mcproxy.lifecycle import StartInOrder
+from mcproxy.metrics import Metrics
+from mcproxy.plugins import find_plugins, load_plugins
 from mcproxy.reload import ConfigSource, apply_log_level, plan
+from mcproxy.session.registry import SessionRegistry
+from mcproxy.session.revocation import RevocationWatch
+from mcproxy.storage import store_for_url
+from mcproxy.storage.service import StoreService
+from mcproxy.tools.collect import Collector
+from mcproxy.tools.dialogs import track_dialogs
+from mcproxy.tools.emulation import emulation_listener
+from mcproxy.tools.registry import ToolRegistry
+from mcproxy.web.admin import AdminAPI, AdminDependencies
+from mcproxy.web.dashboard import DashboardResource, OverviewResource
+from mcproxy.web.listener import Listener
+from mcproxy.web.mcp_common import check_host, check_origin
+from mcproxy.web.metrics import MetricsResource
+from mcproxy.web.network import ClientPolicy
+from mcproxy.web.oauth import ProtectedResource, WellKnownResource
+from mcproxy.web.site import ConnectionLimits, ProxySite, Root
+from mcproxy.web.transports import McpTransports
 
 log = Logger()
 
-ACTIVITY_WRITE_INTERVAL = 60.0
+ServiceT = TypeVar("ServiceT", bound=IService)
 #: Lifetime of a registration's session token (never past the token it is made from).
 SESSION_TOKEN_TTL = 30 * 86400.0
 
@@ -50,8 +82,32 @@ def check_deployment(config: Config) -> None:
             )
 
 
-class MCProxyService(service.MultiService):
-    """The daemon: store, browser pool, MCP sessions, tools and the HTTP listeners."""
+def identity_providers(reactor, config: Config, store) -> list:
+    """The authenticators besides API tokens that ``auth.*`` switches on: JWTs, Basic."""
+    auth = config.auth
+    providers: list = []
+    if auth.jwt_secret or auth.jwks_url:
+        jwks = JWKSCache.for_url(reactor, auth.jwks_url, timeout=auth.jwks_timeout) if auth.jwks_url else None
+        providers.append(
+            JWTAuthenticator(
+                reactor,
+                secret=auth.jwt_secret,
+                jwks=jwks,
+                audiences=audiences_for(auth.jwt_audience, config.server.public_url),
+                issuer=auth.jwt_issuer,
+                user_claim=auth.user_claim,
+                permissions_claim=auth.permissions_claim,
+                leeway=auth.jwt_leeway,
+            )
+        )
+    if auth.basic:
+        providers.append(BasicAuthenticator(store, reactor))
+    return providers
+
+
+class MCProxyService(StartInOrder):
+    """The daemon: its parts as child services, started in the order they are added and
+    stopped in reverse (see `mcproxy.lifecycle`). `from_config` is the table of contents."""
 
     def __init__(self, reactor, config: Config, source: ConfigSource | None = None):
         super().__init__()
@@ -59,116 +115,48 @@ class MCProxyService(service.MultiService):
         self.config = config
         #: Where ``config`` came from; a live reload reads it again (None: nothing to reload).
         self.source = source
-        self.ports: list = []
-        self.store = None
-        self.pool = None
-        self.sessions = None
-        self.metrics = None
-        self.metrics_resource = None
-        self.plugins = None
-        self.activity = None
+        self.drain_timeout = config.server.drain_timeout
         self.notifier = systemd.Notifier(reactor)
-        self.audit = None
-        self.revocations = None
-        self.artifacts = None
-        # The running parts a live reload reconfigures; set by `start`.
-        self.limits = None
-        self.policies = None
-        self.tools = None
-        self.transports = None
-        self.admin = None
-        self.site = None
-        self._starting: defer.Deferred | None = None
+        #: Apply a new configuration's live keys to one part each (see `reload`).
+        self.appliers: list[Callable[[Config], None]] = []
+        self.listeners: list[Listener] = []
         self._draining: defer.Deferred | None = None
         self._told_stopping = False
 
     @classmethod
     def from_config(cls, reactor, config: Config, source: ConfigSource | None = None) -> "MCProxyService":
-        """Validate what can be validated before the reactor runs, then build the service."""
-        from mcproxy.plugins import find_plugins
+        """Validate what can be validated before the reactor runs, then build every part.
 
+        Nothing here does I/O: the store opens, plugins start, browsers connect and the
+        listeners listen when the service starts, in this order.
+        """
         check_deployment(config)
         find_plugins(config.plugins.enabled, config.plugins.settings)
         systemd.check_socket_activation(reactor, config.server.listen)
-        for endpoint in config.server.listen:
-            try:
-                serverFromString(reactor, endpoint)
-            except (ValueError, TypeError, KeyError) as e:
-                raise ConfigError(f"server.listen: bad endpoint {endpoint!r}: {e}") from None
-        return cls(reactor, config, source)
+        daemon = cls(reactor, config, source)
+        live = daemon.appliers.append
 
-    def startService(self):
-        super().startService()
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.on_hangup))
-            # After the reactor's own handlers (installed as it starts), which would stop at
-            # once and make twistd re-raise the signal: SIGTERM drains, then exits 0.
-            self.reactor.callWhenRunning(
-                signal.signal, signal.SIGTERM, lambda *_: self.reactor.callFromThread(self.on_terminate)
+        daemon.store = store = store_for_url(config.store.url, reactor)
+        daemon.attach(StoreService(store, config.server.data_dir, reactor))
+        audit = daemon.attach(AuditLog(config.audit.path, reactor))
+        daemon.artifacts = artifacts = daemon.attach(ArtifactStore(config.server.data_dir, config.artifacts, reactor))
+        daemon.sessions = sessions = SessionRegistry.from_config(reactor, config)
+        live(sessions.reconfigure)
+        daemon.metrics = metrics = daemon.attach(
+            Metrics(
+                reactor,
+                sessions=sessions.counts,
+                browsers=lambda: pool.status_counts(),  # built below; read at scrape time
+                registered_users=store.count_users,
             )
-        self._starting = defer.Deferred.fromCoroutine(self.start())
-        self._starting.addErrback(self._start_failed)
-
-    def _start_failed(self, failure):
-        if failure.check(defer.CancelledError):
-            return  # stopped while starting: stop() cancelled the start, nothing went wrong
-        log.failure("mcproxy could not start", failure)
-        if self.reactor.running:
-            try:
-                self.reactor.stop()
-            except error.ReactorNotRunning:
-                pass  # already stopping
-
-    async def start(self) -> None:
-        """Open the store, make the admin token, connect known browsers, then listen."""
-        from mcproxy.activity import ActivityLog
-        from mcproxy.artifacts import ArtifactStore
-        from mcproxy.audit import AuditLog
-        from mcproxy.auth.bootstrap import ensure_admin_token
-        from mcproxy.auth.chain import AuthenticationChain
-        from mcproxy.auth.ratelimit import RequestLimits
-        from mcproxy.auth.tokens import TokenAuthenticator
-        from mcproxy.browser.policy import PolicyBook
-        from mcproxy.browser.pool import BrowserPool, open_cdp_link, probe_browser
-        from mcproxy.metrics import Metrics
-        from mcproxy.plugins import load_plugins
-        from mcproxy.session.registry import SessionRegistry
-        from mcproxy.session.revocation import RevocationWatch
-        from mcproxy.storage import open_store
-        from mcproxy.tools.collect import Collector
-        from mcproxy.tools.dialogs import track_dialogs
-        from mcproxy.tools.emulation import emulation_listener
-        from mcproxy.tools.registry import ToolRegistry
-        from mcproxy.web.admin import AdminAPI, AdminDependencies
-        from mcproxy.web.dashboard import DashboardResource, OverviewResource
-        from mcproxy.web.mcp_common import check_host, check_origin
-        from mcproxy.web.metrics import MetricsResource
-        from mcproxy.web.network import ClientPolicy
-        from mcproxy.web.oauth import ProtectedResource, WellKnownResource
-        from mcproxy.web.site import ConnectionLimits, ProxySite, Root
-        from mcproxy.web.transports import McpTransports
-
-        config, reactor = self.config, self.reactor
-        os.makedirs(config.server.data_dir, mode=0o700, exist_ok=True)
-        self.store = store = await open_store(config.store.url, reactor)
-        await ensure_admin_token(store, config.server.data_dir, reactor)
-        self.policies = policies = PolicyBook(config.browsing)
-        apply_log_level(config.server.log_level)
-
-        self.metrics = metrics = Metrics(
-            reactor,
-            sessions=lambda: sessions.counts(),  # both built below; read at scrape time
-            browsers=lambda: pool.status_counts(),
-            registered_users=store.count_users,
         )
-        metrics.start()
-        self.plugins = plugins = load_plugins(
-            config.plugins.enabled, config, store, reactor, metrics, settings=config.plugins.settings
+        plugins = daemon.attach(
+            load_plugins(config.plugins.enabled, config, store, reactor, metrics, settings=config.plugins.settings)
         )
-        await plugins.start()
-        self.activity = activity = ActivityLog(reactor)
-        started_at = reactor.seconds()
-        self.pool = pool = BrowserPool(
+        daemon.activity = activity = ActivityLog(reactor)
+        policies = PolicyBook(config.browsing)
+        live(lambda new: policies.reconfigure(new.browsing))
+        daemon.pool = pool = BrowserPool(
             reactor,
             config.browser,
             open_link=metrics.counting_reconnects(open_cdp_link),
@@ -189,50 +177,14 @@ class MCProxyService(service.MultiService):
                 ),
             ],
         )
-        for user in await store.list_users():
-            try:
-                pool.browser_for(user.user_id, user.browser_url)
-            except ServerFull as e:
-                log.warn("Not connecting the remaining registered browsers now: {reason}", reason=e.message)
-                break
-        self.sessions = sessions = SessionRegistry(
-            reactor,
-            config.session.idle_timeout,
-            max_per_user=config.limits.max_sessions_per_user,
-            max_total=config.limits.max_sessions,
-        )
-        self.revocations = RevocationWatch(sessions, store, reactor)
-        self.revocations.start()
-
-        last_touched: dict[str, float] = {}
-
-        async def browser_for_user(user_id: str):
-            """The user's browser; the pool answers for users it knows, the store for the rest.
-
-            Registration and deletion go through the pool too, so a browser the pool holds is
-            always the registered one; last activity is written at most once a minute.
-            """
-            browser = pool.existing(user_id)
-            if browser is None:
-                user = await store.get_user(user_id)
-                if user is None:
-                    raise ToolError(
-                        f"No browser is registered for user {user_id}. Register one with POST /api/register "
-                        '{"browserURL": "http://127.0.0.1:9222"} (start Chrome with --remote-debugging-port=9222).'
-                    )
-                browser = pool.browser_for(user_id, user.browser_url)
-            now = reactor.seconds()
-            if now - last_touched.get(user_id, float("-inf")) >= ACTIVITY_WRITE_INTERVAL:
-                last_touched[user_id] = now
-                await store.touch_user(user_id, now)
-            return browser
-
-        self.limits = limits = RequestLimits(reactor, config.ratelimit, on_limited=metrics.rate_limited)
-        self.audit = audit = AuditLog(config.audit.path, reactor)
-        self.artifacts = artifacts = ArtifactStore(config.server.data_dir, config.artifacts, reactor)
-        artifacts.start()
-        self.tools = tools = ToolRegistry(
-            browser_for_user,
+        live(lambda new: pool.set_limits(new.limits.max_users, new.limits.max_pages_per_user))
+        browsers = daemon.attach(RegisteredBrowsers(pool, store, reactor))
+        daemon.attach(sessions)
+        daemon.attach(RevocationWatch(sessions, store, reactor))
+        limits = RequestLimits(reactor, config.ratelimit, on_limited=metrics.rate_limited)
+        live(lambda new: limits.reconfigure(new.ratelimit))
+        daemon.tools = tools = ToolRegistry(
+            browsers.browser_for,
             config.tools,
             reactor,
             artifacts=artifacts,
@@ -250,10 +202,30 @@ class MCProxyService(service.MultiService):
             ],
             policies=policies,
         )
+        live(lambda new: tools.reconfigure(new.tools))
+        site = daemon._web(store, pool, sessions, tools, limits, metrics, plugins, activity, audit, artifacts)
+        for description in config.server.listen:
+            try:
+                listener = Listener(reactor, description, site)
+            except (ValueError, TypeError, KeyError) as e:
+                raise ConfigError(f"server.listen: bad endpoint {description!r}: {e}") from None
+            daemon.listeners.append(daemon.attach(listener))
+        live(lambda new: apply_log_level(new.server.log_level))
+        return daemon
+
+    def attach(self, part: ServiceT) -> ServiceT:
+        """Add ``part`` as the next child to start (and the first of those to stop after it)."""
+        part.setServiceParent(self)
+        return part
+
+    def _web(self, store, pool, sessions, tools, limits, metrics, plugins, activity, audit, artifacts):
+        """The HTTP side: authentication, the MCP transports, the admin API and dashboard,
+        /metrics, and the site that serves them."""
+        config, reactor, live = self.config, self.reactor, self.appliers.append
         api_tokens = TokenAuthenticator(store, reactor)
         metadata = ProtectedResource(config.server.public_url, config.auth.authorization_servers)
         chain = AuthenticationChain(
-            [api_tokens, *self._identity_providers(store), *plugins.authenticators],
+            [api_tokens, *identity_providers(reactor, config, store), *plugins.authenticators],
             config.auth.mode,
             reactor,
             resource_metadata=metadata.metadata_url,
@@ -276,6 +248,7 @@ class MCProxyService(service.MultiService):
         self.transports = transports = McpTransports(
             reactor, config, authenticate_for("mcp"), tools, sessions, resources=artifacts
         )
+        live(transports.reconfigure)
 
         def check_api_request(request) -> None:
             """The MCP endpoints' Host and Origin rules (kept live by reload), for the HTTP API;
@@ -287,6 +260,7 @@ class MCProxyService(service.MultiService):
                 return
             check_origin(request, transports.allowed_origins, transports.allow_loopback_origins)
 
+        started_at = reactor.seconds()
         self.admin = admin = AdminAPI(
             AdminDependencies(
                 clock=reactor,
@@ -307,13 +281,21 @@ class MCProxyService(service.MultiService):
                 reload_config=self.reload,
             )
         )
-        self.metrics_resource = MetricsResource(metrics, authenticate_admin, config.metrics.allowed_networks)
+
+        def admin_reconfigure(new: Config) -> None:
+            admin.deps.max_body_bytes = new.server.max_body_bytes
+            admin.deps.max_metadata_bytes = new.limits.max_metadata_bytes
+            admin.deps.user_networks = new.browser.user_networks
+
+        live(admin_reconfigure)
+        metrics_resource = MetricsResource(metrics, authenticate_admin, config.metrics.allowed_networks)
+        live(lambda new: metrics_resource.reconfigure(new.metrics.allowed_networks))
         root = Root(
             {
                 b"sse": transports.sse_resource,
                 b"message": transports.message_resource,
                 b"mcp": transports.mcp_resource,
-                b"metrics": self.metrics_resource,
+                b"metrics": metrics_resource,
                 b".well-known": WellKnownResource(metadata),
                 b"admin": DashboardResource(
                     OverviewResource(
@@ -330,7 +312,7 @@ class MCProxyService(service.MultiService):
             admin,
         )
         network = config.network
-        self.site = site = ProxySite(
+        site = ProxySite(
             root,
             max_body_bytes=config.server.max_body_bytes,
             client_policy=ClientPolicy(network.ip_allow, network.ip_deny, network.trusted_proxies),
@@ -341,44 +323,63 @@ class MCProxyService(service.MultiService):
             registry=metrics.registry,
             reactor=reactor,
         )
-        for description in config.server.listen:
-            port = await serverFromString(reactor, description).listen(site)
-            self.ports.append(port)
-            log.info("mcproxy listening on {endpoint}", endpoint=description)
-        self.notifier.ready(f"Listening on {', '.join(config.server.listen)}")
 
-    def _identity_providers(self, store) -> list:
-        """The authenticators besides API tokens that ``auth.*`` switches on: JWTs, Basic."""
-        from mcproxy.auth.basic import BasicAuthenticator
-        from mcproxy.auth.jwks import JWKSCache
-        from mcproxy.auth.jwt import JWTAuthenticator, audiences_for
+        def site_reconfigure(new: Config) -> None:
+            network = new.network
+            site.client_policy = ClientPolicy(network.ip_allow, network.ip_deny, network.trusted_proxies)
+            site.max_body_bytes = new.server.max_body_bytes
+            site.hsts_max_age = new.server.hsts_max_age
+            site.limits = ConnectionLimits.from_config(new)
 
-        auth, reactor = self.config.auth, self.reactor
-        providers = []
-        if auth.jwt_secret or auth.jwks_url:
-            jwks = JWKSCache.for_url(reactor, auth.jwks_url, timeout=auth.jwks_timeout) if auth.jwks_url else None
-            providers.append(
-                JWTAuthenticator(
-                    reactor,
-                    secret=auth.jwt_secret,
-                    jwks=jwks,
-                    audiences=audiences_for(auth.jwt_audience, self.config.server.public_url),
-                    issuer=auth.jwt_issuer,
-                    user_claim=auth.user_claim,
-                    permissions_claim=auth.permissions_claim,
-                    leeway=auth.jwt_leeway,
-                )
+        live(site_reconfigure)
+        return site
+
+    @property
+    def ports(self) -> list:
+        """The listening ports (for tests and logs): empty before the start and after a drain."""
+        return [listener.port for listener in self.listeners if listener.running and listener.port is not None]
+
+    def startService(self):
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.on_hangup))
+            # After the reactor's own handlers (installed as it starts), which would stop at
+            # once and make twistd re-raise the signal: SIGTERM drains, then exits 0.
+            self.reactor.callWhenRunning(
+                signal.signal, signal.SIGTERM, lambda *_: self.reactor.callFromThread(self.on_terminate)
             )
-        if auth.basic:
-            providers.append(BasicAuthenticator(store, reactor))
-        return providers
+        super().startService()
+        self.started.addCallback(self._ready)
+        self.started.addErrback(self._start_failed)
+
+    async def start(self) -> None:
+        """Start every part in order (what `startService` does), for tests and benchmarks
+        that run the daemon in their own reactor; raises what stopped the start."""
+        super().startService()
+        await self.started
+        self._ready(None)
+
+    def _ready(self, _) -> None:
+        for listener in self.listeners:
+            log.info("mcproxy listening on {endpoint}", endpoint=listener.description)
+        self.notifier.ready(f"Listening on {', '.join(self.config.server.listen)}")
+
+    def _start_failed(self, failure):
+        if failure.check(defer.CancelledError):
+            return  # stopped while starting: nothing went wrong
+        log.failure("mcproxy could not start", failure)
+        if self.reactor.running:
+            try:
+                self.reactor.stop()
+            except error.ReactorNotRunning:
+                pass  # already stopping
 
     def on_hangup(self) -> None:
         """SIGHUP: reopen the audit log (after logrotate moved it), then reload the configuration."""
-        if self.audit is not None:
-            self.audit.reopen()
-            log.info("Reopened the audit log {path}", path=self.config.audit.path)
-        if self.site is None:
+        for part in self:
+            if isinstance(part, AuditLog) and part.running:
+                part.reopen()
+                log.info("Reopened the audit log {path}", path=self.config.audit.path)
+        if not self.started or not self.started.called:
             log.warn("SIGHUP while mcproxy is still starting: the configuration is not reloaded")
             return
         try:
@@ -404,7 +405,7 @@ class MCProxyService(service.MultiService):
         effective, applied, restart_needed = plan(self.config, new)
         for key in restart_needed:
             log.warn("Configuration key {key} changed: it needs a restart, the running value stays", key=key)
-        self._apply(effective)
+        self.reconfigure(effective)
         log.info(
             "Configuration reloaded from {path}: {changed}",
             path=self.source.path or "(no file: environment and flags)",
@@ -412,29 +413,11 @@ class MCProxyService(service.MultiService):
         )
         return restart_needed
 
-    def _apply(self, config: Config) -> None:
-        """Hand a validated configuration to the running parts (the ones built from its live keys)."""
-        from mcproxy.web.network import ClientPolicy
-        from mcproxy.web.site import ConnectionLimits
-
-        network = config.network
-        client_policy = ClientPolicy(network.ip_allow, network.ip_deny, network.trusted_proxies)
-        self.limits.reconfigure(config.ratelimit)
-        self.policies.reconfigure(config.browsing)
-        self.tools.reconfigure(config.tools)
-        self.transports.reconfigure(config)
-        self.site.client_policy = client_policy
-        self.site.max_body_bytes = self.admin.deps.max_body_bytes = config.server.max_body_bytes
-        self.admin.deps.max_metadata_bytes = config.limits.max_metadata_bytes
-        self.admin.deps.user_networks = config.browser.user_networks
-        self.site.hsts_max_age = config.server.hsts_max_age
-        self.site.limits = ConnectionLimits.from_config(config)
-        self.sessions.idle_timeout = config.session.idle_timeout
-        self.sessions.max_per_user = config.limits.max_sessions_per_user
-        self.sessions.max_total = config.limits.max_sessions
-        self.pool.set_limits(config.limits.max_users, config.limits.max_pages_per_user)
-        self.metrics_resource.reconfigure(config.metrics.allowed_networks)
-        apply_log_level(config.server.log_level)
+    def reconfigure(self, config: Config) -> None:
+        """Hand a validated configuration to every running part (each applies its live keys)."""
+        for apply in self.appliers:
+            apply(config)
+        self.drain_timeout = config.server.drain_timeout
         self.config = config
 
     def on_terminate(self) -> None:
@@ -450,14 +433,13 @@ class MCProxyService(service.MultiService):
     async def drain(self) -> None:
         """Stop listening and taking MCP requests; let running tool calls finish for up to
         ``server.drain_timeout`` seconds, then cancel the rest (see `McpTransports.drain`)."""
-        timeout = self.config.server.drain_timeout
+        timeout = self.drain_timeout
         log.info("SIGTERM: draining for up to {timeout} s before stopping", timeout=timeout)
         self._tell_stopping()
-        ports, self.ports = self.ports, []
-        for port in ports:
-            await port.stopListening()
-        if self.transports is not None:
-            await self.transports.drain(timeout)
+        for listener in self.listeners:
+            if listener.running:
+                await listener.stopService()
+        await self.transports.drain(timeout)
 
     def _tell_stopping(self) -> None:
         """``STOPPING=1`` to systemd, once, whether the stop began with a drain or not."""
@@ -466,30 +448,9 @@ class MCProxyService(service.MultiService):
             self.notifier.stopping()
 
     def stopService(self):
-        super().stopService()
-        return defer.Deferred.fromCoroutine(self.stop())
+        self._tell_stopping()
+        return super().stopService()
 
     async def stop(self) -> None:
-        """Stop listening, end sessions, close browser connections and the store."""
-        if self._starting is not None and not self._starting.called:
-            self._starting.cancel()
-        self._tell_stopping()
-        if self.metrics is not None:
-            self.metrics.stop()
-        for port in self.ports:
-            await port.stopListening()
-        self.ports.clear()
-        if self.revocations is not None:
-            self.revocations.stop()
-        if self.sessions is not None:
-            self.sessions.close_all()
-        if self.pool is not None:
-            await self.pool.close()
-        if self.plugins is not None:
-            await self.plugins.stop()
-        if self.store is not None:
-            await self.store.close()
-        if self.audit is not None:
-            self.audit.close()
-        if self.artifacts is not None:
-            self.artifacts.stop()
+        """Stop every part, in reverse order (what `stopService` does)."""
+        await self.stopService()

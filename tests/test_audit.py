@@ -66,11 +66,12 @@ def test_lines_are_whole_json_objects_in_a_private_file(tmp_path):
     clock.advance(1_800_000_000.25)
     path = tmp_path / "logs" / "audit.jsonl"
     audit = AuditLog(str(path), clock)
+    audit.startService()
     audit.admin_action(None, "127.0.0.1", "create_token", "/api/tokens", "unauthorized")
     os.rename(path, tmp_path / "rotated.jsonl")
     audit.reopen()
     audit.admin_action(None, "127.0.0.1", "register", "/api/register", "ok")
-    audit.close()
+    audit.stopService()
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     (line,) = path.read_text().splitlines()
     event = json.loads(line)
@@ -124,6 +125,7 @@ async def test_text_typed_into_password_fields_never_reaches_the_audit(reactor, 
     from mcproxy.testing.tool_calls import make_context, make_registry, ok, text_of, uid_of
 
     audit = AuditLog(str(tmp_path / "audit.jsonl"), Clock())
+    audit.startService()
     tools = make_registry(reactor, user_browser, on_call_finished=[audit.tool_call])
     context = make_context()
     page = "data:text/html,<label>User <input id=u></label><label>Secret <input id=p type=password></label>"
@@ -138,7 +140,7 @@ async def test_text_typed_into_password_fields_never_reaches_the_audit(reactor, 
     await ok(tools, context, "type_text", pageId=page_id, text="hunter2-typed")
     typed = await ok(tools, context, "evaluate_script", pageId=page_id, function="() => document.getElementById('p').value")
     assert "hunter2-formhunter2-typed" in text_of(typed)  # the text really went into the field
-    audit.close()
+    audit.stopService()
     written = (tmp_path / "audit.jsonl").read_text()
     assert "visible-name" in written
     for secret_text in ("hunter2-fill", "hunter2-form", "hunter2-typed"):

@@ -13,33 +13,11 @@ import treq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
-from mcproxy.activity import ActivityLog
 from mcproxy.storage.records import UserRecord
 from mcproxy.testing.daemon import RunningProxy, start_proxy
 
 USER = "dash-user"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture
-def activity(reactor, monkeypatch):
-    """An ActivityLog fed by the proxy's ToolRegistry, wired the way the service wires it."""
-    import mcproxy.tools.registry as registry
-
-    log = ActivityLog(reactor)
-    base = registry.ToolRegistry
-
-    class Observed(base):
-        def __init__(self, *args, on_call_started=(), on_call_finished=(), **kwargs):
-            super().__init__(
-                *args,
-                on_call_started=[*on_call_started, log.tool_call_started],
-                on_call_finished=[*on_call_finished, log.tool_call_finished],
-                **kwargs,
-            )
-
-    monkeypatch.setattr(registry, "ToolRegistry", Observed)
-    return log
 
 
 @attrs.define
@@ -57,7 +35,7 @@ class Dashboard:
 
 
 @pytest_twisted.async_yield_fixture
-async def dashboard(reactor, tmp_path, activity):
+async def dashboard(reactor, tmp_path):
     from mcproxy.auth.chain import AuthenticationChain
     from mcproxy.auth.tokens import TokenAuthenticator
     from mcproxy.web.dashboard import DashboardResource, OverviewResource
@@ -77,7 +55,7 @@ async def dashboard(reactor, tmp_path, activity):
         store=service.store,
         pool=service.pool,
         sessions=service.sessions,
-        activity=activity,
+        activity=service.activity,
         authenticate=authenticate,
         started_at=reactor.seconds() - 5,
     )

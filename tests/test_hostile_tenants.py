@@ -346,7 +346,7 @@ async def test_stopping_while_starting_is_quiet(reactor, tmp_path):
         silent.close()
     failures = [e for e in events if e.get("log_failure") is not None or "could not start" in str(e.get("log_format"))]
     assert failures == [], failures
-    assert service._starting.called
+    assert service.started.called
 
 
 @pytest_twisted.ensureDeferred

@@ -221,14 +221,14 @@ def test_reconnects_count_every_attempt_after_a_browsers_first():
 def test_reactor_lag_is_how_late_the_timer_fires():
     clock = Clock()
     metrics = Metrics(clock, lag_interval=1.0)
-    metrics.start()
+    metrics.startService()
     clock.advance(1.0)  # on time
     clock.advance(1.3)  # due at 2.0, fires at 2.3
     clock.advance(2.9)  # due at 3.0 (4.0 skipped), fires at 5.2
     assert value(metrics, "mcproxy_reactor_lag_seconds_count") == 3
     assert value(metrics, "mcproxy_reactor_lag_seconds_sum") == pytest.approx(0.3 + 0.2)
     assert value(metrics, "mcproxy_reactor_lag_seconds_bucket", le="0.25") == 2
-    metrics.stop()
+    metrics.stopService()
     assert clock.getDelayedCalls() == []
 
 

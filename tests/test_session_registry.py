@@ -113,7 +113,7 @@ def test_sessions_end_when_their_token_is_revoked_expired_or_deleted():
     }
     no_token = sessions.create("local", "streamable")
     watch = RevocationWatch(sessions, store, clock, interval=5)
-    watch.start()
+    watch.startService()
     result_of(store.revoke_token(revoked.token_id, clock.seconds()))
     result_of(store.revoke_token(rotated.token_id, clock.seconds() + 60))  # a rotation's grace period
     clock.advance(5)
@@ -123,7 +123,7 @@ def test_sessions_end_when_their_token_is_revoked_expired_or_deleted():
     clock.advance(60)
     assert [name for name, s in opened.items() if s.closed] == ["revoked", "expiring", "rotated"]
     assert not opened["kept"].closed and not no_token.closed
-    watch.stop()
+    watch.stopService()
     result_of(store.revoke_token(kept.token_id, clock.seconds()))
     clock.advance(30)
     assert not opened["kept"].closed  # a stopped watch checks nothing

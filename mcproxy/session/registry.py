@@ -7,6 +7,7 @@ too, so another user's session id behaves exactly like one that does not exist.
 import secrets
 from typing import Any, Callable
 
+from twisted.application.service import Service
 from twisted.logger import Logger
 
 from mcproxy.errors import LimitReached, ServerFull
@@ -93,8 +94,9 @@ class Session:
                 log.failure("Error while closing MCP session {session_id}", session_id=self.id)
 
 
-class SessionRegistry:
-    """Every live MCP session of this process, with clock-driven idle expiry."""
+class SessionRegistry(Service):
+    """Every live MCP session of this process, with clock-driven idle expiry; stopping the
+    service ends them all."""
 
     def __init__(self, clock, idle_timeout: float, max_per_user: int = 0, max_total: int = 0):
         self.clock = clock
@@ -102,6 +104,20 @@ class SessionRegistry:
         self.max_per_user = max_per_user
         self.max_total = max_total
         self._sessions: dict[str, Session] = {}
+
+    @classmethod
+    def from_config(cls, clock, config) -> "SessionRegistry":
+        """The registry with ``session.idle_timeout`` and the ``limits.max_sessions*``."""
+        registry = cls(clock, config.session.idle_timeout)
+        registry.reconfigure(config)
+        return registry
+
+    def reconfigure(self, config) -> None:
+        """Apply ``session.idle_timeout`` and the session limits (live); sessions already
+        over a lowered limit stay."""
+        self.idle_timeout = config.session.idle_timeout
+        self.max_per_user = config.limits.max_sessions_per_user
+        self.max_total = config.limits.max_sessions
 
     def create(self, user_id: str, transport: str, token_id: str | None = None) -> Session:
         """A new session for ``user_id`` over ``transport`` (``"sse"`` or ``"streamable"``),
@@ -162,6 +178,10 @@ class SessionRegistry:
         """End every session (shutdown)."""
         for session_id in list(self._sessions):
             self.close(session_id)
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.close_all()
 
     def count(self, transport: str | None = None) -> int:
         """Live sessions, of one transport or all."""

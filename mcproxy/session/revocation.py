@@ -4,6 +4,7 @@ Every request is authenticated again, but a stream (legacy ``GET /sse``, a stand
 Streamable HTTP ``GET``) lives on one request; without this it would outlive its token.
 """
 
+from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -13,7 +14,7 @@ log = Logger()
 CHECK_INTERVAL = 5.0
 
 
-class RevocationWatch:
+class RevocationWatch(Service):
     """Every ``interval`` seconds, ends the sessions whose token is gone, revoked or expired."""
 
     def __init__(self, sessions, store, clock, interval: float = CHECK_INTERVAL):
@@ -24,12 +25,14 @@ class RevocationWatch:
         self._loop = LoopingCall(lambda: Deferred.fromCoroutine(self.check()))
         self._loop.clock = clock
 
-    def start(self) -> None:
+    def startService(self) -> None:
+        super().startService()
         self._loop.start(self._interval, now=False).addErrback(
             lambda failure: log.failure("The token revocation check stopped", failure)
         )
 
-    def stop(self) -> None:
+    def stopService(self) -> None:
+        super().stopService()
         if self._loop.running:
             self._loop.stop()
 

@@ -1,0 +1,36 @@
+"""One ``server.listen`` endpoint as a service: listening starts when the daemon is ready."""
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from zope.interface import implementer
+
+
+@implementer(IStreamServerEndpoint)
+class _Noting:
+    """An endpoint that tells its `Listener` which port it listens on."""
+
+    def __init__(self, endpoint: IStreamServerEndpoint, listener: "Listener"):
+        self._endpoint = endpoint
+        self._listener = listener
+
+    def listen(self, factory) -> Deferred:
+        def listening(port: IListeningPort) -> IListeningPort:
+            self._listener.port = port
+            return port
+
+        return self._endpoint.listen(factory).addCallback(listening)
+
+
+class Listener(StreamServerEndpointService):
+    """Serves ``factory`` on the endpoint ``description`` (``tcp:``, ``ssl:``, ``systemd:``...);
+    ``port`` is the listening port once started. Failing to listen fails the start of the
+    daemon, with the error."""
+
+    _raiseSynchronously = True  # a port already in use stops the start, rather than a log line
+    port: IListeningPort | None = None
+
+    def __init__(self, reactor, description: str, factory):
+        super().__init__(_Noting(serverFromString(reactor, description), self), factory)
+        self.description = description
