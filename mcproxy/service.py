@@ -15,6 +15,7 @@ from mcproxy.activity import ActivityLog
 from mcproxy.artifacts import ArtifactStore
 from mcproxy.audit import AuditLog
 from mcproxy.auth.basic import BasicAuthenticator
+from mcproxy.auth.bootstrap import AdminTokenService
 from mcproxy.auth.chain import AuthenticationChain
 from mcproxy.auth.jwks import JWKSCache
 from mcproxy.auth.jwt import JWTAuthenticator, audiences_for
@@ -137,7 +138,8 @@ class MCProxyService(StartInOrder):
         live = daemon.appliers.append
 
         daemon.store = store = store_for_url(config.store.url, reactor)
-        daemon.attach(StoreService(store, config.server.data_dir, reactor))
+        daemon.attach(StoreService(store, config.server.data_dir))
+        daemon.attach(AdminTokenService(store, config.server.data_dir, reactor))
         audit = daemon.attach(AuditLog(config.audit.path, reactor))
         daemon.artifacts = artifacts = daemon.attach(ArtifactStore(config.server.data_dir, config.artifacts, reactor))
         daemon.sessions = sessions = SessionRegistry.from_config(reactor, config)

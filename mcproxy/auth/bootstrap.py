@@ -1,12 +1,15 @@
 """The first-start admin token, so a fresh install can be administered at all."""
 
 import os
+from typing import Any
 
+import attrs
 from twisted.logger import Logger
 
 from mcproxy.auth.principal import ADMIN
 from mcproxy.auth.tokens import create_token
 from mcproxy.interfaces import IStore
+from mcproxy.lifecycle import AsyncService
 
 log = Logger()
 
@@ -59,3 +62,15 @@ async def ensure_admin_token(store: IStore, data_dir: str, clock) -> str | None:
         path=os.path.abspath(path),
     )
     return path
+
+
+@attrs.define(eq=False)
+class AdminTokenService(AsyncService):
+    """Starts once the store is open: `ensure_admin_token` in ``data_dir``."""
+
+    store: IStore
+    data_dir: str
+    clock: Any
+
+    async def start(self) -> None:
+        await ensure_admin_token(self.store, self.data_dir, self.clock)
