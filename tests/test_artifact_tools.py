@@ -10,7 +10,7 @@ import pytest_twisted
 from mcproxy.artifacts import ArtifactStore
 from mcproxy.auth.principal import Principal
 from mcproxy.config import ArtifactsConfig
-from mcproxy.testing.stores import in_this_thread, result_of
+from mcproxy.testing.deferreds import in_this_thread, success_result_of
 from mcproxy.testing.tool_calls import failed, make_context, make_registry, ok, text_of
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -46,7 +46,7 @@ def saved(result, store, name, mime_type):
         (artifact.uri, name, mime_type, artifact.size)
     ]
     assert not [c for c in result.content if c.type == "image"]
-    contents = result_of(store.read_resource(ALICE, artifact.uri)).contents[0]
+    contents = success_result_of(store.read_resource(ALICE, artifact.uri)).contents[0]
     data = contents.text.encode() if hasattr(contents, "text") else base64.b64decode(contents.blob)
     assert len(data) == artifact.size
     return artifact.uri, data
@@ -63,7 +63,7 @@ async def test_screenshot_to_file_is_a_png_resource_of_its_owner_only(tools, sto
     assert [r.uri for r in store.list_resources(ALICE)] == [uri]
     assert store.list_resources(BOB) == []
     with pytest.raises(Exception, match="Resource not found"):
-        result_of(store.read_resource(BOB, uri))
+        success_result_of(store.read_resource(BOB, uri))
 
 
 @pytest_twisted.ensureDeferred
