@@ -122,7 +122,8 @@ class MCProxyService(service.MultiService):
     async def start(self) -> None:
         """Open the store, make the admin token, connect known browsers, then listen."""
         from mcproxy.activity import ActivityLog
-        from mcproxy.artifacts import ArtifactStore
+        from mcproxy.artifacts.resources import ArtifactResources
+        from mcproxy.artifacts.store import ArtifactStore
         from mcproxy.audit import AuditLog
         from mcproxy.auth.bootstrap import ensure_admin_token
         from mcproxy.auth.chain import AuthenticationChain
@@ -274,7 +275,7 @@ class MCProxyService(service.MultiService):
 
         authenticate_admin = authenticate_for("admin")
         self.transports = transports = McpTransports(
-            reactor, config, authenticate_for("mcp"), tools, sessions, resources=artifacts
+            reactor, config, authenticate_for("mcp"), tools, sessions, resources=ArtifactResources(artifacts)
         )
 
         def check_api_request(request) -> None:

@@ -7,7 +7,9 @@ import os
 import pytest
 from twisted.internet.task import Clock
 
-from mcproxy.artifacts import ArtifactStore, split_path
+from mcproxy.artifacts.names import split_path
+from mcproxy.artifacts.resources import ArtifactResources
+from mcproxy.artifacts.store import ArtifactStore
 from mcproxy.auth.principal import Principal
 from mcproxy.config import ArtifactsConfig, ToolsConfig
 from mcproxy.errors import ToolError
@@ -36,7 +38,12 @@ def clock():
 
 @pytest.fixture
 def store(tmp_path, clock):
-    return ArtifactStore(str(tmp_path), ArtifactsConfig(max_bytes=10_000, ttl=3600), clock, in_this_thread)
+    return ArtifactStore(str(tmp_path), ArtifactsConfig(max_bytes=10_000, ttl=3600), clock)
+
+
+def resources(store: ArtifactStore) -> ArtifactResources:
+    """The store's MCP view, reading files in this thread."""
+    return ArtifactResources(store, in_this_thread)
 
 
 def files_under(path) -> list[str]:
@@ -52,16 +59,16 @@ def test_save_list_read_round_trip(store, tmp_path, clock):
     assert shot.uri == f"mcproxy://artifacts/{shot.id}" and len(shot.id) == 32
     assert (shot.name, shot.size, shot.mime_type) == ("shots/home.png", len(PNG), "image/png")
 
-    listed = store.list_resources(ALICE)
+    listed = resources(store).list_resources(ALICE)
     assert [(r.uri, r.name, r.mime_type, r.size) for r in listed] == [
         (shot.uri, "shots/home.png", "image/png", len(PNG)),
         (notes.uri, "notes.md", "text/markdown", len("héllo\n".encode())),
     ]
     assert "2023-11-14T22:13:20Z" in listed[0].description  # when it was saved
 
-    blob = success_result_of(store.read_resource(ALICE, shot.uri)).contents[0]
+    blob = success_result_of(resources(store).read_resource(ALICE, shot.uri)).contents[0]
     assert base64.b64decode(blob.blob) == PNG and blob.mime_type == "image/png" and blob.uri == shot.uri
-    text = success_result_of(store.read_resource(ALICE, notes.uri)).contents[0]
+    text = success_result_of(resources(store).read_resource(ALICE, notes.uri)).contents[0]
     assert text.text == "héllo\n" and text.mime_type == "text/markdown"
 
     # The file lies in the user's own directory, named as asked; nothing is left in tmp/.
@@ -75,16 +82,16 @@ def test_save_list_read_round_trip(store, tmp_path, clock):
 def test_saving_the_same_name_again_replaces_the_artifact(store):
     first = success_result_of(store.save("alice", "shot.png", PNG))
     second = success_result_of(store.save("alice", "./shot.png", PNG[:20]))
-    assert [r.uri for r in store.list_resources(ALICE)] == [second.uri]
-    failure_result_of(store.read_resource(ALICE, first.uri), RpcError)
-    assert base64.b64decode(success_result_of(store.read_resource(ALICE, second.uri)).contents[0].blob) == PNG[:20]
+    assert [r.uri for r in resources(store).list_resources(ALICE)] == [second.uri]
+    failure_result_of(resources(store).read_resource(ALICE, first.uri), RpcError)
+    assert base64.b64decode(success_result_of(resources(store).read_resource(ALICE, second.uri)).contents[0].blob) == PNG[:20]
 
 
 def test_another_user_can_neither_list_nor_read(store):
     secret = success_result_of(store.save("alice", "secret.txt", b"alice's"))
     success_result_of(store.save("mallory/../alice", "mine.txt", b"mallory's"))
-    assert [r.name for r in store.list_resources(MALLORY)] == ["mine.txt"]
-    e = failure_result_of(store.read_resource(MALLORY, secret.uri), RpcError)
+    assert [r.name for r in resources(store).list_resources(MALLORY)] == ["mine.txt"]
+    e = failure_result_of(resources(store).read_resource(MALLORY, secret.uri), RpcError)
     # Exactly what an unknown resource gets (protocol.EmptyResources), so nothing leaks.
     assert (e.value.code, e.value.message) == (-32602, f"Resource not found: {secret.uri}")
     assert e.value.data == {"uri": secret.uri}
@@ -95,13 +102,13 @@ def test_another_user_can_neither_list_nor_read(store):
     ["mcproxy://artifacts/", "mcproxy://artifacts/../x", "mcproxy://artifacts/" + "0" * 32, "file:///etc/passwd"],
 )
 def test_malformed_or_unknown_uris_are_not_found(store, uri):
-    e = failure_result_of(store.read_resource(ALICE, uri), RpcError)
+    e = failure_result_of(resources(store).read_resource(ALICE, uri), RpcError)
     assert e.value.code == -32602 and uri in e.value.message
 
 
 def test_protocol_layer_answers_not_found_and_lists_only_the_callers_own(store):
     secret = success_result_of(store.save("alice", "a.txt", b"alice's"))
-    server = McpServer(FakeToolProvider(Clock()), resources=store)
+    server = McpServer(FakeToolProvider(Clock()), resources=ArtifactResources(store, in_this_thread))
 
     hello = {"protocolVersion": "2024-11-05", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
 
@@ -161,7 +168,7 @@ def test_symlinks_in_the_users_directory_are_not_followed(store, tmp_path):
     # A symlink as the final name is replaced by the file, never written through.
     leaf = success_result_of(store.save("alice", "leaf.txt", b"replaced"))
     assert not os.path.islink(files / "leaf.txt") and not os.path.exists(outside / "target.txt")
-    assert success_result_of(store.read_resource(ALICE, leaf.uri)).contents[0].text == "replaced"
+    assert success_result_of(resources(store).read_resource(ALICE, leaf.uri)).contents[0].text == "replaced"
     assert os.listdir(tmp_path / "artifacts" / user_dir / "tmp") == []
 
 
@@ -172,8 +179,8 @@ def test_a_file_swapped_for_a_symlink_is_not_read(store, tmp_path):
     path = tmp_path / "artifacts" / user_dir / "files" / "a.txt"
     path.unlink()
     os.symlink(tmp_path / "secret", path)
-    failure_result_of(store.read_resource(ALICE, saved.uri), RpcError)
-    assert store.list_resources(ALICE) == []
+    failure_result_of(resources(store).read_resource(ALICE, saved.uri), RpcError)
+    assert resources(store).list_resources(ALICE) == []
 
 
 def test_size_limit_aborts_the_writer_and_leaves_no_file(store, tmp_path):
@@ -187,7 +194,7 @@ def test_size_limit_aborts_the_writer_and_leaves_no_file(store, tmp_path):
     writer.abort()  # harmless after the limit already aborted it
     assert files_under(tmp_path) == []
     failure_result_of(store.save("alice", "big.bin", b"y" * 10_001), ToolError)
-    assert files_under(tmp_path) == [] and store.list_resources(ALICE) == []
+    assert files_under(tmp_path) == [] and resources(store).list_resources(ALICE) == []
     exactly = success_result_of(store.save("alice", "ok.bin", b"y" * 10_000))
     assert exactly.size == 10_000
 
@@ -198,12 +205,12 @@ def test_streaming_writer_and_abort(store, tmp_path):
         writer.write(chunk)
     artifact = success_result_of(writer.finish())
     assert artifact.size == 15 and artifact.mime_type == "application/json"
-    assert json.loads(success_result_of(store.read_resource(ALICE, artifact.uri)).contents[0].text) == {"snapshot": 1}
+    assert json.loads(success_result_of(resources(store).read_resource(ALICE, artifact.uri)).contents[0].text) == {"snapshot": 1}
 
     abandoned = store.writer("alice", "abandoned.json")
     abandoned.write(b"partial")
     abandoned.abort()
-    assert [r.name for r in store.list_resources(ALICE)] == ["parts.json"]
+    assert [r.name for r in resources(store).list_resources(ALICE)] == ["parts.json"]
     (user_dir,) = os.listdir(tmp_path / "artifacts")
     assert not any("abandoned" in f or f.startswith("tmp") for f in files_under(tmp_path / "artifacts" / user_dir))
 
@@ -215,14 +222,14 @@ def test_expiry_by_sweep_and_on_read(store, clock, tmp_path):
         clock.advance(1800)
         late = success_result_of(store.save("alice", "late.txt", b"2"))
         clock.advance(1799.5)
-        assert [r.name for r in store.list_resources(ALICE)] == ["early.txt", "late.txt"]
+        assert [r.name for r in resources(store).list_resources(ALICE)] == ["early.txt", "late.txt"]
         clock.advance(0.5)  # early expires now; the sweep has not run yet, the read checks itself
-        assert [r.name for r in store.list_resources(ALICE)] == ["late.txt"]
-        failure_result_of(store.read_resource(ALICE, early.uri), RpcError)
+        assert [r.name for r in resources(store).list_resources(ALICE)] == ["late.txt"]
+        failure_result_of(resources(store).read_resource(ALICE, early.uri), RpcError)
         assert not any(f.endswith("early.txt") for f in files_under(tmp_path))
         clock.advance(1800)  # the minute sweep deletes late's file without anyone asking
         assert files_under(tmp_path) == []
-        failure_result_of(store.read_resource(ALICE, late.uri), RpcError)
+        failure_result_of(resources(store).read_resource(ALICE, late.uri), RpcError)
     finally:
         store.stop()
     assert not clock.getDelayedCalls()
@@ -230,7 +237,7 @@ def test_expiry_by_sweep_and_on_read(store, clock, tmp_path):
 
 def test_restart_rebuilds_the_index(tmp_path, clock):
     config = ArtifactsConfig(max_bytes=10_000, ttl=3600)
-    first = ArtifactStore(str(tmp_path), config, clock, in_this_thread)
+    first = ArtifactStore(str(tmp_path), config, clock)
     doomed = success_result_of(first.save("bob", "doomed.txt", b"gone"))
     clock.advance(1000)
     kept = success_result_of(first.save("alice", "shots/kept.png", PNG))
@@ -239,13 +246,13 @@ def test_restart_rebuilds_the_index(tmp_path, clock):
     unfinished.write(b"half")  # the process dies here: no finish, no abort
 
     clock.advance(2700)  # past doomed's expiry, before the others'
-    second = ArtifactStore(str(tmp_path), config, clock, in_this_thread)
-    listed = [(r.uri, r.name, r.size) for r in second.list_resources(ALICE)]
+    second = ArtifactStore(str(tmp_path), config, clock)
+    listed = [(r.uri, r.name, r.size) for r in resources(second).list_resources(ALICE)]
     assert listed == [(kept.uri, "shots/kept.png", len(PNG))]
-    assert base64.b64decode(success_result_of(second.read_resource(ALICE, kept.uri)).contents[0].blob) == PNG
+    assert base64.b64decode(success_result_of(resources(second).read_resource(ALICE, kept.uri)).contents[0].blob) == PNG
     bob = Principal("bob", frozenset())
-    assert [r.uri for r in second.list_resources(bob)] == [later.uri]
-    failure_result_of(second.read_resource(bob, doomed.uri), RpcError)
+    assert [r.uri for r in resources(second).list_resources(bob)] == [later.uri]
+    failure_result_of(resources(second).read_resource(bob, doomed.uri), RpcError)
     leftovers = files_under(tmp_path)
     assert not any("doomed" in f or doomed.id in f or f.split("/")[-2] == "tmp" for f in leftovers), leftovers
     unfinished.abort()
@@ -270,7 +277,7 @@ def test_add_artifact_links_the_resource_for_new_protocols_only(store):
 
 def quota_store(tmp_path, clock, **limits):
     config = ArtifactsConfig(max_bytes=10_000, ttl=3600, **limits)
-    return ArtifactStore(str(tmp_path), config, clock, in_this_thread)
+    return ArtifactStore(str(tmp_path), config, clock)
 
 
 def test_files_per_user_quota_is_checked_before_writing(tmp_path, clock):
@@ -347,7 +354,7 @@ def test_resources_need_a_credential_that_may_call_a_tool(store):
     async def no_browser(user_id):
         raise AssertionError("no tool runs here")
 
-    server = McpServer(ToolRegistry(no_browser, ToolsConfig(), Clock()), resources=store)
+    server = McpServer(ToolRegistry(no_browser, ToolsConfig(), Clock()), resources=ArtifactResources(store, in_this_thread))
     hello = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
 
     def answer(principal, method, params):
