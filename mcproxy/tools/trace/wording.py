@@ -61,6 +61,109 @@ class Insight:
         )
 
 
+@attrs.frozen
+class _About:
+    """What every instance of one insight says, whatever was measured."""
+
+    title: str
+    description: str
+    checks: str
+    question: str
+    links: tuple[str, ...]
+
+
+_ABOUT = {
+    "LCPBreakdown": _About(
+        title="LCP breakdown",
+        description="The time to the largest contentful paint, split into the phases that make it up; "
+        "shorten the longest one.",
+        checks="This insight splits the Largest Contentful Paint into its phases: time to first byte of the "
+        "document, then (for an image) the delay before the image starts loading and its load duration, and "
+        "finally the render delay until it is painted. Good LCP is 2.5 s or less.",
+        question="Help me optimize my LCP score",
+        links=(
+            "https://developer.chrome.com/docs/performance/insights/lcp-breakdown",
+            "https://web.dev/articles/optimize-lcp",
+        ),
+    ),
+    "DocumentLatency": _About(
+        title="Document request latency",
+        description="The first request (the HTML document) should be answered quickly: no redirects, a fast "
+        "server response and compression.",
+        checks="This insight checks that the first request is answered promptly:\n"
+        "1. Was the document request redirected?\n"
+        f"2. Did the server respond within {SERVER_RESPONSE_LIMIT_MS} ms? (Aim for about "
+        f"{SERVER_RESPONSE_GOAL_MS} ms.)\n"
+        "3. Was the response compressed to keep its transfer size down?",
+        question="How do I decrease the initial loading time of my page?",
+        links=(
+            "https://developer.chrome.com/docs/performance/insights/document-latency",
+            "https://web.dev/articles/optimize-ttfb",
+        ),
+    ),
+    "RenderBlocking": _About(
+        title="Render-blocking requests",
+        description="Requests are blocking the page's first render, which delays FCP and LCP.",
+        checks="This insight lists the requests (stylesheets, synchronous scripts) the browser had to wait for "
+        "before it could paint anything.",
+        question="Show me the most impactful render-blocking requests that I should focus on",
+        links=(
+            "https://developer.chrome.com/docs/performance/insights/render-blocking",
+            "https://web.dev/articles/critical-rendering-path/render-blocking-css",
+        ),
+    ),
+    "INPBreakdown": _About(
+        title="INP breakdown",
+        description="The slowest interaction, split into input delay, processing and presentation delay.",
+        checks="This insight breaks the longest interaction (Interaction to Next Paint) into the input delay, "
+        "the time event handlers run, and the delay until the next frame is presented. Good INP is 200 ms "
+        "or less.",
+        question="Suggest fixes to reduce my INP",
+        links=(
+            "https://developer.chrome.com/docs/performance/insights/inp-breakdown",
+            "https://web.dev/articles/optimize-inp",
+        ),
+    ),
+    "CLSCulprits": _About(
+        title="Layout shift culprits",
+        description="Elements moved without user input; the worst cluster of shifts sets CLS.",
+        checks="This insight groups layout shifts without recent input into clusters (shifts less than 1 s apart, "
+        "at most 5 s per cluster) and names the elements each shift moved. Good CLS is 0.1 or less.",
+        question="How can I prevent layout shifts on this page?",
+        links=(
+            "https://developer.chrome.com/docs/performance/insights/cls-culprit",
+            "https://web.dev/articles/optimize-cls",
+        ),
+    ),
+    "LongTasks": _About(
+        title="Long main-thread tasks",
+        description="Main-thread tasks over 50 ms delay rendering and input handling.",
+        checks="This insight lists the main-thread tasks that took more than 50 ms and what they were busy with. "
+        "While such a task runs the page cannot respond to input or paint.",
+        question="What is keeping the main thread busy?",
+        links=(
+            "https://web.dev/articles/optimize-long-tasks",
+            "https://web.dev/articles/long-tasks-devtools",
+        ),
+    ),
+}
+
+
+def _insight(name: str, details: list[str], bounds: tuple[float, float], savings: str = "none") -> Insight:
+    about = _ABOUT[name]
+    return Insight(
+        name=name,
+        title=about.title,
+        description=about.description,
+        checks=about.checks,
+        details="\n".join(details),
+        bounds=bounds,
+        savings=savings,
+        question=about.question,
+        links=about.links,
+    )
+
+
 # -- one insight each -------------------------------------------------------------------
 
 #: Each LCP phase: its label, and the advice when it is the longest.
@@ -103,22 +206,7 @@ def _lcp_breakdown(lcp: LcpBreakdown, start: float) -> Insight:
         details.append(f"\nThe longest phase is {label}: {advice}")
     else:
         details.append("The phases could not be measured: the main document request is not in the trace.")
-    return Insight(
-        name="LCPBreakdown",
-        title="LCP breakdown",
-        description="The time to the largest contentful paint, split into the phases that make it up; "
-        "shorten the longest one.",
-        checks="This insight splits the Largest Contentful Paint into its phases: time to first byte of the "
-        "document, then (for an image) the delay before the image starts loading and its load duration, and "
-        "finally the render delay until it is painted. Good LCP is 2.5 s or less.",
-        details="\n".join(details),
-        bounds=(nav_ts, lcp.ts),
-        question="Help me optimize my LCP score",
-        links=(
-            "https://developer.chrome.com/docs/performance/insights/lcp-breakdown",
-            "https://web.dev/articles/optimize-lcp",
-        ),
-    )
+    return _insight("LCPBreakdown", details, (nav_ts, lcp.ts))
 
 
 def _document_latency(document: DocumentLatency, start: float) -> Insight:
@@ -153,25 +241,8 @@ def _document_latency(document: DocumentLatency, start: float) -> Insight:
             f"- PASSED: compression not needed ({document.size} bytes of {document.mime or 'unknown type'})."
         )
     saved_us = document.saved_us
-    return Insight(
-        name="DocumentLatency",
-        title="Document request latency",
-        description="The first request (the HTML document) should be answered quickly: no redirects, a fast "
-        "server response and compression.",
-        checks="This insight checks that the first request is answered promptly:\n"
-        "1. Was the document request redirected?\n"
-        f"2. Did the server respond within {SERVER_RESPONSE_LIMIT_MS} ms? (Aim for about "
-        f"{SERVER_RESPONSE_GOAL_MS} ms.)\n"
-        "3. Was the response compressed to keep its transfer size down?",
-        details="\n".join(lines),
-        bounds=document.bounds,
-        savings=f"FCP {ms(saved_us)}, LCP {ms(saved_us)}" if saved_us >= 1000 else "none",
-        question="How do I decrease the initial loading time of my page?",
-        links=(
-            "https://developer.chrome.com/docs/performance/insights/document-latency",
-            "https://web.dev/articles/optimize-ttfb",
-        ),
-    )
+    savings = f"FCP {ms(saved_us)}, LCP {ms(saved_us)}" if saved_us >= 1000 else "none"
+    return _insight("DocumentLatency", lines, document.bounds, savings)
 
 
 def _render_blocking(blocking: RenderBlocking, start: float) -> Insight:
@@ -189,21 +260,8 @@ def _render_blocking(blocking: RenderBlocking, start: float) -> Insight:
         lines.append(f"First contentful paint: {ms(blocking.fcp_ts - start)}.")
     lines.append("Inline the critical CSS, defer or async scripts, and load the rest without blocking rendering.")
     saved_us = blocking.saved_us
-    return Insight(
-        name="RenderBlocking",
-        title="Render-blocking requests",
-        description="Requests are blocking the page's first render, which delays FCP and LCP.",
-        checks="This insight lists the requests (stylesheets, synchronous scripts) the browser had to wait for "
-        "before it could paint anything.",
-        details="\n".join(lines),
-        bounds=blocking.bounds,
-        savings=f"FCP up to {ms(saved_us)}, LCP up to {ms(saved_us)}" if saved_us >= 1000 else "none",
-        question="Show me the most impactful render-blocking requests that I should focus on",
-        links=(
-            "https://developer.chrome.com/docs/performance/insights/render-blocking",
-            "https://web.dev/articles/critical-rendering-path/render-blocking-css",
-        ),
-    )
+    savings = f"FCP up to {ms(saved_us)}, LCP up to {ms(saved_us)}" if saved_us >= 1000 else "none"
+    return _insight("RenderBlocking", lines, blocking.bounds, savings)
 
 
 _INP_ADVICE = {
@@ -222,24 +280,14 @@ def _inp_breakdown(inp: Interaction, start: float) -> Insight:
         f"- Processing duration: {inp.processing:.0f} ms (event handlers running)",
         f"- Presentation delay: {inp.presentation:.0f} ms (until the next frame was painted)",
     ]
-    parts = (("Input delay", inp.delay), ("Processing duration", inp.processing), ("Presentation delay", inp.presentation))
+    parts = (
+        ("Input delay", inp.delay),
+        ("Processing duration", inp.processing),
+        ("Presentation delay", inp.presentation),
+    )
     biggest = max(parts, key=lambda part: part[1])
     lines.append(f"The biggest part is the {biggest[0].lower()}: {_INP_ADVICE[biggest[0]]}")
-    return Insight(
-        name="INPBreakdown",
-        title="INP breakdown",
-        description="The slowest interaction, split into input delay, processing and presentation delay.",
-        checks="This insight breaks the longest interaction (Interaction to Next Paint) into the input delay, "
-        "the time event handlers run, and the delay until the next frame is presented. Good INP is 200 ms "
-        "or less.",
-        details="\n".join(lines),
-        bounds=(inp.ts, inp.ts + inp.duration * 1000),
-        question="Suggest fixes to reduce my INP",
-        links=(
-            "https://developer.chrome.com/docs/performance/insights/inp-breakdown",
-            "https://web.dev/articles/optimize-inp",
-        ),
-    )
+    return _insight("INPBreakdown", lines, (inp.ts, inp.ts + inp.duration * 1000))
 
 
 def _cls_culprits(shifts: LayoutShifts, start: float) -> Insight:
@@ -259,20 +307,7 @@ def _cls_culprits(shifts: LayoutShifts, start: float) -> Insight:
         "Content inserted above existing content, images and embeds without dimensions, and late web fonts are "
         "the usual causes: reserve space for late content."
     )
-    return Insight(
-        name="CLSCulprits",
-        title="Layout shift culprits",
-        description="Elements moved without user input; the worst cluster of shifts sets CLS.",
-        checks="This insight groups layout shifts without recent input into clusters (shifts less than 1 s apart, "
-        "at most 5 s per cluster) and names the elements each shift moved. Good CLS is 0.1 or less.",
-        details="\n".join(lines),
-        bounds=(worst[0].ts, worst[-1].ts),
-        question="How can I prevent layout shifts on this page?",
-        links=(
-            "https://developer.chrome.com/docs/performance/insights/cls-culprit",
-            "https://web.dev/articles/optimize-cls",
-        ),
-    )
+    return _insight("CLSCulprits", lines, (worst[0].ts, worst[-1].ts))
 
 
 def _long_tasks(tasks: LongTasks, start: float) -> Insight:
@@ -285,21 +320,7 @@ def _long_tasks(tasks: LongTasks, start: float) -> Insight:
         cause = f", mostly {_work(task.cause)}" if task.cause else ""
         lines.append(f"- at {ms(task.ts - start)}: {ms(task.dur)}{cause}")
     lines.append("Break long tasks up (yield to the browser between chunks of work) or move work off the main thread.")
-    return Insight(
-        name="LongTasks",
-        title="Long main-thread tasks",
-        description="Main-thread tasks over 50 ms delay rendering and input handling.",
-        checks="This insight lists the main-thread tasks that took more than 50 ms and what they were busy with. "
-        "While such a task runs the page cannot respond to input or paint.",
-        details="\n".join(lines),
-        bounds=(longest.ts, longest.ts + longest.dur),
-        savings=f"TBT {ms(tasks.blocking_us)}",
-        question="What is keeping the main thread busy?",
-        links=(
-            "https://web.dev/articles/optimize-long-tasks",
-            "https://web.dev/articles/long-tasks-devtools",
-        ),
-    )
+    return _insight("LongTasks", lines, (longest.ts, longest.ts + longest.dur), f"TBT {ms(tasks.blocking_us)}")
 
 
 _WORDING = {
