@@ -1,6 +1,6 @@
 """Which pages a caller may use, and the pieces every tool result is made of.
 
-Tab scope (DESIGN.md decision 3, ``tools.tab_scope``): ``session`` shows the pages this
+Tab scope (``tools.tab_scope``; see docs/architecture.rst): ``session`` shows the pages this
 MCP session opened, ``user`` the pages opened through the proxy for this user, ``browser``
 every tab. Without a protocol session (2026-07-28) ``session`` falls back to ``user``. A
 page outside the scope is reported exactly like a page that does not exist. A page a tool
