@@ -1,6 +1,6 @@
 """The audit trail: one JSON object per line for every tool call and every admin action.
 
-Fields of a tool call (DESIGN.md §3, ``audit.path``): ``time``, ``userId``, ``tokenId``,
+Fields of a tool call (``audit.path``; see docs/architecture.rst): ``time``, ``userId``, ``tokenId``,
 ``client``, ``sessionId``, ``browser``, ``tool``, ``arguments`` (redacted), ``outcome``,
 ``durationMs``; admin actions carry ``action`` and ``target`` instead of the tool fields.
 Lines are written whole and flushed at once, so a crash loses at most the line being
@@ -20,7 +20,6 @@ from mcproxy import logs
 
 log = Logger()
 
-REDACTED = "[redacted]"
 #: Argument names whose values are credentials wherever they appear.
 SECRET_KEY = re.compile(r"pass(word|wd)?|secret|token|authori[sz]ation|cookie|api[-_]?key|credential", re.I)
 #: Values that are credentials whatever their key: API tokens, JWTs, Bearer/Basic headers.
@@ -46,7 +45,7 @@ def redact(value: Any, sensitive: frozenset[str] = frozenset(), key: str = "") -
 
 def _redact(value: Any, sensitive: frozenset[str], key: str, budget: list[int]) -> Any:
     if key and (key in sensitive or SECRET_KEY.search(key)):
-        return REDACTED
+        return logs.REDACTED
     if isinstance(value, dict):
         items = list(value.items())
         kept = {k: _redact(v, sensitive, str(k), budget) for k, v in items[:MAX_ITEMS]}
@@ -61,7 +60,7 @@ def _redact(value: Any, sensitive: frozenset[str], key: str, budget: list[int]) 
         if room <= 0:
             return LEFT_OUT
         # Then the log rules, which also know ``password=...`` pairs and passwords in URLs.
-        text = logs.redact(SECRET_VALUE.sub(REDACTED, value[: room + CUT_MARGIN]))
+        text = logs.redact(SECRET_VALUE.sub(logs.REDACTED, value[: room + CUT_MARGIN]))
         text = text if len(text) <= room and len(value) <= room + CUT_MARGIN else text[:room] + LEFT_OUT
         budget[0] -= len(text)
         return text

@@ -12,7 +12,8 @@ from twisted.logger import Logger
 
 from mcproxy import systemd
 from mcproxy.activity import ActivityLog
-from mcproxy.artifacts import ArtifactStore
+from mcproxy.artifacts.resources import ArtifactResources
+from mcproxy.artifacts.store import ArtifactStore
 from mcproxy.audit import AuditLog
 from mcproxy.auth.basic import BasicAuthenticator
 from mcproxy.auth.bootstrap import AdminTokenService
@@ -248,7 +249,7 @@ class MCProxyService(StartInOrder):
 
         authenticate_admin = authenticate_for("admin")
         self.transports = transports = McpTransports(
-            reactor, config, authenticate_for("mcp"), tools, sessions, resources=artifacts
+            reactor, config, authenticate_for("mcp"), tools, sessions, resources=ArtifactResources(artifacts)
         )
         live(transports.reconfigure)
 

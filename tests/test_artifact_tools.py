@@ -7,10 +7,12 @@ import os
 import pytest
 import pytest_twisted
 
-from mcproxy.artifacts import ArtifactStore
+from mcproxy.artifacts.resources import ArtifactResources
+from mcproxy.artifacts.store import ArtifactStore
 from mcproxy.auth.principal import Principal
 from mcproxy.config import ArtifactsConfig
-from mcproxy.testing.stores import in_this_thread, result_of
+from mcproxy.mcp.jsonrpc import RpcError
+from mcproxy.testing.deferreds import failure_result_of, in_this_thread, success_result_of
 from mcproxy.testing.tool_calls import failed, make_context, make_registry, ok, text_of
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -21,7 +23,12 @@ BOB = Principal("bob", frozenset({"tools:*"}))
 
 @pytest.fixture
 def store(tmp_path, reactor):
-    return ArtifactStore(str(tmp_path), ArtifactsConfig(), reactor, in_this_thread)
+    return ArtifactStore(str(tmp_path), ArtifactsConfig(), reactor)
+
+
+def resources(store: ArtifactStore) -> ArtifactResources:
+    """The store's MCP view, reading files in this thread."""
+    return ArtifactResources(store, in_this_thread)
 
 
 @pytest.fixture
@@ -46,7 +53,7 @@ def saved(result, store, name, mime_type):
         (artifact.uri, name, mime_type, artifact.size)
     ]
     assert not [c for c in result.content if c.type == "image"]
-    contents = result_of(store.read_resource(ALICE, artifact.uri)).contents[0]
+    contents = success_result_of(resources(store).read_resource(ALICE, artifact.uri)).contents[0]
     data = contents.text.encode() if hasattr(contents, "text") else base64.b64decode(contents.blob)
     assert len(data) == artifact.size
     return artifact.uri, data
@@ -60,10 +67,10 @@ async def test_screenshot_to_file_is_a_png_resource_of_its_owner_only(tools, sto
     assert text_of(result).startswith("Took a screenshot of the current page's viewport.\nScreenshot saved as ")
     uri, data = saved(result, store, "shots/home.png", "image/png")
     assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
-    assert [r.uri for r in store.list_resources(ALICE)] == [uri]
-    assert store.list_resources(BOB) == []
-    with pytest.raises(Exception, match="Resource not found"):
-        result_of(store.read_resource(BOB, uri))
+    assert [r.uri for r in resources(store).list_resources(ALICE)] == [uri]
+    assert resources(store).list_resources(BOB) == []
+    refused = failure_result_of(resources(store).read_resource(BOB, uri), RpcError)
+    assert "Resource not found" in refused.value.message
 
 
 @pytest_twisted.ensureDeferred
@@ -119,7 +126,7 @@ async def test_heap_snapshot_is_streamed_to_a_json_resource(tools, store, fixtur
 
 @pytest_twisted.ensureDeferred
 async def test_heap_snapshot_over_the_size_limit_leaves_nothing(reactor, user_browser, tmp_path, fixture_site):
-    store = ArtifactStore(str(tmp_path), ArtifactsConfig(max_bytes=50_000), reactor, in_this_thread)
+    store = ArtifactStore(str(tmp_path), ArtifactsConfig(max_bytes=50_000), reactor)
     tools = make_registry(reactor, user_browser, artifacts=store)
     context = make_context()
     page_id = await open_page(tools, context, fixture_site)

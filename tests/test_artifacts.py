@@ -7,15 +7,20 @@ import os
 import pytest
 from twisted.internet.task import Clock
 
-from mcproxy.artifacts import ArtifactStore, split_path
+from mcproxy.artifacts.names import split_path
+from mcproxy.artifacts.resources import ArtifactResources
+from mcproxy.artifacts.store import ArtifactStore
 from mcproxy.auth.principal import Principal
 from mcproxy.config import ArtifactsConfig, ToolsConfig
 from mcproxy.errors import ToolError
 from mcproxy.mcp.jsonrpc import RpcError, parse_message
 from mcproxy.mcp.protocol import McpServer, McpSession
+from mcproxy.testing.deferreds import (
+    failure_result_of,
+    in_this_thread,
+    success_result_of,
+)
 from mcproxy.testing.fake_tools import FakeToolProvider
-from mcproxy.testing.stores import in_this_thread, result_of
-from mcproxy.testing.stores import run_now as run
 from mcproxy.tools.base import SessionView
 from mcproxy.tools.pages import Response
 
@@ -33,7 +38,12 @@ def clock():
 
 @pytest.fixture
 def store(tmp_path, clock):
-    return ArtifactStore(str(tmp_path), ArtifactsConfig(max_bytes=10_000, ttl=3600), clock, in_this_thread)
+    return ArtifactStore(str(tmp_path), ArtifactsConfig(max_bytes=10_000, ttl=3600), clock)
+
+
+def resources(store: ArtifactStore) -> ArtifactResources:
+    """The store's MCP view, reading files in this thread."""
+    return ArtifactResources(store, in_this_thread)
 
 
 def files_under(path) -> list[str]:
@@ -43,22 +53,22 @@ def files_under(path) -> list[str]:
 
 
 def test_save_list_read_round_trip(store, tmp_path, clock):
-    shot = run(store.save("alice", "shots/home.png", PNG))
+    shot = success_result_of(store.save("alice", "shots/home.png", PNG))
     clock.advance(1)  # listed oldest first
-    notes = run(store.save("alice", "notes.md", "héllo\n".encode()))
+    notes = success_result_of(store.save("alice", "notes.md", "héllo\n".encode()))
     assert shot.uri == f"mcproxy://artifacts/{shot.id}" and len(shot.id) == 32
     assert (shot.name, shot.size, shot.mime_type) == ("shots/home.png", len(PNG), "image/png")
 
-    listed = store.list_resources(ALICE)
+    listed = resources(store).list_resources(ALICE)
     assert [(r.uri, r.name, r.mime_type, r.size) for r in listed] == [
         (shot.uri, "shots/home.png", "image/png", len(PNG)),
         (notes.uri, "notes.md", "text/markdown", len("héllo\n".encode())),
     ]
     assert "2023-11-14T22:13:20Z" in listed[0].description  # when it was saved
 
-    blob = result_of(store.read_resource(ALICE, shot.uri)).contents[0]
+    blob = success_result_of(resources(store).read_resource(ALICE, shot.uri)).contents[0]
     assert base64.b64decode(blob.blob) == PNG and blob.mime_type == "image/png" and blob.uri == shot.uri
-    text = result_of(store.read_resource(ALICE, notes.uri)).contents[0]
+    text = success_result_of(resources(store).read_resource(ALICE, notes.uri)).contents[0]
     assert text.text == "héllo\n" and text.mime_type == "text/markdown"
 
     # The file lies in the user's own directory, named as asked; nothing is left in tmp/.
@@ -70,20 +80,18 @@ def test_save_list_read_round_trip(store, tmp_path, clock):
 
 
 def test_saving_the_same_name_again_replaces_the_artifact(store):
-    first = run(store.save("alice", "shot.png", PNG))
-    second = run(store.save("alice", "./shot.png", PNG[:20]))
-    assert [r.uri for r in store.list_resources(ALICE)] == [second.uri]
-    with pytest.raises(RpcError):
-        result_of(store.read_resource(ALICE, first.uri))
-    assert base64.b64decode(result_of(store.read_resource(ALICE, second.uri)).contents[0].blob) == PNG[:20]
+    first = success_result_of(store.save("alice", "shot.png", PNG))
+    second = success_result_of(store.save("alice", "./shot.png", PNG[:20]))
+    assert [r.uri for r in resources(store).list_resources(ALICE)] == [second.uri]
+    failure_result_of(resources(store).read_resource(ALICE, first.uri), RpcError)
+    assert base64.b64decode(success_result_of(resources(store).read_resource(ALICE, second.uri)).contents[0].blob) == PNG[:20]
 
 
 def test_another_user_can_neither_list_nor_read(store):
-    secret = run(store.save("alice", "secret.txt", b"alice's"))
-    run(store.save("mallory/../alice", "mine.txt", b"mallory's"))
-    assert [r.name for r in store.list_resources(MALLORY)] == ["mine.txt"]
-    with pytest.raises(RpcError) as e:
-        result_of(store.read_resource(MALLORY, secret.uri))
+    secret = success_result_of(store.save("alice", "secret.txt", b"alice's"))
+    success_result_of(store.save("mallory/../alice", "mine.txt", b"mallory's"))
+    assert [r.name for r in resources(store).list_resources(MALLORY)] == ["mine.txt"]
+    e = failure_result_of(resources(store).read_resource(MALLORY, secret.uri), RpcError)
     # Exactly what an unknown resource gets (protocol.EmptyResources), so nothing leaks.
     assert (e.value.code, e.value.message) == (-32602, f"Resource not found: {secret.uri}")
     assert e.value.data == {"uri": secret.uri}
@@ -94,14 +102,13 @@ def test_another_user_can_neither_list_nor_read(store):
     ["mcproxy://artifacts/", "mcproxy://artifacts/../x", "mcproxy://artifacts/" + "0" * 32, "file:///etc/passwd"],
 )
 def test_malformed_or_unknown_uris_are_not_found(store, uri):
-    with pytest.raises(RpcError) as e:
-        result_of(store.read_resource(ALICE, uri))
+    e = failure_result_of(resources(store).read_resource(ALICE, uri), RpcError)
     assert e.value.code == -32602 and uri in e.value.message
 
 
 def test_protocol_layer_answers_not_found_and_lists_only_the_callers_own(store):
-    secret = run(store.save("alice", "a.txt", b"alice's"))
-    server = McpServer(FakeToolProvider(Clock()), resources=store)
+    secret = success_result_of(store.save("alice", "a.txt", b"alice's"))
+    server = McpServer(FakeToolProvider(Clock()), resources=ArtifactResources(store, in_this_thread))
 
     hello = {"protocolVersion": "2024-11-05", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
 
@@ -136,8 +143,7 @@ def test_protocol_layer_answers_not_found_and_lists_only_the_callers_own(store):
     ],
 )
 def test_escaping_names_are_refused(store, tmp_path, file_path, complaint):
-    with pytest.raises(ToolError) as e:
-        run(store.save("alice", file_path, PNG))
+    e = failure_result_of(store.save("alice", file_path, PNG), ToolError)
     assert complaint in e.value.message and "relative name like 'shots/home.png'" in e.value.message
     assert files_under(tmp_path) == []
 
@@ -150,33 +156,31 @@ def test_split_path_normalizes_harmless_segments():
 def test_symlinks_in_the_users_directory_are_not_followed(store, tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
-    run(store.save("alice", "first.txt", b"x"))
+    success_result_of(store.save("alice", "first.txt", b"x"))
     (user_dir,) = os.listdir(tmp_path / "artifacts")
     files = tmp_path / "artifacts" / user_dir / "files"
     os.symlink(outside, files / "linked")
     os.symlink(outside / "target.txt", files / "leaf.txt")
 
-    with pytest.raises(ToolError) as e:
-        run(store.save("alice", "linked/x.txt", b"escaped"))
+    e = failure_result_of(store.save("alice", "linked/x.txt", b"escaped"), ToolError)
     assert "symlink" in e.value.message
     assert os.listdir(outside) == []
     # A symlink as the final name is replaced by the file, never written through.
-    leaf = run(store.save("alice", "leaf.txt", b"replaced"))
+    leaf = success_result_of(store.save("alice", "leaf.txt", b"replaced"))
     assert not os.path.islink(files / "leaf.txt") and not os.path.exists(outside / "target.txt")
-    assert result_of(store.read_resource(ALICE, leaf.uri)).contents[0].text == "replaced"
+    assert success_result_of(resources(store).read_resource(ALICE, leaf.uri)).contents[0].text == "replaced"
     assert os.listdir(tmp_path / "artifacts" / user_dir / "tmp") == []
 
 
 def test_a_file_swapped_for_a_symlink_is_not_read(store, tmp_path):
     (tmp_path / "secret").write_text("operator's")
-    saved = run(store.save("alice", "a.txt", b"mine"))
+    saved = success_result_of(store.save("alice", "a.txt", b"mine"))
     (user_dir,) = os.listdir(tmp_path / "artifacts")
     path = tmp_path / "artifacts" / user_dir / "files" / "a.txt"
     path.unlink()
     os.symlink(tmp_path / "secret", path)
-    with pytest.raises(RpcError):
-        result_of(store.read_resource(ALICE, saved.uri))
-    assert store.list_resources(ALICE) == []
+    failure_result_of(resources(store).read_resource(ALICE, saved.uri), RpcError)
+    assert resources(store).list_resources(ALICE) == []
 
 
 def test_size_limit_aborts_the_writer_and_leaves_no_file(store, tmp_path):
@@ -189,10 +193,9 @@ def test_size_limit_aborts_the_writer_and_leaves_no_file(store, tmp_path):
         writer.write(b"x")
     writer.abort()  # harmless after the limit already aborted it
     assert files_under(tmp_path) == []
-    with pytest.raises(ToolError):
-        run(store.save("alice", "big.bin", b"y" * 10_001))
-    assert files_under(tmp_path) == [] and store.list_resources(ALICE) == []
-    exactly = run(store.save("alice", "ok.bin", b"y" * 10_000))
+    failure_result_of(store.save("alice", "big.bin", b"y" * 10_001), ToolError)
+    assert files_under(tmp_path) == [] and resources(store).list_resources(ALICE) == []
+    exactly = success_result_of(store.save("alice", "ok.bin", b"y" * 10_000))
     assert exactly.size == 10_000
 
 
@@ -200,14 +203,14 @@ def test_streaming_writer_and_abort(store, tmp_path):
     writer = store.writer("alice", "parts.json", "application/json")
     for chunk in (b'{"snap', b'shot": ', b"1}"):
         writer.write(chunk)
-    artifact = run(writer.finish())
+    artifact = success_result_of(writer.finish())
     assert artifact.size == 15 and artifact.mime_type == "application/json"
-    assert json.loads(result_of(store.read_resource(ALICE, artifact.uri)).contents[0].text) == {"snapshot": 1}
+    assert json.loads(success_result_of(resources(store).read_resource(ALICE, artifact.uri)).contents[0].text) == {"snapshot": 1}
 
     abandoned = store.writer("alice", "abandoned.json")
     abandoned.write(b"partial")
     abandoned.abort()
-    assert [r.name for r in store.list_resources(ALICE)] == ["parts.json"]
+    assert [r.name for r in resources(store).list_resources(ALICE)] == ["parts.json"]
     (user_dir,) = os.listdir(tmp_path / "artifacts")
     assert not any("abandoned" in f or f.startswith("tmp") for f in files_under(tmp_path / "artifacts" / user_dir))
 
@@ -215,20 +218,18 @@ def test_streaming_writer_and_abort(store, tmp_path):
 def test_expiry_by_sweep_and_on_read(store, clock, tmp_path):
     store.start()
     try:
-        early = run(store.save("alice", "early.txt", b"1"))
+        early = success_result_of(store.save("alice", "early.txt", b"1"))
         clock.advance(1800)
-        late = run(store.save("alice", "late.txt", b"2"))
+        late = success_result_of(store.save("alice", "late.txt", b"2"))
         clock.advance(1799.5)
-        assert [r.name for r in store.list_resources(ALICE)] == ["early.txt", "late.txt"]
+        assert [r.name for r in resources(store).list_resources(ALICE)] == ["early.txt", "late.txt"]
         clock.advance(0.5)  # early expires now; the sweep has not run yet, the read checks itself
-        assert [r.name for r in store.list_resources(ALICE)] == ["late.txt"]
-        with pytest.raises(RpcError):
-            result_of(store.read_resource(ALICE, early.uri))
+        assert [r.name for r in resources(store).list_resources(ALICE)] == ["late.txt"]
+        failure_result_of(resources(store).read_resource(ALICE, early.uri), RpcError)
         assert not any(f.endswith("early.txt") for f in files_under(tmp_path))
         clock.advance(1800)  # the minute sweep deletes late's file without anyone asking
         assert files_under(tmp_path) == []
-        with pytest.raises(RpcError):
-            result_of(store.read_resource(ALICE, late.uri))
+        failure_result_of(resources(store).read_resource(ALICE, late.uri), RpcError)
     finally:
         store.stop()
     assert not clock.getDelayedCalls()
@@ -236,30 +237,29 @@ def test_expiry_by_sweep_and_on_read(store, clock, tmp_path):
 
 def test_restart_rebuilds_the_index(tmp_path, clock):
     config = ArtifactsConfig(max_bytes=10_000, ttl=3600)
-    first = ArtifactStore(str(tmp_path), config, clock, in_this_thread)
-    doomed = run(first.save("bob", "doomed.txt", b"gone"))
+    first = ArtifactStore(str(tmp_path), config, clock)
+    doomed = success_result_of(first.save("bob", "doomed.txt", b"gone"))
     clock.advance(1000)
-    kept = run(first.save("alice", "shots/kept.png", PNG))
-    later = run(first.save("bob", "later.txt", b"stays"))
+    kept = success_result_of(first.save("alice", "shots/kept.png", PNG))
+    later = success_result_of(first.save("bob", "later.txt", b"stays"))
     unfinished = first.writer("alice", "crashed.json")
     unfinished.write(b"half")  # the process dies here: no finish, no abort
 
     clock.advance(2700)  # past doomed's expiry, before the others'
-    second = ArtifactStore(str(tmp_path), config, clock, in_this_thread)
-    listed = [(r.uri, r.name, r.size) for r in second.list_resources(ALICE)]
+    second = ArtifactStore(str(tmp_path), config, clock)
+    listed = [(r.uri, r.name, r.size) for r in resources(second).list_resources(ALICE)]
     assert listed == [(kept.uri, "shots/kept.png", len(PNG))]
-    assert base64.b64decode(result_of(second.read_resource(ALICE, kept.uri)).contents[0].blob) == PNG
+    assert base64.b64decode(success_result_of(resources(second).read_resource(ALICE, kept.uri)).contents[0].blob) == PNG
     bob = Principal("bob", frozenset())
-    assert [r.uri for r in second.list_resources(bob)] == [later.uri]
-    with pytest.raises(RpcError):
-        result_of(second.read_resource(bob, doomed.uri))
+    assert [r.uri for r in resources(second).list_resources(bob)] == [later.uri]
+    failure_result_of(resources(second).read_resource(bob, doomed.uri), RpcError)
     leftovers = files_under(tmp_path)
     assert not any("doomed" in f or doomed.id in f or f.split("/")[-2] == "tmp" for f in leftovers), leftovers
     unfinished.abort()
 
 
 def test_add_artifact_links_the_resource_for_new_protocols_only(store):
-    artifact = run(store.save("alice", "shot.png", PNG))
+    artifact = success_result_of(store.save("alice", "shot.png", PNG))
     response = Response().add("Took a screenshot.").add_artifact(artifact, "Screenshot")
     text = (
         f"Took a screenshot.\nScreenshot saved as {artifact.uri} (shot.png, {len(PNG)} bytes); "
@@ -277,30 +277,29 @@ def test_add_artifact_links_the_resource_for_new_protocols_only(store):
 
 def quota_store(tmp_path, clock, **limits):
     config = ArtifactsConfig(max_bytes=10_000, ttl=3600, **limits)
-    return ArtifactStore(str(tmp_path), config, clock, in_this_thread)
+    return ArtifactStore(str(tmp_path), config, clock)
 
 
 def test_files_per_user_quota_is_checked_before_writing(tmp_path, clock):
     store = quota_store(tmp_path, clock, max_files_per_user=2)
-    run(store.save("alice", "one.txt", b"1"))
+    success_result_of(store.save("alice", "one.txt", b"1"))
     pending = store.writer("alice", "two.txt")  # unfinished files count too
     with pytest.raises(ToolError) as e:
         store.writer("alice", "three.txt")
     assert "already keep 2 saved files" in e.value.message and "artifacts.max_files_per_user = 2" in e.value.message
     assert not any("three" in f for f in files_under(tmp_path))
     pending.abort()
-    run(store.save("alice", "two.txt", b"2"))
-    run(store.save("alice", "one.txt", b"again"))  # saving over a name takes no new place
-    run(store.save("bob", "one.txt", b"bob's own quota"))
-    with pytest.raises(ToolError):
-        run(store.save("alice", "three.txt", b"3"))
+    success_result_of(store.save("alice", "two.txt", b"2"))
+    success_result_of(store.save("alice", "one.txt", b"again"))  # saving over a name takes no new place
+    success_result_of(store.save("bob", "one.txt", b"bob's own quota"))
+    failure_result_of(store.save("alice", "three.txt", b"3"), ToolError)
     clock.advance(3600)  # expired files free their place at once, sweep or not
-    run(store.save("alice", "three.txt", b"3"))
+    success_result_of(store.save("alice", "three.txt", b"3"))
 
 
 def test_bytes_per_user_quota_counts_every_file_and_every_writer(tmp_path, clock):
     store = quota_store(tmp_path, clock, max_bytes_per_user=1000)
-    run(store.save("alice", "a.bin", b"a" * 600))
+    success_result_of(store.save("alice", "a.bin", b"a" * 600))
     first, second = store.writer("alice", "b.bin"), store.writer("alice", "c.bin")
     first.write(b"b" * 300)
     with pytest.raises(ToolError) as e:
@@ -308,10 +307,10 @@ def test_bytes_per_user_quota_counts_every_file_and_every_writer(tmp_path, clock
     assert '"c.bin" was not saved' in e.value.message and "artifacts.max_bytes_per_user" in e.value.message
     assert "900 in use" in e.value.message
     first.write(b"b" * 100)
-    run(first.finish())
+    success_result_of(first.finish())
     with pytest.raises(ToolError):
         store.writer("alice", "d.bin")  # full: refused before anything is written
-    run(store.save("alice", "a.bin", b"a" * 100))  # replacing a file counts its new size only
+    success_result_of(store.save("alice", "a.bin", b"a" * 100))  # replacing a file counts its new size only
     assert sorted(f.rsplit("/", 1)[-1] for f in files_under(tmp_path) if "/files/" in f) == ["a.bin", "b.bin"]
 
 
@@ -333,10 +332,10 @@ def test_long_or_deep_names_are_refused_before_any_directory_is_made(store, tmp_
 def test_directories_left_empty_are_removed(store, clock, tmp_path):
     store.start()
     try:
-        run(store.save("alice", "keep/deep/er/one.txt", b"1"))
-        run(store.save("alice", "keep/two.txt", b"2"))
+        success_result_of(store.save("alice", "keep/deep/er/one.txt", b"1"))
+        success_result_of(store.save("alice", "keep/two.txt", b"2"))
         clock.advance(1800)
-        run(store.save("alice", "keep/two.txt", b"2 again"))  # replaced: the directory stays
+        success_result_of(store.save("alice", "keep/two.txt", b"2 again"))  # replaced: the directory stays
         clock.advance(1800)  # one.txt expires: deep/er and deep go, keep holds two.txt
         (user_dir,) = os.listdir(tmp_path / "artifacts")
         files = tmp_path / "artifacts" / user_dir / "files"
@@ -350,12 +349,12 @@ def test_directories_left_empty_are_removed(store, clock, tmp_path):
 def test_resources_need_a_credential_that_may_call_a_tool(store):
     from mcproxy.tools.registry import ToolRegistry
 
-    saved = run(store.save("alice", "a.txt", b"alice's"))
+    saved = success_result_of(store.save("alice", "a.txt", b"alice's"))
 
     async def no_browser(user_id):
         raise AssertionError("no tool runs here")
 
-    server = McpServer(ToolRegistry(no_browser, ToolsConfig(), Clock()), resources=store)
+    server = McpServer(ToolRegistry(no_browser, ToolsConfig(), Clock()), resources=ArtifactResources(store, in_this_thread))
     hello = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
 
     def answer(principal, method, params):

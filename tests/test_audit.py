@@ -7,7 +7,8 @@ import stat
 import pytest_twisted
 from twisted.internet.task import Clock
 
-from mcproxy.audit import REDACTED, AuditLog, redact
+from mcproxy.audit import AuditLog, redact
+from mcproxy.logs import REDACTED
 from mcproxy.testing.daemon import start_proxy
 
 

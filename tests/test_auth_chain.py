@@ -16,9 +16,8 @@ from mcproxy.auth.tokens import TokenAuthenticator, create_token
 from mcproxy.errors import BadRequest, Forbidden, MCProxyError, Unauthorized
 from mcproxy.interfaces import IAuthenticator
 from mcproxy.storage.memory import MemoryStore
+from mcproxy.testing.deferreds import failure_result_of, outcome_of, success_result_of
 from mcproxy.testing.fuzz import fuzz_settings
-from mcproxy.testing.stores import result_of as fired
-from mcproxy.testing.stores import run_now as run
 from mcproxy.web.http import write_error
 
 
@@ -71,11 +70,11 @@ class World:
         self.chain = AuthenticationChain(authenticators, mode, self.clock)
 
     def token(self, user="alice", permissions=("tools:*", "register")) -> bytes:
-        token, _ = run(create_token(self.store, user, list(permissions), None, self.clock))
+        token, _ = success_result_of(create_token(self.store, user, list(permissions), None, self.clock))
         return b"Bearer " + token.encode()
 
     def authenticate(self, request):
-        return fired(Deferred.fromCoroutine(self.chain.authenticate(request)))
+        return success_result_of(self.chain.authenticate(request))
 
 
 @pytest.fixture
@@ -84,9 +83,7 @@ def world():
 
 
 def refusal(world, request, kind=Unauthorized):
-    with pytest.raises(kind) as info:
-        world.authenticate(request)
-    return info.value
+    return failure_result_of(world.chain.authenticate(request), kind).value
 
 
 def test_no_credential_is_401_with_a_challenge_and_instructions(world):
@@ -203,7 +200,7 @@ def test_plain_values_are_accepted_from_authenticators():
             return succeed(None)
 
     chain = AuthenticationChain([Nothing(), Plain()], "tokens", Clock())
-    assert fired(Deferred.fromCoroutine(chain.authenticate(make_request()))).user_id == "p"
+    assert success_result_of(chain.authenticate(make_request())).user_id == "p"
 
 
 def test_unknown_mode_is_refused():
@@ -225,11 +222,10 @@ _ADMIN = _world.token("root", ["admin"])
 def test_arbitrary_headers_give_a_principal_or_a_json_error(authorization, user, mode):
     world = World(mode, _world.store)
     request = make_request(authorization, user)
-    try:
-        principal = world.authenticate(request)
-    except (Unauthorized, Forbidden, BadRequest) as e:
-        assert e.to_json()["error"]["message"]
-        if isinstance(e, Unauthorized):
+    principal = outcome_of(world.chain.authenticate(request), Unauthorized, Forbidden, BadRequest)
+    if isinstance(principal, MCProxyError):
+        assert principal.to_json()["error"]["message"]
+        if isinstance(principal, Unauthorized):
             assert request.mcproxy_challenge.startswith('Bearer realm="mcproxy"')
         return
     assert isinstance(principal, Principal)

@@ -29,8 +29,8 @@ from mcproxy.auth.tokens import TokenAuthenticator, create_token
 from mcproxy.errors import BadRequest, RateLimited, Unauthorized
 from mcproxy.storage import open_store
 from mcproxy.storage.memory import MemoryStore
+from mcproxy.testing.deferreds import failure_result_of, outcome_of, success_result_of
 from mcproxy.testing.fuzz import fuzz_settings
-from mcproxy.testing.stores import result_of, run_now
 from mcproxy.web.http import write_error
 
 ADMIN = os.path.join(os.path.dirname(sys.executable), "mcproxy-admin")
@@ -232,8 +232,8 @@ SECRET = "fuzz-secret-" * 6
 _clock = InlineThreads()
 _clock.advance(1_800_000_000)
 _store = MemoryStore()
-result_of(_store.set_password("alice", hash_password("pw")))
-_TOKEN, _ = run_now(create_token(_store, "tok", ["tools:*"], None, _clock))
+success_result_of(_store.set_password("alice", hash_password("pw")))
+_TOKEN, _ = success_result_of(create_token(_store, "tok", ["tools:*"], None, _clock))
 _JWT = jwt.encode({"sub": "jay", "exp": 1_800_000_300}, SECRET, algorithm="HS256")
 _CHAIN = AuthenticationChain(
     [
@@ -270,10 +270,9 @@ def test_fuzz_one_authorization_header(value):
     request = request_with(value)
     checking = Deferred.fromCoroutine(_CHAIN.authenticate(request))
     _clock.advance(1)  # an unknown user's equalising wait
-    try:
-        principal = result_of(checking)
-    except Unauthorized as e:
-        write_error(request, e)
+    principal = outcome_of(checking, Unauthorized)
+    if isinstance(principal, Unauthorized):
+        write_error(request, principal)
         assert request.responseCode == 401
         challenges = request.responseHeaders.getRawHeaders(b"www-authenticate")
         assert challenges[0].startswith(b'Bearer realm="mcproxy", resource_metadata="http://h/')
@@ -286,8 +285,7 @@ def test_fuzz_one_authorization_header(value):
 @given(st.lists(_values, min_size=2, max_size=4))
 def test_fuzz_several_authorization_headers_are_refused(values):
     request = request_with(*values)
-    with pytest.raises(BadRequest) as info:
-        run_now(_CHAIN.authenticate(request))
+    info = failure_result_of(_CHAIN.authenticate(request), BadRequest)
     assert info.value.code == "duplicate_authorization"
 
 
@@ -300,16 +298,14 @@ async def test_an_account_that_keeps_failing_is_throttled_without_hashing(monkey
     real = basic.verify_password
     monkeypatch.setattr(basic, "verify_password", lambda *a: runs.append(a) or real(*a))
     for _ in range(3):
-        with pytest.raises(Unauthorized):
-            result_of(authenticator.authenticate(request_with(basic_header("alice", "guess"))))
-    with pytest.raises(RateLimited) as info:
-        result_of(authenticator.authenticate(request_with(basic_header("alice", "guess"))))
+        failure_result_of(authenticator.authenticate(request_with(basic_header("alice", "guess"))), Unauthorized)
+    info = failure_result_of(authenticator.authenticate(request_with(basic_header("alice", "guess"))), RateLimited)
     assert info.value.retry_after >= 1 and "alice" in info.value.message
-    with pytest.raises(RateLimited):  # even the right password waits: guessing cannot go on
-        result_of(authenticator.authenticate(request_with(basic_header("alice", "correct horse"))))
+    # Even the right password waits: guessing cannot go on.
+    failure_result_of(authenticator.authenticate(request_with(basic_header("alice", "correct horse"))), RateLimited)
     assert len(runs) == 3  # the refused attempts ran no scrypt
     clock.advance(10)
-    principal = result_of(authenticator.authenticate(request_with(basic_header("alice", "correct horse"))))
+    principal = success_result_of(authenticator.authenticate(request_with(basic_header("alice", "correct horse"))))
     assert principal.user_id == "alice"
 
 

@@ -11,6 +11,7 @@ from twisted.internet.task import Clock
 from mcproxy.browser.pool import BrowserPool, PageLoadError, UserBrowser
 from mcproxy.config import BrowserConfig
 from mcproxy.errors import BrowserUnavailable, ToolError
+from mcproxy.testing.deferreds import failure_result_of, success_result_of
 from mcproxy.testing.fake_cdp import HANG, FakeChrome, memory_link
 
 
@@ -36,23 +37,6 @@ class Harness:
         link = memory_link(self.chrome, self.clock, default_timeout=self.config.call_timeout)
         self.links.append(link)
         return link
-
-
-def result_of(d: Deferred):
-    """The result of an already-fired Deferred (re-raising its failure)."""
-    results = []
-    d.addBoth(results.append)
-    assert results, "the Deferred has not fired"
-    if isinstance(results[0], defer.Failure):
-        results[0].raiseException()
-    return results[0]
-
-
-def failure_of(d: Deferred):
-    results = []
-    d.addBoth(results.append)
-    assert results and isinstance(results[0], defer.Failure), results
-    return results[0]
 
 
 def test_backoff_schedule_and_jitter_bounds():
@@ -84,7 +68,7 @@ def test_reconnect_attempts_follow_the_backoff():
     h.clock.advance(30)
     assert h.browser.status == "connected"
     assert h.browser.last_error is None
-    result_of(h.browser.stop())
+    success_result_of(h.browser.stop())
     assert h.browser.status == "disconnected"
 
 
@@ -99,8 +83,8 @@ def test_max_attempts_then_failed():
     assert h.browser.status == "failed"
     h.clock.advance(1000)
     assert h.attempts == 3
-    with pytest.raises(BrowserUnavailable, match="gave up after 3 attempts"):
-        result_of(Deferred.fromCoroutine(h.browser.connected(1)))
+    failure = failure_result_of(h.browser.connected(1), BrowserUnavailable)
+    assert "gave up after 3 attempts" in failure.value.message
     h.up = True
     h.browser.retry()
     assert h.browser.status == "connected"
@@ -110,7 +94,7 @@ def test_connected_fails_fast_while_waiting_to_retry():
     h = Harness()
     h.up = False
     h.browser.start()
-    failure = failure_of(Deferred.fromCoroutine(h.browser.connected(10)))
+    failure = failure_result_of(Deferred.fromCoroutine(h.browser.connected(10)))
     assert failure.check(BrowserUnavailable)
     assert "reconnecting in the background" in failure.value.message
     assert "nothing listens" in failure.value.message
@@ -131,7 +115,7 @@ def test_connected_waits_for_an_attempt_in_flight():
     gate.callback(None)
     assert not waiting.called, "waiters are woken from a fresh reactor turn"
     h.clock.advance(0)
-    assert result_of(waiting) is None
+    assert success_result_of(waiting) is None
     assert h.browser.status == "connected"
 
 
@@ -148,11 +132,11 @@ def test_connected_reports_a_failed_attempt_it_waited_for():
     waiting = Deferred.fromCoroutine(h.browser.connected(10))
     gate.callback(None)
     h.clock.advance(0)
-    failure = failure_of(waiting)
+    failure = failure_result_of(waiting)
     assert failure.check(BrowserUnavailable)
     assert "last error: nothing listens" in failure.value.message
     stopped_while_waiting = Deferred.fromCoroutine(h.browser.connected(10))
-    assert failure_of(stopped_while_waiting).check(BrowserUnavailable)
+    assert failure_result_of(stopped_while_waiting).check(BrowserUnavailable)
 
 
 def test_connected_times_out():
@@ -161,7 +145,7 @@ def test_connected_times_out():
     h.browser.start()
     waiting = Deferred.fromCoroutine(h.browser.connected(3))
     h.clock.advance(3)
-    assert "did not connect within 3 s" in failure_of(waiting).value.message
+    assert "did not connect within 3 s" in failure_result_of(waiting).value.message
 
 
 def test_health_check_failure_reconnects_and_keeps_page_ids():
@@ -180,7 +164,7 @@ def test_health_check_failure_reconnects_and_keeps_page_ids():
     assert h.browser.status == "reconnecting"
     assert h.links[0].closed
     assert page.session_id is None
-    failure = failure_of(page.send("Runtime.evaluate", {"expression": "1"}))
+    failure = failure_result_of(page.send("Runtime.evaluate", {"expression": "1"}))
     assert failure.check(BrowserUnavailable)
     h.chrome.handlers["Browser.getVersion"] = lambda p, s: {"product": "FakeChrome/1.0"}
     h.chrome.add_target("http://new.test/")
@@ -217,11 +201,11 @@ def test_pending_calls_fail_on_disconnect():
     call = h.browser.pages()[0].send("Runtime.evaluate", {"expression": "1"})
     assert not call.called
     h.links[0].abort()
-    failure = failure_of(call)
+    failure = failure_result_of(call)
     assert failure.check(BrowserUnavailable)
     assert "lost during Runtime.evaluate" in failure.value.message
     assert h.browser.status == "reconnecting"
-    assert failure_of(h.browser.send("Browser.getVersion")).check(BrowserUnavailable)
+    assert failure_result_of(h.browser.send("Browser.getVersion")).check(BrowserUnavailable)
 
 
 def test_new_page_waits_for_load_and_marks_opener():
@@ -238,11 +222,11 @@ def test_new_page_waits_for_load_and_marks_opener():
     opening = h.browser.new_page("http://127.0.0.1:1/x", opener="session-1", background=True)
     assert not opening.called
     h.clock.advance(0.5)
-    page = result_of(opening)
+    page = success_result_of(opening)
     assert (page.page_id, page.opener, page.via_proxy) == (2, "session-1", True)
     assert seen == [(2, "attached")]
     assert ("Target.createTarget", {"url": "about:blank", "background": True}, None) in h.chrome.calls
-    result_of(h.browser.close_page(2))
+    success_result_of(h.browser.close_page(2))
     assert page.closed and [p.page_id for p in h.browser.pages()] == [1]
 
 
@@ -252,12 +236,12 @@ def test_new_page_load_timeout_and_navigation_error():
     h.browser.start()
     opening = h.browser.new_page("http://127.0.0.1:1/slow", timeout=4)
     h.clock.advance(4)
-    failure = failure_of(opening)
+    failure = failure_result_of(opening)
     assert failure.check(PageLoadError)
     assert "did not finish loading within 4 s" in failure.value.message
     assert failure.value.page.page_id == 2
     h.chrome.handlers["Page.navigate"] = lambda p, s: {"frameId": "F", "errorText": "net::ERR_CONNECTION_REFUSED"}
-    failure = failure_of(h.browser.new_page("http://127.0.0.1:1/"))
+    failure = failure_result_of(h.browser.new_page("http://127.0.0.1:1/"))
     assert "net::ERR_CONNECTION_REFUSED" in failure.value.message
 
 
@@ -281,13 +265,13 @@ def test_run_exclusive_is_fifo_per_page_and_concurrent_across_pages():
     d = two.run_exclusive(work, "d")
     assert order == ["start a", "start d"]
     c.cancel()
-    assert failure_of(c).check(defer.CancelledError)
+    assert failure_result_of(c).check(defer.CancelledError)
     gates["a"].callback(None)
-    assert result_of(a) == "a"
+    assert success_result_of(a) == "a"
     assert order == ["start a", "start d", "end a", "start b"]
     gates["b"].callback(None)
     gates["d"].callback(None)
-    assert (result_of(b), result_of(d)) == ("b", "d")
+    assert (success_result_of(b), success_result_of(d)) == ("b", "d")
     assert "start c" not in order
     assert not one.busy and not two.busy
 
@@ -303,10 +287,10 @@ def test_cancelling_a_running_exclusive_call_frees_the_page():
 
     running = page.run_exclusive(evaluate)
     running.cancel()
-    assert failure_of(running).check(defer.CancelledError)
+    assert failure_result_of(running).check(defer.CancelledError)
     assert h.links[0].pending_count == 0
     assert not page.busy
-    assert result_of(page.run_exclusive(lambda: 42)) == 42
+    assert success_result_of(page.run_exclusive(lambda: 42)) == 42
 
 
 def test_wait_for_event_predicate_timeout_and_cancel():
@@ -320,13 +304,13 @@ def test_wait_for_event_predicate_timeout_and_cancel():
     h.chrome.emit("Page.lifecycleEvent", {"name": "load"}, session_id="another-session")
     assert not waiting.called
     h.chrome.emit("Page.lifecycleEvent", {"name": "load"}, session_id=session)
-    assert result_of(waiting) == {"name": "load"}
+    assert success_result_of(waiting) == {"name": "load"}
     late = page.wait_for_event("Page.loadEventFired", timeout=2)
     h.clock.advance(2)
-    assert "did not fire Page.loadEventFired within 2 s" in failure_of(late).value.message
+    assert "did not fire Page.loadEventFired within 2 s" in failure_result_of(late).value.message
     cancelled = page.wait_for_event("Page.loadEventFired")
     cancelled.cancel()
-    assert failure_of(cancelled).check(defer.CancelledError)
+    assert failure_result_of(cancelled).check(defer.CancelledError)
     assert page._subscribers.get("Page.loadEventFired") == []
 
 
@@ -342,9 +326,9 @@ def test_pool_shares_replaces_and_forgets():
     pool.browser_for("bob", "http://127.0.0.1:9222")
     assert pool.connection_count() == 2
     assert pool.status_counts() == {"connected": 2, "disconnected": 0, "reconnecting": 0, "failed": 0}
-    result_of(pool.forget("alice"))
+    success_result_of(pool.forget("alice"))
     assert pool.existing("alice") is None and replaced.status == "disconnected"
-    result_of(pool.close())
+    success_result_of(pool.close())
     assert pool.connection_count() == 0
     with pytest.raises(Exception, match="scheme"):
         pool.browser_for("carol", "ftp://127.0.0.1:21")
@@ -374,12 +358,12 @@ def test_event_waits_fail_fast_when_the_link_drops_or_the_page_closes():
     one, two = h.browser.pages()
     dropped = one.wait_for_event("Page.loadEventFired", timeout=30)
     h.links[0].abort()
-    failure = failure_of(dropped)
+    failure = failure_result_of(dropped)
     assert failure.check(BrowserUnavailable) and "connection to the browser was lost" in failure.value.message
     h.clock.advance(1)
     closing = two.wait_for_event("Page.loadEventFired", timeout=30)
-    result_of(h.browser.close_page(two.page_id))
-    assert "page 2 was closed" in failure_of(closing).value.message
+    success_result_of(h.browser.close_page(two.page_id))
+    assert "page 2 was closed" in failure_result_of(closing).value.message
     assert two._waiters == set() and one._waiters == set()
 
 
@@ -391,10 +375,10 @@ def test_a_crash_fails_waiting_calls_but_not_a_reload_on_its_way():
     evaluating, reloading = page.send("Runtime.evaluate"), page.send("Page.reload")
     h.chrome.emit("Inspector.targetCrashed", {}, session_id=page.session_id)
     assert page.crashed
-    assert failure_of(evaluating).value.message == page.crash_message()
+    assert failure_result_of(evaluating).value.message == page.crash_message()
     assert not reloading.called  # the browser process answers it: the page's way back
     h.clock.advance(h.config.call_timeout)
-    assert "Page.reload" in str(failure_of(reloading).value)
+    assert "Page.reload" in str(failure_result_of(reloading).value)
 
 
 def test_new_targets_run_once_the_page_listeners_have_set_them_up():
@@ -444,5 +428,5 @@ def test_new_page_returns_once_its_tab_is_set_up():
     opening = h.browser.new_page("about:blank")
     assert not opening.called
     gate.callback(None)
-    page = result_of(opening)
+    page = success_result_of(opening)
     assert page.page_id == 2 and page.via_proxy

@@ -26,7 +26,7 @@ from mcproxy.auth.chain import AuthenticationChain
 from mcproxy.auth.jwks import JWKSCache, JWKSError, parse_jwks
 from mcproxy.auth.jwt import JWTAuthenticator
 from mcproxy.errors import Unauthorized
-from mcproxy.testing.stores import result_of
+from mcproxy.testing.deferreds import failure_result_of, success_result_of
 
 KEY_A = ec.generate_private_key(ec.SECP256R1())
 KEY_B = ec.generate_private_key(ec.SECP256R1())
@@ -103,13 +103,11 @@ def scripted_cache(**options):
 
 
 def keys(cache, kid="a"):
-    return result_of(Deferred.fromCoroutine(cache.keys_for(kid, "ES256")))
+    return success_result_of(cache.keys_for(kid, "ES256"))
 
 
 def refusal(cache, kid="a") -> str:
-    with pytest.raises(Unauthorized) as info:
-        keys(cache, kid)
-    return info.value.reason
+    return failure_result_of(cache.keys_for(kid, "ES256"), Unauthorized).value.reason
 
 
 def test_backoff_doubles_up_to_the_maximum_then_resets():

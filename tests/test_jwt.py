@@ -28,8 +28,8 @@ from mcproxy.auth.principal import Principal
 from mcproxy.auth.tokens import TokenAuthenticator
 from mcproxy.errors import Unauthorized
 from mcproxy.storage.memory import MemoryStore
+from mcproxy.testing.deferreds import failure_result_of, outcome_of, success_result_of
 from mcproxy.testing.fuzz import fuzz_settings
-from mcproxy.testing.stores import result_of, run_now
 from mcproxy.web.http import write_error
 
 NOW = 1_800_000_000
@@ -109,14 +109,15 @@ class World:
         options.setdefault("issuer", ISSUER)
         self.authenticator = JWTAuthenticator(self.clock, secret=secret, jwks=cache, **options)
 
-    def authenticate(self, token: str | bytes):
+    def checking(self, token: str | bytes):
         value = token if isinstance(token, bytes) else b"Bearer " + token.encode()
-        return result_of(self.authenticator.authenticate(request_with(value)))
+        return self.authenticator.authenticate(request_with(value))
+
+    def authenticate(self, token: str | bytes):
+        return success_result_of(self.checking(token))
 
     def refusal(self, token) -> str:
-        with pytest.raises(Unauthorized) as info:
-            self.authenticate(token)
-        return info.value.reason
+        return failure_result_of(self.checking(token), Unauthorized).value.reason
 
 
 @pytest.fixture
@@ -255,7 +256,7 @@ def test_other_credentials_are_left_alone(world):
     assert world.authenticate(b"Bearer mcpx_0123456789abcdef_" + b"a" * 43) is None
     assert world.authenticate(b"Basic YWxpY2U6cHc=") is None
     assert world.authenticate(b"Bearer opaque-token") is None
-    assert result_of(world.authenticator.authenticate(request_with(None))) is None
+    assert success_result_of(world.authenticator.authenticate(request_with(None))) is None
 
 
 @pytest.mark.parametrize("token", ["a.b.c", "eyJhbGciOiJIUzI1NiJ9.e30.", "x.eyJ9.y", "e30.e30.e30"])
@@ -272,8 +273,7 @@ def test_refusals_through_the_chain_carry_an_invalid_token_challenge():
         resource_metadata=lambda request: "https://mcproxy.example.com/.well-known/oauth-protected-resource",
     )
     request = request_with(b"Bearer " + jwt.encode(claims(exp=NOW - 100), SECRET).encode())
-    with pytest.raises(Unauthorized) as info:
-        run_now(chain.authenticate(request))
+    info = failure_result_of(chain.authenticate(request), Unauthorized)
     assert info.value.reason == "expired"
     write_error(request, info.value)
     assert request.responseCode == 401
@@ -283,7 +283,7 @@ def test_refusals_through_the_chain_carry_an_invalid_token_challenge():
     ]
     assert json.loads(b"".join(request.written))["error"]["message"].startswith("the JWT has expired")
     good = request_with(b"Bearer " + jwt.encode(claims(), SECRET).encode())
-    assert run_now(chain.authenticate(good)).user_id == "alice"
+    assert success_result_of(chain.authenticate(good)).user_id == "alice"
 
 
 def test_helpers():
@@ -318,10 +318,9 @@ def test_fuzz_signed_headers_and_claims(header, payload, start_from_good):
         payload = {**claims(), **payload}
     header = {"alg": "HS256", **header}
     token = hand_made(header, payload, lambda signing_input: hmac.new(SECRET.encode(), signing_input, hashlib.sha256).digest())
-    try:
-        principal = world.authenticate(token)
-    except Unauthorized as e:
-        assert e.reason and e.message
+    principal = outcome_of(world.checking(token), Unauthorized)
+    if isinstance(principal, Unauthorized):
+        assert principal.reason and principal.message
         return
     assert principal is None or isinstance(principal, Principal)
 

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 import pytest_twisted
 
-from mcproxy.artifacts import ArtifactStore
+from mcproxy.artifacts.store import ArtifactStore
 from mcproxy.config import ArtifactsConfig
 from mcproxy.testing.tool_calls import failed, make_context, make_registry, ok, text_of
 from mcproxy.tools.lighthouse import lighthouse_tools, summarize

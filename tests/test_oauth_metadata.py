@@ -18,8 +18,8 @@ from mcproxy.auth.jwt import JWTAuthenticator, audiences_for
 from mcproxy.auth.tokens import TokenAuthenticator, create_token
 from mcproxy.config import Config
 from mcproxy.storage.memory import MemoryStore
+from mcproxy.testing.deferreds import success_result_of
 from mcproxy.testing.fake_tools import FakeToolProvider
-from mcproxy.testing.stores import run_now
 from mcproxy.web.oauth import ProtectedResource, WellKnownResource
 
 SECRET = "oauth-test-secret-" * 4
@@ -77,7 +77,7 @@ class Site:
     def token(self, user, *permissions):
         from twisted.internet import reactor
 
-        return run_now(create_token(self.store, user, list(permissions), None, reactor))[0]
+        return success_result_of(create_token(self.store, user, list(permissions), None, reactor))[0]
 
     async def send(self, method, path, token=None, headers=None, body=None):
         sent = {"Content-Type": ["application/json"], "Accept": ["application/json, text/event-stream"]}

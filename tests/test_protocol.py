@@ -8,7 +8,8 @@ from twisted.internet.task import Clock
 
 from mcproxy.auth.principal import Principal
 from mcproxy.mcp.jsonrpc import RpcError, parse_message
-from mcproxy.mcp.protocol import McpServer, McpSession, modern_envelope
+from mcproxy.mcp.envelope import modern_envelope
+from mcproxy.mcp.protocol import McpServer, McpSession
 from mcproxy.testing.fake_tools import FakeToolProvider
 from mcproxy.tools.base import SessionView
 
@@ -362,7 +363,7 @@ def test_heavy_results_and_arguments_are_handled_off_the_reactor(h):
     from twisted.internet.defer import maybeDeferred
 
     from mcproxy.mcp.jsonrpc import Encoded, encode
-    from mcproxy.mcp.protocol import OFF_REACTOR_WEIGHT
+    from mcproxy.mcp.shaping import OFF_REACTOR_WEIGHT
 
     shaped = []
 

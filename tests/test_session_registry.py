@@ -3,6 +3,7 @@
 from twisted.internet.task import Clock
 
 from mcproxy.session.registry import SessionRegistry
+from mcproxy.testing.deferreds import success_result_of
 
 
 def make(idle=60):
@@ -93,15 +94,14 @@ def test_sessions_end_when_their_token_is_revoked_expired_or_deleted():
     from mcproxy.auth.tokens import create_token
     from mcproxy.session.revocation import RevocationWatch
     from mcproxy.storage.memory import MemoryStore
-    from mcproxy.testing.stores import result_of, run_now
 
     clock, sessions = make(idle=3600)
     clock.advance(1_800_000_000)
     store = MemoryStore()
-    _, kept = run_now(create_token(store, "alice", ["tools:*"], None, clock))
-    _, revoked = run_now(create_token(store, "alice", ["tools:*"], None, clock))
-    _, expiring = run_now(create_token(store, "bob", ["tools:*"], 7, clock))
-    _, rotated = run_now(create_token(store, "bob", ["tools:*"], None, clock))
+    _, kept = success_result_of(create_token(store, "alice", ["tools:*"], None, clock))
+    _, revoked = success_result_of(create_token(store, "alice", ["tools:*"], None, clock))
+    _, expiring = success_result_of(create_token(store, "bob", ["tools:*"], 7, clock))
+    _, rotated = success_result_of(create_token(store, "bob", ["tools:*"], None, clock))
     opened = {
         name: sessions.create(user, "sse", record.token_id)
         for name, user, record in (
@@ -114,8 +114,8 @@ def test_sessions_end_when_their_token_is_revoked_expired_or_deleted():
     no_token = sessions.create("local", "streamable")
     watch = RevocationWatch(sessions, store, clock, interval=5)
     watch.startService()
-    result_of(store.revoke_token(revoked.token_id, clock.seconds()))
-    result_of(store.revoke_token(rotated.token_id, clock.seconds() + 60))  # a rotation's grace period
+    success_result_of(store.revoke_token(revoked.token_id, clock.seconds()))
+    success_result_of(store.revoke_token(rotated.token_id, clock.seconds() + 60))  # a rotation's grace period
     clock.advance(5)
     assert [name for name, s in opened.items() if s.closed] == ["revoked"]
     clock.advance(5)
@@ -124,6 +124,6 @@ def test_sessions_end_when_their_token_is_revoked_expired_or_deleted():
     assert [name for name, s in opened.items() if s.closed] == ["revoked", "expiring", "rotated"]
     assert not opened["kept"].closed and not no_token.closed
     watch.stopService()
-    result_of(store.revoke_token(kept.token_id, clock.seconds()))
+    success_result_of(store.revoke_token(kept.token_id, clock.seconds()))
     clock.advance(30)
     assert not opened["kept"].closed  # a stopped watch checks nothing

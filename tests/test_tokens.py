@@ -26,9 +26,8 @@ from mcproxy.auth.tokens import (
 )
 from mcproxy.errors import BadRequest, Unauthorized
 from mcproxy.storage.memory import MemoryStore
+from mcproxy.testing.deferreds import failure_result_of, outcome_of, success_result_of
 from mcproxy.testing.fuzz import fuzz_settings
-from mcproxy.testing.stores import result_of as fired
-from mcproxy.testing.stores import run_now as run
 
 TOKEN_SHAPE = re.compile(r"^mcpx_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$")
 
@@ -68,11 +67,11 @@ def store():
 
 
 def test_token_format_and_only_the_hash_is_stored(store, clock):
-    token, record = run(create_token(store, "alice", ["tools:*"], None, clock))
+    token, record = success_result_of(create_token(store, "alice", ["tools:*"], None, clock))
     assert TOKEN_SHAPE.match(token)
     assert parse_token(token) == record.token_id == token.split("_")[1]
     assert record.secret_hash == hashlib.sha256(token.encode()).hexdigest() == hash_token(token)
-    stored = fired(store.get_token(record.token_id))
+    stored = success_result_of(store.get_token(record.token_id))
     assert stored == record
     assert token not in repr(stored) and token.split("_", 2)[2] not in repr(stored)
     assert stored.user_id == "alice" and stored.permissions == ("tools:*",)
@@ -80,27 +79,25 @@ def test_token_format_and_only_the_hash_is_stored(store, clock):
 
 
 def test_tokens_are_unique(store, clock):
-    tokens = {run(create_token(store, "alice", [], None, clock))[0] for _ in range(50)}
+    tokens = {success_result_of(create_token(store, "alice", [], None, clock))[0] for _ in range(50)}
     assert len(tokens) == 50
-    assert len(fired(store.list_tokens("alice"))) == 50
+    assert len(success_result_of(store.list_tokens("alice"))) == 50
 
 
 def test_ttl_sets_the_expiry(store, clock):
-    _, record = run(create_token(store, "alice", [], 3600, clock))
+    _, record = success_result_of(create_token(store, "alice", [], 3600, clock))
     assert record.expires_at == clock.seconds() + 3600
 
 
 @pytest.mark.parametrize("ttl", [0, -5, float("nan"), float("inf"), "60"])
 def test_bad_ttl_is_refused(store, clock, ttl):
-    with pytest.raises(BadRequest):
-        run(create_token(store, "alice", [], ttl, clock))
-    assert fired(store.list_tokens()) == []
+    failure_result_of(create_token(store, "alice", [], ttl, clock), BadRequest)
+    assert success_result_of(store.list_tokens()) == []
 
 
 @pytest.mark.parametrize("user_id", ["", "a b", "ü", "x" * 129, "alice\n", None])
 def test_bad_user_id_is_refused(store, clock, user_id):
-    with pytest.raises(BadRequest):
-        run(create_token(store, user_id, [], None, clock))
+    failure_result_of(create_token(store, user_id, [], None, clock), BadRequest)
 
 
 @pytest.mark.parametrize(
@@ -108,9 +105,9 @@ def test_bad_user_id_is_refused(store, clock, user_id):
     ["tools", "tools:", "tools:category:", "Admin", "admin ", "tools:a b", "superuser", "", "!admin", "!!tools:x", "net:banana", "net:", 7],
 )
 def test_unknown_permissions_are_refused(store, clock, permission):
-    with pytest.raises(BadRequest, match="permission"):
-        run(create_token(store, "alice", ["register", permission], None, clock))
-    assert fired(store.list_tokens()) == []
+    refused = failure_result_of(create_token(store, "alice", ["register", permission], None, clock), BadRequest)
+    assert "permission" in refused.value.message
+    assert success_result_of(store.list_tokens()) == []
 
 
 def test_known_permissions_are_kept_in_order_without_duplicates():
@@ -135,11 +132,11 @@ def test_known_permissions_are_kept_in_order_without_duplicates():
 
 
 def authenticate(authenticator, req):
-    return fired(authenticator.authenticate(req))
+    return success_result_of(authenticator.authenticate(req))
 
 
 def test_a_valid_token_authenticates(store, clock):
-    token, record = run(create_token(store, "alice", ["tools:*", "register"], 60, clock))
+    token, record = success_result_of(create_token(store, "alice", ["tools:*", "register"], 60, clock))
     principal = authenticate(TokenAuthenticator(store, clock), request(b"Bearer " + token.encode()))
     assert principal == Principal("alice", frozenset({"tools:*", "register"}), record.token_id)
     lower = authenticate(TokenAuthenticator(store, clock), request(b"bearer   " + token.encode() + b" "))
@@ -155,13 +152,11 @@ def test_other_credentials_are_left_to_other_authenticators(store, clock, header
 
 
 def _refusal(store, clock, req) -> Unauthorized:
-    with pytest.raises(Unauthorized) as info:
-        authenticate(TokenAuthenticator(store, clock), req)
-    return info.value
+    return failure_result_of(TokenAuthenticator(store, clock).authenticate(req), Unauthorized).value
 
 
 def test_malformed_unknown_and_wrong_tokens_are_invalid(store, clock):
-    token, record = run(create_token(store, "alice", ["tools:*"], None, clock))
+    token, record = success_result_of(create_token(store, "alice", ["tools:*"], None, clock))
     wrong_secret = token[:-3] + ("aaa" if not token.endswith("aaa") else "bbb")
     unknown_id = "mcpx_" + "0" * 16 + token[21:]
     for value in (b"mcpx_", b"mcpx_zz_yy", token.encode() + b"x", wrong_secret.encode(), unknown_id.encode()):
@@ -173,7 +168,7 @@ def test_malformed_unknown_and_wrong_tokens_are_invalid(store, clock):
 
 
 def test_duplicate_authorization_headers_are_refused(store, clock):
-    token, _ = run(create_token(store, "alice", ["tools:*"], None, clock))
+    token, _ = success_result_of(create_token(store, "alice", ["tools:*"], None, clock))
     bearer = b"Bearer " + token.encode()
     assert _refusal(store, clock, request(bearer, bearer)).reason == "invalid"
     with pytest.raises(Unauthorized):
@@ -181,7 +176,7 @@ def test_duplicate_authorization_headers_are_refused(store, clock):
 
 
 def test_expired_token(store, clock):
-    token, _ = run(create_token(store, "alice", ["tools:*"], 60, clock))
+    token, _ = success_result_of(create_token(store, "alice", ["tools:*"], 60, clock))
     req = request(b"Bearer " + token.encode())
     clock.advance(59)
     assert authenticate(TokenAuthenticator(store, clock), req).user_id == "alice"
@@ -191,21 +186,21 @@ def test_expired_token(store, clock):
 
 
 def test_revoked_token_and_grace_period(store, clock):
-    token, record = run(create_token(store, "alice", ["tools:*"], None, clock))
+    token, record = success_result_of(create_token(store, "alice", ["tools:*"], None, clock))
     req = request(b"Bearer " + token.encode())
-    fired(store.revoke_token(record.token_id, clock.seconds() + 30))
+    success_result_of(store.revoke_token(record.token_id, clock.seconds() + 30))
     assert authenticate(TokenAuthenticator(store, clock), req).user_id == "alice"
     clock.advance(30)
     assert _refusal(store, clock, req).reason == "revoked"
 
 
 def test_last_use_is_written_at_most_once_a_minute(store, clock):
-    token, record = run(create_token(store, "alice", ["tools:*"], None, clock))
+    token, record = success_result_of(create_token(store, "alice", ["tools:*"], None, clock))
     authenticator = TokenAuthenticator(store, clock)
     req = request(b"Bearer " + token.encode())
     authenticate(authenticator, req)
     assert store.touches == 1
-    assert fired(store.get_token(record.token_id)).last_used_at == clock.seconds()
+    assert success_result_of(store.get_token(record.token_id)).last_used_at == clock.seconds()
     for _ in range(20):
         clock.advance(2.5)
         authenticate(authenticator, req)
@@ -220,7 +215,7 @@ def test_last_use_is_written_at_most_once_a_minute(store, clock):
 
 
 def test_a_failing_last_use_write_does_not_fail_the_request(store, clock):
-    token, _ = run(create_token(store, "alice", ["tools:*"], None, clock))
+    token, _ = success_result_of(create_token(store, "alice", ["tools:*"], None, clock))
     store.fail_touch = True
     logged = []
     globalLogPublisher.addObserver(logged.append)
@@ -235,7 +230,7 @@ def test_a_failing_last_use_write_does_not_fail_the_request(store, clock):
 
 _stored = CountingStore()
 _clock = Clock()
-_TOKEN, _ = run(create_token(_stored, "alice", ["tools:*"], None, _clock))
+_TOKEN, _ = success_result_of(create_token(_stored, "alice", ["tools:*"], None, _clock))
 
 
 @fuzz_settings(400)
@@ -252,10 +247,9 @@ def test_arbitrary_bearer_values_never_raise_anything_else(tail, scheme):
 
 
 def _check_outcome(req):
-    try:
-        principal = authenticate(TokenAuthenticator(_stored, _clock), req)
-    except Unauthorized as e:
-        assert e.reason == "invalid"
+    principal = outcome_of(TokenAuthenticator(_stored, _clock).authenticate(req), Unauthorized)
+    if isinstance(principal, Unauthorized):
+        assert principal.reason == "invalid"
         return
     assert principal is None or principal.user_id == "alice"
 
@@ -268,7 +262,7 @@ def test_first_start_creates_an_admin_token_file(store, clock, tmp_path):
     logged = []
     globalLogPublisher.addObserver(logged.append)
     try:
-        path = run(ensure_admin_token(store, str(data_dir), clock))
+        path = success_result_of(ensure_admin_token(store, str(data_dir), clock))
     finally:
         globalLogPublisher.removeObserver(logged.append)
     assert path == os.path.join(str(data_dir), "admin-token")
@@ -283,31 +277,30 @@ def test_first_start_creates_an_admin_token_file(store, clock, tmp_path):
     assert any(os.path.abspath(path) in m for m in messages)
     assert not any(token in m or token[22:] in m for m in messages)
     # An admin token exists now: nothing to do on the next start.
-    assert run(ensure_admin_token(store, str(data_dir), clock)) is None
+    assert success_result_of(ensure_admin_token(store, str(data_dir), clock)) is None
     assert Path(path).read_text().strip() == token
 
 
 def test_an_expired_or_revoked_admin_token_does_not_count(store, clock, tmp_path):
-    _, expiring = run(create_token(store, "root", ["admin"], 10, clock))
-    _, revoked = run(create_token(store, "root2", ["admin", "metrics"], None, clock))
-    run(create_token(store, "alice", ["tools:*", "impersonate"], None, clock))
-    fired(store.revoke_token(revoked.token_id, clock.seconds()))
-    assert run(ensure_admin_token(store, str(tmp_path), clock)) is None
+    _, expiring = success_result_of(create_token(store, "root", ["admin"], 10, clock))
+    _, revoked = success_result_of(create_token(store, "root2", ["admin", "metrics"], None, clock))
+    success_result_of(create_token(store, "alice", ["tools:*", "impersonate"], None, clock))
+    success_result_of(store.revoke_token(revoked.token_id, clock.seconds()))
+    assert success_result_of(ensure_admin_token(store, str(tmp_path), clock)) is None
     clock.advance(10)
-    path = run(ensure_admin_token(store, str(tmp_path), clock))
+    path = success_result_of(ensure_admin_token(store, str(tmp_path), clock))
     assert path is not None
-    admins = [t for t in fired(store.list_tokens("admin"))]
+    admins = [t for t in success_result_of(store.list_tokens("admin"))]
     assert len(admins) == 1 and admins[0].permissions == ("admin",)
 
 
 def test_an_unwritable_data_dir_leaves_no_usable_token_behind(store, clock, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(OSError):
-        run(ensure_admin_token(store, str(blocker / "var"), clock))
-    (token,) = fired(store.list_tokens())
+    failure_result_of(ensure_admin_token(store, str(blocker / "var"), clock), OSError)
+    (token,) = success_result_of(store.list_tokens())
     assert not token.is_valid_at(clock.seconds())
-    assert run(ensure_admin_token(store, str(tmp_path / "var"), clock)) is not None
+    assert success_result_of(ensure_admin_token(store, str(tmp_path / "var"), clock)) is not None
 
 
 def test_provides_the_interface(store, clock):
@@ -319,7 +312,7 @@ def test_provides_the_interface(store, clock):
 
 
 def test_records_are_cached_briefly_and_revocation_still_lands(store, clock):
-    token, record = run(create_token(store, "alice", ["tools:*"], None, clock))
+    token, record = success_result_of(create_token(store, "alice", ["tools:*"], None, clock))
     lookups = []
     original = store.get_token
 
@@ -335,11 +328,9 @@ def test_records_are_cached_briefly_and_revocation_still_lands(store, clock):
     assert lookups == [record.token_id]
     # A wrong secret for a cached id is still refused: the cache holds records, not verdicts.
     forged = token[: -4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
-    with pytest.raises(Unauthorized):
-        authenticate(authenticator, request(b"Bearer " + forged.encode()))
-    fired(store.revoke_token(record.token_id, clock.seconds()))
+    failure_result_of(authenticator.authenticate(request(b"Bearer " + forged.encode())), Unauthorized)
+    success_result_of(store.revoke_token(record.token_id, clock.seconds()))
     clock.advance(2.0)
-    with pytest.raises(Unauthorized) as refused:
-        authenticate(authenticator, req)
+    refused = failure_result_of(authenticator.authenticate(req), Unauthorized)
     assert refused.value.reason == "revoked"
     assert len(lookups) == 2

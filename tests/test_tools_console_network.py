@@ -300,7 +300,7 @@ async def test_three_navigations_are_preserved(reactor, browser, site):
 
 @pytest_twisted.ensureDeferred
 async def test_network_requests(reactor, browser, site, tmp_path):
-    from mcproxy.artifacts import ArtifactStore
+    from mcproxy.artifacts.store import ArtifactStore
     from mcproxy.config import ArtifactsConfig
 
     store = ArtifactStore(str(tmp_path), ArtifactsConfig(), reactor)
@@ -393,7 +393,7 @@ def _reset_peak() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_100_mb_response_is_never_held_whole(reactor, browser, site, tmp_path):
-    from mcproxy.artifacts import ArtifactStore
+    from mcproxy.artifacts.store import ArtifactStore
     from mcproxy.config import ArtifactsConfig
 
     store = ArtifactStore(str(tmp_path), ArtifactsConfig(), reactor)

@@ -16,7 +16,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import CancelledError
 
-from mcproxy.artifacts import ArtifactStore
+from mcproxy.artifacts.store import ArtifactStore
 from mcproxy.config import ArtifactsConfig, ToolsConfig
 from mcproxy.testing.tool_calls import failed, make_context, ok, sleep, text_of
 from mcproxy.tools import performance

@@ -9,7 +9,7 @@ import zlib
 import pytest
 import pytest_twisted
 
-from mcproxy.artifacts import ArtifactStore
+from mcproxy.artifacts.store import ArtifactStore
 from mcproxy.config import ArtifactsConfig
 from mcproxy.testing.tool_calls import failed, make_context, make_registry, ok, sleep, text_of
 from mcproxy.tools import screencast

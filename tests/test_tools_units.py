@@ -8,20 +8,10 @@ from twisted.internet.task import Clock
 from mcproxy.auth.principal import Principal
 from mcproxy.config import ToolsConfig
 from mcproxy.errors import CDPError, ToolError
+from mcproxy.testing.deferreds import failure_result_of, success_result_of
 from mcproxy.tools import schema
 from mcproxy.tools.base import CallContext, SessionView
 from mcproxy.tools.settle import DOM_POLL, DOM_QUIET, NAVIGATION_WINDOW, SETTLE_CAP, act_and_settle, first
-
-
-def result_of(d: Deferred):
-    """The synchronous result of a fired Deferred (re-raising its failure)."""
-    results = []
-    d.addBoth(results.append)
-    assert results, "the Deferred has not fired"
-    outcome = results[0]
-    if hasattr(outcome, "raiseException"):
-        outcome.raiseException()
-    return outcome
 
 
 # -- schema.validate -------------------------------------------------------------------
@@ -74,7 +64,7 @@ def test_first_fires_with_the_first_result_and_cancels_the_rest():
     a, b = Deferred(), Deferred()
     both = first([a, b])
     b.callback("b")
-    assert result_of(both) == (1, "b")
+    assert success_result_of(both) == (1, "b")
     assert a.called, "the loser was cancelled (its CancelledError is consumed by first)"
 
 
@@ -82,8 +72,7 @@ def test_first_reports_the_first_failure_instead_of_waiting():
     a, b = Deferred(), Deferred()
     both = first([a, b])
     a.errback(ToolError("boom"))
-    with pytest.raises(ToolError, match="boom"):
-        result_of(both)
+    assert "boom" in failure_result_of(both, ToolError).value.message
     assert b.called
 
 
@@ -148,7 +137,7 @@ def settled_at(clock, done, limit=10.0):
     """Advance ``clock`` in small steps until ``done`` fires; the time it fired at."""
     while not done.called and clock.seconds() < limit:
         clock.advance(0.005)
-    assert result_of(done) is None
+    assert success_result_of(done) is None
     return clock.seconds()
 
 
@@ -229,7 +218,7 @@ def test_a_navigation_that_never_loads_is_bounded():
     page.emit("Page.frameStartedLoading", {"frameId": "MAIN"})
     clock.advance(NAVIGATION_WINDOW)
     clock.advance(5)
-    assert result_of(done) is None
+    assert success_result_of(done) is None
 
 
 def test_a_dialog_ends_the_wait_and_cancels_the_action():
@@ -237,7 +226,7 @@ def test_a_dialog_ends_the_wait_and_cancels_the_action():
     blocked = Deferred()
     done = settle(page, clock, action=lambda: blocked)
     page.emit("Page.javascriptDialogOpening", {"type": "alert", "message": "hi"})
-    assert result_of(done) == {"type": "alert", "message": "hi"}
+    assert success_result_of(done) == {"type": "alert", "message": "hi"}
     assert blocked.called, "the blocked CDP call was cancelled"
     blocked.addErrback(lambda f: f.trap(CancelledError))
 
@@ -245,16 +234,14 @@ def test_a_dialog_ends_the_wait_and_cancels_the_action():
 def test_a_failed_action_fails_at_once():
     clock, page = Clock(), ScriptedPage()
     done = settle(page, clock, action=lambda: fail(ToolError("not fillable")))
-    with pytest.raises(ToolError, match="not fillable"):
-        result_of(done)
+    assert "not fillable" in failure_result_of(done, ToolError).value.message
 
 
 def test_cancelling_stops_every_wait():
     clock, page = Clock(), ScriptedPage()
     done = settle(page, clock)
     done.cancel()
-    with pytest.raises(CancelledError):
-        result_of(done)
+    failure_result_of(done, CancelledError)
     assert not clock.getDelayedCalls()
 
 
@@ -313,7 +300,7 @@ def context(session_id="s1", selected=None, permissions=("tools:*",)):
 
 def test_pages_listing_text_and_structured_content():
     browser = FakeBrowser([FakePage(1, "s1"), FakePage(2, "s1", title="stale"), FakePage(3, "other")])
-    result = result_of(registry_for(browser).call_tool("list_pages", {}, context(selected=2)))
+    result = success_result_of(registry_for(browser).call_tool("list_pages", {}, context(selected=2)))
     assert result.content[0].text == "## Pages\n1: about:blank\n2: Fresh title (http://x/2) [selected]"
     assert result.structured_content == {
         "pages": [
@@ -321,18 +308,18 @@ def test_pages_listing_text_and_structured_content():
             {"id": 2, "url": "http://x/2", "title": "Fresh title", "selected": True},
         ]
     }
-    empty = result_of(registry_for(browser).call_tool("list_pages", {}, context("nobody")))
+    empty = success_result_of(registry_for(browser).call_tool("list_pages", {}, context("nobody")))
     assert empty.content[0].text == "## Pages\nNo pages open. Call new_page to open one."
 
 
 def test_close_page_refuses_the_last_page_and_clears_the_selection():
     browser = FakeBrowser([FakePage(1, "s1")])
     tools = registry_for(browser)
-    result = result_of(tools.call_tool("close_page", {"pageId": 1}, context()))
+    result = success_result_of(tools.call_tool("close_page", {"pageId": 1}, context()))
     assert result.is_error and result.content[0].text.startswith("The last open page cannot be closed.")
     browser._pages.append(FakePage(2, "s1"))
     call_context = context(selected=2)
-    result = result_of(tools.call_tool("close_page", {"pageId": 2}, call_context))
+    result = success_result_of(tools.call_tool("close_page", {"pageId": 2}, call_context))
     assert not result.is_error and browser.closed == [2]
     assert call_context.session.selected_page_id is None
     assert result.content[0].text == "## Pages\n1: about:blank"
@@ -343,7 +330,7 @@ def test_unexpected_errors_become_an_internal_error_result():
         def pages(self):
             raise RuntimeError("secret detail")
 
-    result = result_of(registry_for(Broken([])).call_tool("list_pages", {}, context()))
+    result = success_result_of(registry_for(Broken([])).call_tool("list_pages", {}, context()))
     assert result.is_error
     assert result.content[0].text == 'Internal error while running "list_pages". The failure was logged; try again.'
 
@@ -355,7 +342,7 @@ def test_an_unreachable_browser_is_reported_as_a_tool_error():
         async def connected(self, timeout=None):
             raise BrowserUnavailable("the browser of u at http://127.0.0.1:9222 is not reachable right now")
 
-    result = result_of(registry_for(Away([])).call_tool("list_pages", {}, context()))
+    result = success_result_of(registry_for(Away([])).call_tool("list_pages", {}, context()))
     assert result.is_error
     assert result.content[0].text == "the browser of u at http://127.0.0.1:9222 is not reachable right now"
 
@@ -366,7 +353,7 @@ def test_a_missing_browser_is_reported_as_a_tool_error():
     async def no_browser(user_id):
         raise ToolError(f"no browser registered for user {user_id}; register one with POST /api/register")
 
-    result = result_of(ToolRegistry(no_browser, ToolsConfig(), Clock()).call_tool("list_pages", None, context()))
+    result = success_result_of(ToolRegistry(no_browser, ToolsConfig(), Clock()).call_tool("list_pages", None, context()))
     assert result.is_error
     assert result.content[0].text == "no browser registered for user u; register one with POST /api/register"
 
@@ -421,7 +408,7 @@ def test_grants_patterns_and_deny_rules():
     assert "evaluate_script" not in listed(tools, ["tools:*", "!tools:evaluate_script"])
     assert not listed(tools, ["tools:*", "!tools:category:*"])
     assert listed(tools, ["admin", "!tools:click"]) == everything - {"click"}
-    refused = result_of(tools.call_tool("click", {"pageId": 1, "uid": "1_1"}, context(permissions=["tools:*", "!tools:click"])))
+    refused = success_result_of(tools.call_tool("click", {"pageId": 1, "uid": "1_1"}, context(permissions=["tools:*", "!tools:click"])))
     assert refused.is_error and 'not allowed to call "click"' in refused.content[0].text
 
 
@@ -429,7 +416,7 @@ def test_a_tool_can_need_its_own_permission():
     tools = registry_for(FakeBrowser([]), own_permission=("evaluate_script",))
     assert "evaluate_script" not in listed(tools, ["tools:*", "tools:category:debugging"])
     assert "evaluate_script" in listed(tools, ["tools:evaluate_script"])
-    refused = result_of(tools.call_tool("evaluate_script", {"pageId": 1, "function": "() => 1"}, context()))
+    refused = success_result_of(tools.call_tool("evaluate_script", {"pageId": 1, "function": "() => 1"}, context()))
     assert refused.is_error and "requires it by name" in refused.content[0].text
 
 
@@ -439,7 +426,7 @@ def test_categories_restrict_what_is_offered_and_callable():
         t.name for t in tools.list_tools(Principal("u", frozenset({"admin"}))) if t.meta["category"] == "navigation"
     }
     assert "list_pages" in listed(tools, ["tools:*"])
-    unknown = result_of(tools.call_tool("take_snapshot", {"pageId": 1}, context()))
+    unknown = success_result_of(tools.call_tool("take_snapshot", {"pageId": 1}, context()))
     assert unknown.is_error and unknown.content[0].text.startswith('Unknown tool "take_snapshot"')
 
 
@@ -447,10 +434,10 @@ def test_every_call_is_recorded_with_its_outcome():
     clock = Clock()
     records = []
     tools = registry_for(FakeBrowser([FakePage(1, "s1")]), clock=clock, records=records)
-    result_of(tools.call_tool("list_pages", {}, context()))
-    result_of(tools.call_tool("nope", {}, context()))
-    result_of(tools.call_tool("list_pages", {}, context(permissions=["tools:click"])))
-    result_of(tools.call_tool("select_page", {"pageId": 9}, context()))
+    success_result_of(tools.call_tool("list_pages", {}, context()))
+    success_result_of(tools.call_tool("nope", {}, context()))
+    success_result_of(tools.call_tool("list_pages", {}, context(permissions=["tools:click"])))
+    success_result_of(tools.call_tool("select_page", {"pageId": 9}, context()))
     assert [(r.tool, r.outcome) for r in records] == [
         ("list_pages", "ok"),
         ("nope", "unknown_tool"),
@@ -466,10 +453,10 @@ def test_secret_arguments_are_marked_sensitive_even_when_the_call_fails():
     records = []
     tools = registry_for(FakeBrowser([FakePage(1, "s1")]), clock=Clock(), records=records)
     headers = '{"Cookie": "session=abc"}'
-    result = result_of(tools.call_tool("emulate", {"pageId": 9, "extraHttpHeaders": headers}, context()))
+    result = success_result_of(tools.call_tool("emulate", {"pageId": 9, "extraHttpHeaders": headers}, context()))
     assert result.is_error
     answer = {"pageId": 9, "action": "accept", "promptText": "hunter2"}
-    assert result_of(tools.call_tool("handle_dialog", answer, context())).is_error
+    assert success_result_of(tools.call_tool("handle_dialog", answer, context())).is_error
     assert [(r.tool, r.outcome, r.sensitive) for r in records] == [
         ("emulate", "error", frozenset({"extraHttpHeaders"})),
         ("handle_dialog", "error", frozenset({"promptText"})),

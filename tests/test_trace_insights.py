@@ -19,6 +19,7 @@ from mcproxy.errors import ToolError
 from mcproxy.tools.trace import events as trace_events
 from mcproxy.tools.trace.events import TraceEvents, TraceFormatError, TraceParser
 from mcproxy.tools.trace.insights import analyze, node_ids
+from mcproxy.tools.trace.summary import explain, metrics, summary
 
 RECORDED = os.path.join(os.path.dirname(__file__), "fixtures", "traces", "perf_load.json")
 SITE = "http://127.0.0.1:8000/"
@@ -109,36 +110,36 @@ def test_kept_events_are_capped(monkeypatch):
     events = TraceEvents()
     events.feed([{"name": "LayoutShift", "ph": "I", "ts": t, "args": {"data": {}}} for t in (1, 2, 3)])
     assert events.kept == 2 and events.truncated
-    assert "too large to keep every relevant event" in analyze(events).summary()
+    assert "too large to keep every relevant event" in summary(analyze(events))
 
 
 # -- the recorded trace ------------------------------------------------------------------
 
 
 def test_recorded_summary(recorded):
-    summary = recorded.summary()
+    summary_text = summary(recorded)
     assert [s.id for s in recorded.sets] == ["NAVIGATION_0"]
     assert recorded.url == SITE + "perf_load.html"
-    lcp = number(r"- LCP: (\d+) ms, event: \(ts: \d+\), nodeId: \d+ \(IMG id='hero'\)", summary)
+    lcp = number(r"- LCP: (\d+) ms, event: \(ts: \d+\), nodeId: \d+ \(IMG id='hero'\)", summary_text)
     assert 400 < lcp < 1000
-    phases = [number(rf"    - {label}: (\d+) ms", summary) for label in (
+    phases = [number(rf"    - {label}: (\d+) ms", summary_text) for label in (
         "Time to first byte", "Resource load delay", "Resource load duration", "Element render delay"
     )]
     # The phases add up to LCP (each rounded to the ms), and the image's 0.4 s dominates.
     assert abs(sum(phases) - lcp) <= 2
     assert 395 <= phases[2] < 600 and phases[0] < 100
-    assert number(r"- FCP: (\d+) ms", summary) >= 300  # after the slow stylesheet
-    assert 150 <= number(r"- INP: (\d+) ms, event: \(ts: \d+\), \w+ on BUTTON id='work'", summary) < 400
-    assert 0.1 < number(r"- CLS: (0\.\d+)", summary) < 0.25
-    assert number(r"- Long tasks: 2 over 50 ms, longest (\d+) ms", summary) >= 150
-    listed = re.findall(r"  - insight name: (\w+)", summary)
+    assert number(r"- FCP: (\d+) ms", summary_text) >= 300  # after the slow stylesheet
+    assert 150 <= number(r"- INP: (\d+) ms, event: \(ts: \d+\), \w+ on BUTTON id='work'", summary_text) < 400
+    assert 0.1 < number(r"- CLS: (0\.\d+)", summary_text) < 0.25
+    assert number(r"- Long tasks: 2 over 50 ms, longest (\d+) ms", summary_text) >= 150
+    listed = re.findall(r"  - insight name: (\w+)", summary_text)
     assert listed == ["LCPBreakdown", "DocumentLatency", "RenderBlocking", "INPBreakdown", "CLSCulprits", "LongTasks"]
-    assert "Not available in this set" not in summary
-    assert summary.startswith(f"## Summary of Performance trace findings:\nURL: {SITE}perf_load.html\nTrace bounds: ")
+    assert "Not available in this set" not in summary_text
+    assert summary_text.startswith(f"## Summary of Performance trace findings:\nURL: {SITE}perf_load.html\nTrace bounds: ")
 
 
 def test_recorded_lcp_breakdown(recorded):
-    text = recorded.insight("NAVIGATION_0", "LCPBreakdown").text()
+    text = explain(recorded, "NAVIGATION_0", "LCPBreakdown").text()
     assert text.startswith("## Insight Title: LCP breakdown\n\n## Insight Summary:\n")
     assert f"The LCP resource: {SITE}perf_hero.png" in text
     assert "painting an image: IMG id='hero'" in text
@@ -147,26 +148,26 @@ def test_recorded_lcp_breakdown(recorded):
 
 
 def test_recorded_render_blocking_and_document(recorded):
-    text = recorded.insight("NAVIGATION_0", "RenderBlocking").details
+    text = explain(recorded, "NAVIGATION_0", "RenderBlocking").details
     took = number(re.escape(f"- {SITE}perf_slow.css (Stylesheet, text/css)") + r".*took (\d+) ms", text)
     assert 295 <= took < 1000
     assert "1 request(s) blocked the first render" in text
-    latency = recorded.insight("NAVIGATION_0", "DocumentLatency")
+    latency = explain(recorded, "NAVIGATION_0", "DocumentLatency")
     assert f"The main document: {SITE}perf_load.html (status 200)." in latency.details
     assert number(r"PASSED: the server responded in (\d+) ms", latency.details) < 100
     assert latency.savings == "none"
 
 
 def test_recorded_interaction_shift_and_tasks(recorded):
-    inp = recorded.insight("NAVIGATION_0", "INPBreakdown").details
+    inp = explain(recorded, "NAVIGATION_0", "INPBreakdown").details
     assert "1 interaction(s) were recorded." in inp
     # The click handler spins for 150 ms.
     assert number(r"- Processing duration: (\d+) ms", inp) >= 145
     assert "The biggest part is the processing duration" in inp
-    cls = recorded.insight("NAVIGATION_0", "CLSCulprits").details
+    cls = explain(recorded, "NAVIGATION_0", "CLSCulprits").details
     assert "1 layout shift(s) without recent input in 1 cluster(s)" in cls
     assert re.search(r"IMG id='hero' moved from \(\d+,\d+ \d+x\d+\) to \(\d+,\d+ \d+x\d+\)", cls), cls
-    tasks = recorded.insight("NAVIGATION_0", "LongTasks").details
+    tasks = explain(recorded, "NAVIGATION_0", "LongTasks").details
     lines = [line for line in tasks.splitlines() if line.startswith("- at ")]
     assert len(lines) == 2
     # Longest first: the click handler, then the script run at load.
@@ -177,12 +178,12 @@ def test_recorded_interaction_shift_and_tasks(recorded):
 
 def test_unknown_names_list_what_exists(recorded):
     with pytest.raises(ToolError, match=r'^Unknown insight "Bogus"\. Available insights in NAVIGATION_0: LCPBreakdown'):
-        recorded.insight("NAVIGATION_0", "Bogus")
+        explain(recorded, "NAVIGATION_0", "Bogus")
     with pytest.raises(ToolError, match="ThirdParties is a DevTools insight this server does not compute"):
-        recorded.insight("NAVIGATION_0", "ThirdParties")
+        explain(recorded, "NAVIGATION_0", "ThirdParties")
     no_set = r'^No insight set "NO_NAVIGATION" in the last trace\. Its insight sets are: NAVIGATION_0\.$'
     with pytest.raises(ToolError, match=no_set):
-        recorded.insight("NO_NAVIGATION", "LCPBreakdown")
+        explain(recorded, "NO_NAVIGATION", "LCPBreakdown")
 
 
 def test_node_ids_of_the_recorded_trace():
@@ -270,14 +271,14 @@ def test_redirected_slow_uncompressed_document():
     )
     analysis = analyze(events)
     assert analysis.sets[0].url == "http://a/new"
-    details = analysis.insight("NAVIGATION_0", "DocumentLatency").details
+    details = explain(analysis, "NAVIGATION_0", "DocumentLatency").details
     assert "- FAILED: the request was redirected 1 time(s), costing 300 ms: http://a/old -> http://a/new" in details
     assert "- FAILED: the server took 900 ms to respond (the limit is 600 ms)." in details
     assert "- FAILED: the 50000-byte text/html response was sent without compression" in details
     # Redirect (the final request starts 300 ms after the navigation) plus the server time beyond
     # the 100 ms goal (800 ms).
-    assert analysis.insight("NAVIGATION_0", "DocumentLatency").savings == "FCP 1100 ms, LCP 1100 ms"
-    breakdown = analysis.insight("NAVIGATION_0", "LCPBreakdown").details
+    assert explain(analysis, "NAVIGATION_0", "DocumentLatency").savings == "FCP 1100 ms, LCP 1100 ms"
+    breakdown = explain(analysis, "NAVIGATION_0", "LCPBreakdown").details
     # Text LCP: only time to first byte and render delay.
     assert "- Time to first byte: 1200 ms" in breakdown and "- Element render delay: 300 ms" in breakdown
     assert "Resource load" not in breakdown
@@ -286,7 +287,7 @@ def test_redirected_slow_uncompressed_document():
 def test_compressed_document_passes():
     document = request("N1", "http://a/", 2_000_500, finish=2_100_000, size=90_000, server_ms=20, encoding="br")
     analysis = analyze(trace(navigation(2_000_000, "N1", "http://a/"), *document))
-    details = analysis.insight("NAVIGATION_0", "DocumentLatency").details
+    details = explain(analysis, "NAVIGATION_0", "DocumentLatency").details
     assert "- PASSED: the response was compressed (br)." in details
     assert "- PASSED: the server responded in 20 ms." in details
 
@@ -301,8 +302,8 @@ def test_cls_takes_the_worst_session_window_and_ignores_input():
         shift(9_000_000, 0.02),
     )
     analysis = analyze(events, {9: "DIV id='late'"})
-    assert "- CLS: 0.10, worst cluster starts at ts 2100000" in analysis.summary()
-    details = analysis.insight("NAVIGATION_0", "CLSCulprits").details
+    assert "- CLS: 0.10, worst cluster starts at ts 2100000" in summary(analysis)
+    details = explain(analysis, "NAVIGATION_0", "CLSCulprits").details
     assert "4 layout shift(s) without recent input in 3 cluster(s); the worst cluster (2 shift(s))" in details
     assert "DIV id='late' moved from (0,0 10x10) to (0,50 10x10)" in details
 
@@ -323,23 +324,23 @@ def test_navigations_split_the_trace_and_scope_filters_other_pages():
     first, second = analysis.sets
     assert first.url == "http://a/" and second.url == "http://a/next" and analysis.url == "http://a/next"
     assert first.bounds == (2_000_000, 5_000_000)
-    assert "- LCP: 400 ms, event: (ts: 2400000), nodeId: 4 (H1)" in first.metrics
-    assert "- LCP: 700 ms, event: (ts: 5700000), nodeId: 4 (H1)" in second.metrics
+    assert "- LCP: 400 ms, event: (ts: 2400000), nodeId: 4 (H1)" in metrics(first)
+    assert "- LCP: 700 ms, event: (ts: 5700000), nodeId: 4 (H1)" in metrics(second)
     assert "LongTasks" not in first.insights
-    tasks = analysis.insight("NAVIGATION_1", "LongTasks").details
+    tasks = explain(analysis, "NAVIGATION_1", "LongTasks").details
     assert tasks.splitlines()[1] == "- at 800 ms: 90 ms, mostly TimerFire 70 ms"
     # No document request in these traces: said plainly, not guessed.
     no_document = "DocumentLatency has no data in NAVIGATION_0: the main document request is not in the trace"
     with pytest.raises(ToolError, match=no_document):
-        analysis.insight("NAVIGATION_0", "DocumentLatency")
-    assert "The phases could not be measured" in analysis.insight("NAVIGATION_0", "LCPBreakdown").details
+        explain(analysis, "NAVIGATION_0", "DocumentLatency")
+    assert "The phases could not be measured" in explain(analysis, "NAVIGATION_0", "LCPBreakdown").details
 
 
 def test_invalidated_lcp_is_not_reported():
     invalidate = event("largestContentfulPaint::Invalidate", 2_500_000, "R", navigationId="N1")
     analysis = analyze(trace(navigation(2_000_000, "N1", "http://a/"), lcp(2_400_000, "N1"), invalidate))
-    assert not any(line.startswith("- LCP") for line in analysis.sets[0].metrics)
-    assert "LCPBreakdown (no largest contentful paint was recorded for this navigation)" in analysis.summary()
+    assert not any(line.startswith("- LCP") for line in metrics(analysis.sets[0]))
+    assert "LCPBreakdown (no largest contentful paint was recorded for this navigation)" in summary(analysis)
 
 
 def test_trace_without_navigation_is_one_set():
@@ -356,15 +357,15 @@ def test_trace_without_navigation_is_one_set():
     keydown = {**event("EventTiming", 1_500_000, "b", at_frame=None, **timing), "id": "0x1"}
     analysis = analyze(trace(keydown, keydown), {7: "INPUT id='q'"})  # Chrome repeats some events
     assert [s.id for s in analysis.sets] == ["NO_NAVIGATION"]
-    summary = analysis.summary()
-    assert "- INP: 240 ms, event: (ts: 1500000), keydown on INPUT id='q'" in summary
-    assert "- CLS: 0.00" in summary
-    details = analysis.insight("NO_NAVIGATION", "INPBreakdown").details
+    summary_text = summary(analysis)
+    assert "- INP: 240 ms, event: (ts: 1500000), keydown on INPUT id='q'" in summary_text
+    assert "- CLS: 0.00" in summary_text
+    details = explain(analysis, "NO_NAVIGATION", "INPBreakdown").details
     assert details.startswith("1 interaction(s) were recorded.")
     assert "- Input delay: 80 ms" in details and "- Processing duration: 120 ms" in details
     assert "- Presentation delay: 40 ms" in details and "(needs improvement)" in details
     with pytest.raises(ToolError, match="LongTasks has no data in NO_NAVIGATION: no main-thread task over 50 ms"):
-        analysis.insight("NO_NAVIGATION", "LongTasks")
+        explain(analysis, "NO_NAVIGATION", "LongTasks")
 
 
 def test_quiet_time_before_the_first_navigation_gets_no_set():

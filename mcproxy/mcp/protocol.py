@@ -5,26 +5,21 @@ A transport hands each decoded JSON-RPC message to `McpSession.handle` together 
 messages) to wherever the request's answer goes. ``handle`` returns a Deferred that fires
 with the JSON-RPC response dict, or None when there is nothing to answer (a notification,
 or a request the client cancelled). Cancelling that Deferred cancels the tool's work.
+
+Which revision a session-less message speaks is for `mcproxy.mcp.envelope` to say; the
+notifications a request sends are built by `mcproxy.mcp.notifications`, and its answer
+is shaped by `mcproxy.mcp.shaping`.
 """
 
-import base64
-import binascii
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import attrs
 import mcp_types as types
 from mcp_types import (
-    CLIENT_CAPABILITIES_META_KEY,
-    CLIENT_INFO_META_KEY,
-    HEADER_MISMATCH,
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
-    LOG_LEVEL_META_KEY,
     METHOD_NOT_FOUND,
-    PROTOCOL_VERSION_META_KEY,
-    SERVER_INFO_META_KEY,
-    UNSUPPORTED_PROTOCOL_VERSION,
     JSONRPCNotification,
     JSONRPCRequest,
     methods,
@@ -34,7 +29,6 @@ from mcp_types.version import (
     KNOWN_PROTOCOL_VERSIONS,
     LATEST_HANDSHAKE_VERSION,
     MODERN_PROTOCOL_VERSIONS,
-    is_version_at_least,
 )
 from pydantic import BaseModel, ValidationError
 from twisted.internet.defer import CancelledError, Deferred, succeed
@@ -43,23 +37,22 @@ from twisted.logger import Logger
 import mcproxy
 from mcproxy.auth.principal import Principal
 from mcproxy.errors import MCProxyError, RateLimited
+from mcproxy.mcp.envelope import ModernEnvelope
 from mcproxy.mcp.jsonrpc import (
     NOT_INITIALIZED,
     TOO_MANY_IN_FLIGHT,
     Encoded,
     RpcError,
     error_message,
-    notification_message,
     readable,
     result_message,
     to_json_in_pieces,
 )
+from mcproxy.mcp.notifications import Notify, log_sender, progress_reporter
+from mcproxy.mcp.shaping import OFF_REACTOR_WEIGHT, is_heavy, shape_result, weight
 from mcproxy.tools.base import CallContext, SessionView
 
 log = Logger()
-
-LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
-"""RFC 5424 severities, least severe first (the order `logging/setLevel` filters by)."""
 
 INSTRUCTIONS = (
     "mcproxy drives your own Chrome browser through the Chrome DevTools Protocol. "
@@ -67,44 +60,10 @@ INSTRUCTIONS = (
     "pages with their ids; pass pageId to act on a specific page."
 )
 
-NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
-"""Methods whose ``Mcp-Name`` header mirrors a body parameter (2026-07-28)."""
-
-Notify = Callable[[dict], None]
-
-#: Results at least this heavy (see `_weight`) are turned into JSON off the reactor.
-OFF_REACTOR_WEIGHT = 256 * 1024
-
-
-def _heavy(value: Any, limit: int = OFF_REACTOR_WEIGHT) -> bool:
-    """Whether JSON ``value`` holds at least ``limit`` characters of strings, or so many items
-    that walking it is work in itself (it stops looking as soon as it knows)."""
-    stack, seen = [value], 0
-    while stack:
-        item = stack.pop()
-        seen += 1
-        if isinstance(item, str):
-            limit -= len(item)
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-        if limit <= 0 or seen > 10_000:
-            return True
-    return False
-
-
-def _weight(result: BaseModel) -> int:
-    """A cheap estimate of how much work turning a tool result into JSON is: the characters
-    of its text and binary content, plus 64 for each item of its structured lists."""
-    weight = 0
-    for block in getattr(result, "content", None) or ():
-        weight += len(getattr(block, "text", "") or getattr(block, "data", "") or "")
-    structured = getattr(result, "structured_content", None) or {}
-    for value in structured.values():
-        if isinstance(value, list):
-            weight += 64 * len(value)
-    return weight
+def resource_not_found(uri: str) -> RpcError:
+    """What ``resources/read`` answers for a resource that is missing or not the caller's:
+    the same error either way, so that nothing tells the two apart."""
+    return RpcError(INVALID_PARAMS, f"Resource not found: {uri}", data={"uri": uri})
 
 
 class EmptyResources:
@@ -114,7 +73,7 @@ class EmptyResources:
         return []
 
     def read_resource(self, principal: Principal, uri: str) -> types.ReadResourceResult:
-        raise RpcError(INVALID_PARAMS, f"Resource not found: {uri}", data={"uri": uri})
+        raise resource_not_found(uri)
 
 
 @attrs.define
@@ -160,87 +119,6 @@ class McpServer:
             capabilities=self.capabilities(MODERN_PROTOCOL_VERSIONS[-1]),
             instructions=self.instructions,
         )
-
-
-@attrs.frozen
-class ModernEnvelope:
-    """The per-request fields of a 2026-07-28 request."""
-
-    protocol_version: str
-    log_level: str | None
-    client_info: Any
-    client_capabilities: Any
-
-
-def request_version(message: JSONRPCRequest | JSONRPCNotification, headers: Mapping[str, str]) -> str | None:
-    """The protocol version a session-less message claims: its ``_meta`` envelope's, else the header's."""
-    meta = (message.params or {}).get("_meta")
-    if isinstance(meta, Mapping) and isinstance(meta.get(PROTOCOL_VERSION_META_KEY), str):
-        return meta[PROTOCOL_VERSION_META_KEY]
-    return headers.get("mcp-protocol-version") or None
-
-
-def is_stateless(version: str | None) -> bool:
-    """Whether a session-less message with this version takes the 2026-07-28 path.
-
-    Unknown versions go there too, so that they are answered with the supported list.
-    """
-    return version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS
-
-
-def unsupported_version(requested: Any) -> RpcError:
-    """The -32022 error naming every version we speak."""
-    return RpcError(
-        UNSUPPORTED_PROTOCOL_VERSION,
-        f"Unsupported protocol version {requested!r}",
-        data={"supported": list(KNOWN_PROTOCOL_VERSIONS), "requested": str(requested)},
-    )
-
-
-def modern_envelope(message: JSONRPCRequest, headers: Mapping[str, str] | None) -> ModernEnvelope:
-    """Check a 2026-07-28 request's ``_meta`` envelope and its routing headers.
-
-    ``headers`` maps lower-case header names to values (None skips the header checks).
-    Raises `RpcError`: -32602 for a missing envelope, -32020 when a header disagrees
-    with the body, -32022 for a version we do not serve.
-    """
-    meta = (message.params or {}).get("_meta")
-    if not isinstance(meta, Mapping):
-        raise RpcError(
-            INVALID_PARAMS,
-            f"params._meta must carry {PROTOCOL_VERSION_META_KEY!r} and {CLIENT_CAPABILITIES_META_KEY!r}",
-        )
-    missing = [k for k in (PROTOCOL_VERSION_META_KEY, CLIENT_CAPABILITIES_META_KEY) if k not in meta]
-    if missing:
-        raise RpcError(INVALID_PARAMS, f"params._meta is missing {', '.join(missing)}")
-    version = meta[PROTOCOL_VERSION_META_KEY]
-    if headers is not None:
-        if headers.get("mcp-protocol-version") != version:
-            raise RpcError(
-                HEADER_MISMATCH, "MCP-Protocol-Version header does not match params._meta's protocol version"
-            )
-        if headers.get("mcp-method") != message.method:
-            raise RpcError(HEADER_MISMATCH, "Mcp-Method header does not match the request's method")
-        key = NAME_BEARING.get(message.method)
-        value = (message.params or {}).get(key) if key else None
-        if value is not None and _header_value(headers.get("mcp-name")) != value:
-            raise RpcError(HEADER_MISMATCH, f"Mcp-Name header does not match params.{key}")
-    if version not in MODERN_PROTOCOL_VERSIONS:
-        raise unsupported_version(version)
-    level = meta.get(LOG_LEVEL_META_KEY)
-    if level is not None and level not in LOG_LEVELS:
-        raise RpcError(INVALID_PARAMS, f"{LOG_LEVEL_META_KEY} must be one of {', '.join(LOG_LEVELS)}")
-    return ModernEnvelope(version, level, meta.get(CLIENT_INFO_META_KEY), meta[CLIENT_CAPABILITIES_META_KEY])
-
-
-def _header_value(raw: str | None) -> str | None:
-    """A header value, unwrapping the ``=?base64?...?=`` form clients use for non-ASCII text."""
-    if raw is None or not (raw.startswith("=?base64?") and raw.endswith("?=")):
-        return raw
-    try:
-        return base64.b64decode(raw[9:-2], validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
 
 
 class McpSession:
@@ -377,7 +255,7 @@ class McpSession:
             raise RpcError(NOT_INITIALIZED, f"Session not initialized: send initialize before {method}")
         version = self.protocol_version or LATEST_HANDSHAKE_VERSION
         try:
-            if self.server.run_blocking is not None and _heavy(message.params):
+            if self.server.run_blocking is not None and is_heavy(message.params):
                 # Megabytes of arguments (a long form): validated in a thread.
                 parsed = await self.server.run_blocking(methods.parse_client_request, method, version, message.params)
             else:
@@ -390,29 +268,14 @@ class McpSession:
         if handler is None:
             raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method} is not offered by this server")
         result = await handler(parsed, message, notify)
-        if self.server.run_blocking is not None and _weight(result) >= OFF_REACTOR_WEIGHT:
+        server_info = self.server.server_info if self.modern is not None else None
+        if self.server.run_blocking is not None and weight(result) >= OFF_REACTOR_WEIGHT:
             # Megabytes of answer (a long console list, a big image): shaped and encoded in a
             # thread, so other users' calls go on meanwhile.
-            return await self.server.run_blocking(lambda: Encoded(to_json_in_pieces(self._shape(method, version, result))))
-        return self._shape(method, version, result)
-
-    def _shape(self, method: str, version: str, result: BaseModel) -> dict:
-        """The result as the JSON-RPC ``result`` of ``method`` for the negotiated version.
-
-        A tool's structured content is plain JSON the tool built: it skips pydantic (which
-        would walk thousands of console messages holding the GIL) and is put back as it is."""
-        structured = getattr(result, "structured_content", None)
-        if structured:
-            result = result.model_copy(update={"structured_content": {}})
-        dump = result.model_dump(by_alias=True, mode="json", exclude_none=True)
-        if self.modern is not None:
-            dump.setdefault("_meta", {})[SERVER_INFO_META_KEY] = self.server.server_info.model_dump(
-                by_alias=True, mode="json", exclude_none=True
+            return await self.server.run_blocking(
+                lambda: Encoded(to_json_in_pieces(shape_result(method, version, result, server_info)))
             )
-        shaped = methods.serialize_server_result(method, version, dump)
-        if structured and "structuredContent" in shaped:
-            shaped["structuredContent"] = structured
-        return shaped
+        return shape_result(method, version, result, server_info)
 
     def _initialize(self, message: JSONRPCRequest) -> dict:
         if self.protocol_version is not None:
@@ -477,8 +340,8 @@ class McpSession:
             principal=self.principal,
             session=self.view,
             protocol_version=self.protocol_version,
-            report_progress=self._progress_reporter(message, notify, live),
-            log=self._logger(notify, live),
+            report_progress=progress_reporter(message, self.protocol_version, notify, live),
+            log=log_sender(lambda: self.log_level, notify, live),
             request_id=str(message.id),
             client=self.client,
         )
@@ -492,38 +355,6 @@ class McpSession:
             )
         finally:
             live[0] = False
-
-    def _progress_reporter(self, request: JSONRPCRequest, notify: Notify, live: list) -> Callable[..., None]:
-        meta = (request.params or {}).get("_meta")
-        token = meta.get("progressToken") if isinstance(meta, Mapping) else None
-        with_message = is_version_at_least(self.protocol_version, "2025-03-26")
-
-        def report_progress(progress: float, total: float | None = None, message: str | None = None) -> None:
-            if token is None or not live[0]:
-                return
-            params: dict = {"progressToken": token, "progress": progress}
-            if total is not None:
-                params["total"] = total
-            if message is not None and with_message:
-                params["message"] = message
-            notify(notification_message("notifications/progress", params))
-
-        return report_progress
-
-    def _logger(self, notify: Notify, live: list) -> Callable[[str, Any], None]:
-        def send_log(level: str, data: Any, logger: str | None = None) -> None:
-            if level not in LOG_LEVELS:
-                raise ValueError(f"unknown log level {level!r}")
-            threshold = self.log_level
-            if threshold is None or not live[0] or LOG_LEVELS.index(level) < LOG_LEVELS.index(threshold):
-                return
-            params: dict = {"level": level, "data": data}
-            if logger is not None:
-                params["logger"] = logger
-            notify(notification_message("notifications/message", params))
-
-        return send_log
-
 
 async def _maybe_deferred(value: Any) -> Any:
     if isinstance(value, Deferred):

@@ -16,7 +16,7 @@ from zope.interface import implementer
 from mcproxy.auth.principal import ALL_TOOLS, Principal
 from mcproxy.errors import Unauthorized
 from mcproxy.interfaces import IToolProvider
-from mcproxy.mcp.protocol import LOG_LEVELS
+from mcproxy.mcp.notifications import LOG_LEVELS
 
 
 def _schema(**properties) -> dict:

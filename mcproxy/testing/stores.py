@@ -7,9 +7,6 @@ but their own keys; `discard_test_store` deletes exactly those keys.
 import os
 import secrets
 
-from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.python.failure import Failure
-
 from mcproxy.interfaces import IStore
 from mcproxy.storage import open_store
 
@@ -53,25 +50,3 @@ async def discard_test_store(store: IStore) -> None:
     if hasattr(store, "prefix"):
         await delete_prefixed_keys(store)
     await store.close()
-
-
-def result_of(d: Deferred):
-    """The result of a Deferred that has already fired (memory store + Clock tests), raising its failure."""
-    results: list = []
-    d.addBoth(results.append)
-    if not results:
-        raise AssertionError(f"{d!r} has not fired")
-    result = results[0]
-    if isinstance(result, Failure):
-        result.raiseException()
-    return result
-
-
-def run_now(coroutine):
-    """Run a coroutine that completes without waiting on the reactor; its result or exception."""
-    return result_of(Deferred.fromCoroutine(coroutine))
-
-
-def in_this_thread(fn, *args):
-    """A ``run_blocking`` that runs ``fn`` at once (unit tests on a Clock): Deferred[result]."""
-    return maybeDeferred(fn, *args)

@@ -3,7 +3,7 @@
 import base64
 import json
 
-from mcproxy.artifacts import guess_mime_type, is_text
+from mcproxy.artifacts.names import guess_mime_type, is_text
 from mcproxy.browser.cdp.connection import THREAD_DECODE_BYTES
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools import schema as s

@@ -21,7 +21,7 @@ import tempfile
 
 from twisted.internet.threads import deferToThreadPool
 
-from mcproxy.artifacts import split_path
+from mcproxy.artifacts.names import split_path
 from mcproxy.browser.urls import validate_browser_url
 from mcproxy.errors import ToolError
 from mcproxy.tools import schema as s

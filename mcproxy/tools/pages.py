@@ -1,6 +1,6 @@
 """Which pages a caller may use, and the pieces every tool result is made of.
 
-Tab scope (DESIGN.md decision 3, ``tools.tab_scope``): ``session`` shows the pages this
+Tab scope (``tools.tab_scope``; see docs/architecture.rst): ``session`` shows the pages this
 MCP session opened, ``user`` the pages opened through the proxy for this user, ``browser``
 every tab. Without a protocol session (2026-07-28) ``session`` falls back to ``user``. A
 page outside the scope is reported exactly like a page that does not exist. A page a tool
@@ -14,7 +14,7 @@ import attrs
 import mcp_types
 from mcp_types.version import is_version_at_least
 
-from mcproxy.artifacts import split_path
+from mcproxy.artifacts.names import split_path
 from mcproxy.config import ToolsConfig
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools.base import CallContext
@@ -45,7 +45,7 @@ PAGES_OUTPUT_SCHEMA = {
 class ToolCall:
     """One tool invocation: arguments, caller, the caller's browser and (for page tools) the page.
 
-    ``artifacts`` is the `mcproxy.artifacts.ArtifactStore` files produced by tools go to.
+    ``artifacts`` is the `mcproxy.artifacts.store.ArtifactStore` files produced by tools go to.
     """
 
     args: dict[str, Any]

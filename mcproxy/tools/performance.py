@@ -23,7 +23,9 @@ from mcproxy.tools.emulation import emulation_of
 from mcproxy.tools.navigation import wait_for_load
 from mcproxy.tools.pages import Response, ToolCall
 from mcproxy.tools.trace.events import TraceEvents, TraceFormatError, TraceParser
-from mcproxy.tools.trace.insights import TraceAnalysis, analyze, node_ids
+from mcproxy.tools.trace.insights import analyze, node_ids
+from mcproxy.tools.trace.records import TraceAnalysis
+from mcproxy.tools.trace.summary import explain, summary
 
 # What DevTools' performance panel records (TimelineController.ts), as chrome-devtools-mcp does.
 CATEGORIES = (
@@ -199,7 +201,7 @@ async def analyze_insight(call: ToolCall) -> Response:
             "No performance trace has been recorded for this page yet. Record one with performance_start_trace, "
             "then ask about the insights its summary lists."
         )
-    return Response().add(analysis.insight(call.args["insightSetId"], call.args["insightName"]).text())
+    return Response().add(explain(analysis, call.args["insightSetId"], call.args["insightName"]).text())
 
 
 def _conditions(page) -> tuple[str, ...]:
@@ -246,7 +248,7 @@ async def _stop(call: ToolCall, state: _TraceState, file_path: str | None) -> Re
     response.add("The performance trace has been stopped.")
     if info.get("dataLossOccurred"):
         response.add("Chrome reported that some trace data was lost (its trace buffer filled up).")
-    return response.add(analysis.summary())
+    return response.add(summary(analysis))
 
 
 async def _end_tracing(page, state: _TraceState, seconds: float) -> dict:

@@ -68,7 +68,7 @@ class ToolRegistry:
 
     ``get_browser(user_id)`` is a coroutine function returning the user's `IUserBrowser`
     (raising ToolError or BrowserUnavailable when there is none or it is away);
-    ``artifacts`` is the `mcproxy.artifacts.ArtifactStore` tools save files to; ``limits``
+    ``artifacts`` is the `mcproxy.artifacts.store.ArtifactStore` tools save files to; ``limits``
     the `mcproxy.auth.ratelimit.RequestLimits` whose per-tool buckets apply. Observers:
     ``on_call_started(tool_name)`` and ``on_call_finished(ToolCallRecord)`` (audit, metrics).
     ``tools.categories`` restricts the offer to those categories; tools named in

@@ -36,7 +36,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
-from mcproxy.artifacts import split_path
+from mcproxy.artifacts.names import split_path
 from mcproxy.errors import ToolError
 from mcproxy.tools import schema as s
 from mcproxy.tools.pages import Response, ToolCall, resolve_page

@@ -12,15 +12,10 @@ from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
 from mcproxy.errors import BadRequest, Conflict, NotFound
+from mcproxy.mcp.envelope import is_stateless, modern_envelope, request_version, unsupported_version
 from mcproxy.mcp.jsonrpc import REQUEST_CANCELLED, TOO_MANY_IN_FLIGHT, RpcError, error_message
-from mcproxy.mcp.protocol import (
-    McpSession,
-    Notify,
-    is_stateless,
-    modern_envelope,
-    request_version,
-    unsupported_version,
-)
+from mcproxy.mcp.notifications import Notify
+from mcproxy.mcp.protocol import McpSession
 from mcproxy.tools.base import SessionView
 from mcproxy.web.http import answered, on_deadline
 from mcproxy.web.mcp_common import (

@@ -1,0 +1,80 @@
+"""The MCP resources view of the artifact store: ``resources/list`` and ``resources/read``.
+
+A caller sees only their own live artifacts. Reading a resource reads the whole file, as
+``resources/read`` has to answer with all of it (bounded by ``artifacts.max_bytes``); the
+reading and encoding run away from the reactor.
+"""
+
+import base64
+from datetime import datetime, timezone
+
+import mcp_types
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.threads import deferToThread
+
+from mcproxy.artifacts.artifact import Artifact
+from mcproxy.artifacts.names import is_text
+from mcproxy.artifacts.store import ArtifactStore
+from mcproxy.mcp.protocol import resource_not_found
+
+
+class ArtifactResources:
+    """The `mcproxy.mcp.protocol.McpServer` resource hook over an `ArtifactStore`.
+
+    ``run_blocking(fn, *args)`` -> Deferred runs the reading and encoding of a resource
+    (up to ``artifacts.max_bytes``) away from the reactor.
+    """
+
+    def __init__(self, store: ArtifactStore, run_blocking=deferToThread):
+        self._store = store
+        self._run_blocking = run_blocking
+
+    def list_resources(self, principal) -> list[mcp_types.Resource]:
+        """``resources/list``: the caller's own artifacts."""
+        return [
+            mcp_types.Resource(
+                uri=a.uri,
+                name=a.name,
+                mime_type=a.mime_type,
+                size=a.size,
+                description=f"Saved by a tool at {_iso(a.created)}; kept until {_iso(a.expires)}.",
+            )
+            for a in self._store.artifacts(principal.user_id)
+        ]
+
+    def read_resource(self, principal, uri: str) -> Deferred:
+        """``resources/read``: Deferred[ReadResourceResult], text types as text, everything
+        else base64. Someone else's artifact is as "not found" as one that never existed."""
+        artifact = self._store.get(principal.user_id, uri)
+        if artifact is None:
+            return fail(resource_not_found(uri))
+
+        def encoded(result):
+            if result is None:
+                self._store.lost(artifact)
+                raise resource_not_found(uri)
+            return result
+
+        return self._run_blocking(self._encode, artifact, uri).addCallback(encoded)
+
+    def _encode(self, artifact: Artifact, uri: str) -> mcp_types.ReadResourceResult | None:
+        data = self._store.read_bytes(artifact)
+        if data is None:
+            return None
+        if is_text(artifact.mime_type):
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+            else:
+                return mcp_types.ReadResourceResult(
+                    contents=[mcp_types.TextResourceContents(uri=uri, mime_type=artifact.mime_type, text=text)]
+                )
+        blob = base64.b64encode(data).decode("ascii")
+        return mcp_types.ReadResourceResult(
+            contents=[mcp_types.BlobResourceContents(uri=uri, mime_type=artifact.mime_type, blob=blob)]
+        )
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
