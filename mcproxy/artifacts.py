@@ -37,7 +37,6 @@ from datetime import datetime, timezone
 
 import attrs
 import mcp_types
-from mcp_types import INVALID_PARAMS
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import LoopingCall
@@ -46,6 +45,7 @@ from twisted.logger import Logger
 
 from mcproxy.config import ArtifactsConfig
 from mcproxy.errors import ToolError
+from mcproxy.mcp.codes import INVALID_PARAMS
 from mcproxy.mcp.jsonrpc import RpcError
 
 log = Logger()

@@ -12,7 +12,7 @@ from twisted.logger import Logger
 
 from mcproxy import systemd
 from mcproxy.config import Config, ConfigError
-from mcproxy.errors import Forbidden, ServerFull, ToolError
+from mcproxy.errors import ServerFull, ToolError
 from mcproxy.reload import ConfigSource, apply_log_level, plan
 
 log = Logger()
@@ -76,6 +76,7 @@ class MCProxyService(service.MultiService):
         self.policies = None
         self.tools = None
         self.transports = None
+        self.origins = None
         self.admin = None
         self.site = None
         self._starting: defer.Deferred | None = None
@@ -124,6 +125,7 @@ class MCProxyService(service.MultiService):
         from mcproxy.activity import ActivityLog
         from mcproxy.artifacts import ArtifactStore
         from mcproxy.audit import AuditLog
+        from mcproxy.auth.admission import Admission
         from mcproxy.auth.bootstrap import ensure_admin_token
         from mcproxy.auth.chain import AuthenticationChain
         from mcproxy.auth.ratelimit import RequestLimits
@@ -139,13 +141,14 @@ class MCProxyService(service.MultiService):
         from mcproxy.tools.dialogs import track_dialogs
         from mcproxy.tools.emulation import emulation_listener
         from mcproxy.tools.registry import ToolRegistry
-        from mcproxy.web.admin import AdminAPI, AdminDependencies
-        from mcproxy.web.dashboard import DashboardResource, OverviewResource
-        from mcproxy.web.mcp_common import check_host, check_origin
-        from mcproxy.web.metrics import MetricsResource
+        from mcproxy.web.admin import AdminDependencies
+        from mcproxy.web.dashboard import Dashboard, Overview
+        from mcproxy.web.front import build_router
+        from mcproxy.web.metrics import MetricsEndpoint
         from mcproxy.web.network import ClientPolicy
-        from mcproxy.web.oauth import ProtectedResource, WellKnownResource
-        from mcproxy.web.site import ConnectionLimits, ProxySite, Root
+        from mcproxy.web.oauth import ProtectedResource, WellKnown
+        from mcproxy.web.origins import OriginPolicy
+        from mcproxy.web.site import ConnectionLimits, ProxySite
         from mcproxy.web.transports import McpTransports
 
         config, reactor = self.config, self.reactor
@@ -260,74 +263,36 @@ class MCProxyService(service.MultiService):
             offer_basic=config.auth.basic,
         )
 
-        authenticate_counted = metrics.counting_auth_failures(chain.authenticate)
-
-        def authenticate_for(endpoint_class: str):
-            async def authenticate(request):
-                principal = await authenticate_counted(request)
-                if not principal.may_connect_from(getattr(request, "mcproxy_client", None)):
-                    raise Forbidden("this credential may not be used from your address", code="address_denied")
-                limits.check_user(principal.user_id, endpoint_class)
-                return principal
-
-            return authenticate
-
-        authenticate_admin = authenticate_for("admin")
-        self.transports = transports = McpTransports(
-            reactor, config, authenticate_for("mcp"), tools, sessions, resources=artifacts
+        self.transports = transports = McpTransports(reactor, config, tools, sessions, resources=artifacts)
+        self.admin = AdminDependencies(
+            clock=reactor,
+            store=store,
+            pool=pool,
+            sessions=sessions,
+            probe_browser=lambda url: probe_browser(reactor, config.browser, url),
+            max_body_bytes=config.server.max_body_bytes,
+            session_token_ttl=SESSION_TOKEN_TTL,
+            started_at=started_at,
+            max_metadata_bytes=config.limits.max_metadata_bytes,
+            user_networks=config.browser.user_networks,
+            resolve_timeout=config.browser.connect_timeout,
+            token_revoked=api_tokens.forget,
+            reload_config=self.reload,
         )
-
-        def check_api_request(request) -> None:
-            """The MCP endpoints' Host and Origin rules (kept live by reload), for the HTTP API;
-            the server's own pages (same origin) may call it too."""
-            check_host(request, transports.allowed_hosts, transports.allow_loopback_origins)
-            origin = request.getHeader(b"origin")
-            host = request.getHeader(b"host")
-            if origin is not None and host is not None and origin.partition(b"://")[2] == host:
-                return
-            check_origin(request, transports.allowed_origins, transports.allow_loopback_origins)
-
-        self.admin = admin = AdminAPI(
-            AdminDependencies(
-                clock=reactor,
-                store=store,
-                pool=pool,
-                sessions=sessions,
-                authenticate=authenticate_admin,
-                probe_browser=lambda url: probe_browser(reactor, config.browser, url),
-                max_body_bytes=config.server.max_body_bytes,
-                session_token_ttl=SESSION_TOKEN_TTL,
-                started_at=started_at,
-                check_request=check_api_request,
-                max_metadata_bytes=config.limits.max_metadata_bytes,
-                user_networks=config.browser.user_networks,
-                resolve_timeout=config.browser.connect_timeout,
-                token_revoked=api_tokens.forget,
-                audit=plugins.admin_audit(audit.admin_action),
-                reload_config=self.reload,
-            )
+        self.metrics_resource = MetricsEndpoint(metrics, config.metrics.allowed_networks)
+        self.origins = OriginPolicy(config)
+        overview = Overview(
+            clock=reactor, store=store, pool=pool, sessions=sessions, activity=activity, started_at=started_at
         )
-        self.metrics_resource = MetricsResource(metrics, authenticate_admin, config.metrics.allowed_networks)
-        root = Root(
-            {
-                b"sse": transports.sse_resource,
-                b"message": transports.message_resource,
-                b"mcp": transports.mcp_resource,
-                b"metrics": self.metrics_resource,
-                b".well-known": WellKnownResource(metadata),
-                b"admin": DashboardResource(
-                    OverviewResource(
-                        clock=reactor,
-                        store=store,
-                        pool=pool,
-                        sessions=sessions,
-                        activity=activity,
-                        authenticate=authenticate_admin,
-                        started_at=started_at,
-                    )
-                ),
-            },
-            admin,
+        root = build_router(
+            origins=self.origins,
+            admission=Admission(chain.authenticate, limits.check_user, metrics.auth_failure),
+            transports=transports,
+            admin=self.admin,
+            metrics=self.metrics_resource,
+            well_known=WellKnown(metadata),
+            dashboard=Dashboard(overview),
+            audit=plugins.admin_audit(audit.admin_action),
         )
         network = config.network
         self.site = site = ProxySite(
@@ -423,10 +388,11 @@ class MCProxyService(service.MultiService):
         self.policies.reconfigure(config.browsing)
         self.tools.reconfigure(config.tools)
         self.transports.reconfigure(config)
+        self.origins.reconfigure(config)
         self.site.client_policy = client_policy
-        self.site.max_body_bytes = self.admin.deps.max_body_bytes = config.server.max_body_bytes
-        self.admin.deps.max_metadata_bytes = config.limits.max_metadata_bytes
-        self.admin.deps.user_networks = config.browser.user_networks
+        self.site.max_body_bytes = self.admin.max_body_bytes = config.server.max_body_bytes
+        self.admin.max_metadata_bytes = config.limits.max_metadata_bytes
+        self.admin.user_networks = config.browser.user_networks
         self.site.hsts_max_age = config.server.hsts_max_age
         self.site.limits = ConnectionLimits.from_config(config)
         self.sessions.idle_timeout = config.session.idle_timeout

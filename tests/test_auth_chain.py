@@ -7,7 +7,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
-from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 
 from mcproxy.auth.chain import AuthenticationChain
@@ -17,13 +16,14 @@ from mcproxy.errors import BadRequest, Forbidden, MCProxyError, Unauthorized
 from mcproxy.interfaces import IAuthenticator
 from mcproxy.storage.memory import MemoryStore
 from mcproxy.testing.fuzz import fuzz_settings
+from mcproxy.testing.requests import FakeRequest
 from mcproxy.testing.stores import result_of as fired
 from mcproxy.testing.stores import run_now as run
 from mcproxy.web.http import write_error
 
 
-def make_request(authorization: bytes | None = None, user: bytes | None = None, *more) -> DummyRequest:
-    r = DummyRequest([b""])
+def make_request(authorization: bytes | None = None, user: bytes | None = None, *more) -> FakeRequest:
+    r = FakeRequest([b""])
     if authorization is not None:
         r.requestHeaders.addRawHeader(b"authorization", authorization)
     if user is not None:
@@ -94,7 +94,7 @@ def test_no_credential_is_401_with_a_challenge_and_instructions(world):
     error = refusal(world, request)
     assert error.reason == "missing"
     assert "Authorization: Bearer" in error.message
-    assert request.mcproxy_challenge == 'Bearer realm="mcproxy"'
+    assert request.challenge == 'Bearer realm="mcproxy"'
     write_error(request, error)
     assert request.responseCode == 401
     assert request.responseHeaders.getRawHeaders(b"www-authenticate") == [b'Bearer realm="mcproxy"']
@@ -107,7 +107,7 @@ def test_bad_credential_is_401_invalid_token(world, value):
     request = make_request(value)
     error = refusal(world, request)
     assert error.reason == "invalid"
-    assert request.mcproxy_challenge == 'Bearer realm="mcproxy", error="invalid_token"'
+    assert request.challenge == 'Bearer realm="mcproxy", error="invalid_token"'
     write_error(request, error)
     assert request.responseHeaders.getRawHeaders(b"www-authenticate") == [
         b'Bearer realm="mcproxy", error="invalid_token"'
@@ -170,7 +170,7 @@ def test_mode_none_still_checks_a_bearer_token():
     world = World(mode="none")
     request = make_request(b"Bearer mcpx_0000000000000000_" + b"a" * 43)
     assert refusal(world, request).reason == "invalid"
-    assert 'error="invalid_token"' in request.mcproxy_challenge
+    assert 'error="invalid_token"' in request.challenge
     bearer = world.token("alice", ["tools:*"])
     assert world.authenticate(make_request(bearer)).permissions == frozenset({"tools:*"})
     refusal(world, make_request(bearer, b"bob"), Forbidden)
@@ -230,7 +230,7 @@ def test_arbitrary_headers_give_a_principal_or_a_json_error(authorization, user,
     except (Unauthorized, Forbidden, BadRequest) as e:
         assert e.to_json()["error"]["message"]
         if isinstance(e, Unauthorized):
-            assert request.mcproxy_challenge.startswith('Bearer realm="mcproxy"')
+            assert request.challenge.startswith('Bearer realm="mcproxy"')
         return
     assert isinstance(principal, Principal)
     if user is not None:

@@ -18,10 +18,14 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
-from twisted.web.test.requesthelper import DummyRequest
 
 import mcproxy.auth.basic as basic
-from mcproxy.auth.basic import BasicAuthenticator, hash_password, parse_basic, verify_password
+from mcproxy.auth.basic import (
+    BasicAuthenticator,
+    hash_password,
+    parse_basic,
+    verify_password,
+)
 from mcproxy.auth.chain import AuthenticationChain
 from mcproxy.auth.jwt import JWTAuthenticator
 from mcproxy.auth.principal import Principal
@@ -30,6 +34,7 @@ from mcproxy.errors import BadRequest, RateLimited, Unauthorized
 from mcproxy.storage import open_store
 from mcproxy.storage.memory import MemoryStore
 from mcproxy.testing.fuzz import fuzz_settings
+from mcproxy.testing.requests import FakeRequest
 from mcproxy.testing.stores import result_of, run_now
 from mcproxy.web.http import write_error
 
@@ -40,8 +45,8 @@ def basic_header(user: str, password: str) -> bytes:
     return b"Basic " + base64.b64encode(f"{user}:{password}".encode())
 
 
-def request_with(*values: bytes) -> DummyRequest:
-    request = DummyRequest([b""])
+def request_with(*values: bytes) -> FakeRequest:
+    request = FakeRequest([b""])
     for value in values:
         request.requestHeaders.addRawHeader(b"authorization", value)
     return request
