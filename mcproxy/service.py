@@ -64,7 +64,7 @@ class MCProxyService(service.MultiService):
         self.pool = None
         self.sessions = None
         self.metrics = None
-        self.metrics_resource = None
+        self.metrics_endpoint = None
         self.plugins = None
         self.activity = None
         self.notifier = systemd.Notifier(reactor)
@@ -279,7 +279,7 @@ class MCProxyService(service.MultiService):
             token_revoked=api_tokens.forget,
             reload_config=self.reload,
         )
-        self.metrics_resource = MetricsEndpoint(metrics, config.metrics.allowed_networks)
+        self.metrics_endpoint = MetricsEndpoint(metrics, config.metrics.allowed_networks)
         self.origins = OriginPolicy(config)
         overview = Overview(
             clock=reactor, store=store, pool=pool, sessions=sessions, activity=activity, started_at=started_at
@@ -289,7 +289,7 @@ class MCProxyService(service.MultiService):
             admission=Admission(chain.authenticate, limits.check_user, metrics.auth_failure),
             transports=transports,
             admin=self.admin,
-            metrics=self.metrics_resource,
+            metrics=self.metrics_endpoint,
             well_known=WellKnown(metadata),
             dashboard=Dashboard(overview),
             audit=plugins.admin_audit(audit.admin_action),
@@ -399,7 +399,7 @@ class MCProxyService(service.MultiService):
         self.sessions.max_per_user = config.limits.max_sessions_per_user
         self.sessions.max_total = config.limits.max_sessions
         self.pool.set_limits(config.limits.max_users, config.limits.max_pages_per_user)
-        self.metrics_resource.reconfigure(config.metrics.allowed_networks)
+        self.metrics_endpoint.reconfigure(config.metrics.allowed_networks)
         apply_log_level(config.server.log_level)
         self.config = config
 

@@ -7,3 +7,5 @@ from mcproxy.web.site import RequestState
 
 class FakeRequest(RequestState, DummyRequest):
     """twisted's `DummyRequest` with the proxy's `RequestState` (its declared attributes)."""
+
+    _disconnected = False  # what twisted.web's own requests keep: the client went away

@@ -206,8 +206,6 @@ class RequestState:
     challenge: str | None = None
     basic_challenge: str | None = None
 
-    _disconnected = False
-
     @property
     def gone(self) -> bool:
         """Whether the client went away before the answer was finished."""
