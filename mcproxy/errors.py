@@ -5,7 +5,12 @@ Each error knows how it reaches a client: an HTTP status with a JSON body
 ``isError`` tool result the model can act on.
 """
 
-from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST
+from mcproxy.mcp.codes import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    RATE_LIMITED,
+)
 
 
 class MCProxyError(Exception):
@@ -131,7 +136,7 @@ class RateLimited(MCProxyError):
 
     http_status = 429
     code = "rate_limited"
-    jsonrpc_code = -32029
+    jsonrpc_code = RATE_LIMITED
 
     def __init__(self, message: str, *, retry_after: int):
         super().__init__(message)

@@ -16,8 +16,6 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from mcproxy.errors import Forbidden, Unauthorized
-
 log = Logger()
 
 ROUTES = frozenset({"/mcp", "/sse", "/message", "/health", "/metrics", "/admin"})
@@ -51,6 +49,17 @@ def route_label(path: bytes | str) -> str:
 
 def _bounded(value: str, allowed: frozenset[str], fallback: str = "other") -> str:
     return value if value in allowed else fallback
+
+
+def connections_dropped(registry: CollectorRegistry | None) -> Counter:
+    """``mcproxy_connections_dropped_total{reason}``, counted by the HTTP listeners themselves
+    (`mcproxy.web.site.ProxySite`), which exist apart from any `Metrics` in tests."""
+    return Counter(
+        "mcproxy_connections_dropped",
+        "Connections closed for a slow request head or body, or refused over the per-address cap.",
+        ("reason",),
+        registry=registry,
+    )
 
 
 class _LiveGauges:
@@ -178,21 +187,6 @@ class Metrics(Service):
             self.tool_duration.labels(tool).observe(record.duration)
 
     # -- wrappers the service puts around its parts --------------------------------
-
-    def counting_auth_failures(self, authenticate: Callable[[object], Awaitable]) -> Callable[[object], Awaitable]:
-        """``authenticate`` (the chain's), counting every Unauthorized/Forbidden by reason."""
-
-        async def counted(request):
-            try:
-                return await authenticate(request)
-            except Unauthorized as e:
-                self.auth_failure(e.reason)
-                raise
-            except Forbidden:
-                self.auth_failure("forbidden")
-                raise
-
-        return counted
 
     def counting_reconnects(self, open_link: Callable) -> Callable:
         """A `BrowserPool` ``open_link`` that counts every attempt after a browser's first."""

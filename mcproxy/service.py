@@ -15,6 +15,7 @@ from mcproxy.activity import ActivityLog
 from mcproxy.artifacts.resources import ArtifactResources
 from mcproxy.artifacts.store import ArtifactStore
 from mcproxy.audit import AuditLog
+from mcproxy.auth.admission import Admission
 from mcproxy.auth.basic import BasicAuthenticator
 from mcproxy.auth.bootstrap import AdminTokenService
 from mcproxy.auth.chain import AuthenticationChain
@@ -26,7 +27,6 @@ from mcproxy.browser.policy import PolicyBook
 from mcproxy.browser.pool import BrowserPool, open_cdp_link, probe_browser
 from mcproxy.browser.registered import RegisteredBrowsers
 from mcproxy.config import Config, ConfigError
-from mcproxy.errors import Forbidden
 from mcproxy.lifecycle import StartInOrder
 from mcproxy.metrics import Metrics
 from mcproxy.plugins import find_plugins, load_plugins
@@ -39,21 +39,19 @@ from mcproxy.tools.collect import Collector
 from mcproxy.tools.dialogs import track_dialogs
 from mcproxy.tools.emulation import emulation_listener
 from mcproxy.tools.registry import ToolRegistry
-from mcproxy.web.admin import AdminAPI, AdminDependencies
-from mcproxy.web.dashboard import DashboardResource, OverviewResource
+from mcproxy.web.admin import AdminDependencies
+from mcproxy.web.dashboard import Dashboard, Overview
+from mcproxy.web.front import build_router
 from mcproxy.web.listener import Listener
-from mcproxy.web.mcp_common import check_host, check_origin
-from mcproxy.web.metrics import MetricsResource
-from mcproxy.web.network import ClientPolicy
-from mcproxy.web.oauth import ProtectedResource, WellKnownResource
-from mcproxy.web.site import ConnectionLimits, ProxySite, Root
+from mcproxy.web.metrics import MetricsEndpoint
+from mcproxy.web.oauth import ProtectedResource, WellKnown
+from mcproxy.web.origins import OriginPolicy
+from mcproxy.web.site import ProxySite
 from mcproxy.web.transports import McpTransports
 
 log = Logger()
 
 ServiceT = TypeVar("ServiceT", bound=IService)
-#: Lifetime of a registration's session token (never past the token it is made from).
-SESSION_TOKEN_TTL = 30 * 86400.0
 
 
 def _endpoint_is_loopback(description: str) -> bool:
@@ -221,9 +219,9 @@ class MCProxyService(StartInOrder):
         part.setServiceParent(self)
         return part
 
-    def _web(self, store, pool, sessions, tools, limits, metrics, plugins, activity, audit, artifacts):
-        """The HTTP side: authentication, the MCP transports, the admin API and dashboard,
-        /metrics, and the site that serves them."""
+    def _web(self, store, pool, sessions, tools, limits, metrics, plugins, activity, audit, artifacts) -> ProxySite:
+        """The HTTP side: who calls (`Admission`), the MCP transports, the admin API and
+        dashboard, /metrics, the OAuth metadata, and the site that serves them."""
         config, reactor, live = self.config, self.reactor, self.appliers.append
         api_tokens = TokenAuthenticator(store, reactor)
         metadata = ProtectedResource(config.server.public_url, config.auth.authorization_servers)
@@ -234,107 +232,48 @@ class MCProxyService(StartInOrder):
             resource_metadata=metadata.metadata_url,
             offer_basic=config.auth.basic,
         )
-
-        authenticate_counted = metrics.counting_auth_failures(chain.authenticate)
-
-        def authenticate_for(endpoint_class: str):
-            async def authenticate(request):
-                principal = await authenticate_counted(request)
-                if not principal.may_connect_from(getattr(request, "mcproxy_client", None)):
-                    raise Forbidden("this credential may not be used from your address", code="address_denied")
-                limits.check_user(principal.user_id, endpoint_class)
-                return principal
-
-            return authenticate
-
-        authenticate_admin = authenticate_for("admin")
         self.transports = transports = McpTransports(
-            reactor, config, authenticate_for("mcp"), tools, sessions, resources=ArtifactResources(artifacts)
+            reactor, config, tools, sessions, resources=ArtifactResources(artifacts)
         )
         live(transports.reconfigure)
-
-        def check_api_request(request) -> None:
-            """The MCP endpoints' Host and Origin rules (kept live by reload), for the HTTP API;
-            the server's own pages (same origin) may call it too."""
-            check_host(request, transports.allowed_hosts, transports.allow_loopback_origins)
-            origin = request.getHeader(b"origin")
-            host = request.getHeader(b"host")
-            if origin is not None and host is not None and origin.partition(b"://")[2] == host:
-                return
-            check_origin(request, transports.allowed_origins, transports.allow_loopback_origins)
-
+        origins = OriginPolicy(config)
+        live(origins.reconfigure)
         started_at = reactor.seconds()
-        self.admin = admin = AdminAPI(
-            AdminDependencies(
-                clock=reactor,
-                store=store,
-                pool=pool,
-                sessions=sessions,
-                authenticate=authenticate_admin,
-                probe_browser=lambda url: probe_browser(reactor, config.browser, url),
-                max_body_bytes=config.server.max_body_bytes,
-                session_token_ttl=SESSION_TOKEN_TTL,
-                started_at=started_at,
-                check_request=check_api_request,
-                max_metadata_bytes=config.limits.max_metadata_bytes,
-                user_networks=config.browser.user_networks,
-                resolve_timeout=config.browser.connect_timeout,
-                token_revoked=api_tokens.forget,
-                audit=plugins.admin_audit(audit.admin_action),
-                reload_config=self.reload,
-            )
+        self.admin = admin = AdminDependencies.from_config(
+            reactor,
+            config,
+            store=store,
+            pool=pool,
+            sessions=sessions,
+            started_at=started_at,
+            token_revoked=api_tokens.forget,
+            reload_config=self.reload,
         )
-
-        def admin_reconfigure(new: Config) -> None:
-            admin.deps.max_body_bytes = new.server.max_body_bytes
-            admin.deps.max_metadata_bytes = new.limits.max_metadata_bytes
-            admin.deps.user_networks = new.browser.user_networks
-
-        live(admin_reconfigure)
-        metrics_resource = MetricsResource(metrics, authenticate_admin, config.metrics.allowed_networks)
-        live(lambda new: metrics_resource.reconfigure(new.metrics.allowed_networks))
-        root = Root(
-            {
-                b"sse": transports.sse_resource,
-                b"message": transports.message_resource,
-                b"mcp": transports.mcp_resource,
-                b"metrics": metrics_resource,
-                b".well-known": WellKnownResource(metadata),
-                b"admin": DashboardResource(
-                    OverviewResource(
-                        clock=reactor,
-                        store=store,
-                        pool=pool,
-                        sessions=sessions,
-                        activity=activity,
-                        authenticate=authenticate_admin,
-                        started_at=started_at,
-                    )
-                ),
-            },
-            admin,
+        live(admin.reconfigure)
+        metrics_endpoint = MetricsEndpoint(metrics, config.metrics.allowed_networks)
+        live(lambda new: metrics_endpoint.reconfigure(new.metrics.allowed_networks))
+        overview = Overview(
+            clock=reactor, store=store, pool=pool, sessions=sessions, activity=activity, started_at=started_at
         )
-        network = config.network
-        site = ProxySite(
+        root = build_router(
+            origins=origins,
+            admission=Admission(chain.authenticate, limits.check_user, metrics.auth_failure),
+            transports=transports,
+            admin=admin,
+            metrics=metrics_endpoint,
+            well_known=WellKnown(metadata),
+            dashboard=Dashboard(overview),
+            audit=plugins.admin_audit(audit.admin_action),
+        )
+        site = ProxySite.from_config(
             root,
-            max_body_bytes=config.server.max_body_bytes,
-            client_policy=ClientPolicy(network.ip_allow, network.ip_deny, network.trusted_proxies),
+            config,
             check_address=limits.check_address,
-            hsts_max_age=config.server.hsts_max_age,
             metrics=plugins.site_metrics(metrics),
-            limits=ConnectionLimits.from_config(config),
             registry=metrics.registry,
             reactor=reactor,
         )
-
-        def site_reconfigure(new: Config) -> None:
-            network = new.network
-            site.client_policy = ClientPolicy(network.ip_allow, network.ip_deny, network.trusted_proxies)
-            site.max_body_bytes = new.server.max_body_bytes
-            site.hsts_max_age = new.server.hsts_max_age
-            site.limits = ConnectionLimits.from_config(new)
-
-        live(site_reconfigure)
+        live(site.reconfigure)
         return site
 
     @property

@@ -1,6 +1,6 @@
 """Shared fixtures: the reactor, real headless Chromium, a local fixture site, a browser pool.
 
-Nothing here imports the reactor (or klein/txredisapi) at module level: pytest-twisted
+Nothing here imports the reactor (or txredisapi) at module level: pytest-twisted
 installs the asyncio reactor first, fixtures import it when they run.
 """
 

@@ -7,7 +7,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
-from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 
 from mcproxy.auth.chain import AuthenticationChain
@@ -18,11 +17,12 @@ from mcproxy.interfaces import IAuthenticator
 from mcproxy.storage.memory import MemoryStore
 from mcproxy.testing.deferreds import failure_result_of, outcome_of, success_result_of
 from mcproxy.testing.fuzz import fuzz_settings
+from mcproxy.testing.requests import FakeRequest
 from mcproxy.web.http import write_error
 
 
-def make_request(authorization: bytes | None = None, user: bytes | None = None, *more) -> DummyRequest:
-    r = DummyRequest([b""])
+def make_request(authorization: bytes | None = None, user: bytes | None = None, *more) -> FakeRequest:
+    r = FakeRequest([b""])
     if authorization is not None:
         r.requestHeaders.addRawHeader(b"authorization", authorization)
     if user is not None:
@@ -91,7 +91,7 @@ def test_no_credential_is_401_with_a_challenge_and_instructions(world):
     error = refusal(world, request)
     assert error.reason == "missing"
     assert "Authorization: Bearer" in error.message
-    assert request.mcproxy_challenge == 'Bearer realm="mcproxy"'
+    assert request.challenge == 'Bearer realm="mcproxy"'
     write_error(request, error)
     assert request.responseCode == 401
     assert request.responseHeaders.getRawHeaders(b"www-authenticate") == [b'Bearer realm="mcproxy"']
@@ -104,7 +104,7 @@ def test_bad_credential_is_401_invalid_token(world, value):
     request = make_request(value)
     error = refusal(world, request)
     assert error.reason == "invalid"
-    assert request.mcproxy_challenge == 'Bearer realm="mcproxy", error="invalid_token"'
+    assert request.challenge == 'Bearer realm="mcproxy", error="invalid_token"'
     write_error(request, error)
     assert request.responseHeaders.getRawHeaders(b"www-authenticate") == [
         b'Bearer realm="mcproxy", error="invalid_token"'
@@ -167,7 +167,7 @@ def test_mode_none_still_checks_a_bearer_token():
     world = World(mode="none")
     request = make_request(b"Bearer mcpx_0000000000000000_" + b"a" * 43)
     assert refusal(world, request).reason == "invalid"
-    assert 'error="invalid_token"' in request.mcproxy_challenge
+    assert 'error="invalid_token"' in request.challenge
     bearer = world.token("alice", ["tools:*"])
     assert world.authenticate(make_request(bearer)).permissions == frozenset({"tools:*"})
     refusal(world, make_request(bearer, b"bob"), Forbidden)
@@ -226,7 +226,7 @@ def test_arbitrary_headers_give_a_principal_or_a_json_error(authorization, user,
     if isinstance(principal, MCProxyError):
         assert principal.to_json()["error"]["message"]
         if isinstance(principal, Unauthorized):
-            assert request.mcproxy_challenge.startswith('Bearer realm="mcproxy"')
+            assert request.challenge.startswith('Bearer realm="mcproxy"')
         return
     assert isinstance(principal, Principal)
     if user is not None:

@@ -18,10 +18,14 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
-from twisted.web.test.requesthelper import DummyRequest
 
 import mcproxy.auth.basic as basic
-from mcproxy.auth.basic import BasicAuthenticator, hash_password, parse_basic, verify_password
+from mcproxy.auth.basic import (
+    BasicAuthenticator,
+    hash_password,
+    parse_basic,
+    verify_password,
+)
 from mcproxy.auth.chain import AuthenticationChain
 from mcproxy.auth.jwt import JWTAuthenticator
 from mcproxy.auth.principal import Principal
@@ -31,6 +35,7 @@ from mcproxy.storage import open_store
 from mcproxy.storage.memory import MemoryStore
 from mcproxy.testing.deferreds import failure_result_of, outcome_of, success_result_of
 from mcproxy.testing.fuzz import fuzz_settings
+from mcproxy.testing.requests import FakeRequest
 from mcproxy.web.http import write_error
 
 ADMIN = os.path.join(os.path.dirname(sys.executable), "mcproxy-admin")
@@ -40,8 +45,8 @@ def basic_header(user: str, password: str) -> bytes:
     return b"Basic " + base64.b64encode(f"{user}:{password}".encode())
 
 
-def request_with(*values: bytes) -> DummyRequest:
-    request = DummyRequest([b""])
+def request_with(*values: bytes) -> FakeRequest:
+    request = FakeRequest([b""])
     for value in values:
         request.requestHeaders.addRawHeader(b"authorization", value)
     return request

@@ -87,7 +87,8 @@ def changed_value(key: str, current):
 
 def fingerprint(roots: dict, skip: set[int]) -> dict[str, str]:
     """``path -> value`` of every plain value reachable from ``roots`` through mcproxy's own
-    objects, Twisted's and containers (not through functions, the reactor or ``skip``); other
+    objects, Twisted's, containers and bound methods (not through functions, the reactor or
+    ``skip``); other
     objects count by their repr when it is not just an address."""
     found: dict[str, str] = {}
     seen: set[int] = set(skip)
@@ -100,7 +101,10 @@ def fingerprint(roots: dict, skip: set[int]) -> dict[str, str]:
         if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network, ipaddress._BaseAddress)):
             found[path] = str(value)
             continue
-        if id(value) in seen or depth > 12 or callable(value) and not hasattr(value, "__dict__"):
+        if hasattr(value, "__func__"):  # a bound method: what it is bound to
+            todo.append((f"{path}.__self__", value.__self__, depth + 1))
+            continue
+        if id(value) in seen or depth > 24 or callable(value) and not hasattr(value, "__dict__"):
             continue
         seen.add(id(value))
         if isinstance(value, dict):

@@ -36,10 +36,14 @@ class Dashboard:
 
 @pytest_twisted.async_yield_fixture
 async def dashboard(reactor, tmp_path):
+    from mcproxy.auth.admission import Admission
     from mcproxy.auth.chain import AuthenticationChain
     from mcproxy.auth.tokens import TokenAuthenticator
-    from mcproxy.web.dashboard import DashboardResource, OverviewResource
-    from mcproxy.web.site import JSONNotFound, ProxySite, Root
+    from mcproxy.web.dashboard import Dashboard as DashboardPages
+    from mcproxy.web.dashboard import Overview
+    from mcproxy.web.front import build_router
+    from mcproxy.web.origins import OriginPolicy
+    from mcproxy.web.site import ProxySite
 
     proxy = await start_proxy(reactor, tmp_path / "var")
     service = proxy.service
@@ -50,17 +54,18 @@ async def dashboard(reactor, tmp_path):
         requests.append(reactor.seconds())
         return await chain.authenticate(request)
 
-    overview = OverviewResource(
+    overview = Overview(
         clock=reactor,
         store=service.store,
         pool=service.pool,
         sessions=service.sessions,
         activity=service.activity,
-        authenticate=authenticate,
         started_at=reactor.seconds() - 5,
     )
-    resource = DashboardResource(overview)
-    site = ProxySite(Root({b"admin": resource}, JSONNotFound()), max_body_bytes=service.config.server.max_body_bytes)
+    root = build_router(
+        origins=OriginPolicy(service.config), admission=Admission(authenticate), dashboard=DashboardPages(overview)
+    )
+    site = ProxySite(root, max_body_bytes=service.config.server.max_body_bytes)
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     yield Dashboard(proxy, f"http://127.0.0.1:{port.getHost().port}", requests)
     await port.stopListening()

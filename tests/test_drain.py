@@ -162,20 +162,21 @@ async def exit_status(daemon: Daemon, reactor, seconds: float = 30):
 @pytest.fixture
 def drained(reactor):
     """McpTransports with the fake tools on a Clock, served on loopback: (transports, tools, clock, client)."""
-    from twisted.web.resource import Resource
-    from twisted.web.server import Site
-
+    from mcproxy.auth.admission import Admission
     from mcproxy.session.registry import SessionRegistry
+    from mcproxy.web.front import build_router
+    from mcproxy.web.origins import OriginPolicy
+    from mcproxy.web.site import ProxySite
     from mcproxy.web.transports import McpTransports
 
     clock = Clock()
     tools = FakeToolProvider(clock)
     sessions = SessionRegistry(clock, 1800)
-    transports = McpTransports(clock, Config(), fake_authenticate, tools, sessions)
-    root = Resource()
-    for name in (b"sse", b"message", b"mcp"):
-        root.putChild(name, getattr(transports, f"{name.decode()}_resource"))
-    port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
+    config = Config()
+    transports = McpTransports(clock, config, tools, sessions)
+    root = build_router(origins=OriginPolicy(config), admission=Admission(fake_authenticate), transports=transports)
+    site = ProxySite(root, max_body_bytes=config.server.max_body_bytes, reactor=reactor)
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
     client = RunningProxy(service=None, base_url=f"http://127.0.0.1:{port.getHost().port}", admin_token="")
     yield transports, tools, clock, client
     sessions.close_all()

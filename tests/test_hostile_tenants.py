@@ -376,7 +376,7 @@ async def test_an_api_call_past_the_request_timeout_is_504_and_its_work_stops(re
         token = await running.token_for("alice")
         code, body, _ = await _register(running, token, "alice", f"http://127.0.0.1:{silent.getsockname()[1]}")
         assert code == 504 and body["error"]["code"] == "request_timeout", body
-        assert not running.service.admin._registering.locked  # the probe was cancelled
+        assert not running.service.admin.registering.locked  # the probe was cancelled
         # The stuck registration let go of the registration lock: the next one goes through.
         code, body, _ = await _register(running, token, "alice", chromium.browser_url)
         assert code == 201, body

@@ -20,13 +20,13 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock, LoopingCall, deferLater
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
-from twisted.web.test.requesthelper import DummyRequest
 
 from mcproxy.auth.chain import AuthenticationChain
 from mcproxy.auth.jwks import JWKSCache, JWKSError, parse_jwks
 from mcproxy.auth.jwt import JWTAuthenticator
 from mcproxy.errors import Unauthorized
 from mcproxy.testing.deferreds import failure_result_of, success_result_of
+from mcproxy.testing.requests import FakeRequest
 
 KEY_A = ec.generate_private_key(ec.SECP256R1())
 KEY_B = ec.generate_private_key(ec.SECP256R1())
@@ -228,8 +228,8 @@ def authenticator(reactor, url, **options):
     return cache, AuthenticationChain([jwt_auth], "tokens", reactor)
 
 
-def bearer(value: str) -> DummyRequest:
-    request = DummyRequest([b""])
+def bearer(value: str) -> FakeRequest:
+    request = FakeRequest([b""])
     request.requestHeaders.addRawHeader(b"authorization", b"Bearer " + value.encode())
     return request
 

@@ -11,25 +11,30 @@ import json
 
 import jwt
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from hypothesis import given
+from hypothesis import strategies as st
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.web.resource import Resource
-from twisted.web.test.requesthelper import DummyRequest
 
 from mcproxy.auth.chain import AuthenticationChain
 from mcproxy.auth.jwks import JWKSCache
-from mcproxy.auth.jwt import JWTAuthenticator, audiences_for, known_permissions, looks_like_jwt
+from mcproxy.auth.jwt import (
+    JWTAuthenticator,
+    audiences_for,
+    known_permissions,
+    looks_like_jwt,
+)
 from mcproxy.auth.principal import Principal
 from mcproxy.auth.tokens import TokenAuthenticator
 from mcproxy.errors import Unauthorized
 from mcproxy.storage.memory import MemoryStore
 from mcproxy.testing.deferreds import failure_result_of, outcome_of, success_result_of
 from mcproxy.testing.fuzz import fuzz_settings
+from mcproxy.testing.requests import FakeRequest
 from mcproxy.web.http import write_error
 
 NOW = 1_800_000_000
@@ -92,8 +97,8 @@ def hand_made(header: dict, payload: dict, sign=lambda signing_input: b"") -> st
     return f"{signing_input}.{b64url(sign(signing_input.encode()))}"
 
 
-def request_with(value: bytes | None) -> DummyRequest:
-    request = DummyRequest([b""])
+def request_with(value: bytes | None) -> FakeRequest:
+    request = FakeRequest([b""])
     if value is not None:
         request.requestHeaders.addRawHeader(b"authorization", value)
     return request

@@ -12,18 +12,22 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import fail, succeed
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
-from twisted.web import resource, server
 
+from mcproxy.auth.admission import Admission
 from mcproxy.auth.chain import AuthenticationChain
-from mcproxy.auth.tokens import TokenAuthenticator, create_token
+from mcproxy.auth.principal import Principal
 from mcproxy.auth.ratelimit import RequestLimits
+from mcproxy.auth.tokens import TokenAuthenticator, create_token
 from mcproxy.config import RateLimitConfig, ToolsConfig
 from mcproxy.errors import Forbidden, RateLimited, ToolError, Unauthorized
 from mcproxy.metrics import Metrics, route_label
 from mcproxy.storage import open_store
+from mcproxy.testing.requests import FakeRequest
 from mcproxy.testing.tool_calls import make_context
 from mcproxy.tools.registry import ToolCallRecord, ToolRegistry
-from mcproxy.web.metrics import MetricsResource
+from mcproxy.web.metrics import MetricsEndpoint
+from mcproxy.web.routes import Router
+from mcproxy.web.site import ProxySite
 
 ETC = os.path.join(os.path.dirname(__file__), "..", "etc")
 FIXED_NAMES = {
@@ -176,17 +180,18 @@ async def test_auth_failures_are_counted_by_reason():
     async def authenticate(request):
         raise errors.pop(0)
 
-    counted = metrics.counting_auth_failures(authenticate)
+    admission = Admission(authenticate, refused=metrics.auth_failure)
     for expected in (Unauthorized, Unauthorized, Forbidden):
         with pytest.raises(expected):
-            await counted(object())
+            await admission.authenticate(FakeRequest([b""]), "admin")
     for reason in ("expired", "other", "forbidden"):
         assert value(metrics, "mcproxy_auth_failures_total", reason=reason) == 1
 
     async def fine(request):
-        return "principal"
+        return Principal("alice", frozenset())
 
-    assert await metrics.counting_auth_failures(fine)(object()) == "principal"
+    principal = await Admission(fine, refused=metrics.auth_failure).authenticate(FakeRequest([b""]), "admin")
+    assert principal.user_id == "alice"
 
 
 def test_rate_limits_are_counted_by_kind():
@@ -265,14 +270,14 @@ async def scrape_target(reactor, tmp_path):
     }.items():
         tokens[name], _ = await create_token(store, name, permissions, None, reactor)
     chain = AuthenticationChain([TokenAuthenticator(store, reactor)], "tokens", reactor)
+    admission = Admission(chain.authenticate).authenticate
     metrics = Metrics(reactor, browsers=lambda: {"connected": 1}, registered_users=lambda: succeed(7))
     metrics.auth_failure("missing")
     ports = []
 
     async def serve(allowed_networks=()):
-        root = resource.Resource()
-        root.putChild(b"metrics", MetricsResource(metrics, chain.authenticate, allowed_networks))
-        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(server.Site(root))
+        root = Router({b"metrics": MetricsEndpoint(metrics, allowed_networks).area()}, authenticate=admission)
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(ProxySite(root, max_body_bytes=1000))
         ports.append(port)
         return f"http://127.0.0.1:{port.getHost().port}/metrics"
 

@@ -11,7 +11,6 @@ import pytest_twisted
 import treq
 from mcp.shared.auth import ProtectedResourceMetadata
 from mcp.shared.auth_utils import check_resource_allowed
-from twisted.web.test.requesthelper import DummyRequest
 
 from mcproxy.auth.chain import AuthenticationChain
 from mcproxy.auth.jwt import JWTAuthenticator, audiences_for
@@ -20,14 +19,15 @@ from mcproxy.config import Config
 from mcproxy.storage.memory import MemoryStore
 from mcproxy.testing.deferreds import success_result_of
 from mcproxy.testing.fake_tools import FakeToolProvider
-from mcproxy.web.oauth import ProtectedResource, WellKnownResource
+from mcproxy.testing.requests import FakeRequest
+from mcproxy.web.oauth import ProtectedResource, WellKnown
 
 SECRET = "oauth-test-secret-" * 4
 AUTH_SERVER = "https://login.example.com/realms/dev"
 
 
-def request_to(host: bytes | None, secure=False) -> DummyRequest:
-    request = DummyRequest([b""])
+def request_to(host: bytes | None, secure=False) -> FakeRequest:
+    request = FakeRequest([b""])
     if host is not None:
         request.requestHeaders.setRawHeaders(b"host", [host])
     request.isSecure = lambda: secure
@@ -92,9 +92,12 @@ class Site:
 
 @pytest.fixture
 def site(reactor):
+    from mcproxy.auth.admission import Admission
     from mcproxy.session.registry import SessionRegistry
-    from mcproxy.web.admin import AdminAPI, AdminDependencies
-    from mcproxy.web.site import ProxySite, Root
+    from mcproxy.web.admin import AdminDependencies
+    from mcproxy.web.front import build_router
+    from mcproxy.web.origins import OriginPolicy
+    from mcproxy.web.site import ProxySite
     from mcproxy.web.transports import McpTransports
 
     config = Config()
@@ -107,22 +110,18 @@ def site(reactor):
         resource_metadata=metadata.metadata_url,
     )
     sessions = SessionRegistry(reactor, config.session.idle_timeout)
-    transports = McpTransports(reactor, config, chain.authenticate, FakeToolProvider(reactor), sessions)
-    admin = AdminAPI(
-        AdminDependencies(
-            clock=reactor, store=store, pool=None, sessions=sessions, authenticate=chain.authenticate,
-            probe_browser=None, max_body_bytes=65536, session_token_ttl=60.0,
-            started_at=reactor.seconds(),
-        )
+    transports = McpTransports(reactor, config, FakeToolProvider(reactor), sessions)
+    admin = AdminDependencies(
+        clock=reactor, store=store, pool=None, sessions=sessions,
+        probe_browser=None, max_body_bytes=65536, session_token_ttl=60.0,
+        started_at=reactor.seconds(),
     )
-    root = Root(
-        {
-            b"sse": transports.sse_resource,
-            b"message": transports.message_resource,
-            b"mcp": transports.mcp_resource,
-            b".well-known": WellKnownResource(metadata),
-        },
-        admin,
+    root = build_router(
+        origins=OriginPolicy(config),
+        admission=Admission(chain.authenticate),
+        transports=transports,
+        admin=admin,
+        well_known=WellKnown(metadata),
     )
     port = reactor.listenTCP(0, ProxySite(root, max_body_bytes=65536), interface="127.0.0.1")
     served = Site(f"http://127.0.0.1:{port.getHost().port}", store, sessions, port)

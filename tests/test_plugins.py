@@ -13,18 +13,29 @@ from plugin_examples.sso import SsoHeaderAuthenticator
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
+from mcproxy.auth.admission import Admission
 from mcproxy.auth.chain import AuthenticationChain
 from mcproxy.auth.principal import Principal
 from mcproxy.auth.tokens import TokenAuthenticator
 from mcproxy.config import Config, ConfigError, ToolsConfig
 from mcproxy.metrics import Metrics
-from mcproxy.plugins import LoadedPlugin, PluginError, Plugins, discover, find_plugins, load_plugins, parse_settings
+from mcproxy.plugins import (
+    LoadedPlugin,
+    PluginError,
+    Plugins,
+    discover,
+    find_plugins,
+    load_plugins,
+    parse_settings,
+)
 from mcproxy.session.registry import SessionRegistry
 from mcproxy.storage.memory import MemoryStore
 from mcproxy.testing.daemon import start_proxy
 from mcproxy.testing.tool_calls import make_context
 from mcproxy.tools.registry import ToolCallRecord, ToolRegistry
-from mcproxy.web.site import ProxySite, Root
+from mcproxy.web.front import build_router
+from mcproxy.web.origins import OriginPolicy
+from mcproxy.web.site import ProxySite
 from mcproxy.web.transports import McpTransports
 
 EXAMPLES = ("sso-header", "jsonl-audit", "call-counter")
@@ -275,9 +286,10 @@ async def serve_mcp(reactor, proxy, plugins, browser=None):
         [TokenAuthenticator(proxy.service.store, reactor), *plugins.authenticators], "tokens", reactor
     )
     sessions = SessionRegistry(reactor, 60.0)
-    transports = McpTransports(reactor, proxy.service.config, chain.authenticate, tools, sessions)
+    config = proxy.service.config
+    transports = McpTransports(reactor, config, tools, sessions)
     site = ProxySite(
-        Root({b"mcp": transports.mcp_resource}, transports.mcp_resource),
+        build_router(origins=OriginPolicy(config), admission=Admission(chain.authenticate), transports=transports),
         max_body_bytes=1 << 20,
         metrics=plugins.site_metrics(proxy.service.metrics),
     )

@@ -3,28 +3,32 @@
 import json
 
 import pytest_twisted
-from twisted.internet.defer import succeed
 import treq
+from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
-from twisted.web import resource, server
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
-from mcproxy.web.site import JSONNotFound, ProxySite, Root
+from mcproxy.web.routes import Area, Route, Router
+from mcproxy.web.site import ProxySite
 
 
-class Boom(resource.Resource):
-    isLeaf = True
-
-    def render(self, request):
-        raise RuntimeError("a bug")
+async def boom(request):
+    raise RuntimeError("a bug")
 
 
-class Echo(resource.Resource):
-    isLeaf = True
+async def echo(request):
+    return 200, {"size": len(request.content.read())}
 
-    def render(self, request):
-        return json.dumps({"size": len(request.content.read())}).encode()
+
+def _router(handlers: dict) -> Router:
+    """Each handler at ``/<name>``, for GET and POST."""
+    return Router(
+        {
+            name.encode(): Area(tuple(Route(method, f"/{name}", handler) for method in (b"GET", b"POST")))
+            for name, handler in handlers.items()
+        }
+    )
 
 
 @pytest_twisted.async_yield_fixture
@@ -32,7 +36,7 @@ async def site_url():
     from twisted.internet import reactor
     from twisted.internet.endpoints import TCP4ServerEndpoint
 
-    root = Root({b"boom": Boom(), b"echo": Echo()}, JSONNotFound())
+    root = _router({"boom": boom, "echo": echo})
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(ProxySite(root, max_body_bytes=1000))
     yield f"http://127.0.0.1:{port.getHost().port}"
     await port.stopListening()
@@ -112,71 +116,55 @@ class _Producer:
         pass
 
 
-class Hang(resource.Resource):
+class Hang:
     """Never answers; notes whether its work was cancelled."""
 
-    isLeaf = True
-
     def __init__(self):
-        super().__init__()
         self.cancelled = False
 
-    def render(self, request):
+    async def __call__(self, request):
         from twisted.internet.defer import CancelledError, Deferred
 
-        from mcproxy.web.http import serve
-
-        async def work():
-            try:
-                await Deferred()
-            except CancelledError:
-                self.cancelled = True
-                raise
-
-        return serve(request, work)
+        try:
+            await Deferred()
+        except CancelledError:
+            self.cancelled = True
+            raise
 
 
-class LateAnswer(resource.Resource):
+class LateAnswer:
     """Answers when the test says so, through a Deferred of its own (as the admin API does)."""
 
-    isLeaf = True
-
     def __init__(self):
-        super().__init__()
         self.release = None
 
-    def render(self, request):
+    async def __call__(self, request):
         from twisted.internet.defer import Deferred
 
         from mcproxy.web.http import write_json
 
         self.release = Deferred()
         self.release.addCallback(lambda _: write_json(request, 200, {"late": True}))
-        return server.NOT_DONE_YET
 
 
-class Stream(resource.Resource):
+class Stream:
     """An event stream, like ``GET /sse``."""
 
-    isLeaf = True
-
     def __init__(self, clock):
-        super().__init__()
         self.clock = clock
 
-    def render(self, request):
+    async def __call__(self, request):
         from mcproxy.web.sse import SseStream
 
         SseStream(request, self.clock, keepalive=15).start()
-        return server.NOT_DONE_YET
 
 
-def _clocked_site(children, clock):
+def _clocked_site(handlers, clock):
     """A site whose requests have 5 s to be answered on ``clock``."""
     from mcproxy.web.site import ConnectionLimits
 
     limits = ConnectionLimits(request_timeout=5.0, keepalive_timeout=3600.0, header_timeout=3600.0)
-    return ProxySite(Root(children, JSONNotFound()), max_body_bytes=1000, limits=limits, reactor=clock)
+    return ProxySite(_router(handlers), max_body_bytes=1000, limits=limits, reactor=clock)
 
 
 def _get(site, path: bytes):
@@ -193,7 +181,7 @@ def _get(site, path: bytes):
 
 def test_unanswered_request_is_504_json_and_its_work_cancelled():
     hang, clock = Hang(), Clock()
-    site = _clocked_site({b"hang": hang}, clock)
+    site = _clocked_site({"hang": hang}, clock)
     transport = _get(site, b"/hang")
     clock.advance(4.9)
     assert transport.value() == b"" and not hang.cancelled
@@ -207,7 +195,7 @@ def test_unanswered_request_is_504_json_and_its_work_cancelled():
 
 def test_a_late_answer_after_the_504_is_dropped_quietly():
     late, clock = LateAnswer(), Clock()
-    site = _clocked_site({b"late": late}, clock)
+    site = _clocked_site({"late": late}, clock)
     transport = _get(site, b"/late")
     clock.advance(5)
     assert transport.value().startswith(b"HTTP/1.1 504 ")
@@ -218,7 +206,7 @@ def test_a_late_answer_after_the_504_is_dropped_quietly():
 
 def test_an_event_stream_outlives_the_request_time_limit():
     clock = Clock()
-    site = _clocked_site({b"events": Stream(clock)}, clock)
+    site = _clocked_site({"events": Stream(clock)}, clock)
     transport = _get(site, b"/events")
     for _ in range(4):  # a LoopingCall skips the beats a single long jump would miss
         clock.advance(15)

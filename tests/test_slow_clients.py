@@ -14,27 +14,27 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock, LoopingCall, deferLater
 from twisted.internet.testing import StringTransport
-from twisted.web import resource
 
 from mcproxy.errors import TooManyConnections
 from mcproxy.web.network import networks
-from mcproxy.web.site import ConnectionLimits, JSONNotFound, ProxySite, Root, address_group
+from mcproxy.web.routes import Area, Route, Router
+from mcproxy.web.site import ConnectionLimits, ProxySite, address_group
 
 SLACK = 5.0
 """Seconds granted beyond a configured limit before a test calls the server too late."""
 
 
-class Echo(resource.Resource):
-    isLeaf = True
+async def echo(request):
+    return 200, {"size": len(request.content.read())}
 
-    def render(self, request):
-        return json.dumps({"size": len(request.content.read())}).encode()
+
+_ECHO = Router({b"echo": Area(tuple(Route(method, "/echo", echo) for method in (b"GET", b"POST")))})
 
 
 def _site(limits: ConnectionLimits, clock=None, registry=None) -> ProxySite:
     kwargs = {"reactor": clock} if clock is not None else {}
     return ProxySite(
-        Root({b"echo": Echo()}, JSONNotFound()), max_body_bytes=1000, limits=limits, registry=registry, **kwargs
+        _ECHO, max_body_bytes=1000, limits=limits, registry=registry, **kwargs
     )
 
 
@@ -130,7 +130,7 @@ async def test_an_idle_keepalive_connection_is_closed(serve):
     client = await _connect(port)
     client.transport.write(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
     received = await _closed_within(client, 0.5 + SLACK)
-    assert received.startswith(b"HTTP/1.1 200 ") and received.endswith(b'{"size": 0}')
+    assert received.startswith(b"HTTP/1.1 200 ") and received.endswith(b'{"size":0}')
 
 
 @pytest_twisted.ensureDeferred
@@ -225,7 +225,7 @@ def test_the_body_deadline_runs_from_the_end_of_the_head():
     channel.dataReceived(b"ab")
     clock.advance(9)
     channel.dataReceived(b"cd")
-    assert transport.value().startswith(b"HTTP/1.1 200 ") and transport.value().endswith(b'{"size": 4}')
+    assert transport.value().startswith(b"HTTP/1.1 200 ") and transport.value().endswith(b'{"size":4}')
 
     transport.clear()
     channel.dataReceived(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n")

@@ -21,8 +21,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 
 from mcproxy.config import Config
+from mcproxy.mcp.codes import SESSION_ENDED
 from mcproxy.testing.fake_tools import fake_authenticate
-from mcproxy.web.mcp_common import SESSION_ENDED
 
 
 async def _with_token(request):
@@ -196,7 +196,7 @@ async def test_streams_and_posts_that_come_and_go_leave_no_callbacks(server):
     headers = await _raw_session(mcp)
     entry = _only_session(server)
     callbacks = list(entry._on_close)  # the McpSession's close
-    gate = server.transports.mcp_resource
+    gate = server.transports.gates[b"mcp"]
     for n in range(100):
         await _open_and_drop_stream(port, headers)
         for _ in range(int(SLACK / 0.01)):  # the server notices the client left

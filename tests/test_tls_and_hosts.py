@@ -8,7 +8,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from mcproxy.errors import Forbidden
 from mcproxy.testing.daemon import start_proxy
-from mcproxy.web.mcp_common import check_host
+from mcproxy.web.origins import check_host
 
 
 def _self_signed(tmp_path):

@@ -28,17 +28,17 @@ class Served:
 
 def _serve(reactor, config, authenticate=fake_authenticate):
     """The MCP endpoints on the daemon's site (its time limits included), on loopback."""
+    from mcproxy.auth.admission import Admission
     from mcproxy.session.registry import SessionRegistry
-    from mcproxy.web.site import ConnectionLimits, JSONNotFound, ProxySite, Root
+    from mcproxy.web.front import build_router
+    from mcproxy.web.origins import OriginPolicy
+    from mcproxy.web.site import ConnectionLimits, ProxySite
     from mcproxy.web.transports import McpTransports
 
     tools = FakeToolProvider(reactor)
     sessions = SessionRegistry(reactor, config.session.idle_timeout)
-    transports = McpTransports(reactor, config, authenticate, tools, sessions)
-    root = Root(
-        {b"sse": transports.sse_resource, b"message": transports.message_resource, b"mcp": transports.mcp_resource},
-        JSONNotFound(),
-    )
+    transports = McpTransports(reactor, config, tools, sessions)
+    root = build_router(origins=OriginPolicy(config), admission=Admission(authenticate), transports=transports)
     site = ProxySite(
         root, max_body_bytes=config.server.max_body_bytes, limits=ConnectionLimits.from_config(config), reactor=reactor
     )
@@ -152,8 +152,8 @@ async def test_legacy_sse_with_sdk_client(server):
 async def test_streamable_http_with_sdk_client(server):
     import httpx2
     from mcp import ClientSession
-    from mcp.shared.exceptions import MCPDeprecationWarning
     from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared.exceptions import MCPDeprecationWarning
 
     logged = []
 
@@ -529,13 +529,13 @@ async def test_cancelled_2025_request_ends_its_post_with_32800(server):
 
 
 class _PushRequest:
-    """A DummyRequest that lets the test play the connection's flow control."""
+    """A stand-in request that lets the test play the connection's flow control."""
 
     @staticmethod
     def make():
-        from twisted.web.test.requesthelper import DummyRequest
+        from mcproxy.testing.requests import FakeRequest
 
-        class Request(DummyRequest):
+        class Request(FakeRequest):
             producer = None
             aborted = False
 

@@ -1,4 +1,4 @@
-"""Who is calling: the authenticators in turn, then the ``X-User-Id`` rule (DESIGN.md §3).
+"""Who is calling: the authenticators in turn, then the ``X-User-Id`` rule (see docs/architecture.rst).
 
 The chain also decides what a refusal says: every 401 carries a ``WWW-Authenticate``
 Bearer challenge naming the RFC 9728 resource metadata (``error="invalid_token"`` when a
@@ -32,7 +32,7 @@ HOW_TO_AUTHENTICATE = (
 def bearer_challenge(request, error: str | None = None, scope: str | None = None) -> str:
     """The RFC 6750 Bearer challenge for a refusal of ``request``, with its RFC 9728 metadata URL."""
     params = [f'realm="{REALM}"']
-    metadata = getattr(request, "mcproxy_resource_metadata", None)
+    metadata = request.resource_metadata
     if metadata:
         params.append(f'resource_metadata="{metadata}"')
     if error:
@@ -50,10 +50,10 @@ def challenge_headers(request, error: MCProxyError) -> list[str]:
     refusals that have nothing to do with credentials (a foreign ``Origin``) carry none.
     """
     if isinstance(error, Unauthorized):
-        bearer = getattr(request, "mcproxy_challenge", None) or _unauthorized_challenge(request, error)
-        basic = getattr(request, "mcproxy_basic_challenge", None)
+        bearer = request.challenge or _unauthorized_challenge(request, error)
+        basic = request.basic_challenge
         return [bearer, basic] if basic else [bearer]
-    if isinstance(error, Forbidden) and getattr(request, "mcproxy_resource_metadata", None):
+    if isinstance(error, Forbidden) and request.resource_metadata:
         return [bearer_challenge(request, "insufficient_scope", error.scope)]
     return []
 
@@ -127,9 +127,9 @@ class AuthenticationChain:
     async def authenticate(self, request) -> Principal:
         """The caller of ``request``, acting as ``X-User-Id`` where allowed."""
         if self._resource_metadata is not None:
-            request.mcproxy_resource_metadata = self._resource_metadata(request)
+            request.resource_metadata = self._resource_metadata(request)
         if self._offer_basic:
-            request.mcproxy_basic_challenge = BASIC_CHALLENGE
+            request.basic_challenge = BASIC_CHALLENGE
         principal = await self._credential(request)
         wanted = requested_user(request)
         if principal is None:
@@ -169,7 +169,7 @@ class AuthenticationChain:
                 return None
             raise Unauthorized(HOW_TO_AUTHENTICATE, reason="missing")
         except Unauthorized as e:
-            request.mcproxy_challenge = _unauthorized_challenge(request, e)
+            request.challenge = _unauthorized_challenge(request, e)
             raise
 
     async def _bounded(self, result):

@@ -8,22 +8,13 @@ import json
 from typing import Any
 
 from mcp_types import (
-    INVALID_REQUEST,
-    PARSE_ERROR,
     JSONRPCMessage,
     JSONRPCNotification,
     jsonrpc_message_adapter,
 )
 from pydantic import ValidationError
 
-REQUEST_CANCELLED = -32800
-"""What a 2025-era Streamable HTTP POST ends with when its request was cancelled."""
-
-TOO_MANY_IN_FLIGHT = -32010
-"""Implementation-defined: the session already has ``session.max_in_flight`` requests running."""
-
-NOT_INITIALIZED = -32600
-"""A request other than ping arrived before ``initialize`` (an invalid request at this point)."""
+from mcproxy.mcp.codes import INVALID_REQUEST, PARSE_ERROR
 
 
 class RpcError(Exception):

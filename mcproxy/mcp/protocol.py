@@ -37,10 +37,9 @@ from twisted.logger import Logger
 import mcproxy
 from mcproxy.auth.principal import Principal
 from mcproxy.errors import MCProxyError, RateLimited
+from mcproxy.mcp.codes import NOT_INITIALIZED, TOO_MANY_IN_FLIGHT
 from mcproxy.mcp.envelope import ModernEnvelope
 from mcproxy.mcp.jsonrpc import (
-    NOT_INITIALIZED,
-    TOO_MANY_IN_FLIGHT,
     Encoded,
     RpcError,
     error_message,

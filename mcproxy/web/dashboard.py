@@ -8,17 +8,13 @@ credential and answers 401/403 like the rest of the API.
 """
 
 import os
-from collections.abc import Awaitable, Callable
 from resource import RUSAGE_SELF, getrusage
 
-from twisted.internet.defer import Deferred
-from twisted.web import resource, server
-
 from mcproxy.activity import ActivityLog
-from mcproxy.auth.principal import ADMIN, Principal
-from mcproxy.errors import Forbidden, MethodNotAllowed, NotFound
+from mcproxy.auth.principal import ADMIN
+from mcproxy.errors import Forbidden, NotFound
 from mcproxy.web.admin import iso8601
-from mcproxy.web.http import request_id, write_error, write_failure, write_json
+from mcproxy.web.routes import Area, Route
 
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
 PAGE = "dashboard.html"
@@ -61,111 +57,34 @@ def load_static(directory: str) -> dict[str, tuple[bytes, bytes]]:
     return files
 
 
-def _secure(request) -> None:
-    """The request id and the security headers every ``/admin`` answer carries, errors too."""
-    request_id(request)
-    for name, value in SECURITY_HEADERS.items():
-        request.setHeader(name, value)
-
-
-def _method_allowed(request, allowed: bytes) -> bool:
-    """Whether the method is one of ``allowed`` (space separated); if not, a JSON 405 is sent."""
-    if request.method in allowed.split():
-        return True
-    shown = allowed.replace(b" ", b", ")
-    request.setHeader(b"Allow", shown)
-    write_error(
-        request,
-        MethodNotAllowed(f"{request.method.decode('latin-1')} is not allowed here; use {shown.decode('ascii')}"),
-    )
-    return False
-
-
-def _serve(request, file: tuple[bytes, bytes]) -> bytes:
+def _send(request, file: tuple[bytes, bytes]) -> None:
     content, content_type = file
     request.setHeader(b"Content-Type", content_type)
-    return content
+    request.setHeader(b"Content-Length", b"%d" % len(content))
+    request.write(content)  # no body for HEAD: twisted.web leaves it out
+    request.finish()
 
 
-class _NotFound(resource.Resource):
-    """A JSON 404 for any path under ``/admin`` that is not one of ours."""
-
-    isLeaf = True
-
-    def render(self, request):
-        _secure(request)
-        write_error(request, NotFound(f"no such endpoint: {request.path.decode('latin-1')}"))
-        return server.NOT_DONE_YET
-
-
-class StaticFiles(resource.Resource):
-    """``/admin/static/<name>``: exactly the files `load_static` found, by name."""
-
-    isLeaf = True
-
-    def __init__(self, files: dict[str, tuple[bytes, bytes]]):
-        super().__init__()
-        self._files = files
-
-    def render(self, request):
-        _secure(request)
-        if not _method_allowed(request, b"GET HEAD"):
-            return server.NOT_DONE_YET
-        name = request.postpath[0].decode("utf-8", "replace") if len(request.postpath) == 1 else ""
-        if name not in self._files:
-            write_error(request, NotFound(f"no such file: {request.path.decode('latin-1')}"))
-            return server.NOT_DONE_YET
-        return _serve(request, self._files[name])
-
-
-class OverviewResource(resource.Resource):
+class Overview:
     """``GET /admin/api/overview``: users, browsers, sessions, recent calls and errors (admin only).
 
-    ``authenticate`` is the API's authentication chain (``async (request) -> Principal``);
     ``store``, ``pool`` and ``sessions`` are the service's store, browser pool and session
     registry; ``started_at`` is when the process started (epoch seconds). Cheap by design:
     one ``list_users`` on the store, the rest from memory.
     """
 
-    isLeaf = True
-
-    def __init__(
-        self,
-        *,
-        clock,
-        store,
-        pool,
-        sessions,
-        activity: ActivityLog,
-        authenticate: Callable[[object], Awaitable[Principal]],
-        started_at: float,
-    ):
-        super().__init__()
+    def __init__(self, *, clock, store, pool, sessions, activity: ActivityLog, started_at: float):
         self._clock = clock
         self._store = store
         self._pool = pool
         self._sessions = sessions
         self._activity = activity
-        self._authenticate = authenticate
         self._started_at = started_at
 
-    def render(self, request):
-        if any(request.postpath):
-            return _NotFound().render(request)
-        _secure(request)
-        if not _method_allowed(request, b"GET"):
-            return server.NOT_DONE_YET
-        d = Deferred.fromCoroutine(self._answer(request))
-        d.addErrback(lambda failure: write_failure(request, failure))
-        return server.NOT_DONE_YET
-
-    async def _answer(self, request) -> None:
-        principal = request.mcproxy_principal = await self._authenticate(request)
-        if not principal.is_admin:
+    async def answer(self, request) -> tuple[int, dict]:
+        if not request.principal.is_admin:
             raise Forbidden(NOT_ADMIN, scope=ADMIN)
-        body = await self.overview()
-        if not (request.finished or getattr(request, "_disconnected", False)):
-            write_json(request, 200, body)
+        return 200, await self.overview()
 
     async def overview(self) -> dict:
         """The dashboard's whole picture, as JSON-ready data (never tool arguments)."""
@@ -248,39 +167,32 @@ class OverviewResource(resource.Resource):
         }
 
 
-class DashboardResource(resource.Resource):
-    """``/admin``: the page, its static files (from ``static_dir``) and ``overview`` at
-    ``/admin/api/overview``."""
+class Dashboard:
+    """``/admin``: the page, its static files (from ``static_dir``) and the `Overview` at
+    ``/admin/api/overview``; every answer (errors too) carries the security headers."""
 
-    def __init__(self, overview: OverviewResource, static_dir: str = STATIC_DIR):
-        super().__init__()
-        files = load_static(static_dir)
-        self._page = files[PAGE]
-        self.putChild(b"static", StaticFiles(files))
-        self.putChild(b"api", _Api({b"overview": overview}))
+    def __init__(self, overview: Overview, static_dir: str = STATIC_DIR):
+        self._files = load_static(static_dir)
+        self._page = self._files[PAGE]
+        self._overview = overview
 
-    def getChild(self, path, request):
-        if path == b"" and not request.postpath:
-            return self  # /admin/ is the page too
-        return _NotFound()
+    def area(self) -> Area:
+        both = (b"GET", b"HEAD")
+        return Area(
+            (
+                *(Route(method, r"/admin/?", self.page) for method in both),
+                *(Route(method, r"/admin/static(?:/(?P<name>.*))?", self.static_file) for method in both),
+                Route(b"GET", r"/admin/api/overview/?", self._overview.answer, auth="admin"),
+            ),
+            headers=tuple(SECURITY_HEADERS.items()),
+        )
 
-    def render(self, request):
-        _secure(request)
-        if not _method_allowed(request, b"GET HEAD"):
-            return server.NOT_DONE_YET
-        return _serve(request, self._page)
+    async def page(self, request) -> None:
+        _send(request, self._page)
 
-
-class _Api(resource.Resource):
-    """``/admin/api/<name>``: the named endpoints, JSON 404 for anything else."""
-
-    def __init__(self, endpoints: dict[bytes, resource.Resource]):
-        super().__init__()
-        for name, endpoint in endpoints.items():
-            self.putChild(name, endpoint)
-
-    def getChild(self, path, request):
-        return _NotFound()
-
-    def render(self, request):
-        return _NotFound().render(request)
+    async def static_file(self, request, name: str | None) -> None:
+        """Exactly the files `load_static` found, by name."""
+        file = self._files.get(name or "")
+        if file is None:
+            raise NotFound(f"no such file: {request.path.decode('latin-1')}")
+        _send(request, file)

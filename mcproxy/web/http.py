@@ -4,16 +4,21 @@ time limit of a request (``server.request_timeout``)."""
 import json
 import re
 import uuid
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
-from mcp_types import REQUEST_TIMEOUT
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
-from twisted.web.server import NOT_DONE_YET
 
 from mcproxy.auth.chain import challenge_headers
-from mcproxy.errors import BadRequest, MCProxyError, PayloadTooLarge, RateLimited, UnsupportedMediaType
+from mcproxy.errors import (
+    BadRequest,
+    MCProxyError,
+    PayloadTooLarge,
+    RateLimited,
+    UnsupportedMediaType,
+)
+from mcproxy.mcp.codes import REQUEST_TIMEOUT
 
 log = Logger()
 
@@ -30,7 +35,7 @@ class RequestTimeout(MCProxyError):
 
 def request_id(request: IRequest) -> str:
     """The request's id: the client's ``X-Request-Id`` when sane, else a new one; set on the response."""
-    existing = getattr(request, "mcproxy_request_id", None)
+    existing = request.request_id
     if existing:
         return existing
     given = request.getHeader(b"x-request-id")
@@ -40,14 +45,14 @@ def request_id(request: IRequest) -> str:
         if _SANE_REQUEST_ID.match(text):
             rid = text
     rid = rid or uuid.uuid4().hex
-    request.mcproxy_request_id = rid
+    request.request_id = rid
     request.setHeader(b"X-Request-Id", rid.encode("ascii"))
     return rid
 
 
 def answered(request: IRequest) -> bool:
     """Whether ``request`` needs no answer any more: it has one, or its client is gone."""
-    return request.finished or getattr(request, "_disconnected", False)
+    return request.finished or request.gone
 
 
 def write_json(request: IRequest, status: int, body: Any) -> None:
@@ -99,22 +104,10 @@ def write_failure(request: IRequest, failure) -> None:
 INTERNAL = MCProxyError("internal error; the server log has details")
 
 
-def serve(request: IRequest, work: Callable[[], Awaitable[None]]) -> Any:
-    """Run a coroutine that answers ``request``; errors become JSON, never HTML.
-
-    The work is cancelled when the request outlives its time limit (see `set_deadline`).
-    """
-    request_id(request)
-    d = Deferred.fromCoroutine(work())
-    d.addErrback(lambda failure: write_failure(request, failure))
-    cancel_on_deadline(request, d)
-    return NOT_DONE_YET
-
-
 def cancel_on_deadline(request: IRequest, work: Deferred) -> None:
     """Cancel ``work`` (what answers ``request``) when the request outlives its time limit."""
     if not work.called:
-        request.mcproxy_work = work
+        request.work = work
 
 
 def set_deadline(request: IRequest, clock, seconds: float) -> None:
@@ -124,25 +117,25 @@ def set_deadline(request: IRequest, clock, seconds: float) -> None:
     504 ``request_timeout`` and its work (`cancel_on_deadline`) is cancelled. Answering the
     request, its client going away, or `lift_deadline` (an event stream) ends the wait.
     """
-    request.mcproxy_deadline = clock.callLater(seconds, _deadline_passed, request, seconds)
+    request.deadline = clock.callLater(seconds, _deadline_passed, request, seconds)
     request.notifyFinish().addBoth(lambda _: lift_deadline(request))
 
 
 def on_deadline(request: IRequest, handler: Callable[[float], None]) -> None:
     """Call ``handler(seconds)`` instead of the 504 when ``request`` outlives its time limit."""
-    request.mcproxy_on_deadline = handler
+    request.on_deadline = handler
 
 
 def lift_deadline(request: IRequest) -> None:
     """No time limit for ``request`` any more (it became a long-lived event stream)."""
-    deadline = getattr(request, "mcproxy_deadline", None)
+    deadline = request.deadline
     if deadline is not None and deadline.active():
         deadline.cancel()
-    request.mcproxy_deadline = None
+    request.deadline = None
 
 
 def _deadline_passed(request: IRequest, seconds: float) -> None:
-    request.mcproxy_deadline = None
+    request.deadline = None
     if answered(request):
         return
     log.warn(
@@ -152,7 +145,7 @@ def _deadline_passed(request: IRequest, seconds: float) -> None:
         seconds=seconds,
         request_id=request_id(request),
     )
-    handler = getattr(request, "mcproxy_on_deadline", None)
+    handler = request.on_deadline
     if handler is not None:
         handler(seconds)
         return
@@ -163,7 +156,7 @@ def _deadline_passed(request: IRequest, seconds: float) -> None:
             "its work was cancelled, try again or ask for less"
         ),
     )
-    work = getattr(request, "mcproxy_work", None)
+    work = request.work
     if work is not None:
         work.cancel()
 

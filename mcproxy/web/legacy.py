@@ -16,9 +16,6 @@ from mcproxy.mcp.protocol import McpSession
 from mcproxy.tools.base import SessionView
 from mcproxy.web.mcp_common import (
     Cutoff,
-    McpEndpoint,
-    check_origin,
-    client_of,
     read_rpc,
     wants_progress,
     write_accepted,
@@ -31,13 +28,16 @@ log = Logger()
 TRANSPORT = "sse"
 
 
-class SseResource(McpEndpoint):
-    """``GET /sse``: a new MCP session whose messages all travel on this event stream."""
+class LegacyTransport:
+    """``GET /sse`` and ``POST /message``, over the `McpTransports` ``t``."""
 
-    async def answer_GET(self, request) -> None:
+    def __init__(self, transports):
+        self.t = transports
+
+    async def open_stream(self, request) -> None:
+        """``GET /sse``: a new MCP session whose messages all travel on this event stream."""
         t = self.t
-        check_origin(request, t.allowed_origins, t.allow_loopback_origins)
-        principal = await t.authenticate(request)
+        principal = request.principal
         entry = t.sessions.create(principal.user_id, TRANSPORT, principal.token_id)
         mcp = McpSession(t.server, principal, SessionView(entry.id))
         entry.state = mcp
@@ -58,13 +58,10 @@ class SseResource(McpEndpoint):
         )
 
 
-class MessageResource(McpEndpoint):
-    """``POST /message?sessionId=``: one JSON-RPC message; the answer goes to the session's stream."""
-
-    async def answer_POST(self, request) -> None:
+    async def post_message(self, request) -> None:
+        """``POST /message?sessionId=``: one JSON-RPC message; the answer goes to the session's stream."""
         t = self.t
-        check_origin(request, t.allowed_origins, t.allow_loopback_origins)
-        principal = await t.authenticate(request)
+        principal = request.principal
         ids = request.args.get(b"sessionId") or request.args.get(b"session_id") or [b""]
         entry = t.sessions.get(ids[0].decode("latin-1"), principal.user_id)
         if entry is None or entry.transport != TRANSPORT:
@@ -77,7 +74,7 @@ class MessageResource(McpEndpoint):
         entry.touch()
         stream, mcp = entry.stream, entry.state
         write_accepted(request)
-        d = mcp.handle(message, stream.send_json, client=client_of(request))
+        d = mcp.handle(message, stream.send_json, client=request.client_address)
         cutoff = Cutoff(d)
         deadline = None
         if isinstance(message, JSONRPCRequest) and not wants_progress(message):

@@ -1,40 +1,19 @@
-"""What the MCP transports share: origin and media-type checks, JSON-RPC over HTTP bodies.
+"""What the MCP transports share: media-type checks, JSON-RPC over HTTP bodies, and the
+wording of work cut short (their Host and Origin rules: `mcproxy.web.origins`)."""
 
-Host policy: see `check_host`. Origin policy (DNS-rebinding protection): a request without ``Origin`` is allowed (IDE
-clients send none); an origin in ``cors.allowed_origins`` (or ``*`` there) is allowed; a
-loopback origin (``http(s)://localhost``, ``127.0.0.0/8``, ``[::1]``, any port) is allowed
-only when every listener of the server is on a loopback interface. Anything else is 403.
-A trusted origin gets CORS headers (and ``OPTIONS`` preflights are answered) so that
-browser-based MCP clients can use the endpoints.
-"""
-
-import ipaddress
-import re
 from typing import Any, Mapping
-from urllib.parse import urlsplit
 
-from mcp_types import REQUEST_TIMEOUT, JSONRPCRequest
+from mcp_types import JSONRPCRequest
 from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
 
-from mcproxy.errors import BadRequest, Forbidden, MCProxyError, MethodNotAllowed
-from mcproxy.mcp.jsonrpc import REQUEST_CANCELLED, RpcError, encode, error_message, parse_message
-from mcproxy.web.http import answered, read_body, request_id, require_json, serve, write_error
+from mcproxy.errors import BadRequest, MCProxyError
+from mcproxy.mcp.codes import REQUEST_CANCELLED, REQUEST_TIMEOUT, SESSION_ENDED
+from mcproxy.mcp.jsonrpc import encode, error_message, parse_message
+from mcproxy.web.http import answered, read_body, require_json
 
-_EXPOSED_HEADERS = b"Mcp-Session-Id, MCP-Protocol-Version, X-Request-Id, WWW-Authenticate"
-_ALLOWED_HEADERS = (
-    b"Authorization, Content-Type, Accept, Mcp-Session-Id, MCP-Protocol-Version, Mcp-Method, Mcp-Name, "
-    b"Last-Event-ID, X-Request-Id, X-User-Id"
-)
-
-
-SESSION_ENDED = -32012
 #: Request bodies this big or bigger are parsed in a thread.
 OFF_REACTOR_BODY_BYTES = 256 * 1024
-"""JSON-RPC error code of a request cut short because its session ended (deleted, expired,
-its token revoked, the server stopping)."""
 
 
 class NotAcceptable(MCProxyError):
@@ -42,72 +21,6 @@ class NotAcceptable(MCProxyError):
 
     http_status = 406
     code = "not_acceptable"
-
-
-def is_loopback_host(host: str | None) -> bool:
-    """Whether ``host`` (a name or an address, without brackets) is this machine."""
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def listens_on_loopback_only(listen: tuple[str, ...]) -> bool:
-    """Whether every endpoint string listens on a loopback interface (or a UNIX socket)."""
-    for endpoint in listen:
-        if endpoint.startswith("unix:"):
-            continue
-        match = re.search(r"(?:^|:)interface=((?:\\:|[^:])+)", endpoint)
-        interface = match.group(1).replace("\\", "").strip("[]") if match else None
-        if not is_loopback_host(interface):
-            return False
-    return bool(listen)
-
-
-def check_origin(request: IRequest, allowed: tuple[str, ...], allow_loopback: bool) -> None:
-    """Raise `Forbidden` for a browser origin we do not trust (see the module docstring)."""
-    raw = request.getHeader(b"origin")
-    if raw is None:
-        return
-    origin = raw.decode("latin-1").strip().rstrip("/")
-    trusted = "*" in allowed or origin in (a.rstrip("/") for a in allowed)
-    if not trusted and allow_loopback:
-        parts = urlsplit(origin)
-        trusted = parts.scheme in ("http", "https") and is_loopback_host(parts.hostname)
-    if not trusted:
-        raise Forbidden(
-            f"origin {origin!r} is not allowed; add it to cors.allowed_origins", code="origin_not_allowed"
-        )
-    # CORS, so that browser-based MCP clients of a trusted origin can read the answers.
-    request.setHeader(b"Access-Control-Allow-Origin", origin.encode("latin-1"))
-    request.setHeader(b"Access-Control-Expose-Headers", _EXPOSED_HEADERS)
-    request.setHeader(b"Vary", b"Origin")
-
-
-def check_host(request: IRequest, allowed: tuple[str, ...], allow_loopback: bool) -> None:
-    """Raise `Forbidden` for a ``Host`` this server does not answer to (DNS rebinding).
-
-    A page whose own name was re-pointed at the proxy's address talks to it under that
-    name. Host names in ``allowed`` (``server.allowed_hosts`` and the host of
-    ``server.public_url``) always pass; loopback names pass on a loopback-only server; with
-    neither configured on a public listener, every host passes (nothing to compare with).
-    """
-    if not allowed and not allow_loopback:
-        return
-    raw = (request.getHeader(b"host") or b"").decode("latin-1").strip()
-    try:
-        host = urlsplit("//" + raw).hostname if raw else None
-    except ValueError:
-        host = None
-    if host is not None and (host in allowed or (allow_loopback and is_loopback_host(host))):
-        return
-    raise Forbidden(
-        f"host {raw!r} is not a name of this server; add it to server.allowed_hosts", code="host_not_allowed"
-    )
 
 
 def accepts(request: IRequest) -> tuple[bool, bool]:
@@ -151,11 +64,6 @@ def write_rpc(
     request.setHeader(b"Cache-Control", b"no-store")
     request.write(data)
     request.finish()
-
-
-def client_of(request: IRequest) -> str | None:
-    """The client address the site worked out for ``request`` (see `mcproxy.web.network`)."""
-    return getattr(request, "mcproxy_client", None)
 
 
 def write_accepted(request: IRequest) -> None:
@@ -205,52 +113,5 @@ class Cutoff:
         return error_message(message.id, REQUEST_CANCELLED, "Request cancelled")
 
 
-def rpc_error_status(error: RpcError) -> int:
-    """HTTP status for a JSON-RPC error raised before dispatch."""
-    return 404 if error.code == -32601 else 400
-
-
 def missing_session(message: str) -> BadRequest:
     return BadRequest(message, code="session_required")
-
-
-class McpEndpoint(Resource):
-    """A leaf resource whose ``answer_<METHOD>`` coroutines answer; other methods get a JSON 405."""
-
-    isLeaf = True
-
-    def __init__(self, transports):
-        super().__init__()
-        self.t = transports
-        self._allowed = sorted(name[len("answer_") :] for name in dir(self) if name.startswith("answer_"))
-
-    def render(self, request):
-        method = request.method.decode("ascii", "replace")
-        allowed = self._allowed
-        try:
-            check_host(request, self.t.allowed_hosts, self.t.allow_loopback_origins)
-        except Forbidden as e:
-            write_error(request, e)
-            return NOT_DONE_YET
-        if method == "OPTIONS":
-            return serve(request, lambda: self._preflight(request, allowed))
-        answer = getattr(self, f"answer_{method}", None)
-        if answer is None:
-            request.setHeader(b"Allow", ", ".join(allowed).encode("ascii"))
-            request_id(request)
-            write_error(
-                request, MethodNotAllowed(f"{method} is not allowed here; use {' or '.join(allowed)}")
-            )
-            return NOT_DONE_YET
-        return serve(request, lambda: answer(request))
-
-    async def _preflight(self, request, allowed: list[str]) -> None:
-        """A CORS preflight: no credential is sent with it, so only the origin is checked."""
-        check_origin(request, self.t.allowed_origins, self.t.allow_loopback_origins)
-        methods = ", ".join(allowed).encode("ascii")
-        request.setHeader(b"Allow", methods)
-        request.setHeader(b"Access-Control-Allow-Methods", methods)
-        request.setHeader(b"Access-Control-Allow-Headers", _ALLOWED_HEADERS)
-        request.setHeader(b"Access-Control-Max-Age", b"600")
-        request.setResponseCode(204)
-        request.finish()

@@ -12,11 +12,8 @@ the JWT audience check never trusts a client-supplied ``Host``.
 
 import re
 
-from twisted.web import resource, server
-
 from mcproxy.auth.principal import ADMIN, ALL_TOOLS, IMPERSONATE, METRICS, REGISTER
-from mcproxy.errors import MethodNotAllowed, NotFound
-from mcproxy.web.http import request_id, write_error, write_json
+from mcproxy.web.routes import Area, Route
 
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
 DEFAULT_SCOPES = (ALL_TOOLS, REGISTER, ADMIN, IMPERSONATE, METRICS)
@@ -69,28 +66,18 @@ class ProtectedResource:
         return slash + path
 
 
-class WellKnownResource(resource.Resource):
-    """``/.well-known/oauth-protected-resource[/<public path>]``: the metadata, to anyone.
-
-    Mounted at ``/.well-known`` (a leaf: it looks at the rest of the path itself).
-    """
-
-    isLeaf = True
+class WellKnown:
+    """``/.well-known/oauth-protected-resource[/<public path>]``: the metadata, to anyone."""
 
     def __init__(self, metadata: ProtectedResource):
-        super().__init__()
         self._metadata = metadata
 
-    def render(self, request):
-        request_id(request)
-        path = request.path.decode("latin-1").rstrip("/")
-        if path not in (WELL_KNOWN, WELL_KNOWN + self._metadata.path_suffix().rstrip("/")):
-            write_error(request, NotFound(f"no such endpoint: {path}"))
-        elif request.method not in (b"GET", b"HEAD"):
-            request.setHeader(b"Allow", b"GET, HEAD")
-            write_error(request, MethodNotAllowed("use GET"))
-        else:
-            # Public and the same for everyone: browser-based clients may read it.
-            request.setHeader(b"Access-Control-Allow-Origin", b"*")
-            write_json(request, 200, self._metadata.document(request))
-        return server.NOT_DONE_YET
+    def area(self) -> Area:
+        suffix = self._metadata.path_suffix().rstrip("/")
+        pattern = re.escape(WELL_KNOWN) + (f"(?:{re.escape(suffix)})?" if suffix else "") + "/*"
+        return Area(tuple(Route(method, pattern, self.document) for method in (b"GET", b"HEAD")))
+
+    async def document(self, request) -> tuple[int, dict]:
+        # Public and the same for everyone: browser-based clients may read it.
+        request.setHeader(b"Access-Control-Allow-Origin", b"*")
+        return 200, self._metadata.document(request)

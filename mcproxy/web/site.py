@@ -1,8 +1,8 @@
 """The HTTP front door: one Site, one root resource, JSON everywhere.
 
-The root assigns every request an id, refuses bodies over the limit before they are
-buffered, refuses clients outside the address lists or over their address rate, and hands each path to the resource that owns it: the MCP transports at
-``/sse``, ``/message`` and ``/mcp``; the admin API (``/health``, ``/api/...``) otherwise.
+Every request gets an id, bodies over the limit are refused before they are buffered,
+clients outside the address lists or over their address rate are refused; the one root
+resource (`mcproxy.web.routes.Router`) answers the rest.
 
 Slow and greedy clients (see `ConnectionLimits`): a request's line and headers must arrive
 within ``server.header_timeout`` and its body within ``server.body_timeout`` (else 408 and
@@ -15,15 +15,30 @@ a request not answered within ``server.request_timeout`` gets 504 (see
 import io
 import ipaddress
 import json
+from typing import Any, Callable
 
 import attrs
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
-from twisted.web import http, resource, server
+from twisted.web import http, server
 
 from mcproxy import logs
-from mcproxy.errors import MCProxyError, NotFound, PayloadTooLarge, SlowRequest, TooManyConnections
-from mcproxy.web.http import INTERNAL, log_unhandled, request_id, set_deadline, write_error
+from mcproxy.errors import (
+    MCProxyError,
+    PayloadTooLarge,
+    SlowRequest,
+    TooManyConnections,
+)
+from mcproxy.metrics import connections_dropped
+from mcproxy.web.http import (
+    INTERNAL,
+    log_unhandled,
+    request_id,
+    set_deadline,
+    write_error,
+)
 from mcproxy.web.network import ClientPolicy, Network, networks, parse_address, within
 
 log = Logger()
@@ -165,7 +180,39 @@ class _Discard(io.BytesIO):
         return len(data)
 
 
-class ProxyRequest(server.Request):
+class RequestState:
+    """What the proxy learns about a request while answering it, declared once.
+
+    `ProxyRequest` carries it; so does the tests' stand-in request
+    (`mcproxy.testing.requests.FakeRequest`).
+    """
+
+    #: The request's id (`mcproxy.web.http.request_id`), on the response and every log event.
+    request_id: str | None = None
+    #: The client address (`mcproxy.web.network.ClientPolicy.client_address`; not twisted's
+    #: ``client``, the TCP peer).
+    client_address: str | None = None
+    #: Who is calling, once authenticated (`mcproxy.web.routes`).
+    principal: Any = None
+    #: The pending 504 of ``server.request_timeout`` (`mcproxy.web.http.set_deadline`).
+    deadline: IDelayedCall | None = None
+    #: The work answering the request, cancelled at the time limit.
+    work: Deferred | None = None
+    #: Called instead of the 504 at the time limit (an answer that says so itself).
+    on_deadline: Callable[[float], None] | None = None
+    #: The RFC 9728 metadata URL the authentication challenges name (`mcproxy.auth.chain`).
+    resource_metadata: str | None = None
+    #: The Bearer challenge of a 401, and the Basic one when offered.
+    challenge: str | None = None
+    basic_challenge: str | None = None
+
+    @property
+    def gone(self) -> bool:
+        """Whether the client went away before the answer was finished."""
+        return self._disconnected
+
+
+class ProxyRequest(RequestState, server.Request):
     """A request that counts its body against the site's limit and never renders HTML."""
 
     too_large = False
@@ -208,11 +255,11 @@ class ProxyRequest(server.Request):
         site = self.channel.site
         if site.hsts_max_age and self.isSecure():
             self.setHeader(b"Strict-Transport-Security", b"max-age=%d" % site.hsts_max_age)
-        self.mcproxy_client = site.client_policy.client_address(self)
+        self.client_address = client = site.client_policy.client_address(self)
         try:
-            site.client_policy.admit(self.mcproxy_client)
+            site.client_policy.admit(client)
             # One IPv6 host usually holds a whole /64: its rate is counted as one client.
-            site.check_address(str(address_group(self.mcproxy_client) or self.mcproxy_client))
+            site.check_address(str(address_group(client) or client))
         except MCProxyError as e:
             write_error(self, e)
             return
@@ -221,7 +268,7 @@ class ProxyRequest(server.Request):
     def processingFailed(self, reason):
         """A bug escaped a resource: log it, answer a JSON 500, never a traceback."""
         log_unhandled(self, reason)
-        if not self.finished and not self._disconnected:
+        if not self.finished and not self.gone:
             if not self.startedWriting:
                 write_error(self, INTERNAL)
             else:
@@ -266,12 +313,23 @@ class ProxySite(server.Site):
         self.limits = limits
         self.connections: dict = {}  # open connections per address group
         self._crowded: set = set()  # groups refused since they last were under the cap
-        self._dropped = Counter(
-            "mcproxy_connections_dropped",
-            "Connections closed for a slow request head or body, or refused over the per-address cap.",
-            ("reason",),
-            registry=registry,
-        )
+        self._dropped = connections_dropped(registry)
+
+    @classmethod
+    def from_config(cls, root, config, **parts) -> "ProxySite":
+        """The site serving ``root`` with the limits and client rules ``config`` sets."""
+        site = cls(root, max_body_bytes=config.server.max_body_bytes, **parts)
+        site.reconfigure(config)
+        return site
+
+    def reconfigure(self, config) -> None:
+        """Apply the body limit, HSTS, the client address lists and the `ConnectionLimits`
+        (live); open connections keep the limits they started with."""
+        network = config.network
+        self.client_policy = ClientPolicy(network.ip_allow, network.ip_deny, network.trusted_proxies)
+        self.max_body_bytes = config.server.max_body_bytes
+        self.hsts_max_age = config.server.hsts_max_age
+        self.limits = ConnectionLimits.from_config(config)
 
     def protocol(self):
         """HTTP/1.1 with read deadlines (no HTTP/2: its streams would bypass them)."""
@@ -319,33 +377,3 @@ class ProxySite(server.Site):
 
     def count_dropped(self, reason: str) -> None:
         self._dropped.labels(reason).inc()
-
-
-class Root(resource.Resource):
-    """Dispatches by the first path segment; unknown paths get a JSON 404."""
-
-    def __init__(self, children: dict[bytes, resource.Resource], fallback: resource.Resource):
-        super().__init__()
-        self._children = children
-        self._fallback = fallback
-
-    def getChild(self, path, request):
-        child = self._children.get(path)
-        if child is not None:
-            return child
-        request.prepath.pop()
-        request.postpath.insert(0, path)
-        return self._fallback
-
-    def render(self, request):
-        return self._fallback.render(request)
-
-
-class JSONNotFound(resource.Resource):
-    """A leaf that answers every method with the JSON 404."""
-
-    isLeaf = True
-
-    def render(self, request):
-        write_error(request, NotFound(f"no such endpoint: {request.path.decode('latin-1')}"))
-        return server.NOT_DONE_YET

@@ -6,28 +6,31 @@ answer: the response turns into an event stream when the request carries a progr
 thus stay in plain JSON, clear of clients' limits on SSE event size.
 """
 
-from mcp_types import HEADER_MISMATCH, JSONRPCRequest
+from mcp_types import JSONRPCRequest
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
 from mcproxy.errors import BadRequest, Conflict, NotFound
+from mcproxy.mcp.codes import (
+    HEADER_MISMATCH,
+    REQUEST_CANCELLED,
+    TOO_MANY_IN_FLIGHT,
+    rpc_error_status,
+    stateless_status,
+)
 from mcproxy.mcp.envelope import is_stateless, modern_envelope, request_version, unsupported_version
-from mcproxy.mcp.jsonrpc import REQUEST_CANCELLED, TOO_MANY_IN_FLIGHT, RpcError, error_message
+from mcproxy.mcp.jsonrpc import RpcError, error_message
 from mcproxy.mcp.notifications import Notify
 from mcproxy.mcp.protocol import McpSession
 from mcproxy.tools.base import SessionView
 from mcproxy.web.http import answered, on_deadline
 from mcproxy.web.mcp_common import (
     Cutoff,
-    McpEndpoint,
     NotAcceptable,
     accepts,
-    check_origin,
-    client_of,
     missing_session,
     read_rpc,
-    rpc_error_status,
     wants_progress,
     write_accepted,
     write_rpc,
@@ -78,16 +81,16 @@ class _Exchange:
     async def run(self, mcp: McpSession, message: JSONRPCRequest, error_status) -> None:
         """Dispatch ``message`` and answer.
 
-        The client going away cancels the work. So do the request's time limit (until the
-        answer becomes an event stream) and the end of its session; those are answered
-        with a JSON-RPC error saying so, rather than left without an answer.
+        The client going away cancels the work (`mcproxy.web.routes.Router`). So do the
+        request's time limit (until the answer becomes an event stream) and the end of its
+        session; those are answered with a JSON-RPC error saying so, rather than left
+        without an answer.
         """
         if self.accepts_sse and (wants_progress(message) or not self.accepts_json):
             self.open_stream()
-        d = mcp.handle(message, self.notify, client=client_of(self.request))
+        d = mcp.handle(message, self.notify, client=self.request.client_address)
         cutoff = Cutoff(d)
         on_deadline(self.request, cutoff.time_out)
-        self.request.notifyFinish().addErrback(lambda _: d.cancel())
         try:
             response = await d
         except CancelledError:
@@ -113,13 +116,16 @@ def _headers(request) -> dict[str, str]:
     return found
 
 
-class StreamableResource(McpEndpoint):
-    """``/mcp``: POST messages, GET the session's notification stream, DELETE the session."""
+class StreamableTransport:
+    """``/mcp``: POST messages, GET the session's notification stream, DELETE the session,
+    over the `McpTransports` ``t``."""
 
-    async def answer_POST(self, request) -> None:
+    def __init__(self, transports):
+        self.t = transports
+
+    async def post(self, request) -> None:
         t = self.t
-        check_origin(request, t.allowed_origins, t.allow_loopback_origins)
-        principal = await t.authenticate(request)
+        principal = request.principal
         accepted = accepts(request)
         if not any(accepted):
             raise NotAcceptable(
@@ -129,7 +135,7 @@ class StreamableResource(McpEndpoint):
             message = await read_rpc(request, t.max_body, t.server.run_blocking)
             headers = _headers(request)
         except RpcError as e:
-            write_rpc(request, rpc_error_status(e), e.to_message())
+            write_rpc(request, rpc_error_status(e.code), e.to_message())
             return
         session_id = headers.get("mcp-session-id")
         if isinstance(message, JSONRPCRequest) and message.method == "initialize":
@@ -150,7 +156,7 @@ class StreamableResource(McpEndpoint):
         mcp = McpSession(t.server, principal, SessionView(entry.id))
         entry.state = mcp
         entry.on_close(mcp.close)
-        response = await mcp.handle(message, lambda _: None, client=client_of(request))
+        response = await mcp.handle(message, lambda _: None, client=request.client_address)
         if "error" in response:
             t.sessions.close(entry.id)
             write_rpc(request, 400, response)
@@ -198,7 +204,7 @@ class StreamableResource(McpEndpoint):
         try:
             envelope = modern_envelope(message, headers)
         except RpcError as e:
-            write_rpc(request, rpc_error_status(e), e.to_message(message.id))
+            write_rpc(request, rpc_error_status(e.code), e.to_message(message.id))
             return
         user = principal.user_id
         running = t.stateless_in_flight.get(user, 0)
@@ -216,7 +222,7 @@ class StreamableResource(McpEndpoint):
         t.stateless_in_flight[user] = running + 1
         try:
             mcp = McpSession(t.server, principal, SessionView(None), modern=envelope)
-            await _Exchange(t, request, accepted, None).run(mcp, message, _stateless_status)
+            await _Exchange(t, request, accepted, None).run(mcp, message, stateless_status)
         finally:
             left = t.stateless_in_flight[user] - 1
             if left:
@@ -232,10 +238,9 @@ class StreamableResource(McpEndpoint):
             raise NotFound("no such session; send initialize to start a new one", code="session_not_found")
         return entry
 
-    async def answer_GET(self, request) -> None:
+    async def get(self, request) -> None:
         t = self.t
-        check_origin(request, t.allowed_origins, t.allow_loopback_origins)
-        principal = await t.authenticate(request)
+        principal = request.principal
         if not accepts(request)[1]:
             raise NotAcceptable("Accept must allow text/event-stream", code="not_acceptable")
         entry = self._session(_header(request, b"mcp-session-id"), principal)
@@ -256,10 +261,9 @@ class StreamableResource(McpEndpoint):
 
         stream.on_closed(closed)
 
-    async def answer_DELETE(self, request) -> None:
+    async def delete(self, request) -> None:
         t = self.t
-        check_origin(request, t.allowed_origins, t.allow_loopback_origins)
-        principal = await t.authenticate(request)
+        principal = request.principal
         entry = self._session(_header(request, b"mcp-session-id"), principal)
         t.sessions.close(entry.id)
         request.setResponseCode(204)
@@ -269,10 +273,3 @@ class StreamableResource(McpEndpoint):
 def _header(request, name: bytes) -> str | None:
     value = request.getHeader(name)
     return value.decode("latin-1") if value is not None else None
-
-
-def _stateless_status(code: int) -> int:
-    """HTTP status of a 2026-07-28 error answer: client faults 4xx, the rest 200."""
-    return {-32601: 404, -32700: 400, -32600: 400, -32602: 400, -32020: 400, -32021: 400, -32022: 400}.get(
-        code, 200
-    )

@@ -6,28 +6,21 @@ clients reconnect elsewhere, and tool calls still running after the drain timeou
 answered with a JSON-RPC error saying that the server is shutting down.
 """
 
-from urllib.parse import urlsplit
-
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.logger import Logger
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
 
 from mcproxy.errors import MCProxyError
+from mcproxy.mcp.codes import SHUTTING_DOWN
 from mcproxy.mcp.jsonrpc import RpcError
 from mcproxy.mcp.protocol import EmptyResources, McpServer
 from mcproxy.threads import thread_runner
-from mcproxy.web.http import request_id, write_error
-from mcproxy.web.legacy import MessageResource, SseResource
-from mcproxy.web.mcp_common import listens_on_loopback_only
+from mcproxy.web.legacy import LegacyTransport
+from mcproxy.web.routes import MCP_ORIGINS, Area, Route
 from mcproxy.web.sse import SseStream
-from mcproxy.web.streamable import StreamableResource
+from mcproxy.web.streamable import StreamableTransport
 
 log = Logger()
-
-SHUTTING_DOWN = -32011
-"""JSON-RPC error code of a tool call cut short because the server stops."""
 
 DRAIN_RETRY_AFTER = 1
 """Seconds a client refused during a drain is told to wait (another process, or this one restarted)."""
@@ -94,29 +87,22 @@ class _TrackedTools:
         return len(running)
 
 
-class _Gate(Resource):
+class _Gate:
     """Puts an MCP endpoint behind the drain: refuses requests while draining, and keeps
     the event streams it opened (``GET``) so that a drain can close them."""
 
-    isLeaf = True
-
-    def __init__(self, transports: "McpTransports", endpoint: Resource):
-        super().__init__()
+    def __init__(self, transports: "McpTransports"):
         self._t = transports
-        self._endpoint = endpoint
         self.streams: set = set()
 
-    def render(self, request):
+    def admit(self, request) -> None:
         if self._t.draining:
-            request_id(request)
             request.setHeader(b"Retry-After", str(DRAIN_RETRY_AFTER).encode("ascii"))
             request.setHeader(b"Connection", b"close")
-            write_error(request, Draining("the server is shutting down; retry in a moment (another server may answer)"))
-            return NOT_DONE_YET
+            raise Draining("the server is shutting down; retry in a moment (another server may answer)")
         if request.method == b"GET":
             self.streams.add(request)
             request.notifyFinish().addBoth(lambda _: self.streams.discard(request))
-        return self._endpoint.render(request)
 
     def close_streams(self) -> int:
         """End the event streams still open; how many there were."""
@@ -130,26 +116,11 @@ class _Gate(Resource):
 
 
 class McpTransports:
-    """The MCP endpoints: ``sse_resource`` (GET /sse), ``message_resource`` (POST /message),
-    ``mcp_resource`` (/mcp). ``authenticate`` is ``async (request) -> Principal``.
+    """The MCP endpoints (GET /sse, POST /message, /mcp) as `areas` of the router, which
+    authenticates their callers for the ``"mcp"`` endpoint class."""
 
-    ``allow_loopback_origins`` defaults to whether every ``server.listen`` endpoint is on
-    loopback (see `mcproxy.web.mcp_common`).
-    """
-
-    def __init__(
-        self,
-        reactor,
-        config,
-        authenticate,
-        tools,
-        sessions,
-        *,
-        resources=None,
-        allow_loopback_origins: bool | None = None,
-    ):
+    def __init__(self, reactor, config, tools, sessions, *, resources=None):
         self.clock = reactor
-        self.authenticate = authenticate
         self.sessions = sessions
         self.calls = _TrackedTools(tools)
         self.server = McpServer(
@@ -159,26 +130,35 @@ class McpTransports:
             run_blocking=thread_runner(reactor),
         )
         self.reconfigure(config)
-        if allow_loopback_origins is None:
-            allow_loopback_origins = listens_on_loopback_only(tuple(config.server.listen))
-        self.allow_loopback_origins = allow_loopback_origins
         self.stateless_in_flight: dict[str, int] = {}
         self.draining = False
-        self.sse_resource = _Gate(self, SseResource(self))
-        self.message_resource = _Gate(self, MessageResource(self))
-        self.mcp_resource = _Gate(self, StreamableResource(self))
+        self.gates = {name: _Gate(self) for name in (b"sse", b"message", b"mcp")}
+
+    def areas(self) -> dict[bytes, Area]:
+        """``/sse``, ``/message`` and ``/mcp`` (and any path below each), each behind its gate."""
+        legacy, streamable = LegacyTransport(self), StreamableTransport(self)
+        handlers = {
+            b"sse": [(b"GET", legacy.open_stream)],
+            b"message": [(b"POST", legacy.post_message)],
+            b"mcp": [(b"POST", streamable.post), (b"GET", streamable.get), (b"DELETE", streamable.delete)],
+        }
+        return {
+            name: Area(
+                tuple(Route(method, rf"/{name.decode()}(?:/.*)?", handler, auth="mcp") for method, handler in routes),
+                origins=MCP_ORIGINS,
+                gate=self.gates[name].admit,
+                method_separator=" or ",
+            )
+            for name, routes in handlers.items()
+        }
 
     def reconfigure(self, config) -> None:
-        """Apply new origins, hosts, limits, time limit and keep-alive interval (live reload);
-        streams already open keep their keep-alive interval."""
+        """Apply new limits, time limit and keep-alive interval (live reload); streams
+        already open keep their keep-alive interval."""
         self.server.max_in_flight = config.session.max_in_flight
         self.max_body = config.server.max_body_bytes
         self.keepalive = config.server.sse_keepalive
         self.request_timeout = config.server.request_timeout
-        self.allowed_origins = tuple(config.cors.allowed_origins)
-        public_host = urlsplit(config.server.public_url).hostname if config.server.public_url else None
-        hosts = [host.lower() for host in config.server.allowed_hosts]
-        self.allowed_hosts = tuple(hosts + [public_host] if public_host else hosts)
 
     async def drain(self, timeout: float) -> int:
         """Refuse new requests, close the notification streams, wait up to ``timeout``
@@ -188,7 +168,7 @@ class McpTransports:
         every call has been answered. Cancelling the returned Deferred stops the wait early.
         """
         self.draining = True
-        closed = self.mcp_resource.close_streams()
+        closed = self.gates[b"mcp"].close_streams()
         log.info(
             "Draining: {streams} notification streams closed, waiting up to {timeout} s for {calls} tool calls",
             streams=closed,
@@ -204,5 +184,5 @@ class McpTransports:
         cut = self.calls.cancel_all()
         if cut:
             log.warn("Drain timeout: {calls} tool calls were cancelled", calls=cut)
-        self.sse_resource.close_streams()
+        self.gates[b"sse"].close_streams()
         return cut

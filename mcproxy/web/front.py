@@ -1,0 +1,44 @@
+"""Builds the HTTP front door from the daemon's parts: the router over every area, and the
+site that carries it (see `mcproxy.web.routes` and `mcproxy.web.site`)."""
+
+from typing import Callable
+
+from mcproxy.auth.admission import Admission
+from mcproxy.web.admin import AdminAPI, AdminDependencies
+from mcproxy.web.admin_tokens import TokensAPI
+from mcproxy.web.dashboard import Dashboard
+from mcproxy.web.metrics import MetricsEndpoint
+from mcproxy.web.oauth import WellKnown
+from mcproxy.web.origins import OriginPolicy
+from mcproxy.web.registration import Registration
+from mcproxy.web.routes import API_ORIGINS, Area, Router
+from mcproxy.web.transports import McpTransports
+
+
+def build_router(
+    *,
+    origins: OriginPolicy,
+    admission: Admission,
+    transports: McpTransports | None = None,
+    admin: AdminDependencies | None = None,
+    metrics: MetricsEndpoint | None = None,
+    well_known: WellKnown | None = None,
+    dashboard: Dashboard | None = None,
+    audit: Callable[..., None] = lambda principal, client, action, target, outcome: None,
+) -> Router:
+    """The root resource over the parts given; any path none of them owns is a JSON 404,
+    under the API's Host and Origin rules when the admin API is served."""
+    areas: dict[bytes, Area] = {}
+    if transports is not None:
+        areas.update(transports.areas())
+    if metrics is not None:
+        areas[b"metrics"] = metrics.area()
+    if well_known is not None:
+        areas[b".well-known"] = well_known.area()
+    if dashboard is not None:
+        areas[b"admin"] = dashboard.area()
+    api = Area()
+    if admin is not None:
+        routes = (*AdminAPI(admin).routes(), *TokensAPI(admin).routes(), *Registration(admin).routes())
+        api = areas[b"health"] = areas[b"api"] = Area(routes, origins=API_ORIGINS)
+    return Router(areas, origins=origins, authenticate=admission.authenticate, fallback=api, audit=audit)
