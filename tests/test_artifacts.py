@@ -16,8 +16,8 @@ from mcproxy.mcp.protocol import McpServer, McpSession
 from mcproxy.testing.fake_tools import FakeToolProvider
 from mcproxy.testing.stores import in_this_thread, result_of
 from mcproxy.testing.stores import run_now as run
-from mcproxy.tools.base import SessionView
-from mcproxy.tools.pages import Response
+from mcproxy.calls import SessionView
+from mcproxy.tools.call import Response
 
 ALICE = Principal("alice", frozenset({"tools:*"}))
 MALLORY = Principal("mallory/../alice", frozenset({"tools:*"}))

@@ -10,7 +10,7 @@ from mcproxy.auth.principal import Principal
 from mcproxy.mcp.jsonrpc import RpcError, parse_message
 from mcproxy.mcp.protocol import McpServer, McpSession, modern_envelope
 from mcproxy.testing.fake_tools import FakeToolProvider
-from mcproxy.tools.base import SessionView
+from mcproxy.calls import SessionView
 
 ALICE = Principal("alice", frozenset({"tools:*"}))
 MODERN_META = {

@@ -179,7 +179,7 @@ def test_a_throttled_page_never_stretches_a_wait_past_the_cap():
 
     from mcproxy.config import ToolsConfig
     from mcproxy.tools.emulation import STATE_KEY, Emulation
-    from mcproxy.tools.pages import ToolCall
+    from mcproxy.tools.call import ToolCall
     from mcproxy.testing.tool_calls import make_context
 
     page = SimpleNamespace(state={STATE_KEY: Emulation(cpu_rate=20)})

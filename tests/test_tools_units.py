@@ -9,7 +9,7 @@ from mcproxy.auth.principal import Principal
 from mcproxy.config import ToolsConfig
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools import schema
-from mcproxy.tools.base import CallContext, SessionView
+from mcproxy.calls import CallContext, SessionView
 from mcproxy.tools.settle import DOM_POLL, DOM_QUIET, NAVIGATION_WINDOW, SETTLE_CAP, act_and_settle, first
 
 

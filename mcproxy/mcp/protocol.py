@@ -54,7 +54,7 @@ from mcproxy.mcp.jsonrpc import (
     result_message,
     to_json_in_pieces,
 )
-from mcproxy.tools.base import CallContext, SessionView
+from mcproxy.calls import CallContext, LogSender, ProgressReporter, SessionView
 
 log = Logger()
 
@@ -493,7 +493,7 @@ class McpSession:
         finally:
             live[0] = False
 
-    def _progress_reporter(self, request: JSONRPCRequest, notify: Notify, live: list) -> Callable[..., None]:
+    def _progress_reporter(self, request: JSONRPCRequest, notify: Notify, live: list) -> ProgressReporter:
         meta = (request.params or {}).get("_meta")
         token = meta.get("progressToken") if isinstance(meta, Mapping) else None
         with_message = is_version_at_least(self.protocol_version, "2025-03-26")
@@ -510,7 +510,7 @@ class McpSession:
 
         return report_progress
 
-    def _logger(self, notify: Notify, live: list) -> Callable[[str, Any], None]:
+    def _logger(self, notify: Notify, live: list) -> LogSender:
         def send_log(level: str, data: Any, logger: str | None = None) -> None:
             if level not in LOG_LEVELS:
                 raise ValueError(f"unknown log level {level!r}")

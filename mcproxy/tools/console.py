@@ -4,7 +4,7 @@ from mcproxy.errors import ToolError
 from mcproxy.tools import schema as s
 from mcproxy.tools.collect import PAGINATION_SCHEMA, collected, listed, paging_schema, whole_id
 from mcproxy.tools.extensions import worker_for
-from mcproxy.tools.pages import Response, ToolCall
+from mcproxy.tools.call import Response, ToolCall
 
 CONSOLE_TYPES = (
     "log",

@@ -8,7 +8,7 @@ from mcproxy.browser.cdp.connection import THREAD_DECODE_BYTES
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools import schema as s
 from mcproxy.tools.extensions import worker_for
-from mcproxy.tools.pages import Response, ToolCall
+from mcproxy.tools.call import Response, ToolCall
 from mcproxy.tools.settle import act_and_settle
 from mcproxy.threads import thread_runner
 from mcproxy.tools.snapshot import element_error, resolve_element, resolve_uid, take_snapshot

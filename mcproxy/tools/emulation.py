@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools import schema as s
-from mcproxy.tools.pages import Response, ToolCall
+from mcproxy.tools.call import Response, ToolCall
 
 log = Logger()
 

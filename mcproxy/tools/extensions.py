@@ -32,7 +32,8 @@ from mcproxy.browser.page import Page
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools import schema as s
 from mcproxy.tools.collect import STATE_KEY, Collector, PageRecords
-from mcproxy.tools.pages import Response, ToolCall, visible_pages
+from mcproxy.tools.call import Response, ToolCall
+from mcproxy.tools.scope import visible_pages
 
 FLAG = "--enable-unsafe-extension-debugging"
 SCHEME = "chrome-extension://"

@@ -23,7 +23,7 @@ from mcproxy.browser.page import EventTimeout
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools import schema as s
 from mcproxy.tools.dialogs import describe_dialog, handle_dialog
-from mcproxy.tools.pages import Response, ToolCall
+from mcproxy.tools.call import Response, ToolCall
 from mcproxy.tools.settle import act_and_settle
 from mcproxy.tools.snapshot import element_error, resolve_element, resolve_uid, stale_error, take_snapshot
 

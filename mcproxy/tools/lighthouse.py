@@ -25,7 +25,7 @@ from mcproxy.artifacts import split_path
 from mcproxy.browser.urls import validate_browser_url
 from mcproxy.errors import ToolError
 from mcproxy.tools import schema as s
-from mcproxy.tools.pages import Response, ToolCall
+from mcproxy.tools.call import Response, ToolCall
 from mcproxy.tools.screencast import run_child, save_file
 
 CATEGORIES = ("accessibility", "best-practices", "seo")

@@ -9,7 +9,7 @@ from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools import schema as s
 from mcproxy.tools.dialogs import dialog_note
 from mcproxy.tools.extensions import add_service_workers, targets_of
-from mcproxy.tools.pages import PAGES_OUTPUT_SCHEMA, Response, ToolCall
+from mcproxy.tools.call import Response, ToolCall
 from mcproxy.tools.settle import first
 from mcproxy.tools.snapshot import take_snapshot
 
@@ -235,6 +235,27 @@ async def _wait_in_document(page, texts: list[str], seconds: float, clock) -> bo
                 "Runtime.callFunctionOn", {"objectId": watcher_id, "functionDeclaration": "function () { this.cancel(); }"}
             ).addErrback(lambda _: None)
         page.send("Runtime.releaseObjectGroup", {"objectGroup": "mcproxy-wait"}).addErrback(lambda _: None)
+
+
+PAGES_OUTPUT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "pages": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "number"},
+                    "url": {"type": "string"},
+                    "title": {"type": "string"},
+                    "selected": {"type": "boolean"},
+                },
+                "required": ["id", "url", "title", "selected"],
+            },
+        }
+    },
+    "required": ["pages"],
+}
 
 
 TOOLS = [

@@ -25,7 +25,7 @@ from mcproxy.tools.collect import (
     paging_schema,
     whole_id,
 )
-from mcproxy.tools.pages import Response, ToolCall
+from mcproxy.tools.call import Response, ToolCall
 
 BODY_TEXT_LIMIT = 10_000
 RAW_HEADERS_WAIT = 1.0

@@ -21,7 +21,7 @@ from mcproxy.errors import BrowserUnavailable, CDPError, ToolError
 from mcproxy.tools import schema as s
 from mcproxy.tools.emulation import emulation_of
 from mcproxy.tools.navigation import wait_for_load
-from mcproxy.tools.pages import Response, ToolCall
+from mcproxy.tools.call import Response, ToolCall
 from mcproxy.tools.trace.events import TraceEvents, TraceFormatError, TraceParser
 from mcproxy.tools.trace.insights import TraceAnalysis, analyze, node_ids
 

@@ -32,9 +32,10 @@ from mcproxy.tools import (
     styles,
 )
 from mcproxy.tools import input as input_tools
-from mcproxy.tools.base import CallContext
+from mcproxy.calls import CallContext
 from mcproxy.tools.dialogs import add_dialog_note, require_no_dialog
-from mcproxy.tools.pages import ToolCall, error_result, resolve_page
+from mcproxy.tools.call import ToolCall, error_result
+from mcproxy.tools.scope import resolve_page
 from mcproxy.tools.schema import ToolSpec, validate
 
 log = Logger()

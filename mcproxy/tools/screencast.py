@@ -39,7 +39,8 @@ from twisted.logger import Logger
 from mcproxy.artifacts import split_path
 from mcproxy.errors import ToolError
 from mcproxy.tools import schema as s
-from mcproxy.tools.pages import Response, ToolCall, resolve_page
+from mcproxy.tools.call import Response, ToolCall
+from mcproxy.tools.scope import resolve_page
 
 log = Logger()
 

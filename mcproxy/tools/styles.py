@@ -12,7 +12,7 @@ from twisted.internet.defer import CancelledError
 
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools import schema as s
-from mcproxy.tools.pages import Response, ToolCall
+from mcproxy.tools.call import Response, ToolCall
 from mcproxy.tools.snapshot import element_error, resolve_uid, stale_error
 
 STATE_KEY = "mcproxy.styles"

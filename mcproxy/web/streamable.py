@@ -21,7 +21,7 @@ from mcproxy.mcp.protocol import (
     request_version,
     unsupported_version,
 )
-from mcproxy.tools.base import SessionView
+from mcproxy.calls import SessionView
 from mcproxy.web.http import answered, on_deadline
 from mcproxy.web.mcp_common import (
     Cutoff,
