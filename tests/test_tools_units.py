@@ -387,18 +387,18 @@ def test_a_missing_browser_is_reported_as_a_tool_error():
     ],
 )
 def test_key_combinations(combo, expected):
-    from mcproxy.tools.input import _key_events
+    from mcproxy.tools.keyboard import key_events
 
-    events = [(p["type"], p["key"], p["modifiers"]) for method, p in _key_events(combo)]
+    events = [(p["type"], p["key"], p["modifiers"]) for method, p in key_events(combo)]
     assert events == expected
 
 
 @pytest.mark.parametrize("combo", ["Hyper+a", "Control+", "NoSuchKey"])
 def test_bad_key_combinations_are_explained(combo):
-    from mcproxy.tools.input import _key_events
+    from mcproxy.tools.keyboard import key_events
 
     with pytest.raises(ToolError, match="modifier|No key|Unknown key"):
-        _key_events(combo)
+        key_events(combo)
 
 
 # -- permissions, categories and the record of each call ---------------------------------

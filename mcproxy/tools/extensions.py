@@ -31,8 +31,9 @@ from twisted.internet.defer import Deferred, DeferredLock
 from mcproxy.browser.page import Page
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools import schema as s
-from mcproxy.tools.collect import STATE_KEY, Collector, PageRecords
 from mcproxy.tools.call import Response, ToolCall
+from mcproxy.tools.collect import STATE_KEY, Collector, PageRecords
+from mcproxy.tools.declare import ToolSet
 from mcproxy.tools.scope import visible_pages
 
 FLAG = "--enable-unsafe-extension-debugging"
@@ -314,6 +315,23 @@ async def _first_worker(call: ToolCall, extension: Extension, doing: str) -> Pag
 # -- the tools --------------------------------------------------------------------------------
 
 
+tools = ToolSet("extensions")
+
+
+@tools.browser_tool(
+    "list_extensions",
+    title="List extensions",
+    description=(
+        "List the Chrome extensions installed in the browser: id, name, version, whether enabled, and the "
+        "ids of their running service workers (for evaluate_script and list_console_messages)."
+    ),
+    read_only=True,
+    output_schema={
+        "type": "object",
+        "properties": {"extensions": {"type": "array", "items": {"type": "object"}}},
+        "required": ["extensions"],
+    },
+)
 async def list_extensions(call: ToolCall) -> Response:
     """The installed extensions: id, name, version, enabled, their service workers."""
     found, note = await installed_extensions(call)
@@ -329,6 +347,15 @@ async def list_extensions(call: ToolCall) -> Response:
     return response
 
 
+@tools.browser_tool(
+    "install_extension",
+    title="Install extension",
+    description="Install an unpacked Chrome extension from a folder on the browser's machine.",
+    params={
+        "path": s.string("Absolute path of the unpacked extension's folder, on the machine Chrome runs on."),
+    },
+    required=("path",),
+)
 async def install_extension(call: ToolCall) -> Response:
     """Load an unpacked extension from a folder on the browser's machine."""
     path = call.args["path"]
@@ -344,6 +371,15 @@ async def install_extension(call: ToolCall) -> Response:
     return Response().add(f"Extension installed. Id: {reply['id']}")
 
 
+@tools.browser_tool(
+    "uninstall_extension",
+    title="Uninstall extension",
+    description="Uninstall a Chrome extension (one loaded unpacked) by its id.",
+    params={
+        "id": s.string("Id of the extension to uninstall (from list_extensions)."),
+    },
+    required=("id",),
+)
 async def uninstall_extension(call: ToolCall) -> Response:
     """Remove an extension that was loaded unpacked."""
     extension = await known_extension(call)
@@ -362,6 +398,15 @@ async def uninstall_extension(call: ToolCall) -> Response:
     return Response().add(f"Extension uninstalled. Id: {extension.id}")
 
 
+@tools.browser_tool(
+    "reload_extension",
+    title="Reload extension",
+    description="Reload an unpacked Chrome extension by its id, e.g. after changing its files.",
+    params={
+        "id": s.string("Id of the extension to reload (from list_extensions)."),
+    },
+    required=("id",),
+)
 async def reload_extension(call: ToolCall) -> Response:
     """Reload an extension: load its folder again, or ask its worker to reload itself."""
     extension = await known_extension(call)
@@ -440,6 +485,18 @@ def _new_worker(call: ToolCall, extension: Extension) -> Deferred:
     return waiting.addBoth(finish)
 
 
+@tools.browser_tool(
+    "trigger_extension_action",
+    title="Trigger extension action",
+    description=(
+        "Trigger an extension's default action, as clicking its toolbar button does (opens its popup or "
+        "fires action.onClicked), in the tab of the selected page."
+    ),
+    params={
+        "id": s.string("Id of the extension whose action to trigger (from list_extensions)."),
+    },
+    required=("id",),
+)
 async def trigger_extension_action(call: ToolCall) -> Response:
     """Click the extension's toolbar action (opens its popup or fires action.onClicked)."""
     extension = await known_extension(call)
@@ -469,6 +526,17 @@ async def _tab_target(call: ToolCall) -> str:
     return tabs[0]["targetId"]
 
 
+@tools.browser_tool(
+    "get_extension_storage",
+    title="Get extension storage",
+    description="Read everything an extension keeps in one chrome.storage area, as JSON.",
+    params={
+        "id": s.string("Id of the extension (from list_extensions)."),
+        "area": s.string('The storage area. Default "local".', enum=STORAGE_AREAS, default="local"),
+    },
+    required=("id",),
+    read_only=True,
+)
 async def get_extension_storage(call: ToolCall) -> Response:
     """The extension's chrome.storage area as JSON, read through its service worker."""
     extension = await known_extension(call)
@@ -492,85 +560,3 @@ async def get_extension_storage(call: ToolCall) -> Response:
     response = Response().add(f"## chrome.storage.{area} of extension {extension.id}\n```json\n{text}\n```")
     response.structured = {"id": extension.id, "area": area, "items": items}
     return response
-
-
-TOOLS = (
-    s.ToolSpec(
-        name="list_extensions",
-        category="extensions",
-        title="List extensions",
-        description=(
-            "List the Chrome extensions installed in the browser: id, name, version, whether enabled, and the "
-            "ids of their running service workers (for evaluate_script and list_console_messages)."
-        ),
-        input_schema=s.obj({}),
-        run=list_extensions,
-        read_only=True,
-        page_bound=False,
-        output_schema={
-            "type": "object",
-            "properties": {"extensions": {"type": "array", "items": {"type": "object"}}},
-            "required": ["extensions"],
-        },
-    ),
-    s.ToolSpec(
-        name="install_extension",
-        category="extensions",
-        title="Install extension",
-        description="Install an unpacked Chrome extension from a folder on the browser's machine.",
-        input_schema=s.obj(
-            {"path": s.string("Absolute path of the unpacked extension's folder, on the machine Chrome runs on.")},
-            ("path",),
-        ),
-        run=install_extension,
-        page_bound=False,
-    ),
-    s.ToolSpec(
-        name="uninstall_extension",
-        category="extensions",
-        title="Uninstall extension",
-        description="Uninstall a Chrome extension (one loaded unpacked) by its id.",
-        input_schema=s.obj({"id": s.string("Id of the extension to uninstall (from list_extensions).")}, ("id",)),
-        run=uninstall_extension,
-        page_bound=False,
-    ),
-    s.ToolSpec(
-        name="reload_extension",
-        category="extensions",
-        title="Reload extension",
-        description="Reload an unpacked Chrome extension by its id, e.g. after changing its files.",
-        input_schema=s.obj({"id": s.string("Id of the extension to reload (from list_extensions).")}, ("id",)),
-        run=reload_extension,
-        page_bound=False,
-    ),
-    s.ToolSpec(
-        name="trigger_extension_action",
-        category="extensions",
-        title="Trigger extension action",
-        description=(
-            "Trigger an extension's default action, as clicking its toolbar button does (opens its popup or "
-            "fires action.onClicked), in the tab of the selected page."
-        ),
-        input_schema=s.obj(
-            {"id": s.string("Id of the extension whose action to trigger (from list_extensions).")}, ("id",)
-        ),
-        run=trigger_extension_action,
-        page_bound=False,
-    ),
-    s.ToolSpec(
-        name="get_extension_storage",
-        category="extensions",
-        title="Get extension storage",
-        description="Read everything an extension keeps in one chrome.storage area, as JSON.",
-        input_schema=s.obj(
-            {
-                "id": s.string("Id of the extension (from list_extensions)."),
-                "area": s.string('The storage area. Default "local".', enum=STORAGE_AREAS, default="local"),
-            },
-            ("id",),
-        ),
-        run=get_extension_storage,
-        read_only=True,
-        page_bound=False,
-    ),
-)
