@@ -5,7 +5,7 @@ from mcproxy.tools import schema as s
 from mcproxy.tools.call import Response, ToolCall
 from mcproxy.tools.collect import PAGINATION_SCHEMA, collected, listed, paging_schema, whole_id
 from mcproxy.tools.declare import ToolSet
-from mcproxy.tools.extensions import worker_for
+from mcproxy.tools.extension_targets import worker_for
 
 CONSOLE_TYPES = (
     "log",

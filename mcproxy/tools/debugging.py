@@ -10,7 +10,7 @@ from mcproxy.threads import thread_runner
 from mcproxy.tools import schema as s
 from mcproxy.tools.call import Response, ToolCall
 from mcproxy.tools.declare import ToolSet
-from mcproxy.tools.extensions import worker_for
+from mcproxy.tools.extension_targets import worker_for
 from mcproxy.tools.settle import act_and_settle
 from mcproxy.tools.snapshot import element_error, resolve_element, resolve_uid, take_snapshot
 

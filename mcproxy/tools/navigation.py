@@ -10,7 +10,7 @@ from mcproxy.tools import schema as s
 from mcproxy.tools.call import Response, ToolCall
 from mcproxy.tools.declare import ToolSet
 from mcproxy.tools.dialogs import dialog_note
-from mcproxy.tools.extensions import add_service_workers, targets_of
+from mcproxy.tools.extension_targets import add_service_workers, targets_of
 from mcproxy.tools.settle import first
 from mcproxy.tools.snapshot import take_snapshot
 
