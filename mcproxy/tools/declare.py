@@ -83,9 +83,6 @@ class ToolSet:
     def __iter__(self) -> Iterator[ToolSpec]:
         return iter(self._specs)
 
-    def __len__(self) -> int:
-        return len(self._specs)
-
     def page_tool(
         self,
         name: str,

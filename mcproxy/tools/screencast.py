@@ -2,12 +2,12 @@
 
 Chrome pushes a frame (``Page.screencastFrame``) whenever the page's pixels change; each
 is acknowledged at once (Chrome sends no more until it is) and written, with its time, to
-a private temporary directory. On stop the frames become one file:
+a private temporary directory. On stop the frames become one file (`mcproxy.tools.encoding`):
 
 - with Debian's ffmpeg (on PATH, or the binary the operator names): an H.264 MP4, or a
   VP9 WebM when the name ends in ``.webm``, encoded by ffmpeg as a child process that
   keeps the frames' real timing (concat demuxer, variable frame rate);
-- without it: an animated PNG (APNG), which browsers play natively, assembled here from
+- without it: an animated PNG (APNG), which browsers play natively, assembled from
   PNG frames (Chrome is asked for PNG instead of JPEG then, so nothing is decoded).
 
 A background tab paints no frames (Chrome draws only what is visible), so while recording
