@@ -109,6 +109,7 @@ def _script_error(details: dict) -> ToolError:
         ),
     },
     page_id=s.page_id("The id of the page to run the script in (from list_pages). Required."),
+    # Left out when serviceWorkerId names where to run (the registry checks one of them is there).
     page_optional=True,
 )
 async def evaluate_script(call: ToolCall) -> Response:
