@@ -147,7 +147,7 @@ async def run(options) -> list[Verdict]:
     async def get_browser(user_id):
         return page.browser
 
-    registry = ToolRegistry(get_browser, ToolsConfig(tab_scope="browser"), Clock(), tools=console.TOOLS)
+    registry = ToolRegistry(get_browser, ToolsConfig(tab_scope="browser"), Clock(), tools=console.tools)
     context = make_context()
     _call(registry, context)  # warm-up
     timings, sizes = zip(*(_call(registry, context) for _ in range(ROUNDS)))

@@ -91,7 +91,7 @@ class IToolProvider(Interface):
     def call_tool(name, arguments, context):
         """Run a tool. Deferred[mcp_types.CallToolResult].
 
-        ``context`` is a `mcproxy.tools.base.CallContext`. Cancelling the Deferred cancels
+        ``context`` is a `mcproxy.calls.CallContext`. Cancelling the Deferred cancels
         the work in the browser. Unknown tools and refused permissions come back as
         ``isError`` results, never as exceptions.
         """

@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 
 from mcproxy.activity import ActivityLog
 from mcproxy.auth.principal import Principal
-from mcproxy.tools.base import CallContext, SessionView
+from mcproxy.calls import CallContext, SessionView
 from mcproxy.tools.registry import ToolCallRecord
 
 

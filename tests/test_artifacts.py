@@ -21,8 +21,8 @@ from mcproxy.testing.deferreds import (
     success_result_of,
 )
 from mcproxy.testing.fake_tools import FakeToolProvider
-from mcproxy.tools.base import SessionView
-from mcproxy.tools.pages import Response
+from mcproxy.calls import SessionView
+from mcproxy.tools.call import Response
 
 ALICE = Principal("alice", frozenset({"tools:*"}))
 MALLORY = Principal("mallory/../alice", frozenset({"tools:*"}))

@@ -10,7 +10,7 @@ from mcproxy.errors import ToolError
 from mcproxy.testing.tool_calls import failed, make_context, make_registry, ok, sleep, text_of, uid_of
 from mcproxy.tools import dialogs
 from mcproxy.tools.dialogs import add_dialog_note, dialog_note, pending_dialog, require_no_dialog, track_dialogs
-from mcproxy.tools.pages import Response
+from mcproxy.tools.call import Response
 
 READ_OUTPUT = "() => document.getElementById('output').textContent"
 

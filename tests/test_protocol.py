@@ -11,7 +11,7 @@ from mcproxy.mcp.jsonrpc import RpcError, parse_message
 from mcproxy.mcp.envelope import modern_envelope
 from mcproxy.mcp.protocol import McpServer, McpSession
 from mcproxy.testing.fake_tools import FakeToolProvider
-from mcproxy.tools.base import SessionView
+from mcproxy.calls import SessionView
 
 ALICE = Principal("alice", frozenset({"tools:*"}))
 MODERN_META = {

@@ -9,7 +9,7 @@ from mcproxy.errors import ToolError
 from mcproxy.testing.tool_calls import failed, make_context, make_registry, ok, sleep, text_of, uid_of, until
 from mcproxy.tools import schema as s
 from mcproxy.tools.emulation import parse_headers
-from mcproxy.tools.input import MAX_KEY_LENGTH, MAX_KEYED_TEXT, _key_events
+from mcproxy.tools.keyboard import MAX_KEY_LENGTH, MAX_KEYED_TEXT, key_events
 from mcproxy.tools.registry import DEFAULT_TOOLS
 from mcproxy.tools.settle import SETTLE_CAP
 
@@ -80,8 +80,8 @@ def test_every_string_and_list_argument_has_a_declared_limit():
 
 def test_key_combinations_and_headers_are_bounded():
     with pytest.raises(ToolError, match='A modifier appears twice in "Control\\+Control\\+a"'):
-        _key_events("Control+Control+a")
-    assert len(_key_events("Control+Shift+Alt+Meta+a")) == 10
+        key_events("Control+Control+a")
+    assert len(key_events("Control+Shift+Alt+Meta+a")) == 10
     headers = "{" + ",".join(f'"X-{n}": "v"' for n in range(TOO_MANY)) + "}"
     with pytest.raises(ToolError, match="101 headers, more than the 100 allowed"):
         parse_headers(headers)
@@ -179,7 +179,7 @@ def test_a_throttled_page_never_stretches_a_wait_past_the_cap():
 
     from mcproxy.config import ToolsConfig
     from mcproxy.tools.emulation import STATE_KEY, Emulation
-    from mcproxy.tools.pages import ToolCall
+    from mcproxy.tools.call import ToolCall
     from mcproxy.testing.tool_calls import make_context
 
     page = SimpleNamespace(state={STATE_KEY: Emulation(cpu_rate=20)})

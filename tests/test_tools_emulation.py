@@ -21,7 +21,7 @@ def make_tools(reactor, browser):
         return browser
 
     return ToolRegistry(
-        get_browser, ToolsConfig(), reactor, tools=(*DEFAULT_TOOLS, *emulation.TOOLS, *styles.TOOLS)
+        get_browser, ToolsConfig(), reactor, tools=(*DEFAULT_TOOLS, *emulation.tools, *styles.tools)
     )
 
 

@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred
 from mcproxy.errors import CDPError
 from twisted.internet import defer
 from mcproxy.testing.tool_calls import failed, make_context, ok, sleep, text_of
-from mcproxy.tools import extensions
+from mcproxy.tools import extension_targets, extensions
 
 EXTENSION = os.path.join(os.path.dirname(__file__), "fixtures", "extension")
 MISSING_ID = "a" * 32
@@ -410,8 +410,8 @@ def test_worker_registry_goes_with_its_browser():
         cdp = None
 
     browser = Browser()
-    registry = extensions.targets_of(browser)
-    assert extensions.targets_of(browser) is registry
+    registry = extension_targets.targets_of(browser)
+    assert extension_targets.targets_of(browser) is registry
     gone = weakref.ref(browser)
     del browser, registry
     gc.collect()

@@ -12,7 +12,7 @@ import pytest_twisted
 from mcproxy.artifacts.store import ArtifactStore
 from mcproxy.config import ArtifactsConfig
 from mcproxy.testing.tool_calls import failed, make_context, make_registry, ok, sleep, text_of
-from mcproxy.tools import screencast
+from mcproxy.tools import encoding, screencast
 
 FFMPEG = shutil.which("ffmpeg")
 
@@ -163,9 +163,9 @@ async def test_frame_limit(reactor, user_browser, fixture_site, artifacts, monke
 
 def test_jpeg_size():
     header = b"\xff\xd8" + b"\xff\xe0\x00\x04ab" + b"\xff\xc0\x00\x11\x08" + struct.pack(">HH", 600, 800) + b"\x03" + b"\0" * 9
-    assert screencast.jpeg_size(header) == (800, 600)
+    assert encoding.jpeg_size(header) == (800, 600)
     with pytest.raises(ValueError):
-        screencast.jpeg_size(b"\xff\xd8\x00")
+        encoding.jpeg_size(b"\xff\xd8\x00")
 
 
 @pytest_twisted.ensureDeferred

@@ -10,7 +10,7 @@ from mcproxy.config import ToolsConfig
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.testing.deferreds import failure_result_of, success_result_of
 from mcproxy.tools import schema
-from mcproxy.tools.base import CallContext, SessionView
+from mcproxy.calls import CallContext, SessionView
 from mcproxy.tools.settle import DOM_POLL, DOM_QUIET, NAVIGATION_WINDOW, SETTLE_CAP, act_and_settle, first
 
 
@@ -374,18 +374,18 @@ def test_a_missing_browser_is_reported_as_a_tool_error():
     ],
 )
 def test_key_combinations(combo, expected):
-    from mcproxy.tools.input import _key_events
+    from mcproxy.tools.keyboard import key_events
 
-    events = [(p["type"], p["key"], p["modifiers"]) for method, p in _key_events(combo)]
+    events = [(p["type"], p["key"], p["modifiers"]) for method, p in key_events(combo)]
     assert events == expected
 
 
 @pytest.mark.parametrize("combo", ["Hyper+a", "Control+", "NoSuchKey"])
 def test_bad_key_combinations_are_explained(combo):
-    from mcproxy.tools.input import _key_events
+    from mcproxy.tools.keyboard import key_events
 
     with pytest.raises(ToolError, match="modifier|No key|Unknown key"):
-        _key_events(combo)
+        key_events(combo)
 
 
 # -- permissions, categories and the record of each call ---------------------------------

@@ -9,6 +9,7 @@ from typing import Any, Callable, Mapping
 from mcp_types import JSONRPCRequest
 from mcp_types.version import is_version_at_least
 
+from mcproxy.calls import LogSender, ProgressReporter
 from mcproxy.mcp.jsonrpc import notification_message
 
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
@@ -19,7 +20,7 @@ Notify = Callable[[dict], None]
 
 def progress_reporter(
     request: JSONRPCRequest, protocol_version: str | None, notify: Notify, live: list
-) -> Callable[..., None]:
+) -> ProgressReporter:
     """``report_progress(progress, total=None, message=None)`` for ``request``: silent
     unless the client gave a progress token; the message only where the version has one."""
     meta = (request.params or {}).get("_meta")
@@ -39,7 +40,7 @@ def progress_reporter(
     return report_progress
 
 
-def log_sender(threshold: Callable[[], str | None], notify: Notify, live: list) -> Callable[..., None]:
+def log_sender(threshold: Callable[[], str | None], notify: Notify, live: list) -> LogSender:
     """``send_log(level, data, logger=None)``: a log message when ``level`` is at least
     ``threshold()`` (the level the client set, read at each call; None sends nothing)."""
 

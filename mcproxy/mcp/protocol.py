@@ -49,7 +49,7 @@ from mcproxy.mcp.jsonrpc import (
 )
 from mcproxy.mcp.notifications import Notify, log_sender, progress_reporter
 from mcproxy.mcp.shaping import OFF_REACTOR_WEIGHT, is_heavy, shape_result, weight
-from mcproxy.tools.base import CallContext, SessionView
+from mcproxy.calls import CallContext, SessionView
 
 log = Logger()
 

@@ -4,7 +4,7 @@ import re
 
 from mcproxy.auth.principal import Principal
 from mcproxy.config import ToolsConfig
-from mcproxy.tools.base import CallContext, SessionView
+from mcproxy.calls import CallContext, SessionView
 
 
 def make_registry(

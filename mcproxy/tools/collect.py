@@ -8,7 +8,7 @@ enables Runtime, Log and Network on a page's session and records its events into
 - a page opened through the proxy (``new_page``) from its attach on, before it loads
   anything, and again after each reconnect;
 - any other tab (the human's, a popup) only once a caller may see it: `make_visible`,
-  called for every page a tool lists or uses (`mcproxy.tools.pages.visible_pages`). Until
+  called for every page a tool lists or uses (`mcproxy.tools.scope.visible_pages`). Until
   then it costs nothing: Chrome is not asked for its events. When collection starts,
   Chrome reports the console messages and log entries it still stores, so those logged
   earlier are there; earlier network requests are not.

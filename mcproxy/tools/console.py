@@ -2,9 +2,10 @@
 
 from mcproxy.errors import ToolError
 from mcproxy.tools import schema as s
+from mcproxy.tools.call import Response, ToolCall
 from mcproxy.tools.collect import PAGINATION_SCHEMA, collected, listed, paging_schema, whole_id
-from mcproxy.tools.extensions import worker_for
-from mcproxy.tools.pages import Response, ToolCall
+from mcproxy.tools.declare import ToolSet
+from mcproxy.tools.extension_targets import worker_for
 
 CONSOLE_TYPES = (
     "log",
@@ -53,6 +54,38 @@ CONSOLE_OUTPUT_SCHEMA = {
 }
 
 
+tools = ToolSet("debugging")
+
+
+@tools.page_tool(
+    "list_console_messages",
+    title="List console messages",
+    description=(
+        "List the console messages of a page since its last navigation, including uncaught errors and "
+        "browser warnings, collected from the moment the page opened. Each has a msgid for get_console_message."
+    ),
+    params={
+        **paging_schema("messages"),
+        "types": s.array(
+            "Only messages of these types. Absent or empty: every type.",
+            s.string("A console message type.", enum=CONSOLE_TYPES),
+        ),
+        "includePreservedMessages": s.boolean(
+            "Also list the messages of the two previous navigations. Default false.", default=False
+        ),
+        "includeStackTraces": s.boolean(
+            "Show each message's stack trace when it has one (longer answer). Default false.", default=False
+        ),
+        "serviceWorkerId": s.string(
+            "List the messages of this extension service worker (an id from list_pages) instead of the "
+            "page's, collected since the proxy first attached to it (earlier ones as far as Chrome kept them)."
+        ),
+    },
+    exclusive=False,
+    dialog_safe=True,
+    read_only=True,
+    output_schema=CONSOLE_OUTPUT_SCHEMA,
+)
 async def list_console_messages(call: ToolCall) -> Response:
     """The page's console messages since its last navigation (or the last three), paged."""
     args = call.args
@@ -90,6 +123,20 @@ async def list_console_messages(call: ToolCall) -> Response:
     return response.add("\n".join(lines))
 
 
+@tools.page_tool(
+    "get_console_message",
+    title="Get console message",
+    description=(
+        "Show one console message in full (arguments, stack trace) by the msgid that list_console_messages gave."
+    ),
+    params={
+        "msgid": s.number("The msgid of a message, from list_console_messages."),
+    },
+    required=("msgid",),
+    exclusive=False,
+    dialog_safe=True,
+    read_only=True,
+)
 async def get_console_message(call: ToolCall) -> Response:
     """One console message in full: its arguments and stack trace."""
     console = (await collected(call.page, call.clock)).console
@@ -115,62 +162,3 @@ async def get_console_message(call: ToolCall) -> Response:
         lines.extend(message.stack_lines())
         lines.append(ONE_BASED)
     return Response().add("\n".join(lines))
-
-
-TOOLS = (
-    s.ToolSpec(
-        name="list_console_messages",
-        category="debugging",
-        title="List console messages",
-        description=(
-            "List the console messages of a page since its last navigation, including uncaught errors and "
-            "browser warnings, collected from the moment the page opened. Each has a msgid for get_console_message."
-        ),
-        input_schema=s.obj(
-            {
-                "pageId": s.page_id(),
-                **paging_schema("messages"),
-                "types": s.array(
-                    "Only messages of these types. Absent or empty: every type.",
-                    s.string("A console message type.", enum=CONSOLE_TYPES),
-                ),
-                "includePreservedMessages": s.boolean(
-                    "Also list the messages of the two previous navigations. Default false.", default=False
-                ),
-                "includeStackTraces": s.boolean(
-                    "Show each message's stack trace when it has one (longer answer). Default false.", default=False
-                ),
-                "serviceWorkerId": s.string(
-                    "List the messages of this extension service worker (an id from list_pages) instead of the "
-                    "page's, collected since the proxy first attached to it (earlier ones as far as Chrome kept them)."
-                ),
-            },
-            ("pageId",),
-        ),
-        output_schema=CONSOLE_OUTPUT_SCHEMA,
-        run=list_console_messages,
-        read_only=True,
-        exclusive=False,
-        dialog_safe=True,
-    ),
-    s.ToolSpec(
-        name="get_console_message",
-        category="debugging",
-        title="Get console message",
-        description=(
-            "Show one console message in full (arguments, stack trace) by the msgid that "
-            "list_console_messages gave."
-        ),
-        input_schema=s.obj(
-            {
-                "pageId": s.page_id(),
-                "msgid": s.number("The msgid of a message, from list_console_messages."),
-            },
-            ("pageId", "msgid"),
-        ),
-        run=get_console_message,
-        read_only=True,
-        exclusive=False,
-        dialog_safe=True,
-    ),
-)

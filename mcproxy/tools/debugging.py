@@ -6,11 +6,12 @@ import json
 from mcproxy.artifacts.names import guess_mime_type, is_text
 from mcproxy.browser.cdp.connection import THREAD_DECODE_BYTES
 from mcproxy.errors import CDPError, ToolError
-from mcproxy.tools import schema as s
-from mcproxy.tools.extensions import worker_for
-from mcproxy.tools.pages import Response, ToolCall
-from mcproxy.tools.settle import act_and_settle
 from mcproxy.threads import thread_runner
+from mcproxy.tools import schema as s
+from mcproxy.tools.call import Response, ToolCall
+from mcproxy.tools.declare import ToolSet
+from mcproxy.tools.extension_targets import worker_for
+from mcproxy.tools.settle import act_and_settle
 from mcproxy.tools.snapshot import element_error, resolve_element, resolve_uid, take_snapshot
 
 _MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -35,6 +36,25 @@ async def _save(call: ToolCall, data: bytes, mime_type: str, name: str | None = 
     return await store.save(call.context.principal.user_id, name, data, mime_type)
 
 
+tools = ToolSet("debugging")
+
+
+@tools.page_tool(
+    "take_snapshot",
+    title="Take snapshot",
+    description=(
+        "Describe the page as text from its accessibility tree: one line per element with a uid that "
+        "click, fill, evaluate_script and take_screenshot accept. Prefer it to a screenshot; "
+        "uids come from the latest snapshot."
+    ),
+    params={
+        "verbose": s.boolean("Include every node of the accessibility tree, not only the useful ones. Default false."),
+        "filePath": s.string(
+            "Save the snapshot as a text file instead of returning it: a name relative to your own "
+            "artifact directory (e.g. 'snapshots/home.txt'), returned as a resource to read."
+        ),
+    },
+)
 async def take_snapshot_tool(call: ToolCall) -> Response:
     """Render the page's accessibility tree as the latest snapshot, inline or saved as a text file."""
     if call.args.get("filePath"):
@@ -54,6 +74,44 @@ def _script_error(details: dict) -> ToolError:
     return ToolError(f"The script failed: {text}")
 
 
+@tools.page_tool(
+    "evaluate_script",
+    title="Evaluate script",
+    description=(
+        "Run a JavaScript function in the page and return its JSON-serializable result, e.g. "
+        "`() => document.title`, or `(el) => el.innerText` with args naming snapshot uids."
+    ),
+    params={
+        "function": s.string(
+            'The JavaScript function (or, with format "script", the script) to run.',
+            max_length=s.MAX_SCRIPT_LENGTH,
+        ),
+        "sourcePath": s.string(
+            "A file with the source on the server's disk: refused here (the server is shared); "
+            'pass the source as "function".'
+        ),
+        "format": s.string(
+            '"function" (default): a function, called with args; "script": classic code, no args.',
+            enum=("function", "script"),
+        ),
+        "args": s.array("Element uids from the latest snapshot, passed to the function in order.", s.uid()),
+        "filePath": s.string(
+            "Save the JSON result as an artifact of this name (read it with resources/read) "
+            "instead of returning it inline."
+        ),
+        "dialogAction": s.string(
+            'How to answer dialogs the script opens: "accept" (default), "dismiss", or the text for a prompt.'
+        ),
+        "waitForStableDom": s.boolean("Wait for the page to settle after the script. Default true."),
+        "serviceWorkerId": s.string(
+            "Run in this extension service worker (an id from list_pages) instead of a page; "
+            "pageId can then be left out, and args (element uids) cannot be used."
+        ),
+    },
+    page_id=s.page_id("The id of the page to run the script in (from list_pages). Required."),
+    # Left out when serviceWorkerId names where to run (the registry checks one of them is there).
+    page_optional=True,
+)
 async def evaluate_script(call: ToolCall) -> Response:
     """Run the caller's function in the page (elements as arguments); JSON result."""
     args = call.args
@@ -169,6 +227,21 @@ async def _evaluate_in_worker(call: ToolCall, worker_id: str, source: str, as_sc
     return await _script_answer(call, outcome, as_script, f"service worker {worker_id}")
 
 
+@tools.page_tool(
+    "take_screenshot",
+    title="Take screenshot",
+    description="Capture the viewport, the full page, or one element (uid) as an image.",
+    params={
+        "format": s.string('Image format. Default "png".', enum=("png", "jpeg", "webp"), default="png"),
+        "quality": s.number("JPEG/WebP quality, 0-100 (ignored for PNG).", minimum=0, maximum=100),
+        "uid": s.uid("Capture only this element (a uid from the latest snapshot)."),
+        "fullPage": s.boolean("Capture the whole page, not just the viewport. Not with uid."),
+        "filePath": s.string(
+            "Save the image instead of attaching it: a name relative to your own artifact directory "
+            "(e.g. 'shots/home.png'), returned as a resource to read."
+        ),
+    },
+)
 async def take_screenshot(call: ToolCall) -> Response:
     """Capture the viewport, the full page or one element, inline or saved as an image file."""
     args = call.args
@@ -219,6 +292,22 @@ def _b64decode_in_pieces(data: str) -> bytes:
     return b"".join(base64.b64decode(data[at : at + piece]) for at in range(0, len(data), piece))
 
 
+@tools.page_tool(
+    "take_heapsnapshot",
+    category="memory",
+    title="Take heap snapshot",
+    description=(
+        "Record a heap snapshot of the page's JavaScript objects, for finding memory leaks and what "
+        "holds memory. It is saved as a file you read with resources/read."
+    ),
+    params={
+        "filePath": s.string(
+            "Where to save the .heapsnapshot file: a name relative to your own artifact directory "
+            "(e.g. 'heap/home.heapsnapshot')."
+        ),
+    },
+    required=("filePath",),
+)
 async def take_heapsnapshot(call: ToolCall) -> Response:
     """Save a heap snapshot of the page as an artifact, chunk by chunk as Chrome streams it.
 
@@ -267,110 +356,3 @@ async def _element_clip(page, uid: str) -> dict:
     if width < 1 or height < 1:
         raise ToolError(f'Element uid "{uid}" has no visible box on page {page.page_id}, so it cannot be captured.')
     return {"x": min(xs) + viewport["pageX"], "y": min(ys) + viewport["pageY"], "width": width, "height": height, "scale": 1}
-
-
-TOOLS = [
-    s.ToolSpec(
-        name="take_snapshot",
-        category="debugging",
-        title="Take snapshot",
-        description=(
-            "Describe the page as text from its accessibility tree: one line per element with a uid that "
-            "click, fill, evaluate_script and take_screenshot accept. Prefer it to a screenshot; "
-            "uids come from the latest snapshot."
-        ),
-        input_schema=s.obj(
-            {
-                "pageId": s.page_id(),
-                "verbose": s.boolean("Include every node of the accessibility tree, not only the useful ones. Default false."),
-                "filePath": s.string(
-                    "Save the snapshot as a text file instead of returning it: a name relative to your own "
-                    "artifact directory (e.g. 'snapshots/home.txt'), returned as a resource to read."
-                ),
-            },
-            ("pageId",),
-        ),
-        run=take_snapshot_tool,
-    ),
-    s.ToolSpec(
-        name="evaluate_script",
-        category="debugging",
-        title="Evaluate script",
-        description=(
-            "Run a JavaScript function in the page and return its JSON-serializable result, e.g. "
-            "`() => document.title`, or `(el) => el.innerText` with args naming snapshot uids."
-        ),
-        input_schema=s.obj(
-                {
-                    "pageId": s.page_id("The id of the page to run the script in (from list_pages). Required."),
-                    "function": s.string(
-                        "The JavaScript function (or, with format \"script\", the script) to run.",
-                        max_length=s.MAX_SCRIPT_LENGTH,
-                    ),
-                    "sourcePath": s.string(
-                        "A file with the source on the server's disk: refused here (the server is shared); "
-                        'pass the source as "function".'
-                    ),
-                    "format": s.string(
-                        '"function" (default): a function, called with args; "script": classic code, no args.',
-                        enum=("function", "script"),
-                    ),
-                    "args": s.array("Element uids from the latest snapshot, passed to the function in order.", s.uid()),
-                    "filePath": s.string(
-                        "Save the JSON result as an artifact of this name (read it with resources/read) "
-                        "instead of returning it inline."
-                    ),
-                    "dialogAction": s.string(
-                        'How to answer dialogs the script opens: "accept" (default), "dismiss", or the text for a prompt.'
-                    ),
-                    "waitForStableDom": s.boolean("Wait for the page to settle after the script. Default true."),
-                    "serviceWorkerId": s.string(
-                        "Run in this extension service worker (an id from list_pages) instead of a page; "
-                        "pageId can then be left out, and args (element uids) cannot be used."
-                    ),
-                }
-        ),
-        run=evaluate_script,
-    ),
-    s.ToolSpec(
-        name="take_screenshot",
-        category="debugging",
-        title="Take screenshot",
-        description="Capture the viewport, the full page, or one element (uid) as an image.",
-        input_schema=s.obj(
-            {
-                "pageId": s.page_id(),
-                "format": s.string('Image format. Default "png".', enum=("png", "jpeg", "webp"), default="png"),
-                "quality": s.number("JPEG/WebP quality, 0-100 (ignored for PNG).", minimum=0, maximum=100),
-                "uid": s.uid("Capture only this element (a uid from the latest snapshot)."),
-                "fullPage": s.boolean("Capture the whole page, not just the viewport. Not with uid."),
-                "filePath": s.string(
-                    "Save the image instead of attaching it: a name relative to your own artifact directory "
-                    "(e.g. 'shots/home.png'), returned as a resource to read."
-                ),
-            },
-            ("pageId",),
-        ),
-        run=take_screenshot,
-    ),
-    s.ToolSpec(
-        name="take_heapsnapshot",
-        category="memory",
-        title="Take heap snapshot",
-        description=(
-            "Record a heap snapshot of the page's JavaScript objects, for finding memory leaks and what "
-            "holds memory. It is saved as a file you read with resources/read."
-        ),
-        input_schema=s.obj(
-            {
-                "pageId": s.page_id(),
-                "filePath": s.string(
-                    "Where to save the .heapsnapshot file: a name relative to your own artifact directory "
-                    "(e.g. 'heap/home.heapsnapshot')."
-                ),
-            },
-            ("pageId", "filePath"),
-        ),
-        run=take_heapsnapshot,
-    ),
-]

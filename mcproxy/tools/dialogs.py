@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from mcproxy.errors import CDPError, ToolError
-from mcproxy.tools.pages import Response, ToolCall
+from mcproxy.tools.call import Response, ToolCall
 
 STATE_KEY = "mcproxy.dialog"
 #: How long a freshly attached page may take to answer before it counts as blocked.

@@ -18,7 +18,8 @@ from twisted.logger import Logger
 
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools import schema as s
-from mcproxy.tools.pages import Response, ToolCall
+from mcproxy.tools.call import Response, ToolCall
+from mcproxy.tools.declare import ToolSet
 
 log = Logger()
 
@@ -303,6 +304,70 @@ def _describe(emulation: Emulation, navigation_timeout: float) -> list[str]:
     return lines
 
 
+def _pixels(description: str) -> dict:
+    """A width or height parameter: a positive integer."""
+    return {"type": "integer", "exclusiveMinimum": 0, "maximum": s.MAX_SAFE_INTEGER, "description": description}
+
+
+def _choice(description: str, choices: tuple[str, ...]) -> dict:
+    """A parameter that takes one of ``choices``."""
+    return s.string(description, enum=choices)
+
+
+tools = ToolSet("emulation")
+
+
+@tools.page_tool(
+    "emulate",
+    title="Emulate",
+    description=(
+        "Emulate conditions on a page: network throttling, CPU slowdown, geolocation, user agent, "
+        "color scheme and other media features, a device viewport, extra HTTP headers. Every call "
+        "replaces the page's previous emulation (anything not given is reset; extraHttpHeaders stay "
+        "until cleared), so pass everything you want in one call."
+    ),
+    params={
+        "networkConditions": _choice(
+            "Network throttling preset. Leave out to stop throttling.", tuple(NETWORK_PRESETS)
+        ),
+        "cpuThrottlingRate": s.number(
+            "CPU slowdown factor (1 to 20). Leave out or use 1 for no slowdown.", minimum=1, maximum=20
+        ),
+        "geolocation": s.string(
+            "Position to report, as '<latitude>,<longitude>' (latitude -90..90, longitude "
+            "-180..180). Leave out to stop overriding the position."
+        ),
+        "userAgent": s.string("User agent string to send. Leave out or pass an empty string to reset it."),
+        "colorScheme": _choice(
+            'Dark or light mode (prefers-color-scheme). Leave out or use "auto" for the default.',
+            ("dark", "light", "auto"),
+        ),
+        "forcedColors": _choice(
+            'The forced-colors media feature. Leave out or use "auto" for the default.',
+            ("active", "none", "auto"),
+        ),
+        "prefersContrast": _choice(
+            'The prefers-contrast media feature. Leave out or use "auto" for the default.',
+            ("more", "less", "custom", "no-preference", "auto"),
+        ),
+        "prefersReducedMotion": _choice(
+            'The prefers-reduced-motion media feature. Leave out or use "auto" for the default.',
+            ("reduce", "no-preference", "auto"),
+        ),
+        "viewport": s.string(
+            "Device viewport as '<width>x<height>x<devicePixelRatio>[,mobile][,touch][,landscape]': "
+            "'mobile' and 'touch' emulate a phone, 'landscape' turns it sideways. Leave out to "
+            "remove the viewport override."
+        ),
+        "extraHttpHeaders": s.string(
+            "Headers added to every request of the page, as a JSON object string such as "
+            '{"X-Custom": "value"}. They stay across navigations and later emulate calls until '
+            "an empty string clears them."
+        ),
+    },
+    # Header values are often credentials (Cookie, API keys).
+    secret=("extraHttpHeaders",),
+)
 async def emulate(call: ToolCall) -> Response:
     """Replace the page's emulation with the one the call describes."""
     page = call.page
@@ -351,6 +416,16 @@ async def _resize_window(call: ToolCall, width: int, height: int) -> bool:
     return await _inner_size(page) == (width, height)
 
 
+@tools.page_tool(
+    "resize_page",
+    title="Resize page",
+    description="Resize a page's window so that the page itself (its viewport) has the given size.",
+    params={
+        "width": _pixels("Viewport width in CSS pixels."),
+        "height": _pixels("Viewport height in CSS pixels."),
+    },
+    required=("width", "height"),
+)
 async def resize_page(call: ToolCall) -> Response:
     """Make the page's viewport the given size: by its window, else by a metrics override.
 
@@ -377,87 +452,3 @@ async def resize_page(call: ToolCall) -> Response:
                 "pixels instead; emulate without a viewport removes that."
             )
     return await response.add_pages(call)
-
-
-def _pixels(description: str) -> dict:
-    return {"type": "integer", "exclusiveMinimum": 0, "maximum": s.MAX_SAFE_INTEGER, "description": description}
-
-
-def _choice(description: str, choices: tuple[str, ...]) -> dict:
-    return s.string(description, enum=choices)
-
-
-TOOLS = (
-    s.ToolSpec(
-        name="emulate",
-        category="emulation",
-        title="Emulate",
-        description=(
-            "Emulate conditions on a page: network throttling, CPU slowdown, geolocation, user agent, "
-            "color scheme and other media features, a device viewport, extra HTTP headers. Every call "
-            "replaces the page's previous emulation (anything not given is reset; extraHttpHeaders stay "
-            "until cleared), so pass everything you want in one call."
-        ),
-        input_schema=s.obj(
-            {
-                "pageId": s.page_id(),
-                "networkConditions": _choice(
-                    "Network throttling preset. Leave out to stop throttling.", tuple(NETWORK_PRESETS)
-                ),
-                "cpuThrottlingRate": s.number(
-                    "CPU slowdown factor (1 to 20). Leave out or use 1 for no slowdown.", minimum=1, maximum=20
-                ),
-                "geolocation": s.string(
-                    "Position to report, as '<latitude>,<longitude>' (latitude -90..90, longitude "
-                    "-180..180). Leave out to stop overriding the position."
-                ),
-                "userAgent": s.string("User agent string to send. Leave out or pass an empty string to reset it."),
-                "colorScheme": _choice(
-                    'Dark or light mode (prefers-color-scheme). Leave out or use "auto" for the default.',
-                    ("dark", "light", "auto"),
-                ),
-                "forcedColors": _choice(
-                    'The forced-colors media feature. Leave out or use "auto" for the default.',
-                    ("active", "none", "auto"),
-                ),
-                "prefersContrast": _choice(
-                    'The prefers-contrast media feature. Leave out or use "auto" for the default.',
-                    ("more", "less", "custom", "no-preference", "auto"),
-                ),
-                "prefersReducedMotion": _choice(
-                    'The prefers-reduced-motion media feature. Leave out or use "auto" for the default.',
-                    ("reduce", "no-preference", "auto"),
-                ),
-                "viewport": s.string(
-                    "Device viewport as '<width>x<height>x<devicePixelRatio>[,mobile][,touch][,landscape]': "
-                    "'mobile' and 'touch' emulate a phone, 'landscape' turns it sideways. Leave out to "
-                    "remove the viewport override."
-                ),
-                "extraHttpHeaders": s.string(
-                    'Headers added to every request of the page, as a JSON object string such as '
-                    '{"X-Custom": "value"}. They stay across navigations and later emulate calls until '
-                    "an empty string clears them."
-                ),
-            },
-            ("pageId",),
-        ),
-        run=emulate,
-        # Header values are often credentials (Cookie, API keys).
-        secret_args=frozenset({"extraHttpHeaders"}),
-    ),
-    s.ToolSpec(
-        name="resize_page",
-        category="emulation",
-        title="Resize page",
-        description="Resize a page's window so that the page itself (its viewport) has the given size.",
-        input_schema=s.obj(
-            {
-                "pageId": s.page_id(),
-                "width": _pixels("Viewport width in CSS pixels."),
-                "height": _pixels("Viewport height in CSS pixels."),
-            },
-            ("pageId", "width", "height"),
-        ),
-        run=resize_page,
-    ),
-)

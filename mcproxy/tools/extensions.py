@@ -7,13 +7,7 @@ from ``Extensions.getExtensions`` (unpacked extensions, with name, version, path
 enabled state; Chrome may refuse the ``Extensions`` domain unless started with
 ``--enable-unsafe-extension-debugging``, and then the errors say so).
 
-Each user's browser gets one `ExtensionTargets`, kept in a WeakKeyDictionary so it goes
-with the browser. It gives extension service workers short ids that stay the same across
-calls ("sw-1", as upstream's list_pages shows them) and attaches to a worker only when a
-tool needs it. From that moment the worker's console is collected into the same bounded
-journal pages use (`mcproxy.tools.collect`); attaching replays what Chrome kept of the
-worker's earlier messages. Chrome does not stop a worker while DevTools is attached, so a
-worker the proxy looked into stays running until it is reloaded or the connection ends.
+The extensions' service workers and their ids are `mcproxy.tools.extension_targets`.
 
 reload_extension loads the extension's folder again (``Extensions.loadUnpacked``: a real
 reload that needs no Developer mode); without the Extensions domain it asks the worker to
@@ -22,210 +16,24 @@ is on (measured with Chromium 156).
 """
 
 import json
-from weakref import WeakKeyDictionary, proxy
 
-import attrs
 from twisted.internet import defer
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import Deferred
 
 from mcproxy.browser.page import Page
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools import schema as s
-from mcproxy.tools.collect import STATE_KEY, Collector, PageRecords
-from mcproxy.tools.pages import Response, ToolCall, visible_pages
+from mcproxy.tools.call import Response, ToolCall
+from mcproxy.tools.declare import ToolSet
+from mcproxy.tools.extension_targets import Extension, ServiceWorker, extension_id_of, targets_of
+from mcproxy.tools.scope import visible_pages
 
 FLAG = "--enable-unsafe-extension-debugging"
-SCHEME = "chrome-extension://"
 STORAGE_AREAS = ("local", "sync", "session")
 #: Chrome's answer to a method it does not implement.
 _UNKNOWN_METHOD = -32601
 #: How long reload_extension waits for the extension's new service worker.
 RELOAD_WAIT = 5.0
-
-#: Workers' console journals: the same bounds as a page's (10,000 messages, 8 MiB).
-_COLLECTOR = Collector()
-
-
-def extension_id_of(url: str) -> str | None:
-    """The extension id of a ``chrome-extension://<id>/...`` URL, else None."""
-    if not url.startswith(SCHEME):
-        return None
-    return url[len(SCHEME) :].split("/", 1)[0] or None
-
-
-@attrs.frozen
-class ServiceWorker:
-    """An extension service worker as the tools name it."""
-
-    id: str
-    target_id: str
-    url: str
-    extension_id: str
-
-
-@attrs.define
-class Extension:
-    """What is known of one installed extension."""
-
-    id: str
-    name: str = ""
-    version: str = ""
-    enabled: bool = True
-    path: str | None = None
-    workers: list[ServiceWorker] = attrs.field(factory=list)
-
-    def line(self) -> str:
-        """The list_extensions line (upstream's shape, plus the worker ids)."""
-        name = json.dumps(self.name or "(name unknown)", ensure_ascii=False)
-        version = f" v{self.version}" if self.version else ""
-        line = f"id={self.id} {name}{version} {'Enabled' if self.enabled else 'Disabled'}"
-        if self.workers:
-            line += " serviceWorkers=" + ",".join(worker.id for worker in self.workers)
-        return line
-
-    def structured(self) -> dict:
-        """The extension in list_extensions' structured content."""
-        item = {
-            "id": self.id,
-            "name": self.name,
-            "version": self.version,
-            "enabled": self.enabled,
-            "serviceWorkers": [worker.id for worker in self.workers],
-        }
-        if self.path is not None:
-            item["path"] = self.path
-        return item
-
-
-class ExtensionTargets:
-    """One browser's extension service workers: stable ids, sessions attached on demand.
-
-    It (and its worker sessions) refer to the browser weakly: it is the value of a
-    WeakKeyDictionary keyed by that browser, which a strong reference would keep alive.
-    """
-
-    def __init__(self, browser):
-        self.browser = proxy(browser)
-        self._ids: dict[str, str] = {}
-        self._next_id = 1
-        self._attached: dict[str, Page] = {}
-        self._links: dict[str, object] = {}
-        self._unsubscribe: dict[str, object] = {}
-        self._manifests: dict[str, dict] = {}
-        self._lock = DeferredLock()
-
-    async def targets(self) -> list[dict]:
-        """Chrome's current target list."""
-        reply = await self.browser.send("Target.getTargets")
-        return reply.get("targetInfos", [])
-
-    async def workers(self, infos: list[dict] | None = None) -> list[ServiceWorker]:
-        """The extension service workers running now, in id order; forgets the gone ones."""
-        if infos is None:
-            infos = await self.targets()
-        found = []
-        for info in infos:
-            extension_id = extension_id_of(info.get("url", ""))
-            if info.get("type") != "service_worker" or extension_id is None:
-                continue
-            target_id = info["targetId"]
-            if target_id not in self._ids:
-                self._ids[target_id] = f"sw-{self._next_id}"
-                self._next_id += 1
-            found.append(ServiceWorker(self._ids[target_id], target_id, info["url"], extension_id))
-        alive = {worker.target_id for worker in found}
-        for target_id in [t for t in self._ids if t not in alive]:
-            self.forget(target_id)
-        return sorted(found, key=lambda worker: int(worker.id[3:]))
-
-    def forget(self, target_id: str) -> None:
-        """Drop what is known of a worker that went away (its session, its console)."""
-        self._ids.pop(target_id, None)
-        self._manifests.pop(target_id, None)
-        self._links.pop(target_id, None)
-        unsubscribe = self._unsubscribe.pop(target_id, None)
-        if unsubscribe is not None:
-            unsubscribe()
-        worker = self._attached.pop(target_id, None)
-        if worker is not None:
-            worker.mark_closed()
-
-    async def session(self, worker_id: str) -> Page:
-        """The worker named ``worker_id``, attached; ToolError listing the known ids otherwise."""
-        workers = await self.workers()
-        for worker in workers:
-            if worker.id == worker_id:
-                return await self.attach(worker)
-        known = ", ".join(f"{worker.id} ({worker.url})" for worker in workers) or "none is running now"
-        raise ToolError(
-            f'No extension service worker with id "{worker_id}". Known service workers: {known}. '
-            "Call list_pages to see them (a worker gets a new id when it restarts)."
-        )
-
-    async def attach(self, worker: ServiceWorker) -> Page:
-        """A live session on ``worker`` (attaching once per connection); collection runs from then on."""
-        await self._lock.acquire()
-        try:
-            link = self.browser.cdp
-            page = self._attached.get(worker.target_id)
-            if page is not None and page.session_id is not None and self._links.get(worker.target_id) is link:
-                return page
-            reply = await self.browser.send("Target.attachToTarget", {"targetId": worker.target_id, "flatten": True})
-            if page is None:
-                page = Page(self.browser, worker.id, worker.target_id, url=worker.url)
-                records = page.state[STATE_KEY] = PageRecords(_COLLECTOR)
-                records.subscribe(page)
-                self._attached[worker.target_id] = page
-            else:
-                page.state[STATE_KEY].reattached()
-                self._unsubscribe.pop(worker.target_id, lambda: None)()
-            page.session_id = reply["sessionId"]
-            self._links[worker.target_id] = link
-            self._unsubscribe[worker.target_id] = link.subscribe(None, page.dispatch, session_id=page.session_id)
-        finally:
-            self._lock.release()
-        # Chrome replays the worker's kept console messages before it answers Runtime.enable.
-        await page.send("Runtime.enable")
-        return page
-
-    async def manifest(self, worker: ServiceWorker) -> dict:
-        """The extension's manifest, asked of its worker once (for name and version)."""
-        known = self._manifests.get(worker.target_id)
-        if known is None:
-            page = await self.attach(worker)
-            reply = await page.send(
-                "Runtime.evaluate", {"expression": "chrome.runtime.getManifest()", "returnByValue": True}
-            )
-            known = self._manifests[worker.target_id] = reply.get("result", {}).get("value") or {}
-        return known
-
-
-_registries: "WeakKeyDictionary[object, ExtensionTargets]" = WeakKeyDictionary()
-
-
-def targets_of(browser) -> ExtensionTargets:
-    """The browser's `ExtensionTargets`, made on first use."""
-    registry = _registries.get(browser)
-    if registry is None:
-        registry = _registries[browser] = ExtensionTargets(browser)
-    return registry
-
-
-async def worker_for(call: ToolCall, worker_id: str) -> Page:
-    """The attached session of service worker ``worker_id`` (evaluate_script, list_console_messages)."""
-    return await targets_of(call.browser).session(worker_id)
-
-
-async def add_service_workers(call: ToolCall, response: Response, infos: list[dict] | None) -> Response:
-    """list_pages' ``## Extension Service Workers`` section and ``extensionServiceWorkers`` (when
-    any run), from Chrome's target list ``infos`` (None: Chrome did not answer)."""
-    workers = await targets_of(call.browser).workers(infos) if infos is not None else []
-    if workers:
-        response.add("## Extension Service Workers\n" + "\n".join(f"{w.id}: {w.url}" for w in workers))
-        if response.structured is not None:
-            response.structured["extensionServiceWorkers"] = [{"id": w.id, "url": w.url} for w in workers]
-    return response
-
 
 # -- knowing the installed extensions ---------------------------------------------------------
 
@@ -313,6 +121,23 @@ async def _first_worker(call: ToolCall, extension: Extension, doing: str) -> Pag
 # -- the tools --------------------------------------------------------------------------------
 
 
+tools = ToolSet("extensions")
+
+
+@tools.browser_tool(
+    "list_extensions",
+    title="List extensions",
+    description=(
+        "List the Chrome extensions installed in the browser: id, name, version, whether enabled, and the "
+        "ids of their running service workers (for evaluate_script and list_console_messages)."
+    ),
+    read_only=True,
+    output_schema={
+        "type": "object",
+        "properties": {"extensions": {"type": "array", "items": {"type": "object"}}},
+        "required": ["extensions"],
+    },
+)
 async def list_extensions(call: ToolCall) -> Response:
     """The installed extensions: id, name, version, enabled, their service workers."""
     found, note = await installed_extensions(call)
@@ -328,6 +153,15 @@ async def list_extensions(call: ToolCall) -> Response:
     return response
 
 
+@tools.browser_tool(
+    "install_extension",
+    title="Install extension",
+    description="Install an unpacked Chrome extension from a folder on the browser's machine.",
+    params={
+        "path": s.string("Absolute path of the unpacked extension's folder, on the machine Chrome runs on."),
+    },
+    required=("path",),
+)
 async def install_extension(call: ToolCall) -> Response:
     """Load an unpacked extension from a folder on the browser's machine."""
     path = call.args["path"]
@@ -343,6 +177,15 @@ async def install_extension(call: ToolCall) -> Response:
     return Response().add(f"Extension installed. Id: {reply['id']}")
 
 
+@tools.browser_tool(
+    "uninstall_extension",
+    title="Uninstall extension",
+    description="Uninstall a Chrome extension (one loaded unpacked) by its id.",
+    params={
+        "id": s.string("Id of the extension to uninstall (from list_extensions)."),
+    },
+    required=("id",),
+)
 async def uninstall_extension(call: ToolCall) -> Response:
     """Remove an extension that was loaded unpacked."""
     extension = await known_extension(call)
@@ -361,6 +204,15 @@ async def uninstall_extension(call: ToolCall) -> Response:
     return Response().add(f"Extension uninstalled. Id: {extension.id}")
 
 
+@tools.browser_tool(
+    "reload_extension",
+    title="Reload extension",
+    description="Reload an unpacked Chrome extension by its id, e.g. after changing its files.",
+    params={
+        "id": s.string("Id of the extension to reload (from list_extensions)."),
+    },
+    required=("id",),
+)
 async def reload_extension(call: ToolCall) -> Response:
     """Reload an extension: load its folder again, or ask its worker to reload itself."""
     extension = await known_extension(call)
@@ -439,6 +291,18 @@ def _new_worker(call: ToolCall, extension: Extension) -> Deferred:
     return waiting.addBoth(finish)
 
 
+@tools.browser_tool(
+    "trigger_extension_action",
+    title="Trigger extension action",
+    description=(
+        "Trigger an extension's default action, as clicking its toolbar button does (opens its popup or "
+        "fires action.onClicked), in the tab of the selected page."
+    ),
+    params={
+        "id": s.string("Id of the extension whose action to trigger (from list_extensions)."),
+    },
+    required=("id",),
+)
 async def trigger_extension_action(call: ToolCall) -> Response:
     """Click the extension's toolbar action (opens its popup or fires action.onClicked)."""
     extension = await known_extension(call)
@@ -468,6 +332,17 @@ async def _tab_target(call: ToolCall) -> str:
     return tabs[0]["targetId"]
 
 
+@tools.browser_tool(
+    "get_extension_storage",
+    title="Get extension storage",
+    description="Read everything an extension keeps in one chrome.storage area, as JSON.",
+    params={
+        "id": s.string("Id of the extension (from list_extensions)."),
+        "area": s.string('The storage area. Default "local".', enum=STORAGE_AREAS, default="local"),
+    },
+    required=("id",),
+    read_only=True,
+)
 async def get_extension_storage(call: ToolCall) -> Response:
     """The extension's chrome.storage area as JSON, read through its service worker."""
     extension = await known_extension(call)
@@ -491,85 +366,3 @@ async def get_extension_storage(call: ToolCall) -> Response:
     response = Response().add(f"## chrome.storage.{area} of extension {extension.id}\n```json\n{text}\n```")
     response.structured = {"id": extension.id, "area": area, "items": items}
     return response
-
-
-TOOLS = (
-    s.ToolSpec(
-        name="list_extensions",
-        category="extensions",
-        title="List extensions",
-        description=(
-            "List the Chrome extensions installed in the browser: id, name, version, whether enabled, and the "
-            "ids of their running service workers (for evaluate_script and list_console_messages)."
-        ),
-        input_schema=s.obj({}),
-        run=list_extensions,
-        read_only=True,
-        page_bound=False,
-        output_schema={
-            "type": "object",
-            "properties": {"extensions": {"type": "array", "items": {"type": "object"}}},
-            "required": ["extensions"],
-        },
-    ),
-    s.ToolSpec(
-        name="install_extension",
-        category="extensions",
-        title="Install extension",
-        description="Install an unpacked Chrome extension from a folder on the browser's machine.",
-        input_schema=s.obj(
-            {"path": s.string("Absolute path of the unpacked extension's folder, on the machine Chrome runs on.")},
-            ("path",),
-        ),
-        run=install_extension,
-        page_bound=False,
-    ),
-    s.ToolSpec(
-        name="uninstall_extension",
-        category="extensions",
-        title="Uninstall extension",
-        description="Uninstall a Chrome extension (one loaded unpacked) by its id.",
-        input_schema=s.obj({"id": s.string("Id of the extension to uninstall (from list_extensions).")}, ("id",)),
-        run=uninstall_extension,
-        page_bound=False,
-    ),
-    s.ToolSpec(
-        name="reload_extension",
-        category="extensions",
-        title="Reload extension",
-        description="Reload an unpacked Chrome extension by its id, e.g. after changing its files.",
-        input_schema=s.obj({"id": s.string("Id of the extension to reload (from list_extensions).")}, ("id",)),
-        run=reload_extension,
-        page_bound=False,
-    ),
-    s.ToolSpec(
-        name="trigger_extension_action",
-        category="extensions",
-        title="Trigger extension action",
-        description=(
-            "Trigger an extension's default action, as clicking its toolbar button does (opens its popup or "
-            "fires action.onClicked), in the tab of the selected page."
-        ),
-        input_schema=s.obj(
-            {"id": s.string("Id of the extension whose action to trigger (from list_extensions).")}, ("id",)
-        ),
-        run=trigger_extension_action,
-        page_bound=False,
-    ),
-    s.ToolSpec(
-        name="get_extension_storage",
-        category="extensions",
-        title="Get extension storage",
-        description="Read everything an extension keeps in one chrome.storage area, as JSON.",
-        input_schema=s.obj(
-            {
-                "id": s.string("Id of the extension (from list_extensions)."),
-                "area": s.string('The storage area. Default "local".', enum=STORAGE_AREAS, default="local"),
-            },
-            ("id",),
-        ),
-        run=get_extension_storage,
-        read_only=True,
-        page_bound=False,
-    ),
-)

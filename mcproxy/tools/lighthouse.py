@@ -25,8 +25,9 @@ from mcproxy.artifacts.names import split_path
 from mcproxy.browser.urls import validate_browser_url
 from mcproxy.errors import ToolError
 from mcproxy.tools import schema as s
-from mcproxy.tools.pages import Response, ToolCall
-from mcproxy.tools.screencast import run_child, save_file
+from mcproxy.tools.call import Response, ToolCall
+from mcproxy.tools.child import run_child, save_file
+from mcproxy.tools.declare import ToolSet, ToolSpec
 
 CATEGORIES = ("accessibility", "best-practices", "seo")
 DEFAULT_TIMEOUT = 120.0
@@ -138,12 +139,36 @@ def summarize(report: dict, mode: str, device: str) -> str:
     return "\n".join(lines)
 
 
-def lighthouse_tools(command: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[s.ToolSpec, ...]:
+def lighthouse_tools(command: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[ToolSpec, ...]:
     """``(lighthouse_audit,)`` running ``command`` (the operator's ``tools.lighthouse_command``);
     no tool at all when it is empty."""
     if not command.strip():
         return ()
+    tools = ToolSet("debugging")
 
+    @tools.page_tool(
+        "lighthouse_audit",
+        title="Lighthouse audit",
+        description=(
+            "Audit the page with Lighthouse for accessibility, SEO and best practices: category scores, "
+            "failed audits and the elements they flag; the full JSON and HTML reports are saved as files "
+            "you can read. Performance is not included: use performance_start_trace for it."
+        ),
+        params={
+            "mode": s.string(
+                '"navigation" loads the page\'s URL again and audits it; "snapshot" would audit the '
+                "current state (not available with the Lighthouse CLI).",
+                enum=("navigation", "snapshot"),
+                default="navigation",
+            ),
+            "device": s.string("The device to emulate.", enum=("desktop", "mobile"), default="desktop"),
+            "outputDirPath": s.string(
+                "Folder among your artifacts for report.json and report.html; a generated one when absent."
+            ),
+        },
+        exclusive=False,
+        dialog_safe=True,
+    )
     async def audit(call: ToolCall) -> Response:
         """Run the CLI against the user's browser, save both reports, summarize the JSON one."""
         page = call.page
@@ -196,34 +221,4 @@ def lighthouse_tools(command: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[s.
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    return (
-        s.ToolSpec(
-            name="lighthouse_audit",
-            category="debugging",
-            title="Lighthouse audit",
-            description=(
-                "Audit the page with Lighthouse for accessibility, SEO and best practices: category scores, "
-                "failed audits and the elements they flag; the full JSON and HTML reports are saved as files "
-                "you can read. Performance is not included: use performance_start_trace for it."
-            ),
-            input_schema=s.obj(
-                {
-                    "pageId": s.page_id(),
-                    "mode": s.string(
-                        '"navigation" loads the page\'s URL again and audits it; "snapshot" would audit the '
-                        "current state (not available with the Lighthouse CLI).",
-                        enum=("navigation", "snapshot"),
-                        default="navigation",
-                    ),
-                    "device": s.string("The device to emulate.", enum=("desktop", "mobile"), default="desktop"),
-                    "outputDirPath": s.string(
-                        "Folder among your artifacts for report.json and report.html; a generated one when absent."
-                    ),
-                },
-                ("pageId",),
-            ),
-            run=audit,
-            exclusive=False,
-            dialog_safe=True,
-        ),
-    )
+    return tuple(tools)

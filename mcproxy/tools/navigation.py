@@ -7,9 +7,10 @@ from twisted.internet.task import deferLater
 
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools import schema as s
+from mcproxy.tools.call import Response, ToolCall
+from mcproxy.tools.declare import ToolSet
 from mcproxy.tools.dialogs import dialog_note
-from mcproxy.tools.extensions import add_service_workers, targets_of
-from mcproxy.tools.pages import PAGES_OUTPUT_SCHEMA, Response, ToolCall
+from mcproxy.tools.extension_targets import add_service_workers, targets_of
 from mcproxy.tools.settle import first
 from mcproxy.tools.snapshot import take_snapshot
 
@@ -39,6 +40,41 @@ _WAIT_FOR_TEXT = """function (texts) {
 }"""
 
 
+#: The structured content of list_pages.
+PAGES_OUTPUT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "pages": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "number"},
+                    "url": {"type": "string"},
+                    "title": {"type": "string"},
+                    "selected": {"type": "boolean"},
+                },
+                "required": ["id", "url", "title", "selected"],
+            },
+        }
+    },
+    "required": ["pages"],
+}
+
+
+tools = ToolSet("navigation")
+
+
+@tools.browser_tool(
+    "list_pages",
+    title="List pages",
+    description=(
+        "List the browser pages (tabs) you can use, with their ids (the selected one is marked), and the "
+        "browser's extension service workers with theirs."
+    ),
+    read_only=True,
+    output_schema=PAGES_OUTPUT_SCHEMA,
+)
 async def list_pages(call: ToolCall) -> Response:
     """The pages in the caller's scope and the browser's extension service workers, as text and
     as structured content; one ``Target.getTargets`` serves both."""
@@ -50,6 +86,18 @@ async def list_pages(call: ToolCall) -> Response:
     return await add_service_workers(call, response, infos)
 
 
+@tools.page_tool(
+    "select_page",
+    title="Select page",
+    description="Make a page the selected one for this session, optionally bringing its tab to the front.",
+    params={
+        "bringToFront": s.boolean("Also focus the tab and bring it to the front."),
+    },
+    page_id=s.page_id("The id of the page to select (from list_pages)."),
+    exclusive=False,
+    dialog_safe=True,
+    read_only=True,
+)
 async def select_page(call: ToolCall) -> Response:
     """Remember the page as this session's selected one."""
     page = call.page
@@ -59,6 +107,22 @@ async def select_page(call: ToolCall) -> Response:
     return await Response().add_pages(call)
 
 
+@tools.browser_tool(
+    "new_page",
+    title="New page",
+    description="Open a new tab, load a URL in it and select it.",
+    params={
+        "url": s.string("The URL to load in the new tab.", max_length=s.MAX_SCRIPT_LENGTH),
+        "background": s.boolean("Open the tab without bringing it to the front. Default false."),
+        "isolatedContext": s.string(
+            "Open the tab in the isolated browser context of this name, created on first use. Tabs "
+            "of one context share cookies and storage; different contexts (and the default one) "
+            "share nothing, which gives clean-slate cookies and logins."
+        ),
+        "timeout": _TIMEOUT,
+    },
+    required=("url",),
+)
 async def new_page(call: ToolCall) -> Response:
     """Open a tab owned by this session and select it, in a named isolated context if asked."""
     session = call.context.session
@@ -78,6 +142,14 @@ async def new_page(call: ToolCall) -> Response:
     return await Response().add_pages(call)
 
 
+@tools.page_tool(
+    "close_page",
+    title="Close page",
+    description="Close a page (tab) by id. The browser's last open page stays open.",
+    page_id=s.page_id("The id of the page to close (from list_pages)."),
+    exclusive=False,
+    dialog_safe=True,
+)
 async def close_page(call: ToolCall) -> Response:
     """Close a tab, never the browser's last one (Chrome would have no window left)."""
     page = call.page
@@ -129,6 +201,29 @@ async def _current_url(page) -> str:
     return result.get("result", {}).get("value", page.url)
 
 
+@tools.page_tool(
+    "navigate_page",
+    title="Navigate page",
+    description="Load a URL in a page, go back or forward in its history, or reload it; waits for the load.",
+    params={
+        "type": s.string(
+            'What to do: "url" (load url), "back", "forward" or "reload".',
+            enum=("url", "back", "forward", "reload"),
+        ),
+        "url": s.string('The URL to load (type "url" only).', max_length=s.MAX_SCRIPT_LENGTH),
+        "ignoreCache": s.boolean("Bypass the cache when reloading."),
+        "handleBeforeUnload": s.string(
+            'Answer to a "leave this page?" (beforeunload) prompt during the navigation. Default accept.',
+            enum=("accept", "dismiss"),
+        ),
+        "initScript": s.string(
+            "JavaScript to run in the next document before its own scripts.", max_length=s.MAX_SCRIPT_LENGTH
+        ),
+        "timeout": _TIMEOUT,
+    },
+    # Navigating (or reloading) is how a page blocked by a dialog gets going again.
+    dialog_safe=True,
+)
 async def navigate_page(call: ToolCall) -> Response:
     """Load a URL, move in history or reload, and wait for the load."""
     page = call.page
@@ -188,6 +283,17 @@ async def navigate_page(call: ToolCall) -> Response:
     return await Response().add(message).add_pages(call)
 
 
+@tools.page_tool(
+    "wait_for",
+    title="Wait for text",
+    description="Wait until any of the given texts appears on the page, then return a snapshot.",
+    params={
+        "text": s.array("Texts to wait for; the first one to appear ends the wait.", s.string("A text."), min_items=1),
+        "timeout": _TIMEOUT,
+    },
+    required=("text",),
+    read_only=True,
+)
 async def wait_for(call: ToolCall) -> Response:
     """Wait (event-driven, across navigations) for one of the texts to appear."""
     page = call.page
@@ -235,116 +341,3 @@ async def _wait_in_document(page, texts: list[str], seconds: float, clock) -> bo
                 "Runtime.callFunctionOn", {"objectId": watcher_id, "functionDeclaration": "function () { this.cancel(); }"}
             ).addErrback(lambda _: None)
         page.send("Runtime.releaseObjectGroup", {"objectGroup": "mcproxy-wait"}).addErrback(lambda _: None)
-
-
-TOOLS = [
-    s.ToolSpec(
-        name="list_pages",
-        category="navigation",
-        title="List pages",
-        description=(
-            "List the browser pages (tabs) you can use, with their ids (the selected one is marked), and the "
-            "browser's extension service workers with theirs."
-        ),
-        input_schema=s.obj({}),
-        run=list_pages,
-        read_only=True,
-        page_bound=False,
-        output_schema=PAGES_OUTPUT_SCHEMA,
-    ),
-    s.ToolSpec(
-        name="select_page",
-        category="navigation",
-        title="Select page",
-        description="Make a page the selected one for this session, optionally bringing its tab to the front.",
-        input_schema=s.obj(
-            {
-                "pageId": s.page_id("The id of the page to select (from list_pages)."),
-                "bringToFront": s.boolean("Also focus the tab and bring it to the front."),
-            },
-            ("pageId",),
-        ),
-        run=select_page,
-        read_only=True,
-        exclusive=False,
-        dialog_safe=True,
-    ),
-    s.ToolSpec(
-        name="new_page",
-        category="navigation",
-        title="New page",
-        description="Open a new tab, load a URL in it and select it.",
-        input_schema=s.obj(
-            {
-                "url": s.string("The URL to load in the new tab.", max_length=s.MAX_SCRIPT_LENGTH),
-                "background": s.boolean("Open the tab without bringing it to the front. Default false."),
-                "isolatedContext": s.string(
-                    "Open the tab in the isolated browser context of this name, created on first use. Tabs "
-                    "of one context share cookies and storage; different contexts (and the default one) "
-                    "share nothing, which gives clean-slate cookies and logins."
-                ),
-                "timeout": _TIMEOUT,
-            },
-            ("url",),
-        ),
-        run=new_page,
-        page_bound=False,
-    ),
-    s.ToolSpec(
-        name="close_page",
-        category="navigation",
-        title="Close page",
-        description="Close a page (tab) by id. The browser's last open page stays open.",
-        input_schema=s.obj({"pageId": s.page_id("The id of the page to close (from list_pages).")}, ("pageId",)),
-        run=close_page,
-        exclusive=False,
-        dialog_safe=True,
-    ),
-    s.ToolSpec(
-        name="navigate_page",
-        category="navigation",
-        title="Navigate page",
-        description="Load a URL in a page, go back or forward in its history, or reload it; waits for the load.",
-        input_schema=s.obj(
-            {
-                "pageId": s.page_id(),
-                "type": s.string(
-                    'What to do: "url" (load url), "back", "forward" or "reload".',
-                    enum=("url", "back", "forward", "reload"),
-                ),
-                "url": s.string('The URL to load (type "url" only).', max_length=s.MAX_SCRIPT_LENGTH),
-                "ignoreCache": s.boolean("Bypass the cache when reloading."),
-                "handleBeforeUnload": s.string(
-                    'Answer to a "leave this page?" (beforeunload) prompt during the navigation. Default accept.',
-                    enum=("accept", "dismiss"),
-                ),
-                "initScript": s.string(
-                    "JavaScript to run in the next document before its own scripts.", max_length=s.MAX_SCRIPT_LENGTH
-                ),
-                "timeout": _TIMEOUT,
-            },
-            ("pageId",),
-        ),
-        run=navigate_page,
-        # Navigating (or reloading) is how a page blocked by a dialog gets going again.
-        dialog_safe=True,
-    ),
-    s.ToolSpec(
-        name="wait_for",
-        category="navigation",
-        title="Wait for text",
-        description="Wait until any of the given texts appears on the page, then return a snapshot.",
-        input_schema=s.obj(
-            {
-                "pageId": s.page_id(),
-                "text": s.array(
-                    "Texts to wait for; the first one to appear ends the wait.", s.string("A text."), min_items=1
-                ),
-                "timeout": _TIMEOUT,
-            },
-            ("pageId", "text"),
-        ),
-        run=wait_for,
-        read_only=True,
-    ),
-]

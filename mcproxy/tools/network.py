@@ -15,6 +15,7 @@ import codecs
 from mcproxy.browser.page import EventTimeout
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools import schema as s
+from mcproxy.tools.call import Response, ToolCall
 from mcproxy.tools.collect import (
     PAGINATION_SCHEMA,
     TRUNCATED,
@@ -25,7 +26,7 @@ from mcproxy.tools.collect import (
     paging_schema,
     whole_id,
 )
-from mcproxy.tools.pages import Response, ToolCall
+from mcproxy.tools.declare import ToolSet
 
 BODY_TEXT_LIMIT = 10_000
 RAW_HEADERS_WAIT = 1.0
@@ -87,6 +88,31 @@ def _line(request: NetworkRequest) -> str:
     return f"reqid={request.id} {request.method} {request.url} [{request.status_label}]"
 
 
+tools = ToolSet("network")
+
+
+@tools.page_tool(
+    "list_network_requests",
+    title="List network requests",
+    description=(
+        "List the requests a page made since its last navigation, collected from the moment the page "
+        "opened: method, URL and status, each with a reqid for get_network_request."
+    ),
+    params={
+        **paging_schema("requests"),
+        "resourceTypes": s.array(
+            "Only requests of these resource types. Absent or empty: every type.",
+            s.string("A resource type.", enum=RESOURCE_TYPES),
+        ),
+        "includePreservedRequests": s.boolean(
+            "Also list the requests of the two previous navigations. Default false.", default=False
+        ),
+    },
+    exclusive=False,
+    dialog_safe=True,
+    read_only=True,
+    output_schema=NETWORK_OUTPUT_SCHEMA,
+)
 async def list_network_requests(call: ToolCall) -> Response:
     """The page's requests since its last navigation (or the last three), paged."""
     args = call.args
@@ -318,6 +344,26 @@ async def _raw_headers(page, request) -> None:
         request.extra_info_due = False  # Chrome will not send them after all; show what we have
 
 
+@tools.page_tool(
+    "get_network_request",
+    title="Get network request",
+    description=(
+        "Show one request in full: request and response headers (Cookie and Set-Cookie included unless "
+        "the server redacts them), bodies (inline up to 10,000 characters, or saved whole to a file you "
+        "can read with resources/read), failure and redirect chain."
+    ),
+    params={
+        "reqid": s.number("The reqid of the request, from list_network_requests."),
+        "requestFilePath": s.string(
+            "Save the request body to this file (a relative name in your artifact directory) instead of showing it."
+        ),
+        "responseFilePath": s.string(
+            "Save the whole response body to this file (a relative name in your artifact "
+            "directory) instead of showing its start."
+        ),
+    },
+    exclusive=False,
+)
 async def get_network_request(call: ToolCall) -> Response:
     """One request in full: headers, bodies (inline, truncated, or saved), failure, redirects."""
     network = (await collected(call.page, call.clock)).network
@@ -341,62 +387,3 @@ async def get_network_request(call: ToolCall) -> Response:
             lines.append("  " * depth + (_line(hop) if kept else f"{hop.method} {hop.url} [{hop.status_label}]"))
         response.add("\n".join(lines))
     return response
-
-
-TOOLS = (
-    s.ToolSpec(
-        name="list_network_requests",
-        category="network",
-        title="List network requests",
-        description=(
-            "List the requests a page made since its last navigation, collected from the moment the page "
-            "opened: method, URL and status, each with a reqid for get_network_request."
-        ),
-        input_schema=s.obj(
-            {
-                "pageId": s.page_id(),
-                **paging_schema("requests"),
-                "resourceTypes": s.array(
-                    "Only requests of these resource types. Absent or empty: every type.",
-                    s.string("A resource type.", enum=RESOURCE_TYPES),
-                ),
-                "includePreservedRequests": s.boolean(
-                    "Also list the requests of the two previous navigations. Default false.", default=False
-                ),
-            },
-            ("pageId",),
-        ),
-        output_schema=NETWORK_OUTPUT_SCHEMA,
-        run=list_network_requests,
-        read_only=True,
-        exclusive=False,
-        dialog_safe=True,
-    ),
-    s.ToolSpec(
-        name="get_network_request",
-        category="network",
-        title="Get network request",
-        description=(
-            "Show one request in full: request and response headers (Cookie and Set-Cookie included unless "
-            "the server redacts them), bodies (inline up to 10,000 characters, or saved whole to a file you "
-            "can read with resources/read), failure and redirect chain."
-        ),
-        input_schema=s.obj(
-            {
-                "pageId": s.page_id(),
-                "reqid": s.number("The reqid of the request, from list_network_requests."),
-                "requestFilePath": s.string(
-                    "Save the request body to this file (a relative name in your artifact directory) "
-                    "instead of showing it."
-                ),
-                "responseFilePath": s.string(
-                    "Save the whole response body to this file (a relative name in your artifact "
-                    "directory) instead of showing its start."
-                ),
-            },
-            ("pageId",),
-        ),
-        run=get_network_request,
-        exclusive=False,
-    ),
-)

@@ -19,9 +19,10 @@ from twisted.internet.task import deferLater
 
 from mcproxy.errors import BrowserUnavailable, CDPError, ToolError
 from mcproxy.tools import schema as s
+from mcproxy.tools.call import Response, ToolCall
+from mcproxy.tools.declare import ToolSet
 from mcproxy.tools.emulation import emulation_of
 from mcproxy.tools.navigation import wait_for_load
-from mcproxy.tools.pages import Response, ToolCall
 from mcproxy.tools.trace.events import TraceEvents, TraceFormatError, TraceParser
 from mcproxy.tools.trace.insights import analyze, node_ids
 from mcproxy.tools.trace.records import TraceAnalysis
@@ -124,6 +125,34 @@ class _TraceFile:
         self._writer.abort()
 
 
+_FILE_PATH = s.string(
+    "Also save the raw trace, when it stops, as this file: a relative name in your own artifact directory, "
+    "returned as a resource you can read. A name ending in .gz is gzip-compressed, e.g. trace.json or "
+    "trace.json.gz."
+)
+
+
+tools = ToolSet("performance")
+
+
+@tools.page_tool(
+    "performance_start_trace",
+    title="Start performance trace",
+    description=(
+        "Record a performance trace of the page, to find what slows it down and to measure Core Web "
+        "Vitals (LCP, INP, CLS) and page load speed."
+    ),
+    params={
+        "reload": s.boolean(
+            "Reload the page once the trace has started. Load the URL you want with navigate_page "
+            "before starting the trace when reload or autoStop is true.",
+            default=True,
+        ),
+        "autoStop": s.boolean("Stop the trace by itself a few seconds after the page has loaded.", default=True),
+        "ignoreCache": s.boolean("Bypass the HTTP cache on the reload, to measure a cold load (reload only)."),
+        "filePath": _FILE_PATH,
+    },
+)
 async def start_trace(call: ToolCall) -> Response:
     """Start tracing; with reload, reload the page; with autoStop, stop and summarize after the load."""
     page = call.page
@@ -177,6 +206,14 @@ async def _start_tracing(call: ToolCall) -> None:
         await deferLater(call.clock, BUSY_RETRY, lambda: None)
 
 
+@tools.page_tool(
+    "performance_stop_trace",
+    title="Stop performance trace",
+    description="Stop the performance trace running on the page and summarize what it found.",
+    params={
+        "filePath": _FILE_PATH,
+    },
+)
 async def stop_trace(call: ToolCall) -> Response:
     """Stop the page's trace and summarize it."""
     state = _state(call.page)
@@ -193,6 +230,23 @@ async def stop_trace(call: ToolCall) -> Response:
     return await _stop(call, state, call.args.get("filePath") or state.file_path)
 
 
+@tools.page_tool(
+    "performance_analyze_insight",
+    title="Analyze performance insight",
+    description=(
+        "Explain one Performance Insight of an insight set listed in the summary of the page's last "
+        "trace recording, in detail."
+    ),
+    params={
+        "insightSetId": s.string(
+            'The insight set id, exactly as listed under "Available insight sets" in the trace summary.'
+        ),
+        "insightName": s.string('The insight to explain, for example "DocumentLatency" or "LCPBreakdown".'),
+    },
+    required=("insightSetId", "insightName"),
+    exclusive=False,
+    read_only=True,
+)
 async def analyze_insight(call: ToolCall) -> Response:
     """The detail of one insight of the page's last trace."""
     analysis = _state(call.page).analysis
@@ -318,67 +372,3 @@ async def _describe_nodes(page, ids: set[int]) -> dict[int, str]:
                 label += f" {key}='{pairs[key]}'"
         names[node_id] = label
     return names
-
-
-_FILE_PATH = s.string(
-    "Also save the raw trace, when it stops, as this file: a relative name in your own artifact directory, "
-    "returned as a resource you can read. A name ending in .gz is gzip-compressed, e.g. trace.json or "
-    "trace.json.gz."
-)
-
-TOOLS = (
-    s.ToolSpec(
-        name="performance_start_trace",
-        category="performance",
-        title="Start performance trace",
-        description="Record a performance trace of the page, to find what slows it down and to measure Core Web "
-        "Vitals (LCP, INP, CLS) and page load speed.",
-        input_schema=s.obj(
-            {
-                "pageId": s.page_id(),
-                "reload": s.boolean(
-                    "Reload the page once the trace has started. Load the URL you want with navigate_page "
-                    "before starting the trace when reload or autoStop is true.",
-                    default=True,
-                ),
-                "autoStop": s.boolean(
-                    "Stop the trace by itself a few seconds after the page has loaded.", default=True
-                ),
-                "ignoreCache": s.boolean("Bypass the HTTP cache on the reload, to measure a cold load (reload only)."),
-                "filePath": _FILE_PATH,
-            },
-            ("pageId",),
-        ),
-        run=start_trace,
-    ),
-    s.ToolSpec(
-        name="performance_stop_trace",
-        category="performance",
-        title="Stop performance trace",
-        description="Stop the performance trace running on the page and summarize what it found.",
-        input_schema=s.obj({"pageId": s.page_id(), "filePath": _FILE_PATH}, ("pageId",)),
-        run=stop_trace,
-    ),
-    s.ToolSpec(
-        name="performance_analyze_insight",
-        category="performance",
-        title="Analyze performance insight",
-        description="Explain one Performance Insight of an insight set listed in the summary of the page's last "
-        "trace recording, in detail.",
-        input_schema=s.obj(
-            {
-                "pageId": s.page_id(),
-                "insightSetId": s.string(
-                    'The insight set id, exactly as listed under "Available insight sets" in the trace summary.'
-                ),
-                "insightName": s.string(
-                    'The insight to explain, for example "DocumentLatency" or "LCPBreakdown".'
-                ),
-            },
-            ("pageId", "insightSetId", "insightName"),
-        ),
-        run=analyze_insight,
-        read_only=True,
-        exclusive=False,
-    ),
-)

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mcproxy.browser.policy import PolicyBook
+from mcproxy.calls import CallContext
 from mcproxy.config import BrowsingConfig, ToolsConfig
 from mcproxy.errors import BrowserUnavailable, LimitReached, RateLimited, ToolError
 from mcproxy.interfaces import IToolProvider
@@ -32,23 +33,24 @@ from mcproxy.tools import (
     styles,
 )
 from mcproxy.tools import input as input_tools
-from mcproxy.tools.base import CallContext
+from mcproxy.tools.call import ToolCall, error_result
+from mcproxy.tools.declare import ToolSpec
 from mcproxy.tools.dialogs import add_dialog_note, require_no_dialog
-from mcproxy.tools.pages import ToolCall, error_result, resolve_page
-from mcproxy.tools.schema import ToolSpec, validate
+from mcproxy.tools.schema import validate
+from mcproxy.tools.scope import resolve_page
 
 log = Logger()
 
 DEFAULT_TOOLS: tuple[ToolSpec, ...] = (
-    *navigation.TOOLS,
-    *input_tools.TOOLS,
-    *debugging.TOOLS,
-    *emulation.TOOLS,
-    *styles.TOOLS,
-    *console.TOOLS,
-    *network.TOOLS,
-    *performance.TOOLS,
-    *extensions.TOOLS,
+    *navigation.tools,
+    *input_tools.tools,
+    *debugging.tools,
+    *emulation.tools,
+    *styles.tools,
+    *console.tools,
+    *network.tools,
+    *performance.tools,
+    *extensions.tools,
 )
 
 
@@ -108,7 +110,7 @@ class ToolRegistry:
     def list_tools(self, principal) -> list[mcp_types.Tool]:
         """The tools ``principal`` may call, in a stable order."""
         return [
-            self._describe(tool)
+            tool.describe()
             for tool in self._tools.values()
             if tool.category in self._categories and self._may_call(principal, tool)
         ]
@@ -133,20 +135,6 @@ class ToolRegistry:
         return (
             f"Note: the timeout of {int(asked)} ms was lowered to {limit} ms, the longest wait this server "
             "allows (tools.max_timeout)."
-        )
-
-    @staticmethod
-    def _describe(tool: ToolSpec) -> mcp_types.Tool:
-        # chrome-devtools-mcp puts the category in the annotations, but the MCP wire types
-        # (and the per-version sieve) drop unknown annotation keys, so it travels in _meta.
-        return mcp_types.Tool(
-            name=tool.name,
-            title=tool.title,
-            description=tool.description,
-            input_schema=tool.input_schema,
-            output_schema=tool.output_schema,
-            annotations=mcp_types.ToolAnnotations(title=tool.title, read_only_hint=tool.read_only),
-            _meta={"category": tool.category},
         )
 
     def call_tool(self, name: str, arguments: dict | None, context: CallContext) -> Deferred:

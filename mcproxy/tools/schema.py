@@ -1,4 +1,4 @@
-"""Declaring tools: their JSON input schemas, and checking arguments against them.
+"""Tool input schemas: building them, and checking arguments against them.
 
 The schemas keep chrome-devtools-mcp 1.11's parameter names, types and required lists so
 that clients and prompts built for it work unchanged. The validator covers the subset of
@@ -11,9 +11,7 @@ constants below), so that no single call makes the proxy or the browser do unbou
 upstream declares none, and for normal inputs these change nothing.
 """
 
-from typing import Any, Awaitable, Callable
-
-import attrs
+from typing import Any
 
 from mcproxy.errors import ToolError
 
@@ -110,33 +108,6 @@ def obj(properties: dict[str, dict], required: tuple[str, ...] = ()) -> dict:
     if required:
         schema["required"] = list(required)
     return schema
-
-
-@attrs.frozen
-class ToolSpec:
-    """One tool: what clients see in ``tools/list`` and the coroutine that runs it.
-
-    ``run(call)`` receives a `mcproxy.tools.pages.ToolCall` and returns a
-    `mcproxy.tools.pages.Response`. Tools with ``page_bound`` get ``call.page`` resolved
-    from ``pageId`` and, when ``exclusive``, run inside that page's FIFO. A page-bound tool
-    is refused at once while a JavaScript dialog blocks its page, unless ``dialog_safe``
-    (it does not need the page's JavaScript, or it is how the page gets unblocked).
-    ``secret_args`` names arguments whose values never reach a log, however the call ends
-    (a tool marks others at run time in ``call.sensitive``).
-    """
-
-    name: str
-    category: str
-    description: str
-    input_schema: dict
-    run: Callable[[Any], Awaitable[Any]]
-    read_only: bool = False
-    page_bound: bool = True
-    exclusive: bool = True
-    title: str | None = None
-    output_schema: dict | None = None
-    dialog_safe: bool = False
-    secret_args: frozenset[str] = frozenset()
 
 
 _TYPE_NAMES = {

@@ -2,12 +2,12 @@
 
 Chrome pushes a frame (``Page.screencastFrame``) whenever the page's pixels change; each
 is acknowledged at once (Chrome sends no more until it is) and written, with its time, to
-a private temporary directory. On stop the frames become one file:
+a private temporary directory. On stop the frames become one file (`mcproxy.tools.encoding`):
 
 - with Debian's ffmpeg (on PATH, or the binary the operator names): an H.264 MP4, or a
   VP9 WebM when the name ends in ``.webm``, encoded by ffmpeg as a child process that
   keeps the frames' real timing (concat demuxer, variable frame rate);
-- without it: an animated PNG (APNG), which browsers play natively, assembled here from
+- without it: an animated PNG (APNG), which browsers play natively, assembled from
   PNG frames (Chrome is asked for PNG instead of JPEG then, so nothing is decoded).
 
 A background tab paints no frames (Chrome draws only what is visible), so while recording
@@ -24,22 +24,21 @@ dropped `ABANDON_AFTER` seconds after its time limit.
 import base64
 import os
 import shutil
-import struct
 import tempfile
 import weakref
-import zlib
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from mcproxy.artifacts.names import split_path
 from mcproxy.errors import ToolError
 from mcproxy.tools import schema as s
-from mcproxy.tools.pages import Response, ToolCall, resolve_page
+from mcproxy.tools.call import Response, ToolCall
+from mcproxy.tools.declare import ToolSet, ToolSpec
+from mcproxy.tools.encoding import find_ffmpeg, save_apng, save_video
+from mcproxy.tools.scope import resolve_page
 
 log = Logger()
 
@@ -50,14 +49,9 @@ ABANDON_AFTER = 3600.0
 #: Frames are scaled by Chrome to fit this box (CSS pixels of a common laptop screen).
 MAX_WIDTH, MAX_HEIGHT = 1280, 800
 JPEG_QUALITY = 80
-#: How long ffmpeg may take, per frame and at least.
-ENCODE_SECONDS_PER_FRAME = 0.2
-MIN_ENCODE_SECONDS = 60.0
 #: How long the last frame shows when the recording ended right after it.
 LAST_FRAME_SECONDS = 0.1
-COPY_CHUNK = 1 << 20
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: Where the IHDR chunk's 13 bytes of body lie in a PNG file.
 _IHDR_START, _IHDR_END = 16, 29
 
@@ -92,73 +86,6 @@ class _Recording:
 
 def _recordings(browser) -> dict[int, _Recording]:
     return _RECORDINGS.setdefault(browser, {})
-
-
-def find_ffmpeg(configured: str) -> str | None:
-    """The ffmpeg to encode with: the configured binary, or Debian's on PATH; None if absent."""
-    if configured == "none":
-        return None
-    return shutil.which(configured or "ffmpeg")
-
-
-# -- child processes ----------------------------------------------------------------------
-
-
-class _Child(ProcessProtocol):
-    """Collects the tail of a child's output; ``ended`` fires with its exit code (None when
-    a signal ended it). Cancelling ``ended`` kills the child."""
-
-    TAIL = 8192
-
-    def __init__(self) -> None:
-        self.ended: Deferred = Deferred(lambda _: self.kill())
-        self.output = bytearray()
-
-    def kill(self) -> None:
-        """SIGKILL the child, if it still runs."""
-        try:
-            self.transport.signalProcess("KILL")
-        except Exception:
-            pass  # it ended already
-
-    def outReceived(self, data: bytes) -> None:
-        self._keep(data)
-
-    def errReceived(self, data: bytes) -> None:
-        self._keep(data)
-
-    def _keep(self, data: bytes) -> None:
-        self.output += data
-        del self.output[: -self.TAIL]
-
-    def processEnded(self, reason) -> None:
-        if not self.ended.called:
-            self.ended.callback(reason.value.exitCode)
-
-
-async def run_child(reactor, argv: list[str], *, timeout: float, what: str, path: str | None = None) -> tuple[int, str]:
-    """Run ``argv`` without blocking the reactor; ``(exit code, tail of its output)``.
-
-    Killed, with a ToolError naming ``what``, after ``timeout`` seconds; cancelling the
-    call kills it too.
-    """
-    child = _Child()
-    try:
-        reactor.spawnProcess(child, argv[0], argv, env=dict(os.environ), path=path)
-    except OSError as e:
-        raise ToolError(f"Could not start {what} ({argv[0]}): {e.strerror}.") from None
-    timer = reactor.callLater(timeout, child.kill)
-    try:
-        code = await child.ended
-    finally:
-        if timer.active():
-            timer.cancel()
-    output = child.output.decode("utf-8", "replace").strip()
-    if code is None:
-        if timer.called:
-            raise ToolError(f"{what} did not finish within {timeout:g} s and was stopped.")
-        raise ToolError(f"{what} was killed by a signal: {output[-500:]}")
-    return code, output
 
 
 # -- frames -------------------------------------------------------------------------------
@@ -236,158 +163,6 @@ def _durations(recording: _Recording, ended: float) -> list[float]:
     return durations
 
 
-# -- APNG -----------------------------------------------------------------------------------
-
-
-def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
-    """``(type, body)`` of each chunk of a PNG; ValueError when it is not one."""
-    if not data.startswith(PNG_SIGNATURE):
-        raise ValueError("not a PNG file")
-    chunks, offset = [], len(PNG_SIGNATURE)
-    while offset + 12 <= len(data):
-        (length,) = struct.unpack(">I", data[offset : offset + 4])
-        kind = data[offset + 4 : offset + 8]
-        body = data[offset + 8 : offset + 8 + length]
-        if len(body) != length:
-            raise ValueError("truncated PNG chunk")
-        chunks.append((kind, body))
-        offset += 12 + length
-    return chunks
-
-
-def _chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-class _ApngWriter:
-    """Writes an APNG frame by frame from PNG frames that share the first one's IHDR."""
-
-    def __init__(self, write, first: bytes, frame_count: int):
-        self._write = write
-        self._sequence = 0
-        chunks = png_chunks(first)
-        self.header = chunks[0][1]
-        self.width, self.height = struct.unpack(">II", self.header[:8])
-        write(PNG_SIGNATURE + _chunk(b"IHDR", self.header) + _chunk(b"acTL", struct.pack(">II", frame_count, 0)))
-        for kind, body in chunks[1:]:
-            if kind not in (b"IDAT", b"IEND", b"acTL", b"fcTL", b"fdAT"):
-                write(_chunk(kind, body))  # colour information (sRGB, gAMA...) of the first frame
-
-    def add(self, chunks: list[tuple[bytes, bytes]], seconds: float) -> None:
-        """One frame, shown ``seconds`` (whole milliseconds; the first frame goes in IDAT)."""
-        delay = max(1, min(65535, round(seconds * 1000)))
-        control = struct.pack(">IIIIIHHBB", self._sequence, self.width, self.height, 0, 0, delay, 1000, 0, 0)
-        out = [_chunk(b"fcTL", control)]
-        first = self._sequence == 0
-        self._sequence += 1
-        for kind, body in chunks:
-            if kind != b"IDAT":
-                continue
-            if first:
-                out.append(_chunk(b"IDAT", body))
-            else:
-                out.append(_chunk(b"fdAT", struct.pack(">I", self._sequence) + body))
-                self._sequence += 1
-        self._write(b"".join(out))
-
-    def end(self) -> None:
-        self._write(_chunk(b"IEND", b""))
-
-
-async def _save_apng(call: ToolCall, recording: _Recording, durations: list[float], file_path: str):
-    """Assemble the APNG into the caller's artifact, one frame per reactor turn; (artifact, skipped)."""
-    frames = []
-    header = recording.frames[0][2]
-    for (name, _, ihdr), seconds in zip(recording.frames, durations):
-        if ihdr == header:
-            frames.append((name, seconds))
-        elif frames:
-            # A frame of another size (the page was resized): the previous one shows longer.
-            frames[-1] = (frames[-1][0], frames[-1][1] + seconds)
-    writer = call.artifacts.writer(call.context.principal.user_id, file_path, "image/apng")
-    try:
-        apng = None
-        for name, seconds in frames:
-            with open(os.path.join(recording.directory, name), "rb") as f:
-                data = f.read()
-            if apng is None:
-                apng = _ApngWriter(writer.write, data, len(frames))
-            apng.add(png_chunks(data), seconds)
-            await deferLater(call.clock, 0, lambda: None)
-        apng.end()
-        return await writer.finish(), len(recording.frames) - len(frames)
-    except BaseException:
-        writer.abort()
-        raise
-
-
-# -- video ----------------------------------------------------------------------------------
-
-
-def jpeg_size(data: bytes) -> tuple[int, int]:
-    """``(width, height)`` from a JPEG's start-of-frame marker; ValueError if there is none."""
-    offset = 2
-    while offset + 9 <= len(data):
-        if data[offset] != 0xFF:
-            raise ValueError("not a JPEG marker")
-        marker = data[offset + 1]
-        (length,) = struct.unpack(">H", data[offset + 2 : offset + 4])
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            height, width = struct.unpack(">HH", data[offset + 5 : offset + 9])
-            return width, height
-        offset += 2 + length
-    raise ValueError("no JPEG frame header")
-
-
-async def _save_video(call: ToolCall, recording: _Recording, durations: list[float], file_path: str):
-    """Encode the JPEG frames with ffmpeg and stream the video into the caller's artifact."""
-    directory = recording.directory
-    with open(os.path.join(directory, recording.frames[0][0]), "rb") as f:
-        width, height = jpeg_size(f.read())
-    width, height = width + width % 2, height + height % 2  # H.264 and VP9 want even sizes
-    lines = ["ffconcat version 1.0"]
-    for (name, _, _), seconds in zip(recording.frames, durations):
-        lines += [f"file {name}", f"duration {seconds:.3f}"]
-    lines.append(f"file {recording.frames[-1][0]}")  # the demuxer ignores the last duration otherwise
-    with open(os.path.join(directory, "frames.txt"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    webm = file_path.lower().endswith(".webm")
-    output = "video.webm" if webm else "video.mp4"
-    codec = (
-        ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "0", "-crf", "40"]
-        if webm
-        else ["-c:v", "libx264", "-preset", "veryfast", "-crf", "28", "-movflags", "+faststart"]
-    )
-    fit = (
-        f"scale={width}:{height}:force_original_aspect_ratio=decrease,"
-        f"pad={width}:{height}:(ow-iw)/2:(oh-ih)/2,format=yuv420p"
-    )
-    argv = [
-        recording.ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-        "-f", "concat", "-i", "frames.txt", "-vf", fit, "-fps_mode", "vfr", *codec, output,
-    ]  # fmt: skip
-    seconds = max(MIN_ENCODE_SECONDS, ENCODE_SECONDS_PER_FRAME * len(recording.frames))
-    code, output_text = await run_child(call.clock, argv, timeout=seconds, what="ffmpeg", path=directory)
-    if code != 0:
-        raise ToolError(f"ffmpeg could not encode the recording (exit code {code}): {output_text[-500:]}")
-    return await save_file(call, os.path.join(directory, output), file_path, "video/webm" if webm else "video/mp4"), 0
-
-
-async def save_file(call: ToolCall, path: str, file_path: str, mime_type: str):
-    """Copy a file a child process wrote into the caller's artifact ``file_path``, one chunk
-    per reactor turn; the `Artifact`."""
-    writer = call.artifacts.writer(call.context.principal.user_id, file_path, mime_type)
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(COPY_CHUNK):
-                writer.write(chunk)
-                await deferLater(call.clock, 0, lambda: None)
-        return await writer.finish()
-    except BaseException:
-        writer.abort()
-        raise
-
-
 # -- the tools ------------------------------------------------------------------------------
 
 
@@ -409,10 +184,22 @@ def _output_name(file_path: str | None, ffmpeg: str | None, page_id: int, clock)
     )
 
 
-def screencast_tools(ffmpeg: str = "") -> tuple[s.ToolSpec, ...]:
+def screencast_tools(ffmpeg: str = "") -> tuple[ToolSpec, ...]:
     """The two screencast tools; ``ffmpeg`` is the operator's ``tools.ffmpeg`` ("" finds it on
     PATH when recording starts, "none" always makes animated PNGs)."""
+    tools = ToolSet("debugging")
 
+    @tools.page_tool(
+        "screencast_start",
+        title="Start screencast",
+        description="Start recording a video of the page's screen; screencast_stop saves it as a file you can read.",
+        params={
+            "filePath": s.string(
+                "Name for the recording among your artifacts (.mp4 or .webm; .png for an animated PNG "
+                "where the server has no ffmpeg). A generated name when absent."
+            ),
+        },
+    )
     async def start(call: ToolCall) -> Response:
         """Start receiving and storing frames of the page."""
         page = call.page
@@ -459,6 +246,13 @@ def screencast_tools(ffmpeg: str = "") -> tuple[s.ToolSpec, ...]:
         )
         return response.add(note) if note else response
 
+    @tools.page_tool(
+        "screencast_stop",
+        title="Stop screencast",
+        description="Stop the page's screencast recording and save it; the answer links the file.",
+        # A page closed during the recording is looked up here, not by the registry.
+        resolve_page=False,
+    )
     async def stop(call: ToolCall) -> Response:
         """Stop the page's recording and save it, even when the page closed meanwhile."""
         page_id = call.args["pageId"]
@@ -492,7 +286,7 @@ def screencast_tools(ffmpeg: str = "") -> tuple[s.ToolSpec, ...]:
             if not recording.frames:
                 raise ToolError(" ".join(notes + ["The screencast recorded no frames, so nothing was saved."]))
             durations = _durations(recording, ended)
-            save = _save_video if recording.ffmpeg else _save_apng
+            save = save_video if recording.ffmpeg else save_apng
             artifact, skipped = await save(call, recording, durations, recording.file_path)
         finally:
             _discard(recording)
@@ -508,34 +302,4 @@ def screencast_tools(ffmpeg: str = "") -> tuple[s.ToolSpec, ...]:
             artifact, f"Recording ({kind}, {len(recording.frames)} frames, {sum(durations):.1f} s)"
         )
 
-    page_id = s.page_id()
-    return (
-        s.ToolSpec(
-            name="screencast_start",
-            category="debugging",
-            title="Start screencast",
-            description=(
-                "Start recording a video of the page's screen; screencast_stop saves it as a file you can read."
-            ),
-            input_schema=s.obj(
-                {
-                    "pageId": page_id,
-                    "filePath": s.string(
-                        "Name for the recording among your artifacts (.mp4 or .webm; .png for an animated PNG "
-                        "where the server has no ffmpeg). A generated name when absent."
-                    ),
-                },
-                ("pageId",),
-            ),
-            run=start,
-        ),
-        s.ToolSpec(
-            name="screencast_stop",
-            category="debugging",
-            title="Stop screencast",
-            description="Stop the page's screencast recording and save it; the answer links the file.",
-            input_schema=s.obj({"pageId": page_id}, ("pageId",)),
-            run=stop,
-            page_bound=False,
-        ),
-    )
+    return tuple(tools)

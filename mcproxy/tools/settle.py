@@ -1,4 +1,4 @@
-"""Waiting for a page to settle after an input action, driven by events (DESIGN.md decision 6).
+"""Waiting for a page to settle after an input action, driven by events (see ``docs/architecture.rst``).
 
 chrome-devtools-mcp sleeps up to 100 ms for a navigation to start, then waits for a 100 ms
 quiet DOM window, one after the other. Here both windows start when the action is

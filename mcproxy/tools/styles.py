@@ -12,7 +12,8 @@ from twisted.internet.defer import CancelledError
 
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools import schema as s
-from mcproxy.tools.pages import Response, ToolCall
+from mcproxy.tools.call import Response, ToolCall
+from mcproxy.tools.declare import ToolSet
 from mcproxy.tools.snapshot import element_error, resolve_uid, stale_error
 
 STATE_KEY = "mcproxy.styles"
@@ -267,6 +268,40 @@ def _mark_overloaded(sections: list[_Section]) -> None:
                     claimed.update(fresh)
 
 
+tools = ToolSet("debugging")
+
+
+@tools.page_tool(
+    "get_css_styles",
+    title="Get CSS styles",
+    description=(
+        "The CSS that applies to an element (by snapshot uid): inline style (element.style), matched "
+        "rules with their at-rule wrappers (@layer, @media, @container, @supports, @scope), inherited "
+        "rules and custom properties. Rules come highest cascade precedence first, each with its "
+        "source line (e.g. index.html:12); declarations that lose the cascade are tagged [overloaded], "
+        "winning ones have no tag. Ends with the computed values of the properties shown. Paged, 10 "
+        "rules per page by default (pageIdx for more). This is the complete cascade: rely on it."
+    ),
+    params={
+        "uid": s.uid("The uid of the element to inspect, from the page's latest take_snapshot."),
+        "pageSize": {
+            "type": "integer",
+            "default": 10,
+            "exclusiveMinimum": 0,
+            "maximum": s.MAX_SAFE_INTEGER,
+            "description": "How many rules per page. Default 10.",
+        },
+        "pageIdx": {
+            "type": "integer",
+            "default": 0,
+            "minimum": 0,
+            "maximum": s.MAX_SAFE_INTEGER,
+            "description": "Which page of rules to return, from 0 (the default).",
+        },
+    },
+    required=("uid",),
+    read_only=True,
+)
 async def get_css_styles(call: ToolCall) -> Response:
     """The element's matched, inline and inherited rules with winners marked, paged."""
     page = call.page
@@ -328,43 +363,3 @@ async def get_css_styles(call: ToolCall) -> Response:
         lines.append("### Computed values of these properties")
         lines.extend(f"  {name}: {values[name]};" for name in names)
     return Response().add("\n".join(lines))
-
-
-TOOLS = (
-    s.ToolSpec(
-        name="get_css_styles",
-        category="debugging",
-        title="Get CSS styles",
-        description=(
-            "The CSS that applies to an element (by snapshot uid): inline style (element.style), matched "
-            "rules with their at-rule wrappers (@layer, @media, @container, @supports, @scope), inherited "
-            "rules and custom properties. Rules come highest cascade precedence first, each with its "
-            "source line (e.g. index.html:12); declarations that lose the cascade are tagged [overloaded], "
-            "winning ones have no tag. Ends with the computed values of the properties shown. Paged, 10 "
-            "rules per page by default (pageIdx for more). This is the complete cascade: rely on it."
-        ),
-        input_schema=s.obj(
-            {
-                "pageId": s.page_id(),
-                "uid": s.uid("The uid of the element to inspect, from the page's latest take_snapshot."),
-                "pageSize": {
-                    "type": "integer",
-                    "default": 10,
-                    "exclusiveMinimum": 0,
-                    "maximum": s.MAX_SAFE_INTEGER,
-                    "description": "How many rules per page. Default 10.",
-                },
-                "pageIdx": {
-                    "type": "integer",
-                    "default": 0,
-                    "minimum": 0,
-                    "maximum": s.MAX_SAFE_INTEGER,
-                    "description": "Which page of rules to return, from 0 (the default).",
-                },
-            },
-            ("pageId", "uid"),
-        ),
-        run=get_css_styles,
-        read_only=True,
-    ),
-)

@@ -13,7 +13,7 @@ from twisted.logger import Logger
 from mcproxy.errors import NotFound
 from mcproxy.mcp.jsonrpc import RpcError
 from mcproxy.mcp.protocol import McpSession
-from mcproxy.tools.base import SessionView
+from mcproxy.calls import SessionView
 from mcproxy.web.mcp_common import (
     Cutoff,
     read_rpc,

@@ -23,7 +23,7 @@ from mcproxy.mcp.envelope import is_stateless, modern_envelope, request_version,
 from mcproxy.mcp.jsonrpc import RpcError, error_message
 from mcproxy.mcp.notifications import Notify
 from mcproxy.mcp.protocol import McpSession
-from mcproxy.tools.base import SessionView
+from mcproxy.calls import SessionView
 from mcproxy.web.http import answered, on_deadline
 from mcproxy.web.mcp_common import (
     Cutoff,

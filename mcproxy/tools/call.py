@@ -1,12 +1,4 @@
-"""Which pages a caller may use, and the pieces every tool result is made of.
-
-Tab scope (``tools.tab_scope``; see docs/architecture.rst): ``session`` shows the pages this
-MCP session opened, ``user`` the pages opened through the proxy for this user, ``browser``
-every tab. Without a protocol session (2026-07-28) ``session`` falls back to ``user``. A
-page outside the scope is reported exactly like a page that does not exist. A page a tool
-lists or uses is visible to a caller from then on: console and network collection starts
-for it (`mcproxy.tools.collect.make_visible`).
-"""
+"""The core of every tool call: the call a tool receives and the response it builds."""
 
 from typing import Any
 
@@ -15,30 +7,10 @@ import mcp_types
 from mcp_types.version import is_version_at_least
 
 from mcproxy.artifacts.names import split_path
+from mcproxy.calls import CallContext
 from mcproxy.config import ToolsConfig
-from mcproxy.errors import CDPError, ToolError
-from mcproxy.tools.base import CallContext
-from mcproxy.tools.collect import make_visible
-
-PAGES_OUTPUT_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "pages": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {
-                    "id": {"type": "number"},
-                    "url": {"type": "string"},
-                    "title": {"type": "string"},
-                    "selected": {"type": "boolean"},
-                },
-                "required": ["id", "url", "title", "selected"],
-            },
-        }
-    },
-    "required": ["pages"],
-}
+from mcproxy.errors import ToolError
+from mcproxy.tools.scope import fresh_listing, page_line, visible_pages
 
 
 @attrs.define
@@ -126,12 +98,12 @@ class Response:
     ) -> "Response":
         """The ``## Pages`` section (and, for list_pages, the ``pages`` structured content);
         ``infos`` is Chrome's target list when the caller has it already."""
-        listing = await _fresh_listing(call, infos)
+        listing = await fresh_listing(call, infos)
         selected = call.context.session.selected_page_id
         if listing:
             pages = {page.page_id: page for page in visible_pages(call)}
             lines = [
-                _page_line(page_id, url, title, page_id == selected, pages.get(page_id), call.browser)
+                page_line(page_id, url, title, page_id == selected, pages.get(page_id), call.browser)
                 for page_id, url, title in listing
             ]
             self.add("## Pages\n" + "\n".join(lines))
@@ -162,58 +134,3 @@ class Response:
 def error_result(message: str) -> mcp_types.CallToolResult:
     """An ``isError`` result the model can read and act on."""
     return mcp_types.CallToolResult(content=[mcp_types.TextContent(type="text", text=message)], is_error=True)
-
-
-async def _fresh_listing(call: "ToolCall", infos: list[dict] | None = None) -> list[tuple[int, str, str]]:
-    """``(page_id, url, title)`` of the visible pages, with titles as Chrome has them now.
-
-    Title change events can trail a page's load event, so ask Chrome (one call) unless
-    ``infos`` is its answer already.
-    """
-    pages = visible_pages(call)
-    if not pages:
-        return []
-    if infos is None:
-        try:
-            infos = (await call.browser.send("Target.getTargets")).get("targetInfos", [])
-        except CDPError:
-            infos = []
-    by_target = {info["targetId"]: info for info in infos}
-    listing = []
-    for page in pages:
-        make_visible(page)
-        info = by_target.get(page.target_id, {})
-        listing.append((page.page_id, info.get("url") or page.url or "about:blank", info.get("title", page.title) or ""))
-    return listing
-
-
-def _page_line(page_id: int, url: str, title: str, selected: bool, page=None, browser=None) -> str:
-    line = f"{page_id}: {url}" if not title or title == url else f"{page_id}: {title} ({url})"
-    if selected:
-        line += " [selected]"
-    if page is not None and page.crashed:
-        line += " [crashed]"
-    context = browser.context_name(page) if page is not None else None
-    return f"{line} isolatedContext={context}" if context else line
-
-
-def visible_pages(call: ToolCall) -> list:
-    """The open pages the caller may see and act on, by page id."""
-    pages = [p for p in call.browser.pages() if not p.closed]
-    scope = call.config.tab_scope
-    session_id = call.context.session.session_id
-    if scope == "browser":
-        return pages
-    if scope == "session" and session_id is not None:
-        return [p for p in pages if p.opener == session_id]
-    return [p for p in pages if p.via_proxy]
-
-
-def resolve_page(call: ToolCall, page_id: Any):
-    """The page ``page_id`` names, if the caller may use it; else the unknown-page error."""
-    for page in visible_pages(call):
-        if page.page_id == page_id:
-            make_visible(page)
-            return page
-    shown = int(page_id) if isinstance(page_id, float) and page_id.is_integer() else page_id
-    raise ToolError(f"No page with id {shown}. Call list_pages to see the pages you can use.")
