@@ -129,7 +129,8 @@ class MCProxyService(service.MultiService):
         from mcproxy.auth.ratelimit import RequestLimits
         from mcproxy.auth.tokens import TokenAuthenticator
         from mcproxy.browser.policy import PolicyBook
-        from mcproxy.browser.pool import BrowserPool, open_cdp_link, probe_browser
+        from mcproxy.browser.connect import open_cdp_link, probe_browser
+        from mcproxy.browser.pool import BrowserPool
         from mcproxy.metrics import Metrics
         from mcproxy.plugins import load_plugins
         from mcproxy.session.registry import SessionRegistry

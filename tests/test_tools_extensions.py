@@ -37,7 +37,8 @@ def ext_chromium(reactor):
 @pytest.fixture(scope="module")
 def ext_browser(reactor, ext_chromium):
     """User alice's browser on that Chromium, collecting console and network like the daemon."""
-    from mcproxy.browser.pool import BrowserPool, default_http_client
+    from mcproxy.browser.connect import default_http_client
+    from mcproxy.browser.pool import BrowserPool
     from mcproxy.config import BrowserConfig
     from mcproxy.tools.collect import Collector
     from mcproxy.tools.dialogs import track_dialogs

@@ -63,7 +63,7 @@ class AdminDependencies:
     pool: Any
     sessions: Any
     authenticate: Callable[[Any], Awaitable[Principal]]
-    #: Says which browser answers at a URL (`mcproxy.browser.pool.probe_browser`).
+    #: Says which browser answers at a URL (`mcproxy.browser.connect.probe_browser`).
     probe_browser: Callable[[str], Awaitable[Any]]
     max_body_bytes: int
     session_token_ttl: float
