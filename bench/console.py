@@ -1,6 +1,6 @@
 """Target: ``list_console_messages`` over 10,000 collected messages answers in <= 50 ms.
 
-The collector's per-page cap is 10,000 messages (`mcproxy.tools.collect.Collector`), so
+The collector's per-page cap is 10,000 messages (`mcproxy.browser.collect.Collector`), so
 10,000 is the most a page can hold and the figure is the worst case. The messages are fed
 to the real `Collector` as ``Runtime.consoleAPICalled`` events shaped like Chrome's (three
 arguments: a string, a number, an object preview; one stack frame) on a stand-in page, so
@@ -126,7 +126,7 @@ async def run(options) -> list[Verdict]:
     from mcproxy.config import ToolsConfig
     from mcproxy.testing.tool_calls import make_context
     from mcproxy.tools import console
-    from mcproxy.tools.collect import Collector
+    from mcproxy.browser.collect import Collector
     from mcproxy.tools.registry import ToolRegistry
 
     say(f"== console: list_console_messages over {MESSAGES} collected messages (median of {ROUNDS}) ==")

@@ -136,7 +136,7 @@ class MCProxyService(service.MultiService):
         from mcproxy.session.registry import SessionRegistry
         from mcproxy.session.revocation import RevocationWatch
         from mcproxy.storage import open_store
-        from mcproxy.tools.collect import Collector
+        from mcproxy.browser.collect import Collector
         from mcproxy.tools.dialogs import track_dialogs
         from mcproxy.tools.emulation import emulation_listener
         from mcproxy.tools.registry import ToolRegistry

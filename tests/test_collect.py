@@ -5,16 +5,10 @@ from twisted.internet import defer
 
 from twisted.internet.task import Clock
 
-from mcproxy.tools.collect import (
-    STATE_KEY,
-    Collector,
-    ConsoleMessage,
-    Journal,
-    describe,
-    make_visible,
-    paginate,
-    substituted,
-)
+from mcproxy.browser.collect import STATE_KEY, Collector, make_visible
+from mcproxy.browser.entries import ConsoleMessage, describe, substituted
+from mcproxy.browser.journal import Journal
+from mcproxy.tools.collected import paginate
 
 
 class FakeBrowser:
@@ -242,9 +236,9 @@ def test_network_events_redirects_and_redaction():
 
     first, second, failed, pending = records.network.entries()
     assert (first.id, first.status_label, first.redirected) == (1, "302", True)
-    assert first.request_headers == (("Cookie", "<redacted>"), ("X-Mine", "1"))
+    assert first.request_headers == (("Cookie", "[REDACTED]"), ("X-Mine", "1"))
     # Chrome's raw headers win over the summary in the redirect response.
-    assert first.response_headers == (("Location", "/b"), ("Set-Cookie", "<redacted>"))
+    assert first.response_headers == (("Location", "/b"), ("Set-Cookie", "[REDACTED]"))
     assert (second.id, second.status, second.redirected_from, second.redirect_chain()) == (2, 200, first, [first])
     assert (second.body_size, second.finished, second.mime_type) == (25, True, "text/plain")
     assert (failed.method, failed.status_label) == ("POST", "failed - net::ERR_CONNECTION_REFUSED")

@@ -40,7 +40,7 @@ def ext_browser(reactor, ext_chromium):
     from mcproxy.browser.connect import default_http_client
     from mcproxy.browser.pool import BrowserPool
     from mcproxy.config import BrowserConfig
-    from mcproxy.tools.collect import Collector
+    from mcproxy.browser.collect import Collector
     from mcproxy.tools.dialogs import track_dialogs
 
     config = BrowserConfig(call_timeout=10.0, connect_timeout=5.0, health_interval=30.0, backoff_initial=0.2)

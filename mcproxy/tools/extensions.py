@@ -11,7 +11,7 @@ Each user's browser gets one `ExtensionTargets`, kept in a WeakKeyDictionary so 
 with the browser. It gives extension service workers short ids that stay the same across
 calls ("sw-1", as upstream's list_pages shows them) and attaches to a worker only when a
 tool needs it. From that moment the worker's console is collected into the same bounded
-journal pages use (`mcproxy.tools.collect`); attaching replays what Chrome kept of the
+journal pages use (`mcproxy.browser.collect`); attaching replays what Chrome kept of the
 worker's earlier messages. Chrome does not stop a worker while DevTools is attached, so a
 worker the proxy looked into stays running until it is reloaded or the connection ends.
 
@@ -31,7 +31,7 @@ from twisted.internet.defer import Deferred, DeferredLock
 from mcproxy.browser.page import Page
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools import schema as s
-from mcproxy.tools.collect import STATE_KEY, Collector, PageRecords
+from mcproxy.browser.collect import STATE_KEY, Collector, PageRecords
 from mcproxy.tools.pages import Response, ToolCall, visible_pages
 
 FLAG = "--enable-unsafe-extension-debugging"

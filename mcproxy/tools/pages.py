@@ -5,7 +5,7 @@ MCP session opened, ``user`` the pages opened through the proxy for this user, `
 every tab. Without a protocol session (2026-07-28) ``session`` falls back to ``user``. A
 page outside the scope is reported exactly like a page that does not exist. A page a tool
 lists or uses is visible to a caller from then on: console and network collection starts
-for it (`mcproxy.tools.collect.make_visible`).
+for it (`mcproxy.browser.collect.make_visible`).
 """
 
 from typing import Any
@@ -18,7 +18,7 @@ from mcproxy.artifacts import split_path
 from mcproxy.config import ToolsConfig
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools.base import CallContext
-from mcproxy.tools.collect import make_visible
+from mcproxy.browser.collect import make_visible
 
 PAGES_OUTPUT_SCHEMA = {
     "type": "object",
