@@ -128,17 +128,17 @@ class MCProxyService(service.MultiService):
         from mcproxy.auth.chain import AuthenticationChain
         from mcproxy.auth.ratelimit import RequestLimits
         from mcproxy.auth.tokens import TokenAuthenticator
-        from mcproxy.browser.policy import PolicyBook
+        from mcproxy.browser.collect import Collector
         from mcproxy.browser.connect import open_cdp_link, probe_browser
+        from mcproxy.browser.dialogs import track_dialogs
+        from mcproxy.browser.emulation import emulation_listener
+        from mcproxy.browser.policy import PolicyBook
         from mcproxy.browser.pool import BrowserPool
         from mcproxy.metrics import Metrics
         from mcproxy.plugins import load_plugins
         from mcproxy.session.registry import SessionRegistry
         from mcproxy.session.revocation import RevocationWatch
         from mcproxy.storage import open_store
-        from mcproxy.browser.collect import Collector
-        from mcproxy.tools.dialogs import track_dialogs
-        from mcproxy.tools.emulation import emulation_listener
         from mcproxy.tools.registry import ToolRegistry
         from mcproxy.web.admin import AdminAPI, AdminDependencies
         from mcproxy.web.dashboard import DashboardResource, OverviewResource

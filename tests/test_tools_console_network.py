@@ -152,7 +152,7 @@ async def open_page(tools, context, url):
 
 
 def records(browser, page_id):
-    return browser.page(page_id).state["collect"]
+    return browser.page(page_id).state.records
 
 
 def messages(browser, page_id):
@@ -254,9 +254,9 @@ async def test_a_tab_someone_else_opened_is_collected_only_once_a_caller_may_see
         tools, context = registry(reactor, browser), make_context()
         assert f"{page.page_id}: " not in text_of(await ok(tools, context, "list_pages"))
         await page.send("Runtime.evaluate", {"expression": "console.log('logged unseen')"})
-        assert "collect" not in page.state
+        assert page.state.records is None
         assert "No page with id" in await failed(tools, context, "list_console_messages", pageId=page.page_id)
-        assert "collect" not in page.state
+        assert page.state.records is None
 
         wide = registry(reactor, browser, tab_scope="browser")
         assert f"{page.page_id}: " in text_of(await ok(wide, context, "list_pages"))

@@ -41,7 +41,7 @@ def ext_browser(reactor, ext_chromium):
     from mcproxy.browser.pool import BrowserPool
     from mcproxy.config import BrowserConfig
     from mcproxy.browser.collect import Collector
-    from mcproxy.tools.dialogs import track_dialogs
+    from mcproxy.browser.dialogs import track_dialogs
 
     config = BrowserConfig(call_timeout=10.0, connect_timeout=5.0, health_interval=30.0, backoff_initial=0.2)
     pool = BrowserPool(reactor, config, default_http_client(reactor), page_listeners=[track_dialogs, Collector()])

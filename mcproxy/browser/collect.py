@@ -3,7 +3,7 @@
 chrome-devtools-mcp starts collecting when a tool first touches a page, so whatever a page
 logged while loading is lost. Here `Collector` is a `BrowserPool` page listener that
 enables Runtime, Log and Network on a page's session and records its events into
-``page.state["collect"]`` (a `PageRecords`):
+``page.state.records`` (a `PageRecords`):
 
 - a page opened through the proxy (``new_page``) from its attach on, before it loads
   anything, and again after each reconnect;
@@ -56,9 +56,6 @@ from mcproxy.logs import REDACTED
 
 log = Logger()
 
-STATE_KEY = "collect"
-#: The `Collector` of a page it does not collect for yet (`make_visible` starts it).
-PENDING_KEY = "collect.pending"
 #: How long a list or get tool waits for collection just started (Chrome's replay of the
 #: console messages it stored) before it answers with what is there.
 READY_WAIT = 2.0
@@ -344,19 +341,18 @@ class Collector:
 
     def __call__(self, page, event: str) -> None:
         if event == "closed":
-            page.state.pop(PENDING_KEY, None)
-            records = page.state.pop(STATE_KEY, None)
+            records, page.state.records, page.state.pending_collector = page.state.records, None, None
             if records is not None:
                 records.release()
             return
         if event not in ("attached", "reattached"):
             return
-        records = page.state.get(STATE_KEY)
+        records = page.state.records
         if records is not None:  # seen before the reconnect: collect on the new session too
             records.reattached()
             records.enable(page)
             return
-        page.state[PENDING_KEY] = self
+        page.state.pending_collector = self
         self._start_if_opened(page, _PROBES)
 
     def _start_if_opened(self, page, probes: int) -> None:
@@ -372,13 +368,13 @@ class Collector:
 
     def start(self, page) -> "PageRecords":
         """Collect for ``page`` from now on (once; later calls return its records)."""
-        records = page.state.get(STATE_KEY)
+        records = page.state.records
         if records is None and not page.closed:
-            page.state.pop(PENDING_KEY, None)
+            page.state.pending_collector = None
             budget = self._budgets.get(page.browser)
             if budget is None:
                 budget = self._budgets[page.browser] = Budget(self.max_browser_bytes)
-            records = page.state[STATE_KEY] = PageRecords(self, budget)
+            records = page.state.records = PageRecords(self, budget)
             records.subscribe(page)
             records.enable(page)
         return records
@@ -386,7 +382,7 @@ class Collector:
 
 def make_visible(page) -> None:
     """A caller may now see ``page``: start collecting for it, if a `Collector` waits to."""
-    collector = page.state.get(PENDING_KEY)
+    collector = page.state.pending_collector
     if collector is not None:
         collector.start(page)
 

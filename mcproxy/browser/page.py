@@ -14,13 +14,22 @@ of letting them run into the CDP timeout.
 
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import attrs
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.logger import Logger
 
+from mcproxy.browser.dialogs import DialogState
 from mcproxy.errors import BrowserUnavailable, ToolError
+
+if TYPE_CHECKING:
+    from mcproxy.browser.collect import Collector, PageRecords
+    from mcproxy.browser.emulation import Emulation
+    from mcproxy.tools.performance import TraceState
+    from mcproxy.tools.snapshot import SnapshotState
+    from mcproxy.tools.styles import StyleSheets
 
 log = Logger()
 
@@ -67,6 +76,29 @@ def blocked_by_dialog(method: str) -> bool:
     return method in DIALOG_BLOCKED or method.split(".", 1)[0] in DIALOG_BLOCKED
 
 
+@attrs.define
+class PageState:
+    """What the page listeners and the tools keep of one page; it outlives DevTools sessions.
+
+    None means not started yet: each owner creates its part on first use.
+    """
+
+    #: Console and network collection (`mcproxy.browser.collect`).
+    records: "PageRecords | None" = None
+    #: The collector that starts once a caller may see the page (`make_visible`).
+    pending_collector: "Collector | None" = None
+    #: The JavaScript dialog that blocks the page (`mcproxy.browser.dialogs`).
+    dialog: DialogState = attrs.Factory(DialogState)
+    #: The emulation in force, restored after a reconnect (`mcproxy.browser.emulation`).
+    emulation: "Emulation | None" = None
+    #: The take_snapshot uids and document counter (`mcproxy.tools.snapshot`).
+    snapshot: "SnapshotState | None" = None
+    #: The stylesheet headers get_css_styles knows (`mcproxy.tools.styles`).
+    styles: "StyleSheets | None" = None
+    #: The performance trace recording or analysed (`mcproxy.tools.performance`).
+    trace: "TraceState | None" = None
+
+
 class Page:
     """A page target with a flattened CDP session, per-page serialization and state."""
 
@@ -94,7 +126,7 @@ class Page:
         self.closed = False
         #: The renderer crashed (Inspector.targetCrashed) and has not been reloaded since.
         self.crashed = False
-        self.state: dict[str, Any] = {}
+        self.state = PageState()
         self._subscribers: dict[str | None, list[EventCallback]] = {}
         self._waiters: set[Deferred] = set()
         #: Calls awaiting Chrome's answer: the caller's Deferred -> (the CDP call, its method).

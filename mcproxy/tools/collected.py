@@ -6,7 +6,7 @@ it into pages of output.
 
 from collections.abc import Callable
 
-from mcproxy.browser.collect import STATE_KEY, PageRecords
+from mcproxy.browser.collect import PageRecords
 from mcproxy.browser.journal import Journal
 from mcproxy.errors import ToolError
 from mcproxy.tools.schema import MAX_SAFE_INTEGER
@@ -14,7 +14,7 @@ from mcproxy.tools.schema import MAX_SAFE_INTEGER
 
 def records_of(page) -> PageRecords:
     """The page's collected data; ToolError when collection is not running for it."""
-    records = page.state.get(STATE_KEY)
+    records = page.state.records
     if records is None:
         raise ToolError(
             f"Console and network collection is not running for page {page.page_id}; "

@@ -31,7 +31,7 @@ from twisted.internet.defer import Deferred, DeferredLock
 from mcproxy.browser.page import Page
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools import schema as s
-from mcproxy.browser.collect import STATE_KEY, Collector, PageRecords
+from mcproxy.browser.collect import Collector, PageRecords
 from mcproxy.tools.pages import Response, ToolCall, visible_pages
 
 FLAG = "--enable-unsafe-extension-debugging"
@@ -173,11 +173,11 @@ class ExtensionTargets:
             reply = await self.browser.send("Target.attachToTarget", {"targetId": worker.target_id, "flatten": True})
             if page is None:
                 page = Page(self.browser, worker.id, worker.target_id, url=worker.url)
-                records = page.state[STATE_KEY] = PageRecords(_COLLECTOR)
+                records = page.state.records = PageRecords(_COLLECTOR)
                 records.subscribe(page)
                 self._attached[worker.target_id] = page
             else:
-                page.state[STATE_KEY].reattached()
+                page.state.records.reattached()
                 self._unsubscribe.pop(worker.target_id, lambda: None)()
             page.session_id = reply["sessionId"]
             self._links[worker.target_id] = link

@@ -15,10 +15,11 @@ import mcp_types
 from mcp_types.version import is_version_at_least
 
 from mcproxy.artifacts import split_path
+from mcproxy.browser.collect import make_visible
+from mcproxy.browser.emulation import timeout_factor
 from mcproxy.config import ToolsConfig
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools.base import CallContext
-from mcproxy.browser.collect import make_visible
 
 PAGES_OUTPUT_SCHEMA = {
     "type": "object",
@@ -64,7 +65,6 @@ class ToolCall:
         """Seconds to wait: the tool's ``timeout`` argument (ms), or the configured default
         stretched by the page's throttling (CPU or network emulation); never more than
         ``tools.max_timeout``."""
-        from mcproxy.tools.emulation import timeout_factor  # emulation builds on this module
 
         value = self.args.get(name) or 0
         if value > 0:

@@ -15,8 +15,6 @@ from mcproxy.tools import schema as s
 from mcproxy.tools.pages import Response, ToolCall
 from mcproxy.tools.snapshot import element_error, resolve_uid, stale_error
 
-STATE_KEY = "mcproxy.styles"
-
 INHERITED_PROPERTIES = frozenset(
     """accent-color border-collapse border-spacing caption-side caret-color color color-scheme cursor
     direction empty-cells fill fill-opacity fill-rule font font-family font-feature-settings font-kerning
@@ -51,7 +49,7 @@ _DESCRIBE_CHAIN = """function () {
 
 
 @attrs.define
-class _Sheets:
+class StyleSheets:
     """The page's stylesheet headers by id, valid for the session that enabled CSS."""
 
     session_id: str | None = None
@@ -91,9 +89,9 @@ class _Section:
 
 async def _enable(page) -> dict[str, dict]:
     """Enable DOM and CSS once per DevTools session; the stylesheet headers seen so far."""
-    sheets = page.state.get(STATE_KEY)
+    sheets = page.state.styles
     if sheets is None:
-        sheets = page.state[STATE_KEY] = _Sheets()
+        sheets = page.state.styles = StyleSheets()
 
         def added(_: str, params: dict) -> None:
             sheets.headers[params["header"]["styleSheetId"]] = params["header"]
