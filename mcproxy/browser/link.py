@@ -63,7 +63,6 @@ class _BrowserEndpoint:
         return f"<browser of {self._browser.user_id} at {self._browser.browser_url}>"
 
 
-
 class BrowserLink:
     """Connection management for one user's browser: reconnect with backoff, health, status.
 

@@ -1,7 +1,8 @@
 """One tab of a user's browser, as the tools see it.
 
 A `Page` outlives CDP sessions: after a reconnect the same target gets a new flattened
-session id but keeps its ``page_id``, its event subscriptions and its ``state``.
+session id but keeps its ``page_id``, its event subscriptions and its ``state`` (a
+`PageState`).
 
 When the tab goes away (closed by the human, by a script, or its renderer crashed) the
 calls a tool is waiting on would never be answered; Chrome keeps silent about them. So
@@ -80,7 +81,7 @@ def blocked_by_dialog(method: str) -> bool:
 class PageState:
     """What the page listeners and the tools keep of one page; it outlives DevTools sessions.
 
-    None means not started yet: each owner creates its part on first use.
+    A part left None has not started: its owner creates it on first use.
     """
 
     #: Console and network collection (`mcproxy.browser.collect`).

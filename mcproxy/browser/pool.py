@@ -52,8 +52,14 @@ class UserBrowser(BrowserLink):
         held_elsewhere: Callable[[str | None], bool] = lambda browser_id: False,
     ):
         super().__init__(
-            reactor, config, http_client, user_id, browser_url,
-            open_link=open_link, rng=rng, held_elsewhere=held_elsewhere,
+            reactor,
+            config,
+            http_client,
+            user_id,
+            browser_url,
+            open_link=open_link,
+            rng=rng,
+            held_elsewhere=held_elsewhere,
         )
         self.max_pages = max_pages
         self._targets = PageTargets(self)
