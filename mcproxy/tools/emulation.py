@@ -3,9 +3,8 @@ and resize_page.
 
 ``emulate`` replaces the page's whole emulation at every call, as chrome-devtools-mcp does:
 whatever a call leaves out is reset, except ``extraHttpHeaders``, which stay until a call
-clears them with an empty string. The settings live in
-``page.state.emulation`` (`mcproxy.browser.emulation`), which restores them after a
-reconnect.
+clears them with an empty string. The settings live in ``page.state.emulation``
+(`mcproxy.browser.emulation`, which restores them after a reconnect).
 """
 
 import json
