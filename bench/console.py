@@ -1,6 +1,6 @@
 """Target: ``list_console_messages`` over 10,000 collected messages answers in <= 50 ms.
 
-The collector's per-page cap is 10,000 messages (`mcproxy.tools.collect.Collector`), so
+The collector's per-page cap is 10,000 messages (`mcproxy.browser.collect.Collector`), so
 10,000 is the most a page can hold and the figure is the worst case. The messages are fed
 to the real `Collector` as ``Runtime.consoleAPICalled`` events shaped like Chrome's (three
 arguments: a string, a number, an object preview; one stack frame) on a stand-in page, so
@@ -18,6 +18,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from bench.report import Summary, Verdict, say
+from mcproxy.browser.page import PageState
 
 MESSAGES = 10_000
 ROUNDS = 20
@@ -34,7 +35,7 @@ class _Page:
     via_proxy = True
 
     def __init__(self):
-        self.state = {}
+        self.state = PageState()
         self._handlers = {}
         self.browser = _Browser(self)  # the per-browser collection budget is kept by it
 
@@ -123,10 +124,10 @@ def _baseline(texts: list[str]) -> float:
 
 async def run(options) -> list[Verdict]:
     """Collect 10,000 messages, time list_console_messages over them (median of 20)."""
+    from mcproxy.browser.collect import Collector
     from mcproxy.config import ToolsConfig
     from mcproxy.testing.tool_calls import make_context
     from mcproxy.tools import console
-    from mcproxy.tools.collect import Collector
     from mcproxy.tools.registry import ToolRegistry
 
     say(f"== console: list_console_messages over {MESSAGES} collected messages (median of {ROUNDS}) ==")
@@ -137,7 +138,7 @@ async def run(options) -> list[Verdict]:
     for index in range(MESSAGES):
         page.fire("Runtime.consoleAPICalled", _event(index))
     collect_ms = (time.perf_counter() - started) * 1000
-    journal = page.state["collect"].console
+    journal = page.state.records.console
     say(f"  collected {len(journal)} messages in {collect_ms:.1f} ms; accounted size {journal.cost / 2**20:.2f} MiB")
     say(
         f"  bound per page: {collector.max_messages} messages; {collector.max_bytes / 2**20:.0f} MiB "

@@ -24,7 +24,11 @@ from mcproxy.auth.jwt import JWTAuthenticator, audiences_for
 from mcproxy.auth.ratelimit import RequestLimits
 from mcproxy.auth.tokens import TokenAuthenticator
 from mcproxy.browser.policy import PolicyBook
-from mcproxy.browser.pool import BrowserPool, open_cdp_link, probe_browser
+from mcproxy.browser.collect import Collector
+from mcproxy.browser.connect import open_cdp_link
+from mcproxy.browser.dialogs import track_dialogs
+from mcproxy.browser.emulation import emulation_listener
+from mcproxy.browser.pool import BrowserPool
 from mcproxy.browser.registered import RegisteredBrowsers
 from mcproxy.config import Config, ConfigError
 from mcproxy.lifecycle import StartInOrder
@@ -35,9 +39,6 @@ from mcproxy.session.registry import SessionRegistry
 from mcproxy.session.revocation import RevocationWatch
 from mcproxy.storage import store_for_url
 from mcproxy.storage.service import StoreService
-from mcproxy.tools.collect import Collector
-from mcproxy.tools.dialogs import track_dialogs
-from mcproxy.tools.emulation import emulation_listener
 from mcproxy.tools.registry import ToolRegistry
 from mcproxy.web.admin import AdminDependencies
 from mcproxy.web.dashboard import Dashboard, Overview

@@ -110,7 +110,7 @@ def browser_config():
 async def browser_pool(reactor, browser_config, http_client):
     """A BrowserPool that tracks dialogs like the daemon's, closed after the test."""
     from mcproxy.browser.pool import BrowserPool
-    from mcproxy.tools.dialogs import track_dialogs
+    from mcproxy.browser.dialogs import track_dialogs
 
     pool = BrowserPool(reactor, browser_config, http_client, page_listeners=[track_dialogs])
     yield pool

@@ -163,7 +163,7 @@ async def test_chrome_never_answers_websocket_pings(reactor, chromium, http_clie
     """Why the CDP connection does not use autobahn's auto-ping (the health check does that job)."""
     from twisted.internet.task import deferLater
 
-    from mcproxy.browser.cdp.connection import open_websocket
+    from mcproxy.browser.cdp.websocket import open_websocket
     from mcproxy.browser.cdp.discovery import discover
 
     ws_url = await discover(http_client, chromium.browser_url, timeout=5, clock=reactor)
@@ -180,7 +180,7 @@ async def test_chrome_never_answers_websocket_pings(reactor, chromium, http_clie
 
 @pytest_twisted.ensureDeferred
 async def test_probe_browser_for_registration(reactor, chromium, browser_config, http_client, fixture_site):
-    from mcproxy.browser.pool import probe_browser
+    from mcproxy.browser.connect import probe_browser
     from mcproxy.errors import InvalidBrowserURL
 
     identity = await probe_browser(reactor, browser_config, chromium.browser_url, http_client)

@@ -155,7 +155,7 @@ def test_health_check_failure_reconnects_and_keeps_page_ids():
     before = {p.target_id: p.page_id for p in h.browser.pages()}
     assert len(before) == 2
     page = h.browser.pages()[1]
-    page.state["snapshot"] = "kept"
+    page.state.tools = "kept"
     h.chrome.handlers["Browser.getVersion"] = lambda p, s: HANG
     h.clock.advance(30)
     assert h.chrome.methods().count("Browser.getVersion") == 1
@@ -174,7 +174,7 @@ def test_health_check_failure_reconnects_and_keeps_page_ids():
     assert {t: after[t] for t in before} == before
     assert max(after.values()) == 3
     assert page.session_id == f"S-{page.target_id}-2"  # a new session for the same target
-    assert h.browser.page(page.page_id).state["snapshot"] == "kept"
+    assert h.browser.page(page.page_id).state.tools == "kept"
 
 
 def test_pages_of_vanished_targets_are_dropped_on_reconnect():

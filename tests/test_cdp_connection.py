@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from mcproxy.browser.cdp.connection import ALL, THREAD_DECODE_BYTES, CDPConnection, open_websocket
+from mcproxy.browser.cdp.connection import ALL, CDPConnection
+from mcproxy.browser.cdp.messages import THREAD_DECODE_BYTES
+from mcproxy.browser.cdp.websocket import open_websocket
 from mcproxy.errors import BrowserUnavailable, CDPError, InvalidBrowserURL
 from mcproxy.testing.fake_cdp import HANG, FakeCDPError
 from mcproxy.testing.fuzz import fuzz_settings
@@ -387,7 +389,7 @@ _JSON = st.recursive(
 def test_big_messages_decode_in_pieces_exactly_as_json_loads_does(value, indent):
     """Big messages are decoded with many small decoder calls (the thread lets go of the GIL
     between them); the result is json.loads's, and broken JSON is refused the same way."""
-    from mcproxy.browser.cdp.connection import loads_in_pieces
+    from mcproxy.browser.cdp.messages import loads_in_pieces
 
     text = json.dumps(value, indent=indent)
     assert loads_in_pieces(text) == json.loads(text)

@@ -5,16 +5,11 @@ from twisted.internet import defer
 
 from twisted.internet.task import Clock
 
-from mcproxy.tools.collect import (
-    STATE_KEY,
-    Collector,
-    ConsoleMessage,
-    Journal,
-    describe,
-    make_visible,
-    paginate,
-    substituted,
-)
+from mcproxy.browser.collect import Collector, make_visible
+from mcproxy.browser.entries import ConsoleMessage, describe, substituted
+from mcproxy.browser.journal import Journal
+from mcproxy.browser.page import PageState
+from mcproxy.tools.collected import paginate
 
 
 class FakeBrowser:
@@ -31,7 +26,7 @@ class FakePage:
     closed = False
 
     def __init__(self, fail_sends=False, *, via_proxy=True, browser=None, answer=None):
-        self.state = {}
+        self.state = PageState()
         self.sent = []
         self.handlers = {}
         self._fail = fail_sends
@@ -62,7 +57,7 @@ def message(text="m"):
 def attached(collector=None):
     page = FakePage()
     (collector or Collector())(page, "attached")
-    return page, page.state[STATE_KEY]
+    return page, page.state.records
 
 
 def string(value):
@@ -242,9 +237,9 @@ def test_network_events_redirects_and_redaction():
 
     first, second, failed, pending = records.network.entries()
     assert (first.id, first.status_label, first.redirected) == (1, "302", True)
-    assert first.request_headers == (("Cookie", "<redacted>"), ("X-Mine", "1"))
+    assert first.request_headers == (("Cookie", "[REDACTED]"), ("X-Mine", "1"))
     # Chrome's raw headers win over the summary in the redirect response.
-    assert first.response_headers == (("Location", "/b"), ("Set-Cookie", "<redacted>"))
+    assert first.response_headers == (("Location", "/b"), ("Set-Cookie", "[REDACTED]"))
     assert (second.id, second.status, second.redirected_from, second.redirect_chain()) == (2, 200, first, [first])
     assert (second.body_size, second.finished, second.mime_type) == (25, True, "text/plain")
     assert (failed.method, failed.status_label) == ("POST", "failed - net::ERR_CONNECTION_REFUSED")
@@ -345,13 +340,13 @@ def test_listener_enables_domains_on_every_attach_and_subscribes_once():
     page = FakePage(fail_sends=True)  # failures are logged, never raised
     collector = Collector()
     collector(page, "attached")
-    records = page.state[STATE_KEY]
+    records = page.state.records
     collector(page, "reattached")
     assert page.sent == ["Runtime.enable", "Log.enable", "Network.enable"] * 2
-    assert page.state[STATE_KEY] is records
+    assert page.state.records is records
     assert len(page.handlers["Runtime.consoleAPICalled"]) == 1
     collector(page, "closed")
-    assert STATE_KEY not in page.state
+    assert page.state.records is None
 
 
 def test_paginate_like_upstream():
@@ -378,16 +373,16 @@ def test_a_tab_nobody_may_see_costs_nothing_until_a_tool_lists_or_uses_it():
     collector = Collector()
     collector(page, "attached")
     assert page.sent == ["Page.enable"] * 2  # answered at once, and the tab is still no one's
-    assert STATE_KEY not in page.state and page.handlers == {}
+    assert page.state.records is None and page.handlers == {}
     collector(page, "reattached")
-    assert STATE_KEY not in page.state and page.sent == ["Page.enable"] * 4
+    assert page.state.records is None and page.sent == ["Page.enable"] * 4
     make_visible(page)
-    records = page.state[STATE_KEY]
+    records = page.state.records
     assert page.sent[4:] == DOMAINS
     log_call(page, "now seen")
     assert [m.text for m in records.console.entries()] == ["now seen"]
     make_visible(page)  # once is enough
-    assert page.sent[4:] == DOMAINS and page.state[STATE_KEY] is records
+    assert page.sent[4:] == DOMAINS and page.state.records is records
 
 
 def test_a_tab_the_proxy_opens_is_collected_before_it_loads():
@@ -396,12 +391,12 @@ def test_a_tab_the_proxy_opens_is_collected_before_it_loads():
     calls = []
     page = FakePage(via_proxy=False, answer=calls)
     Collector()(page, "attached")
-    assert page.sent == ["Page.enable"] and STATE_KEY not in page.state
+    assert page.sent == ["Page.enable"] and page.state.records is None
     calls[0].callback({})  # a page listener's set-up still holds the attach: ask once more
-    assert page.sent == ["Page.enable"] * 2 and STATE_KEY not in page.state
+    assert page.sent == ["Page.enable"] * 2 and page.state.records is None
     page.via_proxy = True  # what BrowserPool.new_page does when the attach settles
     calls[1].callback({})
-    assert page.sent == ["Page.enable"] * 2 + DOMAINS and STATE_KEY in page.state
+    assert page.sent == ["Page.enable"] * 2 + DOMAINS and page.state.records is not None
     # A tab already known to be the proxy's starts at once (a reconnect, a late listener).
     known = FakePage()
     Collector()(known, "attached")
@@ -417,7 +412,7 @@ def test_a_closed_tab_never_starts_collecting():
     page.closed = True
     make_visible(page)
     calls[0].errback(RuntimeError("closed"))
-    assert STATE_KEY not in page.state and page.sent == ["Page.enable"]
+    assert page.state.records is None and page.sent == ["Page.enable"]
 
 
 def test_all_pages_of_a_browser_share_one_budget_and_the_fullest_pays():
@@ -426,12 +421,12 @@ def test_all_pages_of_a_browser_share_one_budget_and_the_fullest_pays():
     browser = FakeBrowser()
     quiet, quiet_records = FakePage(browser=browser), None
     collector(quiet, "attached")
-    quiet_records = quiet.state[STATE_KEY]
+    quiet_records = quiet.state.records
     for n in range(5):
         log_call(quiet, f"{n:03d}" + "x" * 97)
     loud = FakePage(browser=browser)
     collector(loud, "attached")
-    loud_records = loud.state[STATE_KEY]
+    loud_records = loud.state.records
     for n in range(1000):
         log_call(loud, f"{n:03d}" + "x" * 97)
     # The flood stays within what the browser may hold, and the quiet page keeps its five.
@@ -443,7 +438,7 @@ def test_all_pages_of_a_browser_share_one_budget_and_the_fullest_pays():
     collector(other, "attached")
     for n in range(30):
         log_call(other, f"{n:03d}" + "x" * 97)
-    assert len(other.state[STATE_KEY].console) == 20
+    assert len(other.state.records.console) == 20
     # A closed page gives its share back.
     collector(loud, "closed")
     for n in range(10):
@@ -455,7 +450,7 @@ def test_ready_waits_for_the_enables_or_gives_up_after_a_while():
     calls = []
     page = FakePage(answer=calls)
     Collector()(page, "attached")
-    records = page.state[STATE_KEY]
+    records = page.state.records
     clock = Clock()
     first, second = records.ready(clock), records.ready(clock)
     for call in calls[:2]:
@@ -465,6 +460,6 @@ def test_ready_waits_for_the_enables_or_gives_up_after_a_while():
     assert first.result is records and second.result is records
     assert records.ready(clock).result is records
     Collector()(blocked := FakePage(answer=[]), "attached")
-    waiting = blocked.state[STATE_KEY].ready(clock)
+    waiting = blocked.state.records.ready(clock)
     clock.advance(2)
-    assert waiting.result is blocked.state[STATE_KEY]
+    assert waiting.result is blocked.state.records

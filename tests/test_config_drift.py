@@ -20,8 +20,13 @@ PACKAGE = pathlib.Path(mcproxy.__file__).parent
 
 
 def keys_read(sources: Iterable[str]) -> set[tuple[str, str]]:
-    """``(section, key)`` pairs the sources read: ``<...>.<section>.<key>``, or ``<...>.<key>``
-    in a module that names the section's class (a part handed one section, e.g. ``ToolsConfig``)."""
+    """``(section, key)`` pairs the sources read: ``<...>.<section>.<key>``; ``<...>.<key>`` in a
+    module that names the section's class (a part handed one section, e.g. ``ToolsConfig``);
+    or ``<...>config.<key>`` for a key no other section has."""
+    sections_of: dict[str, set[str]] = {}
+    for section, cls in SECTIONS.items():
+        for field in attrs.fields(cls):
+            sections_of.setdefault(field.name, set()).add(section)
     found = set()
     for text in sources:
         handed = {name for name, cls in SECTIONS.items() if cls.__name__ in text}
@@ -29,6 +34,9 @@ def keys_read(sources: Iterable[str]) -> set[tuple[str, str]]:
             if isinstance(node, ast.Attribute):
                 owner = ast.unparse(node.value).rsplit(".", 1)[-1]
                 found.update((section, node.attr) for section in SECTIONS if owner == section or section in handed)
+                only = sections_of.get(node.attr, set())
+                if owner.endswith("config") and len(only) == 1:
+                    found.add((next(iter(only)), node.attr))
     return found
 
 
@@ -47,9 +55,10 @@ def test_every_key_is_read_by_some_part():
 
 
 def test_a_key_read_by_nothing_is_found():
-    sources = ["def f(config):\n    return config.server.listen\n"]
-    assert "server.listen" not in unread_keys(sources)
-    assert "server.request_timeout" in unread_keys(sources)
+    sources = ["def f(config, call):\n    return config.server.listen, call.config.tab_scope\n"]
+    unread = unread_keys(sources)
+    assert "server.listen" not in unread and "tools.tab_scope" not in unread
+    assert "server.request_timeout" in unread
 
 
 # -- live keys: a reload that changes one changes the running daemon ---------------------------

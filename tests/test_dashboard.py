@@ -269,7 +269,7 @@ class Tab:
 
     @classmethod
     async def open(cls, reactor, chromium, width: int = 1280, height: int = 900, mobile: bool = False) -> "Tab":
-        from mcproxy.browser.pool import connect_browser, default_http_client
+        from mcproxy.browser.connect import connect_browser, default_http_client
         from mcproxy.config import BrowserConfig
 
         link = await connect_browser(reactor, BrowserConfig(), default_http_client(reactor), chromium.browser_url)

@@ -9,7 +9,8 @@ from mcproxy.browser.pool import BrowserPool
 from mcproxy.errors import ToolError
 from mcproxy.testing.tool_calls import failed, make_context, make_registry, ok, sleep, text_of, uid_of
 from mcproxy.tools import dialogs
-from mcproxy.tools.dialogs import add_dialog_note, dialog_note, pending_dialog, require_no_dialog, track_dialogs
+from mcproxy.browser.dialogs import PROBE_WINDOW, track_dialogs
+from mcproxy.tools.dialogs import add_dialog_note, dialog_note, pending_dialog, require_no_dialog
 from mcproxy.tools.call import Response
 
 READ_OUTPUT = "() => document.getElementById('output').textContent"
@@ -154,7 +155,7 @@ async def test_dialog_open_before_the_proxy_attached(reactor, tools, tracked, fi
         target = tracked.page(page_id).target_id
         [page] = [p for p in bob_browser.pages() if p.target_id == target]
         assert pending_dialog(page) is None
-        await sleep(reactor, dialogs.PROBE_WINDOW + 0.3)
+        await sleep(reactor, PROBE_WINDOW + 0.3)
         assert pending_dialog(page) is None  # no event came
         note = dialog_note(page)
         assert note.startswith(f"# Open dialog\nPage {page.page_id} does not respond: it most likely shows a JavaScript dialog")
@@ -180,6 +181,6 @@ async def test_dialog_open_before_the_proxy_attached(reactor, tools, tracked, fi
 @pytest_twisted.ensureDeferred
 async def test_responsive_pages_are_not_marked(reactor, tracked, fixture_site):
     page = await tracked.new_page(fixture_site.page("input_form.html"))
-    await sleep(reactor, dialogs.PROBE_WINDOW + 0.2)
-    state = dialogs.dialog_state(page)
+    await sleep(reactor, PROBE_WINDOW + 0.2)
+    state = page.state.dialog
     assert not state.blind and state.probe is None and dialog_note(page) is None

@@ -10,7 +10,8 @@ import pytest_twisted
 from twisted.internet import task
 
 from mcproxy.browser.cdp import connection as cdp
-from mcproxy.browser.cdp.connection import THREAD_DECODE_BYTES, open_websocket
+from mcproxy.browser.cdp.messages import THREAD_DECODE_BYTES
+from mcproxy.browser.cdp.websocket import open_websocket
 from mcproxy.errors import BrowserUnavailable, CDPError
 from mcproxy.testing.fake_cdp import HANG, ax_cycle, ax_deep, ax_duplicated, ax_wide
 from mcproxy.tools import snapshot

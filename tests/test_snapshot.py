@@ -10,6 +10,7 @@ import os
 
 import pytest
 
+from mcproxy.browser.page import PageState
 from mcproxy.errors import ToolError
 from mcproxy.tools.snapshot import SnapshotState, format_snapshot, resolve_uid
 
@@ -132,7 +133,7 @@ class _Page:
     page_id = 7
 
     def __init__(self):
-        self.state = {}
+        self.state = PageState()
         self.subscribers = {}
 
     def subscribe(self, method, callback):

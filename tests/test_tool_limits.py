@@ -178,11 +178,12 @@ def test_a_throttled_page_never_stretches_a_wait_past_the_cap():
     from types import SimpleNamespace
 
     from mcproxy.config import ToolsConfig
-    from mcproxy.tools.emulation import STATE_KEY, Emulation
+    from mcproxy.browser.emulation import Emulation
+    from mcproxy.browser.page import PageState
     from mcproxy.tools.call import ToolCall
     from mcproxy.testing.tool_calls import make_context
 
-    page = SimpleNamespace(state={STATE_KEY: Emulation(cpu_rate=20)})
+    page = SimpleNamespace(state=PageState(emulation=Emulation(cpu_rate=20)))
     config = ToolsConfig(navigation_timeout=10.0, max_timeout=60.0)
     call = ToolCall(args={}, context=make_context(), browser=None, config=config, clock=None, page=page)
     assert call.timeout() == 60.0

@@ -126,7 +126,7 @@ def site(reactor):
 async def browser(reactor, browser_config, http_client, chromium):
     """User alice's browser through a pool that runs the collector on every page."""
     from mcproxy.browser.pool import BrowserPool
-    from mcproxy.tools.collect import Collector
+    from mcproxy.browser.collect import Collector
 
     pool = BrowserPool(reactor, browser_config, http_client, page_listeners=[Collector()])
     browser = pool.browser_for("alice", chromium.browser_url)
@@ -152,7 +152,7 @@ async def open_page(tools, context, url):
 
 
 def records(browser, page_id):
-    return browser.page(page_id).state["collect"]
+    return browser.page(page_id).state.records
 
 
 def messages(browser, page_id):
@@ -254,9 +254,9 @@ async def test_a_tab_someone_else_opened_is_collected_only_once_a_caller_may_see
         tools, context = registry(reactor, browser), make_context()
         assert f"{page.page_id}: " not in text_of(await ok(tools, context, "list_pages"))
         await page.send("Runtime.evaluate", {"expression": "console.log('logged unseen')"})
-        assert "collect" not in page.state
+        assert page.state.records is None
         assert "No page with id" in await failed(tools, context, "list_console_messages", pageId=page.page_id)
-        assert "collect" not in page.state
+        assert page.state.records is None
 
         wide = registry(reactor, browser, tab_scope="browser")
         assert f"{page.page_id}: " in text_of(await ok(wide, context, "list_pages"))
@@ -344,7 +344,7 @@ async def test_network_requests(reactor, browser, site, tmp_path):
     assert f"- referer:{site}/collect_network.html" in detail.lower()
     response_headers = detail.split("### Response Headers\n")[1].split("### Response Body")[0].lower()
     assert "- x-test:yes" in response_headers
-    assert "- set-cookie:<redacted>" in response_headers
+    assert "- set-cookie:[redacted]" in response_headers
     assert "topsecret" not in detail
     assert detail.endswith('### Response Body\n{"answer": 42, "items": ["a", "b"]}')
 
@@ -354,7 +354,7 @@ async def test_network_requests(reactor, browser, site, tmp_path):
 
     redirected = text_of(await ok(tools, context, "get_network_request", pageId=page_id, reqid=5))
     # Chrome's raw request headers carry the cookie set by data.json: kept, value redacted.
-    assert "- cookie:<redacted>" in redirected.split("### Response Headers")[0].lower()
+    assert "- cookie:[redacted]" in redirected.split("### Response Headers")[0].lower()
     assert "topsecret" not in redirected
     assert redirected.endswith(f"### Redirect chain\nreqid=4 GET {site}/hop [302]")
     hop = text_of(await ok(tools, context, "get_network_request", pageId=page_id, reqid=4))

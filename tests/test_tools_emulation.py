@@ -6,7 +6,8 @@ import pytest_twisted
 from mcproxy.errors import ToolError
 from mcproxy.testing.tool_calls import failed, make_context, ok, sleep, text_of, uid_of
 from mcproxy.tools import emulation, styles
-from mcproxy.tools.emulation import Viewport, parse_geolocation, parse_headers, parse_viewport, timeout_factor
+from mcproxy.browser.emulation import Viewport, emulation_listener, timeout_factor
+from mcproxy.tools.emulation import parse_geolocation, parse_headers, parse_viewport
 
 PAGE = "emulation_page.html"
 
@@ -318,7 +319,7 @@ async def test_get_css_styles(tools, user_browser, fixture_site):
     target = uid_of(snapshot, 'button "Target"')
     text = text_of(await ok(tools, context, "get_css_styles", pageId=page_id, uid=target, pageSize=2))
     assert f"### #target.box ({PAGE}:11)\n" in text
-    assert len(page.state[styles.STATE_KEY].headers) == 2
+    assert len(page.state.tools.styles.headers) == 2
     await js(page, "document.getElementById('target').remove()")
     assert "no longer exists" in await failed(tools, context, "get_css_styles", pageId=page_id, uid=target)
 
@@ -327,7 +328,7 @@ async def test_get_css_styles(tools, user_browser, fixture_site):
 async def test_emulation_restored_after_reconnect(reactor, chromium, browser_config, http_client, fixture_site):
     from mcproxy.browser.pool import BrowserPool
 
-    pool = BrowserPool(reactor, browser_config, http_client, page_listeners=[emulation.emulation_listener])
+    pool = BrowserPool(reactor, browser_config, http_client, page_listeners=[emulation_listener])
     try:
         browser = pool.browser_for("alice", chromium.browser_url)
         await browser.connected(10)

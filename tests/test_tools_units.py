@@ -6,6 +6,7 @@ from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.task import Clock
 
 from mcproxy.auth.principal import Principal
+from mcproxy.browser.page import PageState
 from mcproxy.config import ToolsConfig
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.testing.deferreds import failure_result_of, success_result_of
@@ -92,7 +93,7 @@ class ScriptedPage:
     target_id = "MAIN"
 
     def __init__(self, counts=(0,), quiet_error=None, silent=False):
-        self.state = {}
+        self.state = PageState()
         self.counts = list(counts)
         self.quiet_error = quiet_error
         self.silent = silent
@@ -251,7 +252,7 @@ class FakePage:
     def __init__(self, page_id, opener=None, via_proxy=True, title="", url="about:blank"):
         self.page_id, self.opener, self.via_proxy = page_id, opener, via_proxy
         self.target_id, self.title, self.url, self.closed = f"T{page_id}", title, url, False
-        self.state = {}
+        self.state = PageState()
         self.crashed = False
 
     def run_exclusive(self, fn, *args):

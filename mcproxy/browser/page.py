@@ -1,7 +1,8 @@
 """One tab of a user's browser, as the tools see it.
 
 A `Page` outlives CDP sessions: after a reconnect the same target gets a new flattened
-session id but keeps its ``page_id``, its event subscriptions and its ``state``.
+session id but keeps its ``page_id``, its event subscriptions and its ``state`` (a
+`PageState`).
 
 When the tab goes away (closed by the human, by a script, or its renderer crashed) the
 calls a tool is waiting on would never be answered; Chrome keeps silent about them. So
@@ -14,13 +15,19 @@ of letting them run into the CDP timeout.
 
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import attrs
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.logger import Logger
 
+from mcproxy.browser.dialogs import DialogState
 from mcproxy.errors import BrowserUnavailable, ToolError
+
+if TYPE_CHECKING:
+    from mcproxy.browser.collect import Collector, PageRecords
+    from mcproxy.browser.emulation import Emulation
 
 log = Logger()
 
@@ -67,6 +74,25 @@ def blocked_by_dialog(method: str) -> bool:
     return method in DIALOG_BLOCKED or method.split(".", 1)[0] in DIALOG_BLOCKED
 
 
+@attrs.define
+class PageState:
+    """What the page listeners and the tools keep of one page; it outlives DevTools sessions.
+
+    A part left None has not started: its owner creates it on first use.
+    """
+
+    #: Console and network collection (`mcproxy.browser.collect`).
+    records: "PageRecords | None" = None
+    #: The collector that starts once a caller may see the page (`make_visible`).
+    pending_collector: "Collector | None" = None
+    #: The JavaScript dialog that blocks the page (`mcproxy.browser.dialogs`).
+    dialog: DialogState = attrs.Factory(DialogState)
+    #: The emulation in force, restored after a reconnect (`mcproxy.browser.emulation`).
+    emulation: "Emulation | None" = None
+    #: What the tools keep of the page (`mcproxy.tools.page_state`); the browser never reads it.
+    tools: Any = None
+
+
 class Page:
     """A page target with a flattened CDP session, per-page serialization and state."""
 
@@ -94,7 +120,7 @@ class Page:
         self.closed = False
         #: The renderer crashed (Inspector.targetCrashed) and has not been reloaded since.
         self.crashed = False
-        self.state: dict[str, Any] = {}
+        self.state = PageState()
         self._subscribers: dict[str | None, list[EventCallback]] = {}
         self._waiters: set[Deferred] = set()
         #: Calls awaiting Chrome's answer: the caller's Deferred -> (the CDP call, its method).

@@ -7,6 +7,7 @@ import mcp_types
 from mcp_types.version import is_version_at_least
 
 from mcproxy.artifacts.names import split_path
+from mcproxy.browser.emulation import timeout_factor
 from mcproxy.calls import CallContext
 from mcproxy.config import ToolsConfig
 from mcproxy.errors import ToolError
@@ -36,8 +37,6 @@ class ToolCall:
         """Seconds to wait: the tool's ``timeout`` argument (ms), or the configured default
         stretched by the page's throttling (CPU or network emulation); never more than
         ``tools.max_timeout``."""
-        from mcproxy.tools.emulation import timeout_factor  # emulation builds on this module
-
         value = self.args.get(name) or 0
         if value > 0:
             return min(value / 1000.0, self.config.max_timeout)

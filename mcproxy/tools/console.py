@@ -1,9 +1,9 @@
-"""Console tools: list_console_messages, get_console_message (data from `mcproxy.tools.collect`)."""
+"""Console tools: list_console_messages, get_console_message (data from `mcproxy.browser.collect`)."""
 
 from mcproxy.errors import ToolError
 from mcproxy.tools import schema as s
 from mcproxy.tools.call import Response, ToolCall
-from mcproxy.tools.collect import PAGINATION_SCHEMA, collected, listed, paging_schema, whole_id
+from mcproxy.tools.collected import PAGINATION_SCHEMA, collected, listed, paging_schema, whole_id
 from mcproxy.tools.declare import ToolSet
 from mcproxy.tools.extension_targets import worker_for
 

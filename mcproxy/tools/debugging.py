@@ -4,7 +4,7 @@ import base64
 import json
 
 from mcproxy.artifacts.names import guess_mime_type, is_text
-from mcproxy.browser.cdp.connection import THREAD_DECODE_BYTES
+from mcproxy.browser.cdp.messages import THREAD_DECODE_BYTES
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.threads import thread_runner
 from mcproxy.tools import schema as s

@@ -1,111 +1,19 @@
-"""JavaScript dialogs (alert, confirm, prompt, beforeunload), tracked per page.
+"""JavaScript dialogs (alert, confirm, prompt, beforeunload) as the tools see them.
 
 A page showing a dialog answers no call that needs its JavaScript (Runtime, DOM,
 Accessibility, screenshots) until the dialog is handled, so tools check `require_no_dialog`
 first and fail fast with advice instead of running into a CDP timeout, and every response
-mentions the pending dialog (`dialog_note`).
-
-`track_dialogs` is a pool page listener: it sees each page from the moment the proxy
-attaches. Chrome sends ``Page.javascriptDialogOpening`` only to sessions that were attached
-when the dialog opened; a session attached later (a dialog already open when the proxy
-connected, or after a reconnect) gets no event, cannot answer the dialog ("No dialog is
-showing") and finds the page silent. So each fresh session also sends a probe: when the
-page does not answer it within `PROBE_WINDOW`, the page counts as blocked by a dialog the
-proxy cannot see, until the probe is answered or Chrome reports the dialog closed
-(navigating or reloading the page closes it).
+mentions the pending dialog (`dialog_note`). Which dialog is open is tracked by the
+browser (`mcproxy.browser.dialogs`).
 """
-
-import attrs
-from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
 
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools.call import Response, ToolCall
 
-STATE_KEY = "mcproxy.dialog"
-#: How long a freshly attached page may take to answer before it counts as blocked.
-PROBE_WINDOW = 1.0
-#: The probe stays pending this long at most (a dialog can stay open for hours).
-PROBE_LIMIT = 24 * 3600.0
-
-
-@attrs.define
-class DialogState:
-    """A page's dialog: the ``Page.javascriptDialogOpening`` parameters of the open one,
-    or ``blind`` when the page went silent before the proxy could see a dialog open."""
-
-    open: dict | None = None
-    blind: bool = False
-    probe: Deferred | None = None
-
-
-def dialog_state(page) -> DialogState:
-    """The page's dialog state (empty for a page no listener has seen)."""
-    state = page.state.get(STATE_KEY)
-    if state is None:
-        state = page.state[STATE_KEY] = DialogState()
-    return state
-
-
-def track_dialogs(page, event: str) -> None:
-    """Page listener (``BrowserPool(page_listeners=[track_dialogs])``): follow the page's dialogs."""
-    state = dialog_state(page)
-    if event == "closed":
-        _stop_probe(state)
-        return
-    if event == "attached":
-        page.subscribe("Page.javascriptDialogOpening", lambda _, params: _opened(state, params))
-        page.subscribe("Page.javascriptDialogClosed", lambda _, params: _closed(state))
-    # A new session cannot answer a dialog it did not see open: find out whether one is.
-    state.open = None
-    state.blind = False
-    _probe(page, state)
-
-
-def _opened(state: DialogState, params: dict) -> None:
-    state.open = params
-    state.blind = False
-
-
-def _closed(state: DialogState) -> None:
-    state.open = None
-    state.blind = False
-
-
-def _stop_probe(state: DialogState) -> None:
-    if state.probe is not None and not state.probe.called:
-        state.probe.cancel()
-    state.probe = None
-
-
-def _probe(page, state: DialogState) -> None:
-    """Ask the page for a trivial evaluation; no answer within `PROBE_WINDOW` means blocked."""
-    _stop_probe(state)
-    probe = state.probe = page.send("Runtime.evaluate", {"expression": "0"}, timeout=PROBE_LIMIT)
-
-    def suspect() -> None:
-        if state.probe is probe and state.open is None:
-            state.blind = True
-
-    timer = page.browser.clock.callLater(PROBE_WINDOW, suspect)
-
-    def answered(result):
-        if timer.active():
-            timer.cancel()
-        if state.probe is probe:
-            state.probe = None
-            # Any answer, even an error about a replaced document, means the page is responsive.
-            if not isinstance(result, Failure) or result.check(CDPError):
-                state.blind = False
-        return None
-
-    probe.addBoth(answered)
-
 
 def pending_dialog(page) -> dict | None:
     """The open dialog's ``type``, ``message``, ``defaultPrompt`` and ``url``, or None."""
-    state = page.state.get(STATE_KEY)
-    dialog = state.open if state is not None else None
+    dialog = page.state.dialog.open
     if dialog is None:
         return None
     return {key: dialog.get(key, "") for key in ("type", "message", "defaultPrompt", "url")}
@@ -132,9 +40,7 @@ def _blind_advice(page) -> str:
 
 def dialog_note(page) -> str | None:
     """The section every tool response on ``page`` appends while a dialog blocks it, else None."""
-    state = page.state.get(STATE_KEY)
-    if state is None:
-        return None
+    state = page.state.dialog
     if state.open is not None:
         return describe_dialog(state.open)
     if state.blind:
@@ -152,9 +58,7 @@ def add_dialog_note(page, response: Response) -> Response:
 
 def require_no_dialog(page) -> None:
     """Fail fast (ToolError) when a dialog blocks ``page``: the call would only time out."""
-    state = page.state.get(STATE_KEY)
-    if state is None:
-        return
+    state = page.state.dialog
     if state.open is not None:
         kind = state.open.get("type") or "alert"
         raise ToolError(
@@ -168,7 +72,7 @@ def require_no_dialog(page) -> None:
 async def handle_dialog(call: ToolCall) -> Response:
     """Accept or dismiss the page's open dialog (with text for a prompt)."""
     page = call.page
-    state = dialog_state(page)
+    state = page.state.dialog
     if state.open is None and not state.blind:
         raise ToolError(
             f"No open dialog found on page {page.page_id}. "

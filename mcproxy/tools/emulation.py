@@ -3,91 +3,36 @@ and resize_page.
 
 ``emulate`` replaces the page's whole emulation at every call, as chrome-devtools-mcp does:
 whatever a call leaves out is reset, except ``extraHttpHeaders``, which stay until a call
-clears them with an empty string. The settings live in ``page.state`` so that
-`reapply_emulation` can restore them on a new DevTools session after a reconnect (Chrome
-drops a session's overrides with the session), and so that other tools can stretch their
-waits with `timeout_factor` while the page is throttled.
+clears them with an empty string. The settings live in ``page.state.emulation``
+(`mcproxy.browser.emulation`, which restores them after a reconnect).
 """
 
 import json
 import re
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred, FirstError, gatherResults
-from twisted.logger import Logger
+from twisted.internet.defer import CancelledError, gatherResults
 
+from mcproxy.browser.emulation import (
+    MEDIA_FEATURES,
+    NETWORK_PRESETS,
+    Emulation,
+    Viewport,
+    apply_emulation,
+    emulation_of,
+    viewport_calls,
+)
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools import schema as s
 from mcproxy.tools.call import Response, ToolCall
 from mcproxy.tools.declare import ToolSet
 
-log = Logger()
-
-STATE_KEY = "mcproxy.emulation"
-
-_KBPS = 1000 / 8  # bytes per second in one kilobit per second
-
-# name -> (latency ms, download B/s, upload B/s, timeout factor); the figures of
-# Puppeteer's PredefinedNetworkConditions (as chrome-devtools-mcp uses) and its factors.
-NETWORK_PRESETS: dict[str, tuple[float, float, float, float]] = {
-    "Offline": (0, 0, 0, 1),
-    "Slow 3G": (400 * 5, 500 * _KBPS * 0.8, 500 * _KBPS * 0.8, 10),
-    "Fast 3G": (150 * 3.75, 1600 * _KBPS * 0.9, 750 * _KBPS * 0.9, 5),
-    "Slow 4G": (150 * 3.75, 1600 * _KBPS * 0.9, 750 * _KBPS * 0.9, 2.5),
-    "Fast 4G": (60 * 2.75, 9000 * _KBPS * 0.9, 1500 * _KBPS * 0.9, 1),
-}
-# emulate parameter -> CSS media feature; "auto" (or absent) resets it.
-MEDIA_FEATURES = {
-    "colorScheme": "prefers-color-scheme",
-    "prefersReducedMotion": "prefers-reduced-motion",
-    "prefersContrast": "prefers-contrast",
-    "forcedColors": "forced-colors",
-}
 _VIEWPORT = re.compile(r"^\s*(\d+)\s*x\s*(\d+)(?:\s*x\s*(\d+(?:\.\d+)?|\.\d+))?((?:\s*,\s*[a-z]+)*)\s*$", re.I)
 _VIEWPORT_FLAGS = ("mobile", "touch", "landscape")
 _VIEWPORT_HELP = (
     "Use '<width>x<height>x<devicePixelRatio>[,mobile][,touch][,landscape]', "
     "for example '390x844x3,mobile,touch' or '1280x720x1'."
 )
-
-
-@attrs.frozen
-class Viewport:
-    """An emulated device viewport, parsed from the ``viewport`` string."""
-
-    width: int
-    height: int
-    device_scale_factor: float = 1
-    mobile: bool = False
-    touch: bool = False
-    landscape: bool = False
-
-    def describe(self) -> str:
-        """JSON in the key order chrome-devtools-mcp reports it."""
-        return json.dumps(
-            {
-                "deviceScaleFactor": self.device_scale_factor,
-                "isMobile": self.mobile,
-                "hasTouch": self.touch,
-                "isLandscape": self.landscape,
-                "width": self.width,
-                "height": self.height,
-            },
-            separators=(",", ":"),
-        )
-
-
-@attrs.define
-class Emulation:
-    """What is emulated on one page now (the defaults mean: nothing)."""
-
-    network: str | None = None
-    cpu_rate: float = 1
-    geolocation: tuple[float, float] | None = None
-    user_agent: str | None = None
-    media: dict[str, str] = attrs.field(factory=dict)
-    viewport: Viewport | None = None
-    headers: dict[str, str] = attrs.field(factory=dict)
 
 
 def parse_viewport(text: str) -> Viewport:
@@ -147,24 +92,6 @@ def parse_headers(text: str) -> dict[str, str]:
     return headers
 
 
-def emulation_of(page) -> Emulation:
-    """The page's current emulation (nothing emulated when never set)."""
-    return page.state.get(STATE_KEY) or Emulation()
-
-
-def timeout_factor(page) -> float:
-    """How much longer to wait on ``page`` while it is throttled (1 when it is not).
-
-    The larger of the CPU slowdown and the network preset's factor (Slow 3G: 10).
-    """
-    return _factor(emulation_of(page))
-
-
-def _factor(emulation: Emulation) -> float:
-    network = NETWORK_PRESETS[emulation.network][3] if emulation.network else 1
-    return max(float(emulation.cpu_rate), float(network))
-
-
 def _from_args(args: dict, previous: Emulation) -> Emulation:
     """The emulation a call asks for: absent settings reset, headers kept unless given."""
     viewport = args.get("viewport")
@@ -185,102 +112,6 @@ def _from_args(args: dict, previous: Emulation) -> Emulation:
     )
 
 
-def _viewport_calls(viewport: Viewport | None) -> list[tuple[str, dict | None]]:
-    if viewport is None:
-        return [
-            ("Emulation.clearDeviceMetricsOverride", None),
-            ("Emulation.setTouchEmulationEnabled", {"enabled": False}),
-        ]
-    orientation = (
-        {"type": "landscapePrimary", "angle": 90} if viewport.landscape else {"type": "portraitPrimary", "angle": 0}
-    )
-    return [
-        (
-            "Emulation.setDeviceMetricsOverride",
-            {
-                "width": viewport.width,
-                "height": viewport.height,
-                "deviceScaleFactor": viewport.device_scale_factor,
-                "mobile": viewport.mobile,
-                "screenOrientation": orientation,
-            },
-        ),
-        ("Emulation.setTouchEmulationEnabled", {"enabled": viewport.touch, "maxTouchPoints": 5}),
-    ]
-
-
-def _network_params(network: str | None) -> dict:
-    if network is None:
-        return {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1}
-    latency, download, upload, _ = NETWORK_PRESETS[network]
-    return {
-        "offline": network == "Offline",
-        "latency": latency,
-        "downloadThroughput": download,
-        "uploadThroughput": upload,
-    }
-
-
-async def _origin(page) -> str | None:
-    """The origin of the page's document, if it has a real one (not about:blank, data:...)."""
-    reply = await page.send("Runtime.evaluate", {"expression": "location.origin", "returnByValue": True})
-    origin = reply.get("result", {}).get("value")
-    return origin if isinstance(origin, str) and origin.startswith(("http://", "https://")) else None
-
-
-async def _apply(page, emulation: Emulation) -> None:
-    """Send every override (set or reset), so the page ends up exactly as ``emulation`` says."""
-    calls: list[tuple[str, dict | None]] = [
-        # Throttling and extra headers only act while the Network domain is enabled (the
-        # console/network collector enables it too; enabling twice is harmless).
-        ("Network.enable", None),
-        ("Network.emulateNetworkConditions", _network_params(emulation.network)),
-        ("Emulation.setCPUThrottlingRate", {"rate": emulation.cpu_rate}),
-        ("Emulation.setUserAgentOverride", {"userAgent": emulation.user_agent or ""}),
-        (
-            "Emulation.setEmulatedMedia",
-            {"features": [{"name": f, "value": emulation.media.get(f, "")} for f in MEDIA_FEATURES.values()]},
-        ),
-        ("Network.setExtraHTTPHeaders", {"headers": emulation.headers}),
-        *_viewport_calls(emulation.viewport),
-    ]
-    if emulation.geolocation is None:
-        calls.append(("Emulation.clearGeolocationOverride", None))
-    else:
-        latitude, longitude = emulation.geolocation
-        position = {"latitude": latitude, "longitude": longitude, "accuracy": 1}
-        calls.append(("Emulation.setGeolocationOverride", position))
-        origin = await _origin(page)
-        if origin is not None:
-            permission = {"permission": {"name": "geolocation"}, "setting": "granted", "origin": origin}
-            if page.browser_context_id:
-                permission["browserContextId"] = page.browser_context_id
-            await page.browser.send("Browser.setPermission", permission)
-    try:
-        await gatherResults([page.send(method, params) for method, params in calls], consumeErrors=True)
-    except FirstError as e:
-        e.subFailure.raiseException()
-
-
-def reapply_emulation(page) -> None:
-    """Page listener: restore a page's emulation on its new session after a reconnect."""
-    if page.closed or STATE_KEY not in page.state:
-        return
-    Deferred.fromCoroutine(_apply(page, page.state[STATE_KEY])).addErrback(
-        lambda failure: log.info(
-            "Could not restore the emulation of page {page_id}: {error}",
-            page_id=page.page_id,
-            error=failure.getErrorMessage(),
-        )
-    )
-
-
-def emulation_listener(page, event: str) -> None:
-    """For ``BrowserPool(page_listeners=[...])``: re-apply emulation on "reattached"."""
-    if event == "reattached":
-        reapply_emulation(page)
-
-
 def _describe(emulation: Emulation, navigation_timeout: float) -> list[str]:
     lines = ["Emulation configured successfully"]
     if emulation.network:
@@ -288,7 +119,7 @@ def _describe(emulation: Emulation, navigation_timeout: float) -> list[str]:
     if emulation.cpu_rate > 1:
         lines.append(f"Emulating CPU throttling: {emulation.cpu_rate:g}x slowdown")
     if emulation.network or emulation.cpu_rate > 1:
-        lines.append(f"Default navigation timeout set to {navigation_timeout * _factor(emulation) * 1000:.0f} ms")
+        lines.append(f"Default navigation timeout set to {navigation_timeout * emulation.timeout_factor * 1000:.0f} ms")
     if emulation.viewport:
         lines.append(f"Emulating viewport: {emulation.viewport.describe()}")
     if emulation.user_agent:
@@ -373,14 +204,14 @@ async def emulate(call: ToolCall) -> Response:
     page = call.page
     emulation = _from_args(call.args, emulation_of(page))
     try:
-        await _apply(page, emulation)
+        await apply_emulation(page, emulation)
     except CancelledError:
         raise
     except CDPError as e:
         raise ToolError(f"Chrome refused the emulation: {e.message}") from None
     finally:
         # What Chrome got is what the page has now: keep it in step even after a failure.
-        page.state[STATE_KEY] = emulation
+        page.state.emulation = emulation
     return Response().add("\n".join(_describe(emulation, call.config.navigation_timeout)))
 
 
@@ -442,8 +273,8 @@ async def resize_page(call: ToolCall) -> Response:
         response.add(f"The page is now {width}x{height} pixels.")
     else:
         viewport = attrs.evolve(emulation.viewport or Viewport(width, height), width=width, height=height)
-        await gatherResults([page.send(method, params) for method, params in _viewport_calls(viewport)])
-        page.state[STATE_KEY] = attrs.evolve(emulation, viewport=viewport)
+        await gatherResults([page.send(method, params) for method, params in viewport_calls(viewport)])
+        page.state.emulation = attrs.evolve(emulation, viewport=viewport)
         if emulation.viewport is not None:
             response.add(f"The emulated viewport is now {width}x{height} pixels ({viewport.describe()}).")
         else:

@@ -4,7 +4,7 @@ Each user's browser gets one `ExtensionTargets`, kept in a WeakKeyDictionary so 
 with the browser. It gives extension service workers short ids that stay the same across
 calls ("sw-1", as upstream's list_pages shows them) and attaches to a worker only when a
 tool needs it. From that moment the worker's console is collected into the same bounded
-journal pages use (`mcproxy.tools.collect`); attaching replays what Chrome kept of the
+journal pages use (`mcproxy.browser.collect`); attaching replays what Chrome kept of the
 worker's earlier messages. Chrome does not stop a worker while DevTools is attached, so a
 worker the proxy looked into stays running until it is reloaded or the connection ends.
 """
@@ -18,7 +18,7 @@ from twisted.internet.defer import DeferredLock
 from mcproxy.browser.page import Page
 from mcproxy.errors import ToolError
 from mcproxy.tools.call import Response, ToolCall
-from mcproxy.tools.collect import STATE_KEY, Collector, PageRecords
+from mcproxy.browser.collect import Collector, PageRecords
 
 SCHEME = "chrome-extension://"
 
@@ -153,11 +153,11 @@ class ExtensionTargets:
             reply = await self.browser.send("Target.attachToTarget", {"targetId": worker.target_id, "flatten": True})
             if page is None:
                 page = Page(self.browser, worker.id, worker.target_id, url=worker.url)
-                records = page.state[STATE_KEY] = PageRecords(_COLLECTOR)
+                records = page.state.records = PageRecords(_COLLECTOR)
                 records.subscribe(page)
                 self._attached[worker.target_id] = page
             else:
-                page.state[STATE_KEY].reattached()
+                page.state.records.reattached()
                 self._unsubscribe.pop(worker.target_id, lambda: None)()
             page.session_id = reply["sessionId"]
             self._links[worker.target_id] = link

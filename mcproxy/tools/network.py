@@ -1,4 +1,4 @@
-"""Network tools: list_network_requests, get_network_request (data from `mcproxy.tools.collect`).
+"""Network tools: list_network_requests, get_network_request (data from `mcproxy.browser.collect`).
 
 Bodies are not collected; get_network_request asks Chrome for them. A small response body
 (up to `BUFFERED_BODY_LIMIT`) comes from Chrome's buffer in one ``Network.getResponseBody``.
@@ -12,20 +12,12 @@ characters, to a file each piece goes straight to the artifact writer.
 import base64
 import codecs
 
+from mcproxy.browser.entries import TRUNCATED, NetworkRequest, clip
 from mcproxy.browser.page import EventTimeout
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools import schema as s
 from mcproxy.tools.call import Response, ToolCall
-from mcproxy.tools.collect import (
-    PAGINATION_SCHEMA,
-    TRUNCATED,
-    NetworkRequest,
-    clip,
-    collected,
-    listed,
-    paging_schema,
-    whole_id,
-)
+from mcproxy.tools.collected import PAGINATION_SCHEMA, collected, listed, paging_schema, whole_id
 from mcproxy.tools.declare import ToolSet
 
 BODY_TEXT_LIMIT = 10_000

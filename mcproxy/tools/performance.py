@@ -21,12 +21,13 @@ from mcproxy.errors import BrowserUnavailable, CDPError, ToolError
 from mcproxy.tools import schema as s
 from mcproxy.tools.call import Response, ToolCall
 from mcproxy.tools.declare import ToolSet
-from mcproxy.tools.emulation import emulation_of
+from mcproxy.browser.emulation import emulation_of
 from mcproxy.tools.navigation import wait_for_load
 from mcproxy.tools.trace.events import TraceEvents, TraceFormatError, TraceParser
 from mcproxy.tools.trace.insights import analyze, node_ids
 from mcproxy.tools.trace.records import TraceAnalysis
 from mcproxy.tools.trace.summary import explain, summary
+from mcproxy.tools.page_state import tool_state
 
 # What DevTools' performance panel records (TimelineController.ts), as chrome-devtools-mcp does.
 CATEGORIES = (
@@ -56,11 +57,10 @@ BUSY_WAIT = 3.0
 BUSY_RETRY = 0.2
 MAX_NAMED_NODES = 30
 DESCRIBE_TIMEOUT = 2.0
-_STATE_KEY = "mcproxy.performance"
 
 
 @attrs.define
-class _TraceState:
+class TraceState:
     """Per page: the running recording (its filePath, if given at start) and the last analysis."""
 
     running: bool = False
@@ -73,11 +73,14 @@ class _TraceState:
     discarding: Deferred | None = None
 
 
-def _state(page) -> _TraceState:
-    return page.state.setdefault(_STATE_KEY, _TraceState())
+def _state(page) -> TraceState:
+    state = tool_state(page)
+    if state.trace is None:
+        state.trace = TraceState()
+    return state.trace
 
 
-def _lost(page, state: _TraceState) -> bool:
+def _lost(page, state: TraceState) -> bool:
     """Forget a running trace that went away with an earlier DevTools session; True if it did."""
     if state.running and state.session_id != page.session_id:
         state.running, state.file_path = False, None
@@ -264,7 +267,7 @@ def _conditions(page) -> tuple[str, ...]:
     return (f"CPU throttling: {emulation.cpu_rate:g}x", f"Network throttling: {emulation.network or 'none'}")
 
 
-def _abandon(page, state: _TraceState) -> None:
+def _abandon(page, state: TraceState) -> None:
     """End a trace nobody will read (the start failed or was cancelled); discard Chrome's stream."""
     state.running, state.file_path = False, None
     complete = page.wait_for_event("Tracing.tracingComplete", timeout=MIN_STOP_TIMEOUT)
@@ -279,7 +282,7 @@ def _abandon(page, state: _TraceState) -> None:
     page.send("Tracing.end").addErrback(lambda _: complete.cancel())
 
 
-async def _stop(call: ToolCall, state: _TraceState, file_path: str | None) -> Response:
+async def _stop(call: ToolCall, state: TraceState, file_path: str | None) -> Response:
     page = call.page
     # Made before the trace ends, so a refused file name leaves the trace running.
     sink = _TraceFile(call, file_path) if file_path else None
@@ -305,7 +308,7 @@ async def _stop(call: ToolCall, state: _TraceState, file_path: str | None) -> Re
     return response.add(summary(analysis))
 
 
-async def _end_tracing(page, state: _TraceState, seconds: float) -> dict:
+async def _end_tracing(page, state: TraceState, seconds: float) -> dict:
     """Tell Chrome to stop recording; its ``tracingComplete`` event (with the stream handle)."""
     complete = page.wait_for_event("Tracing.tracingComplete", timeout=max(seconds, MIN_STOP_TIMEOUT))
     state.running, state.file_path = False, None

@@ -5,13 +5,13 @@ opened through the proxy for this user, ``browser`` every tab. Without a protoco
 (2026-07-28) ``session`` falls back to ``user``. A page outside the scope is reported exactly
 like a page that does not exist (see ``docs/architecture.rst``). A page a tool lists or uses
 is visible to a caller from then on: console and network collection starts for it
-(`mcproxy.tools.collect.make_visible`).
+(`mcproxy.browser.collect.make_visible`).
 """
 
 from typing import TYPE_CHECKING, Any
 
 from mcproxy.errors import CDPError, ToolError
-from mcproxy.tools.collect import make_visible
+from mcproxy.browser.collect import make_visible
 
 if TYPE_CHECKING:
     from mcproxy.tools.call import ToolCall

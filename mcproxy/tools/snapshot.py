@@ -22,8 +22,8 @@ import attrs
 
 from mcproxy.threads import thread_runner
 from mcproxy.errors import CDPError, ToolError
+from mcproxy.tools.page_state import tool_state
 
-STATE_KEY = "mcproxy.snapshot"
 #: Nodes walked per snapshot (big real pages have a few thousand).
 MAX_NODES = 20_000
 #: Levels below the root (real pages stay well under a hundred).
@@ -300,9 +300,10 @@ def format_snapshot(ax_nodes: list[dict], state: SnapshotState, *, verbose: bool
 
 def snapshot_state(page) -> SnapshotState:
     """The page's snapshot state, created on first use (it then follows the page's navigations)."""
-    state = page.state.get(STATE_KEY)
+    tools = tool_state(page)
+    state = tools.snapshot
     if state is None:
-        state = page.state[STATE_KEY] = SnapshotState()
+        state = tools.snapshot = SnapshotState()
 
         def navigated(_: str, params: dict) -> None:
             if not params.get("frame", {}).get("parentId"):

@@ -15,8 +15,7 @@ from mcproxy.tools import schema as s
 from mcproxy.tools.call import Response, ToolCall
 from mcproxy.tools.declare import ToolSet
 from mcproxy.tools.snapshot import element_error, resolve_uid, stale_error
-
-STATE_KEY = "mcproxy.styles"
+from mcproxy.tools.page_state import tool_state
 
 INHERITED_PROPERTIES = frozenset(
     """accent-color border-collapse border-spacing caption-side caret-color color color-scheme cursor
@@ -52,7 +51,7 @@ _DESCRIBE_CHAIN = """function () {
 
 
 @attrs.define
-class _Sheets:
+class StyleSheets:
     """The page's stylesheet headers by id, valid for the session that enabled CSS."""
 
     session_id: str | None = None
@@ -92,9 +91,10 @@ class _Section:
 
 async def _enable(page) -> dict[str, dict]:
     """Enable DOM and CSS once per DevTools session; the stylesheet headers seen so far."""
-    sheets = page.state.get(STATE_KEY)
+    state = tool_state(page)
+    sheets = state.styles
     if sheets is None:
-        sheets = page.state[STATE_KEY] = _Sheets()
+        sheets = state.styles = StyleSheets()
 
         def added(_: str, params: dict) -> None:
             sheets.headers[params["header"]["styleSheetId"]] = params["header"]

@@ -14,7 +14,7 @@ from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
 
 from mcproxy.auth.principal import ADMIN, REGISTER
-from mcproxy.browser.pool import probe_browser
+from mcproxy.browser.connect import probe_browser
 from mcproxy.config import ConfigError
 from mcproxy.errors import BadRequest, Conflict, Forbidden, NotFound
 from mcproxy.storage.records import UserRecord

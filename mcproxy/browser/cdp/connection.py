@@ -1,131 +1,41 @@
 """The Chrome DevTools Protocol client: one browser-level WebSocket, flattened sessions.
 
 `CDPConnection` holds the protocol logic (ids, the pending map, event dispatch) and
-writes through a callable, so it runs the same over autobahn and in deterministic
-tests. `CDPClientProtocol`/`CDPClientFactory` put it on a WebSocket; `open_websocket`
-connects one and waits for the opening handshake, explaining Chrome's refusals.
+writes through a callable, so it runs the same over a WebSocket
+(`mcproxy.browser.cdp.websocket`) and in deterministic tests.
 
 What the browser sends is untrusted (whoever answers at the registered URL): a message
 is at most ``browser.max_message_bytes`` (the WebSocket layer closes the connection past
 it); one of `THREAD_DECODE_BYTES` or more is decoded in a thread, with reading paused and
 later messages queued behind it so their order holds; one that is not JSON, not an
 object, or has fields of the wrong type is dropped with a log line, or fails only the
-call it answers; a reply to no pending call is ignored. After `MESSAGES_PER_TURN` messages
-in a row the reactor gets a turn (reading paused until then), so one browser's flood does
-not hold up other users' calls.
+call it answers (`mcproxy.browser.cdp.messages`); a reply to no pending call is ignored.
+After `MESSAGES_PER_TURN` messages in a row the reactor gets a turn (reading paused until
+then), so one browser's flood does not hold up other users' calls.
 """
 
 import json
-import re
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
-from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mcproxy.errors import BrowserUnavailable, CDPError, InvalidBrowserURL
-from mcproxy.threads import thread_runner
+from mcproxy.browser.cdp.messages import THREAD_DECODE_BYTES, MalformedMessage, parse_message
+from mcproxy.errors import BrowserUnavailable, CDPError
 
 log = Logger()
 
 EventCallback = Callable[[str, dict], None]
 ALL = None  # subscribe(ALL, ...) receives every event of a session
-#: Messages this big or bigger are decoded in a thread: parsing a few MB of JSON takes
-#: long enough to stall every other user's calls if done in a reactor turn.
-THREAD_DECODE_BYTES = 1024 * 1024
 #: Messages of one browser handled in one reactor turn; the rest wait for the next turn, so a
 #: browser that floods (console events by the thousand) cannot starve everyone else.
 MESSAGES_PER_TURN = 100
 #: Malformed messages logged one by one per connection; after that only every 1000th.
 LOGGED_DROPS = 10
-
-
-class MalformedMessage(ValueError):
-    """A message from the browser that is no CDP reply or event (it is dropped)."""
-
-
-#: How deep `loads_in_pieces` takes objects and arrays apart itself; what lies deeper (a node
-#: of an accessibility tree, say) is decoded by one call of the C decoder.
-SPLIT_DEPTH = 3
-_DECODER = json.JSONDecoder()
-_SPACE = re.compile(r"[ \t\n\r]*")
-
-
-def loads_in_pieces(text: str) -> Any:
-    """``json.loads`` built from many small calls of the C decoder instead of one long one.
-
-    The decoder never lets go of the GIL, so one call on a message of 50,000 accessibility
-    nodes would hold the reactor's thread for a third of a second even when it runs in a
-    thread; between small calls the interpreter switches threads as usual.
-    """
-    value, end = _piece(text, _SPACE.match(text, 0).end(), 0)
-    if _SPACE.match(text, end).end() != len(text):
-        raise ValueError("extra data after the JSON value")
-    return value
-
-
-def _piece(text: str, at: int, depth: int) -> tuple[Any, int]:
-    opening = text[at : at + 1]
-    if depth >= SPLIT_DEPTH or opening not in ("{", "["):
-        return _DECODER.raw_decode(text, at)
-    closing = "}" if opening == "{" else "]"
-    items: Any = {} if opening == "{" else []
-    at = _SPACE.match(text, at + 1).end()
-    if text[at : at + 1] == closing:
-        return items, at + 1
-    while True:
-        if opening == "{":
-            key, at = _DECODER.raw_decode(text, at)
-            if not isinstance(key, str):
-                raise ValueError("an object key is not a string")
-            at = _SPACE.match(text, at).end()
-            if text[at : at + 1] != ":":
-                raise ValueError("expected ':' after an object key")
-            value, at = _piece(text, _SPACE.match(text, at + 1).end(), depth + 1)
-            items[key] = value
-        else:
-            value, at = _piece(text, at, depth + 1)
-            items.append(value)
-        at = _SPACE.match(text, at).end()
-        separator = text[at : at + 1]
-        if separator == closing:
-            return items, at + 1
-        if separator != ",":
-            raise ValueError(f"expected ',' or '{closing}'")
-        at = _SPACE.match(text, at + 1).end()
-
-
-def parse_message(data: str | bytes) -> dict:
-    """One CDP message decoded and checked: a reply (``id``) or an event (``method``).
-
-    Pure, so it runs in a thread for big messages (decoded in pieces then, see
-    `loads_in_pieces`). Raises `MalformedMessage` saying why.
-    """
-    try:
-        if len(data) >= THREAD_DECODE_BYTES:
-            message = loads_in_pieces(data.decode("utf-8") if isinstance(data, bytes) else data)
-        else:
-            message = json.loads(data)
-    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
-        raise MalformedMessage("not JSON") from None
-    if not isinstance(message, dict):
-        raise MalformedMessage("not a JSON object")
-    if not isinstance(message.get("sessionId", ""), str):
-        raise MalformedMessage("sessionId is not a string")
-    if "id" in message:
-        if not isinstance(message["id"], int) or isinstance(message["id"], bool):
-            raise MalformedMessage("id is not an integer")
-    elif not isinstance(message.get("method"), str):
-        raise MalformedMessage("neither a reply (id) nor an event (method)")
-    elif not isinstance(message.get("params") or {}, dict):
-        raise MalformedMessage("params is not an object")
-    return message
 
 
 class CDPConnection:
@@ -406,182 +316,3 @@ class CDPConnection:
     def _closed_message(self) -> str:
         return f"{self.description} is not connected ({self.close_reason or 'closed'})"
 
-
-class CDPClientProtocol(WebSocketClientProtocol):
-    """Autobahn glue: feeds a `CDPConnection` and fires ``opened`` after the handshake."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.opened: Deferred = Deferred()
-        self.cdp: CDPConnection | None = None
-
-    def onOpen(self) -> None:
-        factory = self.factory
-        self.cdp = CDPConnection(
-            factory.clock,
-            lambda text: self.sendMessage(text.encode("utf-8"), isBinary=False),
-            self._abort,
-            default_timeout=factory.call_timeout,
-            description=factory.description,
-            run_in_thread=thread_runner(factory.clock),
-            pause_reading=lambda: self.transport.pauseProducing(),
-            resume_reading=lambda: self.transport.resumeProducing(),
-        )
-        opened, self.opened = self.opened, None
-        opened.callback(self)
-
-    def _abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abortConnection()
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        if self.cdp is None:
-            return
-        if isBinary:
-            self.cdp.drop("a binary frame; CDP sends text")
-        else:
-            self.cdp.message_received(payload)
-
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        text = reason or getattr(self, "wasNotCleanReason", None) or f"closed with code {code}"
-        if "exceeds payload limit" in text:
-            text += "; the proxy accepts messages up to browser.max_message_bytes"
-        if self.cdp is not None:
-            self.cdp.connection_lost(text)
-        if self.opened is not None:
-            opened, self.opened = self.opened, None
-            opened.errback(self._handshake_error(text))
-
-    def _handshake_error(self, text: str) -> Exception:
-        status = (getattr(self, "http_status_line", "") or "").split()
-        url = self.factory.url
-        if len(status) >= 2 and status[1] == "403":
-            return InvalidBrowserURL(
-                f"Chrome refused the DevTools WebSocket {url} (403 Forbidden); it only accepts "
-                "connections from allowed origins: start Chrome with "
-                "--remote-allow-origins=* (or the proxy's origin)"
-            )
-        if len(status) >= 2 and status[1] in ("404", "400"):
-            return BrowserUnavailable(
-                f"Chrome has no DevTools WebSocket at {url} ({' '.join(status[1:])}); "
-                "it probably restarted: register its http://host:port URL instead"
-            )
-        return BrowserUnavailable(f"the DevTools WebSocket handshake with {url} failed: {text}")
-
-
-class CDPClientFactory(WebSocketClientFactory):
-    """A factory with CDP's options: explicit size caps, no Origin header, optional auto-ping."""
-
-    protocol = CDPClientProtocol
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        reactor,
-        host_header: str | None = None,
-        max_message_bytes: int = 64 * 1024 * 1024,
-        call_timeout: float = 30.0,
-        ping_interval: float = 0.0,
-        ping_timeout: float = 0.0,
-        handshake_timeout: float = 10.0,
-        description: str = "the browser",
-    ):
-        super().__init__(url, origin=None, reactor=reactor)
-        self.clock = reactor
-        self.call_timeout = call_timeout
-        self.description = description
-        if host_header is not None:
-            # autobahn writes "Host: {host}:{port}"; Chrome wants an IP literal or localhost.
-            self.host = host_header.rsplit(":", 1)[0]
-        self.setProtocolOptions(
-            maxFramePayloadSize=max_message_bytes,
-            maxMessagePayloadSize=max_message_bytes,
-            autoPingInterval=ping_interval,
-            autoPingTimeout=ping_timeout,
-            openHandshakeTimeout=handshake_timeout,
-            closeHandshakeTimeout=1,
-            perMessageCompressionOffers=[],
-            # parse_message decodes UTF-8 strictly (a broken message is dropped), so autobahn's
-            # check is redundant, and its two C calls per frame let go of the GIL: with a thread
-            # decoding a big message meanwhile, each costs the reactor a wait for it.
-            utf8validateIncoming=False,
-        )
-
-
-async def open_websocket(
-    reactor,
-    ws_url: str,
-    *,
-    address: str,
-    port: int,
-    secure: bool = False,
-    tls_hostname: str | None = None,
-    host_header: str | None = None,
-    timeout: float = 10.0,
-    max_message_bytes: int = 64 * 1024 * 1024,
-    call_timeout: float = 30.0,
-    ping_interval: float = 0.0,
-    description: str = "the browser",
-) -> CDPClientProtocol:
-    """Connect to ``address:port`` and open the DevTools WebSocket ``ws_url``.
-
-    The TCP connection goes to the pinned ``address`` (never re-resolved). Fails with
-    BrowserUnavailable / InvalidBrowserURL carrying advice; the whole wait is bounded.
-    ``ping_interval`` stays 0 for Chrome: its DevTools server never answers WebSocket
-    pings (tests/test_browser_chromium.py proves it), so dead peers are found by the
-    pool's ``Browser.getVersion`` health check instead.
-    """
-    factory = CDPClientFactory(
-        ws_url,
-        reactor=reactor,
-        host_header=host_header,
-        max_message_bytes=max_message_bytes,
-        call_timeout=call_timeout,
-        ping_interval=ping_interval,
-        ping_timeout=ping_interval,
-        handshake_timeout=timeout,
-        description=description,
-    )
-    if ":" in address:
-        endpoint = TCP6ClientEndpoint(reactor, address, port, timeout=timeout)
-    else:
-        endpoint = TCP4ClientEndpoint(reactor, address, port, timeout=timeout)
-    if secure:
-        endpoint = wrapClientTLS(optionsForClientTLS(tls_hostname or address), endpoint)
-
-    async def connect() -> CDPClientProtocol:
-        protocol = await endpoint.connect(factory)
-        try:
-            return await protocol.opened
-        except BaseException:
-            protocol._abort()
-            raise
-
-    attempt = Deferred.fromCoroutine(connect())
-    attempt.addTimeout(timeout, reactor)
-    try:
-        return await attempt
-    except CancelledError:
-        raise
-    except defer.TimeoutError:
-        raise BrowserUnavailable(
-            f"opening the DevTools WebSocket {ws_url} took more than {timeout:g} s"
-        ) from None
-    except (BrowserUnavailable, InvalidBrowserURL):
-        raise
-    except Exception as e:
-        raise BrowserUnavailable(f"cannot open the DevTools WebSocket {ws_url}: {e}") from None
-
-
-__all__ = [
-    "ALL",
-    "CDPClientFactory",
-    "CDPClientProtocol",
-    "CDPConnection",
-    "MalformedMessage",
-    "THREAD_DECODE_BYTES",
-    "open_websocket",
-    "parse_message",
-    "thread_runner",
-]
