@@ -98,6 +98,10 @@ class ActivityLog:
             message = OUTCOME_MESSAGES.get(record.outcome, record.outcome)
             self._errors.append(ErrorEntry(now, user_id, "tool", record.tool, message))
 
+    def browser_status(self, browser) -> None:
+        """A `mcproxy.browser.pool.BrowserPool` status listener: note the browser's new status."""
+        self.browser_changed(browser.user_id, browser.browser_url, browser.status, browser.last_error)
+
     def browser_changed(self, user_id: str, browser_url: str, status: str, error: str | None) -> None:
         """Note one browser as it is now (the pool calls this on every status change).
 

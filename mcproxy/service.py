@@ -3,8 +3,7 @@
 import ipaddress
 import signal
 import threading
-from collections.abc import Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from twisted.application.service import IService
 from twisted.internet import defer, error
@@ -53,6 +52,28 @@ from mcproxy.web.transports import McpTransports
 log = Logger()
 
 ServiceT = TypeVar("ServiceT", bound=IService)
+
+
+class Reconfigurable(Protocol):
+    """A part that reads live configuration keys (`mcproxy.config.live`)."""
+
+    def reconfigure(self, config: Config) -> None:
+        """Apply the live keys this part reads; the rest of ``config`` is ignored."""
+
+
+PartT = TypeVar("PartT", bound=Reconfigurable)
+
+
+def page_listeners(config: Config, policies: PolicyBook) -> list:
+    """What the daemon sets up on every page: dialog tracking, emulation that survives
+    reconnects, the browsing policy, console and network collection. Tests that drive a
+    browser without the whole daemon use the same list."""
+    return [
+        track_dialogs,
+        emulation_listener,
+        policies.guard,
+        Collector(redact_headers=config.tools.redact_headers, max_browser_bytes=config.tools.collect_browser_max_bytes),
+    ]
 
 
 def _endpoint_is_loopback(description: str) -> bool:
@@ -118,8 +139,8 @@ class MCProxyService(StartInOrder):
         self.source = source
         self.drain_timeout = config.server.drain_timeout
         self.notifier = systemd.Notifier(reactor)
-        #: Apply a new configuration's live keys to one part each (see `reload`).
-        self.appliers: list[Callable[[Config], None]] = []
+        #: The parts that take on a reloaded configuration's live keys (see `reconfigure`).
+        self.reconfigurable: list[Reconfigurable] = []
         self.listeners: list[Listener] = []
         self._draining: defer.Deferred | None = None
         self._told_stopping = False
@@ -135,16 +156,14 @@ class MCProxyService(StartInOrder):
         find_plugins(config.plugins.enabled, config.plugins.settings)
         systemd.check_socket_activation(reactor, config.server.listen)
         daemon = cls(reactor, config, source)
-        live = daemon.appliers.append
+        attach, live = daemon.attach, daemon.live
 
-        daemon.store = store = store_for_url(config.store.url, reactor)
-        daemon.attach(StoreService(store, config.server.data_dir))
-        daemon.attach(AdminTokenService(store, config.server.data_dir, reactor))
-        audit = daemon.attach(AuditLog(config.audit.path, reactor))
-        daemon.artifacts = artifacts = daemon.attach(ArtifactStore(config.server.data_dir, config.artifacts, reactor))
-        daemon.sessions = sessions = SessionRegistry.from_config(reactor, config)
-        live(sessions.reconfigure)
-        daemon.metrics = metrics = daemon.attach(
+        daemon.store = store = attach(StoreService(store_for_url(config.store.url, reactor), config.server.data_dir)).store
+        attach(AdminTokenService(store, config.server.data_dir, reactor))
+        audit = attach(AuditLog(config.audit.path, reactor))
+        daemon.artifacts = artifacts = attach(ArtifactStore(config.server.data_dir, config.artifacts, reactor))
+        daemon.sessions = sessions = live(SessionRegistry.from_config(reactor, config))
+        daemon.metrics = metrics = attach(
             Metrics(
                 reactor,
                 sessions=sessions.counts,
@@ -152,67 +171,45 @@ class MCProxyService(StartInOrder):
                 registered_users=store.count_users,
             )
         )
-        plugins = daemon.attach(
+        plugins = attach(
             load_plugins(config.plugins.enabled, config, store, reactor, metrics, settings=config.plugins.settings)
         )
         daemon.activity = activity = ActivityLog(reactor)
-        policies = PolicyBook(config.browsing)
-        live(lambda new: policies.reconfigure(new.browsing))
-        daemon.pool = pool = BrowserPool(
-            reactor,
-            config.browser,
-            open_link=metrics.counting_reconnects(open_cdp_link),
-            status_listeners=[
-                lambda browser: activity.browser_changed(
-                    browser.user_id, browser.browser_url, browser.status, browser.last_error
-                )
-            ],
-            max_users=config.limits.max_users,
-            max_pages_per_user=config.limits.max_pages_per_user,
-            page_listeners=[
-                track_dialogs,
-                emulation_listener,
-                policies.guard,
-                Collector(
-                    redact_headers=config.tools.redact_headers,
-                    max_browser_bytes=config.tools.collect_browser_max_bytes,
-                ),
-            ],
+        policies = live(PolicyBook(config.browsing))
+        daemon.pool = pool = live(
+            BrowserPool(
+                reactor,
+                config.browser,
+                open_link=metrics.counting_reconnects(open_cdp_link),
+                status_listeners=[activity.browser_status],
+                max_users=config.limits.max_users,
+                max_pages_per_user=config.limits.max_pages_per_user,
+                page_listeners=page_listeners(config, policies),
+            )
         )
-        live(lambda new: pool.set_limits(new.limits.max_users, new.limits.max_pages_per_user))
-        browsers = daemon.attach(RegisteredBrowsers(pool, store, reactor))
-        daemon.attach(sessions)
-        daemon.attach(RevocationWatch(sessions, store, reactor))
-        limits = RequestLimits(reactor, config.ratelimit, on_limited=metrics.rate_limited)
-        live(lambda new: limits.reconfigure(new.ratelimit))
-        daemon.tools = tools = ToolRegistry(
-            browsers.browser_for,
-            config.tools,
-            reactor,
-            artifacts=artifacts,
-            limits=limits,
-            on_call_started=[
-                metrics.tool_call_started,
-                activity.tool_call_started,
-                *plugins.call_started_observers(),
-            ],
-            on_call_finished=[
-                audit.tool_call,
-                metrics.tool_call_finished,
-                activity.tool_call_finished,
-                *plugins.call_finished_observers(),
-            ],
-            policies=policies,
+        browsers = attach(RegisteredBrowsers(pool, store, reactor))
+        attach(sessions)
+        attach(RevocationWatch(sessions, store, reactor))
+        limits = live(RequestLimits(reactor, config.ratelimit, on_limited=metrics.rate_limited))
+        daemon.tools = tools = live(
+            ToolRegistry(
+                browsers.browser_for,
+                config.tools,
+                reactor,
+                artifacts=artifacts,
+                limits=limits,
+                on_call_started=[metrics.tool_call_started, activity.tool_call_started, *plugins.call_started_observers()],
+                on_call_finished=[
+                    audit.tool_call,
+                    metrics.tool_call_finished,
+                    activity.tool_call_finished,
+                    *plugins.call_finished_observers(),
+                ],
+                policies=policies,
+            )
         )
-        live(lambda new: tools.reconfigure(new.tools))
         site = daemon._web(store, pool, sessions, tools, limits, metrics, plugins, activity, audit, artifacts)
-        for description in config.server.listen:
-            try:
-                listener = Listener(reactor, description, site)
-            except (ValueError, TypeError, KeyError) as e:
-                raise ConfigError(f"server.listen: bad endpoint {description!r}: {e}") from None
-            daemon.listeners.append(daemon.attach(listener))
-        live(lambda new: apply_log_level(new.server.log_level))
+        daemon.listeners = [attach(Listener.from_config(reactor, endpoint, site)) for endpoint in config.server.listen]
         return daemon
 
     def attach(self, part: ServiceT) -> ServiceT:
@@ -220,10 +217,15 @@ class MCProxyService(StartInOrder):
         part.setServiceParent(self)
         return part
 
+    def live(self, part: PartT) -> PartT:
+        """Hand ``part`` every configuration a reload makes (its ``reconfigure(config)``)."""
+        self.reconfigurable.append(part)
+        return part
+
     def _web(self, store, pool, sessions, tools, limits, metrics, plugins, activity, audit, artifacts) -> ProxySite:
         """The HTTP side: who calls (`Admission`), the MCP transports, the admin API and
         dashboard, /metrics, the OAuth metadata, and the site that serves them."""
-        config, reactor, live = self.config, self.reactor, self.appliers.append
+        config, reactor, live = self.config, self.reactor, self.live
         api_tokens = TokenAuthenticator(store, reactor)
         metadata = ProtectedResource(config.server.public_url, config.auth.authorization_servers)
         chain = AuthenticationChain(
@@ -233,14 +235,12 @@ class MCProxyService(StartInOrder):
             resource_metadata=metadata.metadata_url,
             offer_basic=config.auth.basic,
         )
-        self.transports = transports = McpTransports(
-            reactor, config, tools, sessions, resources=ArtifactResources(artifacts)
+        self.transports = transports = live(
+            McpTransports(reactor, config, tools, sessions, resources=ArtifactResources(artifacts))
         )
-        live(transports.reconfigure)
-        origins = OriginPolicy(config)
-        live(origins.reconfigure)
+        origins = live(OriginPolicy(config))
         started_at = reactor.seconds()
-        self.admin = admin = AdminDependencies.from_config(
+        self.admin = admin = live(AdminDependencies.from_config(
             reactor,
             config,
             store=store,
@@ -249,10 +249,8 @@ class MCProxyService(StartInOrder):
             started_at=started_at,
             token_revoked=api_tokens.forget,
             reload_config=self.reload,
-        )
-        live(admin.reconfigure)
-        metrics_endpoint = MetricsEndpoint(metrics, config.metrics.allowed_networks)
-        live(lambda new: metrics_endpoint.reconfigure(new.metrics.allowed_networks))
+        ))
+        metrics_endpoint = live(MetricsEndpoint(metrics, config.metrics.allowed_networks))
         overview = Overview(
             clock=reactor, store=store, pool=pool, sessions=sessions, activity=activity, started_at=started_at
         )
@@ -266,16 +264,14 @@ class MCProxyService(StartInOrder):
             dashboard=Dashboard(overview),
             audit=plugins.admin_audit(audit.admin_action),
         )
-        site = ProxySite.from_config(
+        return live(ProxySite.from_config(
             root,
             config,
             check_address=limits.check_address,
             metrics=plugins.site_metrics(metrics),
             registry=metrics.registry,
             reactor=reactor,
-        )
-        live(site.reconfigure)
-        return site
+        ))
 
     @property
     def ports(self) -> list:
@@ -357,10 +353,12 @@ class MCProxyService(StartInOrder):
         return restart_needed
 
     def reconfigure(self, config: Config) -> None:
-        """Hand a validated configuration to every running part (each applies its live keys)."""
-        for apply in self.appliers:
-            apply(config)
+        """Hand a validated configuration to every part that reads a live key; the daemon
+        itself applies ``server.drain_timeout`` and ``server.log_level``."""
+        for part in self.reconfigurable:
+            part.reconfigure(config)
         self.drain_timeout = config.server.drain_timeout
+        apply_log_level(config.server.log_level)
         self.config = config
 
     def on_terminate(self) -> None:

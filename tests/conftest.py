@@ -108,11 +108,15 @@ def browser_config():
 
 @pytest_twisted.async_yield_fixture()
 async def browser_pool(reactor, browser_config, http_client):
-    """A BrowserPool that tracks dialogs like the daemon's, closed after the test."""
+    """A BrowserPool with the page listeners the daemon installs, closed after the test."""
+    from mcproxy.browser.policy import PolicyBook
     from mcproxy.browser.pool import BrowserPool
-    from mcproxy.browser.dialogs import track_dialogs
+    from mcproxy.config import Config
+    from mcproxy.service import page_listeners
 
-    pool = BrowserPool(reactor, browser_config, http_client, page_listeners=[track_dialogs])
+    config = Config(browser=browser_config)
+    listeners = page_listeners(config, PolicyBook(config.browsing))
+    pool = BrowserPool(reactor, browser_config, http_client, page_listeners=listeners)
     yield pool
     await pool.close()
 

@@ -56,7 +56,7 @@ def test_rate_limits_reconfigure_keeps_what_was_spent():
     limits.check_tool("alice", "click")
     with pytest.raises(RateLimited):
         limits.check_user("alice", "mcp")
-    limits.reconfigure(RateLimitConfig(user_rate=1.0, user_burst=3, limits=("tool:click=1/2",)))
+    limits.reconfigure(Config(ratelimit=RateLimitConfig(user_rate=1.0, user_burst=3, limits=("tool:click=1/2",))))
     limits.check_user("alice", "mcp")  # the bigger burst is there at once...
     with pytest.raises(RateLimited):  # ...but what alice spent stays spent
         limits.check_user("alice", "mcp")
@@ -66,11 +66,11 @@ def test_rate_limits_reconfigure_keeps_what_was_spent():
     clock.advance(3)
     for _ in range(3):
         limits.check_user("alice", "mcp")
-    limits.reconfigure(RateLimitConfig(user_rate=1.0, user_burst=3))
+    limits.reconfigure(Config(ratelimit=RateLimitConfig(user_rate=1.0, user_burst=3)))
     for _ in range(5):
         limits.check_tool("alice", "click")  # no limit of its own any more
     with pytest.raises(ValueError, match="is not KIND:NAME=RATE/BURST"):
-        limits.reconfigure(RateLimitConfig(limits=("tool:click=fast",)))
+        limits.reconfigure(Config(ratelimit=RateLimitConfig(limits=("tool:click=fast",))))
     with pytest.raises(RateLimited):  # the refused configuration changed nothing
         limits.check_user("alice", "mcp")
 
@@ -78,7 +78,7 @@ def test_rate_limits_reconfigure_keeps_what_was_spent():
 def test_browsing_policy_reconfigure_applies_to_the_next_check():
     book = PolicyBook(BrowsingConfig(deny=("blocked.example",)))
     assert book.policy_for("alice").refusal("https://blocked.example/") is not None
-    book.reconfigure(BrowsingConfig(deny=("other.example",), user_rules=("alice deny blocked.example",)))
+    book.reconfigure(Config(browsing=BrowsingConfig(deny=("other.example",), user_rules=("alice deny blocked.example",))))
     assert book.policy_for("bob").refusal("https://blocked.example/") is None
     assert book.policy_for("alice").refusal("https://blocked.example/") == 'the host "blocked.example" is on the deny list'
 

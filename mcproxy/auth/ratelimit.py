@@ -73,14 +73,17 @@ class RequestLimits:
         self._classes: dict[str, RateLimiter] = {}
         self._tools: dict[str, RateLimiter] = {}
         self._on_limited = on_limited
-        self.reconfigure(config)
+        self._configure(config)
 
-    def reconfigure(self, config: RateLimitConfig) -> None:
+    def reconfigure(self, config) -> None:
         """Apply new ``ratelimit.*`` values (live reload).
 
         Buckets that still exist keep what their keys have spent (see `RateLimiter.configure`);
         limits no longer configured go away.
         """
+        self._configure(config.ratelimit)
+
+    def _configure(self, config: RateLimitConfig) -> None:
         parsed = [parse_limit(text) for text in config.limits]  # raises before anything changes
         self.addresses.configure(config.address_rate, config.address_burst)
         self.users.configure(config.user_rate, config.user_burst)

@@ -154,14 +154,17 @@ class PolicyBook:
     """Every user's `BrowsingPolicy`, from ``browsing.*``."""
 
     def __init__(self, config: BrowsingConfig):
-        self.reconfigure(config)
+        self._configure(config)
 
-    def reconfigure(self, config: BrowsingConfig) -> None:
+    def reconfigure(self, config) -> None:
         """Apply new ``browsing.*`` rules (live reload): the next check of every page uses them.
 
         Whether pages are intercepted at all is decided when a page is attached, so
         ``browsing.intercept`` itself only changes with a restart.
         """
+        self._configure(config.browsing)
+
+    def _configure(self, config: BrowsingConfig) -> None:
         default = BrowsingPolicy(frozenset(s.lower() for s in config.schemes), config.allow, config.deny)
         extra: dict[str, dict[str, list[str]]] = {}
         for user, kind, pattern in map(parse_user_rule, config.user_rules):

@@ -251,13 +251,13 @@ class BrowserPool:
         browser.start()
         return browser
 
-    def set_limits(self, max_users: int, max_pages_per_user: int) -> None:
+    def reconfigure(self, config) -> None:
         """New ``limits.max_users`` / ``limits.max_pages_per_user`` (live reload); browsers
         already held are kept even when there are now more than the new maximum."""
-        self._max_users = max_users
-        self._max_pages = max_pages_per_user
+        self._max_users = config.limits.max_users
+        self._max_pages = config.limits.max_pages_per_user
         for browser in self._browsers.values():
-            browser.max_pages = max_pages_per_user
+            browser.max_pages = self._max_pages
 
     def check_room(self, user_id: str) -> None:
         """Raise ServerFull when a new user would pass ``limits.max_users``."""

@@ -99,10 +99,13 @@ class ToolRegistry:
         self._on_finished = tuple(on_call_finished)
         self._policies = policies or PolicyBook(BrowsingConfig())
         self._tools = {tool.name: tool for tool in (default_tools(config) if tools is None else tools)}
-        self.reconfigure(config)
+        self._configure(config)
 
-    def reconfigure(self, config: ToolsConfig) -> None:
+    def reconfigure(self, config) -> None:
         """Apply new ``tools.*`` values (live reload); calls already running keep the old ones."""
+        self._configure(config.tools)
+
+    def _configure(self, config: ToolsConfig) -> None:
         offered = {tool.category for tool in self._tools.values()}
         self._categories = frozenset(config.categories) & offered if config.categories else offered
         self._config = config

@@ -6,6 +6,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from zope.interface import implementer
 
+from mcproxy.config import ConfigError
+
 
 @implementer(IStreamServerEndpoint)
 class _Noting:
@@ -34,3 +36,11 @@ class Listener(StreamServerEndpointService):
     def __init__(self, reactor, description: str, factory):
         super().__init__(_Noting(serverFromString(reactor, description), self), factory)
         self.description = description
+
+    @classmethod
+    def from_config(cls, reactor, description: str, factory) -> "Listener":
+        """The listener of one ``server.listen`` entry; `ConfigError` naming it when malformed."""
+        try:
+            return cls(reactor, description, factory)
+        except (ValueError, TypeError, KeyError) as e:
+            raise ConfigError(f"server.listen: bad endpoint {description!r}: {e}") from None

@@ -28,9 +28,9 @@ class MetricsEndpoint:
         self._metrics = metrics
         self._networks = networks(allowed_networks)
 
-    def reconfigure(self, allowed_networks: Iterable[str]) -> None:
+    def reconfigure(self, config) -> None:
         """New ``metrics.allowed_networks`` (live reload)."""
-        self._networks = networks(allowed_networks)
+        self._networks = networks(config.metrics.allowed_networks)
 
     def area(self) -> Area:
         """``/metrics`` (and any path below it)."""
