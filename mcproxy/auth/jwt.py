@@ -1,4 +1,4 @@
-"""JWT bearer tokens from the company's identity provider (DESIGN.md §4, issue 4 item 1).
+"""JWT bearer tokens from the company's identity provider (see docs/architecture.rst).
 
 Algorithms are an explicit allow-list, and each kind of key serves one kind only:
 HS256/384/512 verify with ``auth.jwt_secret`` and nothing else; RS256, ES256 and EdDSA

@@ -13,11 +13,8 @@ import attrs
 from mcp_types import (
     CLIENT_CAPABILITIES_META_KEY,
     CLIENT_INFO_META_KEY,
-    HEADER_MISMATCH,
-    INVALID_PARAMS,
     LOG_LEVEL_META_KEY,
     PROTOCOL_VERSION_META_KEY,
-    UNSUPPORTED_PROTOCOL_VERSION,
     JSONRPCNotification,
     JSONRPCRequest,
 )
@@ -27,6 +24,7 @@ from mcp_types.version import (
     MODERN_PROTOCOL_VERSIONS,
 )
 
+from mcproxy.mcp.codes import HEADER_MISMATCH, INVALID_PARAMS, UNSUPPORTED_PROTOCOL_VERSION
 from mcproxy.mcp.jsonrpc import RpcError
 from mcproxy.mcp.notifications import LOG_LEVELS
 

@@ -15,15 +15,7 @@ from typing import Any, Callable
 
 import attrs
 import mcp_types as types
-from mcp_types import (
-    INTERNAL_ERROR,
-    INVALID_PARAMS,
-    INVALID_REQUEST,
-    METHOD_NOT_FOUND,
-    JSONRPCNotification,
-    JSONRPCRequest,
-    methods,
-)
+from mcp_types import JSONRPCNotification, JSONRPCRequest, methods
 from mcp_types.version import (
     HANDSHAKE_PROTOCOL_VERSIONS,
     KNOWN_PROTOCOL_VERSIONS,
@@ -37,7 +29,14 @@ from twisted.logger import Logger
 import mcproxy
 from mcproxy.auth.principal import Principal
 from mcproxy.errors import MCProxyError, RateLimited
-from mcproxy.mcp.codes import NOT_INITIALIZED, TOO_MANY_IN_FLIGHT
+from mcproxy.mcp.codes import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    NOT_INITIALIZED,
+    TOO_MANY_IN_FLIGHT,
+)
 from mcproxy.mcp.envelope import ModernEnvelope
 from mcproxy.mcp.jsonrpc import (
     Encoded,
