@@ -162,6 +162,15 @@ async def test_auth_failures(proxy):
     assert response.headers.getRawHeaders("www-authenticate")
 
 
+@pytest.mark.parametrize("user_id", ["alice\n", "", "a b", "x" * 129, 7])
+@pytest_twisted.ensureDeferred
+async def test_tokens_are_made_for_well_formed_user_ids_only(proxy, user_id):
+    code, body, _ = await proxy.api("POST", "/api/tokens", {"userId": user_id, "permissions": ["tools:*"]})
+    assert code == 400 and "userId" in body["error"]["message"]
+    code, body, _ = await proxy.api("GET", "/api/tokens")
+    assert all(token["userId"] != user_id for token in body["tokens"])
+
+
 @pytest_twisted.ensureDeferred
 async def test_health_and_status(proxy, chromium):
     code, body, headers = await proxy.api("GET", "/health")

@@ -5,7 +5,6 @@ status. Handlers are coroutines that return ``(status, body)`` or raise an
 `mcproxy.errors.MCProxyError`.
 """
 
-import re
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
@@ -14,6 +13,7 @@ from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
 
 from mcproxy.auth.principal import ADMIN, REGISTER
+from mcproxy.auth.tokens import is_valid_user_id
 from mcproxy.browser.connect import probe_browser
 from mcproxy.config import ConfigError
 from mcproxy.errors import BadRequest, Conflict, Forbidden, NotFound
@@ -23,7 +23,6 @@ from mcproxy.web.routes import Route
 
 log = Logger()
 
-USER_ID = re.compile(r"^[A-Za-z0-9._@-]{1,128}$")
 
 
 def iso8601(timestamp: float | None) -> str | None:
@@ -163,7 +162,8 @@ class AdminAPI:
 
 
 def check_user_id(value: Any) -> str:
-    if not isinstance(value, str) or not USER_ID.match(value):
+    """A ``userId`` from a request body, or 400."""
+    if not is_valid_user_id(value):
         raise BadRequest('"userId" must be 1-128 characters of letters, digits, ".", "_", "@" or "-"')
     return value
 

@@ -22,7 +22,7 @@ from mcproxy.mcp.codes import REQUEST_TIMEOUT
 
 log = Logger()
 
-_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
 
 
 class RequestTimeout(MCProxyError):
