@@ -41,8 +41,10 @@ async def test_create_list_revoke_with_a_config_file(tmp_path, reactor):
     config = tmp_path / "mcproxy.toml"
     config.write_text(f'[store]\nurl = "sqlite:{db}"\n')
 
+    # fmt: off
     code, out, err = await admin(tmp_path, "--config", str(config), "tokens", "create", "--user", "alice",
                                  "--permission", "tools:navigate_page", "-p", "register", "--ttl", "3600")
+    # fmt: on
     assert (code, err) == (0, "")
     match = TOKEN_LINE.match(out)
     assert match, out

@@ -95,11 +95,13 @@ def test_journal_keeps_three_navigations_and_moves_what_belongs_to_the_new_one()
         journal.navigated(keep=lambda m, step=step: m.text == f"document {step}")
         journal.add(message(f"after {step}"))
     assert [m.text for m in journal.entries()] == ["document 4", "after 4"]
+    # fmt: off
     assert [m.text for m in journal.entries(preserved=True)] == [
         "document 2", "after 2", "before 3",
         "document 3", "after 3", "before 4",
         "document 4", "after 4",
     ]
+    # fmt: on
     assert [m.text for m in dropped] == ["before 1", "document 1", "after 1", "before 2"]
     assert len(journal) == 8 and journal.cost == sum(m.cost for m in journal.entries(preserved=True))
 

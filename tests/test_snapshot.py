@@ -107,8 +107,12 @@ def test_verbose_shows_every_node_and_nodes_without_dom_ids_get_fresh_uids():
 def test_empty_tree_and_hidden_nodes():
     state = SnapshotState()
     assert format_snapshot([], state) == "\n"
+    # fmt: off
     nodes = [
-        {"nodeId": "1", "role": {"value": "RootWebArea"}, "name": {"value": "T"}, "childIds": ["2", "3"], "backendDOMNodeId": 1},
+        {
+            "nodeId": "1", "role": {"value": "RootWebArea"}, "name": {"value": "T"}, "childIds": ["2", "3"],
+            "backendDOMNodeId": 1,
+        },
         {
             "nodeId": "2", "parentId": "1", "role": {"value": "button"}, "name": {"value": "Hidden"},
             "properties": [{"name": "hidden", "value": {"type": "boolean", "value": True}}], "backendDOMNodeId": 2,
@@ -124,6 +128,7 @@ def test_empty_tree_and_hidden_nodes():
             "backendDOMNodeId": 3,
         },
     ]
+    # fmt: on
     assert format_snapshot(nodes, state) == (
         'uid=2_0 RootWebArea "T"\n  uid=2_1 checkbox "Mixed" checked="mixed" description="tri" disabled\n'
     )
@@ -197,6 +202,7 @@ def test_a_deep_tree_is_cut_at_the_depth_bound_without_recursion():
 
 
 def test_nodes_of_the_wrong_shape_are_skipped_or_read_as_empty():
+    # fmt: off
     nodes = [
         "not a node",
         {"role": {"value": "button"}},  # no nodeId
@@ -212,6 +218,7 @@ def test_nodes_of_the_wrong_shape_are_skipped_or_read_as_empty():
         },
         {"nodeId": "3", "parentId": "1", "role": {"value": "textbox"}, "childIds": "abc", "backendDOMNodeId": 3},
     ]
+    # fmt: on
     state = SnapshotState()
     text = format_snapshot(nodes, state)
     lines = text.splitlines()

@@ -359,21 +359,24 @@ def test_a_missing_browser_is_reported_as_a_tool_error():
     assert result.content[0].text == "no browser registered for user u; register one with POST /api/register"
 
 
-@pytest.mark.parametrize(
-    "combo, expected",
-    [
-        ("Enter", [("keyDown", "Enter", 0), ("keyUp", "Enter", 0)]),
-        ("+", [("keyDown", "+", 0), ("keyUp", "+", 0)]),
-        ("Control++", [("rawKeyDown", "Control", 2), ("rawKeyDown", "+", 2), ("keyUp", "+", 2), ("keyUp", "Control", 0)]),
-        (
-            "Control+Shift+r",
-            [
-                ("rawKeyDown", "Control", 2), ("rawKeyDown", "Shift", 10), ("rawKeyDown", "R", 10),
-                ("keyUp", "R", 10), ("keyUp", "Shift", 2), ("keyUp", "Control", 0),
-            ],
-        ),
-    ],
-)
+# fmt: off
+#: A key combination and the (type, key, modifiers) of the events it sends, the presses before the releases.
+KEY_COMBINATIONS = [
+    ("Enter", [("keyDown", "Enter", 0), ("keyUp", "Enter", 0)]),
+    ("+", [("keyDown", "+", 0), ("keyUp", "+", 0)]),
+    ("Control++", [("rawKeyDown", "Control", 2), ("rawKeyDown", "+", 2), ("keyUp", "+", 2), ("keyUp", "Control", 0)]),
+    (
+        "Control+Shift+r",
+        [
+            ("rawKeyDown", "Control", 2), ("rawKeyDown", "Shift", 10), ("rawKeyDown", "R", 10),
+            ("keyUp", "R", 10), ("keyUp", "Shift", 2), ("keyUp", "Control", 0),
+        ],
+    ),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("combo, expected", KEY_COMBINATIONS)
 def test_key_combinations(combo, expected):
     from mcproxy.tools.keyboard import key_events
 
