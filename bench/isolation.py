@@ -70,7 +70,6 @@ _REPEAT = re.compile(r"repeat\((\d+)\)")
 BROKEN = (WireError, OSError, EOFError, ValueError)
 
 
-
 class LeanStateless(LeanStreamable):
     """Stateless 2026-07-28 requests on one persistent connection to ``/mcp``: no handshake and
     no session; each request carries its version in ``_meta`` and its routing headers."""
@@ -425,8 +424,7 @@ async def run(options) -> list[Verdict]:
     """Time user B's list_pages with user A idle, then with user A at the limits."""
     calls, seconds = options.isolation_calls, options.isolation_seconds
     say(
-        f"== isolation: user B's list_pages ({calls} calls over {seconds:g} s) "
-        "while user A runs the heaviest inputs =="
+        f"== isolation: user B's list_pages ({calls} calls over {seconds:g} s) while user A runs the heaviest inputs =="
     )
     limits = Limits.from_code()
     loads = heavy_loads(limits)

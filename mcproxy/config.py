@@ -251,9 +251,7 @@ def _coerce(key: str, kind: Any, value: Any) -> Any:
 
 
 def _kind_name(kind: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(
-        kind, "a list of strings"
-    )
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(kind, "a list of strings")
 
 
 def _build(raw: dict[str, dict]) -> Config:
@@ -264,9 +262,7 @@ def _build(raw: dict[str, dict]) -> Config:
         for key in given:
             if key not in fields:
                 raise ConfigError(f"{name}.{key}: unknown key")
-        values = {
-            key: _coerce(f"{name}.{key}", fields[key].type, value) for key, value in given.items()
-        }
+        values = {key: _coerce(f"{name}.{key}", fields[key].type, value) for key, value in given.items()}
         sections[name] = cls(**values)
     config = Config(**sections)
     validate(config)
@@ -312,7 +308,7 @@ def parse_limit(text: str) -> tuple[str, str, float, int]:
     """``"tool:take_screenshot=0.5/5"`` -> ("tool", "take_screenshot", 0.5, 5); ValueError says why."""
     match = _LIMIT.match(text.strip())
     if not match:
-        raise ValueError(f"{text!r} is not KIND:NAME=RATE/BURST (e.g. \"tool:take_screenshot=0.5/5\")")
+        raise ValueError(f'{text!r} is not KIND:NAME=RATE/BURST (e.g. "tool:take_screenshot=0.5/5")')
     kind, name = match["kind"], match["name"]
     if kind not in LIMIT_KINDS:
         raise ValueError(f"{text!r}: the kind must be one of {', '.join(LIMIT_KINDS)}")
@@ -378,13 +374,9 @@ def validate(config: Config) -> None:
     if config.auth.mode not in ("tokens", "none"):
         raise ConfigError(f'auth.mode: expected "tokens" or "none", got {config.auth.mode!r}')
     if config.tools.tab_scope not in ("session", "user", "browser"):
-        raise ConfigError(
-            f'tools.tab_scope: expected "session", "user" or "browser", got {config.tools.tab_scope!r}'
-        )
+        raise ConfigError(f'tools.tab_scope: expected "session", "user" or "browser", got {config.tools.tab_scope!r}')
     if config.server.log_level not in LOG_LEVELS:
-        raise ConfigError(
-            f"server.log_level: expected one of {', '.join(LOG_LEVELS)}, got {config.server.log_level!r}"
-        )
+        raise ConfigError(f"server.log_level: expected one of {', '.join(LOG_LEVELS)}, got {config.server.log_level!r}")
     if not config.server.listen:
         raise ConfigError("server.listen: at least one endpoint is needed")
     store = config.store.url

@@ -121,9 +121,7 @@ class Metrics(Service):
         self._lag_loop: LoopingCall | None = None
         self._lag_expected = 0.0
         registry.register(_LiveGauges(sessions, browsers))
-        self.users_registered = Gauge(
-            "mcproxy_users_registered", "Users with a registered browser.", registry=registry
-        )
+        self.users_registered = Gauge("mcproxy_users_registered", "Users with a registered browser.", registry=registry)
         self.reconnects = Counter(
             "mcproxy_browser_reconnects", "Attempts to reconnect to a user's browser.", registry=registry
         )

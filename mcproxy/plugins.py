@@ -356,9 +356,7 @@ def load_plugins(
             raise PluginError(f"plugins.enabled: plugin {plugin.name!r} ({kind}) failed to build: {e!r}") from e
         missing = [m for m in KINDS[kind][1] if not callable(getattr(instance, m, None))]
         if missing:
-            raise PluginError(
-                f"plugins.enabled: plugin {plugin.name!r} made a {kind} without {', '.join(missing)}()"
-            )
+            raise PluginError(f"plugins.enabled: plugin {plugin.name!r} made a {kind} without {', '.join(missing)}()")
         loaded.append(LoadedPlugin(plugin.name, kind, instance))
         log.info("Plugin {plugin} ({kind}) enabled", plugin=plugin.name, kind=kind)
     return Plugins(loaded)

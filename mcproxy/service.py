@@ -158,7 +158,9 @@ class MCProxyService(StartInOrder):
         daemon = cls(reactor, config, source)
         attach, live = daemon.attach, daemon.live
 
-        daemon.store = store = attach(StoreService(store_for_url(config.store.url, reactor), config.server.data_dir)).store
+        daemon.store = store = attach(
+            StoreService(store_for_url(config.store.url, reactor), config.server.data_dir)
+        ).store
         attach(AdminTokenService(store, config.server.data_dir, reactor))
         audit = attach(AuditLog(config.audit.path, reactor))
         daemon.artifacts = artifacts = attach(ArtifactStore(config.server.data_dir, config.artifacts, reactor))
@@ -198,7 +200,11 @@ class MCProxyService(StartInOrder):
                 reactor,
                 artifacts=artifacts,
                 limits=limits,
-                on_call_started=[metrics.tool_call_started, activity.tool_call_started, *plugins.call_started_observers()],
+                on_call_started=[
+                    metrics.tool_call_started,
+                    activity.tool_call_started,
+                    *plugins.call_started_observers(),
+                ],
                 on_call_finished=[
                     audit.tool_call,
                     metrics.tool_call_finished,
@@ -240,16 +246,18 @@ class MCProxyService(StartInOrder):
         )
         origins = live(OriginPolicy(config))
         started_at = reactor.seconds()
-        self.admin = admin = live(AdminDependencies.from_config(
-            reactor,
-            config,
-            store=store,
-            pool=pool,
-            sessions=sessions,
-            started_at=started_at,
-            token_revoked=api_tokens.forget,
-            reload_config=self.reload,
-        ))
+        self.admin = admin = live(
+            AdminDependencies.from_config(
+                reactor,
+                config,
+                store=store,
+                pool=pool,
+                sessions=sessions,
+                started_at=started_at,
+                token_revoked=api_tokens.forget,
+                reload_config=self.reload,
+            )
+        )
         metrics_endpoint = live(MetricsEndpoint(metrics, config.metrics.allowed_networks))
         overview = Overview(
             clock=reactor, store=store, pool=pool, sessions=sessions, activity=activity, started_at=started_at
@@ -264,14 +272,16 @@ class MCProxyService(StartInOrder):
             dashboard=Dashboard(overview),
             audit=plugins.admin_audit(audit.admin_action),
         )
-        return live(ProxySite.from_config(
-            root,
-            config,
-            check_address=limits.check_address,
-            metrics=plugins.site_metrics(metrics),
-            registry=metrics.registry,
-            reactor=reactor,
-        ))
+        return live(
+            ProxySite.from_config(
+                root,
+                config,
+                check_address=limits.check_address,
+                metrics=plugins.site_metrics(metrics),
+                registry=metrics.registry,
+                reactor=reactor,
+            )
+        )
 
     @property
     def ports(self) -> list:

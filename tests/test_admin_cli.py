@@ -88,9 +88,7 @@ async def test_works_while_the_daemon_holds_the_store(tmp_path, reactor):
     url = f"sqlite:{tmp_path / 'var' / 'mcproxy.sqlite3'}"
     daemon_store = await open_store(url, reactor)
     try:
-        code, out, err = await admin(
-            tmp_path, "tokens", "create", "--user", "carol", "-p", "admin", store_url=url
-        )
+        code, out, err = await admin(tmp_path, "tokens", "create", "--user", "carol", "-p", "admin", store_url=url)
         assert code == 0, err
         principal = await principal_for(daemon_store, reactor, out.strip())
         assert principal.user_id == "carol" and principal.is_admin

@@ -45,9 +45,7 @@ def saved(result, store, name, mime_type):
     """The one artifact a result announces: checks the text line and the link; (uri, bytes)."""
     (artifact,) = store.artifacts("alice")
     assert artifact.name == name and artifact.mime_type == mime_type
-    assert (
-        f"saved as {artifact.uri} ({name}, {artifact.size} bytes); read it with resources/read." in text_of(result)
-    )
+    assert f"saved as {artifact.uri} ({name}, {artifact.size} bytes); read it with resources/read." in text_of(result)
     links = [c for c in result.content if c.type == "resource_link"]
     assert [(link.uri, link.name, link.mime_type, link.size) for link in links] == [
         (artifact.uri, name, mime_type, artifact.size)

@@ -49,7 +49,9 @@ def test_host_lists_globs_cidrs_and_per_user_rules():
     assert policies.policy_for("alice").refusal("https://app.staging.example/") is None
     assert policies.policy_for("bob").refusal("https://wiki.corp.example/") is not None
     assert everyone.refusal("https://wiki.corp.example/") is None
-    with pytest.raises(ToolError, match=r"^Navigation to https://evil\.example/ is blocked by the proxy's browsing policy"):
+    with pytest.raises(
+        ToolError, match=r"^Navigation to https://evil\.example/ is blocked by the proxy's browsing policy"
+    ):
         everyone.check("https://evil.example/")
 
 

@@ -121,9 +121,7 @@ def test_events_are_routed_by_session_and_method():
 
 
 async def connect(reactor, server, **kw):
-    protocol = await open_websocket(
-        reactor, server.url, address="127.0.0.1", port=server.port_number, timeout=5, **kw
-    )
+    protocol = await open_websocket(reactor, server.url, address="127.0.0.1", port=server.port_number, timeout=5, **kw)
     return protocol
 
 

@@ -264,7 +264,9 @@ def test_raw_headers_that_come_before_their_request_or_response_are_not_lost():
     page.fire("Network.requestWillBeSentExtraInfo", requestId="r1", headers={"Cookie": "a=1; s=2"})
     request_sent(page, "r1", "http://h/b", redirect={"status": 302, "headers": {"location": "/b"}})
     page.fire("Network.responseReceivedExtraInfo", requestId="r1", headers={"Content-Type": "text/plain", "X-Raw": "1"})
-    page.fire("Network.responseReceived", requestId="r1", response={"status": 200, "headers": {"Content-Type": "text/plain"}})
+    page.fire(
+        "Network.responseReceived", requestId="r1", response={"status": 200, "headers": {"Content-Type": "text/plain"}}
+    )
     first, second = records.network.entries()
     assert first.request_headers == (("Cookie", "a=1"),)
     assert first.response_headers == (("Location", "/b"), ("Set-Cookie", "s=2"))
@@ -331,10 +333,16 @@ def test_messages_reported_again_after_a_reconnect_are_not_collected_twice():
     collector(page, "reattached")
     page.fire("Runtime.consoleAPICalled", type="log", args=[string("at 10")], timestamp=10.0)
     page.fire("Log.entryAdded", entry={"level": "info", "text": "log at 25", "timestamp": 25.0})
-    page.fire("Runtime.exceptionThrown", timestamp=30.0, exceptionDetails={"text": "Uncaught", "exception": string("x")})
+    page.fire(
+        "Runtime.exceptionThrown", timestamp=30.0, exceptionDetails={"text": "Uncaught", "exception": string("x")}
+    )
     page.fire("Runtime.consoleAPICalled", type="log", args=[string("at 15, in an iframe")], timestamp=15.0)
     assert [m.text for m in records.console.entries()] == [
-        "at 10", "at 20", "log at 25", "Uncaught x", "at 15, in an iframe",
+        "at 10",
+        "at 20",
+        "log at 25",
+        "Uncaught x",
+        "at 15, in an iframe",
     ]
 
 

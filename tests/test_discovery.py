@@ -43,9 +43,7 @@ def test_accepted_shapes():
     assert parse_browser_url("https://[::1]:9222").host == "::1"
 
 
-@pytest.mark.parametrize(
-    "address", ["169.254.169.254", "169.254.0.1", "fe80::1", "::ffff:169.254.169.254"]
-)
+@pytest.mark.parametrize("address", ["169.254.169.254", "169.254.0.1", "fe80::1", "::ffff:169.254.169.254"])
 def test_link_local_is_never_allowed_even_when_configured(address):
     with pytest.raises(InvalidBrowserURL, match="link-local"):
         check_address(address, ("0.0.0.0/0", "::/0", "169.254.0.0/16"), what="browserURL")
@@ -103,7 +101,9 @@ async def test_validation_resolves_names_without_blocking(reactor):
 
 
 def test_host_header_uses_the_pinned_address_for_names():
-    named = BrowserURL(url="http://chrome.lan:9222", scheme="http", host="chrome.lan", port=9222, path="", address="10.1.2.3")
+    named = BrowserURL(
+        url="http://chrome.lan:9222", scheme="http", host="chrome.lan", port=9222, path="", address="10.1.2.3"
+    )
     assert named.host_header == "10.1.2.3:9222"
     v6 = BrowserURL(url="http://[::1]:9222", scheme="http", host="::1", port=9222, path="", address="::1")
     assert v6.host_header == "[::1]:9222"
@@ -123,9 +123,7 @@ async def test_discover_real_chromium(reactor, chromium, http_client):
 @pytest_twisted.ensureDeferred
 async def test_real_chromium_rejects_a_named_host_header(reactor, chromium, http_client):
     """Keeps HOST_REJECTED honest: this is what Chrome answers to a name in Host."""
-    response = await http_client.get(
-        chromium.browser_url + "/json/version", headers={b"Host": [b"chrome.test"]}
-    )
+    response = await http_client.get(chromium.browser_url + "/json/version", headers={b"Host": [b"chrome.test"]})
     body = (await response.content()).decode()
     assert HOST_REJECTED in body
 
@@ -143,7 +141,10 @@ async def test_nothing_listening(reactor, http_client):
     port = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
     number = port.getHost().port
     await port.stopListening()
-    with pytest.raises(BrowserUnavailable, match=f"nothing listens at http://127.0.0.1:{number}; start Chrome with --remote-debugging-port={number}"):
+    with pytest.raises(
+        BrowserUnavailable,
+        match=f"nothing listens at http://127.0.0.1:{number}; start Chrome with --remote-debugging-port={number}",
+    ):
         await discover(http_client, f"http://127.0.0.1:{number}", timeout=5, clock=reactor)
 
 

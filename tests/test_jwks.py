@@ -40,8 +40,9 @@ def jwk(key, kid):
 
 def token(key, kid, clock_now=None):
     now = int(clock_now if clock_now is not None else time.time())
-    return jwt.encode({"sub": "alice", "scope": "tools:*", "exp": now + 300}, key, algorithm="ES256",
-                      headers={"kid": kid})
+    return jwt.encode(
+        {"sub": "alice", "scope": "tools:*", "exp": now + 300}, key, algorithm="ES256", headers={"kid": kid}
+    )
 
 
 class JWKSServer(Resource):
@@ -189,10 +190,12 @@ def test_concurrent_requests_share_one_fetch_and_may_give_up_alone():
     "body, why",
     [
         (b"<html>", "not JSON"),
-        (b"[]", "no \"keys\" list"),
+        (b"[]", 'no "keys" list'),
         (b'{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}', "no usable"),
-        (b'{"keys": [{"kty": "EC", "crv": "P-256", "x": "bad", "y": "bad"}, 7, {"kty": "RSA", "use": "enc"}]}',
-         "no usable"),
+        (
+            b'{"keys": [{"kty": "EC", "crv": "P-256", "x": "bad", "y": "bad"}, 7, {"kty": "RSA", "use": "enc"}]}',
+            "no usable",
+        ),
     ],
 )
 def test_unusable_documents(body, why):
@@ -201,7 +204,9 @@ def test_unusable_documents(body, why):
 
 
 def test_only_signing_keys_of_accepted_algorithms_are_kept():
-    rsa_public = json.loads(RSAAlgorithm.to_jwk(rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()))
+    rsa_public = json.loads(
+        RSAAlgorithm.to_jwk(rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key())
+    )
     document = {"keys": [jwk(KEY_A, "a"), {**rsa_public, "kid": "r", "alg": "RS512"}, {**rsa_public, "kid": "s"}]}
     parsed = parse_jwks(json.dumps(document).encode())
     assert [(k.kid, k.jwk.algorithm_name) for k in parsed] == [("a", "ES256"), ("s", "RS256")]

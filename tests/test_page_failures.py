@@ -134,7 +134,11 @@ async def test_crash_before_a_tool_then_reload_recovers(reactor, tools, user_bro
     page = user_browser.page(page_id)
     await crash(page)
     await until(reactor, lambda: page.crashed)
-    for name, arguments in (("take_snapshot", {}), ("evaluate_script", {"function": "() => 1"}), ("wait_for", {"text": ["x"]})):
+    for name, arguments in (
+        ("take_snapshot", {}),
+        ("evaluate_script", {"function": "() => 1"}),
+        ("wait_for", {"text": ["x"]}),
+    ):
         text = await timed_failure(tools, context, name, pageId=page_id, **arguments)
         assert text == crashed_text(page_id), (name, text)
     result = await ok(tools, context, "navigate_page", pageId=page_id, type="reload")
@@ -210,7 +214,13 @@ async def test_dialog_during_evaluate_script(tools, fixture_site):
 @pytest_twisted.ensureDeferred
 async def test_dialog_during_wait_for(tools, fixture_site):
     context, page_id = await open_page(tools, fixture_site)
-    await ok(tools, context, "evaluate_script", pageId=page_id, function="() => { setTimeout(() => alert('late alert'), 300); }")
+    await ok(
+        tools,
+        context,
+        "evaluate_script",
+        pageId=page_id,
+        function="() => { setTimeout(() => alert('late alert'), 300); }",
+    )
     text = await timed_failure(tools, context, "wait_for", pageId=page_id, text=["never there"], timeout=8000)
     assert text == (
         f'Page {page_id} opened an alert dialog ("late alert") while the tool ran, and it blocks the page. '

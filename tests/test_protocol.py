@@ -281,9 +281,7 @@ def test_discover_lists_every_version():
 
 
 def test_modern_log_level_comes_from_the_request():
-    message, envelope = modern(
-        "tools/call", {"name": "log", "_meta": {"io.modelcontextprotocol/logLevel": "alert"}}
-    )
+    message, envelope = modern("tools/call", {"name": "log", "_meta": {"io.modelcontextprotocol/logLevel": "alert"}})
     notes = []
     session = McpSession(McpServer(FakeToolProvider(Clock())), ALICE, SessionView(None), modern=envelope)
     session.handle(message, notes.append)

@@ -33,9 +33,7 @@ _ECHO = Router({b"echo": Area(tuple(Route(method, "/echo", echo) for method in (
 
 def _site(limits: ConnectionLimits, clock=None, registry=None) -> ProxySite:
     kwargs = {"reactor": clock} if clock is not None else {}
-    return ProxySite(
-        _ECHO, max_body_bytes=1000, limits=limits, registry=registry, **kwargs
-    )
+    return ProxySite(_ECHO, max_body_bytes=1000, limits=limits, registry=registry, **kwargs)
 
 
 def _dropped(registry: CollectorRegistry, reason: str) -> float:

@@ -216,9 +216,7 @@ async def test_sqlite_restart_loses_nothing(tmp_path, reactor):
     second = await open_store(f"sqlite:{path}", reactor)
     try:
         assert await second.get_user("alice") == user(last_activity=3.0)
-        assert await second.get_token("0123456789abcdef") == token(
-            expires_at=99.0, revoked_at=50.0, last_used_at=40.0
-        )
+        assert await second.get_token("0123456789abcdef") == token(expires_at=99.0, revoked_at=50.0, last_used_at=40.0)
     finally:
         await second.close()
 
@@ -290,8 +288,7 @@ async def test_redis_keys_stay_under_the_prefix(tmp_path, reactor):
         await store.save_token(token())
         keys = await store.redis.keys(store.prefix + "*")
         assert sorted(keys) == sorted(
-            store.prefix + k
-            for k in ("users", "user:alice", "tokens", "token:0123456789abcdef", "user-tokens:alice")
+            store.prefix + k for k in ("users", "user:alice", "tokens", "token:0123456789abcdef", "user-tokens:alice")
         )
         assert store.prefix.startswith("mcproxy:")
         assert redis_test_url().startswith("redis://")

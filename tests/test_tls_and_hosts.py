@@ -122,7 +122,9 @@ async def test_mcp_endpoints_refuse_a_foreign_host(reactor, tmp_path):
     try:
         token = await proxy.token_for("alice")
         response = await treq.get(
-            proxy.base_url + "/sse", headers={"Host": "rebound.example", "Authorization": f"Bearer {token}"}, persistent=False
+            proxy.base_url + "/sse",
+            headers={"Host": "rebound.example", "Authorization": f"Bearer {token}"},
+            persistent=False,
         )
         body = await response.json()
         assert response.code == 403 and body["error"]["code"] == "host_not_allowed"

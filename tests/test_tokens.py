@@ -102,7 +102,21 @@ def test_bad_user_id_is_refused(store, clock, user_id):
 
 @pytest.mark.parametrize(
     "permission",
-    ["tools", "tools:", "tools:category:", "Admin", "admin ", "tools:a b", "superuser", "", "!admin", "!!tools:x", "net:banana", "net:", 7],
+    [
+        "tools",
+        "tools:",
+        "tools:category:",
+        "Admin",
+        "admin ",
+        "tools:a b",
+        "superuser",
+        "",
+        "!admin",
+        "!!tools:x",
+        "net:banana",
+        "net:",
+        7,
+    ],
 )
 def test_unknown_permissions_are_refused(store, clock, permission):
     refused = failure_result_of(create_token(store, "alice", ["register", permission], None, clock), BadRequest)
@@ -327,7 +341,7 @@ def test_records_are_cached_briefly_and_revocation_still_lands(store, clock):
         assert authenticate(authenticator, req).user_id == "alice"
     assert lookups == [record.token_id]
     # A wrong secret for a cached id is still refused: the cache holds records, not verdicts.
-    forged = token[: -4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
     failure_result_of(authenticator.authenticate(request(b"Bearer " + forged.encode())), Unauthorized)
     success_result_of(store.revoke_token(record.token_id, clock.seconds()))
     clock.advance(2.0)

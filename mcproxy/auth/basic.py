@@ -170,9 +170,7 @@ class BasicAuthenticator:
                 return True
         wait = self._failures.wait(user_id)
         if wait:
-            raise RateLimited(
-                f"too many failed sign-ins for {user_id}; retry in {wait} s", retry_after=wait
-            )
+            raise RateLimited(f"too many failed sign-ins for {user_id}; retry in {wait} s", retry_after=wait)
         if len(self._limit.waiting) >= self._max_waiting:
             raise RateLimited("too many sign-ins are being checked right now; retry in a second", retry_after=1)
         if stored is None:

@@ -89,9 +89,7 @@ def requested_user(request) -> str | None:
     """The ``X-User-Id`` header when sent, checked for syntax (400 otherwise)."""
     value = _one_header(request, b"x-user-id")
     if value is not None and not is_valid_user_id(value):
-        raise BadRequest(
-            "X-User-Id must be 1-128 characters of A-Z a-z 0-9 . _ @ -", code="invalid_user_id"
-        )
+        raise BadRequest("X-User-Id must be 1-128 characters of A-Z a-z 0-9 . _ @ -", code="invalid_user_id")
     return value
 
 
@@ -180,6 +178,4 @@ class AuthenticationChain:
         try:
             return await d.addTimeout(self._timeout, self._clock)
         except TimeoutError:
-            raise MCProxyError(
-                "the credential could not be checked in time; try again", code="auth_timeout"
-            ) from None
+            raise MCProxyError("the credential could not be checked in time; try again", code="auth_timeout") from None

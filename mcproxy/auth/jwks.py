@@ -127,9 +127,7 @@ class JWKSCache:
         if (stale or rotated) and now >= self._retry_at:
             await self._refresh()
         matches = [
-            key.jwk
-            for key in self._keys
-            if key.jwk.algorithm_name == algorithm and (kid is None or key.kid == kid)
+            key.jwk for key in self._keys if key.jwk.algorithm_name == algorithm and (kid is None or key.kid == kid)
         ]
         if matches:
             return matches
@@ -185,9 +183,7 @@ class JWKSCache:
         )
 
     async def _download(self) -> bytes:
-        response = await self._http.get(
-            self.url, headers={b"Accept": [b"application/json"]}, unbuffered=True
-        )
+        response = await self._http.get(self.url, headers={b"Accept": [b"application/json"]}, unbuffered=True)
         if response.length is not UNKNOWN_LENGTH and response.length > MAX_JWKS_BYTES:
             raise JWKSError(f"the document is over {MAX_JWKS_BYTES} bytes")
         body = await _read_body(response)

@@ -65,8 +65,10 @@ async def locate_browser(reactor, config: BrowserConfig, http_client, browser_ur
     timeout = config.connect_timeout
     target = await validate_browser_url(browser_url, config.allowed_networks, reactor=reactor, timeout=timeout)
     ws_url = await discover(http_client, target, timeout=timeout, clock=reactor)
-    ws = target if ws_url == target.url else await validate_browser_url(
-        ws_url, config.allowed_networks, reactor=reactor, timeout=timeout
+    ws = (
+        target
+        if ws_url == target.url
+        else await validate_browser_url(ws_url, config.allowed_networks, reactor=reactor, timeout=timeout)
     )
     return LocatedBrowser(url=target, ws_url=ws_url, ws=ws)
 
@@ -111,9 +113,7 @@ async def open_cdp_link(browser: "BrowserLink") -> CDPConnection:
             " register a Chrome of your own"
         )
     browser.browser_id = located.browser_id
-    return await open_located(
-        browser.reactor, browser.config, located, description=f"the browser of {browser.user_id}"
-    )
+    return await open_located(browser.reactor, browser.config, located, description=f"the browser of {browser.user_id}")
 
 
 async def probe_browser(reactor, config: BrowserConfig, browser_url: str, http_client=None) -> BrowserIdentity:

@@ -246,7 +246,6 @@ class PageTargets:
             raise ToolError(f"No page with id {page_id}; call list_pages to see the open pages")
         return page
 
-
     def sessions_lost(self, error: Exception | None) -> None:
         """The link is gone: no page has a session; ``error`` fails their event waits."""
         for page in self._pages.values():

@@ -58,6 +58,7 @@ INSTRUCTIONS = (
     "pages with their ids; pass pageId to act on a specific page."
 )
 
+
 def resource_not_found(uri: str) -> RpcError:
     """What ``resources/read`` answers for a resource that is missing or not the caller's:
     the same error either way, so that nothing tells the two apart."""
@@ -348,11 +349,10 @@ class McpSession:
         except (CancelledError, RateLimited):
             raise
         except MCProxyError as e:
-            return types.CallToolResult(
-                content=[types.TextContent(type="text", text=e.message)], is_error=True
-            )
+            return types.CallToolResult(content=[types.TextContent(type="text", text=e.message)], is_error=True)
         finally:
             live[0] = False
+
 
 async def _maybe_deferred(value: Any) -> Any:
     if isinstance(value, Deferred):

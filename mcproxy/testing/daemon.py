@@ -47,7 +47,10 @@ class RunningProxy:
 
     async def call_tool(self, token: str, name: str, arguments: dict | None = None, rid: int = 1) -> dict:
         """One stateless (2026-07-28) ``tools/call`` on /mcp; the parsed JSON-RPC answer."""
-        meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+        meta = {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+        }
         params = {"name": name, "arguments": arguments or {}, "_meta": meta}
         headers = {
             "Authorization": [f"Bearer {token}"],

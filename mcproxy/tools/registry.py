@@ -127,7 +127,6 @@ class ToolRegistry:
             return " (this server requires it by name)"
         return f', "tools:category:{tool.category}" or "tools:*"'
 
-
     def _cap_timeout(self, args: dict) -> str | None:
         """Lower a ``timeout`` argument (ms) above ``tools.max_timeout``; the note that says so."""
         limit = round(self._config.max_timeout * 1000)

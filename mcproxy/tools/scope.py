@@ -36,7 +36,9 @@ async def fresh_listing(call: "ToolCall", infos: list[dict] | None = None) -> li
     for page in pages:
         make_visible(page)
         info = by_target.get(page.target_id, {})
-        listing.append((page.page_id, info.get("url") or page.url or "about:blank", info.get("title", page.title) or ""))
+        listing.append(
+            (page.page_id, info.get("url") or page.url or "about:blank", info.get("title", page.title) or "")
+        )
     return listing
 
 

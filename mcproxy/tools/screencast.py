@@ -292,8 +292,10 @@ def screencast_tools(ffmpeg: str = "") -> tuple[ToolSpec, ...]:
             _discard(recording)
         if skipped:
             notes.append(f"{skipped} frames of another size (the page was resized) were left out.")
-        kind = "MP4 video" if artifact.mime_type == "video/mp4" else (
-            "WebM video" if artifact.mime_type == "video/webm" else "animated PNG"
+        kind = (
+            "MP4 video"
+            if artifact.mime_type == "video/mp4"
+            else ("WebM video" if artifact.mime_type == "video/webm" else "animated PNG")
         )
         response = Response().add("The screencast recording has been stopped.")
         for note in notes:

@@ -201,8 +201,11 @@ async def _settle(
     try:
         await _with_timeout(events.when("navigation_done"), navigation_timeout, clock)
     except TimeoutError:
-        log.info("page {page_id}: navigation started by an action still loading after {timeout}s",
-                 page_id=page.page_id, timeout=navigation_timeout)
+        log.info(
+            "page {page_id}: navigation started by an action still loading after {timeout}s",
+            page_id=page.page_id,
+            timeout=navigation_timeout,
+        )
         return
     new_watch = await _install_observer(page)
     try:
@@ -247,4 +250,3 @@ async def act_and_settle(
     finally:
         events.close()
         _release(page, watch_id)
-

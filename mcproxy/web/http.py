@@ -79,9 +79,7 @@ def error_headers(request: IRequest, error: MCProxyError) -> None:
         request.setHeader(b"Retry-After", str(error.retry_after).encode("ascii"))
     challenges = challenge_headers(request, error)
     if challenges:
-        request.responseHeaders.setRawHeaders(
-            b"WWW-Authenticate", [c.encode("latin-1") for c in challenges]
-        )
+        request.responseHeaders.setRawHeaders(b"WWW-Authenticate", [c.encode("latin-1") for c in challenges])
 
 
 def write_error(request: IRequest, error: MCProxyError) -> None:

@@ -57,7 +57,6 @@ class LegacyTransport:
             user_id=principal.user_id,
         )
 
-
     async def post_message(self, request) -> None:
         """``POST /message?sessionId=``: one JSON-RPC message; the answer goes to the session's stream."""
         t = self.t

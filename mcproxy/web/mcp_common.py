@@ -49,9 +49,7 @@ async def read_rpc(request: IRequest, limit: int, run_blocking=None) -> Any:
     return parse_message(body)
 
 
-def write_rpc(
-    request: IRequest, status: int, message: dict, headers: dict[bytes, bytes] | None = None
-) -> None:
+def write_rpc(request: IRequest, status: int, message: dict, headers: dict[bytes, bytes] | None = None) -> None:
     """Finish ``request`` with one JSON-RPC message as its body."""
     if answered(request):
         return

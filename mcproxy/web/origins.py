@@ -58,9 +58,7 @@ def check_origin(request: IRequest, allowed: tuple[str, ...], allow_loopback: bo
         parts = urlsplit(origin)
         trusted = parts.scheme in ("http", "https") and is_loopback_host(parts.hostname)
     if not trusted:
-        raise Forbidden(
-            f"origin {origin!r} is not allowed; add it to cors.allowed_origins", code="origin_not_allowed"
-        )
+        raise Forbidden(f"origin {origin!r} is not allowed; add it to cors.allowed_origins", code="origin_not_allowed")
     # CORS, so that browser-based MCP clients of a trusted origin can read the answers.
     request.setHeader(b"Access-Control-Allow-Origin", origin.encode("latin-1"))
     request.setHeader(b"Access-Control-Expose-Headers", _EXPOSED_HEADERS)

@@ -117,9 +117,7 @@ class SseStream:
         self._backlog.append(data)
         self._backlog_size += len(data)
         if self._backlog_size > self.max_backlog:
-            log.warn(
-                "Dropping an SSE client that stopped reading ({size} bytes waiting)", size=self._backlog_size
-            )
+            log.warn("Dropping an SSE client that stopped reading ({size} bytes waiting)", size=self._backlog_size)
             self._backlog.clear()
             self._backlog_size = 0
             self.request.unregisterProducer()

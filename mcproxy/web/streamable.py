@@ -128,9 +128,7 @@ class StreamableTransport:
         principal = request.principal
         accepted = accepts(request)
         if not any(accepted):
-            raise NotAcceptable(
-                "Accept must allow application/json or text/event-stream", code="not_acceptable"
-            )
+            raise NotAcceptable("Accept must allow application/json or text/event-stream", code="not_acceptable")
         try:
             message = await read_rpc(request, t.max_body, t.server.run_blocking)
             headers = _headers(request)
@@ -185,9 +183,7 @@ class StreamableTransport:
 
         entry.hold()
         try:
-            await _Exchange(self.t, request, accepted, to_standalone_stream).run(
-                mcp, message, lambda code: 200
-            )
+            await _Exchange(self.t, request, accepted, to_standalone_stream).run(mcp, message, lambda code: 200)
         finally:
             entry.release()
 

@@ -31,7 +31,9 @@ class JsonLinesSink:
         )
 
     def admin_action(self, principal, client, action, target, outcome) -> None:
-        self._write("admin", user=principal.user_id if principal else None, action=action, target=target, outcome=outcome)
+        self._write(
+            "admin", user=principal.user_id if principal else None, action=action, target=target, outcome=outcome
+        )
 
     def stop(self) -> None:
         self._file.close()

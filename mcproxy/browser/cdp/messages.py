@@ -94,4 +94,3 @@ def parse_message(data: str | bytes) -> dict:
     elif not isinstance(message.get("params") or {}, dict):
         raise MalformedMessage("params is not an object")
     return message
-

@@ -173,12 +173,8 @@ async def open_websocket(
     except CancelledError:
         raise
     except defer.TimeoutError:
-        raise BrowserUnavailable(
-            f"opening the DevTools WebSocket {ws_url} took more than {timeout:g} s"
-        ) from None
+        raise BrowserUnavailable(f"opening the DevTools WebSocket {ws_url} took more than {timeout:g} s") from None
     except (BrowserUnavailable, InvalidBrowserURL):
         raise
     except Exception as e:
         raise BrowserUnavailable(f"cannot open the DevTools WebSocket {ws_url}: {e}") from None
-
-

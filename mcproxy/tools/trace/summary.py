@@ -60,8 +60,7 @@ def explain(analysis: TraceAnalysis, set_id: str, name: str) -> Insight:
         raise ToolError(f"{name} has no data in {set_id}: {_MISSING[name]}. Available insights there: {available}.")
     if name in NOT_COMPUTED:
         raise ToolError(
-            f'{name} is a DevTools insight this server does not compute. Available insights in {set_id}: '
-            f"{available}."
+            f"{name} is a DevTools insight this server does not compute. Available insights in {set_id}: {available}."
         )
     raise ToolError(f'Unknown insight "{name}". Available insights in {set_id}: {available}.')
 

@@ -24,6 +24,7 @@ from mcproxy.tools.trace.records import (
 
 TOP_SHIFTS = 5
 
+
 @attrs.frozen
 class Insight:
     """One insight of one set: the list entry and the detail `performance_analyze_insight` shows."""
@@ -237,18 +238,14 @@ def _document_latency(document: DocumentLatency, start: float) -> Insight:
     elif document.encoding:
         lines.append(f"- PASSED: the response was compressed ({document.encoding}).")
     else:
-        lines.append(
-            f"- PASSED: compression not needed ({document.size} bytes of {document.mime or 'unknown type'})."
-        )
+        lines.append(f"- PASSED: compression not needed ({document.size} bytes of {document.mime or 'unknown type'}).")
     saved_us = document.saved_us
     savings = f"FCP {ms(saved_us)}, LCP {ms(saved_us)}" if saved_us >= 1000 else "none"
     return _insight("DocumentLatency", lines, document.bounds, savings)
 
 
 def _render_blocking(blocking: RenderBlocking, start: float) -> Insight:
-    lines = [
-        f"{len(blocking.requests)} request(s) blocked the first render (times from the start of the navigation):"
-    ]
+    lines = [f"{len(blocking.requests)} request(s) blocked the first render (times from the start of the navigation):"]
     for request in blocking.requests:
         kind = "resource" if request.resource_type is None else request.resource_type
         mime = "unknown type" if request.mime is None else request.mime
@@ -298,9 +295,7 @@ def _cls_culprits(shifts: LayoutShifts, start: float) -> Insight:
         "Largest shifts in the worst cluster:",
     ]
     for shift in sorted(worst, key=lambda s: s.score, reverse=True)[:TOP_SHIFTS]:
-        moved = [
-            f"{node_text(n)} moved from {_rect(n.old_rect)} to {_rect(n.new_rect)}" for n in shift.moved
-        ]
+        moved = [f"{node_text(n)} moved from {_rect(n.old_rect)} to {_rect(n.new_rect)}" for n in shift.moved]
         what = "; ".join(moved) or "no element named"
         lines.append(f"- at {ms(shift.ts - start)}, score {shift.score:.4f}: {what}")
     lines.append(
