@@ -71,7 +71,7 @@ async def run_all(options: argparse.Namespace) -> list[Verdict]:
         limit = TIME_LIMITS.get(name, TIME_LIMIT)
         try:
             verdicts += await asyncio.wait_for(BENCHMARKS[name](options), limit)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             verdicts.append(Verdict(name, False, f"did not finish within {limit:.0f} s"))
         except Exception as e:
             traceback.print_exc()

@@ -30,8 +30,8 @@ import multiprocessing
 import os
 import re
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
-from typing import Awaitable, Callable
 
 import attrs
 
@@ -313,7 +313,7 @@ async def _hammer(load: HeavyLoad, client: _Client, patience: float) -> None:
                 await client.evaluate(load.page_id, load.before_each)
             started = time.perf_counter()
             result = await asyncio.wait_for(client.call_tool(load.tool, load.arguments), patience)
-        except (asyncio.CancelledError, asyncio.TimeoutError) as e:
+        except (TimeoutError, asyncio.CancelledError) as e:
             load.cut_off += 1
             if isinstance(e, asyncio.CancelledError):
                 raise

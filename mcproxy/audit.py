@@ -10,7 +10,7 @@ written; ``reopen()`` (on SIGHUP) follows a log rotation.
 import json
 import os
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from twisted.application.service import Service
@@ -68,7 +68,7 @@ def _redact(value: Any, sensitive: frozenset[str], key: str, budget: list[int]) 
 
 
 def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class AuditLog(Service):

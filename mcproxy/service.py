@@ -22,11 +22,11 @@ from mcproxy.auth.jwks import JWKSCache
 from mcproxy.auth.jwt import JWTAuthenticator, audiences_for
 from mcproxy.auth.ratelimit import RequestLimits
 from mcproxy.auth.tokens import TokenAuthenticator
-from mcproxy.browser.policy import PolicyBook
 from mcproxy.browser.collect import Collector
 from mcproxy.browser.connect import open_cdp_link
 from mcproxy.browser.dialogs import track_dialogs
 from mcproxy.browser.emulation import emulation_listener
+from mcproxy.browser.policy import PolicyBook
 from mcproxy.browser.pool import BrowserPool
 from mcproxy.browser.registered import RegisteredBrowsers
 from mcproxy.config import Config, ConfigError

@@ -11,6 +11,7 @@ from mcproxy.artifacts.names import split_path
 from mcproxy.artifacts.resources import ArtifactResources
 from mcproxy.artifacts.store import ArtifactStore
 from mcproxy.auth.principal import Principal
+from mcproxy.calls import SessionView
 from mcproxy.config import ArtifactsConfig, ToolsConfig
 from mcproxy.errors import ToolError
 from mcproxy.mcp.jsonrpc import RpcError, parse_message
@@ -21,7 +22,6 @@ from mcproxy.testing.deferreds import (
     success_result_of,
 )
 from mcproxy.testing.fake_tools import FakeToolProvider
-from mcproxy.calls import SessionView
 from mcproxy.tools.call import Response
 
 ALICE = Principal("alice", frozenset({"tools:*"}))

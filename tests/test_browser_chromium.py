@@ -167,8 +167,8 @@ async def test_chrome_never_answers_websocket_pings(reactor, chromium, http_clie
     """Why the CDP connection does not use autobahn's auto-ping (the health check does that job)."""
     from twisted.internet.task import deferLater
 
-    from mcproxy.browser.cdp.websocket import open_websocket
     from mcproxy.browser.cdp.discovery import discover
+    from mcproxy.browser.cdp.websocket import open_websocket
 
     ws_url = await discover(http_client, chromium.browser_url, timeout=5, clock=reactor)
     quiet = await open_websocket(reactor, ws_url, address="127.0.0.1", port=chromium.port)

@@ -66,7 +66,7 @@ def test_error_reply_becomes_cdp_error_with_chromes_message():
     failure = outcome(call)
     assert failure.check(CDPError)
     assert failure.value.cdp_code == -32000
-    assert "DOM.resolveNode: No node with given id found" == failure.value.message
+    assert failure.value.message == "DOM.resolveNode: No node with given id found"
 
 
 def test_timeout_uses_the_clock_and_forgets_the_call():

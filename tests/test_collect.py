@@ -2,7 +2,6 @@
 
 import pytest
 from twisted.internet import defer
-
 from twisted.internet.task import Clock
 
 from mcproxy.browser.collect import Collector, make_visible

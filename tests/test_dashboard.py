@@ -7,7 +7,6 @@ import re
 import struct
 
 import attrs
-import pytest
 import pytest_twisted
 import treq
 from twisted.internet.defer import Deferred

@@ -5,13 +5,12 @@ import time
 import pytest
 import pytest_twisted
 
+from mcproxy.browser.dialogs import PROBE_WINDOW, track_dialogs
 from mcproxy.browser.pool import BrowserPool
 from mcproxy.errors import ToolError
 from mcproxy.testing.tool_calls import failed, make_context, make_registry, ok, sleep, text_of, uid_of
-from mcproxy.tools import dialogs
-from mcproxy.browser.dialogs import PROBE_WINDOW, track_dialogs
-from mcproxy.tools.dialogs import add_dialog_note, dialog_note, pending_dialog, require_no_dialog
 from mcproxy.tools.call import Response
+from mcproxy.tools.dialogs import add_dialog_note, dialog_note, pending_dialog, require_no_dialog
 
 READ_OUTPUT = "() => document.getElementById('output').textContent"
 

@@ -3,8 +3,8 @@
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet.defer import Deferred
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
 

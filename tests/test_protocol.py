@@ -7,11 +7,11 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 
 from mcproxy.auth.principal import Principal
-from mcproxy.mcp.jsonrpc import RpcError, parse_message
+from mcproxy.calls import SessionView
 from mcproxy.mcp.envelope import modern_envelope
+from mcproxy.mcp.jsonrpc import RpcError, parse_message
 from mcproxy.mcp.protocol import McpServer, McpSession
 from mcproxy.testing.fake_tools import FakeToolProvider
-from mcproxy.calls import SessionView
 
 ALICE = Principal("alice", frozenset({"tools:*"}))
 MODERN_META = {

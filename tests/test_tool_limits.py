@@ -188,11 +188,11 @@ def test_a_throttled_page_never_stretches_a_wait_past_the_cap():
     ``tools.max_timeout``, like an explicit ``timeout`` argument."""
     from types import SimpleNamespace
 
-    from mcproxy.config import ToolsConfig
     from mcproxy.browser.emulation import Emulation
     from mcproxy.browser.page import PageState
-    from mcproxy.tools.call import ToolCall
+    from mcproxy.config import ToolsConfig
     from mcproxy.testing.tool_calls import make_context
+    from mcproxy.tools.call import ToolCall
 
     page = SimpleNamespace(state=PageState(emulation=Emulation(cpu_rate=20)))
     config = ToolsConfig(navigation_timeout=10.0, max_timeout=60.0)

@@ -125,8 +125,8 @@ def site(reactor):
 @pytest_twisted.async_yield_fixture()
 async def browser(reactor, browser_config, http_client, chromium):
     """User alice's browser through a pool that runs the collector on every page."""
-    from mcproxy.browser.pool import BrowserPool
     from mcproxy.browser.collect import Collector
+    from mcproxy.browser.pool import BrowserPool
 
     pool = BrowserPool(reactor, browser_config, http_client, page_listeners=[Collector()])
     browser = pool.browser_for("alice", chromium.browser_url)

@@ -3,10 +3,10 @@
 import pytest
 import pytest_twisted
 
+from mcproxy.browser.emulation import Viewport, emulation_listener, timeout_factor
 from mcproxy.errors import ToolError
 from mcproxy.testing.tool_calls import failed, make_context, ok, sleep, text_of, uid_of
 from mcproxy.tools import emulation, styles
-from mcproxy.browser.emulation import Viewport, emulation_listener, timeout_factor
 from mcproxy.tools.emulation import parse_geolocation, parse_headers, parse_viewport
 
 PAGE = "emulation_page.html"

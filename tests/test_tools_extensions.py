@@ -12,10 +12,10 @@ import shutil
 
 import pytest
 import pytest_twisted
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
 from mcproxy.errors import CDPError
-from twisted.internet import defer
 from mcproxy.testing.tool_calls import failed, make_context, ok, sleep, text_of
 from mcproxy.tools import extension_targets, extensions
 
@@ -37,11 +37,11 @@ def ext_chromium(reactor):
 @pytest.fixture(scope="module")
 def ext_browser(reactor, ext_chromium):
     """User alice's browser on that Chromium, collecting console and network like the daemon."""
+    from mcproxy.browser.collect import Collector
     from mcproxy.browser.connect import default_http_client
+    from mcproxy.browser.dialogs import track_dialogs
     from mcproxy.browser.pool import BrowserPool
     from mcproxy.config import BrowserConfig
-    from mcproxy.browser.collect import Collector
-    from mcproxy.browser.dialogs import track_dialogs
 
     config = BrowserConfig(call_timeout=10.0, connect_timeout=5.0, health_interval=30.0, backoff_initial=0.2)
     pool = BrowserPool(reactor, config, default_http_client(reactor), page_listeners=[track_dialogs, Collector()])

@@ -166,14 +166,7 @@ async def test_frame_limit(reactor, user_browser, fixture_site, artifacts, monke
 
 
 def test_jpeg_size():
-    header = (
-        b"\xff\xd8"
-        + b"\xff\xe0\x00\x04ab"
-        + b"\xff\xc0\x00\x11\x08"
-        + struct.pack(">HH", 600, 800)
-        + b"\x03"
-        + b"\0" * 9
-    )
+    header = b"\xff\xd8\xff\xe0\x00\x04ab\xff\xc0\x00\x11\x08" + struct.pack(">HH", 600, 800) + b"\x03" + b"\0" * 9
     assert encoding.jpeg_size(header) == (800, 600)
     with pytest.raises(ValueError):
         encoding.jpeg_size(b"\xff\xd8\x00")

@@ -7,13 +7,12 @@ from twisted.internet.task import Clock
 
 from mcproxy.auth.principal import Principal
 from mcproxy.browser.page import PageState
+from mcproxy.calls import CallContext, SessionView
 from mcproxy.config import ToolsConfig
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.testing.deferreds import failure_result_of, success_result_of
 from mcproxy.tools import schema
-from mcproxy.calls import CallContext, SessionView
 from mcproxy.tools.settle import DOM_POLL, DOM_QUIET, NAVIGATION_WINDOW, SETTLE_CAP, act_and_settle, first
-
 
 # -- schema.validate -------------------------------------------------------------------
 

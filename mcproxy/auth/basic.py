@@ -84,7 +84,7 @@ def verify_password(password: bytes, encoded: str) -> bool:
         log.error("A stored password hash is not in the scrypt$N$r$p$salt$hash format")
         scheme, n, r, p, salt, expected = "scrypt", SCRYPT_N, SCRYPT_R, SCRYPT_P, b"", b""
     # Bounds keep a tampered hash from asking for gigabytes (scrypt needs 128 * n * r bytes).
-    if scheme != "scrypt" or not (2 <= n and n * r <= 2**19 and 1 <= p <= 16):
+    if scheme != "scrypt" or not (n >= 2 and n * r <= 2**19 and 1 <= p <= 16):
         return False
     actual = _scrypt(password, salt, n, r, p, len(expected) or HASH_BYTES)
     return hmac.compare_digest(actual, expected)

@@ -7,7 +7,7 @@ credential was sent), and a 403 after authentication carries ``error="insufficie
 """
 
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 import attrs
 from twisted.internet.defer import Deferred, TimeoutError

@@ -90,7 +90,7 @@ class BrowserLink:
         self.browser_url = browser_url
         self.call_timeout = config.call_timeout
         self._status = DISCONNECTED
-        self._status_listeners: list[Callable[["BrowserLink"], None]] = []
+        self._status_listeners: list[Callable[[BrowserLink], None]] = []
         self._status_note = None
         self.last_error: str | None = None
         self.cdp: CDPConnection | None = None

@@ -4,7 +4,8 @@ Both go through the request's ``notify`` (to wherever its answer goes) and stop 
 the request is answered: ``live`` is a one-item list the session clears then.
 """
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from mcp_types import JSONRPCRequest
 from mcp_types.version import is_version_at_least

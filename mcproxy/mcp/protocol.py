@@ -11,7 +11,8 @@ notifications a request sends are built by `mcproxy.mcp.notifications`, and its 
 is shaped by `mcproxy.mcp.shaping`.
 """
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 import mcp_types as types
@@ -28,6 +29,7 @@ from twisted.logger import Logger
 
 import mcproxy
 from mcproxy.auth.principal import Principal
+from mcproxy.calls import CallContext, SessionView
 from mcproxy.errors import MCProxyError, RateLimited
 from mcproxy.mcp.codes import (
     INTERNAL_ERROR,
@@ -48,7 +50,6 @@ from mcproxy.mcp.jsonrpc import (
 )
 from mcproxy.mcp.notifications import Notify, log_sender, progress_reporter
 from mcproxy.mcp.shaping import OFF_REACTOR_WEIGHT, is_heavy, shape_result, weight
-from mcproxy.calls import CallContext, SessionView
 
 log = Logger()
 

@@ -17,7 +17,6 @@ from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 
-
 _LISTENING = re.compile(rb"DevTools listening on ws://[^:/]+:(\d+)/")
 
 FLAGS = (

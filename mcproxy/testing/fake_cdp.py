@@ -223,7 +223,7 @@ class _FakeServerProtocol(WebSocketServerProtocol):
         self.factory.requests.append(request)
         if self.factory.refuse is not None:
             raise ConnectionDeny(*self.factory.refuse)
-        return None
+        return
 
     def onOpen(self):
         self._detach = self.factory.chrome.connect(

@@ -1,8 +1,8 @@
 """Input events to Chrome: CDP calls sent back to back or in answered batches, and the mouse
 events that reach an element's centre."""
 
+from collections.abc import Iterable, Iterator
 from itertools import islice
-from typing import Iterable, Iterator
 
 from twisted.internet.defer import FirstError, gatherResults
 

@@ -15,10 +15,10 @@ from weakref import WeakKeyDictionary, proxy
 import attrs
 from twisted.internet.defer import DeferredLock
 
+from mcproxy.browser.collect import Collector, PageRecords
 from mcproxy.browser.page import Page
 from mcproxy.errors import ToolError
 from mcproxy.tools.call import Response, ToolCall
-from mcproxy.browser.collect import Collector, PageRecords
 
 SCHEME = "chrome-extension://"
 

@@ -11,7 +11,8 @@ connection (or a reactor turn) and other calls to the browser get their turn. Th
 functions are in `mcproxy.tools.input_scripts`.
 """
 
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools import schema as s

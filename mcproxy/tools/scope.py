@@ -10,8 +10,8 @@ is visible to a caller from then on: console and network collection starts for i
 
 from typing import TYPE_CHECKING, Any
 
-from mcproxy.errors import CDPError, ToolError
 from mcproxy.browser.collect import make_visible
+from mcproxy.errors import CDPError, ToolError
 
 if TYPE_CHECKING:
     from mcproxy.tools.call import ToolCall

@@ -21,7 +21,8 @@ A JavaScript dialog blocks the page; when one opens the action returns at once w
 parameters instead of hanging (`mcproxy.tools.dialogs` words it and tracks it).
 """
 
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.internet.task import deferLater
@@ -109,7 +110,7 @@ def first(ds: list[Deferred]) -> Deferred:
 
     def fired(result, index: int) -> None:
         if winner:
-            return None
+            return
         winner.append(index)
         for other, d in enumerate(ds):
             if other != index:
@@ -118,7 +119,7 @@ def first(ds: list[Deferred]) -> Deferred:
             done.errback(result)
         else:
             done.callback((index, result))
-        return None
+        return
 
     for index, d in enumerate(ds):
         d.addBoth(fired, index)

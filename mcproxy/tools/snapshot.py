@@ -20,8 +20,8 @@ from typing import Any
 
 import attrs
 
-from mcproxy.threads import thread_runner
 from mcproxy.errors import CDPError, ToolError
+from mcproxy.threads import thread_runner
 from mcproxy.tools.page_state import tool_state
 
 #: Nodes walked per snapshot (big real pages have a few thousand).

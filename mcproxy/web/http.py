@@ -4,7 +4,8 @@ time limit of a request (``server.request_timeout``)."""
 import json
 import re
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger

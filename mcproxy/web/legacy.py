@@ -10,10 +10,10 @@ from mcp_types import JSONRPCRequest
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
+from mcproxy.calls import SessionView
 from mcproxy.errors import NotFound
 from mcproxy.mcp.jsonrpc import RpcError
 from mcproxy.mcp.protocol import McpSession
-from mcproxy.calls import SessionView
 from mcproxy.web.mcp_common import (
     Cutoff,
     read_rpc,

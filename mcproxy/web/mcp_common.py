@@ -1,7 +1,8 @@
 """What the MCP transports share: media-type checks, JSON-RPC over HTTP bodies, and the
 wording of work cut short (their Host and Origin rules: `mcproxy.web.origins`)."""
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from mcp_types import JSONRPCRequest
 from twisted.internet.defer import Deferred

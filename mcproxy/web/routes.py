@@ -17,7 +17,8 @@ given before any of this (`mcproxy.web.site.ProxyRequest`).
 """
 
 import re
-from typing import Any, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred

@@ -15,7 +15,8 @@ a request not answered within ``server.request_timeout`` gets 504 (see
 import io
 import ipaddress
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 from prometheus_client import CollectorRegistry

@@ -1,7 +1,7 @@
 """A server-sent-events response on a twisted.web request: keep-alives and flow control."""
 
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import LoopingCall
@@ -86,7 +86,7 @@ class SseStream:
     def comment(self, text: str = "") -> None:
         """Write an SSE comment (ignored by clients, keeps intermediaries awake)."""
         if not self.closed and not self._paused:  # a waiting stream needs no keep-alive
-            self._write(f": {text}\n\n".encode("utf-8"))
+            self._write(f": {text}\n\n".encode())
 
     def close(self) -> None:
         """End the response (after whatever is still waiting to be sent)."""

@@ -11,6 +11,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSI
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
+from mcproxy.calls import SessionView
 from mcproxy.errors import BadRequest, Conflict, NotFound
 from mcproxy.mcp.codes import (
     HEADER_MISMATCH,
@@ -23,7 +24,6 @@ from mcproxy.mcp.envelope import is_stateless, modern_envelope, request_version,
 from mcproxy.mcp.jsonrpc import RpcError, error_message
 from mcproxy.mcp.notifications import Notify
 from mcproxy.mcp.protocol import McpSession
-from mcproxy.calls import SessionView
 from mcproxy.web.http import answered, on_deadline
 from mcproxy.web.mcp_common import (
     Cutoff,
