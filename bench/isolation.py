@@ -462,14 +462,15 @@ async def run(options) -> list[Verdict]:
 
         idle = await _phase("idle (user A's tabs open, no calls)", daemon, measure())
         hammers = [
-            asyncio.create_task(_hammer(load, client, seconds * PATIENCE)) for load, client in zip(loads, clients[1:])
+            asyncio.create_task(_hammer(load, client, seconds * PATIENCE))
+            for load, client in zip(loads, clients[1:], strict=False)
         ]
         loaded = await _phase("loaded (user A's heavy calls running)", daemon, measure())
         for task in hammers:
             task.cancel()
         await asyncio.wait(hammers, timeout=CATCH_UP_TIMEOUT)
         say("  user A's heavy calls during the loaded phase:")
-        for load, task in zip(loads, hammers):
+        for load, task in zip(loads, hammers, strict=False):
             say(load.line())
             if not task.done():
                 say(f"      still running {CATCH_UP_TIMEOUT:g} s after it was cancelled")

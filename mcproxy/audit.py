@@ -54,7 +54,7 @@ def _redact(value: Any, sensitive: frozenset[str], key: str, budget: list[int]) 
         return kept
     if isinstance(value, list):
         kept = [_redact(item, sensitive, "", budget) for item in value[:MAX_ITEMS]]
-        return kept + [f"{LEFT_OUT} {len(value) - MAX_ITEMS} more"] if len(value) > MAX_ITEMS else kept
+        return [*kept, f"{LEFT_OUT} {len(value) - MAX_ITEMS} more"] if len(value) > MAX_ITEMS else kept
     if isinstance(value, str):
         room = min(MAX_VALUE_CHARS, budget[0])
         if room <= 0:

@@ -380,7 +380,7 @@ def validate(config: Config) -> None:
     if not config.server.listen:
         raise ConfigError("server.listen: at least one endpoint is needed")
     store = config.store.url
-    if not (store == "memory:" or store.startswith("sqlite:") or store.startswith("redis://")):
+    if not (store == "memory:" or store.startswith(("sqlite:", "redis://"))):
         raise ConfigError(f"store.url: expected sqlite:PATH, memory: or redis://HOST:PORT/DB, got {store!r}")
     for key, value in (
         ("server.max_body_bytes", config.server.max_body_bytes),

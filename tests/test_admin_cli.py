@@ -124,7 +124,7 @@ async def test_errors_go_to_stderr_with_a_nonzero_exit(tmp_path):
     ]
     runs = [Deferred.fromCoroutine(admin(tmp_path, *args, store_url=url)) for args, _ in cases]
     results = await gatherResults(runs)
-    for (args, message), (code, out, err) in zip(cases, results):
+    for (args, message), (code, out, err) in zip(cases, results, strict=True):
         assert code != 0, args
         assert out == "", args
         assert message in err, (args, err)

@@ -198,6 +198,6 @@ async def test_a_script_result_too_big_to_return_inline_stays_in_the_page(tools,
     assert f"{INLINE_RESULT_CHARS + 12} characters of JSON" in text and '"filePath"' in text
     just_fits = f"() => 'x'.repeat({INLINE_RESULT_CHARS - 2})"
     assert "x" * 100 in text_of(await ok(tools, context, "evaluate_script", pageId=page_id, function=just_fits))
-    result = await ok(tools, context, "evaluate_script", pageId=page_id, function=big, filePath="big.json")
+    await ok(tools, context, "evaluate_script", pageId=page_id, function=big, filePath="big.json")
     (artifact,) = store.artifacts("alice")
     assert artifact.size == INLINE_RESULT_CHARS + 12

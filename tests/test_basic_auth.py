@@ -174,8 +174,10 @@ async def test_the_chain_offers_basic_and_refuses_duplicates(reactor):
         await chain.authenticate(request)
     write_error(request, info.value)
     assert request.responseHeaders.getRawHeaders(b"www-authenticate") == [
-        b'Bearer realm="mcproxy", resource_metadata="http://127.0.0.1:3000/.well-known/oauth-protected-resource",'
-        b' error="invalid_token"',
+        (
+            b'Bearer realm="mcproxy", resource_metadata="http://127.0.0.1:3000/.well-known/oauth-protected-resource",'
+            b' error="invalid_token"'
+        ),
         b'Basic realm="mcproxy", charset="UTF-8"',
     ]
     duplicate = request_with(basic_header("alice", "correct horse"), basic_header("alice", "correct horse"))

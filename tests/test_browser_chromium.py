@@ -118,7 +118,7 @@ async def test_chrome_killed_mid_call_then_restarted_on_the_same_port(
         )
         killed_at = reactor.seconds()
         await private_chromium.kill()
-        with pytest.raises(BrowserUnavailable, match="lost during Runtime.evaluate"):
+        with pytest.raises(BrowserUnavailable, match=r"lost during Runtime\.evaluate"):
             await hanging
         assert reactor.seconds() - killed_at < 2
         assert browser.status == "reconnecting"

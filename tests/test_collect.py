@@ -282,7 +282,7 @@ def test_raw_request_headers_that_come_after_the_response_are_not_lost():
     page.fire("Network.responseReceived", requestId="r1", response={"status": 200, "headers": {"A": "b"}})
     page.fire("Network.requestWillBeSentExtraInfo", requestId="r1", headers={"Cookie": "late=1"})
     page.fire("Network.loadingFinished", requestId="r1")
-    first, second = records.network.entries()
+    _first, second = records.network.entries()
     assert second.request_headers == (("Cookie", "late=1"),) and second.finished
     page.fire("Network.requestWillBeSentExtraInfo", requestId="r1", headers={"Cookie": "later=1"})
     assert second.request_headers == (("Cookie", "late=1"),)  # raw headers come once

@@ -172,7 +172,7 @@ async def _set_up_alice(proxy, chromium, fixture_site, data_dir, hold) -> Alice:
         arguments = {"pageId": list(pages)[1], "filePath": f"{SECRET}/shot.png"}
         shot = await streamable.call_tool("take_screenshot", arguments)
         assert not shot.is_error, _text(shot)
-        return [str(b.uri) for b in shot.content if isinstance(b, types.ResourceLink)][0]
+        return next(str(b.uri) for b in shot.content if isinstance(b, types.ResourceLink))
 
     artifact = await run_async(screenshot())
     assert len(pages) == 3 and artifact.startswith("mcproxy://artifacts/")

@@ -51,7 +51,7 @@ def test_link_local_is_never_allowed_even_when_configured(address):
 
 @pytest.mark.parametrize("address", ["8.8.8.8", "2001:db8::1", "0.0.0.0"])
 def test_addresses_outside_the_allowed_networks_are_refused(address):
-    with pytest.raises(InvalidBrowserURL, match="outside browser.allowed_networks"):
+    with pytest.raises(InvalidBrowserURL, match=r"outside browser\.allowed_networks"):
         check_address(address, LOOPBACK_AND_PRIVATE, what="browserURL")
 
 
@@ -94,7 +94,7 @@ async def test_validation_resolves_names_without_blocking(reactor):
     checked = await validate_browser_url("http://localhost:9222", LOOPBACK_AND_PRIVATE, reactor=reactor)
     assert checked.address in ("127.0.0.1", "::1")
     assert checked.host_header == "localhost:9222"
-    with pytest.raises(InvalidBrowserURL, match="outside browser.allowed_networks"):
+    with pytest.raises(InvalidBrowserURL, match=r"outside browser\.allowed_networks"):
         await validate_browser_url("http://localhost:9222", ("10.0.0.0/8",), reactor=reactor)
     with pytest.raises(InvalidBrowserURL, match="link-local"):
         await validate_browser_url("http://169.254.169.254:80", ("0.0.0.0/0",), reactor=reactor)
@@ -150,7 +150,7 @@ async def test_nothing_listening(reactor, http_client):
 
 @pytest_twisted.ensureDeferred
 async def test_an_http_server_that_is_not_chrome(reactor, http_client, fixture_site):
-    with pytest.raises(InvalidBrowserURL, match="is not a Chrome DevTools endpoint .*answered 404"):
+    with pytest.raises(InvalidBrowserURL, match=r"is not a Chrome DevTools endpoint .*answered 404"):
         await discover(http_client, fixture_site.origin, timeout=5, clock=reactor)
 
 
@@ -210,7 +210,7 @@ async def test_a_server_that_never_answers_times_out(reactor, http_client):
     port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
     try:
         url = f"http://127.0.0.1:{port.getHost().port}"
-        with pytest.raises(BrowserUnavailable, match="did not answer within 0.3 s"):
+        with pytest.raises(BrowserUnavailable, match=r"did not answer within 0\.3 s"):
             await discover(http_client, url, timeout=0.3, clock=reactor)
     finally:
         await port.stopListening()
@@ -261,6 +261,6 @@ async def test_a_changing_dns_answer_is_checked_again_and_the_checked_address_is
     first = await validate_browser_url("http://chrome.dev.example:9222", ("127.0.0.0/8",), reactor=dns)
     assert first.address == "127.0.0.1" and first.host_header == "127.0.0.1:9222"
     # The next connect resolves again; the rebound answer is refused instead of being used.
-    with pytest.raises(InvalidBrowserURL, match="169.254.169.254"):
+    with pytest.raises(InvalidBrowserURL, match=r"169\.254\.169\.254"):
         await validate_browser_url("http://chrome.dev.example:9222", ("127.0.0.0/8",), reactor=dns)
     assert dns.lookups == 2

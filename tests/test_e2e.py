@@ -228,7 +228,7 @@ async def test_chrome_killed_mid_call_and_restarted(proxy, private_chromium, fix
                 return await session.call_tool("new_page", {"url": fixture_site.url("second.html")})
 
     for _ in range(40):
-        code, status, _ = await proxy.api("GET", "/api/users/henry/status", token=token)
+        _code, status, _ = await proxy.api("GET", "/api/users/henry/status", token=token)
         if status["browserStatus"] == "connected":
             break
         await deferLater(reactor, 0.5, lambda: None)

@@ -181,7 +181,7 @@ def test_wrong_signatures(world):
     forged = jwt.encode(claims(), OTHER_RSA_KEY, algorithm="RS256", headers={"kid": "rsa-1"})
     assert world.refusal(forged) == "bad_signature"
     good = jwt.encode(claims(), SECRET, algorithm="HS256")
-    head, payload, signature = good.split(".")
+    head, _payload, signature = good.split(".")
     tampered_payload = b64url(json.dumps(claims(sub="mallory")).encode())
     assert world.refusal(f"{head}.{tampered_payload}.{signature}") == "bad_signature"
 
@@ -291,8 +291,10 @@ def test_refusals_through_the_chain_carry_an_invalid_token_challenge():
     write_error(request, info.value)
     assert request.responseCode == 401
     assert request.responseHeaders.getRawHeaders(b"www-authenticate") == [
-        b'Bearer realm="mcproxy", resource_metadata="https://mcproxy.example.com/.well-known/'
-        b'oauth-protected-resource", error="invalid_token"'
+        (
+            b'Bearer realm="mcproxy", resource_metadata="https://mcproxy.example.com/.well-known/'
+            b'oauth-protected-resource", error="invalid_token"'
+        )
     ]
     assert json.loads(b"".join(request.written))["error"]["message"].startswith("the JWT has expired")
     good = request_with(b"Bearer " + jwt.encode(claims(), SECRET).encode())

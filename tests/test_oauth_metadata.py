@@ -220,7 +220,7 @@ async def test_duplicate_authorization_headers_are_400_everywhere(site):
     alice = site.token("alice", "tools:*")
     twice = {"Authorization": [f"Bearer {alice}", f"Bearer {alice}"]}
     for method, path in (("POST", "/mcp"), ("GET", "/api/users/alice/status")):
-        code, challenge, content = await site.send(
+        code, _challenge, content = await site.send(
             method, path, headers=twice, body=INITIALIZE if method == "POST" else None
         )
         assert code == 400

@@ -93,7 +93,10 @@ async def test_tab_closed_by_human_during_click(reactor, tools, user_browser, hu
     snapshot = text_of(await ok(tools, context, "take_snapshot", pageId=page_id))
     target = user_browser.page(page_id).target_id
     # The button's handler keeps the page busy for seconds, so the close lands while click runs.
-    busy = "() => { document.getElementById('later').onclick = () => { const end = Date.now() + 4000; while (Date.now() < end); }; }"
+    busy = (
+        "() => { document.getElementById('later').onclick ="
+        " () => { const end = Date.now() + 4000; while (Date.now() < end); }; }"
+    )
     await ok(tools, context, "evaluate_script", pageId=page_id, function=busy)
     closing = soon(reactor, 0.3, lambda: human.send("Target.closeTarget", {"targetId": target}))
     text = await timed_failure(tools, context, "click", pageId=page_id, uid=uid_of(snapshot, 'button "Alert later"'))
@@ -235,7 +238,10 @@ async def test_dialog_during_wait_for(tools, fixture_site):
 async def test_dialog_during_a_reading_tool(tools, fixture_site, tool):
     context, page_id = await open_page(tools, fixture_site)
     # The page is busy when the tool asks, and opens a dialog before it can answer.
-    opener = "() => { setTimeout(() => { const end = Date.now() + 400; while (Date.now() < end); prompt('snap prompt'); }, 0); }"
+    opener = (
+        "() => { setTimeout(() => { const end = Date.now() + 400; while (Date.now() < end);"
+        " prompt('snap prompt'); }, 0); }"
+    )
     await ok(tools, context, "evaluate_script", pageId=page_id, function=opener, waitForStableDom=False)
     text = await timed_failure(tools, context, tool, pageId=page_id)
     assert f'Page {page_id} opened a prompt dialog ("snap prompt")' in text

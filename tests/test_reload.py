@@ -218,7 +218,7 @@ async def test_sighup_while_tool_calls_run_lets_them_finish(reactor, tmp_path, c
         assert "ratelimit.user_rate, tools.navigation_timeout" in await reloaded
         assert not any(call.called for call in calls)
         answers = await gatherResults(calls)
-        for page, answer in zip(pages, answers):
+        for page, answer in zip(pages, answers, strict=True):
             assert not answer["result"].get("isError"), answer
             assert "Late text arrived" in answer["result"]["content"][0]["text"]
             await proxy.call_tool(token, "close_page", {"pageId": page}, rid="close")

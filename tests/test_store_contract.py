@@ -31,24 +31,24 @@ def store(request, tmp_path, reactor):
 
 
 def user(user_id="alice", **changes):
-    fields = dict(
-        user_id=user_id,
-        browser_url="http://127.0.0.1:9222",
-        metadata={"team": "web", "nested": {"n": [1, 2.5, None, "é"]}},
-        registered_at=1700000000.25,
-    )
+    fields = {
+        "user_id": user_id,
+        "browser_url": "http://127.0.0.1:9222",
+        "metadata": {"team": "web", "nested": {"n": [1, 2.5, None, "é"]}},
+        "registered_at": 1700000000.25,
+    }
     fields.update(changes)
     return UserRecord(**fields)
 
 
 def token(token_id="0123456789abcdef", user_id="alice", **changes):
-    fields = dict(
-        token_id=token_id,
-        user_id=user_id,
-        secret_hash="ab" * 32,
-        permissions=("tools:*", "register"),
-        created_at=1700000000.5,
-    )
+    fields = {
+        "token_id": token_id,
+        "user_id": user_id,
+        "secret_hash": "ab" * 32,
+        "permissions": ("tools:*", "register"),
+        "created_at": 1700000000.5,
+    }
     fields.update(changes)
     return TokenRecord(**fields)
 
@@ -245,7 +245,7 @@ async def test_sqlite_unusable_path_is_a_config_error(tmp_path, reactor):
 )
 @pytest_twisted.ensureDeferred
 async def test_bad_store_urls_are_config_errors(url, reactor):
-    with pytest.raises(ConfigError, match="store.url"):
+    with pytest.raises(ConfigError, match=r"store\.url"):
         await open_store(url, reactor)
 
 

@@ -21,7 +21,7 @@ async def test_the_owner_rotates_with_a_grace_period(proxy, reactor):
     from mcproxy.testing.tool_calls import sleep
 
     await sleep(reactor, 1.2)
-    code, body, headers = await proxy.api("GET", "/api/users/alice/status", token=old)
+    code, body, _headers = await proxy.api("GET", "/api/users/alice/status", token=old)
     assert code == 401 and body["error"]["code"] == "unauthorized"
     code, _, _ = await proxy.api("GET", "/api/users/alice/status", token=new)
     assert code in (200, 404)

@@ -156,7 +156,10 @@ async def test_settling_ignores_the_pages_clock_and_ends_on_a_dom_that_never_res
     result = await guarded(reactor, restless)
     assert text_of(result) == "Successfully clicked on the element"
     # The click returned, and the page is free for the next call, while the DOM still changes.
-    read = "() => [document.getElementById('out').textContent, Number(document.getElementById('ticks').textContent.slice(5))]"
+    read = (
+        "() => [document.getElementById('out').textContent,"
+        " Number(document.getElementById('ticks').textContent.slice(5))]"
+    )
     first = text_of(await ok(tools, context, "evaluate_script", pageId=page_id, function=read, waitForStableDom=False))
     assert '["clicked once",' in first
     ticks = int(first.rsplit(",", 1)[1].split("]")[0])

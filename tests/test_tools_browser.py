@@ -63,7 +63,10 @@ async def test_form_flow(tools, fixture_site):
         'Element matching one of ["nowhere","clicked Alice"] found.\n## Latest page snapshot\n'
     )
 
-    script = "() => ({out: document.getElementById('out').textContent, color: document.getElementById('color').value, agree: document.getElementById('agree').checked})"
+    script = (
+        "() => ({out: document.getElementById('out').textContent, color: document.getElementById('color').value,"
+        " agree: document.getElementById('agree').checked})"
+    )
     result = await ok(tools, context, "evaluate_script", pageId=page_id, function=script)
     assert (
         text_of(result)
@@ -104,7 +107,10 @@ async def test_keyboard(tools, fixture_site):
         context,
         "evaluate_script",
         pageId=page_id,
-        function="() => [document.getElementById('name').value, document.getElementById('keys').textContent, document.activeElement.id]",
+        function=(
+            "() => [document.getElementById('name').value, document.getElementById('keys').textContent,"
+            " document.activeElement.id]"
+        ),
     )
     assert '["Q-1","[x][y][z][C-Control][C-A][Q][-][1][Tab]","agree"]' in text_of(result)
     result = await tools.call_tool("press_key", {"pageId": page_id, "key": "Hyper+x"}, context)

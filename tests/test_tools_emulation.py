@@ -107,7 +107,10 @@ async def test_emulate_and_reset(reactor, tools, user_browser, fixture_site):
         "Emulating network conditions: Slow 3G",
         "Emulating CPU throttling: 4x slowdown",
         "Default navigation timeout set to 100000 ms",
-        'Emulating viewport: {"deviceScaleFactor":3,"isMobile":true,"hasTouch":true,"isLandscape":false,"width":390,"height":844}',
+        (
+            'Emulating viewport: {"deviceScaleFactor":3,"isMobile":true,"hasTouch":true,"isLandscape":false,'
+            '"width":390,"height":844}'
+        ),
         "Emulating user agent: mcproxy-test-agent",
         "Emulating color scheme: dark",
         "Emulating prefers-reduced-motion: reduce",
@@ -180,7 +183,7 @@ async def test_emulate_extra_headers(reactor, tools, user_browser):
     try:
         url = f"http://127.0.0.1:{port.getHost().port}/"
         context = make_context()
-        page_id, page = await open_page(tools, context, user_browser, url)
+        page_id, _page = await open_page(tools, context, user_browser, url)
         assert "x-mcproxy" not in seen[-1]
         await ok(tools, context, "emulate", pageId=page_id, extraHttpHeaders='{"X-Mcproxy": "one"}')
         await ok(tools, context, "navigate_page", pageId=page_id, type="reload")
@@ -294,14 +297,18 @@ async def test_get_css_styles(tools, user_browser, fixture_site):
         f".box ({PAGE}:13)\n@media (min-width: 1px)\n  border: 1px solid black;",
         f".box ({PAGE}:10)\n  [overloaded] color: green;\n  padding: 4px;",
         f"button ({PAGE}:18)\n@layer base\n  letter-spacing: 1px;",
-        "Computed values of these properties\n  color: rgb(255, 0, 0);\n  margin-top: 2px;\n  margin-right: 3px;\n"
-        "  margin-bottom: 2px;\n  margin-left: 3px;\n  border-top-width: 1px;\n  border-right-width: 1px;\n"
-        "  border-bottom-width: 1px;\n  border-left-width: 1px;\n  border-top-style: solid;\n"
-        "  border-right-style: solid;\n  border-bottom-style: solid;\n  border-left-style: solid;\n"
-        "  border-top-color: rgb(0, 0, 0);\n  border-right-color: rgb(0, 0, 0);\n  border-bottom-color: rgb(0, 0, 0);\n"
-        "  border-left-color: rgb(0, 0, 0);\n  border-image-source: none;\n  border-image-slice: 100%;\n"
-        "  border-image-width: 1;\n  border-image-outset: 0;\n  border-image-repeat: stretch;\n"
-        "  padding-top: 4px;\n  padding-right: 4px;\n  padding-bottom: 4px;\n  padding-left: 4px;\n  letter-spacing: 1px;",
+        (
+            "Computed values of these properties\n  color: rgb(255, 0, 0);\n  margin-top: 2px;\n  margin-right: 3px;\n"
+            "  margin-bottom: 2px;\n  margin-left: 3px;\n  border-top-width: 1px;\n  border-right-width: 1px;\n"
+            "  border-bottom-width: 1px;\n  border-left-width: 1px;\n  border-top-style: solid;\n"
+            "  border-right-style: solid;\n  border-bottom-style: solid;\n  border-left-style: solid;\n"
+            "  border-top-color: rgb(0, 0, 0);\n  border-right-color: rgb(0, 0, 0);\n"
+            "  border-bottom-color: rgb(0, 0, 0);\n"
+            "  border-left-color: rgb(0, 0, 0);\n  border-image-source: none;\n  border-image-slice: 100%;\n"
+            "  border-image-width: 1;\n  border-image-outset: 0;\n  border-image-repeat: stretch;\n"
+            "  padding-top: 4px;\n  padding-right: 4px;\n  padding-bottom: 4px;\n  padding-left: 4px;\n"
+            "  letter-spacing: 1px;"
+        ),
     ]
 
     text = text_of(await ok(tools, context, "get_css_styles", pageId=page_id, uid=target, pageSize=5, pageIdx=2))
@@ -313,8 +320,8 @@ async def test_get_css_styles(tools, user_browser, fixture_site):
     assert "### Inherited from body: body (emulation_page.html:8)\n  [overloaded] font-family: sans-serif;\n" in text
     middle = text_of(await ok(tools, context, "get_css_styles", pageId=page_id, uid=target, pageSize=5, pageIdx=1))
     assert (
-        "### Inherited from div#wrap: #wrap (emulation_page.html:9)\n  [overloaded] color: navy;\n  [overloaded] font-size: 20px;\n  --accent: orange;\n"
-        in middle
+        "### Inherited from div#wrap: #wrap (emulation_page.html:9)\n  [overloaded] color: navy;\n"
+        "  [overloaded] font-size: 20px;\n  --accent: orange;\n" in middle
     )
     assert "(user agent stylesheet)\n" in middle and "  [overloaded] padding-block-start: 1px;\n" in middle
     assert "  font-size: 13.3333px;" in middle

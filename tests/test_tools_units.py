@@ -399,7 +399,7 @@ def test_key_combinations(combo, expected):
 def test_bad_key_combinations_are_explained(combo):
     from mcproxy.tools.keyboard import key_events
 
-    with pytest.raises(ToolError, match="modifier|No key|Unknown key"):
+    with pytest.raises(ToolError, match=r"modifier|No key|Unknown key"):
         key_events(combo)
 
 

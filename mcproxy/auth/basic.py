@@ -165,9 +165,13 @@ class BasicAuthenticator:
         key = hmac.digest(self._cache_key, user_id.encode("utf-8") + b"\0" + password, "sha256")
         now = self._reactor.seconds()
         remembered = self._good.get(key)
-        if stored is not None and remembered is not None and remembered[0] == stored:
-            if now - remembered[1] < self._cache_seconds:
-                return True
+        if (
+            stored is not None
+            and remembered is not None
+            and remembered[0] == stored
+            and now - remembered[1] < self._cache_seconds
+        ):
+            return True
         wait = self._failures.wait(user_id)
         if wait:
             raise RateLimited(f"too many failed sign-ins for {user_id}; retry in {wait} s", retry_after=wait)

@@ -212,7 +212,9 @@ class JWTAuthenticator:
             except InvalidSignatureError as e:
                 error = e  # another key of the set may have signed it
             except InvalidKeyError:
-                raise Unauthorized("the JWT cannot be verified with the configured key", reason="bad_signature")
+                raise Unauthorized(
+                    "the JWT cannot be verified with the configured key", reason="bad_signature"
+                ) from None
             except InvalidTokenError as e:
                 raise _refusal(e) from None
         raise _refusal(error)

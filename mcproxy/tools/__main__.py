@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     rows += [_row(tool, tool.name in by_default) for tool in default_tools(_EVERY_TOOL)]
     widths = [max(len(row[column]) for row in rows) for column in range(4)]
     for row in rows:
-        out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4] + "\n")
+        out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[4] + "\n")
     return 0
 
 

@@ -195,7 +195,8 @@ def _script_call(source: str, as_script: bool, elements: list[str], limit: int |
             "Runtime.evaluate",
             {
                 "expression": (
-                    f"(async () => {{ const fn = ({source}\n); const json = JSON.stringify(await fn()); return {bounded}; }})()"
+                    f"(async () => {{ const fn = ({source}\n);"
+                    f" const json = JSON.stringify(await fn()); return {bounded}; }})()"
                 )
             },
         )

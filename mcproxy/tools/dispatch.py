@@ -41,7 +41,7 @@ async def element_centers(page, *uids: str) -> list[tuple[float, float]]:
         if not e.subFailure.check(CDPError):
             e.subFailure.raiseException()
         raise element_error(page, uids[e.index % len(uids)], e.subFailure.value) from None
-    return [_center(page, uid, reply) for uid, reply in zip(uids, replies[len(uids) :])]
+    return [_center(page, uid, reply) for uid, reply in zip(uids, replies[len(uids) :], strict=True)]
 
 
 def _center(page, uid: str, quads: dict) -> tuple[float, float]:

@@ -91,7 +91,7 @@ async def save_apng(call: "ToolCall", recording, durations: list[float], file_pa
     """Assemble the APNG into the caller's artifact, one frame per reactor turn; (artifact, skipped)."""
     frames = []
     header = recording.frames[0][2]
-    for (name, _, ihdr), seconds in zip(recording.frames, durations):
+    for (name, _, ihdr), seconds in zip(recording.frames, durations, strict=True):
         if ihdr == header:
             frames.append((name, seconds))
         elif frames:
@@ -136,7 +136,7 @@ async def save_video(call: "ToolCall", recording, durations: list[float], file_p
         width, height = jpeg_size(f.read())
     width, height = width + width % 2, height + height % 2  # H.264 and VP9 want even sizes
     lines = ["ffconcat version 1.0"]
-    for (name, _, _), seconds in zip(recording.frames, durations):
+    for (name, _, _), seconds in zip(recording.frames, durations, strict=True):
         lines += [f"file {name}", f"duration {seconds:.3f}"]
     lines.append(f"file {recording.frames[-1][0]}")  # the demuxer ignores the last duration otherwise
     with open(os.path.join(directory, "frames.txt"), "w") as f:

@@ -368,7 +368,7 @@ async def _describe_nodes(page, ids: set[int]) -> dict[int, str]:
             break  # the page does not answer (a dialog, a hang): the ids will do
         node = reply["node"]
         attributes = node.get("attributes") or []
-        pairs = dict(zip(attributes[::2], attributes[1::2]))
+        pairs = dict(zip(attributes[::2], attributes[1::2], strict=False))
         label = node.get("nodeName", "?")
         for key in ("id", "class"):
             if pairs.get(key):

@@ -22,6 +22,7 @@ dropped `ABANDON_AFTER` seconds after its time limit.
 """
 
 import base64
+import itertools
 import os
 import shutil
 import tempfile
@@ -156,7 +157,7 @@ def _durations(recording: _Recording, ended: float) -> list[float]:
     """How long each frame shows: until the next one; the last one until the stop (unless
     frames stopped coming earlier: a limit, a closed page)."""
     times = [timestamp for _, timestamp, _ in recording.frames]
-    durations = [max(0.001, later - earlier) for earlier, later in zip(times, times[1:])]
+    durations = [max(0.001, later - earlier) for earlier, later in itertools.pairwise(times)]
     recording_until_stop = recording.limit is None and not recording.page.closed
     last = ended - recording.last_received if recording_until_stop else LAST_FRAME_SECONDS
     durations.append(min(max(LAST_FRAME_SECONDS, last), MAX_SECONDS))
@@ -284,7 +285,7 @@ def screencast_tools(ffmpeg: str = "") -> tuple[ToolSpec, ...]:
             if recording.limit is not None:
                 notes.append(f"The recording stopped taking frames at {recording.limit}.")
             if not recording.frames:
-                raise ToolError(" ".join(notes + ["The screencast recorded no frames, so nothing was saved."]))
+                raise ToolError(" ".join([*notes, "The screencast recorded no frames, so nothing was saved."]))
             durations = _durations(recording, ended)
             save = save_video if recording.ffmpeg else save_apng
             artifact, skipped = await save(call, recording, durations, recording.file_path)

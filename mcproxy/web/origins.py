@@ -104,7 +104,7 @@ class OriginPolicy:
         self.allowed_origins = tuple(config.cors.allowed_origins)
         public_host = urlsplit(config.server.public_url).hostname if config.server.public_url else None
         hosts = [host.lower() for host in config.server.allowed_hosts]
-        self.allowed_hosts = tuple(hosts + [public_host] if public_host else hosts)
+        self.allowed_hosts = tuple([*hosts, public_host] if public_host else hosts)
 
     def check_host(self, request: IRequest) -> None:
         check_host(request, self.allowed_hosts, self.allow_loopback)

@@ -172,8 +172,10 @@ PHASES = {
     TIME_TO_FIRST_BYTE: ("Time to first byte", "the server is slow to answer the document (see DocumentLatency)."),
     LOAD_DELAY: (
         "Resource load delay",
-        "the LCP resource is discovered or requested late; make it discoverable in the HTML "
-        "and consider fetchpriority=high or a preload.",
+        (
+            "the LCP resource is discovered or requested late; make it discoverable in the HTML "
+            "and consider fetchpriority=high or a preload."
+        ),
     ),
     LOAD_DURATION: (
         "Resource load duration",
@@ -181,8 +183,10 @@ PHASES = {
     ),
     RENDER_DELAY: (
         "Element render delay",
-        "the element is painted long after its content is available; look for "
-        "render-blocking resources and long main-thread tasks before it.",
+        (
+            "the element is painted long after its content is available; look for "
+            "render-blocking resources and long main-thread tasks before it."
+        ),
     ),
 }
 
@@ -191,8 +195,10 @@ def _lcp_breakdown(lcp: LcpBreakdown, start: float) -> Insight:
     nav_ts, value = lcp.navigation_ts, lcp.ts - lcp.navigation_ts
     kind = "an image" if lcp.image else "text"
     details = [
-        f"The Largest Contentful Paint (LCP) of this navigation happened at {ms(value)}, painting {kind}: "
-        f"{lcp.node_name or 'unknown element'} (nodeId {lcp.node_id}).",
+        (
+            f"The Largest Contentful Paint (LCP) of this navigation happened at {ms(value)}, painting {kind}: "
+            f"{lcp.node_name or 'unknown element'} (nodeId {lcp.node_id})."
+        ),
     ]
     if lcp.image_url:
         details.append(f"The LCP resource: {lcp.image_url}")
@@ -270,9 +276,11 @@ _INP_ADVICE = {
 
 def _inp_breakdown(inp: Interaction, start: float) -> Insight:
     lines = [
-        f"{inp.count} interaction(s) were recorded. The longest, which sets INP, was a "
-        f"{inp.type} on {node_text(inp)} at {ms(inp.ts - start)} taking {inp.duration:.0f} ms "
-        f"({_rating(inp.duration, 200, 500)}):",
+        (
+            f"{inp.count} interaction(s) were recorded. The longest, which sets INP, was a "
+            f"{inp.type} on {node_text(inp)} at {ms(inp.ts - start)} taking {inp.duration:.0f} ms "
+            f"({_rating(inp.duration, 200, 500)}):"
+        ),
         f"- Input delay: {inp.delay:.0f} ms (waiting for the main thread to be free)",
         f"- Processing duration: {inp.processing:.0f} ms (event handlers running)",
         f"- Presentation delay: {inp.presentation:.0f} ms (until the next frame was painted)",
@@ -290,8 +298,10 @@ def _inp_breakdown(inp: Interaction, start: float) -> Insight:
 def _cls_culprits(shifts: LayoutShifts, start: float) -> Insight:
     worst = shifts.worst
     lines = [
-        f"CLS is {shifts.score:.2f} ({_rating(shifts.score, 0.1, 0.25)}). {shifts.shifts} layout shift(s) without "
-        f"recent input in {shifts.clusters} cluster(s); the worst cluster ({len(worst)} shift(s)) sets the score.",
+        (
+            f"CLS is {shifts.score:.2f} ({_rating(shifts.score, 0.1, 0.25)}). {shifts.shifts} layout shift(s) without "
+            f"recent input in {shifts.clusters} cluster(s); the worst cluster ({len(worst)} shift(s)) sets the score."
+        ),
         "Largest shifts in the worst cluster:",
     ]
     for shift in sorted(worst, key=lambda s: s.score, reverse=True)[:TOP_SHIFTS]:
@@ -308,8 +318,10 @@ def _cls_culprits(shifts: LayoutShifts, start: float) -> Insight:
 def _long_tasks(tasks: LongTasks, start: float) -> Insight:
     longest = tasks.longest[0]
     lines = [
-        f"{tasks.count} main-thread task(s) took longer than 50 ms; together they blocked the main thread for "
-        f"{ms(tasks.blocking_us)} beyond 50 ms each. Longest first:"
+        (
+            f"{tasks.count} main-thread task(s) took longer than 50 ms; together they blocked the main thread for "
+            f"{ms(tasks.blocking_us)} beyond 50 ms each. Longest first:"
+        )
     ]
     for task in tasks.longest:
         cause = f", mostly {_work(task.cause)}" if task.cause else ""
