@@ -77,9 +77,9 @@ def hash_password(password: str) -> str:
 def verify_password(password: bytes, encoded: str) -> bool:
     """Whether ``password`` matches ``encoded`` (constant-time); False for a hash we cannot read."""
     try:
-        scheme, n, r, p, salt, digest = encoded.split("$")
-        n, r, p = int(n), int(r), int(p)
-        salt, expected = base64.b64decode(salt, validate=True), base64.b64decode(digest, validate=True)
+        scheme, n_text, r_text, p_text, salt_text, digest = encoded.split("$")
+        n, r, p = int(n_text), int(r_text), int(p_text)
+        salt, expected = base64.b64decode(salt_text, validate=True), base64.b64decode(digest, validate=True)
     except (ValueError, binascii.Error):
         log.error("A stored password hash is not in the scrypt$N$r$p$salt$hash format")
         scheme, n, r, p, salt, expected = "scrypt", SCRYPT_N, SCRYPT_R, SCRYPT_P, b"", b""

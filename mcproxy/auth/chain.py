@@ -8,6 +8,7 @@ credential was sent), and a 403 after authentication carries ``error="insufficie
 
 import inspect
 from collections.abc import Callable
+from typing import TypeGuard
 
 import attrs
 from twisted.internet.defer import Deferred, TimeoutError
@@ -73,7 +74,7 @@ def authorization_value(request) -> bytes | None:
     return values[0] if values else None
 
 
-def has_scheme(value: bytes | None, scheme: bytes) -> bool:
+def has_scheme(value: bytes | None, scheme: bytes) -> TypeGuard[bytes]:
     """Whether an ``Authorization`` value uses ``scheme`` (case-insensitive)."""
     return value is not None and value.strip().partition(b" ")[0].lower() == scheme
 
@@ -172,9 +173,12 @@ class AuthenticationChain:
 
     async def _bounded(self, result):
         """Await an authenticator's answer (Deferred, coroutine or plain value) for at most ``timeout``."""
-        if not inspect.isawaitable(result):
+        if isinstance(result, Deferred):
+            d = result
+        elif inspect.iscoroutine(result):
+            d = Deferred.fromCoroutine(result)
+        else:
             return result
-        d = result if isinstance(result, Deferred) else Deferred.fromCoroutine(result)
         try:
             return await d.addTimeout(self._timeout, self._clock)
         except TimeoutError:

@@ -15,7 +15,7 @@ from mcproxy.browser.cdp.discovery import discover
 from mcproxy.browser.cdp.websocket import open_websocket
 from mcproxy.browser.urls import BrowserURL, browser_id, endpoint_key, validate_browser_url
 from mcproxy.config import BrowserConfig
-from mcproxy.errors import BrowserUnavailable
+from mcproxy.errors import BrowserUnavailable, InvalidBrowserURL
 
 if TYPE_CHECKING:
     from mcproxy.browser.link import BrowserLink
@@ -78,6 +78,8 @@ async def open_located(
 ) -> CDPConnection:
     """Open the DevTools WebSocket of a located browser, to its pinned address."""
     ws = located.ws
+    if ws.address is None:  # validate_browser_url pins every URL it passes
+        raise InvalidBrowserURL(f"{located.ws_url} has no pinned address")
     protocol = await open_websocket(
         reactor,
         located.ws_url,
@@ -91,7 +93,7 @@ async def open_located(
         call_timeout=config.call_timeout,
         description=description,
     )
-    return protocol.cdp
+    return protocol.connection
 
 
 async def connect_browser(

@@ -185,7 +185,7 @@ class PageTargets:
             )
 
     def _target_changed(self, info: dict) -> None:
-        page = self._by_target.get(info.get("targetId"))
+        page = self._by_target.get(info.get("targetId", ""))
         if page is not None:
             page.url = info.get("url", page.url)
             page.title = info.get("title", page.title)

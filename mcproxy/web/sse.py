@@ -2,15 +2,18 @@
 
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from mcproxy.mcp.jsonrpc import encode
 from mcproxy.web.http import lift_deadline
+
+if TYPE_CHECKING:
+    from mcproxy.web.site import ProxyRequest
 
 log = Logger()
 
@@ -33,7 +36,7 @@ class SseStream:
     pile up is disconnected rather than allowed to grow the server without bound.
     """
 
-    def __init__(self, request: IRequest, clock, keepalive: float, max_backlog: int = MAX_BACKLOG):
+    def __init__(self, request: "ProxyRequest", clock, keepalive: float, max_backlog: int = MAX_BACKLOG):
         self.request = request
         self.clock = clock
         self.keepalive = keepalive

@@ -55,10 +55,13 @@ class _Exchange:
         self.stream: SseStream | None = None
         self.done = False
 
-    def open_stream(self) -> None:
-        if self.stream is None:
-            self.stream = SseStream(self.request, self.t.clock, self.t.keepalive)
-            self.stream.start()
+    def open_stream(self) -> SseStream:
+        """The event stream of the answer, opened on first use."""
+        stream = self.stream
+        if stream is None:
+            stream = self.stream = SseStream(self.request, self.t.clock, self.t.keepalive)
+            stream.start()
+        return stream
 
     def notify(self, message: dict) -> None:
         if self.done:
@@ -67,8 +70,7 @@ class _Exchange:
             if self.fallback is not None:
                 self.fallback(message)
             return
-        self.open_stream()
-        self.stream.send_json(message)
+        self.open_stream().send_json(message)
 
     def finish(self, response: dict, status: int) -> None:
         self.done = True

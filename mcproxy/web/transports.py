@@ -70,7 +70,7 @@ class _TrackedTools:
 
     def idle(self) -> Deferred:
         """Fires when no call is running (at once if none is)."""
-        d = Deferred()
+        d: Deferred[None] = Deferred()
         if self.running:
             self._idle.append(d)
         else:
