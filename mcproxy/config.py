@@ -7,6 +7,7 @@ import ipaddress
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -202,7 +203,7 @@ class Config:
         return _build(raw)
 
 
-SECTIONS: dict[str, type] = {f.name: f.type for f in attrs.fields(Config)}
+SECTIONS: dict[str, type] = {f.name: f.type for f in attrs.fields(Config) if f.type is not None}
 
 
 def live_keys() -> frozenset[str]:
@@ -269,7 +270,7 @@ def _build(raw: dict[str, dict]) -> Config:
     return config
 
 
-def load(path: str | None = None, environ: dict | None = None, overrides: dict | None = None) -> Config:
+def load(path: str | None = None, environ: Mapping[str, str] | None = None, overrides: dict | None = None) -> Config:
     """Read the TOML file (if any), apply environment variables, then ``overrides``.
 
     ``overrides`` maps section to ``{key: value}``, the shape the command-line flags produce.
@@ -287,12 +288,12 @@ def load(path: str | None = None, environ: dict | None = None, overrides: dict |
             if name not in SECTIONS or not isinstance(values, dict):
                 raise ConfigError(f"{name}: unknown section")
             raw[name].update(values)
-    environ = os.environ if environ is None else environ
+    variables: Mapping[str, str] = os.environ if environ is None else environ
     for name, cls in SECTIONS.items():
         for key in attrs.fields_dict(cls):
             variable = f"MCPROXY_{name}_{key}".upper()
-            if variable in environ:
-                raw[name][key] = environ[variable]
+            if variable in variables:
+                raw[name][key] = variables[variable]
     for name, values in (overrides or {}).items():
         raw[name].update(values)
     return _build(raw)
@@ -393,7 +394,7 @@ def validate(config: Config) -> None:
     ):
         if value < 1:
             raise ConfigError(f"{key}: must be at least 1, got {value}")
-    for key, value in (
+    for key, seconds_or_rate in (
         ("ratelimit.user_rate", config.ratelimit.user_rate),
         ("ratelimit.address_rate", config.ratelimit.address_rate),
         ("browser.health_interval", config.browser.health_interval),
@@ -406,8 +407,8 @@ def validate(config: Config) -> None:
         ("server.body_timeout", config.server.body_timeout),
         ("server.keepalive_timeout", config.server.keepalive_timeout),
     ):
-        if value <= 0:
-            raise ConfigError(f"{key}: must be positive, got {value}")
+        if seconds_or_rate <= 0:
+            raise ConfigError(f"{key}: must be positive, got {seconds_or_rate}")
     for key in attrs.fields_dict(LimitsConfig):
         if getattr(config.limits, key) < 0:
             raise ConfigError(f"limits.{key}: must be 0 (no limit) or more")

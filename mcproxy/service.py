@@ -30,6 +30,7 @@ from mcproxy.browser.policy import PolicyBook
 from mcproxy.browser.pool import BrowserPool
 from mcproxy.browser.registered import RegisteredBrowsers
 from mcproxy.config import Config, ConfigError
+from mcproxy.interfaces import IStore
 from mcproxy.lifecycle import StartInOrder
 from mcproxy.metrics import Metrics
 from mcproxy.plugins import find_plugins, load_plugins
@@ -130,6 +131,15 @@ def identity_providers(reactor, config: Config, store) -> list:
 class MCProxyService(StartInOrder):
     """The daemon: its parts as child services, started in the order they are added and
     stopped in reverse (see `mcproxy.lifecycle`). `from_config` is the table of contents."""
+
+    # The parts tests, benchmarks and plugins reach, set by `from_config`.
+    store: IStore
+    artifacts: ArtifactStore
+    sessions: SessionRegistry
+    metrics: Metrics
+    activity: ActivityLog
+    pool: BrowserPool
+    tools: ToolRegistry
 
     def __init__(self, reactor, config: Config, source: ConfigSource | None = None):
         super().__init__()
@@ -297,14 +307,17 @@ class MCProxyService(StartInOrder):
                 signal.signal, signal.SIGTERM, lambda *_: self.reactor.callFromThread(self.on_terminate)
             )
         super().startService()
-        self.started.addCallback(self._ready)
-        self.started.addErrback(self._start_failed)
+        started = self.started
+        if started is not None:  # set by StartInOrder.startService
+            started.addCallback(self._ready)
+            started.addErrback(self._start_failed)
 
     async def start(self) -> None:
         """Start every part in order (what `startService` does), for tests and benchmarks
         that run the daemon in their own reactor; raises what stopped the start."""
         super().startService()
-        await self.started
+        if self.started is not None:  # set by StartInOrder.startService
+            await self.started
         self._ready(None)
 
     def _ready(self, _) -> None:

@@ -29,7 +29,7 @@ class PageTargets:
 
     def __init__(self, browser):
         self._browser = browser
-        self._pages: dict[int, Page] = {}
+        self._pages: dict[int | str, Page] = {}
         self._by_target: dict[str, Page] = {}
         self._next_page_id = 1
         self._attaching: dict[str, list[Deferred]] = {}

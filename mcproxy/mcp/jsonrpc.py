@@ -72,7 +72,7 @@ def readable(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def result_message(request_id: Any, result: dict) -> dict:
+def result_message(request_id: Any, result: "dict | Encoded") -> dict:
     """A JSON-RPC success response."""
     return {"jsonrpc": "2.0", "id": request_id, "result": result}
 

@@ -26,7 +26,7 @@ def progress_reporter(
     unless the client gave a progress token; the message only where the version has one."""
     meta = (request.params or {}).get("_meta")
     token = meta.get("progressToken") if isinstance(meta, Mapping) else None
-    with_message = is_version_at_least(protocol_version, "2025-03-26")
+    with_message = protocol_version is not None and is_version_at_least(protocol_version, "2025-03-26")
 
     def report_progress(progress: float, total: float | None = None, message: str | None = None) -> None:
         if token is None or not live[0]:

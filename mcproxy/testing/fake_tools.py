@@ -53,7 +53,7 @@ class FakeToolProvider:
 
     def when_started(self) -> Deferred:
         """Fires when the next ``slow`` call has begun waiting."""
-        d = Deferred()
+        d: Deferred[None] = Deferred()
         self._started.append(d)
         return d
 

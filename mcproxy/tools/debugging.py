@@ -2,6 +2,7 @@
 
 import base64
 import json
+from typing import Any
 
 from mcproxy.artifacts.names import guess_mime_type, is_text
 from mcproxy.browser.cdp.messages import THREAD_DECODE_BYTES
@@ -176,6 +177,8 @@ def _script_call(source: str, as_script: bool, elements: list[str], limit: int |
     bounded = (
         "json" if limit is None else f"(json !== undefined && json.length > {limit} ? {{tooLarge: json.length}} : json)"
     )
+    method: str
+    params: dict[str, Any]
     if as_script:
         method, params = "Runtime.evaluate", {"expression": source}
     elif elements:

@@ -38,9 +38,10 @@ async def element_centers(page, *uids: str) -> list[tuple[float, float]]:
     try:
         replies = await gatherResults([page.send(method, params) for method, params in calls], consumeErrors=True)
     except FirstError as e:
-        if not e.subFailure.check(CDPError):
+        error = e.subFailure.value
+        if not isinstance(error, CDPError):
             e.subFailure.raiseException()
-        raise element_error(page, uids[e.index % len(uids)], e.subFailure.value) from None
+        raise element_error(page, uids[e.index % len(uids)], error) from None
     return [_center(page, uid, reply) for uid, reply in zip(uids, replies[len(uids) :], strict=True)]
 
 

@@ -107,7 +107,8 @@ async def save_apng(call: "ToolCall", recording, durations: list[float], file_pa
                 apng = _ApngWriter(writer.write, data, len(frames))
             apng.add(png_chunks(data), seconds)
             await deferLater(call.clock, 0, lambda: None)
-        apng.end()
+        if apng is not None:
+            apng.end()
         return await writer.finish(), len(recording.frames) - len(frames)
     except BaseException:
         writer.abort()

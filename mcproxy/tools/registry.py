@@ -167,9 +167,9 @@ class ToolRegistry:
                 browser_url=attempt.browser_url,
                 sensitive=self._sensitive(name, attempt),
             )
-            for observe in self._on_finished:
+            for observe_finished in self._on_finished:
                 try:
-                    observe(record)
+                    observe_finished(record)
                 except Exception:
                     log.failure("A tool call observer failed for {tool}", tool=name)
         return result

@@ -27,13 +27,16 @@ import os
 import shutil
 import tempfile
 import weakref
+from collections.abc import Callable
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from mcproxy.artifacts.names import split_path
+from mcproxy.browser.page import Page
 from mcproxy.errors import ToolError
 from mcproxy.tools import schema as s
 from mcproxy.tools.call import Response, ToolCall
@@ -57,14 +60,14 @@ LAST_FRAME_SECONDS = 0.1
 _IHDR_START, _IHDR_END = 16, 29
 
 #: Recordings by browser, then page id: a page that closed keeps its recording for the stop.
-_RECORDINGS: "weakref.WeakKeyDictionary[object, dict[int, _Recording]]" = weakref.WeakKeyDictionary()
+_RECORDINGS: "weakref.WeakKeyDictionary[object, dict[int | str, _Recording]]" = weakref.WeakKeyDictionary()
 
 
 @attrs.define(eq=False)
 class _Recording:
     """One page's running recording: its frames on disk, with their times."""
 
-    page: object
+    page: Page
     #: The MCP session that started it (None without sessions): the one that may stop it
     #: after its page closed, when tabs are scoped per session.
     owner: str | None
@@ -81,11 +84,11 @@ class _Recording:
     limit: str | None = None
     #: screencast_stop is under way: frames are still acknowledged, no longer kept.
     stopping: bool = False
-    unsubscribe: object = None
-    timer: object = None
+    unsubscribe: Callable[[], None] | None = None
+    timer: IDelayedCall | None = None
 
 
-def _recordings(browser) -> dict[int, _Recording]:
+def _recordings(browser) -> dict[int | str, _Recording]:
     return _RECORDINGS.setdefault(browser, {})
 
 

@@ -105,7 +105,12 @@ def first(ds: list[Deferred]) -> Deferred:
     The others are cancelled; cancelling the result cancels them all. (`defer.race`
     waits for a success, which would hang on a failed action racing an event.)
     """
-    done: Deferred = Deferred(lambda _: [d.cancel() for d in ds])
+
+    def cancel_all(_: Deferred) -> None:
+        for d in ds:
+            d.cancel()
+
+    done: Deferred = Deferred(cancel_all)
     winner: list[int] = []
 
     def fired(result, index: int) -> None:

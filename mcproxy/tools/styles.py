@@ -161,7 +161,8 @@ def _declarations(style: dict, keep) -> tuple[list[_Declaration], dict[str, list
     properties = [p for p in style.get("cssProperties", ()) if not p.get("disabled")]
     if any("range" in p for p in properties):
         properties = [p for p in properties if "range" in p]
-    declarations, hidden = [], {}
+    declarations: list[_Declaration] = []
+    hidden: dict[str, list[str]] = {}
     for p in properties:
         if not keep(p["name"]):
             continue

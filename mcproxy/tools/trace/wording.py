@@ -5,6 +5,9 @@ the trace summary and the answer of ``performance_analyze_insight``. Times are s
 milliseconds relative to the start of the insight set.
 """
 
+from collections.abc import Callable
+from typing import Any
+
 import attrs
 
 from mcproxy.tools.trace.insights import SERVER_RESPONSE_GOAL_MS, SERVER_RESPONSE_LIMIT_MS
@@ -330,7 +333,7 @@ def _long_tasks(tasks: LongTasks, start: float) -> Insight:
     return _insight("LongTasks", lines, (longest.ts, longest.ts + longest.dur), f"TBT {ms(tasks.blocking_us)}")
 
 
-_WORDING = {
+_WORDING: dict[str, Callable[[Any, float], Insight]] = {
     "LCPBreakdown": _lcp_breakdown,
     "DocumentLatency": _document_latency,
     "RenderBlocking": _render_blocking,
