@@ -1,10 +1,12 @@
-# Set up, run and test mcproxy. `make run` and `make test` install what they need.
+# Set up, run, check and test mcproxy. `make run`, `make check` and `make test` install what they need.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# What ruff lints and formats; mypy checks mcproxy alone.
+CHECKED := mcproxy tests bench twisted/plugins
 
-.PHONY: install run test fuzz bench clean chromium ffmpeg
+.PHONY: install run check pre-commit test fuzz bench clean chromium ffmpeg
 
 install: $(STAMP)
 
@@ -12,7 +14,7 @@ $(STAMP): setup.cfg setup.py
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "mcproxy needs Python >= 3.11"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --config-settings editable_mode=compat -e '.[test]'
+	$(BIN)/python -m pip install --quiet --config-settings editable_mode=compat -e '.[test,check]'
 	touch $(STAMP)
 
 run: install
@@ -32,7 +34,18 @@ ffmpeg:
 	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null; \
 	    else echo "ffmpeg is missing: install Debian's 'ffmpeg' package" >&2; exit 1; fi; }
 
-test: install chromium ffmpeg
+# The code's hygiene: lint, formatting and types, with the versions setup.cfg pins.
+check: install
+	$(BIN)/ruff check $(CHECKED)
+	$(BIN)/ruff format --check $(CHECKED)
+	$(BIN)/mypy mcproxy
+
+# Runs the same three checks before each commit (.pre-commit-config.yaml), from .venv.
+pre-commit: install
+	$(BIN)/python -m pip install --quiet 'pre-commit >= 3.5'
+	$(BIN)/pre-commit install
+
+test: install check chromium ffmpeg
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The hypothesis fuzzers (marked `fuzz`) at FUZZ_SCALE times their usual example counts:

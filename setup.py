@@ -1,4 +1,5 @@
 """Shim so editable installs keep the Twisted plugin cache in one place."""
+
 from setuptools import setup
 
 setup()

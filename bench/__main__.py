@@ -35,7 +35,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--iterations", type=int, default=500, help="latency: timed calls per transport")
     parser.add_argument("--warmup", type=int, default=50, help="latency: untimed calls first")
     parser.add_argument("--sessions", type=int, default=1000, help="sse_memory: idle sessions to open")
-    parser.add_argument("--rounds", type=int, default=20, help="tools: timed rounds (fill, click, fill_form, hover) per server")
+    parser.add_argument(
+        "--rounds", type=int, default=20, help="tools: timed rounds (fill, click, fill_form, hover) per server"
+    )
     parser.add_argument("--tool-warmup", type=int, default=3, help="tools: untimed rounds first")
     parser.add_argument(
         "--isolation-calls", type=int, default=400, help="isolation: list_pages calls per phase (idle, loaded)"
@@ -69,7 +71,7 @@ async def run_all(options: argparse.Namespace) -> list[Verdict]:
         limit = TIME_LIMITS.get(name, TIME_LIMIT)
         try:
             verdicts += await asyncio.wait_for(BENCHMARKS[name](options), limit)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             verdicts.append(Verdict(name, False, f"did not finish within {limit:.0f} s"))
         except Exception as e:
             traceback.print_exc()

@@ -151,7 +151,7 @@ async def run(options) -> list[Verdict]:
     registry = ToolRegistry(get_browser, ToolsConfig(tab_scope="browser"), Clock(), tools=console.tools)
     context = make_context()
     _call(registry, context)  # warm-up
-    timings, sizes = zip(*(_call(registry, context) for _ in range(ROUNDS)))
+    timings, sizes = zip(*(_call(registry, context) for _ in range(ROUNDS)), strict=True)
     texts = [message.text for message in journal.entries()]
     baseline = statistics.median(_baseline(texts) for _ in range(ROUNDS))
     tool = Summary.of(list(timings))

@@ -30,8 +30,8 @@ import multiprocessing
 import os
 import re
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
-from typing import Awaitable, Callable
 
 import attrs
 
@@ -68,7 +68,6 @@ _REFUSED_STATUS = re.compile(r" answered (413|429)\b")
 _REPEAT = re.compile(r"repeat\((\d+)\)")
 #: What a broken exchange raises (TimeoutError is an OSError, IncompleteReadError an EOFError).
 BROKEN = (WireError, OSError, EOFError, ValueError)
-
 
 
 class LeanStateless(LeanStreamable):
@@ -314,7 +313,7 @@ async def _hammer(load: HeavyLoad, client: _Client, patience: float) -> None:
                 await client.evaluate(load.page_id, load.before_each)
             started = time.perf_counter()
             result = await asyncio.wait_for(client.call_tool(load.tool, load.arguments), patience)
-        except (asyncio.CancelledError, asyncio.TimeoutError) as e:
+        except (TimeoutError, asyncio.CancelledError) as e:
             load.cut_off += 1
             if isinstance(e, asyncio.CancelledError):
                 raise
@@ -425,8 +424,7 @@ async def run(options) -> list[Verdict]:
     """Time user B's list_pages with user A idle, then with user A at the limits."""
     calls, seconds = options.isolation_calls, options.isolation_seconds
     say(
-        f"== isolation: user B's list_pages ({calls} calls over {seconds:g} s) "
-        "while user A runs the heaviest inputs =="
+        f"== isolation: user B's list_pages ({calls} calls over {seconds:g} s) while user A runs the heaviest inputs =="
     )
     limits = Limits.from_code()
     loads = heavy_loads(limits)
@@ -464,14 +462,15 @@ async def run(options) -> list[Verdict]:
 
         idle = await _phase("idle (user A's tabs open, no calls)", daemon, measure())
         hammers = [
-            asyncio.create_task(_hammer(load, client, seconds * PATIENCE)) for load, client in zip(loads, clients[1:])
+            asyncio.create_task(_hammer(load, client, seconds * PATIENCE))
+            for load, client in zip(loads, clients[1:], strict=False)
         ]
         loaded = await _phase("loaded (user A's heavy calls running)", daemon, measure())
         for task in hammers:
             task.cancel()
         await asyncio.wait(hammers, timeout=CATCH_UP_TIMEOUT)
         say("  user A's heavy calls during the loaded phase:")
-        for load, task in zip(loads, hammers):
+        for load, task in zip(loads, hammers, strict=False):
             say(load.line())
             if not task.done():
                 say(f"      still running {CATCH_UP_TIMEOUT:g} s after it was cancelled")

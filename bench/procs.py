@@ -50,7 +50,7 @@ async def _stop_process(process: asyncio.subprocess.Process) -> None:
     os.kill(process.pid, signal.SIGTERM)
     try:
         await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         os.kill(process.pid, signal.SIGKILL)
         await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
 
@@ -74,7 +74,7 @@ async def _wait_until(check, process: asyncio.subprocess.Process, what: str, log
             raise RuntimeError(f"{what} exited with code {process.returncode} at start{_tail(log_path)}")
         try:
             found = await check()
-        except (OSError, WireError, asyncio.TimeoutError, ValueError):
+        except (TimeoutError, OSError, WireError, ValueError):
             found = None
         if found:
             return found
@@ -304,7 +304,7 @@ class FixtureSite:
                     % (200 if found else 404, b"OK" if found else b"Not Found", len(body), body)
                 )
                 await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             pass
         except asyncio.CancelledError:
             pass  # the benchmark is over and the loop is cancelling idle keep-alive connections

@@ -112,7 +112,9 @@ class ToolSide:
             "evaluate_script",
             {
                 "pageId": self.page_id,
-                "function": "() => document.getElementById('out').textContent + ' / ' + document.getElementById('name').value",
+                "function": (
+                    "() => document.getElementById('out').textContent + ' / ' + document.getElementById('name').value"
+                ),
             },
         )
 
@@ -129,7 +131,7 @@ async def _cdm_session(stack: contextlib.AsyncExitStack, browser_url: str):
         args=[str(CDM_ENTRY), "--browserUrl", browser_url, *CDM_FLAGS],
         env={**os.environ, **CDM_ENV},
     )
-    errlog = stack.enter_context(open(os.devnull, "w"))
+    errlog = stack.enter_context(open(os.devnull, "w"))  # noqa: SIM115 -- the stack closes it
     read, write = await stack.enter_async_context(stdio_client(params, errlog=errlog))
     session = await stack.enter_async_context(ClientSession(read, write))
     await session.initialize()

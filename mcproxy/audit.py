@@ -10,8 +10,8 @@ written; ``reopen()`` (on SIGHUP) follows a log rotation.
 import json
 import os
 import re
-from datetime import datetime, timezone
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, TextIO
 
 from twisted.application.service import Service
 from twisted.logger import Logger
@@ -53,8 +53,8 @@ def _redact(value: Any, sensitive: frozenset[str], key: str, budget: list[int]) 
             kept[LEFT_OUT] = f"{len(items) - MAX_ITEMS} more"
         return kept
     if isinstance(value, list):
-        kept = [_redact(item, sensitive, "", budget) for item in value[:MAX_ITEMS]]
-        return kept + [f"{LEFT_OUT} {len(value) - MAX_ITEMS} more"] if len(value) > MAX_ITEMS else kept
+        listed = [_redact(item, sensitive, "", budget) for item in value[:MAX_ITEMS]]
+        return [*listed, f"{LEFT_OUT} {len(value) - MAX_ITEMS} more"] if len(value) > MAX_ITEMS else listed
     if isinstance(value, str):
         room = min(MAX_VALUE_CHARS, budget[0])
         if room <= 0:
@@ -68,7 +68,7 @@ def _redact(value: Any, sensitive: frozenset[str], key: str, budget: list[int]) 
 
 
 def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class AuditLog(Service):
@@ -78,7 +78,7 @@ class AuditLog(Service):
     def __init__(self, path: str, clock):
         self._path = path
         self._clock = clock
-        self._file = None
+        self._file: TextIO | None = None
 
     def startService(self) -> None:
         super().startService()

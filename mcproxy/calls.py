@@ -55,7 +55,7 @@ class CallContext:
 
     principal: Principal
     session: SessionView
-    protocol_version: str
+    protocol_version: str | None
     report_progress: ProgressReporter = _no_progress
     log: LogSender = _no_log
     request_id: str | None = None

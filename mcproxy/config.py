@@ -7,6 +7,7 @@ import ipaddress
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -202,7 +203,7 @@ class Config:
         return _build(raw)
 
 
-SECTIONS: dict[str, type] = {f.name: f.type for f in attrs.fields(Config)}
+SECTIONS: dict[str, type] = {f.name: f.type for f in attrs.fields(Config) if f.type is not None}
 
 
 def live_keys() -> frozenset[str]:
@@ -251,9 +252,7 @@ def _coerce(key: str, kind: Any, value: Any) -> Any:
 
 
 def _kind_name(kind: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(
-        kind, "a list of strings"
-    )
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(kind, "a list of strings")
 
 
 def _build(raw: dict[str, dict]) -> Config:
@@ -264,16 +263,14 @@ def _build(raw: dict[str, dict]) -> Config:
         for key in given:
             if key not in fields:
                 raise ConfigError(f"{name}.{key}: unknown key")
-        values = {
-            key: _coerce(f"{name}.{key}", fields[key].type, value) for key, value in given.items()
-        }
+        values = {key: _coerce(f"{name}.{key}", fields[key].type, value) for key, value in given.items()}
         sections[name] = cls(**values)
     config = Config(**sections)
     validate(config)
     return config
 
 
-def load(path: str | None = None, environ: dict | None = None, overrides: dict | None = None) -> Config:
+def load(path: str | None = None, environ: Mapping[str, str] | None = None, overrides: dict | None = None) -> Config:
     """Read the TOML file (if any), apply environment variables, then ``overrides``.
 
     ``overrides`` maps section to ``{key: value}``, the shape the command-line flags produce.
@@ -291,12 +288,12 @@ def load(path: str | None = None, environ: dict | None = None, overrides: dict |
             if name not in SECTIONS or not isinstance(values, dict):
                 raise ConfigError(f"{name}: unknown section")
             raw[name].update(values)
-    environ = os.environ if environ is None else environ
+    variables: Mapping[str, str] = os.environ if environ is None else environ
     for name, cls in SECTIONS.items():
         for key in attrs.fields_dict(cls):
             variable = f"MCPROXY_{name}_{key}".upper()
-            if variable in environ:
-                raw[name][key] = environ[variable]
+            if variable in variables:
+                raw[name][key] = variables[variable]
     for name, values in (overrides or {}).items():
         raw[name].update(values)
     return _build(raw)
@@ -312,7 +309,7 @@ def parse_limit(text: str) -> tuple[str, str, float, int]:
     """``"tool:take_screenshot=0.5/5"`` -> ("tool", "take_screenshot", 0.5, 5); ValueError says why."""
     match = _LIMIT.match(text.strip())
     if not match:
-        raise ValueError(f"{text!r} is not KIND:NAME=RATE/BURST (e.g. \"tool:take_screenshot=0.5/5\")")
+        raise ValueError(f'{text!r} is not KIND:NAME=RATE/BURST (e.g. "tool:take_screenshot=0.5/5")')
     kind, name = match["kind"], match["name"]
     if kind not in LIMIT_KINDS:
         raise ValueError(f"{text!r}: the kind must be one of {', '.join(LIMIT_KINDS)}")
@@ -378,17 +375,13 @@ def validate(config: Config) -> None:
     if config.auth.mode not in ("tokens", "none"):
         raise ConfigError(f'auth.mode: expected "tokens" or "none", got {config.auth.mode!r}')
     if config.tools.tab_scope not in ("session", "user", "browser"):
-        raise ConfigError(
-            f'tools.tab_scope: expected "session", "user" or "browser", got {config.tools.tab_scope!r}'
-        )
+        raise ConfigError(f'tools.tab_scope: expected "session", "user" or "browser", got {config.tools.tab_scope!r}')
     if config.server.log_level not in LOG_LEVELS:
-        raise ConfigError(
-            f"server.log_level: expected one of {', '.join(LOG_LEVELS)}, got {config.server.log_level!r}"
-        )
+        raise ConfigError(f"server.log_level: expected one of {', '.join(LOG_LEVELS)}, got {config.server.log_level!r}")
     if not config.server.listen:
         raise ConfigError("server.listen: at least one endpoint is needed")
     store = config.store.url
-    if not (store == "memory:" or store.startswith("sqlite:") or store.startswith("redis://")):
+    if not (store == "memory:" or store.startswith(("sqlite:", "redis://"))):
         raise ConfigError(f"store.url: expected sqlite:PATH, memory: or redis://HOST:PORT/DB, got {store!r}")
     for key, value in (
         ("server.max_body_bytes", config.server.max_body_bytes),
@@ -401,7 +394,7 @@ def validate(config: Config) -> None:
     ):
         if value < 1:
             raise ConfigError(f"{key}: must be at least 1, got {value}")
-    for key, value in (
+    for key, seconds_or_rate in (
         ("ratelimit.user_rate", config.ratelimit.user_rate),
         ("ratelimit.address_rate", config.ratelimit.address_rate),
         ("browser.health_interval", config.browser.health_interval),
@@ -414,8 +407,8 @@ def validate(config: Config) -> None:
         ("server.body_timeout", config.server.body_timeout),
         ("server.keepalive_timeout", config.server.keepalive_timeout),
     ):
-        if value <= 0:
-            raise ConfigError(f"{key}: must be positive, got {value}")
+        if seconds_or_rate <= 0:
+            raise ConfigError(f"{key}: must be positive, got {seconds_or_rate}")
     for key in attrs.fields_dict(LimitsConfig):
         if getattr(config.limits, key) < 0:
             raise ConfigError(f"limits.{key}: must be 0 (no limit) or more")

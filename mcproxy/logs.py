@@ -18,7 +18,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from twisted.logger import (
@@ -143,7 +143,7 @@ def event_fields(event: dict) -> dict[str, Any]:
 
 
 def _timestamp(event: dict) -> datetime:
-    return datetime.fromtimestamp(event.get("log_time") or time.time(), timezone.utc)
+    return datetime.fromtimestamp(event.get("log_time") or time.time(), UTC)
 
 
 def _traceback(event: dict) -> str | None:

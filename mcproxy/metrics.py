@@ -7,7 +7,8 @@ and no label ever names a user or a session.
 """
 
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -111,7 +112,7 @@ class Metrics(Service):
         *,
         sessions: SessionCounts = dict,
         browsers: StatusCounts = dict,
-        registered_users: Callable[[], Awaitable[int]] | None = None,
+        registered_users: Callable[[], Coroutine[Any, Any, int]] | None = None,
         lag_interval: float = 1.0,
     ):
         self.clock = clock
@@ -121,9 +122,7 @@ class Metrics(Service):
         self._lag_loop: LoopingCall | None = None
         self._lag_expected = 0.0
         registry.register(_LiveGauges(sessions, browsers))
-        self.users_registered = Gauge(
-            "mcproxy_users_registered", "Users with a registered browser.", registry=registry
-        )
+        self.users_registered = Gauge("mcproxy_users_registered", "Users with a registered browser.", registry=registry)
         self.reconnects = Counter(
             "mcproxy_browser_reconnects", "Attempts to reconnect to a user's browser.", registry=registry
         )

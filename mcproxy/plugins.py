@@ -168,7 +168,7 @@ def find_plugins(enabled: Iterable[str], settings: Iterable[str] = (), package=N
     if not enabled and not parsed:
         return []
     found = discover(package)
-    chosen = []
+    chosen: list = []
     for name in enabled:
         if name not in found:
             raise PluginError(f"plugins.enabled: no plugin named {name!r} is installed; {_listing(found)}")
@@ -347,6 +347,8 @@ def load_plugins(
     loaded = []
     for plugin in find_plugins(enabled, settings, package):
         kind = _kind_of(plugin)
+        if kind is None:  # discover() passes only plugins of a known kind
+            raise PluginError(f"plugins.enabled: plugin {plugin.name!r} is of no known kind")
         own = PluginConfig(plugin.name, config, parsed.get(plugin.name, {}))
         try:
             instance = _make(plugin, kind, own, store, reactor, metrics)
@@ -356,9 +358,7 @@ def load_plugins(
             raise PluginError(f"plugins.enabled: plugin {plugin.name!r} ({kind}) failed to build: {e!r}") from e
         missing = [m for m in KINDS[kind][1] if not callable(getattr(instance, m, None))]
         if missing:
-            raise PluginError(
-                f"plugins.enabled: plugin {plugin.name!r} made a {kind} without {', '.join(missing)}()"
-            )
+            raise PluginError(f"plugins.enabled: plugin {plugin.name!r} made a {kind} without {', '.join(missing)}()")
         loaded.append(LoadedPlugin(plugin.name, kind, instance))
         log.info("Plugin {plugin} ({kind}) enabled", plugin=plugin.name, kind=kind)
     return Plugins(loaded)

@@ -23,12 +23,16 @@ LIVE_KEYS = live_keys()
 """``section.key`` names a reload applies to the running daemon (declared in `mcproxy.config`)."""
 
 
+def _copy(environ: Mapping[str, str]) -> dict[str, str]:
+    return dict(environ)
+
+
 @attrs.frozen
 class ConfigSource:
     """Where the running configuration came from: file, environment and flag overrides."""
 
     path: str | None = None
-    environ: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
+    environ: Mapping[str, str] = attrs.field(factory=dict, converter=_copy)
     overrides: Mapping[str, dict] = attrs.field(factory=dict)
 
     def load(self) -> Config:

@@ -22,14 +22,15 @@ from mcproxy.auth.jwks import JWKSCache
 from mcproxy.auth.jwt import JWTAuthenticator, audiences_for
 from mcproxy.auth.ratelimit import RequestLimits
 from mcproxy.auth.tokens import TokenAuthenticator
-from mcproxy.browser.policy import PolicyBook
 from mcproxy.browser.collect import Collector
 from mcproxy.browser.connect import open_cdp_link
 from mcproxy.browser.dialogs import track_dialogs
 from mcproxy.browser.emulation import emulation_listener
+from mcproxy.browser.policy import PolicyBook
 from mcproxy.browser.pool import BrowserPool
 from mcproxy.browser.registered import RegisteredBrowsers
 from mcproxy.config import Config, ConfigError
+from mcproxy.interfaces import IStore
 from mcproxy.lifecycle import StartInOrder
 from mcproxy.metrics import Metrics
 from mcproxy.plugins import find_plugins, load_plugins
@@ -131,6 +132,15 @@ class MCProxyService(StartInOrder):
     """The daemon: its parts as child services, started in the order they are added and
     stopped in reverse (see `mcproxy.lifecycle`). `from_config` is the table of contents."""
 
+    # The parts tests, benchmarks and plugins reach, set by `from_config`.
+    store: IStore
+    artifacts: ArtifactStore
+    sessions: SessionRegistry
+    metrics: Metrics
+    activity: ActivityLog
+    pool: BrowserPool
+    tools: ToolRegistry
+
     def __init__(self, reactor, config: Config, source: ConfigSource | None = None):
         super().__init__()
         self.reactor = reactor
@@ -158,7 +168,9 @@ class MCProxyService(StartInOrder):
         daemon = cls(reactor, config, source)
         attach, live = daemon.attach, daemon.live
 
-        daemon.store = store = attach(StoreService(store_for_url(config.store.url, reactor), config.server.data_dir)).store
+        daemon.store = store = attach(
+            StoreService(store_for_url(config.store.url, reactor), config.server.data_dir)
+        ).store
         attach(AdminTokenService(store, config.server.data_dir, reactor))
         audit = attach(AuditLog(config.audit.path, reactor))
         daemon.artifacts = artifacts = attach(ArtifactStore(config.server.data_dir, config.artifacts, reactor))
@@ -198,7 +210,11 @@ class MCProxyService(StartInOrder):
                 reactor,
                 artifacts=artifacts,
                 limits=limits,
-                on_call_started=[metrics.tool_call_started, activity.tool_call_started, *plugins.call_started_observers()],
+                on_call_started=[
+                    metrics.tool_call_started,
+                    activity.tool_call_started,
+                    *plugins.call_started_observers(),
+                ],
                 on_call_finished=[
                     audit.tool_call,
                     metrics.tool_call_finished,
@@ -240,16 +256,18 @@ class MCProxyService(StartInOrder):
         )
         origins = live(OriginPolicy(config))
         started_at = reactor.seconds()
-        self.admin = admin = live(AdminDependencies.from_config(
-            reactor,
-            config,
-            store=store,
-            pool=pool,
-            sessions=sessions,
-            started_at=started_at,
-            token_revoked=api_tokens.forget,
-            reload_config=self.reload,
-        ))
+        self.admin = admin = live(
+            AdminDependencies.from_config(
+                reactor,
+                config,
+                store=store,
+                pool=pool,
+                sessions=sessions,
+                started_at=started_at,
+                token_revoked=api_tokens.forget,
+                reload_config=self.reload,
+            )
+        )
         metrics_endpoint = live(MetricsEndpoint(metrics, config.metrics.allowed_networks))
         overview = Overview(
             clock=reactor, store=store, pool=pool, sessions=sessions, activity=activity, started_at=started_at
@@ -264,14 +282,16 @@ class MCProxyService(StartInOrder):
             dashboard=Dashboard(overview),
             audit=plugins.admin_audit(audit.admin_action),
         )
-        return live(ProxySite.from_config(
-            root,
-            config,
-            check_address=limits.check_address,
-            metrics=plugins.site_metrics(metrics),
-            registry=metrics.registry,
-            reactor=reactor,
-        ))
+        return live(
+            ProxySite.from_config(
+                root,
+                config,
+                check_address=limits.check_address,
+                metrics=plugins.site_metrics(metrics),
+                registry=metrics.registry,
+                reactor=reactor,
+            )
+        )
 
     @property
     def ports(self) -> list:
@@ -287,14 +307,17 @@ class MCProxyService(StartInOrder):
                 signal.signal, signal.SIGTERM, lambda *_: self.reactor.callFromThread(self.on_terminate)
             )
         super().startService()
-        self.started.addCallback(self._ready)
-        self.started.addErrback(self._start_failed)
+        started = self.started
+        if started is not None:  # set by StartInOrder.startService
+            started.addCallback(self._ready)
+            started.addErrback(self._start_failed)
 
     async def start(self) -> None:
         """Start every part in order (what `startService` does), for tests and benchmarks
         that run the daemon in their own reactor; raises what stopped the start."""
         super().startService()
-        await self.started
+        if self.started is not None:  # set by StartInOrder.startService
+            await self.started
         self._ready(None)
 
     def _ready(self, _) -> None:

@@ -157,4 +157,4 @@ def test_every_status_change_of_a_pool_browser_is_noted():
     assert [(e.kind, e.subject) for e in log.recent_errors()] == [("browser", "http://127.0.0.1:9")]
     pool.close()
     clock.advance(0)
-    assert [c.status for c in log.browser_changes()][0] == "disconnected"
+    assert next(c.status for c in log.browser_changes()) == "disconnected"

@@ -41,8 +41,10 @@ async def test_create_list_revoke_with_a_config_file(tmp_path, reactor):
     config = tmp_path / "mcproxy.toml"
     config.write_text(f'[store]\nurl = "sqlite:{db}"\n')
 
+    # fmt: off
     code, out, err = await admin(tmp_path, "--config", str(config), "tokens", "create", "--user", "alice",
                                  "--permission", "tools:navigate_page", "-p", "register", "--ttl", "3600")
+    # fmt: on
     assert (code, err) == (0, "")
     match = TOKEN_LINE.match(out)
     assert match, out
@@ -86,9 +88,7 @@ async def test_works_while_the_daemon_holds_the_store(tmp_path, reactor):
     url = f"sqlite:{tmp_path / 'var' / 'mcproxy.sqlite3'}"
     daemon_store = await open_store(url, reactor)
     try:
-        code, out, err = await admin(
-            tmp_path, "tokens", "create", "--user", "carol", "-p", "admin", store_url=url
-        )
+        code, out, err = await admin(tmp_path, "tokens", "create", "--user", "carol", "-p", "admin", store_url=url)
         assert code == 0, err
         principal = await principal_for(daemon_store, reactor, out.strip())
         assert principal.user_id == "carol" and principal.is_admin
@@ -124,7 +124,7 @@ async def test_errors_go_to_stderr_with_a_nonzero_exit(tmp_path):
     ]
     runs = [Deferred.fromCoroutine(admin(tmp_path, *args, store_url=url)) for args, _ in cases]
     results = await gatherResults(runs)
-    for (args, message), (code, out, err) in zip(cases, results):
+    for (args, message), (code, out, err) in zip(cases, results, strict=True):
         assert code != 0, args
         assert out == "", args
         assert message in err, (args, err)

@@ -45,9 +45,7 @@ def saved(result, store, name, mime_type):
     """The one artifact a result announces: checks the text line and the link; (uri, bytes)."""
     (artifact,) = store.artifacts("alice")
     assert artifact.name == name and artifact.mime_type == mime_type
-    assert (
-        f"saved as {artifact.uri} ({name}, {artifact.size} bytes); read it with resources/read." in text_of(result)
-    )
+    assert f"saved as {artifact.uri} ({name}, {artifact.size} bytes); read it with resources/read." in text_of(result)
     links = [c for c in result.content if c.type == "resource_link"]
     assert [(link.uri, link.name, link.mime_type, link.size) for link in links] == [
         (artifact.uri, name, mime_type, artifact.size)
@@ -200,6 +198,6 @@ async def test_a_script_result_too_big_to_return_inline_stays_in_the_page(tools,
     assert f"{INLINE_RESULT_CHARS + 12} characters of JSON" in text and '"filePath"' in text
     just_fits = f"() => 'x'.repeat({INLINE_RESULT_CHARS - 2})"
     assert "x" * 100 in text_of(await ok(tools, context, "evaluate_script", pageId=page_id, function=just_fits))
-    result = await ok(tools, context, "evaluate_script", pageId=page_id, function=big, filePath="big.json")
+    await ok(tools, context, "evaluate_script", pageId=page_id, function=big, filePath="big.json")
     (artifact,) = store.artifacts("alice")
     assert artifact.size == INLINE_RESULT_CHARS + 12

@@ -11,6 +11,7 @@ from mcproxy.artifacts.names import split_path
 from mcproxy.artifacts.resources import ArtifactResources
 from mcproxy.artifacts.store import ArtifactStore
 from mcproxy.auth.principal import Principal
+from mcproxy.calls import SessionView
 from mcproxy.config import ArtifactsConfig, ToolsConfig
 from mcproxy.errors import ToolError
 from mcproxy.mcp.jsonrpc import RpcError, parse_message
@@ -21,7 +22,6 @@ from mcproxy.testing.deferreds import (
     success_result_of,
 )
 from mcproxy.testing.fake_tools import FakeToolProvider
-from mcproxy.calls import SessionView
 from mcproxy.tools.call import Response
 
 ALICE = Principal("alice", frozenset({"tools:*"}))
@@ -47,9 +47,7 @@ def resources(store: ArtifactStore) -> ArtifactResources:
 
 
 def files_under(path) -> list[str]:
-    return sorted(
-        os.path.relpath(os.path.join(d, f), path) for d, _, names in os.walk(path) for f in names
-    )
+    return sorted(os.path.relpath(os.path.join(d, f), path) for d, _, names in os.walk(path) for f in names)
 
 
 def test_save_list_read_round_trip(store, tmp_path, clock):
@@ -84,7 +82,10 @@ def test_saving_the_same_name_again_replaces_the_artifact(store):
     second = success_result_of(store.save("alice", "./shot.png", PNG[:20]))
     assert [r.uri for r in resources(store).list_resources(ALICE)] == [second.uri]
     failure_result_of(resources(store).read_resource(ALICE, first.uri), RpcError)
-    assert base64.b64decode(success_result_of(resources(store).read_resource(ALICE, second.uri)).contents[0].blob) == PNG[:20]
+    assert (
+        base64.b64decode(success_result_of(resources(store).read_resource(ALICE, second.uri)).contents[0].blob)
+        == PNG[:20]
+    )
 
 
 def test_another_user_can_neither_list_nor_read(store):
@@ -205,7 +206,9 @@ def test_streaming_writer_and_abort(store, tmp_path):
         writer.write(chunk)
     artifact = success_result_of(writer.finish())
     assert artifact.size == 15 and artifact.mime_type == "application/json"
-    assert json.loads(success_result_of(resources(store).read_resource(ALICE, artifact.uri)).contents[0].text) == {"snapshot": 1}
+    assert json.loads(success_result_of(resources(store).read_resource(ALICE, artifact.uri)).contents[0].text) == {
+        "snapshot": 1
+    }
 
     abandoned = store.writer("alice", "abandoned.json")
     abandoned.write(b"partial")
@@ -269,7 +272,11 @@ def test_add_artifact_links_the_resource_for_new_protocols_only(store):
     assert new.content[0].text == text
     link = new.content[1]
     assert (link.type, link.uri, link.name, link.mime_type, link.size) == (
-        "resource_link", artifact.uri, "shot.png", "image/png", len(PNG)
+        "resource_link",
+        artifact.uri,
+        "shot.png",
+        "image/png",
+        len(PNG),
     )
     old = response.to_result("2024-11-05")
     assert [c.type for c in old.content] == ["text"] and old.content[0].text == text
@@ -354,7 +361,9 @@ def test_resources_need_a_credential_that_may_call_a_tool(store):
     async def no_browser(user_id):
         raise AssertionError("no tool runs here")
 
-    server = McpServer(ToolRegistry(no_browser, ToolsConfig(), Clock()), resources=ArtifactResources(store, in_this_thread))
+    server = McpServer(
+        ToolRegistry(no_browser, ToolsConfig(), Clock()), resources=ArtifactResources(store, in_this_thread)
+    )
     hello = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
 
     def answer(principal, method, params):

@@ -115,7 +115,17 @@ async def test_a_running_daemon_audits_tool_calls_and_admin_actions(reactor, tmp
     first = calls[0]
     assert first["userId"] == "alice" and first["tokenId"] == token.split("_")[1]
     assert first["client"] == "127.0.0.1" and first["sessionId"] is None and first["durationMs"] >= 0
-    assert set(first) >= {"time", "userId", "tokenId", "client", "sessionId", "tool", "arguments", "outcome", "durationMs"}
+    assert set(first) >= {
+        "time",
+        "userId",
+        "tokenId",
+        "client",
+        "sessionId",
+        "tool",
+        "arguments",
+        "outcome",
+        "durationMs",
+    }
     assert token not in (tmp_path / "audit.jsonl.1").read_text()
 
 
@@ -136,10 +146,18 @@ async def test_text_typed_into_password_fields_never_reaches_the_audit(reactor, 
     user, secret = uid_of(snapshot, 'textbox "User"'), uid_of(snapshot, 'textbox "Secret"')
     await ok(tools, context, "fill", pageId=page_id, uid=user, value="visible-name")
     await ok(tools, context, "fill", pageId=page_id, uid=secret, value="hunter2-fill")
-    await ok(tools, context, "fill_form", pageId=page_id, elements=[{"uid": user, "value": "n2"}, {"uid": secret, "value": "hunter2-form"}])
+    await ok(
+        tools,
+        context,
+        "fill_form",
+        pageId=page_id,
+        elements=[{"uid": user, "value": "n2"}, {"uid": secret, "value": "hunter2-form"}],
+    )
     await ok(tools, context, "evaluate_script", pageId=page_id, function="() => document.getElementById('p').focus()")
     await ok(tools, context, "type_text", pageId=page_id, text="hunter2-typed")
-    typed = await ok(tools, context, "evaluate_script", pageId=page_id, function="() => document.getElementById('p').value")
+    typed = await ok(
+        tools, context, "evaluate_script", pageId=page_id, function="() => document.getElementById('p').value"
+    )
     assert "hunter2-formhunter2-typed" in text_of(typed)  # the text really went into the field
     audit.stopService()
     written = (tmp_path / "audit.jsonl").read_text()

@@ -74,8 +74,14 @@ def test_hash_format_and_verification():
 
 @pytest.mark.parametrize(
     "value",
-    [b"Basic", b"Basic !!!!", b"Basic " + base64.b64encode(b"no-colon"), basic_header("bad user", "pw"),
-     basic_header("alice", ""), b"Basic " + base64.b64encode(b"\xff\xfe:pw")],
+    [
+        b"Basic",
+        b"Basic !!!!",
+        b"Basic " + base64.b64encode(b"no-colon"),
+        basic_header("bad user", "pw"),
+        basic_header("alice", ""),
+        b"Basic " + base64.b64encode(b"\xff\xfe:pw"),
+    ],
 )
 def test_malformed_basic_values(value):
     with pytest.raises(Unauthorized) as info:
@@ -132,9 +138,7 @@ async def test_scrypt_runs_off_the_reactor_and_good_passwords_are_remembered(rea
     monkeypatch.setattr(basic, "verify_password", lambda *a: runs.append(a) or real(*a))
 
     ticks = []
-    checks = gatherResults(
-        [Deferred.fromCoroutine(_principal(authenticator, "correct horse")) for _ in range(4)]
-    )
+    checks = gatherResults([Deferred.fromCoroutine(_principal(authenticator, "correct horse")) for _ in range(4)])
     await deferLater(reactor, 0.01, lambda: ticks.append(checks.called))
     assert ticks == [False]  # the reactor ran while scrypt was busy
     assert [p.user_id for p in await checks] == ["alice"] * 4
@@ -170,8 +174,10 @@ async def test_the_chain_offers_basic_and_refuses_duplicates(reactor):
         await chain.authenticate(request)
     write_error(request, info.value)
     assert request.responseHeaders.getRawHeaders(b"www-authenticate") == [
-        b'Bearer realm="mcproxy", resource_metadata="http://127.0.0.1:3000/.well-known/oauth-protected-resource",'
-        b' error="invalid_token"',
+        (
+            b'Bearer realm="mcproxy", resource_metadata="http://127.0.0.1:3000/.well-known/oauth-protected-resource",'
+            b' error="invalid_token"'
+        ),
         b'Basic realm="mcproxy", charset="UTF-8"',
     ]
     duplicate = request_with(basic_header("alice", "correct horse"), basic_header("alice", "correct horse"))
@@ -192,8 +198,16 @@ async def test_cli_sets_a_password_from_stdin(tmp_path, reactor):
     env["MCPROXY_STORE_URL"] = f"sqlite:{db}"
 
     def admin(*args, stdin=""):
-        return deferToThread(subprocess.run, [ADMIN, *args], cwd=str(tmp_path), env=env, input=stdin,
-                             capture_output=True, text=True, timeout=60)
+        return deferToThread(
+            subprocess.run,
+            [ADMIN, *args],
+            cwd=str(tmp_path),
+            env=env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     done = await admin("users", "set-password", "alice", stdin="s3cret pass\n")
     assert (done.returncode, done.stdout, done.stderr) == (0, "password set for alice\n", "")
@@ -256,16 +270,18 @@ _text = st.text(max_size=60)
 _values = st.one_of(
     st.binary(max_size=120),
     _text.map(lambda t: t.encode("utf-8")),
-    st.tuples(st.sampled_from([b"Bearer ", b"bearer  ", b"Basic ", b"BASIC ", b"Digest ", b""]),
-              st.binary(max_size=80)).map(b"".join),
+    st.tuples(
+        st.sampled_from([b"Bearer ", b"bearer  ", b"Basic ", b"BASIC ", b"Digest ", b""]), st.binary(max_size=80)
+    ).map(b"".join),
     st.tuples(_text, _text).map(lambda up: b"Basic " + base64.b64encode(f"{up[0]}:{up[1]}".encode())),
     st.tuples(st.sampled_from(["alice", "tok", "jay"]), st.sampled_from(["pw", "", "x:y"])).map(
-        lambda up: basic_header(*up)),
+        lambda up: basic_header(*up)
+    ),
     st.sampled_from([b"Bearer " + _TOKEN.encode(), b"Bearer " + _JWT.encode(), basic_header("alice", "pw")]),
     # Tokens with a few characters replaced (JWT/base64url alphabet, so they reach the verifiers).
-    st.tuples(st.sampled_from([_TOKEN, _JWT]), st.integers(0, 200),
-              st.text(alphabet="AZaz09-_.=", min_size=1, max_size=3)).map(
-        lambda t: f"Bearer {t[0][: t[1]]}{t[2]}{t[0][t[1] + 3:]}".encode()),
+    st.tuples(
+        st.sampled_from([_TOKEN, _JWT]), st.integers(0, 200), st.text(alphabet="AZaz09-_.=", min_size=1, max_size=3)
+    ).map(lambda t: f"Bearer {t[0][: t[1]]}{t[2]}{t[0][t[1] + 3 :]}".encode()),
 )
 
 

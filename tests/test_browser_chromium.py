@@ -18,7 +18,9 @@ async def test_connect_and_list_pages(user_browser):
 async def test_new_page_loads_and_closes(user_browser, fixture_site):
     page = await user_browser.new_page(fixture_site.page(), opener="s1")
     assert page.via_proxy and page.opener == "s1"
-    result = await page.send("Runtime.evaluate", {"expression": "document.querySelector('h1').textContent", "returnByValue": True})
+    result = await page.send(
+        "Runtime.evaluate", {"expression": "document.querySelector('h1').textContent", "returnByValue": True}
+    )
     assert result["result"]["value"] == "mcproxy test page"
     assert page in user_browser.pages()
     await user_browser.close_page(page.page_id)
@@ -111,10 +113,12 @@ async def test_chrome_killed_mid_call_then_restarted_on_the_same_port(
         browser = pool.browser_for("bob", private_chromium.browser_url)
         await browser.connected(10)
         page = await browser.new_page(fixture_site.page())
-        hanging = page.send("Runtime.evaluate", {"expression": "new Promise(() => {})", "awaitPromise": True}, timeout=30)
+        hanging = page.send(
+            "Runtime.evaluate", {"expression": "new Promise(() => {})", "awaitPromise": True}, timeout=30
+        )
         killed_at = reactor.seconds()
         await private_chromium.kill()
-        with pytest.raises(BrowserUnavailable, match="lost during Runtime.evaluate"):
+        with pytest.raises(BrowserUnavailable, match=r"lost during Runtime\.evaluate"):
             await hanging
         assert reactor.seconds() - killed_at < 2
         assert browser.status == "reconnecting"
@@ -163,8 +167,8 @@ async def test_chrome_never_answers_websocket_pings(reactor, chromium, http_clie
     """Why the CDP connection does not use autobahn's auto-ping (the health check does that job)."""
     from twisted.internet.task import deferLater
 
-    from mcproxy.browser.cdp.websocket import open_websocket
     from mcproxy.browser.cdp.discovery import discover
+    from mcproxy.browser.cdp.websocket import open_websocket
 
     ws_url = await discover(http_client, chromium.browser_url, timeout=5, clock=reactor)
     quiet = await open_websocket(reactor, ws_url, address="127.0.0.1", port=chromium.port)

@@ -26,8 +26,13 @@ class Harness:
         self.links = []
         self.config = BrowserConfig(**{"call_timeout": 5.0, "connect_timeout": 5.0, **config})
         self.browser = UserBrowser(
-            self.clock, self.config, None, "alice", "http://127.0.0.1:9222",
-            open_link=self.open_link, rng=lambda: jitter,
+            self.clock,
+            self.config,
+            None,
+            "alice",
+            "http://127.0.0.1:9222",
+            open_link=self.open_link,
+            rng=lambda: jitter,
         )
 
     async def open_link(self, browser):

@@ -49,7 +49,9 @@ def test_host_lists_globs_cidrs_and_per_user_rules():
     assert policies.policy_for("alice").refusal("https://app.staging.example/") is None
     assert policies.policy_for("bob").refusal("https://wiki.corp.example/") is not None
     assert everyone.refusal("https://wiki.corp.example/") is None
-    with pytest.raises(ToolError, match=r"^Navigation to https://evil\.example/ is blocked by the proxy's browsing policy"):
+    with pytest.raises(
+        ToolError, match=r"^Navigation to https://evil\.example/ is blocked by the proxy's browsing policy"
+    ):
         everyone.check("https://evil.example/")
 
 
@@ -213,7 +215,7 @@ async def test_interception_judges_the_url_chrome_requests(reactor, chromium, br
         for secret, canonical in spellings.items():
             await run_script(tools, context, page_id, f"location.href = '{secret}'")
             # Refused, the tab shows Chrome's error page for the URL it meant to load.
-            await until(reactor, lambda: page.url == canonical)
+            await until(reactor, lambda canonical=canonical: page.url == canonical)
         assert [path for path in site.asked if path != "/favicon.ico"] == ["/start"]
         await close_proxy_pages(browser)
     finally:
@@ -243,8 +245,8 @@ async def test_popups_are_guarded_before_they_load(reactor, chromium, browser_co
         for url, features in opens:
             before = len(browser.pages())
             await run_script(tools, context, page_id, f"window.open('{url}', '_blank', '{features}')")
-            popup = await until(reactor, lambda: len(browser.pages()) > before and browser.pages()[-1])
-            await until(reactor, lambda: popup.url == url)
+            popup = await until(reactor, lambda before=before: len(browser.pages()) > before and browser.pages()[-1])
+            await until(reactor, lambda popup=popup, url=url: popup.url == url)
         assert "/allowed-popup" in site.asked
         assert not [path for path in site.asked if path.startswith("/secret")], site.asked
         await close_proxy_pages(browser)

@@ -66,7 +66,7 @@ def test_error_reply_becomes_cdp_error_with_chromes_message():
     failure = outcome(call)
     assert failure.check(CDPError)
     assert failure.value.cdp_code == -32000
-    assert "DOM.resolveNode: No node with given id found" == failure.value.message
+    assert failure.value.message == "DOM.resolveNode: No node with given id found"
 
 
 def test_timeout_uses_the_clock_and_forgets_the_call():
@@ -121,10 +121,7 @@ def test_events_are_routed_by_session_and_method():
 
 
 async def connect(reactor, server, **kw):
-    protocol = await open_websocket(
-        reactor, server.url, address="127.0.0.1", port=server.port_number, timeout=5, **kw
-    )
-    return protocol
+    return await open_websocket(reactor, server.url, address="127.0.0.1", port=server.port_number, timeout=5, **kw)
 
 
 @pytest_twisted.ensureDeferred
@@ -149,11 +146,11 @@ async def test_websocket_round_trip_without_origin_header(reactor, fake_server):
 async def test_unanswered_call_times_out_and_abrupt_disconnect_fails_pending(reactor, fake_server):
     fake_server.chrome.handlers["Runtime.evaluate"] = lambda p, s: HANG
     protocol = await connect(reactor, fake_server, call_timeout=0.2)
-    with pytest.raises(BrowserUnavailable, match="did not answer Runtime.evaluate within 0.2 s"):
+    with pytest.raises(BrowserUnavailable, match=r"did not answer Runtime\.evaluate within 0\.2 s"):
         await protocol.cdp.send("Runtime.evaluate")
     hanging = protocol.cdp.send("Runtime.evaluate", timeout=30)
     fake_server.drop_all()
-    with pytest.raises(BrowserUnavailable, match="lost during Runtime.evaluate"):
+    with pytest.raises(BrowserUnavailable, match=r"lost during Runtime\.evaluate"):
         await hanging
     assert protocol.cdp.closed
 
@@ -166,7 +163,7 @@ async def test_huge_messages_within_and_over_the_cap(reactor, fake_server):
     result = await protocol.cdp.send("Page.captureScreenshot")
     assert len(result["data"]) == len(big)
     fake_server.chrome.handlers["Page.captureScreenshot"] = lambda p, s: {"data": big + big}
-    with pytest.raises(BrowserUnavailable, match="lost during Page.captureScreenshot"):
+    with pytest.raises(BrowserUnavailable, match=r"lost during Page\.captureScreenshot"):
         await protocol.cdp.send("Page.captureScreenshot")
 
 

@@ -2,7 +2,6 @@
 
 import pytest
 from twisted.internet import defer
-
 from twisted.internet.task import Clock
 
 from mcproxy.browser.collect import Collector, make_visible
@@ -95,11 +94,13 @@ def test_journal_keeps_three_navigations_and_moves_what_belongs_to_the_new_one()
         journal.navigated(keep=lambda m, step=step: m.text == f"document {step}")
         journal.add(message(f"after {step}"))
     assert [m.text for m in journal.entries()] == ["document 4", "after 4"]
+    # fmt: off
     assert [m.text for m in journal.entries(preserved=True)] == [
         "document 2", "after 2", "before 3",
         "document 3", "after 3", "before 4",
         "document 4", "after 4",
     ]
+    # fmt: on
     assert [m.text for m in dropped] == ["before 1", "document 1", "after 1", "before 2"]
     assert len(journal) == 8 and journal.cost == sum(m.cost for m in journal.entries(preserved=True))
 
@@ -262,7 +263,9 @@ def test_raw_headers_that_come_before_their_request_or_response_are_not_lost():
     page.fire("Network.requestWillBeSentExtraInfo", requestId="r1", headers={"Cookie": "a=1; s=2"})
     request_sent(page, "r1", "http://h/b", redirect={"status": 302, "headers": {"location": "/b"}})
     page.fire("Network.responseReceivedExtraInfo", requestId="r1", headers={"Content-Type": "text/plain", "X-Raw": "1"})
-    page.fire("Network.responseReceived", requestId="r1", response={"status": 200, "headers": {"Content-Type": "text/plain"}})
+    page.fire(
+        "Network.responseReceived", requestId="r1", response={"status": 200, "headers": {"Content-Type": "text/plain"}}
+    )
     first, second = records.network.entries()
     assert first.request_headers == (("Cookie", "a=1"),)
     assert first.response_headers == (("Location", "/b"), ("Set-Cookie", "s=2"))
@@ -279,7 +282,7 @@ def test_raw_request_headers_that_come_after_the_response_are_not_lost():
     page.fire("Network.responseReceived", requestId="r1", response={"status": 200, "headers": {"A": "b"}})
     page.fire("Network.requestWillBeSentExtraInfo", requestId="r1", headers={"Cookie": "late=1"})
     page.fire("Network.loadingFinished", requestId="r1")
-    first, second = records.network.entries()
+    _first, second = records.network.entries()
     assert second.request_headers == (("Cookie", "late=1"),) and second.finished
     page.fire("Network.requestWillBeSentExtraInfo", requestId="r1", headers={"Cookie": "later=1"})
     assert second.request_headers == (("Cookie", "late=1"),)  # raw headers come once
@@ -329,10 +332,16 @@ def test_messages_reported_again_after_a_reconnect_are_not_collected_twice():
     collector(page, "reattached")
     page.fire("Runtime.consoleAPICalled", type="log", args=[string("at 10")], timestamp=10.0)
     page.fire("Log.entryAdded", entry={"level": "info", "text": "log at 25", "timestamp": 25.0})
-    page.fire("Runtime.exceptionThrown", timestamp=30.0, exceptionDetails={"text": "Uncaught", "exception": string("x")})
+    page.fire(
+        "Runtime.exceptionThrown", timestamp=30.0, exceptionDetails={"text": "Uncaught", "exception": string("x")}
+    )
     page.fire("Runtime.consoleAPICalled", type="log", args=[string("at 15, in an iframe")], timestamp=15.0)
     assert [m.text for m in records.console.entries()] == [
-        "at 10", "at 20", "log at 25", "Uncaught x", "at 15, in an iframe",
+        "at 10",
+        "at 20",
+        "log at 25",
+        "Uncaught x",
+        "at 15, in an iframe",
     ]
 
 

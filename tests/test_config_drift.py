@@ -113,7 +113,7 @@ def fingerprint(roots: dict, skip: set[int]) -> dict[str, str]:
         if hasattr(value, "__func__"):  # a bound method: what it is bound to
             todo.append((f"{path}.__self__", value.__self__, depth + 1))
             continue
-        if id(value) in seen or depth > 24 or callable(value) and not hasattr(value, "__dict__"):
+        if id(value) in seen or depth > 24 or (callable(value) and not hasattr(value, "__dict__")):
             continue
         seen.add(id(value))
         if isinstance(value, dict):

@@ -172,7 +172,7 @@ async def _set_up_alice(proxy, chromium, fixture_site, data_dir, hold) -> Alice:
         arguments = {"pageId": list(pages)[1], "filePath": f"{SECRET}/shot.png"}
         shot = await streamable.call_tool("take_screenshot", arguments)
         assert not shot.is_error, _text(shot)
-        return [str(b.uri) for b in shot.content if isinstance(b, types.ResourceLink)][0]
+        return next(str(b.uri) for b in shot.content if isinstance(b, types.ResourceLink))
 
     artifact = await run_async(screenshot())
     assert len(pages) == 3 and artifact.startswith("mcproxy://artifacts/")
@@ -346,9 +346,7 @@ async def _send(proxy, method: str, path: str, headers: dict, body=None) -> Answ
     sent = {name: [value] for name, value in headers.items()}
     if data is not None:
         sent["Content-Type"] = ["application/json"]
-    response = await treq.request(
-        method, proxy.base_url + path, headers=sent, data=data, persistent=False, timeout=60
-    )
+    response = await treq.request(method, proxy.base_url + path, headers=sent, data=data, persistent=False, timeout=60)
     content_type = (response.headers.getRawHeaders("content-type") or [""])[0]
     if method == "GET" and "text/event-stream" in content_type:
         response.deliverBody(_Leave())  # a stream opened (the attempt got in): its status is enough
@@ -558,8 +556,17 @@ async def test_every_page_tool_is_attacked(world):
 
 #: What Bob sends into a session of Alice's (resolved against her state).
 session_messages = st.sampled_from(
-    ["list_pages", "new_page", "close_page", "navigate_page", "resources/list", "resources/read", "ping",
-     "notifications/initialized", "notifications/cancelled"]
+    [
+        "list_pages",
+        "new_page",
+        "close_page",
+        "navigate_page",
+        "resources/list",
+        "resources/read",
+        "ping",
+        "notifications/initialized",
+        "notifications/cancelled",
+    ]
 )
 
 
@@ -610,8 +617,24 @@ async def test_bob_cannot_enter_alices_sessions(world, credential, which, mutati
 # -- artifacts ------------------------------------------------------------------------------------
 
 uri_forms = st.sampled_from(
-    ["same", "near id", "upper id", "scheme case", "double slash", "trailing slash", "dot segment", "dot-dot",
-     "percent id", "query", "fragment", "space", "nul", "by name", "file", "file uri"]
+    [
+        "same",
+        "near id",
+        "upper id",
+        "scheme case",
+        "double slash",
+        "trailing slash",
+        "dot segment",
+        "dot-dot",
+        "percent id",
+        "query",
+        "fragment",
+        "space",
+        "nul",
+        "by name",
+        "file",
+        "file uri",
+    ]
 )
 
 

@@ -7,7 +7,6 @@ import re
 import struct
 
 import attrs
-import pytest
 import pytest_twisted
 import treq
 from twisted.internet.defer import Deferred
@@ -114,7 +113,11 @@ async def test_page_shell_is_served_with_a_strict_policy(dashboard):
     for path in ("/admin", "/admin/"):
         response, body = await dashboard.get(path)
         assert response.code == 200
-        header = lambda name: response.headers.getRawHeaders(name)[0]  # noqa: E731
+        headers = response.headers
+
+        def header(name, headers=headers):
+            return headers.getRawHeaders(name)[0]
+
         assert header("content-type") == "text/html; charset=utf-8"
         csp = header("content-security-policy")
         assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
@@ -233,7 +236,7 @@ async def test_a_browser_that_goes_away_shows_its_error(dashboard, private_chrom
     token = await proxy.token_for(USER)
     await proxy.register(USER, private_chromium.browser_url, token)
     await proxy.service.pool.existing(USER).connected(10)
-    response, raw = await dashboard.get("/admin/api/overview", proxy.admin_token)
+    _response, raw = await dashboard.get("/admin/api/overview", proxy.admin_token)
     assert json.loads(raw)["users"][0]["browserStatus"] == "connected"
     await private_chromium.kill()
     browser = proxy.service.pool.existing(USER)

@@ -5,13 +5,12 @@ import time
 import pytest
 import pytest_twisted
 
+from mcproxy.browser.dialogs import PROBE_WINDOW, track_dialogs
 from mcproxy.browser.pool import BrowserPool
 from mcproxy.errors import ToolError
 from mcproxy.testing.tool_calls import failed, make_context, make_registry, ok, sleep, text_of, uid_of
-from mcproxy.tools import dialogs
-from mcproxy.browser.dialogs import PROBE_WINDOW, track_dialogs
-from mcproxy.tools.dialogs import add_dialog_note, dialog_note, pending_dialog, require_no_dialog
 from mcproxy.tools.call import Response
+from mcproxy.tools.dialogs import add_dialog_note, dialog_note, pending_dialog, require_no_dialog
 
 READ_OUTPUT = "() => document.getElementById('output').textContent"
 
@@ -49,7 +48,9 @@ async def open_form(tools, fixture_site):
 
 
 async def output(tools, context, page_id) -> str:
-    return text_of(await ok(tools, context, "evaluate_script", pageId=page_id, function=READ_OUTPUT)).split("```json\n")[1][:-4]
+    return text_of(await ok(tools, context, "evaluate_script", pageId=page_id, function=READ_OUTPUT)).split(
+        "```json\n"
+    )[1][:-4]
 
 
 @pytest_twisted.ensureDeferred
@@ -60,7 +61,12 @@ async def test_alert_blocks_until_handled(tools, tracked, fixture_site):
     result = await ok(tools, context, "click", pageId=page_id, uid=uid_of(snapshot, 'button "Alert"'))
     note = "# Open dialog\nalert: just so you know.\nCall handle_dialog to handle it before continuing."
     assert text_of(result) == "The element was clicked and it opened a dialog.\n" + note
-    assert pending_dialog(page) == {"type": "alert", "message": "just so you know", "defaultPrompt": "", "url": fixture_site.page("input_form.html")}
+    assert pending_dialog(page) == {
+        "type": "alert",
+        "message": "just so you know",
+        "defaultPrompt": "",
+        "url": fixture_site.page("input_form.html"),
+    }
     assert dialog_note(page) == note
 
     # Every input tool refuses at once instead of timing out.
@@ -100,7 +106,9 @@ async def test_confirm_and_prompt_answers_reach_the_page(tools, tracked, fixture
     confirm, prompt = uid_of(snapshot, 'button "Confirm"'), uid_of(snapshot, 'button "Prompt"')
     for action, shown in (("dismiss", '"confirm false"'), ("accept", '"confirm true"')):
         result = await ok(tools, context, "click", pageId=page_id, uid=confirm)
-        assert text_of(result).endswith("# Open dialog\nconfirm: Delete it?.\nCall handle_dialog to handle it before continuing.")
+        assert text_of(result).endswith(
+            "# Open dialog\nconfirm: Delete it?.\nCall handle_dialog to handle it before continuing."
+        )
         result = await ok(tools, context, "handle_dialog", pageId=page_id, action=action)
         assert text_of(result).startswith(f"Successfully {action}ed the dialog\n## Pages\n")
         assert await output(tools, context, page_id) == shown
@@ -124,7 +132,10 @@ async def test_dialog_opened_by_the_page_is_noted(reactor, tools, tracked, fixtu
     context, page_id, _ = await open_form(tools, fixture_site)
     page = tracked.page(page_id)
     await ok(
-        tools, context, "evaluate_script", pageId=page_id,
+        tools,
+        context,
+        "evaluate_script",
+        pageId=page_id,
         function="() => { setTimeout(() => { output.textContent = 'confirmed ' + confirm('Later?'); }, 400); }",
     )
     await sleep(reactor, 0.8)
@@ -142,11 +153,15 @@ async def test_dialog_opened_by_the_page_is_noted(reactor, tools, tracked, fixtu
 
 
 @pytest_twisted.ensureDeferred
-async def test_dialog_open_before_the_proxy_attached(reactor, tools, tracked, fixture_site, browser_config, http_client, chromium):
+async def test_dialog_open_before_the_proxy_attached(
+    reactor, tools, tracked, fixture_site, browser_config, http_client, chromium
+):
     """Chrome does not repeat Page.javascriptDialogOpening to a session attached later, and that
     session cannot answer the dialog; the probe marks the page as blocked instead."""
     context, page_id, _ = await open_form(tools, fixture_site)
-    await ok(tools, context, "evaluate_script", pageId=page_id, function="() => { setTimeout(() => alert('early'), 400); }")
+    await ok(
+        tools, context, "evaluate_script", pageId=page_id, function="() => { setTimeout(() => alert('early'), 400); }"
+    )
     await sleep(reactor, 0.8)
     assert pending_dialog(tracked.page(page_id))["message"] == "early"
 
@@ -158,7 +173,9 @@ async def test_dialog_open_before_the_proxy_attached(reactor, tools, tracked, fi
         await sleep(reactor, PROBE_WINDOW + 0.3)
         assert pending_dialog(page) is None  # no event came
         note = dialog_note(page)
-        assert note.startswith(f"# Open dialog\nPage {page.page_id} does not respond: it most likely shows a JavaScript dialog")
+        assert note.startswith(
+            f"# Open dialog\nPage {page.page_id} does not respond: it most likely shows a JavaScript dialog"
+        )
         bob = make_registry(reactor, bob_browser, user_id="bob", tab_scope="browser")
         bob_context = make_context(user_id="bob")
         text = await failed(bob, bob_context, "click", pageId=page.page_id, uid="1_1")

@@ -43,9 +43,7 @@ def test_accepted_shapes():
     assert parse_browser_url("https://[::1]:9222").host == "::1"
 
 
-@pytest.mark.parametrize(
-    "address", ["169.254.169.254", "169.254.0.1", "fe80::1", "::ffff:169.254.169.254"]
-)
+@pytest.mark.parametrize("address", ["169.254.169.254", "169.254.0.1", "fe80::1", "::ffff:169.254.169.254"])
 def test_link_local_is_never_allowed_even_when_configured(address):
     with pytest.raises(InvalidBrowserURL, match="link-local"):
         check_address(address, ("0.0.0.0/0", "::/0", "169.254.0.0/16"), what="browserURL")
@@ -53,7 +51,7 @@ def test_link_local_is_never_allowed_even_when_configured(address):
 
 @pytest.mark.parametrize("address", ["8.8.8.8", "2001:db8::1", "0.0.0.0"])
 def test_addresses_outside_the_allowed_networks_are_refused(address):
-    with pytest.raises(InvalidBrowserURL, match="outside browser.allowed_networks"):
+    with pytest.raises(InvalidBrowserURL, match=r"outside browser\.allowed_networks"):
         check_address(address, LOOPBACK_AND_PRIVATE, what="browserURL")
 
 
@@ -96,14 +94,16 @@ async def test_validation_resolves_names_without_blocking(reactor):
     checked = await validate_browser_url("http://localhost:9222", LOOPBACK_AND_PRIVATE, reactor=reactor)
     assert checked.address in ("127.0.0.1", "::1")
     assert checked.host_header == "localhost:9222"
-    with pytest.raises(InvalidBrowserURL, match="outside browser.allowed_networks"):
+    with pytest.raises(InvalidBrowserURL, match=r"outside browser\.allowed_networks"):
         await validate_browser_url("http://localhost:9222", ("10.0.0.0/8",), reactor=reactor)
     with pytest.raises(InvalidBrowserURL, match="link-local"):
         await validate_browser_url("http://169.254.169.254:80", ("0.0.0.0/0",), reactor=reactor)
 
 
 def test_host_header_uses_the_pinned_address_for_names():
-    named = BrowserURL(url="http://chrome.lan:9222", scheme="http", host="chrome.lan", port=9222, path="", address="10.1.2.3")
+    named = BrowserURL(
+        url="http://chrome.lan:9222", scheme="http", host="chrome.lan", port=9222, path="", address="10.1.2.3"
+    )
     assert named.host_header == "10.1.2.3:9222"
     v6 = BrowserURL(url="http://[::1]:9222", scheme="http", host="::1", port=9222, path="", address="::1")
     assert v6.host_header == "[::1]:9222"
@@ -123,9 +123,7 @@ async def test_discover_real_chromium(reactor, chromium, http_client):
 @pytest_twisted.ensureDeferred
 async def test_real_chromium_rejects_a_named_host_header(reactor, chromium, http_client):
     """Keeps HOST_REJECTED honest: this is what Chrome answers to a name in Host."""
-    response = await http_client.get(
-        chromium.browser_url + "/json/version", headers={b"Host": [b"chrome.test"]}
-    )
+    response = await http_client.get(chromium.browser_url + "/json/version", headers={b"Host": [b"chrome.test"]})
     body = (await response.content()).decode()
     assert HOST_REJECTED in body
 
@@ -143,13 +141,16 @@ async def test_nothing_listening(reactor, http_client):
     port = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
     number = port.getHost().port
     await port.stopListening()
-    with pytest.raises(BrowserUnavailable, match=f"nothing listens at http://127.0.0.1:{number}; start Chrome with --remote-debugging-port={number}"):
+    with pytest.raises(
+        BrowserUnavailable,
+        match=f"nothing listens at http://127.0.0.1:{number}; start Chrome with --remote-debugging-port={number}",
+    ):
         await discover(http_client, f"http://127.0.0.1:{number}", timeout=5, clock=reactor)
 
 
 @pytest_twisted.ensureDeferred
 async def test_an_http_server_that_is_not_chrome(reactor, http_client, fixture_site):
-    with pytest.raises(InvalidBrowserURL, match="is not a Chrome DevTools endpoint .*answered 404"):
+    with pytest.raises(InvalidBrowserURL, match=r"is not a Chrome DevTools endpoint .*answered 404"):
         await discover(http_client, fixture_site.origin, timeout=5, clock=reactor)
 
 
@@ -209,7 +210,7 @@ async def test_a_server_that_never_answers_times_out(reactor, http_client):
     port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
     try:
         url = f"http://127.0.0.1:{port.getHost().port}"
-        with pytest.raises(BrowserUnavailable, match="did not answer within 0.3 s"):
+        with pytest.raises(BrowserUnavailable, match=r"did not answer within 0\.3 s"):
             await discover(http_client, url, timeout=0.3, clock=reactor)
     finally:
         await port.stopListening()
@@ -260,6 +261,6 @@ async def test_a_changing_dns_answer_is_checked_again_and_the_checked_address_is
     first = await validate_browser_url("http://chrome.dev.example:9222", ("127.0.0.0/8",), reactor=dns)
     assert first.address == "127.0.0.1" and first.host_header == "127.0.0.1:9222"
     # The next connect resolves again; the rebound answer is refused instead of being used.
-    with pytest.raises(InvalidBrowserURL, match="169.254.169.254"):
+    with pytest.raises(InvalidBrowserURL, match=r"169\.254\.169\.254"):
         await validate_browser_url("http://chrome.dev.example:9222", ("127.0.0.0/8",), reactor=dns)
     assert dns.lookups == 2

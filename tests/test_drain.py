@@ -183,7 +183,11 @@ def drained(reactor):
     pytest_twisted.blockon(port.stopListening())
 
 
-MCP_HEADERS = {"Authorization": "Bearer user:alice", "Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+MCP_HEADERS = {
+    "Authorization": "Bearer user:alice",
+    "Content-Type": "application/json",
+    "Accept": "application/json, text/event-stream",
+}
 
 
 async def open_streams(client: RunningProxy):
@@ -194,7 +198,9 @@ async def open_streams(client: RunningProxy):
         "method": "initialize",
         "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
     }
-    response = await treq.post(client.base_url + "/mcp", json.dumps(init).encode(), headers=MCP_HEADERS, persistent=False)
+    response = await treq.post(
+        client.base_url + "/mcp", json.dumps(init).encode(), headers=MCP_HEADERS, persistent=False
+    )
     session_id = response.headers.getRawHeaders("mcp-session-id")[0]
     await response.content()
     get_headers = {"Authorization": "Bearer user:alice", "Accept": "text/event-stream", "Mcp-Session-Id": session_id}
@@ -258,7 +264,9 @@ async def _daemon_with_a_waiting_call(reactor, tmp_path, chromium, fixture_site,
         await proxy.register("alice", chromium.browser_url, token)
         page_id = await open_page(proxy, token, fixture_site.url("drain_late_text.html?ms=10000"))
         call = Deferred.fromCoroutine(
-            proxy.call_tool(token, "wait_for", {"pageId": page_id, "text": ["Late text arrived"], "timeout": 30000}, rid=42)
+            proxy.call_tool(
+                token, "wait_for", {"pageId": page_id, "text": ["Late text arrived"], "timeout": 30000}, rid=42
+            )
         )
         await sleep(reactor, 0.5)
         assert not call.called

@@ -10,7 +10,6 @@ import treq
 from twisted.internet.defer import Deferred
 
 
-
 def run_async(coro):
     """Await an asyncio coroutine (SDK client code) from a Twisted test."""
     return Deferred.fromFuture(asyncio.ensure_future(coro))
@@ -30,10 +29,7 @@ async def _browser_flow(session, page_url: str) -> dict:
     assert not opened.is_error, _text(opened)
     page_id = int(re.search(r"^(\d+): .*\[selected\]", _text(opened), re.M).group(1))
     snapshot = _text(await session.call_tool("take_snapshot", {"pageId": page_id}))
-    uid_of = {
-        m.group(2): m.group(1)
-        for m in re.finditer(r'uid=(\S+) (?:textbox|button) "([^"]+)"', snapshot)
-    }
+    uid_of = {m.group(2): m.group(1) for m in re.finditer(r'uid=(\S+) (?:textbox|button) "([^"]+)"', snapshot)}
     filled = await session.call_tool("fill", {"pageId": page_id, "uid": uid_of["Name"], "value": "Alice"})
     assert not filled.is_error, _text(filled)
     clicked = await session.call_tool("click", {"pageId": page_id, "uid": uid_of["Submit"]})
@@ -241,7 +237,7 @@ async def test_chrome_killed_mid_call_and_restarted(proxy, private_chromium, fix
                 return await session.call_tool("new_page", {"url": fixture_site.url("second.html")})
 
     for _ in range(40):
-        code, status, _ = await proxy.api("GET", "/api/users/henry/status", token=token)
+        _code, status, _ = await proxy.api("GET", "/api/users/henry/status", token=token)
         if status["browserStatus"] == "connected":
             break
         await deferLater(reactor, 0.5, lambda: None)

@@ -33,8 +33,14 @@ async def proxy(reactor, tmp_path):
 
 def _jwt(**claims) -> str:
     now = int(time.time())
-    body = {"sub": "dana", "aud": PUBLIC, "iss": "https://idp.example.test", "iat": now, "exp": now + 300,
-            "scope": "tools:* register openid"}
+    body = {
+        "sub": "dana",
+        "aud": PUBLIC,
+        "iss": "https://idp.example.test",
+        "iat": now,
+        "exp": now + 300,
+        "scope": "tools:* register openid",
+    }
     body.update(claims)
     return jwt.encode(body, SECRET, algorithm="HS256")
 
@@ -70,7 +76,9 @@ async def test_basic_and_the_resource_metadata(proxy):
     wrong = base64.b64encode(b"erin:wrong horse").decode()
     for credential, expected in ((good, 404), (wrong, 401)):
         response = await treq.get(
-            proxy.base_url + "/api/users/erin/status", headers={"Authorization": f"Basic {credential}"}, persistent=False
+            proxy.base_url + "/api/users/erin/status",
+            headers={"Authorization": f"Basic {credential}"},
+            persistent=False,
         )
         await response.content()
         assert response.code == expected

@@ -21,16 +21,55 @@ from twisted.python.failure import Failure
 from mcproxy.testing.daemon import start_proxy
 from mcproxy.testing.fuzz import fuzz_settings
 
-PATHS = ["/mcp", "/sse", "/message", "/message?sessionId=x", "/health", "/api/tokens", "/api/register",
-         "/api/users", "/api/users/alice/status", "/api/users/alice", "/api/tokens/0123456789abcdef",
-         "/api/tokens/0123456789abcdef/rotate", "/", "/nope", "/mcp/../api/users", "/%ff%fe"]
+PATHS = [
+    "/mcp",
+    "/sse",
+    "/message",
+    "/message?sessionId=x",
+    "/health",
+    "/api/tokens",
+    "/api/register",
+    "/api/users",
+    "/api/users/alice/status",
+    "/api/users/alice",
+    "/api/tokens/0123456789abcdef",
+    "/api/tokens/0123456789abcdef/rotate",
+    "/",
+    "/nope",
+    "/mcp/../api/users",
+    "/%ff%fe",
+]
 METHODS = ["GET", "POST", "DELETE", "PUT", "OPTIONS", "HEAD", "PATCH", "BREW"]
-HEADER_NAMES = ["Authorization", "Content-Type", "Accept", "Origin", "Mcp-Session-Id", "MCP-Protocol-Version",
-                "Mcp-Method", "Mcp-Name", "X-User-Id", "X-Request-Id", "Last-Event-ID", "X-Forwarded-For", "Host"]
+HEADER_NAMES = [
+    "Authorization",
+    "Content-Type",
+    "Accept",
+    "Origin",
+    "Mcp-Session-Id",
+    "MCP-Protocol-Version",
+    "Mcp-Method",
+    "Mcp-Name",
+    "X-User-Id",
+    "X-Request-Id",
+    "Last-Event-ID",
+    "X-Forwarded-For",
+    "Host",
+]
 header_value = st.one_of(
     st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=60),
-    st.sampled_from(["application/json", "text/event-stream", "Bearer ", "Basic Zm9vOmJhcg==", "2026-07-28",
-                     "tools/call", "null", "http://evil.example", "127.0.0.1"]),
+    st.sampled_from(
+        [
+            "application/json",
+            "text/event-stream",
+            "Bearer ",
+            "Basic Zm9vOmJhcg==",
+            "2026-07-28",
+            "tools/call",
+            "null",
+            "http://evil.example",
+            "127.0.0.1",
+        ]
+    ),
 )
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -38,13 +77,31 @@ json_values = st.recursive(
     max_leaves=12,
 )
 rpc_like = st.fixed_dictionaries(
-    {"jsonrpc": st.sampled_from(["2.0", "1.0", 2]), "method": st.sampled_from(
-        ["initialize", "tools/list", "tools/call", "resources/read", "resources/list", "ping", "server/discover",
-         "logging/setLevel", "notifications/cancelled", "nope"]) | st.text(max_size=10)},
+    {
+        "jsonrpc": st.sampled_from(["2.0", "1.0", 2]),
+        "method": st.sampled_from(
+            [
+                "initialize",
+                "tools/list",
+                "tools/call",
+                "resources/read",
+                "resources/list",
+                "ping",
+                "server/discover",
+                "logging/setLevel",
+                "notifications/cancelled",
+                "nope",
+            ]
+        )
+        | st.text(max_size=10),
+    },
     optional={"id": st.integers() | st.text(max_size=5) | st.none(), "params": json_values},
 )
-bodies = st.one_of(st.binary(max_size=200), json_values.map(lambda v: json.dumps(v).encode()),
-                   rpc_like.map(lambda v: json.dumps(v).encode()))
+bodies = st.one_of(
+    st.binary(max_size=200),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    rpc_like.map(lambda v: json.dumps(v).encode()),
+)
 
 STATUS_LINE = re.compile(rb"^HTTP/1\.[01] (\d{3}) ")
 counted = {"cases": 0}

@@ -74,7 +74,7 @@ async def test_an_oversize_frame_closes_the_connection_with_a_reason(reactor, fa
     fake_server.chrome.handlers["Runtime.evaluate"] = lambda p, s: HANG
     pending = link.send("Runtime.evaluate")
     fake_server.chrome.emit("Page.screencastFrame", {"data": "x" * 300_000}, session_id="S1")
-    with pytest.raises(BrowserUnavailable, match="lost during Runtime.evaluate") as raised:
+    with pytest.raises(BrowserUnavailable, match=r"lost during Runtime\.evaluate") as raised:
         await pending
     assert "exceeds payload limit of 262144" in raised.value.message
     assert raised.value.message.endswith("up to browser.max_message_bytes)") and link.closed

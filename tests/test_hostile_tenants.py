@@ -267,7 +267,9 @@ async def test_health_counts_without_loading_users(proxy, chromium, monkeypatch)
 @pytest_twisted.ensureDeferred
 async def test_forbidden_browser_urls_are_refused_before_any_connection(reactor, tmp_path, url, code):
     running = await start_proxy(
-        reactor, tmp_path, browser={"allowed_networks": ["0.0.0.0/0", "::/0"]}  # metadata stays refused
+        reactor,
+        tmp_path,
+        browser={"allowed_networks": ["0.0.0.0/0", "::/0"]},  # metadata stays refused
     )
     try:
         token = await running.token_for("alice")

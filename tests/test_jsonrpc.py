@@ -65,7 +65,7 @@ def test_builders():
     }
     assert error_message(2, -1, "m", {"k": 1})["error"]["data"] == {"k": 1}
     assert notification_message("n") == {"jsonrpc": "2.0", "method": "n"}
-    assert encode({"a": "é"}) == '{"a":"é"}'.encode("utf-8")
+    assert encode({"a": "é"}) == '{"a":"é"}'.encode()
 
 
 @fuzz_settings(100)

@@ -40,12 +40,16 @@ def jwk(key, kid):
 
 def token(key, kid, clock_now=None):
     now = int(clock_now if clock_now is not None else time.time())
-    return jwt.encode({"sub": "alice", "scope": "tools:*", "exp": now + 300}, key, algorithm="ES256",
-                      headers={"kid": kid})
+    return jwt.encode(
+        {"sub": "alice", "scope": "tools:*", "exp": now + 300}, key, algorithm="ES256", headers={"kid": kid}
+    )
 
 
 class JWKSServer(Resource):
-    """The identity provider's JWKS endpoint; ``mode`` is "ok", "slow" (never answers), "error" or "huge" (over 1 MiB, chunked)."""
+    """The identity provider's JWKS endpoint.
+
+    ``mode`` is "ok", "slow" (never answers), "error" or "huge" (over 1 MiB, chunked).
+    """
 
     isLeaf = True
 
@@ -111,7 +115,7 @@ def refusal(cache, kid="a") -> str:
 
 
 def test_backoff_doubles_up_to_the_maximum_then_resets():
-    cache, http, server, clock = scripted_cache()
+    cache, http, _server, clock = scripted_cache()
     http.mode = "refuse"
     attempts_at = []
     for _ in range(60):
@@ -152,7 +156,7 @@ def test_unknown_kids_refetch_at_most_once_per_interval():
 
 
 def test_a_hanging_jwks_times_out_on_the_clock_and_is_cancelled():
-    cache, http, server, clock = scripted_cache()
+    cache, http, _server, clock = scripted_cache()
     http.mode = "hang"
     d = Deferred.fromCoroutine(cache.keys_for("a", "ES256"))
     results = []
@@ -165,14 +169,14 @@ def test_a_hanging_jwks_times_out_on_the_clock_and_is_cancelled():
 
 
 def test_a_jwks_over_the_size_limit_without_a_length_is_refused():
-    cache, http, server, clock = scripted_cache()
+    cache, http, server, _clock = scripted_cache()
     server.mode = "huge"
     assert refusal(cache) == "jwks_unavailable"
     assert http.calls == 1
 
 
 def test_concurrent_requests_share_one_fetch_and_may_give_up_alone():
-    cache, http, server, clock = scripted_cache()
+    cache, http, _server, clock = scripted_cache()
     http.mode = "hang"
     first = Deferred.fromCoroutine(cache.keys_for("a", "ES256"))
     second = Deferred.fromCoroutine(cache.keys_for("a", "ES256"))
@@ -189,10 +193,12 @@ def test_concurrent_requests_share_one_fetch_and_may_give_up_alone():
     "body, why",
     [
         (b"<html>", "not JSON"),
-        (b"[]", "no \"keys\" list"),
+        (b"[]", 'no "keys" list'),
         (b'{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}', "no usable"),
-        (b'{"keys": [{"kty": "EC", "crv": "P-256", "x": "bad", "y": "bad"}, 7, {"kty": "RSA", "use": "enc"}]}',
-         "no usable"),
+        (
+            b'{"keys": [{"kty": "EC", "crv": "P-256", "x": "bad", "y": "bad"}, 7, {"kty": "RSA", "use": "enc"}]}',
+            "no usable",
+        ),
     ],
 )
 def test_unusable_documents(body, why):
@@ -201,7 +207,9 @@ def test_unusable_documents(body, why):
 
 
 def test_only_signing_keys_of_accepted_algorithms_are_kept():
-    rsa_public = json.loads(RSAAlgorithm.to_jwk(rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()))
+    rsa_public = json.loads(
+        RSAAlgorithm.to_jwk(rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key())
+    )
     document = {"keys": [jwk(KEY_A, "a"), {**rsa_public, "kid": "r", "alg": "RS512"}, {**rsa_public, "kid": "s"}]}
     parsed = parse_jwks(json.dumps(document).encode())
     assert [(k.kid, k.jwk.algorithm_name) for k in parsed] == [("a", "ES256"), ("s", "RS256")]
@@ -242,7 +250,7 @@ async def reason_of(chain, value) -> str:
 
 @pytest_twisted.ensureDeferred
 async def test_key_rotation_is_picked_up(reactor, jwks_server):
-    cache, chain = authenticator(reactor, jwks_server.url, refetch_interval=0.2)
+    _cache, chain = authenticator(reactor, jwks_server.url, refetch_interval=0.2)
     assert (await chain.authenticate(bearer(token(KEY_A, "a")))).user_id == "alice"
     assert (await chain.authenticate(bearer(token(KEY_A, "a")))).user_id == "alice"
     assert jwks_server.fetches == 1
@@ -262,7 +270,7 @@ async def test_a_jwks_that_is_down_fails_fast(reactor):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cache, chain = authenticator(reactor, f"http://127.0.0.1:{port}/jwks", timeout=2.0)
+    _cache, chain = authenticator(reactor, f"http://127.0.0.1:{port}/jwks", timeout=2.0)
     started = time.monotonic()
     assert await reason_of(chain, token(KEY_A, "a")) == "jwks_unavailable"
     assert await reason_of(chain, token(KEY_A, "a")) == "jwks_unavailable"  # in backoff: no new attempt
@@ -272,14 +280,14 @@ async def test_a_jwks_that_is_down_fails_fast(reactor):
 @pytest_twisted.ensureDeferred
 async def test_a_jwks_answering_errors_is_unavailable(reactor, jwks_server):
     jwks_server.mode = "error"
-    cache, chain = authenticator(reactor, jwks_server.url)
+    _cache, chain = authenticator(reactor, jwks_server.url)
     assert await reason_of(chain, token(KEY_A, "a")) == "jwks_unavailable"
     assert jwks_server.fetches == 1
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_slow_jwks_times_out_without_stalling_the_reactor(reactor, jwks_server):
-    cache, chain = authenticator(reactor, jwks_server.url, timeout=0.5, max_age=0.1, backoff_initial=0.1)
+    _cache, chain = authenticator(reactor, jwks_server.url, timeout=0.5, max_age=0.1, backoff_initial=0.1)
     assert (await chain.authenticate(bearer(token(KEY_A, "a")))).user_id == "alice"
     jwks_server.mode = "slow"
     await deferLater(reactor, 0.15, lambda: None)

@@ -81,8 +81,15 @@ class JWKSDocument(Resource):
 
 
 def claims(**changes):
-    base = {"sub": "alice", "scope": "tools:* register openid", "aud": AUDIENCE, "iss": ISSUER,
-            "iat": NOW - 10, "nbf": NOW - 10, "exp": NOW + 300}
+    base = {
+        "sub": "alice",
+        "scope": "tools:* register openid",
+        "aud": AUDIENCE,
+        "iss": ISSUER,
+        "iat": NOW - 10,
+        "nbf": NOW - 10,
+        "exp": NOW + 300,
+    }
     base.update(changes)
     return {k: v for k, v in base.items() if v is not None}
 
@@ -141,8 +148,9 @@ def test_hmac_tokens_with_the_secret(world, algorithm):
     [("RS256", RSA_KEY, "rsa-1"), ("ES256", EC_KEY, "ec-1"), ("EdDSA", ED_KEY, "ed-1")],
 )
 def test_asymmetric_tokens_with_jwks_keys(world, algorithm, key, kid):
-    token = jwt.encode(claims(sub="bob", scope="tools:category:navigation"), key, algorithm=algorithm,
-                       headers={"kid": kid})
+    token = jwt.encode(
+        claims(sub="bob", scope="tools:category:navigation"), key, algorithm=algorithm, headers={"kid": kid}
+    )
     principal = world.authenticate(token)
     assert principal.user_id == "bob"
     assert principal.permissions == frozenset({"tools:category:navigation"})
@@ -173,7 +181,7 @@ def test_wrong_signatures(world):
     forged = jwt.encode(claims(), OTHER_RSA_KEY, algorithm="RS256", headers={"kid": "rsa-1"})
     assert world.refusal(forged) == "bad_signature"
     good = jwt.encode(claims(), SECRET, algorithm="HS256")
-    head, payload, signature = good.split(".")
+    head, _payload, signature = good.split(".")
     tampered_payload = b64url(json.dumps(claims(sub="mallory")).encode())
     assert world.refusal(f"{head}.{tampered_payload}.{signature}") == "bad_signature"
 
@@ -283,8 +291,10 @@ def test_refusals_through_the_chain_carry_an_invalid_token_challenge():
     write_error(request, info.value)
     assert request.responseCode == 401
     assert request.responseHeaders.getRawHeaders(b"www-authenticate") == [
-        b'Bearer realm="mcproxy", resource_metadata="https://mcproxy.example.com/.well-known/'
-        b'oauth-protected-resource", error="invalid_token"'
+        (
+            b'Bearer realm="mcproxy", resource_metadata="https://mcproxy.example.com/.well-known/'
+            b'oauth-protected-resource", error="invalid_token"'
+        )
     ]
     assert json.loads(b"".join(request.written))["error"]["message"].startswith("the JWT has expired")
     good = request_with(b"Bearer " + jwt.encode(claims(), SECRET).encode())
@@ -322,7 +332,9 @@ def test_fuzz_signed_headers_and_claims(header, payload, start_from_good):
     if start_from_good:
         payload = {**claims(), **payload}
     header = {"alg": "HS256", **header}
-    token = hand_made(header, payload, lambda signing_input: hmac.new(SECRET.encode(), signing_input, hashlib.sha256).digest())
+    token = hand_made(
+        header, payload, lambda signing_input: hmac.new(SECRET.encode(), signing_input, hashlib.sha256).digest()
+    )
     principal = outcome_of(world.checking(token), Unauthorized)
     if isinstance(principal, Unauthorized):
         assert principal.reason and principal.message

@@ -16,7 +16,7 @@ from mcproxy.tools.lighthouse import lighthouse_tools, summarize
 # Behaves like `lighthouse URL --hostname --port --output=json --output=html --output-path=P`:
 # asks the browser's DevTools endpoint for its version (so the address must be right) and
 # writes P.report.json / P.report.html. Its arguments are recorded next to it.
-FAKE_LIGHTHOUSE = textwrap.dedent('''
+FAKE_LIGHTHOUSE = textwrap.dedent("""
     import json, os, sys, urllib.request
     args = sys.argv[1:]
     if args[0] == "--fail":
@@ -52,7 +52,7 @@ FAKE_LIGHTHOUSE = textwrap.dedent('''
         json.dump(report, f)
     with open(out + ".report.html", "w") as f:
         f.write("<!doctype html><title>Lighthouse Report</title>" + url)
-''')
+""")
 
 
 @pytest.fixture
@@ -93,7 +93,9 @@ async def test_audit(reactor, user_browser, chromium, fixture_site, fake_lightho
     assert "- Accessibility: 87 (accessibility)\n- SEO: 100 (seo)" in text
     assert "Passed: 2\nFailed: 1\nTotal timing: 1234.50ms" in text
     assert "- image-alt [accessibility]: Image elements do not have [alt] attributes (score: 0)" in text
-    assert '  - selector="body > img" label="img" snippet="<img src=x.png>"\n    Fix any of the following: Element' in text
+    assert (
+        '  - selector="body > img" label="img" snippet="<img src=x.png>"\n    Fix any of the following: Element' in text
+    )
     links = [block for block in result.content if block.type == "resource_link"]
     assert [link.name for link in links] == ["audits/home/report.json", "audits/home/report.html"]
     _, report = artifacts.read("alice", links[0].uri)

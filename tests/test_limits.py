@@ -3,8 +3,8 @@
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet.defer import Deferred
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
 
@@ -120,7 +120,10 @@ async def test_a_tool_over_its_limit_is_a_jsonrpc_error(limited_proxy):
     token = await limited_proxy.token_for("carol")
     answers = [await limited_proxy.call_tool(token, "list_pages", rid=rid) for rid in (1, 2)]
     # The first call is counted and runs (carol has no browser: a tool error says so).
-    assert answers[0]["result"]["isError"] is True and "No browser is registered" in answers[0]["result"]["content"][0]["text"]
+    assert (
+        answers[0]["result"]["isError"] is True
+        and "No browser is registered" in answers[0]["result"]["content"][0]["text"]
+    )
     error = answers[1]["error"]
     assert error["code"] == -32029 and "retry in" in error["message"] and error["data"]["retryAfter"] >= 1
 

@@ -65,7 +65,9 @@ async def test_a_full_process_says_so_over_http(reactor, tmp_path, chromium):
         alice = await proxy.token_for("alice")
         bob = await proxy.token_for("bob")
         await proxy.register("alice", chromium.browser_url, alice)
-        code, body, _ = await proxy.api("POST", "/api/register", {"userId": "bob", "browserURL": chromium.browser_url}, bob)
+        code, body, _ = await proxy.api(
+            "POST", "/api/register", {"userId": "bob", "browserURL": chromium.browser_url}, bob
+        )
         assert code == 503 and body["error"]["code"] == "server_full" and "limits.max_users" in body["error"]["message"]
         code, _, _ = await proxy.api("GET", "/api/users/bob/status", token=bob)
         assert code == 404  # nothing was stored for bob
@@ -78,4 +80,3 @@ async def test_a_full_process_says_so_over_http(reactor, tmp_path, chromium):
         assert second.code == 429 and body["error"]["code"] == "limit_reached"
     finally:
         await proxy.stop()
-

@@ -42,9 +42,7 @@ def test_resource_from_public_url_or_request():
     )
     derived = ProtectedResource()
     assert derived.resource(request_to(b"Proxy.Example.com:8443", secure=True)) == "https://proxy.example.com:8443"
-    assert derived.metadata_url(request_to(b"[::1]:3000")) == (
-        "http://[::1]:3000/.well-known/oauth-protected-resource"
-    )
+    assert derived.metadata_url(request_to(b"[::1]:3000")) == ("http://[::1]:3000/.well-known/oauth-protected-resource")
     # A Host that is not a host is never echoed into the challenge; the socket address is used.
     odd = request_to(b'x" error="forged')
     assert derived.resource(odd) == f"http://{odd.getHost().host}:{odd.getHost().port}"
@@ -112,8 +110,13 @@ def site(reactor):
     sessions = SessionRegistry(reactor, config.session.idle_timeout)
     transports = McpTransports(reactor, config, FakeToolProvider(reactor), sessions)
     admin = AdminDependencies(
-        clock=reactor, store=store, pool=None, sessions=sessions,
-        probe_browser=None, max_body_bytes=65536, session_token_ttl=60.0,
+        clock=reactor,
+        store=store,
+        pool=None,
+        sessions=sessions,
+        probe_browser=None,
+        max_body_bytes=65536,
+        session_token_ttl=60.0,
         started_at=reactor.seconds(),
     )
     root = build_router(
@@ -157,14 +160,24 @@ def _challenge(site, error=None, scope=None) -> list[str]:
     return [value]
 
 
-INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-              "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+}
 
 
 @pytest.mark.parametrize(
     "method, path, body",
-    [("POST", "/mcp", INITIALIZE), ("GET", "/sse", None), ("POST", "/message?sessionId=x", INITIALIZE),
-     ("GET", "/api/users", None), ("POST", "/api/tokens", {"userId": "bob"}), ("GET", "/api/users/bob/status", None)],
+    [
+        ("POST", "/mcp", INITIALIZE),
+        ("GET", "/sse", None),
+        ("POST", "/message?sessionId=x", INITIALIZE),
+        ("GET", "/api/users", None),
+        ("POST", "/api/tokens", {"userId": "bob"}),
+        ("GET", "/api/users/bob/status", None),
+    ],
 )
 @pytest_twisted.ensureDeferred
 async def test_every_401_points_at_the_metadata(site, method, path, body):
@@ -207,6 +220,8 @@ async def test_duplicate_authorization_headers_are_400_everywhere(site):
     alice = site.token("alice", "tools:*")
     twice = {"Authorization": [f"Bearer {alice}", f"Bearer {alice}"]}
     for method, path in (("POST", "/mcp"), ("GET", "/api/users/alice/status")):
-        code, challenge, content = await site.send(method, path, headers=twice, body=INITIALIZE if method == "POST" else None)
+        code, _challenge, content = await site.send(
+            method, path, headers=twice, body=INITIALIZE if method == "POST" else None
+        )
         assert code == 400
         assert json.loads(content)["error"]["code"] == "duplicate_authorization"

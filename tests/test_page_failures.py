@@ -93,7 +93,10 @@ async def test_tab_closed_by_human_during_click(reactor, tools, user_browser, hu
     snapshot = text_of(await ok(tools, context, "take_snapshot", pageId=page_id))
     target = user_browser.page(page_id).target_id
     # The button's handler keeps the page busy for seconds, so the close lands while click runs.
-    busy = "() => { document.getElementById('later').onclick = () => { const end = Date.now() + 4000; while (Date.now() < end); }; }"
+    busy = (
+        "() => { document.getElementById('later').onclick ="
+        " () => { const end = Date.now() + 4000; while (Date.now() < end); }; }"
+    )
     await ok(tools, context, "evaluate_script", pageId=page_id, function=busy)
     closing = soon(reactor, 0.3, lambda: human.send("Target.closeTarget", {"targetId": target}))
     text = await timed_failure(tools, context, "click", pageId=page_id, uid=uid_of(snapshot, 'button "Alert later"'))
@@ -134,7 +137,11 @@ async def test_crash_before_a_tool_then_reload_recovers(reactor, tools, user_bro
     page = user_browser.page(page_id)
     await crash(page)
     await until(reactor, lambda: page.crashed)
-    for name, arguments in (("take_snapshot", {}), ("evaluate_script", {"function": "() => 1"}), ("wait_for", {"text": ["x"]})):
+    for name, arguments in (
+        ("take_snapshot", {}),
+        ("evaluate_script", {"function": "() => 1"}),
+        ("wait_for", {"text": ["x"]}),
+    ):
         text = await timed_failure(tools, context, name, pageId=page_id, **arguments)
         assert text == crashed_text(page_id), (name, text)
     result = await ok(tools, context, "navigate_page", pageId=page_id, type="reload")
@@ -210,7 +217,13 @@ async def test_dialog_during_evaluate_script(tools, fixture_site):
 @pytest_twisted.ensureDeferred
 async def test_dialog_during_wait_for(tools, fixture_site):
     context, page_id = await open_page(tools, fixture_site)
-    await ok(tools, context, "evaluate_script", pageId=page_id, function="() => { setTimeout(() => alert('late alert'), 300); }")
+    await ok(
+        tools,
+        context,
+        "evaluate_script",
+        pageId=page_id,
+        function="() => { setTimeout(() => alert('late alert'), 300); }",
+    )
     text = await timed_failure(tools, context, "wait_for", pageId=page_id, text=["never there"], timeout=8000)
     assert text == (
         f'Page {page_id} opened an alert dialog ("late alert") while the tool ran, and it blocks the page. '
@@ -225,7 +238,10 @@ async def test_dialog_during_wait_for(tools, fixture_site):
 async def test_dialog_during_a_reading_tool(tools, fixture_site, tool):
     context, page_id = await open_page(tools, fixture_site)
     # The page is busy when the tool asks, and opens a dialog before it can answer.
-    opener = "() => { setTimeout(() => { const end = Date.now() + 400; while (Date.now() < end); prompt('snap prompt'); }, 0); }"
+    opener = (
+        "() => { setTimeout(() => { const end = Date.now() + 400; while (Date.now() < end);"
+        " prompt('snap prompt'); }, 0); }"
+    )
     await ok(tools, context, "evaluate_script", pageId=page_id, function=opener, waitForStableDom=False)
     text = await timed_failure(tools, context, tool, pageId=page_id)
     assert f'Page {page_id} opened a prompt dialog ("snap prompt")' in text

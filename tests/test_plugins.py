@@ -144,10 +144,18 @@ def test_an_unknown_name_fails_listing_the_installed_plugins():
         (["call-counter", "call-counter"], [], "plugins.enabled: 'call-counter' is listed twice"),
         (["sso-header"], [], "plugins.settings: sso-header.trusted_proxies: is required"),
         (["sso-header"], ["sso-header.trusted_proxies=10.0.0.0/33"], "sso-header.trusted_proxies: not a list of CIDR"),
-        (["sso-header"], ["sso-header.trusted=10.0.0.0/8"], "sso-header.trusted: unknown key (the plugin reads: trusted_proxies, header, permissions)"),
+        (
+            ["sso-header"],
+            ["sso-header.trusted=10.0.0.0/8"],
+            "sso-header.trusted: unknown key (the plugin reads: trusted_proxies, header, permissions)",
+        ),
         ([], ["call-counter.x=1"], "plugins.settings: call-counter.x: unknown key (the plugin reads: none)"),
         ([], ["ldap.url=ldap://x"], "plugins.settings: no plugin named 'ldap' is installed; installed: "),
-        ([], ["sso-header trusted_proxies"], "plugins.settings: 'sso-header trusted_proxies' is not \"NAME.KEY=VALUE\""),
+        (
+            [],
+            ["sso-header trusted_proxies"],
+            "plugins.settings: 'sso-header trusted_proxies' is not \"NAME.KEY=VALUE\"",
+        ),
         ([], ["jsonl-audit.path=a", "jsonl-audit.path=b"], "plugins.settings: jsonl-audit.path is given twice"),
     ],
 )
@@ -165,7 +173,9 @@ def test_a_make_that_fails_names_the_plugin(tmp_path):
     load(["call-counter"], metrics=metrics)
     with pytest.raises(PluginError) as caught:  # its counter is already in that registry
         load(["call-counter"], metrics=metrics)
-    assert str(caught.value).startswith("plugins.enabled: plugin 'call-counter' (observer) failed to build: DuplicateTimeseries(")
+    assert str(caught.value).startswith(
+        "plugins.enabled: plugin 'call-counter' (observer) failed to build: DuplicateTimeseries("
+    )
 
 
 def test_settings_parse_lists_and_trim():
@@ -210,7 +220,11 @@ class Broken:
 def test_a_failing_hook_is_logged_and_the_others_still_run(tmp_path):
     good = load(["call-counter", "jsonl-audit"], [f"jsonl-audit.path={tmp_path / 'a.jsonl'}"])
     plugins = Plugins(
-        [LoadedPlugin("broken", "observer", Broken()), LoadedPlugin("broken-sink", "audit sink", Broken()), *good.loaded]
+        [
+            LoadedPlugin("broken", "observer", Broken()),
+            LoadedPlugin("broken-sink", "audit sink", Broken()),
+            *good.loaded,
+        ]
     )
     counter = good.observers[0]
     record = ToolCallRecord("list_pages", {}, make_context(), "ok", 0.5, None, frozenset())
@@ -308,7 +322,12 @@ async def call_list_pages(url: str, sso_user: str) -> tuple[int, dict]:
         "Mcp-Name": ["list_pages"],
     }
     meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
-    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "list_pages", "arguments": {}, "_meta": meta}}
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "list_pages", "arguments": {}, "_meta": meta},
+    }
     response = await treq.post(url, json.dumps(body).encode(), headers=headers, persistent=False)
     return response.code, json.loads(await response.content())
 
@@ -317,8 +336,13 @@ async def call_list_pages(url: str, sso_user: str) -> tuple[int, dict]:
 async def test_example_plugins_serve_real_requests_end_to_end(reactor, tmp_path, user_browser, fixture_site):
     proxy = await start_proxy(reactor, tmp_path)
     plugins = load_plugins(
-        list(EXAMPLES), proxy.service.config, proxy.service.store, reactor, proxy.service.metrics,
-        package=plugin_examples, settings=example_settings(tmp_path),
+        list(EXAMPLES),
+        proxy.service.config,
+        proxy.service.store,
+        reactor,
+        proxy.service.metrics,
+        package=plugin_examples,
+        settings=example_settings(tmp_path),
     )
     await plugins.start()
     page = await user_browser.new_page(fixture_site.page())
@@ -350,7 +374,12 @@ async def test_example_plugins_serve_real_requests_end_to_end(reactor, tmp_path,
     assert counter.requests == {("/mcp", 200): 1, ("/mcp", 401): 1}
     [line] = (tmp_path / "plugin-audit.jsonl").read_text().splitlines()
     assert json.loads(line) | {"at": 0} == {
-        "event": "tool_call", "at": 0, "user": "alice", "tool": "list_pages", "outcome": "ok", "arguments": {}
+        "event": "tool_call",
+        "at": 0,
+        "user": "alice",
+        "tool": "list_pages",
+        "outcome": "ok",
+        "arguments": {},
     }
 
 
@@ -358,8 +387,13 @@ async def test_example_plugins_serve_real_requests_end_to_end(reactor, tmp_path,
 async def test_the_sso_header_from_an_untrusted_peer_is_refused(reactor, tmp_path):
     proxy = await start_proxy(reactor, tmp_path)
     plugins = load_plugins(
-        ["sso-header", "call-counter"], proxy.service.config, proxy.service.store, reactor, proxy.service.metrics,
-        package=plugin_examples, settings=["sso-header.trusted_proxies=10.0.0.0/8"],
+        ["sso-header", "call-counter"],
+        proxy.service.config,
+        proxy.service.store,
+        reactor,
+        proxy.service.metrics,
+        package=plugin_examples,
+        settings=["sso-header.trusted_proxies=10.0.0.0/8"],
     )
     url, port = await serve_mcp(reactor, proxy, plugins)
     try:
@@ -370,4 +404,7 @@ async def test_the_sso_header_from_an_untrusted_peer_is_refused(reactor, tmp_pat
     assert code == 401
     assert "X-Forwarded-User is only accepted from the SSO proxy, not from 127.0.0.1" in json.dumps(answer)
     assert plugins.observers[0].started == {}  # refused before any tool ran
-    assert proxy.service.metrics.registry.get_sample_value("mcproxy_http_requests_total", {"route": "/mcp", "code": "401"}) == 1
+    assert (
+        proxy.service.metrics.registry.get_sample_value("mcproxy_http_requests_total", {"route": "/mcp", "code": "401"})
+        == 1
+    )

@@ -7,11 +7,11 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 
 from mcproxy.auth.principal import Principal
-from mcproxy.mcp.jsonrpc import RpcError, parse_message
+from mcproxy.calls import SessionView
 from mcproxy.mcp.envelope import modern_envelope
+from mcproxy.mcp.jsonrpc import RpcError, parse_message
 from mcproxy.mcp.protocol import McpServer, McpSession
 from mcproxy.testing.fake_tools import FakeToolProvider
-from mcproxy.calls import SessionView
 
 ALICE = Principal("alice", frozenset({"tools:*"}))
 MODERN_META = {
@@ -281,9 +281,7 @@ def test_discover_lists_every_version():
 
 
 def test_modern_log_level_comes_from_the_request():
-    message, envelope = modern(
-        "tools/call", {"name": "log", "_meta": {"io.modelcontextprotocol/logLevel": "alert"}}
-    )
+    message, envelope = modern("tools/call", {"name": "log", "_meta": {"io.modelcontextprotocol/logLevel": "alert"}})
     notes = []
     session = McpSession(McpServer(FakeToolProvider(Clock())), ALICE, SessionView(None), modern=envelope)
     session.handle(message, notes.append)

@@ -78,9 +78,13 @@ def test_rate_limits_reconfigure_keeps_what_was_spent():
 def test_browsing_policy_reconfigure_applies_to_the_next_check():
     book = PolicyBook(BrowsingConfig(deny=("blocked.example",)))
     assert book.policy_for("alice").refusal("https://blocked.example/") is not None
-    book.reconfigure(Config(browsing=BrowsingConfig(deny=("other.example",), user_rules=("alice deny blocked.example",))))
+    book.reconfigure(
+        Config(browsing=BrowsingConfig(deny=("other.example",), user_rules=("alice deny blocked.example",)))
+    )
     assert book.policy_for("bob").refusal("https://blocked.example/") is None
-    assert book.policy_for("alice").refusal("https://blocked.example/") == 'the host "blocked.example" is on the deny list'
+    assert (
+        book.policy_for("alice").refusal("https://blocked.example/") == 'the host "blocked.example" is on the deny list'
+    )
 
 
 # -- A real daemon -----------------------------------------------------------------------------
@@ -109,7 +113,11 @@ def _message(rid: int, method: str, params: dict | None = None) -> bytes:
     return json.dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": params or {}}).encode()
 
 
-INITIALIZE = {"protocolVersion": "2024-11-05", "capabilities": {}, "clientInfo": {"name": "reload-test", "version": "1"}}
+INITIALIZE = {
+    "protocolVersion": "2024-11-05",
+    "capabilities": {},
+    "clientInfo": {"name": "reload-test", "version": "1"},
+}
 
 
 @pytest_twisted.ensureDeferred
@@ -127,7 +135,9 @@ async def test_reload_by_api_changes_rate_limits_without_dropping_an_sse_session
         post = {**auth, "Content-Type": "application/json"}
 
         async def send(rid, method, params=None) -> int:
-            response = await treq.post(daemon.base_url + endpoint, _message(rid, method, params), headers=post, persistent=False)
+            response = await treq.post(
+                daemon.base_url + endpoint, _message(rid, method, params), headers=post, persistent=False
+            )
             await response.content()
             return response.code
 
@@ -148,7 +158,9 @@ async def test_reload_by_api_changes_rate_limits_without_dropping_an_sse_session
         daemon.stop()
     messages = daemon.messages()
     assert any("browser.health_interval changed: it needs a restart" in m for m in messages), messages
-    assert any("Configuration reloaded from" in m and "ratelimit.user_rate, ratelimit.user_burst" in m for m in messages)
+    assert any(
+        "Configuration reloaded from" in m and "ratelimit.user_rate, ratelimit.user_burst" in m for m in messages
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -188,10 +200,14 @@ async def test_sighup_while_tool_calls_run_lets_them_finish(reactor, tmp_path, c
         proxy = await daemon.start()
         token = await proxy.token_for("alice")
         await proxy.register("alice", chromium.browser_url, token)
-        pages = [await open_page(proxy, token, fixture_site.url(f"drain_late_text.html?ms=2000&n={n}")) for n in range(2)]
+        pages = [
+            await open_page(proxy, token, fixture_site.url(f"drain_late_text.html?ms=2000&n={n}")) for n in range(2)
+        ]
         calls = [
             Deferred.fromCoroutine(
-                proxy.call_tool(token, "wait_for", {"pageId": page, "text": ["Late text arrived"], "timeout": 15000}, rid=n)
+                proxy.call_tool(
+                    token, "wait_for", {"pageId": page, "text": ["Late text arrived"], "timeout": 15000}, rid=n
+                )
             )
             for n, page in enumerate(pages)
         ]
@@ -202,7 +218,7 @@ async def test_sighup_while_tool_calls_run_lets_them_finish(reactor, tmp_path, c
         assert "ratelimit.user_rate, tools.navigation_timeout" in await reloaded
         assert not any(call.called for call in calls)
         answers = await gatherResults(calls)
-        for page, answer in zip(pages, answers):
+        for page, answer in zip(pages, answers, strict=True):
             assert not answer["result"].get("isError"), answer
             assert "Late text arrived" in answer["result"]["content"][0]["text"]
             await proxy.call_tool(token, "close_page", {"pageId": page}, rid="close")
@@ -259,7 +275,9 @@ async def test_reload_changes_metrics_networks_and_browser_limits(reactor, tmp_p
         alice = await proxy.token_for("alice")
         bob = await proxy.token_for("bob")
         await proxy.register("alice", chromium.browser_url, alice)
-        code, body, _ = await proxy.api("POST", "/api/register", {"userId": "bob", "browserURL": chromium.browser_url}, bob)
+        code, body, _ = await proxy.api(
+            "POST", "/api/register", {"userId": "bob", "browserURL": chromium.browser_url}, bob
+        )
         assert code == 503 and "limits.max_users" in body["error"]["message"]
     finally:
         await proxy.stop()

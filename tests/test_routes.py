@@ -108,13 +108,13 @@ def test_a_missing_permission_is_403(served):
 
 def test_preflights_of_a_trusted_origin_are_answered_and_others_refused(served):
     site, _ = served
-    _, transport = _send(
-        site, b"OPTIONS /hello/bob HTTP/1.1\r\nHost: localhost\r\nOrigin: https://ide.example\r\n\r\n"
-    )
+    _, transport = _send(site, b"OPTIONS /hello/bob HTTP/1.1\r\nHost: localhost\r\nOrigin: https://ide.example\r\n\r\n")
     head = transport.value()
     assert head.startswith(b"HTTP/1.1 204 ") and b"Access-Control-Allow-Methods: GET, PUT" in head
     assert b"Access-Control-Allow-Origin: https://ide.example" in head
-    _, transport = _send(site, b"OPTIONS /hello/bob HTTP/1.1\r\nHost: localhost\r\nOrigin: https://evil.example\r\n\r\n")
+    _, transport = _send(
+        site, b"OPTIONS /hello/bob HTTP/1.1\r\nHost: localhost\r\nOrigin: https://evil.example\r\n\r\n"
+    )
     head, body = _answer(transport)
     assert head.startswith(b"HTTP/1.1 403 ") and body["error"]["code"] == "origin_not_allowed"
 

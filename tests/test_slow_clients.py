@@ -33,9 +33,7 @@ _ECHO = Router({b"echo": Area(tuple(Route(method, "/echo", echo) for method in (
 
 def _site(limits: ConnectionLimits, clock=None, registry=None) -> ProxySite:
     kwargs = {"reactor": clock} if clock is not None else {}
-    return ProxySite(
-        _ECHO, max_body_bytes=1000, limits=limits, registry=registry, **kwargs
-    )
+    return ProxySite(_ECHO, max_body_bytes=1000, limits=limits, registry=registry, **kwargs)
 
 
 def _dropped(registry: CollectorRegistry, reason: str) -> float:
@@ -97,7 +95,7 @@ def _json_body(response: bytes) -> dict:
 
 @pytest_twisted.ensureDeferred
 async def test_a_client_dribbling_its_headers_is_cut_off(serve):
-    site, port, registry = await serve(ConnectionLimits(header_timeout=1.0, keepalive_timeout=60.0))
+    _site, port, registry = await serve(ConnectionLimits(header_timeout=1.0, keepalive_timeout=60.0))
     client = await _connect(port)
     # One byte every 0.1 s: each byte restarts Twisted's idle timer, never the head deadline.
     head = iter(b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Filler: " + b"a" * 10_000)
@@ -115,7 +113,7 @@ async def test_a_client_dribbling_its_headers_is_cut_off(serve):
 
 @pytest_twisted.ensureDeferred
 async def test_a_body_that_never_completes_is_cut_off(serve):
-    site, port, registry = await serve(ConnectionLimits(header_timeout=60.0, body_timeout=1.0))
+    _site, port, registry = await serve(ConnectionLimits(header_timeout=60.0, body_timeout=1.0))
     client = await _connect(port)
     client.transport.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
     received = await _closed_within(client, 1.0 + SLACK)
@@ -126,7 +124,7 @@ async def test_a_body_that_never_completes_is_cut_off(serve):
 
 @pytest_twisted.ensureDeferred
 async def test_an_idle_keepalive_connection_is_closed(serve):
-    site, port, _ = await serve(ConnectionLimits(keepalive_timeout=0.5))
+    _site, port, _ = await serve(ConnectionLimits(keepalive_timeout=0.5))
     client = await _connect(port)
     client.transport.write(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
     received = await _closed_within(client, 0.5 + SLACK)
@@ -178,7 +176,10 @@ def test_the_cap_counts_ipv6_per_64_and_exempts_trusted_proxies():
     assert site.open_connection("192.0.2.1") == v4
 
 
-def _channel(site: ProxySite, peer=IPv4Address("TCP", "192.0.2.7", 40000)):
+_PEER = IPv4Address("TCP", "192.0.2.7", 40000)
+
+
+def _channel(site: ProxySite, peer=_PEER):
     channel = site.buildProtocol(peer)
     transport = StringTransport(peerAddress=peer)
     channel.makeConnection(transport)

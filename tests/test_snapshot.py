@@ -12,7 +12,8 @@ import pytest
 
 from mcproxy.browser.page import PageState
 from mcproxy.errors import ToolError
-from mcproxy.tools.snapshot import SnapshotState, format_snapshot, resolve_uid
+from mcproxy.testing.fake_cdp import ax_cycle, ax_deep, ax_duplicated, ax_node, ax_wide
+from mcproxy.tools.snapshot import MAX_DEPTH, MAX_FIELD, MAX_NODES, SnapshotState, format_snapshot, resolve_uid
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
@@ -107,8 +108,12 @@ def test_verbose_shows_every_node_and_nodes_without_dom_ids_get_fresh_uids():
 def test_empty_tree_and_hidden_nodes():
     state = SnapshotState()
     assert format_snapshot([], state) == "\n"
+    # fmt: off
     nodes = [
-        {"nodeId": "1", "role": {"value": "RootWebArea"}, "name": {"value": "T"}, "childIds": ["2", "3"], "backendDOMNodeId": 1},
+        {
+            "nodeId": "1", "role": {"value": "RootWebArea"}, "name": {"value": "T"}, "childIds": ["2", "3"],
+            "backendDOMNodeId": 1,
+        },
         {
             "nodeId": "2", "parentId": "1", "role": {"value": "button"}, "name": {"value": "Hidden"},
             "properties": [{"name": "hidden", "value": {"type": "boolean", "value": True}}], "backendDOMNodeId": 2,
@@ -124,6 +129,7 @@ def test_empty_tree_and_hidden_nodes():
             "backendDOMNodeId": 3,
         },
     ]
+    # fmt: on
     assert format_snapshot(nodes, state) == (
         'uid=2_0 RootWebArea "T"\n  uid=2_1 checkbox "Mixed" checked="mixed" description="tri" disabled\n'
     )
@@ -145,7 +151,7 @@ def test_resolve_uid_errors_tell_the_model_what_to_do():
     from mcproxy.tools.snapshot import snapshot_state
 
     page = _Page()
-    with pytest.raises(ToolError, match="No snapshot of page 7 yet. Call take_snapshot first"):
+    with pytest.raises(ToolError, match=r"No snapshot of page 7 yet\. Call take_snapshot first"):
         resolve_uid(page, "1_4")
     state = snapshot_state(page)
     format_snapshot(recorded("tools_ax_before.json"), state)
@@ -157,14 +163,11 @@ def test_resolve_uid_errors_tell_the_model_what_to_do():
     assert resolve_uid(page, "1_4") == 2, "a child frame's navigation keeps the snapshot"
     for callback in page.subscribers["Page.frameNavigated"]:
         callback("Page.frameNavigated", {"frame": {"id": "main"}})
-    with pytest.raises(ToolError, match="new document. Take a new snapshot"):
+    with pytest.raises(ToolError, match=r"new document\. Take a new snapshot"):
         resolve_uid(page, "1_4")
 
 
 # -- trees a hostile browser may send (more through a WebSocket in test_hostile_browser.py) ----
-
-from mcproxy.testing.fake_cdp import ax_cycle, ax_deep, ax_duplicated, ax_node, ax_wide  # noqa: E402
-from mcproxy.tools.snapshot import MAX_DEPTH, MAX_FIELD, MAX_NODES  # noqa: E402
 
 
 def test_a_child_listed_twice_per_level_is_shown_once():
@@ -197,6 +200,7 @@ def test_a_deep_tree_is_cut_at_the_depth_bound_without_recursion():
 
 
 def test_nodes_of_the_wrong_shape_are_skipped_or_read_as_empty():
+    # fmt: off
     nodes = [
         "not a node",
         {"role": {"value": "button"}},  # no nodeId
@@ -212,6 +216,7 @@ def test_nodes_of_the_wrong_shape_are_skipped_or_read_as_empty():
         },
         {"nodeId": "3", "parentId": "1", "role": {"value": "textbox"}, "childIds": "abc", "backendDOMNodeId": 3},
     ]
+    # fmt: on
     state = SnapshotState()
     text = format_snapshot(nodes, state)
     lines = text.splitlines()

@@ -31,24 +31,24 @@ def store(request, tmp_path, reactor):
 
 
 def user(user_id="alice", **changes):
-    fields = dict(
-        user_id=user_id,
-        browser_url="http://127.0.0.1:9222",
-        metadata={"team": "web", "nested": {"n": [1, 2.5, None, "é"]}},
-        registered_at=1700000000.25,
-    )
+    fields = {
+        "user_id": user_id,
+        "browser_url": "http://127.0.0.1:9222",
+        "metadata": {"team": "web", "nested": {"n": [1, 2.5, None, "é"]}},
+        "registered_at": 1700000000.25,
+    }
     fields.update(changes)
     return UserRecord(**fields)
 
 
 def token(token_id="0123456789abcdef", user_id="alice", **changes):
-    fields = dict(
-        token_id=token_id,
-        user_id=user_id,
-        secret_hash="ab" * 32,
-        permissions=("tools:*", "register"),
-        created_at=1700000000.5,
-    )
+    fields = {
+        "token_id": token_id,
+        "user_id": user_id,
+        "secret_hash": "ab" * 32,
+        "permissions": ("tools:*", "register"),
+        "created_at": 1700000000.5,
+    }
     fields.update(changes)
     return TokenRecord(**fields)
 
@@ -216,9 +216,7 @@ async def test_sqlite_restart_loses_nothing(tmp_path, reactor):
     second = await open_store(f"sqlite:{path}", reactor)
     try:
         assert await second.get_user("alice") == user(last_activity=3.0)
-        assert await second.get_token("0123456789abcdef") == token(
-            expires_at=99.0, revoked_at=50.0, last_used_at=40.0
-        )
+        assert await second.get_token("0123456789abcdef") == token(expires_at=99.0, revoked_at=50.0, last_used_at=40.0)
     finally:
         await second.close()
 
@@ -247,7 +245,7 @@ async def test_sqlite_unusable_path_is_a_config_error(tmp_path, reactor):
 )
 @pytest_twisted.ensureDeferred
 async def test_bad_store_urls_are_config_errors(url, reactor):
-    with pytest.raises(ConfigError, match="store.url"):
+    with pytest.raises(ConfigError, match=r"store\.url"):
         await open_store(url, reactor)
 
 
@@ -290,8 +288,7 @@ async def test_redis_keys_stay_under_the_prefix(tmp_path, reactor):
         await store.save_token(token())
         keys = await store.redis.keys(store.prefix + "*")
         assert sorted(keys) == sorted(
-            store.prefix + k
-            for k in ("users", "user:alice", "tokens", "token:0123456789abcdef", "user-tokens:alice")
+            store.prefix + k for k in ("users", "user:alice", "tokens", "token:0123456789abcdef", "user-tokens:alice")
         )
         assert store.prefix.startswith("mcproxy:")
         assert redis_test_url().startswith("redis://")

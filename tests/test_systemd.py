@@ -235,10 +235,8 @@ async def start_daemon(reactor, data_dir, *twistd_options, env=()):
     listener.listen(16)
     port = listener.getsockname()[1]
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-    command = " ".join(
-        [twistd, "-n", "--pidfile=", *twistd_options, "mcproxy", "--listen", "systemd:domain=INET:index=0"]
-        + ["--store", "memory:", "--data-dir", str(data_dir)]
-    )
+    daemon = ["mcproxy", "--listen", "systemd:domain=INET:index=0", "--store", "memory:", "--data-dir", str(data_dir)]
+    command = " ".join([twistd, "-n", "--pidfile=", *twistd_options, *daemon])
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_", "MCPROXY_"))}
     environ.update(LISTEN_FDS="1", LISTEN_FDNAMES="mcproxy", **dict(env))
     output = _Output()

@@ -3,7 +3,6 @@
 import pytest_twisted
 
 
-
 def _id(token: str) -> str:
     return token.split("_")[1]
 
@@ -22,7 +21,7 @@ async def test_the_owner_rotates_with_a_grace_period(proxy, reactor):
     from mcproxy.testing.tool_calls import sleep
 
     await sleep(reactor, 1.2)
-    code, body, headers = await proxy.api("GET", "/api/users/alice/status", token=old)
+    code, body, _headers = await proxy.api("GET", "/api/users/alice/status", token=old)
     assert code == 401 and body["error"]["code"] == "unauthorized"
     code, _, _ = await proxy.api("GET", "/api/users/alice/status", token=new)
     assert code in (200, 404)
@@ -40,7 +39,9 @@ async def test_rotation_is_refused_to_others_and_for_bad_input(proxy):
     code, body, _ = await proxy.api("POST", "/api/tokens/0123456789abcdef/rotate")
     assert code == 404
     for grace in (-1, "10", True, 10**9):
-        code, body, _ = await proxy.api("POST", f"/api/tokens/{_id(alice)}/rotate", {"graceSeconds": grace}, token=alice)
+        code, body, _ = await proxy.api(
+            "POST", f"/api/tokens/{_id(alice)}/rotate", {"graceSeconds": grace}, token=alice
+        )
         assert code == 400 and "graceSeconds" in body["error"]["message"], grace
     # Without a body the default grace applies; an admin may rotate anyone's token.
     code, body, _ = await proxy.api("POST", f"/api/tokens/{_id(bob)}/rotate")

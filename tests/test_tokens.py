@@ -102,7 +102,21 @@ def test_bad_user_id_is_refused(store, clock, user_id):
 
 @pytest.mark.parametrize(
     "permission",
-    ["tools", "tools:", "tools:category:", "Admin", "admin ", "tools:a b", "superuser", "", "!admin", "!!tools:x", "net:banana", "net:", 7],
+    [
+        "tools",
+        "tools:",
+        "tools:category:",
+        "Admin",
+        "admin ",
+        "tools:a b",
+        "superuser",
+        "",
+        "!admin",
+        "!!tools:x",
+        "net:banana",
+        "net:",
+        7,
+    ],
 )
 def test_unknown_permissions_are_refused(store, clock, permission):
     refused = failure_result_of(create_token(store, "alice", ["register", permission], None, clock), BadRequest)
@@ -156,7 +170,7 @@ def _refusal(store, clock, req) -> Unauthorized:
 
 
 def test_malformed_unknown_and_wrong_tokens_are_invalid(store, clock):
-    token, record = success_result_of(create_token(store, "alice", ["tools:*"], None, clock))
+    token, _record = success_result_of(create_token(store, "alice", ["tools:*"], None, clock))
     wrong_secret = token[:-3] + ("aaa" if not token.endswith("aaa") else "bbb")
     unknown_id = "mcpx_" + "0" * 16 + token[21:]
     for value in (b"mcpx_", b"mcpx_zz_yy", token.encode() + b"x", wrong_secret.encode(), unknown_id.encode()):
@@ -270,7 +284,7 @@ def test_first_start_creates_an_admin_token_file(store, clock, tmp_path):
     assert stat.S_IMODE(os.stat(data_dir).st_mode) == 0o700
     token = Path(path).read_text().strip()
     assert TOKEN_SHAPE.match(token)
-    assert [f for f in os.listdir(data_dir)] == ["admin-token"]
+    assert os.listdir(data_dir) == ["admin-token"]
     principal = authenticate(TokenAuthenticator(store, clock), request(b"Bearer " + token.encode()))
     assert principal.user_id == "admin" and principal.is_admin
     messages = [formatEvent(e) for e in logged]
@@ -282,7 +296,7 @@ def test_first_start_creates_an_admin_token_file(store, clock, tmp_path):
 
 
 def test_an_expired_or_revoked_admin_token_does_not_count(store, clock, tmp_path):
-    _, expiring = success_result_of(create_token(store, "root", ["admin"], 10, clock))
+    _, _expiring = success_result_of(create_token(store, "root", ["admin"], 10, clock))
     _, revoked = success_result_of(create_token(store, "root2", ["admin", "metrics"], None, clock))
     success_result_of(create_token(store, "alice", ["tools:*", "impersonate"], None, clock))
     success_result_of(store.revoke_token(revoked.token_id, clock.seconds()))
@@ -290,7 +304,7 @@ def test_an_expired_or_revoked_admin_token_does_not_count(store, clock, tmp_path
     clock.advance(10)
     path = success_result_of(ensure_admin_token(store, str(tmp_path), clock))
     assert path is not None
-    admins = [t for t in success_result_of(store.list_tokens("admin"))]
+    admins = list(success_result_of(store.list_tokens("admin")))
     assert len(admins) == 1 and admins[0].permissions == ("admin",)
 
 
@@ -327,7 +341,7 @@ def test_records_are_cached_briefly_and_revocation_still_lands(store, clock):
         assert authenticate(authenticator, req).user_id == "alice"
     assert lookups == [record.token_id]
     # A wrong secret for a cached id is still refused: the cache holds records, not verdicts.
-    forged = token[: -4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
     failure_result_of(authenticator.authenticate(request(b"Bearer " + forged.encode())), Unauthorized)
     success_result_of(store.revoke_token(record.token_id, clock.seconds()))
     clock.advance(2.0)

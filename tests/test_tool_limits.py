@@ -36,7 +36,11 @@ async def guarded(reactor, d):
     [
         ("type_text", {"text": TOO_LONG}, '"text": 100001 characters, more than the 100000'),
         ("fill", {"uid": "1_1", "value": TOO_LONG}, '"value": 100001 characters, more than the 100000'),
-        ("fill_form", {"elements": [{"uid": "1_1", "value": "a"}] * TOO_MANY}, '"elements": 101 items, more than the 100'),
+        (
+            "fill_form",
+            {"elements": [{"uid": "1_1", "value": "a"}] * TOO_MANY},
+            '"elements": 101 items, more than the 100',
+        ),
         ("fill_form", {"elements": [{"uid": "1_1", "value": TOO_LONG}]}, '"elements"[0].value: 100001 characters'),
         ("upload_file", {"uid": "1_1", "filePaths": ["/tmp/a"] * TOO_MANY}, '"filePaths": 101 items'),
         ("press_key", {"key": "a" * (MAX_KEY_LENGTH + 1)}, '"key": 101 characters, more than the 100'),
@@ -88,7 +92,9 @@ def test_key_combinations_and_headers_are_bounded():
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_max_length_text_is_typed_while_other_calls_are_answered(reactor, tools, user_browser, fixture_site, monkeypatch):
+async def test_a_max_length_text_is_typed_while_other_calls_are_answered(
+    reactor, tools, user_browser, fixture_site, monkeypatch
+):
     context = make_context()
     await ok(tools, context, "new_page", url=fixture_site.page("limits_text.html"))
     typing_page_id = context.session.selected_page_id
@@ -122,7 +128,10 @@ async def test_a_max_length_text_is_typed_while_other_calls_are_answered(reactor
     assert not result.is_error, text_of(result)
     assert len(sent) > sent_before, "typing went on after the other call was answered"
     value = await ok(
-        tools, context, "evaluate_script", pageId=typing_page_id,
+        tools,
+        context,
+        "evaluate_script",
+        pageId=typing_page_id,
         function=(
             "() => [notes.value.length, notes.value.split('\\n').length - 1, "
             "notes.value === ('x'.repeat(9999) + '\\n').repeat(10)]"
@@ -147,7 +156,10 @@ async def test_settling_ignores_the_pages_clock_and_ends_on_a_dom_that_never_res
     result = await guarded(reactor, restless)
     assert text_of(result) == "Successfully clicked on the element"
     # The click returned, and the page is free for the next call, while the DOM still changes.
-    read = "() => [document.getElementById('out').textContent, Number(document.getElementById('ticks').textContent.slice(5))]"
+    read = (
+        "() => [document.getElementById('out').textContent,"
+        " Number(document.getElementById('ticks').textContent.slice(5))]"
+    )
     first = text_of(await ok(tools, context, "evaluate_script", pageId=page_id, function=read, waitForStableDom=False))
     assert '["clicked once",' in first
     ticks = int(first.rsplit(",", 1)[1].split("]")[0])
@@ -169,7 +181,9 @@ async def test_tool_timeouts_are_lowered_to_the_configured_maximum(reactor, user
     )
     waiting = tools.call_tool("wait_for", {"pageId": page_id, "text": ["never there"], "timeout": 10**12}, context)
     result = await guarded(reactor, waiting)
-    assert result.is_error and text_of(result) == 'Timed out after 1000 ms waiting for any of ["never there"] to appear.'
+    assert (
+        result.is_error and text_of(result) == 'Timed out after 1000 ms waiting for any of ["never there"] to appear.'
+    )
 
 
 def test_a_throttled_page_never_stretches_a_wait_past_the_cap():
@@ -177,15 +191,18 @@ def test_a_throttled_page_never_stretches_a_wait_past_the_cap():
     ``tools.max_timeout``, like an explicit ``timeout`` argument."""
     from types import SimpleNamespace
 
-    from mcproxy.config import ToolsConfig
     from mcproxy.browser.emulation import Emulation
     from mcproxy.browser.page import PageState
-    from mcproxy.tools.call import ToolCall
+    from mcproxy.config import ToolsConfig
     from mcproxy.testing.tool_calls import make_context
+    from mcproxy.tools.call import ToolCall
 
     page = SimpleNamespace(state=PageState(emulation=Emulation(cpu_rate=20)))
     config = ToolsConfig(navigation_timeout=10.0, max_timeout=60.0)
     call = ToolCall(args={}, context=make_context(), browser=None, config=config, clock=None, page=page)
     assert call.timeout() == 60.0
-    assert ToolCall(args={"timeout": 90_000}, context=make_context(), browser=None, config=config, clock=None).timeout() == 60.0
+    assert (
+        ToolCall(args={"timeout": 90_000}, context=make_context(), browser=None, config=config, clock=None).timeout()
+        == 60.0
+    )
     assert ToolCall(args={}, context=make_context(), browser=None, config=config, clock=None).timeout() == 10.0

@@ -59,12 +59,22 @@ async def test_form_flow(tools, fixture_site):
     assert new_text.split("_")[0] != name.split("_")[0]
 
     result = await ok(tools, context, "wait_for", pageId=page_id, text=["nowhere", "clicked Alice"])
-    assert text_of(result).startswith('Element matching one of ["nowhere","clicked Alice"] found.\n## Latest page snapshot\n')
+    assert text_of(result).startswith(
+        'Element matching one of ["nowhere","clicked Alice"] found.\n## Latest page snapshot\n'
+    )
 
-    script = "() => ({out: document.getElementById('out').textContent, color: document.getElementById('color').value, agree: document.getElementById('agree').checked})"
+    script = (
+        "() => ({out: document.getElementById('out').textContent, color: document.getElementById('color').value,"
+        " agree: document.getElementById('agree').checked})"
+    )
     result = await ok(tools, context, "evaluate_script", pageId=page_id, function=script)
-    assert text_of(result) == 'Script ran on page and returned:\n```json\n{"out":"clicked Alice","color":"b","agree":true}\n```'
-    result = await ok(tools, context, "evaluate_script", pageId=page_id, function="(a, b) => [a.id, b.value]", args=[submit, name])
+    assert (
+        text_of(result)
+        == 'Script ran on page and returned:\n```json\n{"out":"clicked Alice","color":"b","agree":true}\n```'
+    )
+    result = await ok(
+        tools, context, "evaluate_script", pageId=page_id, function="(a, b) => [a.id, b.value]", args=[submit, name]
+    )
     assert text_of(result).endswith('```json\n["btn","Alice"]\n```')
 
     result = await ok(tools, context, "take_screenshot", pageId=page_id)
@@ -93,8 +103,14 @@ async def test_keyboard(tools, fixture_site):
     assert text_of(result) == "Successfully pressed key: Control+A"
     await ok(tools, context, "type_text", pageId=page_id, text="Q-1", submitKey="Tab")
     result = await ok(
-        tools, context, "evaluate_script", pageId=page_id,
-        function="() => [document.getElementById('name').value, document.getElementById('keys').textContent, document.activeElement.id]",
+        tools,
+        context,
+        "evaluate_script",
+        pageId=page_id,
+        function=(
+            "() => [document.getElementById('name').value, document.getElementById('keys').textContent,"
+            " document.activeElement.id]"
+        ),
     )
     assert '["Q-1","[x][y][z][C-Control][C-A][Q][-][1][Tab]","agree"]' in text_of(result)
     result = await tools.call_tool("press_key", {"pageId": page_id, "key": "Hyper+x"}, context)
@@ -110,7 +126,9 @@ async def test_navigate_back_forward_reload(tools, fixture_site):
     assert text_of(result).startswith(f"Successfully navigated to {second}.\n## Pages\n")
     assert f"{page_id}: Second Tools Page ({second}) [selected]" in text_of(result)
     result = await ok(tools, context, "navigate_page", pageId=page_id, type="back")
-    assert text_of(result).startswith(f"Successfully navigated back to {fixture_site.page('tools_form.html')}.\n## Pages\n")
+    assert text_of(result).startswith(
+        f"Successfully navigated back to {fixture_site.page('tools_form.html')}.\n## Pages\n"
+    )
     result = await ok(tools, context, "navigate_page", pageId=page_id, type="forward")
     assert text_of(result).startswith(f"Successfully navigated forward to {second}.")
     result = await ok(tools, context, "navigate_page", pageId=page_id, type="reload", ignoreCache=True)
@@ -120,7 +138,11 @@ async def test_navigate_back_forward_reload(tools, fixture_site):
     result = await tools.call_tool("navigate_page", {"pageId": page_id, "url": "http://127.0.0.1:9/"}, context)
     assert result.is_error and text_of(result) == "Navigation failed: net::ERR_UNSAFE_PORT."
     result = await ok(
-        tools, context, "navigate_page", pageId=page_id, url=fixture_site.page("tools_form.html"),
+        tools,
+        context,
+        "navigate_page",
+        pageId=page_id,
+        url=fixture_site.page("tools_form.html"),
         initScript="window.fromInit = 42",
     )
     result = await ok(tools, context, "evaluate_script", pageId=page_id, function="() => window.fromInit")
@@ -138,7 +160,9 @@ async def test_stale_and_unknown_uids(tools, fixture_site):
     result = await tools.call_tool("click", {"pageId": page_id, "uid": "9_99"}, context)
     assert result.is_error and 'Element uid "9_99" not found' in text_of(result)
     assert "take a new snapshot" in text_of(result).lower()
-    await ok(tools, context, "evaluate_script", pageId=page_id, function="() => document.getElementById('btn').remove()")
+    await ok(
+        tools, context, "evaluate_script", pageId=page_id, function="() => document.getElementById('btn').remove()"
+    )
     for name, extra in (("click", {}), ("fill", {"value": "x"}), ("take_screenshot", {})):
         result = await tools.call_tool(name, {"pageId": page_id, "uid": submit, **extra}, context)
         assert result.is_error, name
@@ -154,9 +178,18 @@ async def test_settling_waits_for_dom_and_navigation(tools, fixture_site):
     page_id, _ = await open_form(tools, context, fixture_site)
     snapshot = text_of(await ok(tools, context, "take_snapshot", pageId=page_id))
     await ok(tools, context, "click", pageId=page_id, uid=uid_of(snapshot, 'button "Busy"'))
-    result = await ok(tools, context, "evaluate_script", pageId=page_id, function="() => document.getElementById('ticks').textContent", waitForStableDom=False)
+    result = await ok(
+        tools,
+        context,
+        "evaluate_script",
+        pageId=page_id,
+        function="() => document.getElementById('ticks').textContent",
+        waitForStableDom=False,
+    )
     assert text_of(result).endswith('"tick 6"\n```')
-    result = await ok(tools, context, "click", pageId=page_id, uid=uid_of(snapshot, 'button "Go"'), includeSnapshot=True)
+    result = await ok(
+        tools, context, "click", pageId=page_id, uid=uid_of(snapshot, 'button "Go"'), includeSnapshot=True
+    )
     assert 'RootWebArea "Second Tools Page"' in text_of(result)
 
 
@@ -190,7 +223,12 @@ async def test_unknown_page_and_scope(reactor, user_browser, fixture_site):
     result = await tools.call_tool("take_snapshot", {"pageId": page_id}, alice_b)
     assert text_of(result) == f"No page with id {page_id}. Call list_pages to see the pages you can use."
     mine = await ok(tools, alice_a, "list_pages")
-    assert {"id": page_id, "url": fixture_site.page("tools_form.html"), "title": "Tools Test Page", "selected": True} in mine.structured_content["pages"]
+    assert {
+        "id": page_id,
+        "url": fixture_site.page("tools_form.html"),
+        "title": "Tools Test Page",
+        "selected": True,
+    } in mine.structured_content["pages"]
 
     for scope, session in (("user", "B"), ("session", None)):
         wider = make_registry(reactor, user_browser, tab_scope=scope)
@@ -201,7 +239,9 @@ async def test_unknown_page_and_scope(reactor, user_browser, fixture_site):
     # Tabs the proxy did not open are only visible under "browser".
     foreign = [p.page_id for p in user_browser.pages() if not p.via_proxy]
     assert foreign
-    result = await make_registry(reactor, user_browser, tab_scope="user").call_tool("take_snapshot", {"pageId": foreign[0]}, alice_a)
+    result = await make_registry(reactor, user_browser, tab_scope="user").call_tool(
+        "take_snapshot", {"pageId": foreign[0]}, alice_a
+    )
     assert result.is_error
     await ok(make_registry(reactor, user_browser, tab_scope="browser"), alice_a, "take_snapshot", pageId=foreign[0])
 
@@ -240,7 +280,13 @@ async def test_wait_for_timeout_and_navigation(reactor, tools, fixture_site):
     result = await ok(tools, context, "wait_for", pageId=page_id, text=["late text"], timeout=3000)
     assert '"late text"' in text_of(result)
     # The text shows up on another document after a navigation.
-    await ok(tools, context, "evaluate_script", pageId=page_id, function="() => { setTimeout(() => { location.href = 'tools_second.html'; }, 100); }")
+    await ok(
+        tools,
+        context,
+        "evaluate_script",
+        pageId=page_id,
+        function="() => { setTimeout(() => { location.href = 'tools_second.html'; }, 100); }",
+    )
     result = await ok(tools, context, "wait_for", pageId=page_id, text=["You arrived."], timeout=5000)
     assert "You arrived." in text_of(result)
 
@@ -251,7 +297,11 @@ async def test_argument_and_permission_errors(tools, fixture_site):
     cases = [
         ("take_snapshot", {}, 'Missing required argument "pageId".'),
         ("take_snapshot", {"pageId": "1"}, 'Invalid argument "pageId": expected a number, got a string.'),
-        ("navigate_page", {"pageId": 1, "type": "sideways"}, 'Invalid argument "type": must be one of "url", "back", "forward", "reload", got \'sideways\'.'),
+        (
+            "navigate_page",
+            {"pageId": 1, "type": "sideways"},
+            'Invalid argument "type": must be one of "url", "back", "forward", "reload", got \'sideways\'.',
+        ),
         ("wait_for", {"pageId": 1, "text": []}, 'Invalid argument "text": must have at least 1 item(s).'),
         ("wait_for", {"pageId": 1, "text": ["a", 2]}, 'Invalid argument "text"[1]: expected a string, got an integer.'),
         ("take_screenshot", {"pageId": 1, "quality": 101}, 'Invalid argument "quality": must be at most 100, got 101.'),
@@ -267,7 +317,12 @@ async def test_argument_and_permission_errors(tools, fixture_site):
     result = await tools.call_tool("click", {"pageId": 1, "uid": "1_1"}, limited)
     assert result.is_error and '"tools:click", "tools:category:input" or "tools:*"' in text_of(result)
     assert [t.name for t in tools.list_tools(limited.principal)] == [
-        "list_pages", "select_page", "new_page", "close_page", "navigate_page", "wait_for",
+        "list_pages",
+        "select_page",
+        "new_page",
+        "close_page",
+        "navigate_page",
+        "wait_for",
     ]
 
 
@@ -282,7 +337,9 @@ async def test_select_and_close_pages(tools, fixture_site, user_browser):
     assert f"{first_id}: Tools Test Page ({fixture_site.page('tools_form.html')}) [selected]" in text_of(result)
     assert context.session.selected_page_id == first_id
     result = await ok(tools, context, "close_page", pageId=second_id)
-    assert text_of(result) == f"## Pages\n{first_id}: Tools Test Page ({fixture_site.page('tools_form.html')}) [selected]"
+    assert (
+        text_of(result) == f"## Pages\n{first_id}: Tools Test Page ({fixture_site.page('tools_form.html')}) [selected]"
+    )
     assert second_id not in [p.page_id for p in user_browser.pages()]
     result = await tools.call_tool("close_page", {"pageId": second_id}, context)
     assert result.is_error and text_of(result).startswith(f"No page with id {second_id}.")

@@ -125,8 +125,8 @@ def site(reactor):
 @pytest_twisted.async_yield_fixture()
 async def browser(reactor, browser_config, http_client, chromium):
     """User alice's browser through a pool that runs the collector on every page."""
-    from mcproxy.browser.pool import BrowserPool
     from mcproxy.browser.collect import Collector
+    from mcproxy.browser.pool import BrowserPool
 
     pool = BrowserPool(reactor, browser_config, http_client, page_listeners=[Collector()])
     browser = pool.browser_for("alice", chromium.browser_url)
@@ -306,9 +306,7 @@ async def test_network_requests(reactor, browser, site, tmp_path):
     store = ArtifactStore(str(tmp_path), ArtifactsConfig(), reactor)
     tools, context = registry(reactor, browser, artifacts=store), make_context()
     page_id = await open_page(tools, context, f"{site}/collect_network.html")
-    await until(
-        reactor, lambda: sum(r.finished for r in records(browser, page_id).network.entries()) >= 6
-    )
+    await until(reactor, lambda: sum(r.finished for r in records(browser, page_id).network.entries()) >= 6)
 
     result = await ok(tools, context, "list_network_requests", pageId=page_id)
     lines = text_of(result).splitlines()
@@ -361,8 +359,13 @@ async def test_network_requests(reactor, browser, site, tmp_path):
     assert "### Response Body" not in hop and "- location:data.json" in hop.lower()
 
     saved = await ok(
-        tools, context, "get_network_request", pageId=page_id, reqid=3,
-        requestFilePath="bodies/post.network-request", responseFilePath="bodies/post.network-response",
+        tools,
+        context,
+        "get_network_request",
+        pageId=page_id,
+        reqid=3,
+        requestFilePath="bodies/post.network-request",
+        responseFilePath="bodies/post.network-response",
     )
     links = [block for block in saved.content if block.type == "resource_link"]
     assert [link.name for link in links] == ["bodies/post.network-request", "bodies/post.network-response"]
@@ -455,7 +458,7 @@ async def test_endless_console_flood_stays_bounded(reactor, browser, site):
     await browser.page(page_id).send(
         "Runtime.evaluate", {"expression": "for (let i = 0; i < 100000; i++) console.log('flood', i, {i})"}, timeout=120
     )
-    await until(reactor, lambda: journal.entries() and journal.entries()[-1].text == "flood 99999 {\"i\":99999}", 120)
+    await until(reactor, lambda: journal.entries() and journal.entries()[-1].text == 'flood 99999 {"i":99999}', 120)
 
     kept = journal.entries()
     assert len(journal) == len(kept) == journal.max_entries == 10_000

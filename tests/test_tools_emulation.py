@@ -3,10 +3,10 @@
 import pytest
 import pytest_twisted
 
+from mcproxy.browser.emulation import Viewport, emulation_listener, timeout_factor
 from mcproxy.errors import ToolError
 from mcproxy.testing.tool_calls import failed, make_context, ok, sleep, text_of, uid_of
 from mcproxy.tools import emulation, styles
-from mcproxy.browser.emulation import Viewport, emulation_listener, timeout_factor
 from mcproxy.tools.emulation import parse_geolocation, parse_headers, parse_viewport
 
 PAGE = "emulation_page.html"
@@ -21,9 +21,7 @@ def make_tools(reactor, browser):
         assert user_id == "alice"
         return browser
 
-    return ToolRegistry(
-        get_browser, ToolsConfig(), reactor, tools=(*DEFAULT_TOOLS, *emulation.tools, *styles.tools)
-    )
+    return ToolRegistry(get_browser, ToolsConfig(), reactor, tools=(*DEFAULT_TOOLS, *emulation.tools, *styles.tools))
 
 
 @pytest.fixture
@@ -33,9 +31,7 @@ def tools(reactor, user_browser):
 
 async def js(page, expression):
     """The value of ``expression`` (awaited) in ``page``."""
-    reply = await page.send(
-        "Runtime.evaluate", {"expression": expression, "awaitPromise": True, "returnByValue": True}
-    )
+    reply = await page.send("Runtime.evaluate", {"expression": expression, "awaitPromise": True, "returnByValue": True})
     assert "exceptionDetails" not in reply, reply
     return reply["result"].get("value")
 
@@ -111,7 +107,10 @@ async def test_emulate_and_reset(reactor, tools, user_browser, fixture_site):
         "Emulating network conditions: Slow 3G",
         "Emulating CPU throttling: 4x slowdown",
         "Default navigation timeout set to 100000 ms",
-        'Emulating viewport: {"deviceScaleFactor":3,"isMobile":true,"hasTouch":true,"isLandscape":false,"width":390,"height":844}',
+        (
+            'Emulating viewport: {"deviceScaleFactor":3,"isMobile":true,"hasTouch":true,"isLandscape":false,'
+            '"width":390,"height":844}'
+        ),
         "Emulating user agent: mcproxy-test-agent",
         "Emulating color scheme: dark",
         "Emulating prefers-reduced-motion: reduce",
@@ -184,7 +183,7 @@ async def test_emulate_extra_headers(reactor, tools, user_browser):
     try:
         url = f"http://127.0.0.1:{port.getHost().port}/"
         context = make_context()
-        page_id, page = await open_page(tools, context, user_browser, url)
+        page_id, _page = await open_page(tools, context, user_browser, url)
         assert "x-mcproxy" not in seen[-1]
         await ok(tools, context, "emulate", pageId=page_id, extraHttpHeaders='{"X-Mcproxy": "one"}')
         await ok(tools, context, "navigate_page", pageId=page_id, type="reload")
@@ -210,7 +209,9 @@ async def test_emulate_bad_input(tools, user_browser, fixture_site):
     assert "Invalid viewport 'phone'" in message and "'390x844x3,mobile,touch'" in message
     message = await failed(tools, context, "emulate", pageId=page_id, networkConditions="5G")
     assert '"networkConditions"' in message and '"Slow 3G"' in message
-    assert "Invalid extraHttpHeaders" in await failed(tools, context, "emulate", pageId=page_id, extraHttpHeaders="nope")
+    assert "Invalid extraHttpHeaders" in await failed(
+        tools, context, "emulate", pageId=page_id, extraHttpHeaders="nope"
+    )
     # A refused call leaves the previous emulation in force.
     assert await js(page, "matchMedia('(prefers-color-scheme: dark)').matches") is True
 
@@ -265,7 +266,9 @@ async def test_resize_page_falls_back_to_emulation(reactor, user_browser, fixtur
     context = make_context()
     page_id, page = await open_page(tools, context, user_browser, fixture_site.page(PAGE))
     result = await ok(tools, context, "resize_page", pageId=page_id, width=500, height=400)
-    assert text_of(result).startswith("Chrome could not resize this page's window, so its viewport is emulated at 500x400")
+    assert text_of(result).startswith(
+        "Chrome could not resize this page's window, so its viewport is emulated at 500x400"
+    )
     assert await js(page, "[innerWidth, innerHeight]") == [500, 400]
     # The override is part of the page's emulation: emulate without a viewport removes it.
     await ok(tools, context, "emulate", pageId=page_id)
@@ -283,7 +286,10 @@ async def test_get_css_styles(tools, user_browser, fixture_site):
     target = uid_of(snapshot, 'button "Target"')
     text = text_of(await ok(tools, context, "get_css_styles", pageId=page_id, uid=target, pageSize=5))
     sections = text.split("\n### ")
-    assert sections[0] == f"## CSS styles of uid={target} (button#target.box)\nShowing 1-5 of 11 (Page 1 of 3).\nNext page: 1"
+    assert (
+        sections[0]
+        == f"## CSS styles of uid={target} (button#target.box)\nShowing 1-5 of 11 (Page 1 of 3).\nNext page: 1"
+    )
     # Highest precedence first; the inline color wins, the rules' colors lose.
     assert sections[1:] == [
         "element.style\n  color: red;",
@@ -291,23 +297,32 @@ async def test_get_css_styles(tools, user_browser, fixture_site):
         f".box ({PAGE}:13)\n@media (min-width: 1px)\n  border: 1px solid black;",
         f".box ({PAGE}:10)\n  [overloaded] color: green;\n  padding: 4px;",
         f"button ({PAGE}:18)\n@layer base\n  letter-spacing: 1px;",
-        "Computed values of these properties\n  color: rgb(255, 0, 0);\n  margin-top: 2px;\n  margin-right: 3px;\n"
-        "  margin-bottom: 2px;\n  margin-left: 3px;\n  border-top-width: 1px;\n  border-right-width: 1px;\n"
-        "  border-bottom-width: 1px;\n  border-left-width: 1px;\n  border-top-style: solid;\n"
-        "  border-right-style: solid;\n  border-bottom-style: solid;\n  border-left-style: solid;\n"
-        "  border-top-color: rgb(0, 0, 0);\n  border-right-color: rgb(0, 0, 0);\n  border-bottom-color: rgb(0, 0, 0);\n"
-        "  border-left-color: rgb(0, 0, 0);\n  border-image-source: none;\n  border-image-slice: 100%;\n"
-        "  border-image-width: 1;\n  border-image-outset: 0;\n  border-image-repeat: stretch;\n"
-        "  padding-top: 4px;\n  padding-right: 4px;\n  padding-bottom: 4px;\n  padding-left: 4px;\n  letter-spacing: 1px;",
+        (
+            "Computed values of these properties\n  color: rgb(255, 0, 0);\n  margin-top: 2px;\n  margin-right: 3px;\n"
+            "  margin-bottom: 2px;\n  margin-left: 3px;\n  border-top-width: 1px;\n  border-right-width: 1px;\n"
+            "  border-bottom-width: 1px;\n  border-left-width: 1px;\n  border-top-style: solid;\n"
+            "  border-right-style: solid;\n  border-bottom-style: solid;\n  border-left-style: solid;\n"
+            "  border-top-color: rgb(0, 0, 0);\n  border-right-color: rgb(0, 0, 0);\n"
+            "  border-bottom-color: rgb(0, 0, 0);\n"
+            "  border-left-color: rgb(0, 0, 0);\n  border-image-source: none;\n  border-image-slice: 100%;\n"
+            "  border-image-width: 1;\n  border-image-outset: 0;\n  border-image-repeat: stretch;\n"
+            "  padding-top: 4px;\n  padding-right: 4px;\n  padding-bottom: 4px;\n  padding-left: 4px;\n"
+            "  letter-spacing: 1px;"
+        ),
     ]
 
     text = text_of(await ok(tools, context, "get_css_styles", pageId=page_id, uid=target, pageSize=5, pageIdx=2))
-    assert text.startswith(f"## CSS styles of uid={target} (button#target.box)\nShowing 11-11 of 11 (Page 3 of 3).\nPrevious page: 1\n")
+    assert text.startswith(
+        f"## CSS styles of uid={target} (button#target.box)\nShowing 11-11 of 11 (Page 3 of 3).\nPrevious page: 1\n"
+    )
     # Only inherited properties of ancestors count; the button's own font (from the user
     # agent's font shorthand) beats the inherited font-family.
     assert "### Inherited from body: body (emulation_page.html:8)\n  [overloaded] font-family: sans-serif;\n" in text
     middle = text_of(await ok(tools, context, "get_css_styles", pageId=page_id, uid=target, pageSize=5, pageIdx=1))
-    assert "### Inherited from div#wrap: #wrap (emulation_page.html:9)\n  [overloaded] color: navy;\n  [overloaded] font-size: 20px;\n  --accent: orange;\n" in middle
+    assert (
+        "### Inherited from div#wrap: #wrap (emulation_page.html:9)\n  [overloaded] color: navy;\n"
+        "  [overloaded] font-size: 20px;\n  --accent: orange;\n" in middle
+    )
     assert "(user agent stylesheet)\n" in middle and "  [overloaded] padding-block-start: 1px;\n" in middle
     assert "  font-size: 13.3333px;" in middle
 

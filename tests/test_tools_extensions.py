@@ -12,10 +12,10 @@ import shutil
 
 import pytest
 import pytest_twisted
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
 from mcproxy.errors import CDPError
-from twisted.internet import defer
 from mcproxy.testing.tool_calls import failed, make_context, ok, sleep, text_of
 from mcproxy.tools import extension_targets, extensions
 
@@ -37,11 +37,11 @@ def ext_chromium(reactor):
 @pytest.fixture(scope="module")
 def ext_browser(reactor, ext_chromium):
     """User alice's browser on that Chromium, collecting console and network like the daemon."""
+    from mcproxy.browser.collect import Collector
     from mcproxy.browser.connect import default_http_client
+    from mcproxy.browser.dialogs import track_dialogs
     from mcproxy.browser.pool import BrowserPool
     from mcproxy.config import BrowserConfig
-    from mcproxy.browser.collect import Collector
-    from mcproxy.browser.dialogs import track_dialogs
 
     config = BrowserConfig(call_timeout=10.0, connect_timeout=5.0, health_interval=30.0, backoff_initial=0.2)
     pool = BrowserPool(reactor, config, default_http_client(reactor), page_listeners=[track_dialogs, Collector()])
@@ -180,7 +180,13 @@ async def test_service_worker_console_messages(reactor, registry, context, ext_b
     worker_id = await worker_of(reactor, registry, context, extension_id)
     # Logged at start-up, before the proxy attached (Chrome replays them), or just after.
     await logged(
-        reactor, registry, context, ext_browser, worker_id, f"fixture worker started {extension_id}", "fixture installed: install"
+        reactor,
+        registry,
+        context,
+        ext_browser,
+        worker_id,
+        f"fixture worker started {extension_id}",
+        "fixture installed: install",
     )
     await ok(
         registry,
@@ -287,9 +293,7 @@ async def test_install_reload_uninstall(reactor, registry, context, ext_browser,
     assert second != first
     await logged(reactor, registry, context, ext_browser, second, started, "fixture installed: update")
     # The old worker is gone, and so is its id.
-    text = await failed(
-        registry, context, "list_console_messages", pageId=page_id(ext_browser), serviceWorkerId=first
-    )
+    text = await failed(registry, context, "list_console_messages", pageId=page_id(ext_browser), serviceWorkerId=first)
     assert f'No extension service worker with id "{first}"' in text
 
     result = await ok(registry, context, "uninstall_extension", id=copy_id)
@@ -368,9 +372,7 @@ async def test_without_the_extensions_domain(reactor, registry, context, ext_bro
     async def get_browser(user_id):
         return refusing
 
-    limited = ToolRegistry(
-        get_browser, ToolsConfig(tab_scope="browser"), reactor
-    )
+    limited = ToolRegistry(get_browser, ToolsConfig(tab_scope="browser"), reactor)
     text = text_of(await ok(limited, context, "list_extensions"))
     line = rf'^id={extension_id} "mcproxy test extension" v1\.2\.3 Enabled serviceWorkers=sw-\d+$'
     assert re.search(line, text, re.M), text

@@ -57,7 +57,12 @@ async def test_drag_html5(tools, fixture_site):
     assert await evaluate(tools, context, page_id, moved) == '["dropped apple","basket"]'
     # Dragging works again afterwards (interception was switched off and on cleanly).
     result = await ok(
-        tools, context, "drag", pageId=page_id, from_uid=uid_of(snapshot, '"Pear"'), to_uid=basket,
+        tools,
+        context,
+        "drag",
+        pageId=page_id,
+        from_uid=uid_of(snapshot, '"Pear"'),
+        to_uid=basket,
         includeSnapshot=True,
     )
     assert text_of(result).startswith("Successfully dragged an element\n## Latest page snapshot\n")
@@ -114,13 +119,23 @@ async def test_upload_file(tools, fixture_site, tmp_path):
     upload.write_bytes(b"hello upload")
     other = tmp_path / "other.csv"
     other.write_bytes(b"a,b\n")
-    result = await ok(tools, context, "upload_file", pageId=page_id, uid=uid_of(snapshot, 'button "Upload"'), filePaths=[str(upload)])
+    result = await ok(
+        tools, context, "upload_file", pageId=page_id, uid=uid_of(snapshot, 'button "Upload"'), filePaths=[str(upload)]
+    )
     assert text_of(result) == f"File uploaded from {upload}."
     assert await evaluate(tools, context, page_id, "() => upload.files[0].name") == '"upload.txt"'
     assert await evaluate(tools, context, page_id, READ_OUTPUT) == '"upload: upload.txt/12"'
 
     many = uid_of(snapshot, 'button "Many files"')
-    result = await ok(tools, context, "upload_file", pageId=page_id, uid=many, filePaths=[str(upload), str(other)], includeSnapshot=True)
+    result = await ok(
+        tools,
+        context,
+        "upload_file",
+        pageId=page_id,
+        uid=many,
+        filePaths=[str(upload), str(other)],
+        includeSnapshot=True,
+    )
     assert text_of(result).startswith(f"Files uploaded from {upload}, {other}.\n## Latest page snapshot\n")
     assert await evaluate(tools, context, page_id, READ_OUTPUT) == '"many: upload.txt/12, other.csv/4"'
 
@@ -134,7 +149,14 @@ async def test_upload_file(tools, fixture_site, tmp_path):
 
     # An element that neither is a file input nor opens a chooser.
     started = time.monotonic()
-    text = await failed(tools, context, "upload_file", pageId=page_id, uid=uid_of(snapshot, 'button "Plain button"'), filePaths=[str(upload)])
+    text = await failed(
+        tools,
+        context,
+        "upload_file",
+        pageId=page_id,
+        uid=uid_of(snapshot, 'button "Plain button"'),
+        filePaths=[str(upload)],
+    )
     assert time.monotonic() - started < 5
     assert "is not a file input, and clicking it did not open a file chooser" in text
 
@@ -142,7 +164,9 @@ async def test_upload_file(tools, fixture_site, tmp_path):
     missing = os.path.join(str(tmp_path), "missing.txt")
     upload_uid = uid_of(snapshot, 'button "Upload"')
     text = await failed(tools, context, "upload_file", pageId=page_id, uid=upload_uid, filePaths=[missing])
-    assert text.startswith(f"The browser cannot read {missing}: no such readable file on the machine the browser runs on")
+    assert text.startswith(
+        f"The browser cannot read {missing}: no such readable file on the machine the browser runs on"
+    )
     assert await evaluate(tools, context, page_id, "() => upload.files.length") == "0"
     text = await failed(tools, context, "upload_file", pageId=page_id, uid=many, filePaths=[str(upload), str(tmp_path)])
     assert text.startswith(f"The browser cannot read {tmp_path}: ")

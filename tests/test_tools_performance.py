@@ -102,9 +102,7 @@ def perf_tools(reactor, browser, store):
         assert user_id == "alice"
         return browser
 
-    return ToolRegistry(
-        get_browser, ToolsConfig(), reactor, artifacts=store
-    )
+    return ToolRegistry(get_browser, ToolsConfig(), reactor, artifacts=store)
 
 
 @pytest.fixture
@@ -337,7 +335,9 @@ async def test_closing_a_traced_page_frees_tracing(tools, perf_site):
     message = await failed(tools, context, "performance_stop_trace", pageId=traced)
     assert message == f"No page with id {traced}. Call list_pages to see the pages you can use."
     await ok(tools, context, "performance_start_trace", pageId=other, reload=False, autoStop=False)
-    assert "## insight set id: NO_NAVIGATION" in text_of(await ok(tools, context, "performance_stop_trace", pageId=other))
+    assert "## insight set id: NO_NAVIGATION" in text_of(
+        await ok(tools, context, "performance_stop_trace", pageId=other)
+    )
 
 
 @pytest_twisted.ensureDeferred

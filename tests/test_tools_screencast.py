@@ -90,7 +90,9 @@ async def test_animated_png_without_ffmpeg(reactor, user_browser, fixture_site, 
         (tmp_path / "demo.png").write_bytes(data)
         probe = subprocess.run(
             ["ffprobe", "-v", "error", "-count_frames", "-show_streams", "-of", "json", str(tmp_path / "demo.png")],
-            capture_output=True, check=True, text=True,
+            capture_output=True,
+            check=True,
+            text=True,
         )
         stream = json.loads(probe.stdout)["streams"][0]
         assert stream["codec_name"] == "apng" and int(stream["nb_read_frames"]) == len(delays)
@@ -108,7 +110,9 @@ async def test_video_with_ffmpeg(reactor, user_browser, fixture_site, artifacts,
     video.write_bytes(data)
     probe = subprocess.run(
         [shutil.which("ffprobe"), "-v", "error", "-show_streams", "-show_format", "-of", "json", str(video)],
-        capture_output=True, check=True, text=True,
+        capture_output=True,
+        check=True,
+        text=True,
     )
     info = json.loads(probe.stdout)
     stream = info["streams"][0]
@@ -162,7 +166,7 @@ async def test_frame_limit(reactor, user_browser, fixture_site, artifacts, monke
 
 
 def test_jpeg_size():
-    header = b"\xff\xd8" + b"\xff\xe0\x00\x04ab" + b"\xff\xc0\x00\x11\x08" + struct.pack(">HH", 600, 800) + b"\x03" + b"\0" * 9
+    header = b"\xff\xd8\xff\xe0\x00\x04ab\xff\xc0\x00\x11\x08" + struct.pack(">HH", 600, 800) + b"\x03" + b"\0" * 9
     assert encoding.jpeg_size(header) == (800, 600)
     with pytest.raises(ValueError):
         encoding.jpeg_size(b"\xff\xd8\x00")

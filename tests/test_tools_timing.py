@@ -4,7 +4,6 @@ import statistics
 import time
 
 import pytest_twisted
-
 from test_tools_browser import make_context, make_registry, ok, open_form, text_of, uid_of
 
 

@@ -7,13 +7,12 @@ from twisted.internet.task import Clock
 
 from mcproxy.auth.principal import Principal
 from mcproxy.browser.page import PageState
+from mcproxy.calls import CallContext, SessionView
 from mcproxy.config import ToolsConfig
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.testing.deferreds import failure_result_of, success_result_of
 from mcproxy.tools import schema
-from mcproxy.calls import CallContext, SessionView
 from mcproxy.tools.settle import DOM_POLL, DOM_QUIET, NAVIGATION_WINDOW, SETTLE_CAP, act_and_settle, first
-
 
 # -- schema.validate -------------------------------------------------------------------
 
@@ -35,13 +34,16 @@ SCHEMA = schema.obj(
         ({}, 'Missing required argument "pageId".'),
         ({"pageId": None}, 'Missing required argument "pageId".'),
         ({"pageId": True}, 'Invalid argument "pageId": expected a number, got a boolean.'),
-        ({"pageId": 1, "kind": "c"}, "Invalid argument \"kind\": must be one of \"a\", \"b\", got 'c'."),
+        ({"pageId": 1, "kind": "c"}, 'Invalid argument "kind": must be one of "a", "b", got \'c\'.'),
         ({"pageId": 1, "count": 1.5}, 'Invalid argument "count": expected an integer, got a number.'),
         ({"pageId": 1, "count": -1}, 'Invalid argument "count": must be at least 0, got -1.'),
         ({"pageId": 1, "texts": []}, 'Invalid argument "texts": must have at least 1 item(s).'),
         ({"pageId": 1, "texts": ["x", None]}, 'Invalid argument "texts"[1]: expected a string, got null.'),
         ({"pageId": 1, "flag": "yes"}, 'Invalid argument "flag": expected a boolean, got a string.'),
-        ({"pageId": 1, "other": 1}, 'Unknown argument "other" (this tool takes: "pageId", "kind", "count", "texts", "flag").'),
+        (
+            {"pageId": 1, "other": 1},
+            'Unknown argument "other" (this tool takes: "pageId", "kind", "count", "texts", "flag").',
+        ),
     ],
 )
 def test_validation_names_the_parameter(arguments, message):
@@ -53,13 +55,18 @@ def test_validation_names_the_parameter(arguments, message):
 def test_validation_passes_good_arguments_and_drops_nulls():
     arguments = {"pageId": 2.0, "kind": "a", "count": 5, "texts": ["x"], "flag": False, "other": None}
     assert schema.validate({**SCHEMA, "properties": {**SCHEMA["properties"], "other": {}}}, arguments) == {
-        "pageId": 2.0, "kind": "a", "count": 5, "texts": ["x"], "flag": False,
+        "pageId": 2.0,
+        "kind": "a",
+        "count": 5,
+        "texts": ["x"],
+        "flag": False,
     }
     with pytest.raises(schema.InvalidArguments, match="expected an object"):
         schema.validate(SCHEMA, ["pageId"])
 
 
 # -- first -----------------------------------------------------------------------------
+
 
 def test_first_fires_with_the_first_result_and_cancels_the_rest():
     a, b = Deferred(), Deferred()
@@ -84,6 +91,7 @@ def test_cancelling_first_cancels_every_input():
 
 
 # -- act_and_settle ----------------------------------------------------------------------
+
 
 class ScriptedPage:
     """A page whose CDP answers are scripted: ``counts`` lists the mutation counts the
@@ -248,6 +256,7 @@ def test_cancelling_stops_every_wait():
 
 # -- pages -----------------------------------------------------------------------------
 
+
 class FakePage:
     def __init__(self, page_id, opener=None, via_proxy=True, title="", url="about:blank"):
         self.page_id, self.opener, self.via_proxy = page_id, opener, via_proxy
@@ -354,26 +363,31 @@ def test_a_missing_browser_is_reported_as_a_tool_error():
     async def no_browser(user_id):
         raise ToolError(f"no browser registered for user {user_id}; register one with POST /api/register")
 
-    result = success_result_of(ToolRegistry(no_browser, ToolsConfig(), Clock()).call_tool("list_pages", None, context()))
+    result = success_result_of(
+        ToolRegistry(no_browser, ToolsConfig(), Clock()).call_tool("list_pages", None, context())
+    )
     assert result.is_error
     assert result.content[0].text == "no browser registered for user u; register one with POST /api/register"
 
 
-@pytest.mark.parametrize(
-    "combo, expected",
-    [
-        ("Enter", [("keyDown", "Enter", 0), ("keyUp", "Enter", 0)]),
-        ("+", [("keyDown", "+", 0), ("keyUp", "+", 0)]),
-        ("Control++", [("rawKeyDown", "Control", 2), ("rawKeyDown", "+", 2), ("keyUp", "+", 2), ("keyUp", "Control", 0)]),
-        (
-            "Control+Shift+r",
-            [
-                ("rawKeyDown", "Control", 2), ("rawKeyDown", "Shift", 10), ("rawKeyDown", "R", 10),
-                ("keyUp", "R", 10), ("keyUp", "Shift", 2), ("keyUp", "Control", 0),
-            ],
-        ),
-    ],
-)
+# fmt: off
+#: A key combination and the (type, key, modifiers) of the events it sends, the presses before the releases.
+KEY_COMBINATIONS = [
+    ("Enter", [("keyDown", "Enter", 0), ("keyUp", "Enter", 0)]),
+    ("+", [("keyDown", "+", 0), ("keyUp", "+", 0)]),
+    ("Control++", [("rawKeyDown", "Control", 2), ("rawKeyDown", "+", 2), ("keyUp", "+", 2), ("keyUp", "Control", 0)]),
+    (
+        "Control+Shift+r",
+        [
+            ("rawKeyDown", "Control", 2), ("rawKeyDown", "Shift", 10), ("rawKeyDown", "R", 10),
+            ("keyUp", "R", 10), ("keyUp", "Shift", 2), ("keyUp", "Control", 0),
+        ],
+    ),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("combo, expected", KEY_COMBINATIONS)
 def test_key_combinations(combo, expected):
     from mcproxy.tools.keyboard import key_events
 
@@ -385,7 +399,7 @@ def test_key_combinations(combo, expected):
 def test_bad_key_combinations_are_explained(combo):
     from mcproxy.tools.keyboard import key_events
 
-    with pytest.raises(ToolError, match="modifier|No key|Unknown key"):
+    with pytest.raises(ToolError, match=r"modifier|No key|Unknown key"):
         key_events(combo)
 
 
@@ -409,7 +423,9 @@ def test_grants_patterns_and_deny_rules():
     assert "evaluate_script" not in listed(tools, ["tools:*", "!tools:evaluate_script"])
     assert not listed(tools, ["tools:*", "!tools:category:*"])
     assert listed(tools, ["admin", "!tools:click"]) == everything - {"click"}
-    refused = success_result_of(tools.call_tool("click", {"pageId": 1, "uid": "1_1"}, context(permissions=["tools:*", "!tools:click"])))
+    refused = success_result_of(
+        tools.call_tool("click", {"pageId": 1, "uid": "1_1"}, context(permissions=["tools:*", "!tools:click"]))
+    )
     assert refused.is_error and 'not allowed to call "click"' in refused.content[0].text
 
 

@@ -49,7 +49,7 @@ def number(pattern: str, text: str) -> float:
 
 
 def test_parser_reads_events_split_anywhere():
-    events = [{"name": "a", "ph": "X", "ts": 1, "args": {"s": "}],[{\\\"x"}}, {"name": "b", "ph": "I", "ts": 2}]
+    events = [{"name": "a", "ph": "X", "ts": 1, "args": {"s": '}],[{\\"x'}}, {"name": "b", "ph": "I", "ts": 2}]
     text = json.dumps({"traceEvents": events, "metadata": {"x": [1, 2]}}, indent=1)
     for chunk in (1, 2, 3, 7, len(text)):
         parser, seen = TraceParser(), []
@@ -122,9 +122,10 @@ def test_recorded_summary(recorded):
     assert recorded.url == SITE + "perf_load.html"
     lcp = number(r"- LCP: (\d+) ms, event: \(ts: \d+\), nodeId: \d+ \(IMG id='hero'\)", summary_text)
     assert 400 < lcp < 1000
-    phases = [number(rf"    - {label}: (\d+) ms", summary_text) for label in (
-        "Time to first byte", "Resource load delay", "Resource load duration", "Element render delay"
-    )]
+    phases = [
+        number(rf"    - {label}: (\d+) ms", summary_text)
+        for label in ("Time to first byte", "Resource load delay", "Resource load duration", "Element render delay")
+    ]
     # The phases add up to LCP (each rounded to the ms), and the image's 0.4 s dominates.
     assert abs(sum(phases) - lcp) <= 2
     assert 395 <= phases[2] < 600 and phases[0] < 100
@@ -135,7 +136,9 @@ def test_recorded_summary(recorded):
     listed = re.findall(r"  - insight name: (\w+)", summary_text)
     assert listed == ["LCPBreakdown", "DocumentLatency", "RenderBlocking", "INPBreakdown", "CLSCulprits", "LongTasks"]
     assert "Not available in this set" not in summary_text
-    assert summary_text.startswith(f"## Summary of Performance trace findings:\nURL: {SITE}perf_load.html\nTrace bounds: ")
+    assert summary_text.startswith(
+        f"## Summary of Performance trace findings:\nURL: {SITE}perf_load.html\nTrace bounds: "
+    )
 
 
 def test_recorded_lcp_breakdown(recorded):

@@ -58,7 +58,7 @@ CORPUS = [
     "http://faß.example/",
     "http://e\u0301vil.example/",
     "http://\u0435vil.example/",
-    "http://ｅｖｉｌ．ｅｘａｍｐｌｅ/",
+    "http://ｅｖｉｌ．ｅｘａｍｐｌｅ/",  # noqa: RUF001 -- the full-width look-alikes are the case
     "http://Ⓔⓥⓘⓛ.example/",
     "http://evil。example/",
     "http://evil｡example/",
@@ -212,7 +212,7 @@ async def test_the_policy_decides_on_the_host_chromium_loads(user_browser):
     requests = await chromium_requests(page, CORPUS)
     problems = [
         f"{url!r}: {problem}"
-        for url, hostname, request in zip(CORPUS, hostnames, requests)
+        for url, hostname, request in zip(CORPUS, hostnames, requests, strict=True)
         if (problem := disagreement(url, hostname, request)) is not None
     ]
     assert not problems, "\n".join(problems)

@@ -68,7 +68,7 @@ class RevokeOptions(usage.Options):
     def getSynopsis(self):
         return super().getSynopsis() + " TOKEN_ID"
 
-    def parseArgs(self, token_id):
+    def parseArgs(self, token_id):  # type: ignore[override]  # usage.Options passes the positional arguments
         self["token_id"] = parse_token(token_id) or token_id
         if not is_valid_token_id(self["token_id"]):
             raise usage.UsageError(f"{token_id!r} is not a token id (16 hex digits, as 'tokens list' shows)")
@@ -94,7 +94,7 @@ class SetPasswordOptions(usage.Options):
     def getSynopsis(self):
         return super().getSynopsis() + " USER"
 
-    def parseArgs(self, user_id):
+    def parseArgs(self, user_id):  # type: ignore[override]  # usage.Options passes the positional arguments
         if not is_valid_user_id(user_id):
             raise usage.UsageError(f"{user_id!r} is not a user id (1-128 of A-Z a-z 0-9 . _ @ -)")
         self["user"] = user_id
@@ -148,7 +148,9 @@ def format_table(tokens) -> str:
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() + "\n" for row in rows)
+    return "".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n" for row in rows
+    )
 
 
 async def _create(store, options, clock, out) -> None:

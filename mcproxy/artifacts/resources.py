@@ -6,7 +6,7 @@ reading and encoding run away from the reactor.
 """
 
 import base64
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import mcp_types
 from twisted.internet.defer import Deferred, fail
@@ -77,4 +77,4 @@ class ArtifactResources:
 
 
 def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

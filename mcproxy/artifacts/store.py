@@ -42,7 +42,7 @@ class ArtifactStore(Service):
         self._clock = clock
         self._index: dict[str, Artifact] = {}
         self._owned: dict[str, dict[str, Artifact]] = {}
-        self._writing: dict[str, set["ArtifactWriter"]] = {}
+        self._writing: dict[str, set[ArtifactWriter]] = {}
         self._sweeper: LoopingCall | None = None
         os.makedirs(self._root, mode=0o700, exist_ok=True)
         self._load()

@@ -1,7 +1,7 @@
 """Admission of an authenticated caller: the authentication chain, the credential's own
 address rule, the per-user rate limit, and the count of refusals, in that order."""
 
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import attrs
 

@@ -77,14 +77,14 @@ def hash_password(password: str) -> str:
 def verify_password(password: bytes, encoded: str) -> bool:
     """Whether ``password`` matches ``encoded`` (constant-time); False for a hash we cannot read."""
     try:
-        scheme, n, r, p, salt, digest = encoded.split("$")
-        n, r, p = int(n), int(r), int(p)
-        salt, expected = base64.b64decode(salt, validate=True), base64.b64decode(digest, validate=True)
+        scheme, n_text, r_text, p_text, salt_text, digest = encoded.split("$")
+        n, r, p = int(n_text), int(r_text), int(p_text)
+        salt, expected = base64.b64decode(salt_text, validate=True), base64.b64decode(digest, validate=True)
     except (ValueError, binascii.Error):
         log.error("A stored password hash is not in the scrypt$N$r$p$salt$hash format")
         scheme, n, r, p, salt, expected = "scrypt", SCRYPT_N, SCRYPT_R, SCRYPT_P, b"", b""
     # Bounds keep a tampered hash from asking for gigabytes (scrypt needs 128 * n * r bytes).
-    if scheme != "scrypt" or not (2 <= n and n * r <= 2**19 and 1 <= p <= 16):
+    if scheme != "scrypt" or not (n >= 2 and n * r <= 2**19 and 1 <= p <= 16):
         return False
     actual = _scrypt(password, salt, n, r, p, len(expected) or HASH_BYTES)
     return hmac.compare_digest(actual, expected)
@@ -165,14 +165,16 @@ class BasicAuthenticator:
         key = hmac.digest(self._cache_key, user_id.encode("utf-8") + b"\0" + password, "sha256")
         now = self._reactor.seconds()
         remembered = self._good.get(key)
-        if stored is not None and remembered is not None and remembered[0] == stored:
-            if now - remembered[1] < self._cache_seconds:
-                return True
+        if (
+            stored is not None
+            and remembered is not None
+            and remembered[0] == stored
+            and now - remembered[1] < self._cache_seconds
+        ):
+            return True
         wait = self._failures.wait(user_id)
         if wait:
-            raise RateLimited(
-                f"too many failed sign-ins for {user_id}; retry in {wait} s", retry_after=wait
-            )
+            raise RateLimited(f"too many failed sign-ins for {user_id}; retry in {wait} s", retry_after=wait)
         if len(self._limit.waiting) >= self._max_waiting:
             raise RateLimited("too many sign-ins are being checked right now; retry in a second", retry_after=1)
         if stored is None:

@@ -45,9 +45,7 @@ async def ensure_admin_token(store: IStore, data_dir: str, clock) -> str | None:
     for token in await store.list_tokens():
         if ADMIN in token.permissions and token.is_valid_at(now):
             return None
-    token, record = await create_token(
-        store, ADMIN_USER, [ADMIN], None, clock, description="first-start admin token"
-    )
+    token, record = await create_token(store, ADMIN_USER, [ADMIN], None, clock, description="first-start admin token")
     path = os.path.join(data_dir, TOKEN_FILE)
     try:
         write_secret_file(path, token + "\n")

@@ -7,7 +7,8 @@ credential was sent), and a 403 after authentication carries ``error="insufficie
 """
 
 import inspect
-from typing import Callable
+from collections.abc import Callable
+from typing import TypeGuard
 
 import attrs
 from twisted.internet.defer import Deferred, TimeoutError
@@ -73,7 +74,7 @@ def authorization_value(request) -> bytes | None:
     return values[0] if values else None
 
 
-def has_scheme(value: bytes | None, scheme: bytes) -> bool:
+def has_scheme(value: bytes | None, scheme: bytes) -> TypeGuard[bytes]:
     """Whether an ``Authorization`` value uses ``scheme`` (case-insensitive)."""
     return value is not None and value.strip().partition(b" ")[0].lower() == scheme
 
@@ -89,9 +90,7 @@ def requested_user(request) -> str | None:
     """The ``X-User-Id`` header when sent, checked for syntax (400 otherwise)."""
     value = _one_header(request, b"x-user-id")
     if value is not None and not is_valid_user_id(value):
-        raise BadRequest(
-            "X-User-Id must be 1-128 characters of A-Z a-z 0-9 . _ @ -", code="invalid_user_id"
-        )
+        raise BadRequest("X-User-Id must be 1-128 characters of A-Z a-z 0-9 . _ @ -", code="invalid_user_id")
     return value
 
 
@@ -174,12 +173,13 @@ class AuthenticationChain:
 
     async def _bounded(self, result):
         """Await an authenticator's answer (Deferred, coroutine or plain value) for at most ``timeout``."""
-        if not inspect.isawaitable(result):
+        if isinstance(result, Deferred):
+            d = result
+        elif inspect.iscoroutine(result):
+            d = Deferred.fromCoroutine(result)
+        else:
             return result
-        d = result if isinstance(result, Deferred) else Deferred.fromCoroutine(result)
         try:
             return await d.addTimeout(self._timeout, self._clock)
         except TimeoutError:
-            raise MCProxyError(
-                "the credential could not be checked in time; try again", code="auth_timeout"
-            ) from None
+            raise MCProxyError("the credential could not be checked in time; try again", code="auth_timeout") from None

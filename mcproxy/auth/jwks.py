@@ -16,13 +16,16 @@ Only asymmetric keys are kept (RSA, EC, OKP): HMAC algorithms are verified with
 """
 
 import json
+from typing import cast
 
 import attrs
 from jwt import PyJWK
 from jwt.exceptions import PyJWTError
 from twisted.internet.defer import Deferred, TimeoutError
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.iweb import UNKNOWN_LENGTH
 
@@ -127,9 +130,7 @@ class JWKSCache:
         if (stale or rotated) and now >= self._retry_at:
             await self._refresh()
         matches = [
-            key.jwk
-            for key in self._keys
-            if key.jwk.algorithm_name == algorithm and (kid is None or key.kid == kid)
+            key.jwk for key in self._keys if key.jwk.algorithm_name == algorithm and (kid is None or key.kid == kid)
         ]
         if matches:
             return matches
@@ -145,7 +146,7 @@ class JWKSCache:
 
     async def _refresh(self) -> None:
         """Wait for a fetch (one at a time; each caller gets its own Deferred to cancel)."""
-        waiter = Deferred()
+        waiter: Deferred[None] = Deferred()
         self._waiters.append(waiter)
         if not self._fetching:
             self._fetching = True
@@ -185,9 +186,7 @@ class JWKSCache:
         )
 
     async def _download(self) -> bytes:
-        response = await self._http.get(
-            self.url, headers={b"Accept": [b"application/json"]}, unbuffered=True
-        )
+        response = await self._http.get(self.url, headers={b"Accept": [b"application/json"]}, unbuffered=True)
         if response.length is not UNKNOWN_LENGTH and response.length > MAX_JWKS_BYTES:
             raise JWKSError(f"the document is over {MAX_JWKS_BYTES} bytes")
         body = await _read_body(response)
@@ -207,7 +206,9 @@ class _CappedBody(Protocol):
     def drop(self) -> None:
         transport = self.transport
         if transport is not None:
-            getattr(transport, "abortConnection", transport.stopProducing)()
+            # A response body's transport is a producer; the connection under it can be aborted.
+            abort = getattr(transport, "abortConnection", None) or cast(IPushProducer, transport).stopProducing
+            abort()
 
     def dataReceived(self, data: bytes) -> None:
         if self.done.called:
@@ -219,7 +220,7 @@ class _CappedBody(Protocol):
         else:
             self.chunks.append(data)
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.done.called:
             return
         if reason.check(ResponseDone):

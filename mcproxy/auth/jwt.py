@@ -15,8 +15,11 @@ refusal is `Unauthorized` with a short ``reason`` (the auth-failure metric label
 import math
 import re
 import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import jwt
+from jwt import PyJWK
 from jwt.exceptions import (
     InvalidAlgorithmError,
     InvalidAudienceError,
@@ -36,6 +39,9 @@ from mcproxy.auth.principal import Principal
 from mcproxy.auth.tokens import bearer_credential, check_permissions, is_valid_user_id
 from mcproxy.errors import BadRequest, Unauthorized
 from mcproxy.interfaces import IAuthenticator
+
+if TYPE_CHECKING:
+    from jwt.types import Options
 
 log = Logger()
 
@@ -69,7 +75,7 @@ def known_permissions(value) -> frozenset[str]:
             "the JWT's permissions claim must be a space-separated string or a list of strings",
             reason="malformed",
         )
-    known = set()
+    known: set[str] = set()
     for name in names:
         try:
             known.update(check_permissions([name]))
@@ -175,6 +181,7 @@ class JWTAuthenticator:
         algorithm = header.get("alg")
         if not isinstance(algorithm, str):
             raise Unauthorized("the JWT header's alg must be a string", reason="bad_algorithm")
+        keys: Sequence[bytes | PyJWK]
         if algorithm in HMAC_ALGORITHMS and self._secret:
             keys = [self._secret]
         elif algorithm in ASYMMETRIC_ALGORITHMS and self._jwks is not None:
@@ -186,9 +193,9 @@ class JWTAuthenticator:
         self._check_times(claims)
         return self._principal(claims)
 
-    def _verified_claims(self, token: str, algorithm: str, keys: list) -> dict:
+    def _verified_claims(self, token: str, algorithm: str, keys: Sequence[bytes | PyJWK]) -> dict:
         """The claims, once one of ``keys`` verifies the signature and aud/iss match."""
-        options = {
+        options: Options = {
             "verify_exp": False,  # checked on our clock in _check_times
             "verify_nbf": False,
             "verify_iat": False,
@@ -212,7 +219,9 @@ class JWTAuthenticator:
             except InvalidSignatureError as e:
                 error = e  # another key of the set may have signed it
             except InvalidKeyError:
-                raise Unauthorized("the JWT cannot be verified with the configured key", reason="bad_signature")
+                raise Unauthorized(
+                    "the JWT cannot be verified with the configured key", reason="bad_signature"
+                ) from None
             except InvalidTokenError as e:
                 raise _refusal(e) from None
         raise _refusal(error)

@@ -118,9 +118,7 @@ async def create_token(
     ``not_after`` caps the expiry (epoch seconds).
     """
     if not is_valid_user_id(user_id):
-        raise BadRequest(
-            f"invalid user id {user_id!r}: use 1-128 of A-Z a-z 0-9 . _ @ -", code="invalid_user_id"
-        )
+        raise BadRequest(f"invalid user id {user_id!r}: use 1-128 of A-Z a-z 0-9 . _ @ -", code="invalid_user_id")
     checked = check_permissions(permissions)
     if ttl is not None and not (isinstance(ttl, (int, float)) and 0 < ttl < math.inf):
         raise BadRequest(f"ttl must be a positive number of seconds, got {ttl!r}", code="invalid_ttl")
@@ -281,9 +279,7 @@ class TokenAuthenticator:
             raise Unauthorized("the API token has expired; ask for a new one", reason="expired")
         await self._check_ancestors(record, now)
         await self._touch(record, now)
-        return Principal(
-            user_id=record.user_id, permissions=frozenset(record.permissions), token_id=record.token_id
-        )
+        return Principal(user_id=record.user_id, permissions=frozenset(record.permissions), token_id=record.token_id)
 
     async def _check_ancestors(self, record: TokenRecord, now: float) -> None:
         """A token minted from another works only while every token above it does."""

@@ -75,8 +75,10 @@ class PageRecords:
 
     def __init__(self, collector: "Collector", budget: Budget | None = None):
         self._collector = collector
-        self.console = Journal(collector.max_messages, collector.max_bytes, budget=budget)
-        self.network = Journal(collector.max_requests, collector.max_bytes, self._forget_request, budget)
+        self.console: Journal[ConsoleMessage] = Journal(collector.max_messages, collector.max_bytes, budget=budget)
+        self.network: Journal[NetworkRequest] = Journal(
+            collector.max_requests, collector.max_bytes, self._forget_request, budget
+        )
         #: Domain enables not answered yet, and the `ready` callers waiting for them.
         self._enabling = 0
         self._waiting: list[Deferred] = []
@@ -262,13 +264,13 @@ class PageRecords:
             self._request_extra_info("", {"requestId": request.cdp_id, "headers": early})
 
     def _request_extra_info(self, _: str, params: dict) -> None:
-        request = self._requests.get(params.get("requestId"))
+        request = self._requests.get(params.get("requestId", ""))
         if not params.get("headers"):
             return
         if request is None or request.raw_request_headers or (request.status is not None and not request.finished):
             # Before its request, for the next hop of a redirect that is not known yet, or late
             # for this hop: `_loading_finished` settles which (no hop follows a finished one).
-            self._keep_early("request", params.get("requestId"), params["headers"])
+            self._keep_early("request", params.get("requestId", ""), params["headers"])
             return
         request.raw_request_headers = True
         # The headers as sent, including the Cookie header the main event leaves out.
@@ -277,16 +279,16 @@ class PageRecords:
         request.request_headers = headers
 
     def _response_received(self, _: str, params: dict) -> None:
-        request = self._requests.get(params.get("requestId"))
+        request = self._requests.get(params.get("requestId", ""))
         if request is not None:
             self._set_response(request, params.get("response", {}))
             request.extra_info_due = bool(params.get("hasExtraInfo")) and not request.raw_response_headers
 
     def _response_extra_info(self, _: str, params: dict) -> None:
-        request = self._requests.get(params.get("requestId"))
+        request = self._requests.get(params.get("requestId", ""))
         if (request is None or request.status is None) and params.get("headers"):
             # Before the request or its response: applied when that comes (`_set_response`).
-            self._keep_early("response", params.get("requestId"), params["headers"])
+            self._keep_early("response", params.get("requestId", ""), params["headers"])
             return
         if request is not None and params.get("headers"):
             # The headers as received, including Set-Cookie; they win over the summary.
@@ -295,12 +297,12 @@ class PageRecords:
             request.extra_info_due = False
 
     def _data_received(self, _: str, params: dict) -> None:
-        request = self._requests.get(params.get("requestId"))
+        request = self._requests.get(params.get("requestId", ""))
         if request is not None:
             request.body_size += params.get("dataLength", 0)
 
     def _loading_finished(self, _: str, params: dict) -> None:
-        request = self._requests.get(params.get("requestId"))
+        request = self._requests.get(params.get("requestId", ""))
         if request is not None:
             request.finished = True
             late = None if request.raw_request_headers else self._take_early("request", request.cdp_id)
@@ -308,7 +310,7 @@ class PageRecords:
                 self._request_extra_info("", {"requestId": request.cdp_id, "headers": late})
 
     def _loading_failed(self, _: str, params: dict) -> None:
-        request = self._requests.get(params.get("requestId"))
+        request = self._requests.get(params.get("requestId", ""))
         if request is not None:
             request.finished = True
             request.failure = params.get("errorText") or ("canceled" if params.get("canceled") else "failed")

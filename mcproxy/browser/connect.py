@@ -15,7 +15,7 @@ from mcproxy.browser.cdp.discovery import discover
 from mcproxy.browser.cdp.websocket import open_websocket
 from mcproxy.browser.urls import BrowserURL, browser_id, endpoint_key, validate_browser_url
 from mcproxy.config import BrowserConfig
-from mcproxy.errors import BrowserUnavailable
+from mcproxy.errors import BrowserUnavailable, InvalidBrowserURL
 
 if TYPE_CHECKING:
     from mcproxy.browser.link import BrowserLink
@@ -65,8 +65,10 @@ async def locate_browser(reactor, config: BrowserConfig, http_client, browser_ur
     timeout = config.connect_timeout
     target = await validate_browser_url(browser_url, config.allowed_networks, reactor=reactor, timeout=timeout)
     ws_url = await discover(http_client, target, timeout=timeout, clock=reactor)
-    ws = target if ws_url == target.url else await validate_browser_url(
-        ws_url, config.allowed_networks, reactor=reactor, timeout=timeout
+    ws = (
+        target
+        if ws_url == target.url
+        else await validate_browser_url(ws_url, config.allowed_networks, reactor=reactor, timeout=timeout)
     )
     return LocatedBrowser(url=target, ws_url=ws_url, ws=ws)
 
@@ -76,6 +78,8 @@ async def open_located(
 ) -> CDPConnection:
     """Open the DevTools WebSocket of a located browser, to its pinned address."""
     ws = located.ws
+    if ws.address is None:  # validate_browser_url pins every URL it passes
+        raise InvalidBrowserURL(f"{located.ws_url} has no pinned address")
     protocol = await open_websocket(
         reactor,
         located.ws_url,
@@ -89,7 +93,7 @@ async def open_located(
         call_timeout=config.call_timeout,
         description=description,
     )
-    return protocol.cdp
+    return protocol.connection
 
 
 async def connect_browser(
@@ -111,9 +115,7 @@ async def open_cdp_link(browser: "BrowserLink") -> CDPConnection:
             " register a Chrome of your own"
         )
     browser.browser_id = located.browser_id
-    return await open_located(
-        browser.reactor, browser.config, located, description=f"the browser of {browser.user_id}"
-    )
+    return await open_located(browser.reactor, browser.config, located, description=f"the browser of {browser.user_id}")
 
 
 async def probe_browser(reactor, config: BrowserConfig, browser_url: str, http_client=None) -> BrowserIdentity:

@@ -83,6 +83,6 @@ def _probe(page, state: DialogState) -> None:
             # Any answer, even an error about a replaced document, means the page is responsive.
             if not isinstance(result, Failure) or result.check(CDPError):
                 state.blind = False
-        return None
+        return
 
     probe.addBoth(answered)

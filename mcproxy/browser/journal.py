@@ -7,19 +7,34 @@ journals of one browser hold together.
 
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar
 
 KEPT_NAVIGATIONS = 3
 
 
-class _Navigation:
+class Entry(Protocol):
+    """What a journal keeps: anything with an ``id`` (given here) and a ``cost`` (its size)."""
+
+    id: int
+    cost: int
+
+
+EntryT = TypeVar("EntryT", bound=Entry)
+
+
+def _keep_no_index(entry: object) -> None:
+    pass
+
+
+class _Navigation(Generic[EntryT]):
     __slots__ = ("entries", "dropped")
 
     def __init__(self) -> None:
-        self.entries: OrderedDict[int, object] = OrderedDict()
+        self.entries: OrderedDict[int, EntryT] = OrderedDict()
         self.dropped = 0
 
 
-class Journal:
+class Journal(Generic[EntryT]):
     """Entries of one kind for one page, by navigation, bounded in number and size.
 
     Entries carry ``id`` (assigned here) and ``cost`` (their accounted size). ``on_drop``
@@ -30,14 +45,14 @@ class Journal:
         self,
         max_entries: int,
         max_bytes: int,
-        on_drop: Callable[[object], None] = lambda entry: None,
+        on_drop: Callable[[EntryT], None] = _keep_no_index,
         budget: "Budget | None" = None,
     ):
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self._on_drop = on_drop
         self._budget = budget
-        self._navigations: deque[_Navigation] = deque([_Navigation()])
+        self._navigations: deque[_Navigation[EntryT]] = deque([_Navigation()])
         self._count = 0
         self._cost = 0
         self._next_id = 1
@@ -52,7 +67,7 @@ class Journal:
         """The accounted size of the entries kept."""
         return self._cost
 
-    def add(self, entry):
+    def add(self, entry: EntryT) -> EntryT:
         """Give ``entry`` the next id and keep it in the current navigation."""
         entry.id = self._next_id
         self._next_id += 1
@@ -62,7 +77,7 @@ class Journal:
         self._trim()
         return entry
 
-    def charge(self, entry, extra: int) -> None:
+    def charge(self, entry: EntryT, extra: int) -> None:
         """``entry`` (kept) grew by ``extra``."""
         entry.cost += extra
         self._account(extra)
@@ -73,10 +88,10 @@ class Journal:
         if self._budget is not None:
             self._budget.cost += cost
 
-    def navigated(self, keep: Callable[[object], bool] | None = None) -> None:
+    def navigated(self, keep: Callable[[EntryT], bool] | None = None) -> None:
         """A new navigation starts; entries of the last one matching ``keep`` move into it."""
         last = self._navigations[-1]
-        current = _Navigation()
+        current: _Navigation[EntryT] = _Navigation()
         if keep is not None:
             for entry_id in [i for i, e in last.entries.items() if keep(e)]:
                 current.entries[entry_id] = last.entries.pop(entry_id)
@@ -98,7 +113,7 @@ class Journal:
         navigation.dropped += 1
         self._forget(entry)
 
-    def _forget(self, entry) -> None:
+    def _forget(self, entry: EntryT) -> None:
         self._count -= 1
         self._account(-entry.cost)
         self._on_drop(entry)
@@ -110,7 +125,7 @@ class Journal:
             self._budget.cost -= self._cost
             self._budget = None
 
-    def entries(self, preserved: bool = False) -> list:
+    def entries(self, preserved: bool = False) -> list[EntryT]:
         """The current navigation's entries (all kept navigations' with ``preserved``), oldest first."""
         if not preserved:
             return list(self._navigations[-1].entries.values())
@@ -122,7 +137,7 @@ class Journal:
             return self._navigations[-1].dropped
         return sum(navigation.dropped for navigation in self._navigations)
 
-    def get(self, entry_id: int):
+    def get(self, entry_id: int) -> EntryT | None:
         """The kept entry with this id, or None."""
         for navigation in self._navigations:
             entry = navigation.entries.get(entry_id)
@@ -145,7 +160,7 @@ class Budget:
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
         self.cost = 0
-        self.journals: set[Journal] = set()
+        self.journals: set[Journal[Any]] = set()
 
     def trim(self) -> None:
         """Over the bound: the journal holding most drops its oldest entries (never a

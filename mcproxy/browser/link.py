@@ -9,6 +9,7 @@ finds a dead peer; the status (`STATUSES`) tells listeners how the link is doing
 
 import random
 from collections.abc import Callable
+from typing import Self
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
@@ -90,7 +91,7 @@ class BrowserLink:
         self.browser_url = browser_url
         self.call_timeout = config.call_timeout
         self._status = DISCONNECTED
-        self._status_listeners: list[Callable[["BrowserLink"], None]] = []
+        self._status_listeners: list[Callable[[Self], None]] = []
         self._status_note = None
         self.last_error: str | None = None
         self.cdp: CDPConnection | None = None
@@ -206,6 +207,14 @@ class BrowserLink:
                 f"the browser of {self.user_id} at {self.browser_url} did not connect within {seconds:g} s"
             ) from None
 
+    async def connection(self, timeout: float | None = None) -> CDPConnection:
+        """The usable connection, once `connected` (BrowserUnavailable when it is lost meanwhile)."""
+        await self.connected(timeout)
+        link = self.cdp
+        if link is None:
+            raise BrowserUnavailable(self.unavailable_message())
+        return link
+
     def _wake(self, error: Exception | None) -> None:
         """Settle the `connected` waiters of this attempt, from a fresh reactor turn
         (never from inside ClientService's state machine, which must not be re-entered)."""
@@ -278,7 +287,7 @@ class BrowserLink:
         )
         return handle
 
-    def _note_failure(self, error: Exception) -> None:
+    def _note_failure(self, error: BaseException) -> None:
         self.last_error = error.message if isinstance(error, MCProxyError) else str(error) or repr(error)
         if self.status == DISCONNECTED:
             self.status = RECONNECTING
@@ -334,7 +343,7 @@ class BrowserLink:
         if self._status_listeners and self._status_note is None:
             self._status_note = self.clock.callLater(0, self._tell_status)
 
-    def _tell_status(self) -> None:
+    def _tell_status(self: Self) -> None:
         self._status_note = None
         for listener in list(self._status_listeners):
             try:
@@ -342,7 +351,7 @@ class BrowserLink:
             except Exception:
                 log.failure("Status listener failed for the browser of {user_id}", user_id=self.user_id)
 
-    def add_status_listener(self, callback: Callable[["BrowserLink"], None]) -> None:
+    def add_status_listener(self, callback: Callable[[Self], None]) -> None:
         """Call ``callback(browser)`` after the status changed (several changes in one
         reactor turn are told once)."""
         self._status_listeners.append(callback)

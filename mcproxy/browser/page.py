@@ -99,7 +99,7 @@ class Page:
     def __init__(
         self,
         browser,
-        page_id: int,
+        page_id: int | str,
         target_id: str,
         *,
         url: str = "",

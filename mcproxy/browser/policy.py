@@ -40,7 +40,7 @@ HOST_SCHEMES = frozenset({"http", "https", "ws", "wss"})
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
 def scheme_and_host(url: str) -> tuple[str, str]:
@@ -66,7 +66,7 @@ def _address(text: str) -> Address | None:
 def _network(text: str) -> Network:
     """A CIDR pattern, with a network of IPv4-mapped IPv6 addresses as the IPv4 one."""
     network = ipaddress.ip_network(text, strict=False)
-    if network.version == 6 and network.prefixlen >= 96 and network.subnet_of(_MAPPED):
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96 and network.subnet_of(_MAPPED):
         network = ipaddress.ip_network((int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96))
     return network
 

@@ -117,8 +117,7 @@ class UserBrowser(BrowserLink):
                 f"You have {opened} pages open through the proxy, the most allowed (limits.max_pages_per_user). "
                 "Close some with close_page first."
             )
-        await self.connected(seconds)
-        link = self.cdp
+        link = await self.connection(seconds)
         params: dict = {"url": "about:blank", "background": background}
         if isolated_context is not None:
             params["browserContextId"] = await self._browser_context(isolated_context, seconds)
@@ -245,8 +244,8 @@ class BrowserPool:
         # from the moment the proxy knows it.
         for listener in self._page_listeners:
             browser.add_page_listener(listener)
-        for listener in self._status_listeners:
-            browser.add_status_listener(listener)
+        for on_status in self._status_listeners:
+            browser.add_status_listener(on_status)
         self._browsers[user_id] = browser
         browser.start()
         return browser

@@ -29,7 +29,7 @@ class PageTargets:
 
     def __init__(self, browser):
         self._browser = browser
-        self._pages: dict[int, Page] = {}
+        self._pages: dict[int | str, Page] = {}
         self._by_target: dict[str, Page] = {}
         self._next_page_id = 1
         self._attaching: dict[str, list[Deferred]] = {}
@@ -185,7 +185,7 @@ class PageTargets:
             )
 
     def _target_changed(self, info: dict) -> None:
-        page = self._by_target.get(info.get("targetId"))
+        page = self._by_target.get(info.get("targetId", ""))
         if page is not None:
             page.url = info.get("url", page.url)
             page.title = info.get("title", page.title)
@@ -245,7 +245,6 @@ class PageTargets:
         if page is None:
             raise ToolError(f"No page with id {page_id}; call list_pages to see the open pages")
         return page
-
 
     def sessions_lost(self, error: Exception | None) -> None:
         """The link is gone: no page has a session; ``error`` fails their event waits."""

@@ -115,9 +115,7 @@ def parse_browser_url(url: str) -> BrowserURL:
     path = parts.path
     if scheme in ("http", "https"):
         if path not in ("", "/") or parts.query or parts.fragment:
-            raise InvalidBrowserURL(
-                f"browserURL {url!r} must be just scheme://host:port (no path), e.g. {_EXAMPLE}"
-            )
+            raise InvalidBrowserURL(f"browserURL {url!r} must be just scheme://host:port (no path), e.g. {_EXAMPLE}")
         path = ""
     elif parts.query or parts.fragment or not BROWSER_WS_PATH.match(path):
         raise InvalidBrowserURL(
@@ -192,7 +190,9 @@ def check_user_networks(user_id: str, url: BrowserURL, addresses: Iterable[str],
                 return
         else:
             network = ipaddress.ip_network(target, strict=False)
-            if addresses and all(any(f in network for f in ip_forms(a) if f.version == network.version) for a in addresses):
+            if addresses and all(
+                any(f in network for f in ip_forms(a) if f.version == network.version) for a in addresses
+            ):
                 return
     raise Forbidden(
         f"browserURL {url.url} is not one of the browsers {user_id} may register (browser.user_networks);"

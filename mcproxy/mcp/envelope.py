@@ -7,7 +7,8 @@ routing headers that must agree with the body.
 
 import base64
 import binascii
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 from mcp_types import (

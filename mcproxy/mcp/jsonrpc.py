@@ -72,7 +72,7 @@ def readable(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def result_message(request_id: Any, result: dict) -> dict:
+def result_message(request_id: Any, result: "dict | Encoded") -> dict:
     """A JSON-RPC success response."""
     return {"jsonrpc": "2.0", "id": request_id, "result": result}
 
@@ -109,7 +109,9 @@ def to_json_in_pieces(value: Any, depth: int = 0) -> bytes:
     outer three levels of objects and arrays (a result, its structured content, a list in
     it) are taken apart; what lies deeper is encoded in one call each."""
     if depth < 3 and isinstance(value, dict):
-        return b"{" + b",".join(to_json(str(k)) + b":" + to_json_in_pieces(v, depth + 1) for k, v in value.items()) + b"}"
+        return (
+            b"{" + b",".join(to_json(str(k)) + b":" + to_json_in_pieces(v, depth + 1) for k, v in value.items()) + b"}"
+        )
     if depth < 3 and isinstance(value, list):
         return b"[" + b",".join(to_json_in_pieces(item, depth + 1) for item in value) + b"]"
     return to_json(value)

@@ -4,7 +4,8 @@ Both go through the request's ``notify`` (to wherever its answer goes) and stop 
 the request is answered: ``live`` is a one-item list the session clears then.
 """
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from mcp_types import JSONRPCRequest
 from mcp_types.version import is_version_at_least
@@ -25,7 +26,7 @@ def progress_reporter(
     unless the client gave a progress token; the message only where the version has one."""
     meta = (request.params or {}).get("_meta")
     token = meta.get("progressToken") if isinstance(meta, Mapping) else None
-    with_message = is_version_at_least(protocol_version, "2025-03-26")
+    with_message = protocol_version is not None and is_version_at_least(protocol_version, "2025-03-26")
 
     def report_progress(progress: float, total: float | None = None, message: str | None = None) -> None:
         if token is None or not live[0]:

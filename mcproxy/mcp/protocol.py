@@ -11,7 +11,8 @@ notifications a request sends are built by `mcproxy.mcp.notifications`, and its 
 is shaped by `mcproxy.mcp.shaping`.
 """
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 import mcp_types as types
@@ -28,6 +29,7 @@ from twisted.logger import Logger
 
 import mcproxy
 from mcproxy.auth.principal import Principal
+from mcproxy.calls import CallContext, SessionView
 from mcproxy.errors import MCProxyError, RateLimited
 from mcproxy.mcp.codes import (
     INTERNAL_ERROR,
@@ -48,7 +50,6 @@ from mcproxy.mcp.jsonrpc import (
 )
 from mcproxy.mcp.notifications import Notify, log_sender, progress_reporter
 from mcproxy.mcp.shaping import OFF_REACTOR_WEIGHT, is_heavy, shape_result, weight
-from mcproxy.calls import CallContext, SessionView
 
 log = Logger()
 
@@ -57,6 +58,7 @@ INSTRUCTIONS = (
     "Tools have the names and parameters of chrome-devtools-mcp: list_pages shows the open "
     "pages with their ids; pass pageId to act on a specific page."
 )
+
 
 def resource_not_found(uri: str) -> RpcError:
     """What ``resources/read`` answers for a resource that is missing or not the caller's:
@@ -348,11 +350,10 @@ class McpSession:
         except (CancelledError, RateLimited):
             raise
         except MCProxyError as e:
-            return types.CallToolResult(
-                content=[types.TextContent(type="text", text=e.message)], is_error=True
-            )
+            return types.CallToolResult(content=[types.TextContent(type="text", text=e.message)], is_error=True)
         finally:
             live[0] = False
+
 
 async def _maybe_deferred(value: Any) -> Any:
     if isinstance(value, Deferred):

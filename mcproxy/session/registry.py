@@ -5,7 +5,8 @@ too, so another user's session id behaves exactly like one that does not exist.
 """
 
 import secrets
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.logger import Logger

@@ -57,4 +57,3 @@ def dump_json(value) -> str:
 def load_permissions(text: str) -> tuple[str, ...]:
     """Permissions as stored by `dump_json` back to the record's tuple."""
     return tuple(json.loads(text))
-

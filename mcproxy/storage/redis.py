@@ -140,7 +140,7 @@ def _token(token_id: str, h: dict) -> TokenRecord:
 
 
 def _pairs(flat: list) -> dict:
-    return dict(zip(flat[::2], flat[1::2]))
+    return dict(zip(flat[::2], flat[1::2], strict=False))
 
 
 @implementer(IStore)
@@ -235,7 +235,7 @@ class RedisStore:
             }
         )
         keys = [self._key("user", user.user_id), self._key("users")]
-        d = self._eval(_SAVE_USER, keys, [user.user_id] + fields)
+        d = self._eval(_SAVE_USER, keys, [user.user_id, *fields])
         return d.addCallback(lambda _: None)
 
     def get_user(self, user_id):
@@ -276,7 +276,7 @@ class RedisStore:
             self._key("tokens"),
             self._key("user-tokens", token.user_id),
         ]
-        d = self._eval(_SAVE_TOKEN, keys, [token.token_id, self._key("user-tokens", "")] + fields)
+        d = self._eval(_SAVE_TOKEN, keys, [token.token_id, self._key("user-tokens", ""), *fields])
         return d.addCallback(lambda _: None)
 
     def get_token(self, token_id):

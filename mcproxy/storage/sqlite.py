@@ -7,6 +7,7 @@ anyway); WAL lets ``mcproxy-admin`` use the file while the daemon has it open.
 import json
 import os
 import sqlite3
+
 from twisted.enterprise import adbapi
 from twisted.internet.defer import CancelledError, succeed
 from zope.interface import implementer

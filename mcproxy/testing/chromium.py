@@ -17,7 +17,6 @@ from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 
-
 _LISTENING = re.compile(rb"DevTools listening on ws://[^:/]+:(\d+)/")
 
 FLAGS = (
@@ -143,11 +142,11 @@ class Chromium:
         return self.start()
 
     def _signal(self, signum: int) -> Deferred:
-        protocol = self._protocol
-        if protocol is None or protocol.ended.called:
+        protocol, process = self._protocol, self._process
+        if protocol is None or process is None or protocol.ended.called:
             return defer.succeed(None)
         try:
-            self._process.signalProcess(signum)
+            process.signalProcess(signum)
         except ProcessExitedAlready:
             pass
         done: Deferred = Deferred()

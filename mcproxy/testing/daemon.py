@@ -21,7 +21,7 @@ class RunningProxy:
 
     async def api(self, method: str, path: str, body=None, token: str | None = None, headers=None):
         """Call the admin API; returns ``(status, parsed JSON or None, response headers)``."""
-        sent = {"Authorization": f"Bearer {token or self.admin_token}"}
+        sent: dict[bytes | str, bytes | str] = {"Authorization": f"Bearer {token or self.admin_token}"}
         sent.update(headers or {})
         data = None if body is None else json.dumps(body).encode("utf-8")
         if data is not None:
@@ -47,9 +47,12 @@ class RunningProxy:
 
     async def call_tool(self, token: str, name: str, arguments: dict | None = None, rid: int = 1) -> dict:
         """One stateless (2026-07-28) ``tools/call`` on /mcp; the parsed JSON-RPC answer."""
-        meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+        meta = {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+        }
         params = {"name": name, "arguments": arguments or {}, "_meta": meta}
-        headers = {
+        headers: dict[bytes | str, list[bytes | str]] = {
             "Authorization": [f"Bearer {token}"],
             "Content-Type": ["application/json"],
             "Accept": ["application/json, text/event-stream"],
@@ -67,7 +70,7 @@ class RunningProxy:
 
 async def start_proxy(reactor, data_dir: str, **sections: dict) -> RunningProxy:
     """Start a proxy on ``tcp:0`` with a memory store (unless ``sections`` say otherwise)."""
-    overrides = {
+    overrides: dict[str, dict] = {
         "server": {"listen": ["tcp:0:interface=127.0.0.1"], "data_dir": str(data_dir)},
         "store": {"url": "memory:"},
         "audit": {"path": os.path.join(str(data_dir), "audit.jsonl")},

@@ -8,10 +8,11 @@ disconnects, huge messages, refused handshakes.
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.interfaces import ITCPTransport
 
 from mcproxy.browser.cdp.connection import CDPConnection
 
@@ -44,7 +45,7 @@ class FakeChrome:
         self._sessions: dict[str, int] = {}
         #: Whether pages are attached as they appear (``Target.setAutoAttach``).
         self.auto_attach = False
-        self._outputs: list[Callable[[str], None]] = []
+        self._outputs: list[Callable[[str | bytes], None]] = []
         self.handlers: dict[str, Handler] = {
             "Browser.getVersion": lambda p, s: {"product": "FakeChrome/1.0", "protocolVersion": "1.3"},
             "Target.setDiscoverTargets": self._discover,
@@ -74,7 +75,7 @@ class FakeChrome:
             self._attached(info, waiting=True)
         return target_id
 
-    def connect(self, output: Callable[[str], None]) -> Callable[[], None]:
+    def connect(self, output: Callable[[str | bytes], None]) -> Callable[[], None]:
         """Attach a client writer; returns the detach callable."""
         self._outputs.append(output)
         return lambda: self._outputs.remove(output) if output in self._outputs else None
@@ -223,7 +224,7 @@ class _FakeServerProtocol(WebSocketServerProtocol):
         self.factory.requests.append(request)
         if self.factory.refuse is not None:
             raise ConnectionDeny(*self.factory.refuse)
-        return None
+        return
 
     def onOpen(self):
         self._detach = self.factory.chrome.connect(
@@ -261,4 +262,4 @@ class FakeCDPServerFactory(WebSocketServerFactory):
     def drop_all(self) -> None:
         """Abort every client connection without a closing handshake."""
         for connection in list(self.connections):
-            connection.transport.abortConnection()
+            cast(ITCPTransport, connection.transport).abortConnection()

@@ -25,12 +25,8 @@ def _schema(**properties) -> dict:
 
 _TOOLS = [
     types.Tool(name="echo", description="Return the text.", input_schema=_schema(text={"type": "string"})),
-    types.Tool(
-        name="slow", description="Wait, then answer.", input_schema=_schema(seconds={"type": "number"})
-    ),
-    types.Tool(
-        name="progress", description="Report progress.", input_schema=_schema(steps={"type": "integer"})
-    ),
+    types.Tool(name="slow", description="Wait, then answer.", input_schema=_schema(seconds={"type": "number"})),
+    types.Tool(name="progress", description="Report progress.", input_schema=_schema(steps={"type": "integer"})),
     types.Tool(name="log", description="Log at every level.", input_schema=_schema()),
     types.Tool(name="big", description="A large image.", input_schema=_schema(size={"type": "integer"})),
     types.Tool(name="fail", description="Always fails.", input_schema=_schema()),
@@ -57,7 +53,7 @@ class FakeToolProvider:
 
     def when_started(self) -> Deferred:
         """Fires when the next ``slow`` call has begun waiting."""
-        d = Deferred()
+        d: Deferred[None] = Deferred()
         self._started.append(d)
         return d
 
@@ -82,9 +78,7 @@ class FakeToolProvider:
         if name == "big":
             size = int(arguments.get("size", 1024))
             data = base64.b64encode(b"\x89PNG" + b"\0" * max(0, size - 4)).decode("ascii")
-            return types.CallToolResult(
-                content=[types.ImageContent(type="image", data=data, mime_type="image/png")]
-            )
+            return types.CallToolResult(content=[types.ImageContent(type="image", data=data, mime_type="image/png")])
         if name == "fail":
             return _text("this tool always fails", error=True)
         return _text(f"Unknown tool: {name}", error=True)

@@ -3,8 +3,8 @@
 import re
 
 from mcproxy.auth.principal import Principal
-from mcproxy.config import ToolsConfig
 from mcproxy.calls import CallContext, SessionView
+from mcproxy.config import ToolsConfig
 
 
 def make_registry(

@@ -45,11 +45,11 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     if not options.list:
         parser.error("nothing to do; pass --list")
     by_default = {tool.name for tool in default_tools(ToolsConfig())}
-    rows = [("NAME", "CATEGORY", "ACTS ON", "ACCESS", "SUMMARY")]
+    rows: list[tuple[str, ...]] = [("NAME", "CATEGORY", "ACTS ON", "ACCESS", "SUMMARY")]
     rows += [_row(tool, tool.name in by_default) for tool in default_tools(_EVERY_TOOL)]
     widths = [max(len(row[column]) for row in rows) for column in range(4)]
     for row in rows:
-        out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4] + "\n")
+        out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[4] + "\n")
     return 0
 
 

@@ -29,7 +29,8 @@ class _Child(ProcessProtocol):
     def kill(self) -> None:
         """SIGKILL the child, if it still runs."""
         try:
-            self.transport.signalProcess("KILL")
+            if self.transport is not None:
+                self.transport.signalProcess("KILL")
         except Exception:
             pass  # it ended already
 

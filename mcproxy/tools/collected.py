@@ -7,7 +7,7 @@ it into pages of output.
 from collections.abc import Callable
 
 from mcproxy.browser.collect import PageRecords
-from mcproxy.browser.journal import Journal
+from mcproxy.browser.journal import EntryT, Journal
 from mcproxy.errors import ToolError
 from mcproxy.tools.schema import MAX_SAFE_INTEGER
 
@@ -72,7 +72,13 @@ def paging_schema(what: str) -> dict[str, dict]:
 
 
 def listed(
-    journal: Journal, args: dict, *, preserved: str, types: str, type_of: Callable[[object], str], what: str
+    journal: Journal[EntryT],
+    args: dict,
+    *,
+    preserved: str,
+    types: str,
+    type_of: Callable[[EntryT], str],
+    what: str,
 ) -> tuple[list, list[str], dict] | None:
     """A list tool's page of ``journal``: the current navigation's entries (every kept one's
     when ``args[preserved]``), only of the types ``args[types]`` names, paged by ``pageSize``

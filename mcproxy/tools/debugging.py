@@ -2,6 +2,7 @@
 
 import base64
 import json
+from typing import Any
 
 from mcproxy.artifacts.names import guess_mime_type, is_text
 from mcproxy.browser.cdp.messages import THREAD_DECODE_BYTES
@@ -173,24 +174,35 @@ def _script_call(source: str, as_script: bool, elements: list[str], limit: int |
 
     A function's result is JSON text made in the page; over ``limit`` characters only
     ``{"tooLarge": length}`` comes back, so the browser never sends what would be refused."""
-    bounded = "json" if limit is None else f"(json !== undefined && json.length > {limit} ? {{tooLarge: json.length}} : json)"
+    bounded = (
+        "json" if limit is None else f"(json !== undefined && json.length > {limit} ? {{tooLarge: json.length}} : json)"
+    )
+    method: str
+    params: dict[str, Any]
     if as_script:
         method, params = "Runtime.evaluate", {"expression": source}
     elif elements:
-        method, params = "Runtime.callFunctionOn", {
-            "objectId": elements[0],
-            "functionDeclaration": (
-                f"async function (...elements) {{ const fn = ({source}\n);"
-                f" const json = JSON.stringify(await fn(...elements)); return {bounded}; }}"
-            ),
-            "arguments": [{"objectId": element} for element in elements],
-        }
+        method, params = (
+            "Runtime.callFunctionOn",
+            {
+                "objectId": elements[0],
+                "functionDeclaration": (
+                    f"async function (...elements) {{ const fn = ({source}\n);"
+                    f" const json = JSON.stringify(await fn(...elements)); return {bounded}; }}"
+                ),
+                "arguments": [{"objectId": element} for element in elements],
+            },
+        )
     else:
-        method, params = "Runtime.evaluate", {
-            "expression": (
-                f"(async () => {{ const fn = ({source}\n); const json = JSON.stringify(await fn()); return {bounded}; }})()"
-            )
-        }
+        method, params = (
+            "Runtime.evaluate",
+            {
+                "expression": (
+                    f"(async () => {{ const fn = ({source}\n);"
+                    f" const json = JSON.stringify(await fn()); return {bounded}; }})()"
+                )
+            },
+        )
     params.update(awaitPromise=True, returnByValue=True, userGesture=True)
     return method, params
 
@@ -355,4 +367,10 @@ async def _element_clip(page, uid: str) -> dict:
     width, height = max(xs) - min(xs), max(ys) - min(ys)
     if width < 1 or height < 1:
         raise ToolError(f'Element uid "{uid}" has no visible box on page {page.page_id}, so it cannot be captured.')
-    return {"x": min(xs) + viewport["pageX"], "y": min(ys) + viewport["pageY"], "width": width, "height": height, "scale": 1}
+    return {
+        "x": min(xs) + viewport["pageX"],
+        "y": min(ys) + viewport["pageY"],
+        "width": width,
+        "height": height,
+        "scale": 1,
+    }

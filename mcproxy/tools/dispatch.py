@@ -1,8 +1,8 @@
 """Input events to Chrome: CDP calls sent back to back or in answered batches, and the mouse
 events that reach an element's centre."""
 
+from collections.abc import Iterable, Iterator
 from itertools import islice
-from typing import Iterable, Iterator
 
 from twisted.internet.defer import FirstError, gatherResults
 
@@ -38,10 +38,11 @@ async def element_centers(page, *uids: str) -> list[tuple[float, float]]:
     try:
         replies = await gatherResults([page.send(method, params) for method, params in calls], consumeErrors=True)
     except FirstError as e:
-        if not e.subFailure.check(CDPError):
+        error = e.subFailure.value
+        if not isinstance(error, CDPError):
             e.subFailure.raiseException()
-        raise element_error(page, uids[e.index % len(uids)], e.subFailure.value) from None
-    return [_center(page, uid, reply) for uid, reply in zip(uids, replies[len(uids):])]
+        raise element_error(page, uids[e.index % len(uids)], error) from None
+    return [_center(page, uid, reply) for uid, reply in zip(uids, replies[len(uids) :], strict=True)]
 
 
 def _center(page, uid: str, quads: dict) -> tuple[float, float]:

@@ -84,7 +84,7 @@ def parse_headers(text: str) -> dict[str, str]:
         headers = None
     if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
         raise ToolError(
-            'Invalid extraHttpHeaders: pass a JSON object of header names to string values, '
+            "Invalid extraHttpHeaders: pass a JSON object of header names to string values, "
             'e.g. {"X-Custom": "value"}, or "" to clear them.'
         )
     if len(headers) > s.MAX_ITEMS:
@@ -102,11 +102,7 @@ def _from_args(args: dict, previous: Emulation) -> Emulation:
         cpu_rate=args.get("cpuThrottlingRate", 1),
         geolocation=parse_geolocation(geolocation) if geolocation else None,
         user_agent=args.get("userAgent") or None,
-        media={
-            feature: args[name]
-            for name, feature in MEDIA_FEATURES.items()
-            if args.get(name) not in (None, "auto")
-        },
+        media={feature: args[name] for name, feature in MEDIA_FEATURES.items() if args.get(name) not in (None, "auto")},
         viewport=parse_viewport(viewport) if viewport else None,
         headers=previous.headers if headers is None else parse_headers(headers),
     )

@@ -91,7 +91,7 @@ async def save_apng(call: "ToolCall", recording, durations: list[float], file_pa
     """Assemble the APNG into the caller's artifact, one frame per reactor turn; (artifact, skipped)."""
     frames = []
     header = recording.frames[0][2]
-    for (name, _, ihdr), seconds in zip(recording.frames, durations):
+    for (name, _, ihdr), seconds in zip(recording.frames, durations, strict=True):
         if ihdr == header:
             frames.append((name, seconds))
         elif frames:
@@ -107,7 +107,8 @@ async def save_apng(call: "ToolCall", recording, durations: list[float], file_pa
                 apng = _ApngWriter(writer.write, data, len(frames))
             apng.add(png_chunks(data), seconds)
             await deferLater(call.clock, 0, lambda: None)
-        apng.end()
+        if apng is not None:
+            apng.end()
         return await writer.finish(), len(recording.frames) - len(frames)
     except BaseException:
         writer.abort()
@@ -136,7 +137,7 @@ async def save_video(call: "ToolCall", recording, durations: list[float], file_p
         width, height = jpeg_size(f.read())
     width, height = width + width % 2, height + height % 2  # H.264 and VP9 want even sizes
     lines = ["ffconcat version 1.0"]
-    for (name, _, _), seconds in zip(recording.frames, durations):
+    for (name, _, _), seconds in zip(recording.frames, durations, strict=True):
         lines += [f"file {name}", f"duration {seconds:.3f}"]
     lines.append(f"file {recording.frames[-1][0]}")  # the demuxer ignores the last duration otherwise
     with open(os.path.join(directory, "frames.txt"), "w") as f:

@@ -10,15 +10,16 @@ worker the proxy looked into stays running until it is reloaded or the connectio
 """
 
 import json
+from collections.abc import Callable
 from weakref import WeakKeyDictionary, proxy
 
 import attrs
 from twisted.internet.defer import DeferredLock
 
+from mcproxy.browser.collect import Collector, PageRecords
 from mcproxy.browser.page import Page
 from mcproxy.errors import ToolError
 from mcproxy.tools.call import Response, ToolCall
-from mcproxy.browser.collect import Collector, PageRecords
 
 SCHEME = "chrome-extension://"
 
@@ -90,7 +91,7 @@ class ExtensionTargets:
         self._next_id = 1
         self._attached: dict[str, Page] = {}
         self._links: dict[str, object] = {}
-        self._unsubscribe: dict[str, object] = {}
+        self._unsubscribe: dict[str, Callable[[], None]] = {}
         self._manifests: dict[str, dict] = {}
         self._lock = DeferredLock()
 
@@ -157,7 +158,9 @@ class ExtensionTargets:
                 records.subscribe(page)
                 self._attached[worker.target_id] = page
             else:
-                page.state.records.reattached()
+                reattached = page.state.records
+                if reattached is not None:
+                    reattached.reattached()
                 self._unsubscribe.pop(worker.target_id, lambda: None)()
             page.session_id = reply["sessionId"]
             self._links[worker.target_id] = link

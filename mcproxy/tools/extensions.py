@@ -48,8 +48,7 @@ def _domain_error(error: CDPError, doing: str) -> ToolError:
     """``error`` from an Extensions.* call, with what to do about it."""
     if error.cdp_code == _UNKNOWN_METHOD:
         return ToolError(
-            f"Cannot {doing}: this Chrome has no such DevTools method ({error.message}); "
-            "a more recent Chrome has it."
+            f"Cannot {doing}: this Chrome has no such DevTools method ({error.message}); a more recent Chrome has it."
         )
     if _refused(error):
         return ToolError(

@@ -11,7 +11,8 @@ connection (or a reactor turn) and other calls to the browser get their turn. Th
 functions are in `mcproxy.tools.input_scripts`.
 """
 
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools import schema as s
@@ -112,7 +113,9 @@ async def fill(call: ToolCall) -> Response:
     """Set a control's value the way a user would, then settle."""
     uid, value = call.args["uid"], call.args["value"]
     return await _act(
-        call, lambda: _fill_element(call, uid, value), "Successfully filled out the element",
+        call,
+        lambda: _fill_element(call, uid, value),
+        "Successfully filled out the element",
         "The element was filled and it opened a dialog.",
     )
 
@@ -136,7 +139,10 @@ async def press_key(call: ToolCall) -> Response:
     key = call.args["key"]
     events = key_events(key)
     return await _act(
-        call, lambda: send_all(page, events), f"Successfully pressed key: {key}", "The key was pressed and it opened a dialog."
+        call,
+        lambda: send_all(page, events),
+        f"Successfully pressed key: {key}",
+        "The key was pressed and it opened a dialog.",
     )
 
 
@@ -194,7 +200,9 @@ async def hover(call: ToolCall) -> Response:
     [(x, y)] = await element_centers(page, call.args["uid"])
     move = [mouse_event("mouseMoved", x, y)]
     return await _act(
-        call, lambda: send_all(page, move), "Successfully hovered over the element",
+        call,
+        lambda: send_all(page, move),
+        "Successfully hovered over the element",
         "The mouse moved over the element and it opened a dialog.",
     )
 

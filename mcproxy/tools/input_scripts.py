@@ -32,7 +32,10 @@ FILL = """function (value) {
     const now = toggle ? el.checked : el.getAttribute('aria-checked') === 'true';
     if (now !== want) {
       if (!want && (el.type === 'radio' || role === 'radio')) {
-        return {kind: 'error', message: 'A radio button cannot be unchecked; fill another one of its group with "true".'};
+        return {
+          kind: 'error',
+          message: 'A radio button cannot be unchecked; fill another one of its group with "true".',
+        };
       }
       el.click();
     }

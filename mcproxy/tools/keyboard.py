@@ -7,7 +7,8 @@ press for each line break, because Chrome takes time growing with the field's le
 every key event.
 """
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from mcproxy.errors import ToolError
 

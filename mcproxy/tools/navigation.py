@@ -277,9 +277,7 @@ async def navigate_page(call: ToolCall) -> Response:
     finally:
         unsubscribe()
         if script_id is not None:
-            page.send("Page.removeScriptToEvaluateOnNewDocument", {"identifier": script_id}).addErrback(
-                lambda _: None
-            )
+            page.send("Page.removeScriptToEvaluateOnNewDocument", {"identifier": script_id}).addErrback(lambda _: None)
     return await Response().add(message).add_pages(call)
 
 
@@ -321,7 +319,11 @@ async def _wait_in_document(page, texts: list[str], seconds: float, clock) -> bo
         watcher_id = watcher["result"]["objectId"]
         found = page.send(
             "Runtime.callFunctionOn",
-            {"objectId": watcher_id, "functionDeclaration": "function () { return this.promise; }", "awaitPromise": True},
+            {
+                "objectId": watcher_id,
+                "functionDeclaration": "function () { return this.promise; }",
+                "awaitPromise": True,
+            },
             timeout=seconds + 1,
         )
         found.addTimeout(seconds, clock)
@@ -338,6 +340,7 @@ async def _wait_in_document(page, texts: list[str], seconds: float, clock) -> bo
     finally:
         if watcher_id is not None:
             page.send(
-                "Runtime.callFunctionOn", {"objectId": watcher_id, "functionDeclaration": "function () { this.cancel(); }"}
+                "Runtime.callFunctionOn",
+                {"objectId": watcher_id, "functionDeclaration": "function () { this.cancel(); }"},
             ).addErrback(lambda _: None)
         page.send("Runtime.releaseObjectGroup", {"objectGroup": "mcproxy-wait"}).addErrback(lambda _: None)

@@ -17,17 +17,17 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
+from mcproxy.browser.emulation import emulation_of
 from mcproxy.errors import BrowserUnavailable, CDPError, ToolError
 from mcproxy.tools import schema as s
 from mcproxy.tools.call import Response, ToolCall
 from mcproxy.tools.declare import ToolSet
-from mcproxy.browser.emulation import emulation_of
 from mcproxy.tools.navigation import wait_for_load
+from mcproxy.tools.page_state import tool_state
 from mcproxy.tools.trace.events import TraceEvents, TraceFormatError, TraceParser
 from mcproxy.tools.trace.insights import analyze, node_ids
 from mcproxy.tools.trace.records import TraceAnalysis
 from mcproxy.tools.trace.summary import explain, summary
-from mcproxy.tools.page_state import tool_state
 
 # What DevTools' performance panel records (TimelineController.ts), as chrome-devtools-mcp does.
 CATEGORIES = (
@@ -368,7 +368,7 @@ async def _describe_nodes(page, ids: set[int]) -> dict[int, str]:
             break  # the page does not answer (a dialog, a hang): the ids will do
         node = reply["node"]
         attributes = node.get("attributes") or []
-        pairs = dict(zip(attributes[::2], attributes[1::2]))
+        pairs = dict(zip(attributes[::2], attributes[1::2], strict=False))
         label = node.get("nodeName", "?")
         for key in ("id", "class"):
             if pairs.get(key):

@@ -127,7 +127,6 @@ class ToolRegistry:
             return " (this server requires it by name)"
         return f', "tools:category:{tool.category}" or "tools:*"'
 
-
     def _cap_timeout(self, args: dict) -> str | None:
         """Lower a ``timeout`` argument (ms) above ``tools.max_timeout``; the note that says so."""
         limit = round(self._config.max_timeout * 1000)
@@ -168,9 +167,9 @@ class ToolRegistry:
                 browser_url=attempt.browser_url,
                 sensitive=self._sensitive(name, attempt),
             )
-            for observe in self._on_finished:
+            for observe_finished in self._on_finished:
                 try:
-                    observe(record)
+                    observe_finished(record)
                 except Exception:
                     log.failure("A tool call observer failed for {tool}", tool=name)
         return result

@@ -156,9 +156,7 @@ def _check(schema: dict, value: Any, where: str) -> None:
         )
     if kind == "array":
         if len(value) < schema.get("minItems", 0):
-            raise InvalidArguments(
-                f"Invalid argument {where}: must have at least {schema['minItems']} item(s)."
-            )
+            raise InvalidArguments(f"Invalid argument {where}: must have at least {schema['minItems']} item(s).")
         if "maxItems" in schema and len(value) > schema["maxItems"]:
             raise InvalidArguments(
                 f"Invalid argument {where}: {len(value)} items, more than the {schema['maxItems']} this server "
@@ -169,7 +167,7 @@ def _check(schema: dict, value: Any, where: str) -> None:
     if kind == "object":
         for name, item in value.items():
             if name in schema.get("properties", {}) and item is not None:
-                _check(schema["properties"][name], item, f'{where}.{name}')
+                _check(schema["properties"][name], item, f"{where}.{name}")
 
 
 def _json_type(value: Any) -> str:

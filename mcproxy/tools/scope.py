@@ -10,8 +10,8 @@ is visible to a caller from then on: console and network collection starts for i
 
 from typing import TYPE_CHECKING, Any
 
-from mcproxy.errors import CDPError, ToolError
 from mcproxy.browser.collect import make_visible
+from mcproxy.errors import CDPError, ToolError
 
 if TYPE_CHECKING:
     from mcproxy.tools.call import ToolCall
@@ -36,7 +36,9 @@ async def fresh_listing(call: "ToolCall", infos: list[dict] | None = None) -> li
     for page in pages:
         make_visible(page)
         info = by_target.get(page.target_id, {})
-        listing.append((page.page_id, info.get("url") or page.url or "about:blank", info.get("title", page.title) or ""))
+        listing.append(
+            (page.page_id, info.get("url") or page.url or "about:blank", info.get("title", page.title) or "")
+        )
     return listing
 
 

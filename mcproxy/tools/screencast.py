@@ -22,17 +22,21 @@ dropped `ABANDON_AFTER` seconds after its time limit.
 """
 
 import base64
+import itertools
 import os
 import shutil
 import tempfile
 import weakref
+from collections.abc import Callable
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from mcproxy.artifacts.names import split_path
+from mcproxy.browser.page import Page
 from mcproxy.errors import ToolError
 from mcproxy.tools import schema as s
 from mcproxy.tools.call import Response, ToolCall
@@ -56,14 +60,14 @@ LAST_FRAME_SECONDS = 0.1
 _IHDR_START, _IHDR_END = 16, 29
 
 #: Recordings by browser, then page id: a page that closed keeps its recording for the stop.
-_RECORDINGS: "weakref.WeakKeyDictionary[object, dict[int, _Recording]]" = weakref.WeakKeyDictionary()
+_RECORDINGS: "weakref.WeakKeyDictionary[object, dict[int | str, _Recording]]" = weakref.WeakKeyDictionary()
 
 
 @attrs.define(eq=False)
 class _Recording:
     """One page's running recording: its frames on disk, with their times."""
 
-    page: object
+    page: Page
     #: The MCP session that started it (None without sessions): the one that may stop it
     #: after its page closed, when tabs are scoped per session.
     owner: str | None
@@ -80,11 +84,11 @@ class _Recording:
     limit: str | None = None
     #: screencast_stop is under way: frames are still acknowledged, no longer kept.
     stopping: bool = False
-    unsubscribe: object = None
-    timer: object = None
+    unsubscribe: Callable[[], None] | None = None
+    timer: IDelayedCall | None = None
 
 
-def _recordings(browser) -> dict[int, _Recording]:
+def _recordings(browser) -> dict[int | str, _Recording]:
     return _RECORDINGS.setdefault(browser, {})
 
 
@@ -156,7 +160,7 @@ def _durations(recording: _Recording, ended: float) -> list[float]:
     """How long each frame shows: until the next one; the last one until the stop (unless
     frames stopped coming earlier: a limit, a closed page)."""
     times = [timestamp for _, timestamp, _ in recording.frames]
-    durations = [max(0.001, later - earlier) for earlier, later in zip(times, times[1:])]
+    durations = [max(0.001, later - earlier) for earlier, later in itertools.pairwise(times)]
     recording_until_stop = recording.limit is None and not recording.page.closed
     last = ended - recording.last_received if recording_until_stop else LAST_FRAME_SECONDS
     durations.append(min(max(LAST_FRAME_SECONDS, last), MAX_SECONDS))
@@ -284,7 +288,7 @@ def screencast_tools(ffmpeg: str = "") -> tuple[ToolSpec, ...]:
             if recording.limit is not None:
                 notes.append(f"The recording stopped taking frames at {recording.limit}.")
             if not recording.frames:
-                raise ToolError(" ".join(notes + ["The screencast recorded no frames, so nothing was saved."]))
+                raise ToolError(" ".join([*notes, "The screencast recorded no frames, so nothing was saved."]))
             durations = _durations(recording, ended)
             save = save_video if recording.ffmpeg else save_apng
             artifact, skipped = await save(call, recording, durations, recording.file_path)
@@ -292,8 +296,10 @@ def screencast_tools(ffmpeg: str = "") -> tuple[ToolSpec, ...]:
             _discard(recording)
         if skipped:
             notes.append(f"{skipped} frames of another size (the page was resized) were left out.")
-        kind = "MP4 video" if artifact.mime_type == "video/mp4" else (
-            "WebM video" if artifact.mime_type == "video/webm" else "animated PNG"
+        kind = (
+            "MP4 video"
+            if artifact.mime_type == "video/mp4"
+            else ("WebM video" if artifact.mime_type == "video/webm" else "animated PNG")
         )
         response = Response().add("The screencast recording has been stopped.")
         for note in notes:

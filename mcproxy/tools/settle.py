@@ -21,7 +21,8 @@ A JavaScript dialog blocks the page; when one opens the action returns at once w
 parameters instead of hanging (`mcproxy.tools.dialogs` words it and tracks it).
 """
 
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.internet.task import deferLater
@@ -104,12 +105,17 @@ def first(ds: list[Deferred]) -> Deferred:
     The others are cancelled; cancelling the result cancels them all. (`defer.race`
     waits for a success, which would hang on a failed action racing an event.)
     """
-    done: Deferred = Deferred(lambda _: [d.cancel() for d in ds])
+
+    def cancel_all(_: Deferred) -> None:
+        for d in ds:
+            d.cancel()
+
+    done: Deferred = Deferred(cancel_all)
     winner: list[int] = []
 
     def fired(result, index: int) -> None:
         if winner:
-            return None
+            return
         winner.append(index)
         for other, d in enumerate(ds):
             if other != index:
@@ -118,7 +124,7 @@ def first(ds: list[Deferred]) -> Deferred:
             done.errback(result)
         else:
             done.callback((index, result))
-        return None
+        return
 
     for index, d in enumerate(ds):
         d.addBoth(fired, index)
@@ -201,8 +207,11 @@ async def _settle(
     try:
         await _with_timeout(events.when("navigation_done"), navigation_timeout, clock)
     except TimeoutError:
-        log.info("page {page_id}: navigation started by an action still loading after {timeout}s",
-                 page_id=page.page_id, timeout=navigation_timeout)
+        log.info(
+            "page {page_id}: navigation started by an action still loading after {timeout}s",
+            page_id=page.page_id,
+            timeout=navigation_timeout,
+        )
         return
     new_watch = await _install_observer(page)
     try:
@@ -247,4 +256,3 @@ async def act_and_settle(
     finally:
         events.close()
         _release(page, watch_id)
-

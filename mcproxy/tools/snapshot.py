@@ -20,8 +20,8 @@ from typing import Any
 
 import attrs
 
-from mcproxy.threads import thread_runner
 from mcproxy.errors import CDPError, ToolError
+from mcproxy.threads import thread_runner
 from mcproxy.tools.page_state import tool_state
 
 #: Nodes walked per snapshot (big real pages have a few thousand).
@@ -40,13 +40,9 @@ _CONTROL_ROLES = frozenset(
     "menuitemcheckbox menuitemradio radio scrollbar searchbox slider spinbutton switch tab "
     "textbox tree treeitem".split()
 )
-_LANDMARK_ROLES = frozenset(
-    "banner complementary contentinfo form main navigation region search".split()
-)
+_LANDMARK_ROLES = frozenset("banner complementary contentinfo form main navigation region search".split())
 _TEXT_ROLES = frozenset(("LineBreak", "text", "InlineTextBox", "StaticText"))
-_ATOMIC_ROLES = frozenset(
-    "doc-cover graphics-symbol img image Meter scrollbar slider separator progressbar".split()
-)
+_ATOMIC_ROLES = frozenset("doc-cover graphics-symbol img image Meter scrollbar slider separator progressbar".split())
 # AX properties shown as key="value" (Chrome spells ``hasPopup`` in camelCase).
 _TOKEN_PROPERTIES = ("autocomplete", "hasPopup", "invalid", "keyshortcuts", "orientation", "url", "valuetext")
 _NUMBER_PROPERTIES = ("level", "valuemax", "valuemin")

@@ -14,8 +14,8 @@ from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools import schema as s
 from mcproxy.tools.call import Response, ToolCall
 from mcproxy.tools.declare import ToolSet
-from mcproxy.tools.snapshot import element_error, resolve_uid, stale_error
 from mcproxy.tools.page_state import tool_state
+from mcproxy.tools.snapshot import element_error, resolve_uid, stale_error
 
 INHERITED_PROPERTIES = frozenset(
     """accent-color border-collapse border-spacing caption-side caret-color color color-scheme cursor
@@ -161,7 +161,8 @@ def _declarations(style: dict, keep) -> tuple[list[_Declaration], dict[str, list
     properties = [p for p in style.get("cssProperties", ()) if not p.get("disabled")]
     if any("range" in p for p in properties):
         properties = [p for p in properties if "range" in p]
-    declarations, hidden = [], {}
+    declarations: list[_Declaration] = []
+    hidden: dict[str, list[str]] = {}
     for p in properties:
         if not keep(p["name"]):
             continue

@@ -26,9 +26,7 @@ async def through_chooser(page, uid: str, paths: list[str]) -> int:
                 f"file chooser within {CHOOSER_WAIT:g} s. Use the uid of the file input or of the button that opens it."
             ) from None
         if opened.get("mode") == "selectSingle" and len(paths) > 1:
-            raise ToolError(
-                f'The file chooser opened by uid "{uid}" takes a single file; pass one path in filePaths.'
-            )
+            raise ToolError(f'The file chooser opened by uid "{uid}" takes a single file; pass one path in filePaths.')
         try:
             await page.send("DOM.setFileInputFiles", {"files": paths, "backendNodeId": opened["backendNodeId"]})
         except CDPError as e:

@@ -5,8 +5,9 @@ status. Handlers are coroutines that return ``(status, body)`` or raise an
 `mcproxy.errors.MCProxyError`.
 """
 
-from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import attrs
 from twisted.internet.defer import DeferredLock
@@ -24,12 +25,11 @@ from mcproxy.web.routes import Route
 log = Logger()
 
 
-
 def iso8601(timestamp: float | None) -> str | None:
     """Epoch seconds as an ISO 8601 UTC string (None stays None)."""
     if timestamp is None:
         return None
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
 #: Lifetime of a registration's session token (never past the token it is made from).

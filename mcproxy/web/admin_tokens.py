@@ -25,7 +25,12 @@ class TokensAPI:
             Route(b"POST", r"/api/tokens/?", self.create_token, auth="admin", permission=ADMIN, audit=True),
             Route(b"GET", r"/api/tokens/?", self.list_tokens, auth="admin", permission=ADMIN),
             Route(
-                b"DELETE", r"/api/tokens/(?P<token_id>[^/]+)/?", self.revoke_token, auth="admin", permission=ADMIN, audit=True
+                b"DELETE",
+                r"/api/tokens/(?P<token_id>[^/]+)/?",
+                self.revoke_token,
+                auth="admin",
+                permission=ADMIN,
+                audit=True,
             ),
             Route(b"POST", r"/api/tokens/(?P<token_id>[^/]+)/rotate/?", self.rotate_token, auth="admin", audit=True),
         )

@@ -1,7 +1,7 @@
 """Builds the HTTP front door from the daemon's parts: the router over every area, and the
 site that carries it (see `mcproxy.web.routes` and `mcproxy.web.site`)."""
 
-from typing import Callable
+from collections.abc import Callable
 
 from mcproxy.auth.admission import Admission
 from mcproxy.web.admin import AdminAPI, AdminDependencies

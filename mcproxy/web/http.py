@@ -4,11 +4,11 @@ time limit of a request (``server.request_timeout``)."""
 import json
 import re
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.web.iweb import IRequest
 
 from mcproxy.auth.chain import challenge_headers
 from mcproxy.errors import (
@@ -19,6 +19,9 @@ from mcproxy.errors import (
     UnsupportedMediaType,
 )
 from mcproxy.mcp.codes import REQUEST_TIMEOUT
+
+if TYPE_CHECKING:
+    from mcproxy.web.site import ProxyRequest
 
 log = Logger()
 
@@ -33,7 +36,7 @@ class RequestTimeout(MCProxyError):
     jsonrpc_code = REQUEST_TIMEOUT
 
 
-def request_id(request: IRequest) -> str:
+def request_id(request: "ProxyRequest") -> str:
     """The request's id: the client's ``X-Request-Id`` when sane, else a new one; set on the response."""
     existing = request.request_id
     if existing:
@@ -50,12 +53,12 @@ def request_id(request: IRequest) -> str:
     return rid
 
 
-def answered(request: IRequest) -> bool:
+def answered(request: "ProxyRequest") -> bool:
     """Whether ``request`` needs no answer any more: it has one, or its client is gone."""
-    return request.finished or request.gone
+    return bool(request.finished) or request.gone
 
 
-def write_json(request: IRequest, status: int, body: Any) -> None:
+def write_json(request: "ProxyRequest", status: int, body: Any) -> None:
     """Finish ``request`` with a JSON body (or an empty body for 204); a no-op once answered
     (a time limit may have answered it first)."""
     if answered(request):
@@ -73,24 +76,22 @@ def write_json(request: IRequest, status: int, body: Any) -> None:
     request.finish()
 
 
-def error_headers(request: IRequest, error: MCProxyError) -> None:
+def error_headers(request: "ProxyRequest", error: MCProxyError) -> None:
     """Headers that go with an error: ``Retry-After`` on 429, ``WWW-Authenticate`` on 401/403."""
     if isinstance(error, RateLimited):
         request.setHeader(b"Retry-After", str(error.retry_after).encode("ascii"))
     challenges = challenge_headers(request, error)
     if challenges:
-        request.responseHeaders.setRawHeaders(
-            b"WWW-Authenticate", [c.encode("latin-1") for c in challenges]
-        )
+        request.responseHeaders.setRawHeaders(b"WWW-Authenticate", [c.encode("latin-1") for c in challenges])
 
 
-def write_error(request: IRequest, error: MCProxyError) -> None:
+def write_error(request: "ProxyRequest", error: MCProxyError) -> None:
     """Finish ``request`` with the JSON error body of ``error``."""
     error_headers(request, error)
     write_json(request, error.http_status, error.to_json())
 
 
-def write_failure(request: IRequest, failure) -> None:
+def write_failure(request: "ProxyRequest", failure) -> None:
     """Errback for resource coroutines: known errors as JSON, anything else as a logged 500."""
     if answered(request):
         return
@@ -104,13 +105,13 @@ def write_failure(request: IRequest, failure) -> None:
 INTERNAL = MCProxyError("internal error; the server log has details")
 
 
-def cancel_on_deadline(request: IRequest, work: Deferred) -> None:
+def cancel_on_deadline(request: "ProxyRequest", work: Deferred) -> None:
     """Cancel ``work`` (what answers ``request``) when the request outlives its time limit."""
     if not work.called:
         request.work = work
 
 
-def set_deadline(request: IRequest, clock, seconds: float) -> None:
+def set_deadline(request: "ProxyRequest", clock, seconds: float) -> None:
     """Give ``request`` ``seconds`` to be answered.
 
     Past them, its `on_deadline` handler runs if it has one; otherwise it is answered with
@@ -121,12 +122,12 @@ def set_deadline(request: IRequest, clock, seconds: float) -> None:
     request.notifyFinish().addBoth(lambda _: lift_deadline(request))
 
 
-def on_deadline(request: IRequest, handler: Callable[[float], None]) -> None:
+def on_deadline(request: "ProxyRequest", handler: Callable[[float], None]) -> None:
     """Call ``handler(seconds)`` instead of the 504 when ``request`` outlives its time limit."""
     request.on_deadline = handler
 
 
-def lift_deadline(request: IRequest) -> None:
+def lift_deadline(request: "ProxyRequest") -> None:
     """No time limit for ``request`` any more (it became a long-lived event stream)."""
     deadline = request.deadline
     if deadline is not None and deadline.active():
@@ -134,7 +135,7 @@ def lift_deadline(request: IRequest) -> None:
     request.deadline = None
 
 
-def _deadline_passed(request: IRequest, seconds: float) -> None:
+def _deadline_passed(request: "ProxyRequest", seconds: float) -> None:
     request.deadline = None
     if answered(request):
         return
@@ -161,7 +162,7 @@ def _deadline_passed(request: IRequest, seconds: float) -> None:
         work.cancel()
 
 
-def log_unhandled(request: IRequest, failure) -> None:
+def log_unhandled(request: "ProxyRequest", failure) -> None:
     """Log a bug that reached the HTTP layer, with the request it broke."""
     log.failure(
         "Unhandled error answering {method} {path} (request {request_id})",
@@ -172,9 +173,11 @@ def log_unhandled(request: IRequest, failure) -> None:
     )
 
 
-def read_body(request: IRequest, limit: int) -> bytes:
+def read_body(request: "ProxyRequest", limit: int) -> bytes:
     """The request body, refusing bodies over ``limit`` bytes with 413."""
     content = request.content
+    if content is None:  # no body at all
+        return b""
     content.seek(0, 2)
     size = content.tell()
     if size > limit:
@@ -183,7 +186,7 @@ def read_body(request: IRequest, limit: int) -> bytes:
     return content.read()
 
 
-def read_json_object(request: IRequest, limit: int) -> dict:
+def read_json_object(request: "ProxyRequest", limit: int) -> dict:
     """Parse the body as a JSON object, with 400 errors that say what is wrong."""
     raw = read_body(request, limit)
     if not raw.strip():
@@ -200,7 +203,7 @@ def read_json_object(request: IRequest, limit: int) -> dict:
 _JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]+\+)?json\s*(;.*)?$", re.I)
 
 
-def require_json(request: IRequest) -> None:
+def require_json(request: "ProxyRequest") -> None:
     """415 unless the body is declared JSON (``application/json`` or ``application/*+json``):
     a form post from any web page cannot declare it without a CORS preflight."""
     content_type = (request.getHeader(b"content-type") or b"").decode("latin-1")

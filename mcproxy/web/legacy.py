@@ -10,10 +10,10 @@ from mcp_types import JSONRPCRequest
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
+from mcproxy.calls import SessionView
 from mcproxy.errors import NotFound
 from mcproxy.mcp.jsonrpc import RpcError
 from mcproxy.mcp.protocol import McpSession
-from mcproxy.calls import SessionView
 from mcproxy.web.mcp_common import (
     Cutoff,
     read_rpc,
@@ -56,7 +56,6 @@ class LegacyTransport:
             session_id=entry.id,
             user_id=principal.user_id,
         )
-
 
     async def post_message(self, request) -> None:
         """``POST /message?sessionId=``: one JSON-RPC message; the answer goes to the session's stream."""

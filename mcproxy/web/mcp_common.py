@@ -1,16 +1,19 @@
 """What the MCP transports share: media-type checks, JSON-RPC over HTTP bodies, and the
 wording of work cut short (their Host and Origin rules: `mcproxy.web.origins`)."""
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from mcp_types import JSONRPCRequest
 from twisted.internet.defer import Deferred
-from twisted.web.iweb import IRequest
 
 from mcproxy.errors import BadRequest, MCProxyError
 from mcproxy.mcp.codes import REQUEST_CANCELLED, REQUEST_TIMEOUT, SESSION_ENDED
 from mcproxy.mcp.jsonrpc import encode, error_message, parse_message
 from mcproxy.web.http import answered, read_body, require_json
+
+if TYPE_CHECKING:
+    from mcproxy.web.site import ProxyRequest
 
 #: Request bodies this big or bigger are parsed in a thread.
 OFF_REACTOR_BODY_BYTES = 256 * 1024
@@ -23,7 +26,7 @@ class NotAcceptable(MCProxyError):
     code = "not_acceptable"
 
 
-def accepts(request: IRequest) -> tuple[bool, bool]:
+def accepts(request: "ProxyRequest") -> tuple[bool, bool]:
     """Whether the client accepts (JSON, SSE) answers; a missing Accept accepts both."""
     raw = request.getHeader(b"accept")
     if raw is None:
@@ -36,7 +39,7 @@ def accepts(request: IRequest) -> tuple[bool, bool]:
     )
 
 
-async def read_rpc(request: IRequest, limit: int, run_blocking=None) -> Any:
+async def read_rpc(request: "ProxyRequest", limit: int, run_blocking=None) -> Any:
     """The body as one JSON-RPC message; 415 unless it is JSON, 413 over the limit. A body of
     megabytes (a long form) is parsed by ``run_blocking`` (a thread), not in the reactor.
 
@@ -49,9 +52,7 @@ async def read_rpc(request: IRequest, limit: int, run_blocking=None) -> Any:
     return parse_message(body)
 
 
-def write_rpc(
-    request: IRequest, status: int, message: dict, headers: dict[bytes, bytes] | None = None
-) -> None:
+def write_rpc(request: "ProxyRequest", status: int, message: dict, headers: dict[bytes, bytes] | None = None) -> None:
     """Finish ``request`` with one JSON-RPC message as its body."""
     if answered(request):
         return
@@ -66,7 +67,7 @@ def write_rpc(
     request.finish()
 
 
-def write_accepted(request: IRequest) -> None:
+def write_accepted(request: "ProxyRequest") -> None:
     """202 with no body: a notification or a message whose answer goes elsewhere."""
     if answered(request):
         return

@@ -54,7 +54,7 @@ class ClientPolicy:
         peer = peer_address(request)
         if not self._trusted or not within(parse_address(peer), self._trusted):
             return peer
-        chain = []
+        chain: list[str] = []
         for header in request.requestHeaders.getRawHeaders(b"x-forwarded-for") or ():
             chain.extend(part.strip() for part in header.decode("latin-1").split(","))
         client = peer

@@ -58,9 +58,7 @@ def check_origin(request: IRequest, allowed: tuple[str, ...], allow_loopback: bo
         parts = urlsplit(origin)
         trusted = parts.scheme in ("http", "https") and is_loopback_host(parts.hostname)
     if not trusted:
-        raise Forbidden(
-            f"origin {origin!r} is not allowed; add it to cors.allowed_origins", code="origin_not_allowed"
-        )
+        raise Forbidden(f"origin {origin!r} is not allowed; add it to cors.allowed_origins", code="origin_not_allowed")
     # CORS, so that browser-based MCP clients of a trusted origin can read the answers.
     request.setHeader(b"Access-Control-Allow-Origin", origin.encode("latin-1"))
     request.setHeader(b"Access-Control-Expose-Headers", _EXPOSED_HEADERS)
@@ -106,7 +104,7 @@ class OriginPolicy:
         self.allowed_origins = tuple(config.cors.allowed_origins)
         public_host = urlsplit(config.server.public_url).hostname if config.server.public_url else None
         hosts = [host.lower() for host in config.server.allowed_hosts]
-        self.allowed_hosts = tuple(hosts + [public_host] if public_host else hosts)
+        self.allowed_hosts = tuple([*hosts, public_host] if public_host else hosts)
 
     def check_host(self, request: IRequest) -> None:
         check_host(request, self.allowed_hosts, self.allow_loopback)

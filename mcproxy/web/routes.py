@@ -17,7 +17,8 @@ given before any of this (`mcproxy.web.site.ProxyRequest`).
 """
 
 import re
-from typing import Any, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -120,6 +121,12 @@ class Router(resource.Resource):
         self._areas = {segment: (area, _paths(area)) for segment, area in areas.items()}
         self._fallback = (fallback, _paths(fallback))
 
+    @property
+    def _origin_policy(self) -> OriginPolicy:
+        if self.origins is None:
+            raise ValueError("an area has Host and Origin rules, but the Router was given no origins")
+        return self.origins
+
     def render(self, request):
         path = request.path
         area, paths = self._areas.get(path[1:].partition(b"/")[0], self._fallback)
@@ -144,9 +151,9 @@ class Router(resource.Resource):
         if area.gate is not None:
             area.gate(request)
         if area.origins is not None:
-            self.origins.check_host(request)
+            self._origin_policy.check_host(request)
             if area.origins == API_ORIGINS:
-                self.origins.check_api_origin(request)
+                self._origin_policy.check_api_origin(request)
         for found in paths:
             match = found.regex.fullmatch(text)
             if match is not None:
@@ -156,7 +163,7 @@ class Router(resource.Resource):
         route = found.routes.get(request.method)
         if route is None:
             if request.method == b"OPTIONS" and area.origins == MCP_ORIGINS:
-                self.origins.preflight(request, found.allow)
+                self._origin_policy.preflight(request, found.allow)
                 return None, {}
             request.setHeader(b"Allow", found.allow)
             method = request.method.decode("latin-1")
@@ -165,7 +172,7 @@ class Router(resource.Resource):
 
     async def _answer(self, request, route: Route, origins: str | None, parts: dict) -> None:
         if origins == MCP_ORIGINS:
-            self.origins.check_origin(request)
+            self._origin_policy.check_origin(request)
         if not route.audit:
             result = await self._run(request, route, parts)
         else:
@@ -180,6 +187,8 @@ class Router(resource.Resource):
 
     async def _run(self, request, route: Route, parts: dict) -> Any:
         if route.auth is not None and (route.trusted is None or not route.trusted(request)):
+            if self._authenticate is None:
+                raise ValueError(f"{route.handler} authenticates, but the Router was given no authenticate")
             principal = request.principal = await self._authenticate(request, route.auth)
             permission = route.permission
             if permission is not None and not principal.has(permission):

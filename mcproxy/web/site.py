@@ -15,13 +15,17 @@ a request not answered within ``server.request_timeout`` gets 504 (see
 import io
 import ipaddress
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import attrs
 from prometheus_client import CollectorRegistry
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, ITransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http, server
 
 from mcproxy import logs
@@ -101,7 +105,11 @@ class ProxyChannel(http.HTTPChannel):
     body within ``body_timeout`` of the head.
     """
 
-    _deadline = None
+    #: Set by `ProxySite.buildProtocol`.
+    site: "ProxySite"
+    #: Set before `connectionMade`, which every other method follows.
+    transport: ITransport
+    _deadline: IDelayedCall | None = None
     _reading_head = True
     _group = None
     _refused = False
@@ -139,7 +147,7 @@ class ProxyChannel(http.HTTPChannel):
         self._reading_head = True  # the next request's head (its first byte starts the clock)
         super().requestDone(request)
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._disarm()
         if self._group is not None:
             self.site.close_connection(self._group)
@@ -150,7 +158,7 @@ class ProxyChannel(http.HTTPChannel):
         limits = self.site.limits
         seconds = limits.header_timeout if part == "header" else limits.body_timeout
         self._disarm()
-        self._deadline = self.callLater(seconds, self._too_slow, part, seconds)
+        self._deadline = self.callLater(seconds, partial(self._too_slow, part, seconds))
 
     def _disarm(self) -> None:
         if self._deadline is not None and self._deadline.active():
@@ -205,6 +213,8 @@ class RequestState:
     #: The Bearer challenge of a 401, and the Basic one when offered.
     challenge: str | None = None
     basic_challenge: str | None = None
+    #: Set by twisted.web's Request when the connection is lost before the answer.
+    _disconnected: bool
 
     @property
     def gone(self) -> bool:
@@ -215,6 +225,7 @@ class RequestState:
 class ProxyRequest(RequestState, server.Request):
     """A request that counts its body against the site's limit and never renders HTML."""
 
+    channel: ProxyChannel
     too_large = False
     _received = 0
 
@@ -232,7 +243,8 @@ class ProxyRequest(RequestState, server.Request):
         self._received += len(data)
         if self._received > self.channel.site.max_body_bytes:
             self.too_large = True
-            self.content.close()
+            if self.content is not None:
+                self.content.close()
             self.content = _Discard()
             return
         super().handleContentChunk(data)
@@ -346,7 +358,7 @@ class ProxySite(server.Site):
         dropped) when the address is at its cap."""
         limits = self.limits
         group = address_group(host)
-        if group is None or not limits.max_per_address or within(parse_address(host), limits.uncapped):
+        if host is None or group is None or not limits.max_per_address or within(parse_address(host), limits.uncapped):
             return None
         held = self.connections.get(group, 0)
         if held >= limits.max_per_address:

@@ -1,16 +1,19 @@
 """A server-sent-events response on a twisted.web request: keep-alives and flow control."""
 
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from mcproxy.mcp.jsonrpc import encode
 from mcproxy.web.http import lift_deadline
+
+if TYPE_CHECKING:
+    from mcproxy.web.site import ProxyRequest
 
 log = Logger()
 
@@ -33,7 +36,7 @@ class SseStream:
     pile up is disconnected rather than allowed to grow the server without bound.
     """
 
-    def __init__(self, request: IRequest, clock, keepalive: float, max_backlog: int = MAX_BACKLOG):
+    def __init__(self, request: "ProxyRequest", clock, keepalive: float, max_backlog: int = MAX_BACKLOG):
         self.request = request
         self.clock = clock
         self.keepalive = keepalive
@@ -86,7 +89,7 @@ class SseStream:
     def comment(self, text: str = "") -> None:
         """Write an SSE comment (ignored by clients, keeps intermediaries awake)."""
         if not self.closed and not self._paused:  # a waiting stream needs no keep-alive
-            self._write(f": {text}\n\n".encode("utf-8"))
+            self._write(f": {text}\n\n".encode())
 
     def close(self) -> None:
         """End the response (after whatever is still waiting to be sent)."""
@@ -117,9 +120,7 @@ class SseStream:
         self._backlog.append(data)
         self._backlog_size += len(data)
         if self._backlog_size > self.max_backlog:
-            log.warn(
-                "Dropping an SSE client that stopped reading ({size} bytes waiting)", size=self._backlog_size
-            )
+            log.warn("Dropping an SSE client that stopped reading ({size} bytes waiting)", size=self._backlog_size)
             self._backlog.clear()
             self._backlog_size = 0
             self.request.unregisterProducer()

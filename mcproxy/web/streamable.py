@@ -11,6 +11,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSI
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
+from mcproxy.calls import SessionView
 from mcproxy.errors import BadRequest, Conflict, NotFound
 from mcproxy.mcp.codes import (
     HEADER_MISMATCH,
@@ -23,7 +24,6 @@ from mcproxy.mcp.envelope import is_stateless, modern_envelope, request_version,
 from mcproxy.mcp.jsonrpc import RpcError, error_message
 from mcproxy.mcp.notifications import Notify
 from mcproxy.mcp.protocol import McpSession
-from mcproxy.calls import SessionView
 from mcproxy.web.http import answered, on_deadline
 from mcproxy.web.mcp_common import (
     Cutoff,
@@ -55,10 +55,13 @@ class _Exchange:
         self.stream: SseStream | None = None
         self.done = False
 
-    def open_stream(self) -> None:
-        if self.stream is None:
-            self.stream = SseStream(self.request, self.t.clock, self.t.keepalive)
-            self.stream.start()
+    def open_stream(self) -> SseStream:
+        """The event stream of the answer, opened on first use."""
+        stream = self.stream
+        if stream is None:
+            stream = self.stream = SseStream(self.request, self.t.clock, self.t.keepalive)
+            stream.start()
+        return stream
 
     def notify(self, message: dict) -> None:
         if self.done:
@@ -67,8 +70,7 @@ class _Exchange:
             if self.fallback is not None:
                 self.fallback(message)
             return
-        self.open_stream()
-        self.stream.send_json(message)
+        self.open_stream().send_json(message)
 
     def finish(self, response: dict, status: int) -> None:
         self.done = True
@@ -128,9 +130,7 @@ class StreamableTransport:
         principal = request.principal
         accepted = accepts(request)
         if not any(accepted):
-            raise NotAcceptable(
-                "Accept must allow application/json or text/event-stream", code="not_acceptable"
-            )
+            raise NotAcceptable("Accept must allow application/json or text/event-stream", code="not_acceptable")
         try:
             message = await read_rpc(request, t.max_body, t.server.run_blocking)
             headers = _headers(request)
@@ -185,9 +185,7 @@ class StreamableTransport:
 
         entry.hold()
         try:
-            await _Exchange(self.t, request, accepted, to_standalone_stream).run(
-                mcp, message, lambda code: 200
-            )
+            await _Exchange(self.t, request, accepted, to_standalone_stream).run(mcp, message, lambda code: 200)
         finally:
             entry.release()
 

@@ -59,8 +59,7 @@ class _TrackedTools:
                 raise  # the client cancelled or went away
             raise RpcError(
                 SHUTTING_DOWN,
-                f'The server is shutting down; "{name}" was cancelled before it finished. '
-                "Reconnect and call it again.",
+                f'The server is shutting down; "{name}" was cancelled before it finished. Reconnect and call it again.',
             ) from None
         finally:
             self.running.discard(work)
@@ -71,7 +70,7 @@ class _TrackedTools:
 
     def idle(self) -> Deferred:
         """Fires when no call is running (at once if none is)."""
-        d = Deferred()
+        d: Deferred[None] = Deferred()
         if self.running:
             self._idle.append(d)
         else:

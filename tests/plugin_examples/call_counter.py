@@ -19,7 +19,9 @@ class CallCounter:
         self.requests = Tally()
         self.running = False
         self._exported = Counter(
-            "mcproxy_plugin_tool_calls", "Tool calls seen by the call-counter plugin.", ("tool", "outcome"),
+            "mcproxy_plugin_tool_calls",
+            "Tool calls seen by the call-counter plugin.",
+            ("tool", "outcome"),
             registry=metrics.registry,
         )
 

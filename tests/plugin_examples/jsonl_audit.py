@@ -15,7 +15,7 @@ from mcproxy.plugins import IAuditSink, IAuditSinkPlugin
 @implementer(IAuditSink)
 class JsonLinesSink:
     def __init__(self, path: str, clock):
-        self._file = open(path, "a", encoding="utf-8", buffering=1)
+        self._file = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 -- open for the plugin's life
         self._clock = clock
 
     def _write(self, event: str, **fields) -> None:
@@ -31,7 +31,9 @@ class JsonLinesSink:
         )
 
     def admin_action(self, principal, client, action, target, outcome) -> None:
-        self._write("admin", user=principal.user_id if principal else None, action=action, target=target, outcome=outcome)
+        self._write(
+            "admin", user=principal.user_id if principal else None, action=action, target=target, outcome=outcome
+        )
 
     def stop(self) -> None:
         self._file.close()

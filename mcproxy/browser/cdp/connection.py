@@ -118,9 +118,7 @@ class CDPConnection:
 
         def timed_out(failure):
             failure.trap(defer.TimeoutError)
-            raise BrowserUnavailable(
-                f"{self.description} did not answer {method} within {seconds:g} s"
-            )
+            raise BrowserUnavailable(f"{self.description} did not answer {method} within {seconds:g} s")
 
         result.addTimeout(seconds, self.clock)
         result.addErrback(timed_out)
@@ -301,9 +299,7 @@ class CDPConnection:
         pending, self._pending = self._pending, {}
         for method, result in pending.values():
             result.errback(
-                BrowserUnavailable(
-                    f"the connection to {self.description} was lost during {method} ({reason})"
-                )
+                BrowserUnavailable(f"the connection to {self.description} was lost during {method} ({reason})")
             )
         listeners, self._close_listeners = self._close_listeners, []
         for callback in listeners:
@@ -315,4 +311,3 @@ class CDPConnection:
 
     def _closed_message(self) -> str:
         return f"{self.description} is not connected ({self.close_reason or 'closed'})"
-

@@ -7,7 +7,8 @@ here, and the connection drops it (or fails only the call it answers).
 
 import json
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 #: Messages this big or bigger are decoded in a thread: parsing a few MB of JSON takes
 #: long enough to stall every other user's calls if done in a reactor turn.
@@ -23,6 +24,8 @@ class MalformedMessage(ValueError):
 SPLIT_DEPTH = 3
 _DECODER = json.JSONDecoder()
 _SPACE = re.compile(r"[ \t\n\r]*")
+#: ``_SPACE.match`` typed as it behaves: a pattern of ``*`` always matches, if only the empty string.
+_skip_space = cast("Callable[[str, int], re.Match[str]]", _SPACE.match)
 
 
 def loads_in_pieces(text: str) -> Any:
@@ -32,8 +35,8 @@ def loads_in_pieces(text: str) -> Any:
     nodes would hold the reactor's thread for a third of a second even when it runs in a
     thread; between small calls the interpreter switches threads as usual.
     """
-    value, end = _piece(text, _SPACE.match(text, 0).end(), 0)
-    if _SPACE.match(text, end).end() != len(text):
+    value, end = _piece(text, _skip_space(text, 0).end(), 0)
+    if _skip_space(text, end).end() != len(text):
         raise ValueError("extra data after the JSON value")
     return value
 
@@ -44,7 +47,7 @@ def _piece(text: str, at: int, depth: int) -> tuple[Any, int]:
         return _DECODER.raw_decode(text, at)
     closing = "}" if opening == "{" else "]"
     items: Any = {} if opening == "{" else []
-    at = _SPACE.match(text, at + 1).end()
+    at = _skip_space(text, at + 1).end()
     if text[at : at + 1] == closing:
         return items, at + 1
     while True:
@@ -52,21 +55,21 @@ def _piece(text: str, at: int, depth: int) -> tuple[Any, int]:
             key, at = _DECODER.raw_decode(text, at)
             if not isinstance(key, str):
                 raise ValueError("an object key is not a string")
-            at = _SPACE.match(text, at).end()
+            at = _skip_space(text, at).end()
             if text[at : at + 1] != ":":
                 raise ValueError("expected ':' after an object key")
-            value, at = _piece(text, _SPACE.match(text, at + 1).end(), depth + 1)
+            value, at = _piece(text, _skip_space(text, at + 1).end(), depth + 1)
             items[key] = value
         else:
             value, at = _piece(text, at, depth + 1)
             items.append(value)
-        at = _SPACE.match(text, at).end()
+        at = _skip_space(text, at).end()
         separator = text[at : at + 1]
         if separator == closing:
             return items, at + 1
         if separator != ",":
             raise ValueError(f"expected ',' or '{closing}'")
-        at = _SPACE.match(text, at + 1).end()
+        at = _skip_space(text, at + 1).end()
 
 
 def parse_message(data: str | bytes) -> dict:
@@ -94,4 +97,3 @@ def parse_message(data: str | bytes) -> dict:
     elif not isinstance(message.get("params") or {}, dict):
         raise MalformedMessage("params is not an object")
     return message
-

@@ -4,10 +4,13 @@
 explains Chrome's refusals.
 """
 
+from typing import Protocol, cast
+
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import optionsForClientTLS
 
 from mcproxy.browser.cdp.connection import CDPConnection
@@ -15,13 +18,34 @@ from mcproxy.errors import BrowserUnavailable, InvalidBrowserURL
 from mcproxy.threads import thread_runner
 
 
+class _StreamTransport(Protocol):
+    """The TCP (or TLS) transport under the WebSocket: it pauses, resumes and aborts."""
+
+    def pauseProducing(self) -> None: ...
+
+    def resumeProducing(self) -> None: ...
+
+    def abortConnection(self) -> None: ...
+
+
 class CDPClientProtocol(WebSocketClientProtocol):
     """Autobahn glue: feeds a `CDPConnection` and fires ``opened`` after the handshake."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.opened: Deferred = Deferred()
+        self.opened: Deferred[CDPClientProtocol] | None = Deferred()
         self.cdp: CDPConnection | None = None
+
+    @property
+    def connection(self) -> CDPConnection:
+        """The CDP connection the opening handshake made (`open_websocket` returns after it)."""
+        if self.cdp is None:
+            raise BrowserUnavailable("the DevTools WebSocket is not open")
+        return self.cdp
+
+    @property
+    def _stream(self) -> "_StreamTransport":
+        return cast(_StreamTransport, self.transport)
 
     def onOpen(self) -> None:
         factory = self.factory
@@ -32,15 +56,16 @@ class CDPClientProtocol(WebSocketClientProtocol):
             default_timeout=factory.call_timeout,
             description=factory.description,
             run_in_thread=thread_runner(factory.clock),
-            pause_reading=lambda: self.transport.pauseProducing(),
-            resume_reading=lambda: self.transport.resumeProducing(),
+            pause_reading=lambda: self._stream.pauseProducing(),
+            resume_reading=lambda: self._stream.resumeProducing(),
         )
         opened, self.opened = self.opened, None
-        opened.callback(self)
+        if opened is not None:
+            opened.callback(self)
 
     def _abort(self) -> None:
         if self.transport is not None:
-            self.transport.abortConnection()
+            self._stream.abortConnection()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self.cdp is None:
@@ -151,6 +176,7 @@ async def open_websocket(
         handshake_timeout=timeout,
         description=description,
     )
+    endpoint: IStreamClientEndpoint
     if ":" in address:
         endpoint = TCP6ClientEndpoint(reactor, address, port, timeout=timeout)
     else:
@@ -159,9 +185,12 @@ async def open_websocket(
         endpoint = wrapClientTLS(optionsForClientTLS(tls_hostname or address), endpoint)
 
     async def connect() -> CDPClientProtocol:
-        protocol = await endpoint.connect(factory)
+        protocol = cast(CDPClientProtocol, await endpoint.connect(factory))  # what the factory builds
+        opened = protocol.opened
+        if opened is None:  # settled already: open, or closed (then `connection` says so)
+            return protocol
         try:
-            return await protocol.opened
+            return await opened
         except BaseException:
             protocol._abort()
             raise
@@ -173,12 +202,8 @@ async def open_websocket(
     except CancelledError:
         raise
     except defer.TimeoutError:
-        raise BrowserUnavailable(
-            f"opening the DevTools WebSocket {ws_url} took more than {timeout:g} s"
-        ) from None
+        raise BrowserUnavailable(f"opening the DevTools WebSocket {ws_url} took more than {timeout:g} s") from None
     except (BrowserUnavailable, InvalidBrowserURL):
         raise
     except Exception as e:
         raise BrowserUnavailable(f"cannot open the DevTools WebSocket {ws_url}: {e}") from None
-
-

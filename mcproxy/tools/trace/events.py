@@ -146,9 +146,10 @@ class TraceEvents:
 
     def __init__(self):
         self.by_name: dict[str, list[dict]] = defaultdict(list)
-        self.threads: dict[tuple[int, int], str] = {}
-        self.min_ts: int | None = None
-        self.max_ts: int | None = None
+        #: Thread names by (pid, tid), as the trace gives them (either may be missing).
+        self.threads: dict[tuple[int | None, int | None], str] = {}
+        self.min_ts: float | None = None
+        self.max_ts: float | None = None
         self.kept = 0
         self.seen = 0
         self.truncated = False

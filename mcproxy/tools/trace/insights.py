@@ -63,6 +63,7 @@ NOT_COMPUTED = (
     "SlowCSSSelector",
 )
 
+
 def node_ids(trace: TraceEvents) -> set[int]:
     """DOM node ids the insights name (LCP elements, shifted elements, interaction targets)."""
     ids = {e["args"]["data"].get("nodeId") for e in trace.of("largestContentfulPaint::Candidate")}
@@ -182,9 +183,7 @@ def _lcp_phases(nav_ts, lcp, data, document, image_url, requests, scope) -> list
     load = None
     if image_url:
         loads = [
-            r
-            for r in requests.values()
-            if r.url == image_url and scope.has_frame(r.frame) and r.first_ts <= lcp["ts"]
+            r for r in requests.values() if r.url == image_url and scope.has_frame(r.frame) and r.first_ts <= lcp["ts"]
         ]
         if loads:
             request = max(loads, key=lambda r: r.first_ts)
@@ -213,8 +212,10 @@ def _document_latency(document: Request, navigation: dict) -> DocumentLatency:
     mime = document.response_field("mimeType", "") or ""
     size = document.finish_field("decodedBodyLength") or 0
     compressible = mime.startswith("text/") or "json" in mime or "javascript" in mime or "xml" in mime
-    uncompressed = compressible and not any(e.strip() in _COMPRESSED for e in encoding.split(",")) and (
-        size > COMPRESSIBLE_MIN_BYTES
+    uncompressed = (
+        compressible
+        and not any(e.strip() in _COMPRESSED for e in encoding.split(","))
+        and (size > COMPRESSIBLE_MIN_BYTES)
     )
     return DocumentLatency(
         url=document.url,
@@ -322,8 +323,10 @@ def _layout_shifts(trace, scope, names, inside) -> LayoutShifts:
     windows: list[list[dict]] = []
     for shift in shifts:
         current = windows[-1] if windows else None
-        if current and shift["ts"] - current[-1]["ts"] <= SHIFT_GAP_US and (
-            shift["ts"] - current[0]["ts"] <= SHIFT_WINDOW_US
+        if (
+            current
+            and shift["ts"] - current[-1]["ts"] <= SHIFT_GAP_US
+            and (shift["ts"] - current[0]["ts"] <= SHIFT_WINDOW_US)
         ):
             current.append(shift)
         else:

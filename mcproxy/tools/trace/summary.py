@@ -35,13 +35,17 @@ def summary(analysis: TraceAnalysis) -> str:
             )
         ),
         *notes,
-        "# Available insight sets\n\nThe trace is split into insight sets, one per navigation (and one for "
-        "the time before the first navigation when something happened then). Each insight applies to its "
-        "own set only, so pass the insight set id together with the insight name. When nobody names a set "
-        f"or navigation, the first set is meant. Insight sets: {ids}.",
+        (
+            "# Available insight sets\n\nThe trace is split into insight sets, one per navigation (and one for "
+            "the time before the first navigation when something happened then). Each insight applies to its "
+            "own set only, so pass the insight set id together with the insight name. When nobody names a set "
+            f"or navigation, the first set is meant. Insight sets: {ids}."
+        ),
         *(_set_text(s) for s in analysis.sets),
-        f"Insights computed by this server: {', '.join(COMPUTED)}. Not computed: {', '.join(NOT_COMPUTED)}.\n"
-        "Call performance_analyze_insight with an insight set id and an insight name for the details.",
+        (
+            f"Insights computed by this server: {', '.join(COMPUTED)}. Not computed: {', '.join(NOT_COMPUTED)}.\n"
+            "Call performance_analyze_insight with an insight set id and an insight name for the details."
+        ),
     ]
     return "\n\n".join(parts)
 
@@ -60,8 +64,7 @@ def explain(analysis: TraceAnalysis, set_id: str, name: str) -> Insight:
         raise ToolError(f"{name} has no data in {set_id}: {_MISSING[name]}. Available insights there: {available}.")
     if name in NOT_COMPUTED:
         raise ToolError(
-            f'{name} is a DevTools insight this server does not compute. Available insights in {set_id}: '
-            f"{available}."
+            f"{name} is a DevTools insight this server does not compute. Available insights in {set_id}: {available}."
         )
     raise ToolError(f'Unknown insight "{name}". Available insights in {set_id}: {available}.')
 

@@ -5,6 +5,9 @@ the trace summary and the answer of ``performance_analyze_insight``. Times are s
 milliseconds relative to the start of the insight set.
 """
 
+from collections.abc import Callable
+from typing import Any
+
 import attrs
 
 from mcproxy.tools.trace.insights import SERVER_RESPONSE_GOAL_MS, SERVER_RESPONSE_LIMIT_MS
@@ -23,6 +26,7 @@ from mcproxy.tools.trace.records import (
 )
 
 TOP_SHIFTS = 5
+
 
 @attrs.frozen
 class Insight:
@@ -171,8 +175,10 @@ PHASES = {
     TIME_TO_FIRST_BYTE: ("Time to first byte", "the server is slow to answer the document (see DocumentLatency)."),
     LOAD_DELAY: (
         "Resource load delay",
-        "the LCP resource is discovered or requested late; make it discoverable in the HTML "
-        "and consider fetchpriority=high or a preload.",
+        (
+            "the LCP resource is discovered or requested late; make it discoverable in the HTML "
+            "and consider fetchpriority=high or a preload."
+        ),
     ),
     LOAD_DURATION: (
         "Resource load duration",
@@ -180,8 +186,10 @@ PHASES = {
     ),
     RENDER_DELAY: (
         "Element render delay",
-        "the element is painted long after its content is available; look for "
-        "render-blocking resources and long main-thread tasks before it.",
+        (
+            "the element is painted long after its content is available; look for "
+            "render-blocking resources and long main-thread tasks before it."
+        ),
     ),
 }
 
@@ -190,8 +198,10 @@ def _lcp_breakdown(lcp: LcpBreakdown, start: float) -> Insight:
     nav_ts, value = lcp.navigation_ts, lcp.ts - lcp.navigation_ts
     kind = "an image" if lcp.image else "text"
     details = [
-        f"The Largest Contentful Paint (LCP) of this navigation happened at {ms(value)}, painting {kind}: "
-        f"{lcp.node_name or 'unknown element'} (nodeId {lcp.node_id}).",
+        (
+            f"The Largest Contentful Paint (LCP) of this navigation happened at {ms(value)}, painting {kind}: "
+            f"{lcp.node_name or 'unknown element'} (nodeId {lcp.node_id})."
+        ),
     ]
     if lcp.image_url:
         details.append(f"The LCP resource: {lcp.image_url}")
@@ -237,18 +247,14 @@ def _document_latency(document: DocumentLatency, start: float) -> Insight:
     elif document.encoding:
         lines.append(f"- PASSED: the response was compressed ({document.encoding}).")
     else:
-        lines.append(
-            f"- PASSED: compression not needed ({document.size} bytes of {document.mime or 'unknown type'})."
-        )
+        lines.append(f"- PASSED: compression not needed ({document.size} bytes of {document.mime or 'unknown type'}).")
     saved_us = document.saved_us
     savings = f"FCP {ms(saved_us)}, LCP {ms(saved_us)}" if saved_us >= 1000 else "none"
     return _insight("DocumentLatency", lines, document.bounds, savings)
 
 
 def _render_blocking(blocking: RenderBlocking, start: float) -> Insight:
-    lines = [
-        f"{len(blocking.requests)} request(s) blocked the first render (times from the start of the navigation):"
-    ]
+    lines = [f"{len(blocking.requests)} request(s) blocked the first render (times from the start of the navigation):"]
     for request in blocking.requests:
         kind = "resource" if request.resource_type is None else request.resource_type
         mime = "unknown type" if request.mime is None else request.mime
@@ -273,9 +279,11 @@ _INP_ADVICE = {
 
 def _inp_breakdown(inp: Interaction, start: float) -> Insight:
     lines = [
-        f"{inp.count} interaction(s) were recorded. The longest, which sets INP, was a "
-        f"{inp.type} on {node_text(inp)} at {ms(inp.ts - start)} taking {inp.duration:.0f} ms "
-        f"({_rating(inp.duration, 200, 500)}):",
+        (
+            f"{inp.count} interaction(s) were recorded. The longest, which sets INP, was a "
+            f"{inp.type} on {node_text(inp)} at {ms(inp.ts - start)} taking {inp.duration:.0f} ms "
+            f"({_rating(inp.duration, 200, 500)}):"
+        ),
         f"- Input delay: {inp.delay:.0f} ms (waiting for the main thread to be free)",
         f"- Processing duration: {inp.processing:.0f} ms (event handlers running)",
         f"- Presentation delay: {inp.presentation:.0f} ms (until the next frame was painted)",
@@ -293,14 +301,14 @@ def _inp_breakdown(inp: Interaction, start: float) -> Insight:
 def _cls_culprits(shifts: LayoutShifts, start: float) -> Insight:
     worst = shifts.worst
     lines = [
-        f"CLS is {shifts.score:.2f} ({_rating(shifts.score, 0.1, 0.25)}). {shifts.shifts} layout shift(s) without "
-        f"recent input in {shifts.clusters} cluster(s); the worst cluster ({len(worst)} shift(s)) sets the score.",
+        (
+            f"CLS is {shifts.score:.2f} ({_rating(shifts.score, 0.1, 0.25)}). {shifts.shifts} layout shift(s) without "
+            f"recent input in {shifts.clusters} cluster(s); the worst cluster ({len(worst)} shift(s)) sets the score."
+        ),
         "Largest shifts in the worst cluster:",
     ]
     for shift in sorted(worst, key=lambda s: s.score, reverse=True)[:TOP_SHIFTS]:
-        moved = [
-            f"{node_text(n)} moved from {_rect(n.old_rect)} to {_rect(n.new_rect)}" for n in shift.moved
-        ]
+        moved = [f"{node_text(n)} moved from {_rect(n.old_rect)} to {_rect(n.new_rect)}" for n in shift.moved]
         what = "; ".join(moved) or "no element named"
         lines.append(f"- at {ms(shift.ts - start)}, score {shift.score:.4f}: {what}")
     lines.append(
@@ -313,8 +321,10 @@ def _cls_culprits(shifts: LayoutShifts, start: float) -> Insight:
 def _long_tasks(tasks: LongTasks, start: float) -> Insight:
     longest = tasks.longest[0]
     lines = [
-        f"{tasks.count} main-thread task(s) took longer than 50 ms; together they blocked the main thread for "
-        f"{ms(tasks.blocking_us)} beyond 50 ms each. Longest first:"
+        (
+            f"{tasks.count} main-thread task(s) took longer than 50 ms; together they blocked the main thread for "
+            f"{ms(tasks.blocking_us)} beyond 50 ms each. Longest first:"
+        )
     ]
     for task in tasks.longest:
         cause = f", mostly {_work(task.cause)}" if task.cause else ""
@@ -323,7 +333,7 @@ def _long_tasks(tasks: LongTasks, start: float) -> Insight:
     return _insight("LongTasks", lines, (longest.ts, longest.ts + longest.dur), f"TBT {ms(tasks.blocking_us)}")
 
 
-_WORDING = {
+_WORDING: dict[str, Callable[[Any, float], Insight]] = {
     "LCPBreakdown": _lcp_breakdown,
     "DocumentLatency": _document_latency,
     "RenderBlocking": _render_blocking,
