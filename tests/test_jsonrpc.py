@@ -92,3 +92,15 @@ def test_encoding_in_pieces_gives_the_same_bytes(value):
     from mcproxy.mcp.jsonrpc import to_json, to_json_in_pieces
 
     assert to_json_in_pieces(value) == to_json(value)
+
+
+@pytest.mark.parametrize("extra", [0, 1, 2])
+def test_long_strings_are_encoded_in_pieces_to_the_same_bytes(extra):
+    """A string longer than a piece (an image's base64) is encoded a piece at a time; escapes
+    and characters beyond ASCII on either side of a cut come out as one call makes them."""
+    from mcproxy.mcp.jsonrpc import STRING_PIECE, to_json, to_json_in_pieces
+
+    text = ("a" * (STRING_PIECE - 1) + '"é\n\U0001f600\\') * 2 + "x" * extra
+    value = {"contents": [{"blob": text}]}
+    assert to_json_in_pieces(value) == to_json(value)
+    assert to_json_in_pieces(text) == to_json(text)

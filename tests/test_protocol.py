@@ -380,3 +380,37 @@ def test_heavy_results_and_arguments_are_handled_off_the_reactor(h):
     # Megabytes of arguments are validated there too (and a big echo is shaped there).
     echoed = h.answer("tools/call", {"name": "echo", "arguments": {"text": "e" * OFF_REACTOR_WEIGHT}})
     assert len(shaped) == 3 and json.loads(encode(echoed))["result"]["content"][0]["text"].startswith("eee")
+
+
+def test_a_heavy_resource_read_is_encoded_off_the_reactor(h):
+    """A read resource of megabytes (a saved screenshot's base64) is shaped and encoded by
+    ``run_blocking``, as a heavy tool result is."""
+    import mcp_types
+    from twisted.internet.defer import maybeDeferred, succeed
+
+    from mcproxy.mcp.jsonrpc import Encoded, encode
+    from mcproxy.mcp.shaping import OFF_REACTOR_WEIGHT
+
+    blob = "QUJD" * OFF_REACTOR_WEIGHT
+    uri = "mcproxy://artifacts/shot"
+
+    class BigResource:
+        def list_resources(self, principal):
+            return []
+
+        def read_resource(self, principal, uri):
+            contents = [mcp_types.BlobResourceContents(uri=uri, mime_type="image/png", blob=blob)]
+            return succeed(mcp_types.ReadResourceResult(contents=contents))
+
+    shaped = []
+
+    def run_blocking(f, *args):
+        shaped.append(f)
+        return maybeDeferred(f, *args)
+
+    h.server.resources = BigResource()
+    h.server.run_blocking = run_blocking
+    h.initialize()
+    answer = h.answer("resources/read", {"uri": uri})
+    assert len(shaped) == 1 and isinstance(answer["result"], Encoded)
+    assert json.loads(encode(answer))["result"]["contents"][0]["blob"] == blob

@@ -5,7 +5,6 @@ A caller sees only their own live artifacts. Reading a resource reads the whole 
 reading and encoding run away from the reactor.
 """
 
-import base64
 from datetime import UTC, datetime
 
 import mcp_types
@@ -16,6 +15,7 @@ from mcproxy.artifacts.artifact import Artifact
 from mcproxy.artifacts.names import is_text
 from mcproxy.artifacts.store import ArtifactStore
 from mcproxy.mcp.protocol import resource_not_found
+from mcproxy.threads import b64encode_in_pieces
 
 
 class ArtifactResources:
@@ -70,7 +70,7 @@ class ArtifactResources:
                 return mcp_types.ReadResourceResult(
                     contents=[mcp_types.TextResourceContents(uri=uri, mime_type=artifact.mime_type, text=text)]
                 )
-        blob = base64.b64encode(data).decode("ascii")
+        blob = b64encode_in_pieces(data)
         return mcp_types.ReadResourceResult(
             contents=[mcp_types.BlobResourceContents(uri=uri, mime_type=artifact.mime_type, blob=blob)]
         )

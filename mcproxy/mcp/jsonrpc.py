@@ -103,11 +103,20 @@ def to_json(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+#: Characters of a string `to_json_in_pieces` encodes in one call (JSON escapes each
+#: character on its own, so the pieces join into the string's encoding).
+STRING_PIECE = 256 * 1024
+
+
 def to_json_in_pieces(value: Any, depth: int = 0) -> bytes:
     """`to_json` built from many small encoder calls: the C encoder holds the GIL for a whole
     call, so a thread encoding megabytes at once would stall the reactor all the same. The
     outer three levels of objects and arrays (a result, its structured content, a list in
-    it) are taken apart; what lies deeper is encoded in one call each."""
+    it) are taken apart; what lies deeper is encoded in one call each, but for long strings
+    (an image's base64), which are encoded `STRING_PIECE` characters at a time."""
+    if isinstance(value, str) and len(value) > STRING_PIECE:
+        pieces = (to_json(value[at : at + STRING_PIECE])[1:-1] for at in range(0, len(value), STRING_PIECE))
+        return b'"' + b"".join(pieces) + b'"'
     if depth < 3 and isinstance(value, dict):
         return (
             b"{" + b",".join(to_json(str(k)) + b":" + to_json_in_pieces(v, depth + 1) for k, v in value.items()) + b"}"

@@ -34,11 +34,12 @@ def is_heavy(value: Any, limit: int = OFF_REACTOR_WEIGHT) -> bool:
 
 
 def weight(result: BaseModel) -> int:
-    """A cheap estimate of how much work turning a tool result into JSON is: the characters
-    of its text and binary content, plus 64 for each item of its structured lists."""
+    """A cheap estimate of how much work turning a result into JSON is: the characters of the
+    text and binary blocks of a tool result's content or a read resource's contents, plus 64
+    for each item of its structured lists."""
     total = 0
-    for block in getattr(result, "content", None) or ():
-        total += len(getattr(block, "text", "") or getattr(block, "data", "") or "")
+    for block in getattr(result, "content", None) or getattr(result, "contents", None) or ():
+        total += len(getattr(block, "text", "") or getattr(block, "data", "") or getattr(block, "blob", "") or "")
     structured = getattr(result, "structured_content", None) or {}
     for value in structured.values():
         if isinstance(value, list):

@@ -7,7 +7,7 @@ from typing import Any
 from mcproxy.artifacts.names import guess_mime_type, is_text
 from mcproxy.browser.cdp.messages import THREAD_DECODE_BYTES
 from mcproxy.errors import CDPError, ToolError
-from mcproxy.threads import thread_runner
+from mcproxy.threads import b64decode_in_pieces, thread_runner
 from mcproxy.tools import schema as s
 from mcproxy.tools.call import Response, ToolCall
 from mcproxy.tools.declare import ToolSet
@@ -294,14 +294,7 @@ async def _decoded(call: ToolCall, data: str) -> bytes:
     """Base64 ``data`` decoded, in a thread when it is big (a tall page's screenshot is tens
     of MB, which would hold the reactor)."""
     run = thread_runner(call.clock) if len(data) >= THREAD_DECODE_BYTES else None
-    return await run(_b64decode_in_pieces, data) if run is not None else base64.b64decode(data)
-
-
-def _b64decode_in_pieces(data: str) -> bytes:
-    """Base64 decoded a megabyte at a time: the decoder holds the GIL for a whole call, so one
-    call on tens of MB would stall the reactor's thread even from another thread."""
-    piece = 4 * 256 * 1024  # whole base64 quanta
-    return b"".join(base64.b64decode(data[at : at + piece]) for at in range(0, len(data), piece))
+    return await run(b64decode_in_pieces, data) if run is not None else base64.b64decode(data)
 
 
 @tools.page_tool(

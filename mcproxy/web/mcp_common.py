@@ -2,21 +2,25 @@
 wording of work cut short (their Host and Origin rules: `mcproxy.web.origins`)."""
 
 from collections.abc import Mapping
+from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
 from mcp_types import JSONRPCRequest
 from twisted.internet.defer import Deferred
+from twisted.web.static import NoRangeStaticProducer
 
 from mcproxy.errors import BadRequest, MCProxyError
 from mcproxy.mcp.codes import REQUEST_CANCELLED, REQUEST_TIMEOUT, SESSION_ENDED
 from mcproxy.mcp.jsonrpc import encode, error_message, parse_message
-from mcproxy.web.http import answered, read_body, require_json
+from mcproxy.web.http import answered, lift_deadline, read_body, require_json
 
 if TYPE_CHECKING:
     from mcproxy.web.site import ProxyRequest
 
 #: Request bodies this big or bigger are parsed in a thread.
 OFF_REACTOR_BODY_BYTES = 256 * 1024
+#: Answers this big or bigger are written a piece at a time, as the client takes them.
+STREAMED_ANSWER_BYTES = 256 * 1024
 
 
 class NotAcceptable(MCProxyError):
@@ -53,7 +57,13 @@ async def read_rpc(request: "ProxyRequest", limit: int, run_blocking=None) -> An
 
 
 def write_rpc(request: "ProxyRequest", status: int, message: dict, headers: dict[bytes, bytes] | None = None) -> None:
-    """Finish ``request`` with one JSON-RPC message as its body."""
+    """Finish ``request`` with one JSON-RPC message as its body.
+
+    A body of megabytes (a read image) goes out through a producer, a piece each time the
+    connection has sent the one before, so one answer never fills the process's buffers nor
+    holds a slow client's share of memory at once. It is under way from then on: like an
+    answer written whole, it is no longer subject to the request's time limit.
+    """
     if answered(request):
         return
     data = encode(message)
@@ -63,6 +73,10 @@ def write_rpc(request: "ProxyRequest", status: int, message: dict, headers: dict
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Content-Length", str(len(data)).encode("ascii"))
     request.setHeader(b"Cache-Control", b"no-store")
+    if len(data) >= STREAMED_ANSWER_BYTES:
+        lift_deadline(request)
+        NoRangeStaticProducer(request, BytesIO(data)).start()
+        return
     request.write(data)
     request.finish()
 
