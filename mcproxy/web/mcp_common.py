@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from mcp_types import JSONRPCRequest
 from twisted.internet.defer import Deferred
-from twisted.web.static import NoRangeStaticProducer
+from twisted.protocols.basic import FileSender
 
 from mcproxy.errors import BadRequest, MCProxyError
 from mcproxy.mcp.codes import REQUEST_CANCELLED, REQUEST_TIMEOUT, SESSION_ENDED
@@ -75,7 +75,9 @@ def write_rpc(request: "ProxyRequest", status: int, message: dict, headers: dict
     request.setHeader(b"Cache-Control", b"no-store")
     if len(data) >= STREAMED_ANSWER_BYTES:
         lift_deadline(request)
-        NoRangeStaticProducer(request, BytesIO(data)).start()
+        sent = FileSender().beginFileTransfer(BytesIO(data), request)
+        sent.addCallback(lambda _: None if answered(request) else request.finish())
+        sent.addErrback(lambda _: None)  # the client went away: nothing left to answer
         return
     request.write(data)
     request.finish()
