@@ -27,9 +27,9 @@ from typing import Any, TextIO
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
-    Logger,
     formatEvent,
 )
 from twisted.python import logfile

@@ -21,8 +21,8 @@ from mcproxy.auth.tokens import (
     bearer_credential,
     check_permissions,
     create_token,
-    mint_child_token,
     hash_token,
+    mint_child_token,
     parse_token,
 )
 from mcproxy.errors import BadRequest, Unauthorized
@@ -370,7 +370,7 @@ def test_verdicts_are_cached_briefly_and_forget_ends_them_at_once(store, clock, 
 
 
 def test_a_cached_verdict_ends_with_the_token(store, clock):
-    token, record = success_result_of(create_token(store, "alice", ["tools:*"], 1.0, clock))
+    token, _ = success_result_of(create_token(store, "alice", ["tools:*"], 1.0, clock))
     authenticator = TokenAuthenticator(store, clock, cache_seconds=2.0)
     req = request(b"Bearer " + token.encode())
     assert authenticate(authenticator, req).user_id == "alice"
