@@ -30,15 +30,31 @@ STAGES = (
     ),
     (
         "JSON-RPC/MCP",
-        ("mcproxy/mcp/", "mcproxy/web/streamable.py", "mcproxy/web/legacy.py", "mcproxy/web/mcp_common.py")
-        + ("mcproxy/web/transports.py", "mcproxy/web/sse.py", "mcp_types/", "pydantic", "json/"),
+        (
+            "mcproxy/mcp/",
+            "mcproxy/web/streamable.py",
+            "mcproxy/web/legacy.py",
+            "mcproxy/web/mcp_common.py",
+            "mcproxy/web/transports.py",
+            "mcproxy/web/sse.py",
+            "mcp_types/",
+            "pydantic",
+            "json/",
+        ),
     ),
     ("tool registry + tool", ("mcproxy/tools/", "mcproxy/calls.py")),
     ("CDP client", ("mcproxy/browser/", "autobahn/", "txaio/")),
     (
         "logging/audit/metrics",
-        ("mcproxy/logs.py", "mcproxy/audit.py", "mcproxy/metrics.py", "mcproxy/activity.py", "mcproxy/plugins.py")
-        + ("twisted/logger/", "prometheus_client/"),
+        (
+            "mcproxy/logs.py",
+            "mcproxy/audit.py",
+            "mcproxy/metrics.py",
+            "mcproxy/activity.py",
+            "mcproxy/plugins.py",
+            "twisted/logger/",
+            "prometheus_client/",
+        ),
     ),
 )
 OTHER = "reactor and other"

@@ -354,7 +354,7 @@ def test_records_are_cached_briefly_and_revocation_still_lands(store, clock):
 def test_verdicts_are_cached_briefly_and_forget_ends_them_at_once(store, clock, monkeypatch):
     import mcproxy.auth.tokens as tokens_module
 
-    parent_token, parent = success_result_of(create_token(store, "alice", ["tools:*"], None, clock))
+    _parent_token, parent = success_result_of(create_token(store, "alice", ["tools:*"], None, clock))
     child_token, child = success_result_of(mint_child_token(store, parent, "alice", [], 60, clock))
     hashes = []
     monkeypatch.setattr(tokens_module, "hash_token", lambda token: hashes.append(token) or hash_token(token))
