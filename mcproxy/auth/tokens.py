@@ -314,7 +314,7 @@ class TokenAuthenticator:
 
     async def _check_ancestors(self, record: TokenRecord, now: float) -> list[TokenRecord]:
         """A token minted from another works only while every token above it does: those tokens."""
-        parent_id, ancestors = record.parent_id, []
+        parent_id, ancestors = record.parent_id, list[TokenRecord]()
         while parent_id is not None:
             parent = await self._record(parent_id) if len(ancestors) < MAX_ANCESTORS else None
             if parent is None or not parent.is_valid_at(now):
