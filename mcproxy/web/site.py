@@ -300,8 +300,6 @@ class ProxySite(server.Site):
 
     requestFactory = ProxyRequest
     displayTracebacks = False
-    #: The access log (``server.access_log``), None when there is none.
-    access_log: logs.LineFile | None = None
 
     def __init__(
         self,
@@ -325,6 +323,8 @@ class ProxySite(server.Site):
         self.client_policy = client_policy or ClientPolicy()
         self.check_address = check_address
         self.limits = limits
+        #: The access log (``server.access_log``), None when there is none.
+        self.access_log: logs.LineFile | None = None
         self.connections: dict = {}  # open connections per address group
         self._crowded: set = set()  # groups refused since they last were under the cap
         self._dropped = connections_dropped(registry)
