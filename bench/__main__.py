@@ -34,6 +34,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--iterations", type=int, default=500, help="latency: timed calls per transport")
     parser.add_argument("--warmup", type=int, default=50, help="latency: untimed calls first")
+    parser.add_argument(
+        "--stages",
+        action="store_true",
+        help="latency: print the daemon's CPU per call by stage (runs it under cProfile)",
+    )
     parser.add_argument("--sessions", type=int, default=1000, help="sse_memory: idle sessions to open")
     parser.add_argument(
         "--rounds", type=int, default=20, help="tools: timed rounds (fill, click, fill_form, hover) per server"

@@ -10,12 +10,17 @@ baseline, and the difference is the proxy's. The default, which waits for a quie
 window exactly like chrome-devtools-mcp, is timed separately and reported for information.
 """
 
+import asyncio
+import os
 import re
+import signal
+import sys
 import time
 
 from bench.lean_mcp import LeanLegacySse, LeanStreamable
 from bench.procs import Chromium, FixtureSite, ProxyDaemon
 from bench.report import Summary, Verdict, say
+from bench.stages import breakdown
 from bench.wire import CdpSocket, WireError
 
 TARGET_MS = 2.0
@@ -55,6 +60,21 @@ async def _time_pair(session, page_id: int, cdp: CdpSocket) -> tuple[float, floa
     return raw_ms, await _proxied(session, page_id, settle=False)
 
 
+async def _say_stages(pid: int, stats: str, calls: int) -> None:
+    """Stop the daemon's profiler and print its CPU per call by stage."""
+    os.kill(pid, signal.SIGUSR2)
+    for _ in range(100):
+        if os.path.exists(stats):
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.2)  # let the dump finish
+    totals = breakdown(stats)
+    whole = sum(totals.values()) or 1.0
+    say(f"  daemon reactor-thread CPU per call by stage (cProfile self time, {whole * 1000 / calls:.3f} ms in all):")
+    for name, seconds in totals.items():
+        say(f"    {name:<24} {seconds * 1e6 / calls:8.1f} us  {100 * seconds / whole:5.1f} %")
+
+
 async def run(options) -> list[Verdict]:
     """Measure both transports against raw CDP and judge the added median latency."""
     say(f"== latency: evaluate_script through mcproxy vs raw CDP Runtime.evaluate ({options.iterations} calls) ==")
@@ -63,6 +83,9 @@ async def run(options) -> list[Verdict]:
     try:
         await site.start()
         await chromium.start()
+        stages = os.path.join(daemon.root, "stages.pstats") if options.stages else None
+        if stages:
+            daemon.launcher = [sys.executable, "-m", "bench.stages", stages]
         await daemon.start()
         token = await daemon.user_token("bench-latency", chromium.browser_url)
         transports = {}
@@ -76,14 +99,19 @@ async def run(options) -> list[Verdict]:
             for session, page_id, cdp in transports.values():
                 await _time_pair(session, page_id, cdp)
         samples = {name: ([], []) for name in transports}
+        if stages:
+            os.kill(daemon.pid, signal.SIGUSR1)
         cpu_before = daemon.cpu_seconds()
         for _ in range(options.iterations):
             for name, (session, page_id, cdp) in transports.items():
                 raw_ms, proxied_ms = await _time_pair(session, page_id, cdp)
                 samples[name][0].append(raw_ms)
                 samples[name][1].append(proxied_ms)
-        cpu_ms = (daemon.cpu_seconds() - cpu_before) * 1000 / (options.iterations * len(transports))
+        calls = options.iterations * len(transports)
+        cpu_ms = (daemon.cpu_seconds() - cpu_before) * 1000 / calls
         say(f"  daemon CPU per proxied call (both transports, /proc/PID/stat): {cpu_ms:.2f} ms")
+        if stages:
+            await _say_stages(daemon.pid, stages, calls)
         verdicts = []
         for name, (raw, proxied) in samples.items():
             base, through = Summary.of(raw), Summary.of(proxied)

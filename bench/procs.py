@@ -164,6 +164,9 @@ class ProxyDaemon:
         self.store = store
         #: Where twistd writes cProfile stats of the daemon when it stops (None: no profiling).
         self.profile = profile
+        #: What runs twistd (its path and arguments follow): nothing, or a wrapper such as
+        #: `bench.stages`.
+        self.launcher: list[str] = []
         self.process: asyncio.subprocess.Process | None = None
         self.admin_token = ""
 
@@ -213,7 +216,7 @@ class ProxyDaemon:
         profiling = ["--profile", self.profile, "--profiler", "cprofile", "--savestats"] if self.profile else []
         with open(self.log_path, "wb") as log:
             self.process = await asyncio.create_subprocess_exec(
-                twistd, "--nodaemon", "--pidfile=", *profiling, "mcproxy", "--config", config,
+                *self.launcher, twistd, "--nodaemon", "--pidfile=", *profiling, "mcproxy", "--config", config,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
                 cwd=self.root, env=env, preexec_fn=_pinned(self.cpus),
             )  # fmt: skip

@@ -3,22 +3,19 @@
 Fields of a tool call (``audit.path``; see docs/architecture.rst): ``time``, ``userId``, ``tokenId``,
 ``client``, ``sessionId``, ``browser``, ``tool``, ``arguments`` (redacted), ``outcome``,
 ``durationMs``; admin actions carry ``action`` and ``target`` instead of the tool fields.
-Lines are written whole and flushed at once, so a crash loses at most the line being
-written; ``reopen()`` (on SIGHUP) follows a log rotation.
+Lines are written whole, in batches every `mcproxy.logs.FLUSH_SECONDS` by a thread of
+their own, so a crash loses at most that last moment's lines; ``reopen()`` (on SIGHUP)
+follows a log rotation.
 """
 
 import json
-import os
 import re
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any
 
 from twisted.application.service import Service
-from twisted.logger import Logger
 
 from mcproxy import logs
-
-log = Logger()
 
 #: Argument names whose values are credentials wherever they appear.
 SECRET_KEY = re.compile(r"pass(word|wd)?|secret|token|authori[sz]ation|cookie|api[-_]?key|credential", re.I)
@@ -73,12 +70,12 @@ def _iso(timestamp: float) -> str:
 
 class AuditLog(Service):
     """Appends audit events to ``path`` (created 0600) while the service runs; an empty
-    path keeps no file."""
+    path keeps no file. Lines are written in batches off the reactor (`mcproxy.logs.LineFile`)."""
 
     def __init__(self, path: str, clock):
         self._path = path
+        self._lines = logs.LineFile(path, clock)
         self._clock = clock
-        self._file: TextIO | None = None
 
     def startService(self) -> None:
         super().startService()
@@ -90,32 +87,23 @@ class AuditLog(Service):
 
     def reopen(self) -> None:
         """(Re)open the file, e.g. after logrotate moved it away."""
-        self.close()
-        if not self._path:
-            return
-        directory = os.path.dirname(os.path.abspath(self._path))
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self._file = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+        if self._path:
+            self._lines.reopen()
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        """Write what is waiting and close the file."""
+        self._lines.close()
 
     def write(self, event: dict) -> None:
         """Append one event, stamped with the time; a write error is logged, never raised."""
-        if self._file is None:
+        if not self._lines.is_open:
             return
         line = json.dumps({"time": _iso(self._clock.seconds()), **event}, separators=(",", ":"), default=str)
-        try:
-            self._file.write(line + "\n")
-        except OSError as e:
-            log.error("Could not write to the audit log {path}: {error}", path=self._path, error=e)
+        self._lines.write(line + "\n")
 
     def tool_call(self, record) -> None:
         """Audit one finished tool call (a `mcproxy.tools.registry.ToolCallRecord`)."""
-        if self._file is None:
+        if not self._lines.is_open:
             return  # nothing to write: do not pay for the redaction
         context = record.context
         self.write(

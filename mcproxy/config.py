@@ -56,6 +56,7 @@ class ServerConfig:
     max_connections_per_address: int = live(64)
     sse_keepalive: float = live(15.0)
     log_level: str = live("info")
+    access_log: str = live("")
 
 
 @attrs.frozen

@@ -14,8 +14,11 @@ import base64
 import binascii
 import contextvars
 import json as jsonlib
+import os
+import queue
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -24,12 +27,15 @@ from typing import Any, TextIO
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
     formatEvent,
 )
 from twisted.python import logfile
 from zope.interface import implementer
+
+_log = Logger()
 
 REDACTED = "[REDACTED]"
 
@@ -255,3 +261,90 @@ def use_for_twistd(server_options) -> None:
         return
     _twistd_options = server_options
     server_options["logger"] = f"{__name__}.twistd_logger"
+
+
+#: How long a line may wait in a `LineFile`'s buffer before it is written.
+FLUSH_SECONDS = 0.2
+_CLOSE = object()
+
+
+class LineFile:
+    """A file of lines (the audit trail, the access log) written in batches by a thread of its own.
+
+    ``write`` only appends to a list: the lines of ``interval`` seconds go to the file in
+    one ``os.write``, made by the writer thread, so that neither a system call per line nor
+    a slow disk holds up the reactor. A crash loses at most the last ``interval``'s lines.
+    ``path`` is created with ``mode``; `reopen` follows a log rotation, `close` writes what
+    is left and waits for it.
+    """
+
+    def __init__(self, path: str, clock, interval: float = FLUSH_SECONDS, mode: int = 0o600):
+        self.path = path
+        self._clock = clock
+        self._interval = interval
+        self._mode = mode
+        self._fd: int | None = None
+        self._pending: list[str] = []
+        self._timer: Any = None
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._fd is not None
+
+    def open(self) -> None:
+        """(Re)open the file, e.g. after logrotate moved it away; lines written before go to the old one."""
+        self.flush()
+        old, self._fd = self._fd, None
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), mode=0o700, exist_ok=True)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, self._mode)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"lines:{self.path}", daemon=True)
+            self._thread.start()
+        if old is not None:
+            self._queue.put((old, None))
+
+    reopen = open
+
+    def write(self, line: str) -> None:
+        """Queue ``line`` (ending in a newline) for the next batch."""
+        if self._fd is None:
+            return
+        self._pending.append(line)
+        if self._timer is None:
+            self._timer = self._clock.callLater(self._interval, self.flush)
+
+    def flush(self) -> None:
+        """Hand the waiting lines to the writer thread now."""
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+        if self._pending and self._fd is not None:
+            self._queue.put((self._fd, "".join(self._pending).encode("utf-8")))
+        self._pending = []
+
+    def close(self) -> None:
+        """Write what is left, close the file and stop the thread (waiting for both)."""
+        self.flush()
+        if self._fd is not None:
+            self._queue.put((self._fd, None))
+            self._fd = None
+        if self._thread is not None:
+            self._queue.put(_CLOSE)
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not _CLOSE:
+            fd, data = item
+            try:
+                if data is None:
+                    os.close(fd)
+                    continue
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            except OSError as e:
+                _log.error("Could not write to {path}: {error}", path=self.path, error=e)

@@ -121,6 +121,9 @@ class Metrics(Service):
         self._lag_interval = lag_interval
         self._lag_loop: LoopingCall | None = None
         self._lag_expected = 0.0
+        #: Labelled children by (metric, labels): prometheus_client looks a child up under a
+        #: lock on every ``labels()`` call; the labels here are few and bounded.
+        self._children: dict[tuple, Any] = {}
         registry.register(_LiveGauges(sessions, browsers))
         self.users_registered = Gauge("mcproxy_users_registered", "Users with a registered browser.", registry=registry)
         self.reconnects = Counter(
@@ -157,7 +160,7 @@ class Metrics(Service):
 
     def http_request(self, path: bytes | str, code: int) -> None:
         """Count one answered request; ``path`` is folded into a route label here."""
-        self.http_requests.labels(route_label(path), str(code)).inc()
+        self._child(self.http_requests, route_label(path), code).inc()
 
     def auth_failure(self, reason: str) -> None:
         self.auth_failures.labels(_bounded(reason, AUTH_REASONS)).inc()
@@ -181,9 +184,17 @@ class Metrics(Service):
         """
         self.in_flight.dec()
         tool = "unknown" if record.outcome == "unknown_tool" else record.tool
-        self.tool_calls.labels(tool, _bounded(record.outcome, TOOL_OUTCOMES)).inc()
+        self._child(self.tool_calls, tool, _bounded(record.outcome, TOOL_OUTCOMES)).inc()
         if record.outcome in TIMED_OUTCOMES:
-            self.tool_duration.labels(tool).observe(record.duration)
+            self._child(self.tool_duration, tool).observe(record.duration)
+
+    def _child(self, metric, *labels) -> Any:
+        """``metric.labels(*labels)``, looked up once."""
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*map(str, labels))
+        return child
 
     # -- wrappers the service puts around its parts --------------------------------
 

@@ -67,6 +67,7 @@ def test_a_key_read_by_nothing_is_found():
 CHANGED = {
     "server.allowed_hosts": ("proxy.example",),
     "server.log_level": "debug",
+    "server.access_log": "/dev/null",
     "ratelimit.limits": ("tool:click=1/2",),
     "cors.allowed_origins": ("https://ide.example",),
     "network.ip_allow": ("10.99.0.0/16",),

@@ -139,3 +139,24 @@ def test_the_request_state_is_declared_once_with_defaults():
     assert all(getattr(RequestState, name) is None for name in names)
     assert issubclass(ProxyRequest, RequestState)
     assert RequestState.gone.__doc__
+
+
+def test_requests_go_to_the_access_log_only_when_there_is_one(served, tmp_path):
+    from twisted.logger import globalLogPublisher
+
+    site, _ = served
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        site.startFactory()
+        _send(site, b"GET /hello/bob?token=s3cret-1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        path = tmp_path / "access.log"
+        site.reconfigure(Config().replace(server={"access_log": str(path)}))
+        site.startFactory()
+        _send(site, b"GET /hello/carol?token=s3cret-2 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        site.stopFactory()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert not [e for e in events if "hello" in repr(e)]  # no line per request in the daemon's log
+    (line,) = path.read_text().splitlines()
+    assert '"GET /hello/carol?token=[REDACTED] HTTP/1.1" 200' in line

@@ -22,6 +22,7 @@ from mcproxy.auth.tokens import (
     check_permissions,
     create_token,
     hash_token,
+    mint_child_token,
     parse_token,
 )
 from mcproxy.errors import BadRequest, Unauthorized
@@ -348,3 +349,30 @@ def test_records_are_cached_briefly_and_revocation_still_lands(store, clock):
     refused = failure_result_of(authenticator.authenticate(req), Unauthorized)
     assert refused.value.reason == "revoked"
     assert len(lookups) == 2
+
+
+def test_verdicts_are_cached_briefly_and_forget_ends_them_at_once(store, clock, monkeypatch):
+    import mcproxy.auth.tokens as tokens_module
+
+    _parent_token, parent = success_result_of(create_token(store, "alice", ["tools:*"], None, clock))
+    child_token, child = success_result_of(mint_child_token(store, parent, "alice", [], 60, clock))
+    hashes = []
+    monkeypatch.setattr(tokens_module, "hash_token", lambda token: hashes.append(token) or hash_token(token))
+    authenticator = TokenAuthenticator(store, clock, cache_seconds=2.0)
+    req = request(b"Bearer " + child_token.encode())
+    for _ in range(5):
+        assert authenticate(authenticator, req).token_id == child.token_id
+    assert hashes == [child_token]  # checked once, then answered from memory
+    # Revoking the parent in this process ends the child's cached verdict too, at once.
+    success_result_of(store.revoke_token(parent.token_id, clock.seconds()))
+    authenticator.forget(parent.token_id)
+    assert failure_result_of(authenticator.authenticate(req), Unauthorized).value.reason == "revoked"
+
+
+def test_a_cached_verdict_ends_with_the_token(store, clock):
+    token, _ = success_result_of(create_token(store, "alice", ["tools:*"], 1.0, clock))
+    authenticator = TokenAuthenticator(store, clock, cache_seconds=2.0)
+    req = request(b"Bearer " + token.encode())
+    assert authenticate(authenticator, req).user_id == "alice"
+    clock.advance(1.0)
+    assert failure_result_of(authenticator.authenticate(req), Unauthorized).value.reason == "expired"

@@ -174,6 +174,8 @@ class AuthenticationChain:
     async def _bounded(self, result):
         """Await an authenticator's answer (Deferred, coroutine or plain value) for at most ``timeout``."""
         if isinstance(result, Deferred):
+            if result.called:  # answered from memory: no time limit to arm
+                return await result
             d = result
         elif inspect.iscoroutine(result):
             d = Deferred.fromCoroutine(result)

@@ -13,7 +13,7 @@ import secrets
 from collections import OrderedDict
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -236,14 +236,25 @@ def bearer_credential(request) -> str | None:
     return text
 
 
+@attrs.frozen
+class _Verified:
+    """A credential checked against the store: who it is, the tokens it rests on (its own and
+    its ancestors'), and until when the check holds."""
+
+    principal: Principal
+    lineage: frozenset[str]
+    until: float
+
+
 @implementer(IAuthenticator)
 class TokenAuthenticator:
     """Accepts ``Authorization: Bearer mcpx_...`` API tokens; leaves other bearers (JWTs) alone.
 
     The last-use time is written at most once per ``touch_interval`` per token, so a busy
     client does not turn every request into a store write. Token records are kept for
-    ``cache_seconds`` (the secret is still checked on every request), which takes a store
-    round trip off each call; a revocation elsewhere takes effect within that time.
+    ``cache_seconds``, and so is the verdict on a credential (who it is), which takes the
+    hash, the store round trip and the Deferreds off each call; a revocation in this
+    process (`forget`) takes effect at once, one elsewhere within that time.
     """
 
     def __init__(
@@ -259,15 +270,27 @@ class TokenAuthenticator:
         self._touched: dict[str, float] = {}
         self._cache_seconds = cache_seconds
         self._records: OrderedDict[str, tuple[TokenRecord, float]] = OrderedDict()
+        self._verified: dict[str, _Verified] = {}
 
     def authenticate(self, request) -> Deferred:
-        """Deferred[Principal | None]; fails with Unauthorized for a bad mcpx token."""
-        return Deferred.fromCoroutine(self._authenticate(request))
-
-    async def _authenticate(self, request) -> Principal | None:
-        credential = bearer_credential(request)
+        """Deferred[Principal | None]; fails with Unauthorized for a bad mcpx token. A
+        credential verified less than ``cache_seconds`` ago is answered at once from memory,
+        without a hash or a store look-up."""
+        try:
+            credential = bearer_credential(request)
+        except Unauthorized:
+            return fail()
         if credential is None or not credential.startswith(TOKEN_PREFIX):
-            return None
+            return succeed(None)
+        verified = self._verified.get(credential)
+        if verified is not None:
+            now = self._clock.seconds()
+            if now < verified.until:
+                return succeed(verified.principal)
+            del self._verified[credential]
+        return Deferred.fromCoroutine(self._authenticate(credential))
+
+    async def _authenticate(self, credential: str) -> Principal:
         token_id = parse_token(credential)
         record = await self._record(token_id) if token_id else None
         if record is None or not token_matches(credential, record):
@@ -277,27 +300,40 @@ class TokenAuthenticator:
             raise Unauthorized("the API token has been revoked", reason="revoked")
         if record.expires_at is not None and now >= record.expires_at:
             raise Unauthorized("the API token has expired; ask for a new one", reason="expired")
-        await self._check_ancestors(record, now)
+        lineage = [record, *await self._check_ancestors(record, now)]
         await self._touch(record, now)
-        return Principal(user_id=record.user_id, permissions=frozenset(record.permissions), token_id=record.token_id)
+        principal = Principal(user_id=record.user_id, permissions=frozenset(record.permissions), token_id=token_id)
+        if self._cache_seconds > 0:
+            ends = [t for r in lineage for t in (r.expires_at, r.revoked_at) if t is not None]
+            self._verified[credential] = _Verified(
+                principal, frozenset(r.token_id for r in lineage), min([now + self._cache_seconds, *ends])
+            )
+            while len(self._verified) > RECORD_CACHE_SIZE:
+                del self._verified[next(iter(self._verified))]
+        return principal
 
-    async def _check_ancestors(self, record: TokenRecord, now: float) -> None:
-        """A token minted from another works only while every token above it does."""
-        parent_id, generations = record.parent_id, 0
+    async def _check_ancestors(self, record: TokenRecord, now: float) -> list[TokenRecord]:
+        """A token minted from another works only while every token above it does: those tokens."""
+        parent_id, ancestors = record.parent_id, list[TokenRecord]()
         while parent_id is not None:
-            generations += 1
-            parent = await self._record(parent_id) if generations <= MAX_ANCESTORS else None
+            parent = await self._record(parent_id) if len(ancestors) < MAX_ANCESTORS else None
             if parent is None or not parent.is_valid_at(now):
                 raise Unauthorized(
                     "the token this session token was made from has been revoked or has expired;"
                     " register again with a valid token",
                     reason="revoked",
                 )
+            ancestors.append(parent)
             parent_id = parent.parent_id
+        return ancestors
 
     def forget(self, token_id: str) -> None:
-        """Drop a cached record (the token was just revoked in this process)."""
+        """Drop what is cached of a token and of the tokens made from it (it was just revoked
+        in this process): their next request is checked against the store."""
         self._records.pop(token_id, None)
+        for credential, verified in list(self._verified.items()):
+            if token_id in verified.lineage:
+                del self._verified[credential]
 
     async def _record(self, token_id: str) -> TokenRecord | None:
         """The stored record of ``token_id``, from the short-lived cache when fresh."""

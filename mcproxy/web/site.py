@@ -323,6 +323,8 @@ class ProxySite(server.Site):
         self.client_policy = client_policy or ClientPolicy()
         self.check_address = check_address
         self.limits = limits
+        #: The access log (``server.access_log``), None when there is none.
+        self.access_log: logs.LineFile | None = None
         self.connections: dict = {}  # open connections per address group
         self._crowded: set = set()  # groups refused since they last were under the cap
         self._dropped = connections_dropped(registry)
@@ -342,6 +344,29 @@ class ProxySite(server.Site):
         self.max_body_bytes = config.server.max_body_bytes
         self.hsts_max_age = config.server.hsts_max_age
         self.limits = ConnectionLimits.from_config(config)
+        path = config.server.access_log
+        if path != (self.access_log.path if self.access_log is not None else ""):
+            if self.access_log is not None:
+                self.access_log.close()
+            self.access_log = logs.LineFile(path, self.reactor, mode=0o640) if path else None
+            if self.access_log is not None and self.numPorts:
+                self.access_log.open()
+
+    def startFactory(self) -> None:
+        super().startFactory()
+        if self.access_log is not None and not self.access_log.is_open:
+            self.access_log.open()
+
+    def stopFactory(self) -> None:
+        super().stopFactory()
+        if self.access_log is not None:
+            self.access_log.close()
+
+    def log(self, request) -> None:
+        """One line per request in the access log, when there is one; none in the daemon's log,
+        where a line per tool call would cost more than the call."""
+        if self.access_log is not None:
+            self.access_log.write(logs.redact(http.combinedLogFormatter(self._logDateTime, request)) + "\n")
 
     def protocol(self):
         """HTTP/1.1 with read deadlines (no HTTP/2: its streams would bypass them)."""
