@@ -159,35 +159,35 @@ async def _find_wrk() -> str:
     return found
 
 
-async def _apt_get(*arguments: str) -> str:
-    """Run ``apt-get -y -q ARGUMENTS`` without questions; its output."""
+async def _run(*command: str, env: dict[str, str] | None = None) -> tuple[int | None, str]:
+    """Run ``command`` to its end, stopped by its PID if the benchmark is cut off: its exit
+    code and output."""
     process = await asyncio.create_subprocess_exec(
-        "apt-get", "-y", "-q", *arguments,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
+        *command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env=env,
     )  # fmt: skip
     try:
         output, _ = await process.communicate()
     finally:
         await _stop_process(process)
-    return output.decode(errors="replace")
+    return process.returncode, output.decode(errors="replace")
+
+
+async def _apt_get(*arguments: str) -> str:
+    """Run ``apt-get -y -q ARGUMENTS`` without questions; its output."""
+    _, output = await _run("apt-get", "-y", "-q", *arguments, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    return output
 
 
 async def _wrk(wrk: str, daemon: ProxyDaemon, token: str, pages: list[int], connections: int, seconds: int) -> WrkRun:
     """One wrk run of ``connections`` connections for ``seconds``; what load.lua counted."""
-    process = await asyncio.create_subprocess_exec(
+    code, output = await _run(
         wrk, "-t1", f"-c{connections}", f"-d{seconds}s", f"--timeout={WRK_TIMEOUT}s", "-s", SCRIPT,
         f"{daemon.base_url}/mcp", "--", token, ",".join(map(str, pages)),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
-    try:
-        output, _ = await process.communicate()
-    finally:
-        await _stop_process(process)
-    text = output.decode(errors="replace")
-    lines = {line.partition(" ")[0]: line.partition(" ")[2] for line in text.splitlines()}
+    lines = {line.partition(" ")[0]: line.partition(" ")[2] for line in output.splitlines()}
     if "load-result" not in lines:
-        raise WireError(f"wrk exited with code {process.returncode} and no result: {text[-1000:]}")
+        raise WireError(f"wrk exited with code {code} and no result: {output[-1000:]}")
     counted = json.loads(lines["load-result"])
     return WrkRun(connections=connections, first_wrong=lines.get("load-bad", ""), **counted)
 
