@@ -1,6 +1,6 @@
-"""``python -m bench [latency] [sse_memory] [tools] [console] [isolation]``: run benchmarks, print figures and verdicts.
+"""``python -m bench [latency] [sse_memory] [tools] [console] [isolation] [load]``: run benchmarks.
 
-Exits 0 only when every selected target passed.
+Prints figures and verdicts; exits 0 only when every selected target passed.
 """
 
 import argparse
@@ -8,7 +8,7 @@ import asyncio
 import sys
 import traceback
 
-from bench import console, isolation, latency, sse_memory, tools
+from bench import console, isolation, latency, load, sse_memory, tools
 from bench.report import Verdict, say
 
 BENCHMARKS = {
@@ -17,12 +17,13 @@ BENCHMARKS = {
     "tools": tools.run,
     "console": console.run,
     "isolation": isolation.run,
+    "load": load.run,
 }
 #: Hard bound per benchmark, so that the whole run stays within a few minutes...
 TIME_LIMIT = 120.0
 #: ...but for the ones that need longer: isolation sets up two browsers' heavy pages, runs three
 #: phases and after each loaded one waits for the daemon to finish what user A left it.
-TIME_LIMITS = {"isolation": 240.0}
+TIME_LIMITS = {"isolation": 240.0, "load": 150.0}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -61,6 +62,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default="heavy,screenshots",
         help="isolation: the loaded phases to run after the idle one (heavy, screenshots)",
     )
+    parser.add_argument(
+        "--load-seconds", type=int, default=10, help="load: seconds of each level, through mcproxy and over raw CDP"
+    )
     args = parser.parse_args(argv)
     if min(args.iterations, args.sessions, args.rounds, args.isolation_calls) < 1:
         parser.error("--iterations, --sessions, --rounds and --isolation-calls must be at least 1")
@@ -72,6 +76,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     phases = set(isolation.PHASES.values())
     if not set(args.isolation_phases.split(",")) <= phases:
         parser.error(f"--isolation-phases takes a comma-separated list of {', '.join(sorted(phases))}")
+    if not 1 <= args.load_seconds <= 20:
+        parser.error(
+            f"--load-seconds must be 1 to 20: six runs that long and the set-up must fit in the "
+            f"{TIME_LIMITS['load']:g} s limit"
+        )
     unknown = set(args.names) - set(BENCHMARKS)
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")

@@ -169,6 +169,8 @@ class ProxyDaemon:
         self.launcher: list[str] = []
         self.process: asyncio.subprocess.Process | None = None
         self.admin_token = ""
+        #: More TOML one benchmark needs, in sections `_write_config` does not write.
+        self.extra_config = ""
 
     @classmethod
     def for_benchmark(cls, options, benchmark: str) -> "ProxyDaemon":
@@ -203,6 +205,7 @@ class ProxyDaemon:
                 "address_rate = 1000000.0\naddress_burst = 1000000\n"
                 # ... and the sessions one user may hold (sse_memory opens a thousand).
                 "[limits]\nmax_sessions_per_user = 0\n"
+                f"{self.extra_config}"
             )
         return path
 
