@@ -29,6 +29,7 @@ CONSOLE_TYPES = (
     "verbose",
     "issue",
 )
+_HEADING = "## Console messages"
 ONE_BASED = "Note: line and column numbers use 1-based indexing"
 
 CONSOLE_OUTPUT_SCHEMA = {
@@ -100,12 +101,14 @@ async def list_console_messages(call: ToolCall) -> Response:
         what="messages",
     )
     with_stacks = bool(args.get("includeStackTraces"))
-    response = Response().add("## Console messages")
+    response = Response()
     structured: dict = {"consoleMessages": []}
     response.structured = structured
     if page is None:
-        return response.add("<no console messages found>")
-    chosen, lines, structured["pagination"] = page
+        return response.add(f"{_HEADING}\n<no console messages found>")
+    chosen, found, structured["pagination"] = page
+    # One section of text: the answer's is then the join below, not copied once more.
+    lines = [_HEADING, *found]
     items = structured["consoleMessages"]
     any_stack = False
 
