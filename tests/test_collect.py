@@ -81,9 +81,11 @@ def test_a_message_keeps_its_list_line_and_gives_back_its_text_and_arguments():
     joined = journal.add(ConsoleMessage("log", ("a b", "", "c"), None, (), 0))
     formatted = journal.add(ConsoleMessage("error", ("%s!", "x"), "x!", ("at f (u:1:1)",), 0))
     empty = journal.add(ConsoleMessage("info", (), None, (), 0))
+    single = journal.add(ConsoleMessage("log", ("one arg",), None, (), 0))
     assert (joined.line, joined.text, joined.args) == ("msgid=1 [log] a b  c (3 args)", "a b  c", ("a b", "", "c"))
     assert (formatted.line, formatted.text, formatted.args) == ("msgid=2 [error] x! (2 args)", "x!", ("%s!", "x"))
     assert (empty.line, empty.text, empty.args) == ("msgid=3 [info]  (0 args)", "", ())
+    assert (single.line, single.text, single.args) == ("msgid=4 [log] one arg (1 args)", "one arg", ("one arg",))
     # The arguments of a console call are its text: their characters are kept, and counted, once.
     long = ConsoleMessage("log", ("x" * 1000, "y" * 1000), None, (), 0)
     assert long.cost < ENTRY_OVERHEAD + 2 * 2001

@@ -20,6 +20,8 @@ ENTRY_OVERHEAD = 384
 #: (at most 16 digits), the brackets and the argument count.
 LINE_DECORATION = 48
 _STRING_OVERHEAD = 64
+#: An argument's length, kept instead of its text: a tuple slot and an int.
+_LENGTH_OVERHEAD = 40
 _HEADER_OVERHEAD = 2 * _STRING_OVERHEAD + 64
 
 _FORMAT = re.compile(r"%[sdifoOc%]")
@@ -37,7 +39,7 @@ class ConsoleMessage:
     numbers it (`numbered`), so that listing thousands of messages is one ``str.join``;
     the text is that line's middle. The arguments are kept as text of their own only when
     the text is not just them joined (log entries, exceptions, format strings, cut text),
-    otherwise as their lengths: each character is kept once.
+    otherwise as their lengths (when there are several): each character is kept once.
     """
 
     __slots__ = (
@@ -48,7 +50,7 @@ class ConsoleMessage:
         "_own_args",
         "_lengths",
         "_start",
-        "_end",
+        "_tail",
         "stack",
         "more_frames",
         "cost",
@@ -59,15 +61,15 @@ class ConsoleMessage:
         self.type = kind
         self.args_count = len(args)
         self._own_args = None if text is None else args
-        self._lengths = tuple(map(len, args)) if text is None else ()
+        self._lengths = tuple(map(len, args)) if text is None and len(args) > 1 else ()
         #: The text alone until `numbered`, then the whole list line around it.
         self.line = " ".join(args) if text is None else text
-        self._start = 0
-        self._end: int | None = None
+        self._start = self._tail = 0
         self.stack = stack
         self.more_frames = more_frames
         strings = (*(self._own_args or ()), *stack, self.line)
-        self.cost = ENTRY_OVERHEAD + strings_size(strings) + LINE_DECORATION + len(kind)
+        decoration = LINE_DECORATION + len(kind) + _LENGTH_OVERHEAD * len(self._lengths)
+        self.cost = ENTRY_OVERHEAD + strings_size(strings) + decoration
 
     def numbered(self, entry_id: int) -> None:
         """Take the id the journal gives, and render the list line with it."""
@@ -75,18 +77,20 @@ class ConsoleMessage:
         head = f"msgid={entry_id} [{self.type}] "
         tail = f" ({self.args_count} args)"
         self.line = f"{head}{self.line}{tail}"
-        self._start, self._end = len(head), -len(tail)
+        self._start, self._tail = len(head), len(tail)
 
     @property
     def text(self) -> str:
         """The message as one line of text (the arguments joined, for console calls)."""
-        return self.line[self._start : self._end]
+        return self.line[self._start : len(self.line) - self._tail]
 
     @property
     def args(self) -> tuple[str, ...]:
         """The arguments, as text."""
         if self._own_args is not None:
             return self._own_args
+        if not self._lengths:  # one argument, or none
+            return (self.text,)[: self.args_count]
         text, args, start = self.text, [], 0
         for length in self._lengths:
             args.append(text[start : start + length])
