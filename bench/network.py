@@ -5,8 +5,10 @@ figure is the worst case. The requests are fed to the real collector as Chrome's
 (``Network.requestWillBeSent``, then ``responseReceived`` and ``loadingFinished`` or
 ``loadingFailed``) on the stand-in page of `bench.console`, and the call is timed the same
 way, up to the bytes on the wire. Such an answer (about 0.2 MiB) is not heavy enough for
-the MCP layer to encode in a thread, so all of the daemon time is reactor time: 10 ms keeps
-the worst listing a page can ask for within two of the 5 ms slices a thread's work gets.
+the MCP layer to encode in a thread, so its encoding is reactor time too. 10 ms is two GIL
+switch intervals (5 ms, the longest a thread's work holds the reactor at once): the worst
+listing a page allows then stalls other users no more than a heavy answer encoded in a
+thread does.
 The baseline is the same run's time to build the 1,000 listing lines with one ``str.join``.
 """
 
