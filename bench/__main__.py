@@ -8,7 +8,7 @@ import asyncio
 import sys
 import traceback
 
-from bench import console, isolation, latency, load, sse_memory, tools
+from bench import console, isolation, latency, load, network, sse_memory, tools
 from bench.report import Verdict, say
 
 BENCHMARKS = {
@@ -16,6 +16,7 @@ BENCHMARKS = {
     "sse_memory": sse_memory.run,
     "tools": tools.run,
     "console": console.run,
+    "network": network.run,
     "isolation": isolation.run,
     "load": load.run,
 }

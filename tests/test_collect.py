@@ -5,10 +5,13 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from mcproxy.browser.collect import Collector, make_visible
-from mcproxy.browser.entries import ConsoleMessage, describe, substituted
+from mcproxy.browser.entries import ENTRY_OVERHEAD, ConsoleMessage, describe, substituted
 from mcproxy.browser.journal import Journal
 from mcproxy.browser.page import PageState
-from mcproxy.tools.collected import paginate
+from mcproxy.config import ToolsConfig
+from mcproxy.testing.tool_calls import make_context
+from mcproxy.tools.collected import CHUNK, paginate
+from mcproxy.tools.registry import ToolRegistry
 
 
 class FakeBrowser:
@@ -71,6 +74,21 @@ def test_journal_ids_count_cap_and_dropped():
     assert len(journal) == 3 and journal.dropped() == 2
     assert journal.get(1) is None and journal.issued(1) and not journal.issued(6)
     assert journal.get(4).text == "d"
+
+
+def test_a_message_keeps_its_list_line_and_gives_back_its_text_and_arguments():
+    journal = Journal(max_entries=100, max_bytes=10**9)
+    joined = journal.add(ConsoleMessage("log", ("a b", "", "c"), None, (), 0))
+    formatted = journal.add(ConsoleMessage("error", ("%s!", "x"), "x!", ("at f (u:1:1)",), 0))
+    empty = journal.add(ConsoleMessage("info", (), None, (), 0))
+    single = journal.add(ConsoleMessage("log", ("one arg",), None, (), 0))
+    assert (joined.line, joined.text, joined.args) == ("msgid=1 [log] a b  c (3 args)", "a b  c", ("a b", "", "c"))
+    assert (formatted.line, formatted.text, formatted.args) == ("msgid=2 [error] x! (2 args)", "x!", ("%s!", "x"))
+    assert (empty.line, empty.text, empty.args) == ("msgid=3 [info]  (0 args)", "", ())
+    assert (single.line, single.text, single.args) == ("msgid=4 [log] one arg (1 args)", "one arg", ("one arg",))
+    # The arguments of a console call are its text: their characters are kept, and counted, once.
+    long = ConsoleMessage("log", ("x" * 1000, "y" * 1000), None, (), 0)
+    assert long.cost < ENTRY_OVERHEAD + 2 * 2001
 
 
 def test_journal_byte_cap_counts_what_it_keeps():
@@ -472,3 +490,57 @@ def test_ready_waits_for_the_enables_or_gives_up_after_a_while():
     waiting = blocked.state.records.ready(clock)
     clock.advance(2)
     assert waiting.result is blocked.state.records
+
+
+class ListedBrowser(FakeBrowser):
+    """A browser with one page, as the list tools find it."""
+
+    browser_url = "http://127.0.0.1:9222"
+
+    def __init__(self):
+        self.page = FakePage(browser=self)
+
+    async def connected(self, timeout=None):
+        return None
+
+    def pages(self):
+        return [self.page]
+
+
+@pytest.mark.parametrize("stacks", [False, True])
+def test_a_long_listing_lets_the_reactor_run_between_its_parts(stacks):
+    browser = ListedBrowser()
+    Collector()(browser.page, "attached")
+    for index in range(2 * CHUNK + 1):
+        trace = {"callFrames": [{"url": "http://h/p.js", "lineNumber": index}]} if index % 2 else None
+        browser.page.fire(
+            "Runtime.consoleAPICalled",
+            type="log",
+            args=[string("m"), {"type": "number", "value": index}],
+            stackTrace=trace,
+        )
+
+    async def get_browser(user_id):
+        return browser
+
+    clock, answered = Clock(), []
+    tools = ToolRegistry(get_browser, ToolsConfig(tab_scope="browser"), clock)
+    args = {"pageId": 7, "includeStackTraces": stacks}
+    tools.call_tool("list_console_messages", args, make_context()).addBoth(answered.append)
+    assert not answered and clock.getDelayedCalls()  # the first part is done; the reactor is free
+    clock.advance(0)
+    [result] = answered
+    lines = result.content[0].text.splitlines()
+    assert lines[:2] == ["## Console messages", f"Showing 1-{2 * CHUNK + 1} of {2 * CHUNK + 1} (Page 1 of 1)."]
+    expected = []
+    for index in range(2 * CHUNK + 1):
+        expected.append(f"msgid={index + 1} [log] m {index} (2 args)")
+        if stacks and index % 2:
+            expected.append(f"  at <anonymous> (http://h/p.js:{index + 1}:1)")
+    if stacks:
+        expected.append("Note: stack trace line and column numbers use 1-based indexing")
+    assert lines[2:] == expected
+    items = result.structured_content["consoleMessages"]
+    assert [(item["id"], item["text"], "stackTrace" in item) for item in items] == [
+        (index + 1, f"m {index}", stacks and index % 2 == 1) for index in range(2 * CHUNK + 1)
+    ]

@@ -445,8 +445,15 @@ def _deep_size(journal) -> int:
 
     total = sum(sys.getsizeof(navigation.entries) for navigation in journal._navigations)
     for message in journal.entries(preserved=True):
-        total += sys.getsizeof(message) + sys.getsizeof(message.args) + sys.getsizeof(message.stack)
-        total += sum(sys.getsizeof(text) for text in (*message.args, *message.stack, message.own_text or ""))
+        kept = [
+            message,
+            message.line,
+            message.stack,
+            *message.stack,
+            message._own_args or message._lengths,
+            *message._lengths,
+        ]
+        total += sum(sys.getsizeof(part) for part in (*kept, *(message._own_args or ())))
     return total
 
 

@@ -16,7 +16,12 @@ MAX_FIELD = 4096
 #: Accounted sizes, upper estimates of CPython's: an entry besides its strings (object,
 #: tuples, its slot in the journal), a string besides its characters, a header pair.
 ENTRY_OVERHEAD = 384
+#: What a console message's list line adds around its text and type: ``msgid=``, the id
+#: (at most 16 digits), the brackets and the argument count.
+LINE_DECORATION = 48
 _STRING_OVERHEAD = 64
+#: An argument's length, kept instead of its text: a tuple slot and an int.
+_LENGTH_OVERHEAD = 40
 _HEADER_OVERHEAD = 2 * _STRING_OVERHEAD + 64
 
 _FORMAT = re.compile(r"%[sdifoOc%]")
@@ -30,25 +35,67 @@ def clip(text: str, limit: int) -> str:
 class ConsoleMessage:
     """One console message, uncaught exception or browser log entry.
 
-    ``own_text`` is set when the text is not just the arguments joined (log entries,
-    exceptions, format strings).
+    Its list line (``msgid=1 [log] text (2 args)``) is rendered once, when the journal
+    numbers it (`numbered`), so that listing thousands of messages is one ``str.join``;
+    the text is that line's middle. The arguments are kept as text of their own only when
+    the text is not just them joined (log entries, exceptions, format strings, cut text),
+    otherwise as their lengths (when there are several): each character is kept once.
     """
 
-    __slots__ = ("id", "type", "args", "own_text", "stack", "more_frames", "cost")
+    __slots__ = (
+        "id",
+        "type",
+        "line",
+        "args_count",
+        "_own_args",
+        "_lengths",
+        "_start",
+        "_tail",
+        "stack",
+        "more_frames",
+        "cost",
+    )
 
     def __init__(self, kind: str, args: tuple[str, ...], text: str | None, stack: tuple[str, ...], more_frames: int):
         self.id = 0
         self.type = kind
-        self.args = args
-        self.own_text = text
+        self.args_count = len(args)
+        self._own_args = None if text is None else args
+        self._lengths = tuple(map(len, args)) if text is None and len(args) > 1 else ()
+        #: The text alone until `numbered`, then the whole list line around it.
+        self.line = " ".join(args) if text is None else text
+        self._start = self._tail = 0
         self.stack = stack
         self.more_frames = more_frames
-        self.cost = ENTRY_OVERHEAD + strings_size((*args, *stack)) + (0 if text is None else strings_size((text,)))
+        strings = (*(self._own_args or ()), *stack, self.line)
+        decoration = LINE_DECORATION + len(kind) + _LENGTH_OVERHEAD * len(self._lengths)
+        self.cost = ENTRY_OVERHEAD + strings_size(strings) + decoration
+
+    def numbered(self, entry_id: int) -> None:
+        """Take the id the journal gives, and render the list line with it."""
+        self.id = entry_id
+        head = f"msgid={entry_id} [{self.type}] "
+        tail = f" ({self.args_count} args)"
+        self.line = f"{head}{self.line}{tail}"
+        self._start, self._tail = len(head), len(tail)
 
     @property
     def text(self) -> str:
         """The message as one line of text (the arguments joined, for console calls)."""
-        return self.own_text if self.own_text is not None else " ".join(self.args)
+        return self.line[self._start : len(self.line) - self._tail]
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        """The arguments, as text."""
+        if self._own_args is not None:
+            return self._own_args
+        if not self._lengths:  # one argument, or none
+            return (self.text,)[: self.args_count]
+        text, args, start = self.text, [], 0
+        for length in self._lengths:
+            args.append(text[start : start + length])
+            start += length + 1
+        return tuple(args)
 
     def stack_lines(self) -> list[str]:
         """The stack trace, one frame per line (1-based line and column numbers)."""
@@ -111,6 +158,10 @@ class NetworkRequest:
         self.redirected = False
         self.redirected_from: NetworkRequest | None = None
         self.cost = ENTRY_OVERHEAD + strings_size((self.url,)) + headers_size(headers)
+
+    def numbered(self, entry_id: int) -> None:
+        """Take the id the journal gives."""
+        self.id = entry_id
 
     @property
     def status_label(self) -> str:

@@ -13,10 +13,13 @@ KEPT_NAVIGATIONS = 3
 
 
 class Entry(Protocol):
-    """What a journal keeps: anything with an ``id`` (given here) and a ``cost`` (its size)."""
+    """What a journal keeps: anything with an ``id`` (given here, through ``numbered``) and a
+    ``cost`` (its size)."""
 
     id: int
     cost: int
+
+    def numbered(self, entry_id: int) -> None: ...
 
 
 EntryT = TypeVar("EntryT", bound=Entry)
@@ -69,7 +72,7 @@ class Journal(Generic[EntryT]):
 
     def add(self, entry: EntryT) -> EntryT:
         """Give ``entry`` the next id and keep it in the current navigation."""
-        entry.id = self._next_id
+        entry.numbered(self._next_id)
         self._next_id += 1
         self._navigations[-1].entries[entry.id] = entry
         self._count += 1

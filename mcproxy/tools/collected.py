@@ -6,6 +6,8 @@ it into pages of output.
 
 from collections.abc import Callable
 
+from twisted.internet.task import deferLater
+
 from mcproxy.browser.collect import PageRecords
 from mcproxy.browser.journal import EntryT, Journal
 from mcproxy.errors import ToolError
@@ -51,6 +53,9 @@ PAGINATION_SCHEMA = {
     "required": ["currentPage", "totalPages", "hasNextPage", "hasPreviousPage", "startIndex", "endIndex"],
 }
 DEFAULT_PAGE_SIZE = 20
+#: How many entries a list tool renders before it lets the reactor run other work: about
+#: half a millisecond's worth, so that a page's 10,000 messages never hold it for all of them.
+CHUNK = 1_000
 
 
 def paging_schema(what: str) -> dict[str, dict]:
@@ -126,3 +131,11 @@ def paginate(items: list, page_size: float | None, page_idx: float | None) -> tu
         "invalidPage": invalid,
     }
     return chosen, lines, pagination
+
+
+async def in_chunks(entries: list, render: Callable[[list], object], clock) -> None:
+    """``render`` each `CHUNK` of ``entries`` in turn, oldest first, the reactor free between two."""
+    for start in range(0, len(entries), CHUNK):
+        if start:
+            await deferLater(clock, 0, lambda: None)
+        render(entries[start : start + CHUNK])

@@ -3,7 +3,7 @@
 from mcproxy.errors import ToolError
 from mcproxy.tools import schema as s
 from mcproxy.tools.call import Response, ToolCall
-from mcproxy.tools.collected import PAGINATION_SCHEMA, collected, listed, paging_schema, whole_id
+from mcproxy.tools.collected import PAGINATION_SCHEMA, collected, in_chunks, listed, paging_schema, whole_id
 from mcproxy.tools.declare import ToolSet
 from mcproxy.tools.extension_targets import worker_for
 
@@ -29,6 +29,7 @@ CONSOLE_TYPES = (
     "verbose",
     "issue",
 )
+_HEADING = "## Console messages"
 ONE_BASED = "Note: line and column numbers use 1-based indexing"
 
 CONSOLE_OUTPUT_SCHEMA = {
@@ -100,24 +101,37 @@ async def list_console_messages(call: ToolCall) -> Response:
         what="messages",
     )
     with_stacks = bool(args.get("includeStackTraces"))
-    response = Response().add("## Console messages")
+    response = Response()
     structured: dict = {"consoleMessages": []}
     response.structured = structured
     if page is None:
-        return response.add("<no console messages found>")
-    chosen, lines, structured["pagination"] = page
+        return response.add(f"{_HEADING}\n<no console messages found>")
+    chosen, found, structured["pagination"] = page
+    # One section of text: the answer's is then the join below, not copied once more.
+    lines = [_HEADING, *found]
     items = structured["consoleMessages"]
     any_stack = False
-    for message in chosen:
-        text = message.text
-        item = {"id": message.id, "type": message.type, "text": text, "argsCount": len(message.args)}
-        lines.append(f"msgid={message.id} [{message.type}] {text} ({len(message.args)} args)")
-        if with_stacks and message.stack:
-            stack = message.stack_lines()
-            item["stackTrace"] = "\n".join(stack)
-            lines.extend("  " + line for line in stack)
-            any_stack = True
-        items.append(item)
+
+    def render(messages: list) -> None:
+        nonlocal any_stack
+        # Each message's line is rendered already: without stacks, the listing is one join.
+        part = [
+            {"id": message.id, "type": message.type, "text": message.text, "argsCount": message.args_count}
+            for message in messages
+        ]
+        items.extend(part)
+        if not with_stacks:
+            lines.extend([message.line for message in messages])
+            return
+        for message, item in zip(messages, part, strict=True):
+            lines.append(message.line)
+            if message.stack:
+                stack = message.stack_lines()
+                item["stackTrace"] = "\n".join(stack)
+                lines.extend("  " + line for line in stack)
+                any_stack = True
+
+    await in_chunks(chosen, render, call.clock)
     if any_stack:
         lines.append("Note: stack trace line and column numbers use 1-based indexing")
     return response.add("\n".join(lines))

@@ -17,9 +17,10 @@ from mcproxy.browser.page import EventTimeout
 from mcproxy.errors import CDPError, ToolError
 from mcproxy.tools import schema as s
 from mcproxy.tools.call import Response, ToolCall
-from mcproxy.tools.collected import PAGINATION_SCHEMA, collected, listed, paging_schema, whole_id
+from mcproxy.tools.collected import PAGINATION_SCHEMA, collected, in_chunks, listed, paging_schema, whole_id
 from mcproxy.tools.declare import ToolSet
 
+_HEADING = "## Network requests"
 BODY_TEXT_LIMIT = 10_000
 RAW_HEADERS_WAIT = 1.0
 BUFFERED_BODY_LIMIT = 1024 * 1024
@@ -116,23 +117,32 @@ async def list_network_requests(call: ToolCall) -> Response:
         type_of=lambda request: request.resource_type,
         what="requests",
     )
-    response = Response().add("## Network requests")
+    response = Response()
     structured: dict = {"networkRequests": []}
     response.structured = structured
     if page is None:
-        return response.add("No requests found.")
-    chosen, lines, structured["pagination"] = page
-    for request in chosen:
-        lines.append(_line(request))
-        structured["networkRequests"].append(
-            {
-                "requestId": request.id,
-                "method": request.method,
-                "url": request.url,
-                "status": request.status if request.status is not None else request.status_label,
-                "resourceType": request.resource_type,
-            }
+        return response.add(f"{_HEADING}\nNo requests found.")
+    chosen, found, structured["pagination"] = page
+    # One section of text: the answer's is then the join below, not copied once more.
+    lines = [_HEADING, *found]
+    items = structured["networkRequests"]
+
+    def render(requests: list[NetworkRequest]) -> None:
+        lines.extend([_line(request) for request in requests])
+        items.extend(
+            [
+                {
+                    "requestId": request.id,
+                    "method": request.method,
+                    "url": request.url,
+                    "status": request.status if request.status is not None else request.status_label,
+                    "resourceType": request.resource_type,
+                }
+                for request in requests
+            ]
         )
+
+    await in_chunks(chosen, render, call.clock)
     return response.add("\n".join(lines))
 
 
