@@ -78,7 +78,7 @@ def test_any_input_is_a_message_or_an_rpc_error(body):
 
 
 _VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
     max_leaves=30,
 )
@@ -104,3 +104,17 @@ def test_long_strings_are_encoded_in_pieces_to_the_same_bytes(extra):
     value = {"contents": [{"blob": text}]}
     assert to_json_in_pieces(value) == to_json(value)
     assert to_json_in_pieces(text) == to_json(text)
+
+
+@pytest.mark.parametrize("extra", [-1, 0, 1, 257])
+def test_long_lists_are_encoded_in_runs_to_the_same_bytes(extra):
+    """A long list (10,000 console messages) is encoded `LIST_PIECE` items per call; the runs
+    join into the bytes of one call, whatever the length, and a long string in it keeps its
+    own pieces."""
+    from mcproxy.mcp.jsonrpc import LIST_PIECE, STRING_PIECE, to_json, to_json_in_pieces
+
+    items = [{"id": n, "text": f'line "{n}"\n é', "args": [n, None, True]} for n in range(3 * LIST_PIECE + extra)]
+    value = {"structuredContent": {"messages": items}}
+    assert to_json_in_pieces(value) == to_json(value)
+    with_a_long_string = [*items, "b" * (STRING_PIECE + 1)]
+    assert to_json_in_pieces(with_a_long_string) == to_json(with_a_long_string)

@@ -7,6 +7,7 @@ so the envelope rules are exactly the SDK's; batches are refused (MCP removed th
 import json
 from typing import Any
 
+import orjson
 from mcp_types import (
     JSONRPCMessage,
     JSONRPCNotification,
@@ -98,14 +99,26 @@ class Encoded(bytes):
     into its message as it is."""
 
 
+#: For what orjson refuses (an integer beyond 64 bits, a key that is not a string).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def to_json(value: Any) -> bytes:
-    """Compact UTF-8 JSON."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Compact UTF-8 JSON: orjson, ten times the standard encoder's pace on a long list."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return _ENCODER.encode(value).encode("utf-8")
 
 
 #: Characters of a string `to_json_in_pieces` encodes in one call (JSON escapes each
 #: character on its own, so the pieces join into the string's encoding).
 STRING_PIECE = 256 * 1024
+
+#: Items of a long list `to_json_in_pieces` encodes in one call: one call per item would
+#: cost more in calls than in encoding (10,000 console messages), one for all would hold
+#: the GIL for the whole list.
+LIST_PIECE = 256
 
 
 def to_json_in_pieces(value: Any, depth: int = 0) -> bytes:
@@ -113,7 +126,8 @@ def to_json_in_pieces(value: Any, depth: int = 0) -> bytes:
     call, so a thread encoding megabytes at once would stall the reactor all the same. The
     outer three levels of objects and arrays (a result, its structured content, a list in
     it) are taken apart; what lies deeper is encoded in one call each, but for long strings
-    (an image's base64), which are encoded `STRING_PIECE` characters at a time."""
+    (an image's base64), which are encoded `STRING_PIECE` characters at a time, and for
+    long lists of small items, which are encoded `LIST_PIECE` items at a time."""
     if isinstance(value, str) and len(value) > STRING_PIECE:
         pieces = (to_json(value[at : at + STRING_PIECE])[1:-1] for at in range(0, len(value), STRING_PIECE))
         return b'"' + b"".join(pieces) + b'"'
@@ -122,6 +136,9 @@ def to_json_in_pieces(value: Any, depth: int = 0) -> bytes:
             b"{" + b",".join(to_json(str(k)) + b":" + to_json_in_pieces(v, depth + 1) for k, v in value.items()) + b"}"
         )
     if depth < 3 and isinstance(value, list):
+        if len(value) > LIST_PIECE and not any(isinstance(item, str) and len(item) > STRING_PIECE for item in value):
+            runs = (to_json(value[at : at + LIST_PIECE])[1:-1] for at in range(0, len(value), LIST_PIECE))
+            return b"[" + b",".join(runs) + b"]"
         return b"[" + b",".join(to_json_in_pieces(item, depth + 1) for item in value) + b"]"
     return to_json(value)
 
