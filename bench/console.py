@@ -134,8 +134,9 @@ def collecting(tools) -> tuple[StandInPage, Callable[[str, dict, str], Timing]]:
         started = time.thread_time()
         wire, in_thread = _wire(result)
         encoding = time.thread_time() - started
-        if result.is_error or expected not in result.content[0].text:
-            raise RuntimeError(f"unexpected answer: {result.content[0].text[:300]}")
+        text = result["content"][0]["text"]
+        if result["isError"] or expected not in text:
+            raise RuntimeError(f"unexpected answer: {text[:300]}")
         tool = sum(turns)
         if not in_thread:
             turns[-1] += encoding

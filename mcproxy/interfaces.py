@@ -89,7 +89,9 @@ class IToolProvider(Interface):
         """list[mcp_types.Tool] this principal may call."""
 
     def call_tool(name, arguments, context):
-        """Run a tool. Deferred[mcp_types.CallToolResult].
+        """Run a tool. Deferred[dict]: the ``tools/call`` result as it goes on the wire
+        (``content`` blocks, ``isError``, ``structuredContent``; see
+        `mcproxy.tools.call.Response.to_result`).
 
         ``context`` is a `mcproxy.calls.CallContext`. Cancelling the Deferred cancels
         the work in the browser. Unknown tools and refused permissions come back as

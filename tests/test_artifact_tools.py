@@ -46,11 +46,11 @@ def saved(result, store, name, mime_type):
     (artifact,) = store.artifacts("alice")
     assert artifact.name == name and artifact.mime_type == mime_type
     assert f"saved as {artifact.uri} ({name}, {artifact.size} bytes); read it with resources/read." in text_of(result)
-    links = [c for c in result.content if c.type == "resource_link"]
-    assert [(link.uri, link.name, link.mime_type, link.size) for link in links] == [
+    links = [c for c in result["content"] if c["type"] == "resource_link"]
+    assert [(link["uri"], link["name"], link["mimeType"], link["size"]) for link in links] == [
         (artifact.uri, name, mime_type, artifact.size)
     ]
-    assert not [c for c in result.content if c.type == "image"]
+    assert not [c for c in result["content"] if c["type"] == "image"]
     contents = success_result_of(resources(store).read_resource(ALICE, artifact.uri)).contents[0]
     data = contents.text.encode() if hasattr(contents, "text") else base64.b64decode(contents.blob)
     assert len(data) == artifact.size
@@ -163,7 +163,7 @@ async def test_file_path_needs_an_artifact_store_and_heap_snapshot_needs_a_path(
     assert "filePath" in message
     # Without filePath the screenshot is still inline.
     result = await ok(tools, context, "take_screenshot", pageId=page_id)
-    assert base64.b64decode(result.content[1].data).startswith(PNG_SIGNATURE)
+    assert base64.b64decode(result["content"][1]["data"]).startswith(PNG_SIGNATURE)
 
 
 @pytest_twisted.ensureDeferred
@@ -183,8 +183,8 @@ async def test_a_screenshot_too_big_to_return_inline_is_saved_as_a_file(tools, s
     assert "too big to return inline, so it was saved as a file" in text_of(result)
     (artifact,) = store.artifacts("alice")
     assert artifact.size > INLINE_IMAGE_BYTES and artifact.name.startswith("screenshots/screenshot-")
-    assert not [c for c in result.content if c.type == "image"]
-    assert [c.uri for c in result.content if c.type == "resource_link"] == [artifact.uri]
+    assert not [c for c in result["content"] if c["type"] == "image"]
+    assert [c["uri"] for c in result["content"] if c["type"] == "resource_link"] == [artifact.uri]
 
 
 @pytest_twisted.ensureDeferred

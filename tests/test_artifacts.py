@@ -269,9 +269,9 @@ def test_add_artifact_links_the_resource_for_new_protocols_only(store):
         "read it with resources/read."
     )
     new = response.to_result("2025-06-18")
-    assert new.content[0].text == text
-    link = new.content[1]
-    assert (link.type, link.uri, link.name, link.mime_type, link.size) == (
+    assert new["content"][0]["text"] == text
+    link = new["content"][1]
+    assert (link["type"], link["uri"], link["name"], link["mimeType"], link["size"]) == (
         "resource_link",
         artifact.uri,
         "shot.png",
@@ -279,7 +279,7 @@ def test_add_artifact_links_the_resource_for_new_protocols_only(store):
         len(PNG),
     )
     old = response.to_result("2024-11-05")
-    assert [c.type for c in old.content] == ["text"] and old.content[0].text == text
+    assert [c["type"] for c in old["content"]] == ["text"] and old["content"][0]["text"] == text
 
 
 def quota_store(tmp_path, clock, **limits):

@@ -530,7 +530,7 @@ def test_a_long_listing_lets_the_reactor_run_between_its_parts(stacks):
     assert not answered and clock.getDelayedCalls()  # the first part is done; the reactor is free
     clock.advance(0)
     [result] = answered
-    lines = result.content[0].text.splitlines()
+    lines = result["content"][0]["text"].splitlines()
     assert lines[:2] == ["## Console messages", f"Showing 1-{2 * CHUNK + 1} of {2 * CHUNK + 1} (Page 1 of 1)."]
     expected = []
     for index in range(2 * CHUNK + 1):
@@ -540,7 +540,7 @@ def test_a_long_listing_lets_the_reactor_run_between_its_parts(stacks):
     if stacks:
         expected.append("Note: stack trace line and column numbers use 1-based indexing")
     assert lines[2:] == expected
-    items = result.structured_content["consoleMessages"]
+    items = result["structuredContent"]["consoleMessages"]
     assert [(item["id"], item["text"], "stackTrace" in item) for item in items] == [
         (index + 1, f"m {index}", stacks and index % 2 == 1) for index in range(2 * CHUNK + 1)
     ]

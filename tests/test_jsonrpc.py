@@ -3,11 +3,15 @@
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
-from mcp_types import JSONRPCNotification, JSONRPCRequest, JSONRPCResponse
+from mcp_types import JSONRPCError, JSONRPCNotification, JSONRPCRequest, JSONRPCResponse, jsonrpc_message_adapter
+from pydantic import ValidationError
 
 from mcproxy.mcp.jsonrpc import (
+    Notification,
+    Reply,
+    Request,
     RpcError,
     encode,
     error_message,
@@ -18,13 +22,14 @@ from mcproxy.mcp.jsonrpc import (
 from mcproxy.testing.fuzz import fuzz_settings
 
 
-def test_parses_requests_notifications_and_responses():
-    request = parse_message(b'{"jsonrpc":"2.0","id":7,"method":"ping"}')
-    assert isinstance(request, JSONRPCRequest) and request.id == 7
-    note = parse_message('{"jsonrpc":"2.0","method":"notifications/initialized"}')
-    assert isinstance(note, JSONRPCNotification)
-    response = parse_message(b'{"jsonrpc":"2.0","id":"a","result":{}}')
-    assert isinstance(response, JSONRPCResponse)
+def test_parses_requests_notifications_and_replies():
+    assert parse_message(b'{"jsonrpc":"2.0","id":7,"method":"ping"}') == Request(7, "ping")
+    assert parse_message('{"jsonrpc":"2.0","id":"a","method":"m","params":{"k":[1]}}') == Request("a", "m", {"k": [1]})
+    assert parse_message('{"jsonrpc":"2.0","method":"notifications/initialized","params":null}') == Notification(
+        "notifications/initialized"
+    )
+    assert parse_message(b'{"jsonrpc":"2.0","id":"a","result":{}}') == Reply("a")
+    assert parse_message(b'{"jsonrpc":"2.0","id":null,"error":{"code":-1,"message":"no"}}') == Reply(None)
 
 
 @pytest.mark.parametrize(
@@ -40,6 +45,14 @@ def test_parses_requests_notifications_and_responses():
         (b'{"jsonrpc":"2.0","id":1.5,"method":"ping"}', -32600, None),
         (b'{"jsonrpc":"2.0","id":true,"method":"ping"}', -32600, None),
         (b'{"jsonrpc":"2.0","id":4,"method":7}', -32600, 4),
+        (b'{"jsonrpc":"2.0","id":5,"method":"m","params":[1]}', -32600, 5),
+        (b'{"jsonrpc":"2.0","method":"m","id":null}', -32600, None),
+        (b'{"jsonrpc":"2.0","id":6,"result":[]}', -32600, 6),
+        (b'{"jsonrpc":"2.0","id":7,"error":{"code":"x","message":"m"}}', -32600, 7),
+        (b'{"jsonrpc":"2.0","id":8,"error":{"code":1}}', -32600, 8),
+        (b'{"jsonrpc":"2.0","id":9}', -32600, 9),
+        (b'{"jsonrpc":"2.0","id":1,"method":"m","params":{"x":NaN}}', -32700, None),
+        (b"\xff", -32700, None),
     ],
 )
 def test_refusals(body, code, rid):
@@ -49,6 +62,61 @@ def test_refusals(body, code, rid):
     message = caught.value.to_message()
     assert message["id"] == rid and message["error"]["code"] == code
     assert "id" in json.loads(encode(message))
+
+
+def test_refusals_name_the_problem():
+    with pytest.raises(RpcError, match=r'jsonrpc must be "2\.0"'):
+        parse_message(b'{"jsonrpc":"1.0","id":3,"method":"ping"}')
+    with pytest.raises(RpcError, match="params must be an object"):
+        parse_message(b'{"jsonrpc":"2.0","id":3,"method":"ping","params":3}')
+    with pytest.raises(RpcError, match="method is missing"):
+        parse_message(b'{"jsonrpc":"2.0","id":3}')
+
+
+_ID = st.none() | st.booleans() | st.integers(-2, 2) | st.floats(-2, 2) | st.sampled_from(["", "a"])
+_FIELD = (
+    _ID
+    | st.sampled_from(["2.0", "1.0"])
+    | st.lists(st.integers(), max_size=2)
+    | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)
+)
+_ERROR = st.fixed_dictionaries({}, optional={"code": _ID, "message": _ID | st.just("m"), "data": _FIELD})
+_ENVELOPE = st.fixed_dictionaries(
+    {},
+    optional={
+        "jsonrpc": st.sampled_from(["2.0", "2.0", "1.0", 2]),
+        "id": _ID,
+        "method": st.sampled_from(["ping", "tools/call"]) | _ID,
+        "params": _FIELD,
+    },
+)
+_REPLY = st.fixed_dictionaries(
+    {},
+    optional={"jsonrpc": st.sampled_from(["2.0", "2.0", "1.0"]), "id": _ID, "result": _FIELD, "error": _ERROR | _FIELD},
+)
+_KINDS = {JSONRPCRequest: Request, JSONRPCNotification: Notification, JSONRPCResponse: Reply, JSONRPCError: Reply}
+
+
+@fuzz_settings(400)
+@given(_ENVELOPE | _REPLY)
+def test_parse_message_accepts_what_mcp_types_accepts(message):
+    """Checked by hand, a message is valid, and of a kind, exactly when mcp_types' own
+    validator says so; but an error code must be an integer here, where pydantic reads a
+    boolean or a whole float as one."""
+    error = message.get("error")
+    assume(not (isinstance(error, dict) and isinstance(error.get("code"), (bool, float))))
+    try:
+        theirs = type(jsonrpc_message_adapter.validate_python(message))
+    except ValidationError:
+        theirs = None
+    if theirs is JSONRPCNotification and "id" in message:
+        theirs = None  # the model ignores a malformed id; a notification has none
+    try:
+        ours = type(parse_message(json.dumps(message)))
+    except RpcError as e:
+        assert e.code == -32600
+        ours = None
+    assert ours is (theirs and _KINDS[theirs])
 
 
 def test_batches_are_refused_with_a_clear_message():

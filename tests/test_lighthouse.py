@@ -96,9 +96,9 @@ async def test_audit(reactor, user_browser, chromium, fixture_site, fake_lightho
     assert (
         '  - selector="body > img" label="img" snippet="<img src=x.png>"\n    Fix any of the following: Element' in text
     )
-    links = [block for block in result.content if block.type == "resource_link"]
-    assert [link.name for link in links] == ["audits/home/report.json", "audits/home/report.html"]
-    _, report = artifacts.read("alice", links[0].uri)
+    links = [block for block in result["content"] if block["type"] == "resource_link"]
+    assert [link["name"] for link in links] == ["audits/home/report.json", "audits/home/report.html"]
+    _, report = artifacts.read("alice", links[0]["uri"])
     assert json.loads(report)["requestedUrl"] == url
     argv = json.loads((fake_lighthouse.parent / "argv.json").read_text())
     port = chromium.browser_url.rsplit(":", 1)[1]

@@ -165,8 +165,8 @@ async def test_a_real_tool_registry_reports_its_calls():
         on_call_finished=[metrics.tool_call_finished],
     )
     context = make_context()
-    assert (await registry.call_tool("list_pages", {}, context)).is_error
-    assert (await registry.call_tool("made_up", {}, context)).is_error
+    assert (await registry.call_tool("list_pages", {}, context))["isError"]
+    assert (await registry.call_tool("made_up", {}, context))["isError"]
     assert value(metrics, "mcproxy_tool_calls_total", tool="list_pages", outcome="error") == 1
     assert value(metrics, "mcproxy_tool_calls_total", tool="unknown", outcome="unknown_tool") == 1
     assert value(metrics, "mcproxy_tool_calls_in_flight") == 0

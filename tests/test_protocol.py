@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from mcproxy.auth.principal import Principal
 from mcproxy.calls import SessionView
 from mcproxy.mcp.envelope import modern_envelope
-from mcproxy.mcp.jsonrpc import RpcError, parse_message
+from mcproxy.mcp.jsonrpc import RpcError, encode, parse_message
 from mcproxy.mcp.protocol import McpServer, McpSession
 from mcproxy.testing.fake_tools import FakeToolProvider
 
@@ -113,9 +113,14 @@ def test_unknown_methods_and_bad_params(h):
     assert h.answer("logging/setLevel", {"level": "loud"})["error"]["code"] == -32602
 
 
+def wire(answer):
+    """An answer as the client reads it (a ``tools/list`` result comes encoded already)."""
+    return json.loads(encode(answer))
+
+
 def test_tools_list_and_call(h):
     h.initialize("2025-06-18")
-    tools = h.answer("tools/list")["result"]
+    tools = wire(h.answer("tools/list"))["result"]
     assert "ttlMs" not in tools and len(tools["tools"]) == 6
     echoed = h.answer("tools/call", {"name": "echo", "arguments": {"text": "hi"}})["result"]
     assert echoed["content"] == [{"type": "text", "text": "hi"}]
@@ -124,6 +129,71 @@ def test_tools_list_and_call(h):
     context = h.tools.calls[0][2]
     assert context.principal == ALICE and context.session.session_id == "s1"
     assert context.protocol_version == "2025-06-18" and context.request_id == str(h.next_id - 1)
+
+
+@pytest.mark.parametrize(
+    "params, problem",
+    [
+        (None, "params are required"),
+        ({}, "name must be a string"),
+        ({"name": None}, "name must be a string"),
+        ({"name": "echo", "arguments": [1]}, "arguments must be an object"),
+        ({"name": "echo", "arguments": "text"}, "arguments must be an object"),
+        ({"name": "echo", "_meta": 5}, "_meta must be an object"),
+        ({"name": "echo", "_meta": {"progressToken": 1.5}}, "_meta.progressToken must be a string or an integer"),
+        ({"name": "echo", "_meta": {"progressToken": None}}, "_meta.progressToken must be a string or an integer"),
+        ({"name": "echo", "_meta": {"progressToken": True}}, "_meta.progressToken must be a string or an integer"),
+    ],
+)
+def test_tool_call_params_are_checked(h, params, problem):
+    h.initialize()
+    error = h.answer("tools/call", params)["error"]
+    assert error == {"code": -32602, "message": f"Invalid params for tools/call: {problem}"}
+    assert h.tools.calls == []
+
+
+def test_tool_call_params_may_leave_out_arguments_and_carry_more(h):
+    h.initialize()
+    params = {"name": "echo", "arguments": None, "_meta": {"progressToken": "t", "other": 1}, "task": None}
+    assert h.answer("tools/call", params)["result"]["content"] == [{"type": "text", "text": ""}]
+    assert h.tools.calls[0][1] == {}
+
+
+def test_tools_list_is_encoded_once_per_version_and_offer():
+    class Offering(FakeToolProvider):
+        """Lists every tool to alice, the echo tool alone to bob."""
+
+        def list_tools(self, principal):
+            self.listed += 1
+            tools = super().list_tools(principal)
+            return tools if principal.user_id == "alice" else [t for t in tools if t.name == "echo"]
+
+    tools = Offering(Clock())
+    tools.listed = 0
+    server = McpServer(tools)
+
+    def listing(principal, version="2025-11-25"):
+        session = McpSession(server, principal, SessionView("s"))
+        session.handle(
+            msg(
+                "initialize",
+                {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+                1,
+            ),
+            lambda n: None,
+        )
+        return session.handle(msg("tools/list", None, 2), lambda n: None).result["result"]
+
+    first = listing(ALICE)
+    assert listing(Principal("alice", frozenset({"tools:*"}))) is first  # encoded once
+    bob = listing(Principal("bob", frozenset({"tools:echo"})))
+    assert [tool["name"] for tool in json.loads(bob)["tools"]] == ["echo"]
+    older = listing(ALICE, "2025-03-26")
+    assert older is not first and json.loads(older) == json.loads(first)
+    assert tools.listed == 4  # who may call what is asked every time
+    server.forget_listings()
+    again = listing(ALICE)
+    assert again is not first and again == first
 
 
 def test_resources_hook_is_empty_for_now(h):
@@ -260,7 +330,7 @@ def test_modern_request_needs_no_handshake():
     server = McpServer(tools)
     message, envelope = modern("tools/list")
     session = McpSession(server, ALICE, SessionView(None), modern=envelope)
-    result = session.handle(message, lambda n: None).result["result"]
+    result = wire(session.handle(message, lambda n: None).result)["result"]
     assert result["resultType"] == "complete" and result["ttlMs"] == 0 and len(result["tools"]) == 6
     assert result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "mcproxy"
 
@@ -354,10 +424,10 @@ def test_modern_mcp_name_may_be_base64_wrapped():
         modern_envelope(msg("tools/call", params, 1), {**headers, "mcp-name": "=?base64?!!?="})
 
 
-def test_heavy_results_and_arguments_are_handled_off_the_reactor(h):
+def test_heavy_results_and_params_are_handled_off_the_reactor(h):
     """A result of megabytes is shaped and encoded by ``run_blocking`` (a thread in the
-    daemon), and arguments of megabytes are validated there; small ones in the reactor, with
-    no thread hop."""
+    daemon), and the params of megabytes of a method mcp_types validates are validated
+    there; small ones in the reactor, with no thread hop."""
     from twisted.internet.defer import maybeDeferred
 
     from mcproxy.mcp.jsonrpc import Encoded, encode
@@ -377,9 +447,12 @@ def test_heavy_results_and_arguments_are_handled_off_the_reactor(h):
     assert len(shaped) == 1 and isinstance(big["result"], Encoded)  # encoded there too
     wire = json.loads(encode(big))
     assert wire["id"] == big["id"] and len(wire["result"]["content"][0]["data"]) >= OFF_REACTOR_WEIGHT
-    # Megabytes of arguments are validated there too (and a big echo is shaped there).
+    # A big echo is shaped there (a tool checks its own arguments).
     echoed = h.answer("tools/call", {"name": "echo", "arguments": {"text": "e" * OFF_REACTOR_WEIGHT}})
-    assert len(shaped) == 3 and json.loads(encode(echoed))["result"]["content"][0]["text"].startswith("eee")
+    assert len(shaped) == 2 and json.loads(encode(echoed))["result"]["content"][0]["text"].startswith("eee")
+    # Megabytes of params for mcp_types to validate are validated there.
+    level = h.answer("logging/setLevel", {"level": "info", "padding": "p" * OFF_REACTOR_WEIGHT})
+    assert len(shaped) == 3 and level["result"] == {}
 
 
 def test_a_heavy_resource_read_is_encoded_off_the_reactor(h):

@@ -125,7 +125,7 @@ async def test_a_max_length_text_is_typed_while_other_calls_are_answered(
     assert not typing.called, "the other page was answered while the text was still being typed"
     sent_before = len(sent)
     result = await typing
-    assert not result.is_error, text_of(result)
+    assert not result["isError"], text_of(result)
     assert len(sent) > sent_before, "typing went on after the other call was answered"
     value = await ok(
         tools,
@@ -182,7 +182,7 @@ async def test_tool_timeouts_are_lowered_to_the_configured_maximum(reactor, user
     waiting = tools.call_tool("wait_for", {"pageId": page_id, "text": ["never there"], "timeout": 10**12}, context)
     result = await guarded(reactor, waiting)
     assert (
-        result.is_error and text_of(result) == 'Timed out after 1000 ms waiting for any of ["never there"] to appear.'
+        result["isError"] and text_of(result) == 'Timed out after 1000 ms waiting for any of ["never there"] to appear.'
     )
 
 

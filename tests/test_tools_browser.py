@@ -79,16 +79,16 @@ async def test_form_flow(tools, fixture_site):
 
     result = await ok(tools, context, "take_screenshot", pageId=page_id)
     assert text_of(result) == "Took a screenshot of the current page's viewport."
-    image = result.content[1]
-    assert image.mime_type == "image/png" and base64.b64decode(image.data).startswith(PNG_SIGNATURE)
+    image = result["content"][1]
+    assert image["mimeType"] == "image/png" and base64.b64decode(image["data"]).startswith(PNG_SIGNATURE)
     result = await ok(tools, context, "take_screenshot", pageId=page_id, format="jpeg", quality=60, fullPage=True)
     assert text_of(result) == "Took a screenshot of the full current page."
-    assert result.content[1].mime_type == "image/jpeg"
-    assert base64.b64decode(result.content[1].data).startswith(JPEG_SOI)
+    assert result["content"][1]["mimeType"] == "image/jpeg"
+    assert base64.b64decode(result["content"][1]["data"]).startswith(JPEG_SOI)
     result = await ok(tools, context, "take_screenshot", pageId=page_id, uid=submit)
     assert text_of(result) == f'Took a screenshot of node with uid "{submit}".'
-    element_png = base64.b64decode(result.content[1].data)
-    assert element_png.startswith(PNG_SIGNATURE) and len(element_png) < len(base64.b64decode(image.data))
+    element_png = base64.b64decode(result["content"][1]["data"])
+    assert element_png.startswith(PNG_SIGNATURE) and len(element_png) < len(base64.b64decode(image["data"]))
 
 
 @pytest_twisted.ensureDeferred
@@ -114,7 +114,7 @@ async def test_keyboard(tools, fixture_site):
     )
     assert '["Q-1","[x][y][z][C-Control][C-A][Q][-][1][Tab]","agree"]' in text_of(result)
     result = await tools.call_tool("press_key", {"pageId": page_id, "key": "Hyper+x"}, context)
-    assert result.is_error and 'Unknown modifier "Hyper"' in text_of(result)
+    assert result["isError"] and 'Unknown modifier "Hyper"' in text_of(result)
 
 
 @pytest_twisted.ensureDeferred
@@ -134,9 +134,9 @@ async def test_navigate_back_forward_reload(tools, fixture_site):
     result = await ok(tools, context, "navigate_page", pageId=page_id, type="reload", ignoreCache=True)
     assert text_of(result).startswith("Successfully reloaded the page.\n## Pages\n")
     result = await tools.call_tool("navigate_page", {"pageId": page_id, "type": "forward"}, context)
-    assert result.is_error and "no next page" in text_of(result)
+    assert result["isError"] and "no next page" in text_of(result)
     result = await tools.call_tool("navigate_page", {"pageId": page_id, "url": "http://127.0.0.1:9/"}, context)
-    assert result.is_error and text_of(result) == "Navigation failed: net::ERR_UNSAFE_PORT."
+    assert result["isError"] and text_of(result) == "Navigation failed: net::ERR_UNSAFE_PORT."
     result = await ok(
         tools,
         context,
@@ -154,22 +154,22 @@ async def test_stale_and_unknown_uids(tools, fixture_site):
     context = make_context()
     page_id, _ = await open_form(tools, context, fixture_site)
     result = await tools.call_tool("click", {"pageId": page_id, "uid": "1_1"}, context)
-    assert result.is_error and "take_snapshot first" in text_of(result)
+    assert result["isError"] and "take_snapshot first" in text_of(result)
     snapshot = text_of(await ok(tools, context, "take_snapshot", pageId=page_id))
     submit = uid_of(snapshot, 'button "Submit"')
     result = await tools.call_tool("click", {"pageId": page_id, "uid": "9_99"}, context)
-    assert result.is_error and 'Element uid "9_99" not found' in text_of(result)
+    assert result["isError"] and 'Element uid "9_99" not found' in text_of(result)
     assert "take a new snapshot" in text_of(result).lower()
     await ok(
         tools, context, "evaluate_script", pageId=page_id, function="() => document.getElementById('btn').remove()"
     )
     for name, extra in (("click", {}), ("fill", {"value": "x"}), ("take_screenshot", {})):
         result = await tools.call_tool(name, {"pageId": page_id, "uid": submit, **extra}, context)
-        assert result.is_error, name
+        assert result["isError"], name
         assert "no longer exists" in text_of(result) and "take a new snapshot" in text_of(result).lower(), name
     await ok(tools, context, "navigate_page", pageId=page_id, url=fixture_site.page("tools_second.html"))
     result = await tools.call_tool("click", {"pageId": page_id, "uid": uid_of(snapshot, 'button "Alert"')}, context)
-    assert result.is_error and "take a new snapshot" in text_of(result).lower()
+    assert result["isError"] and "take a new snapshot" in text_of(result).lower()
 
 
 @pytest_twisted.ensureDeferred
@@ -216,10 +216,10 @@ async def test_unknown_page_and_scope(reactor, user_browser, fixture_site):
     alice_a, alice_b = make_context("A"), make_context("B")
     page_id, _ = await open_form(tools, alice_a, fixture_site)
     result = await tools.call_tool("take_snapshot", {"pageId": 999}, alice_a)
-    assert result.is_error
+    assert result["isError"]
     assert text_of(result) == "No page with id 999. Call list_pages to see the pages you can use."
     listed = await ok(tools, alice_b, "list_pages")
-    assert listed.structured_content == {"pages": []}
+    assert listed["structuredContent"] == {"pages": []}
     result = await tools.call_tool("take_snapshot", {"pageId": page_id}, alice_b)
     assert text_of(result) == f"No page with id {page_id}. Call list_pages to see the pages you can use."
     mine = await ok(tools, alice_a, "list_pages")
@@ -228,13 +228,13 @@ async def test_unknown_page_and_scope(reactor, user_browser, fixture_site):
         "url": fixture_site.page("tools_form.html"),
         "title": "Tools Test Page",
         "selected": True,
-    } in mine.structured_content["pages"]
+    } in mine["structuredContent"]["pages"]
 
     for scope, session in (("user", "B"), ("session", None)):
         wider = make_registry(reactor, user_browser, tab_scope=scope)
         context = make_context(session)
         listed = await ok(wider, context, "list_pages")
-        assert page_id in [p["id"] for p in listed.structured_content["pages"]]
+        assert page_id in [p["id"] for p in listed["structuredContent"]["pages"]]
         await ok(wider, context, "take_snapshot", pageId=page_id)
     # Tabs the proxy did not open are only visible under "browser".
     foreign = [p.page_id for p in user_browser.pages() if not p.via_proxy]
@@ -242,7 +242,7 @@ async def test_unknown_page_and_scope(reactor, user_browser, fixture_site):
     result = await make_registry(reactor, user_browser, tab_scope="user").call_tool(
         "take_snapshot", {"pageId": foreign[0]}, alice_a
     )
-    assert result.is_error
+    assert result["isError"]
     await ok(make_registry(reactor, user_browser, tab_scope="browser"), alice_a, "take_snapshot", pageId=foreign[0])
 
 
@@ -273,7 +273,8 @@ async def test_wait_for_timeout_and_navigation(reactor, tools, fixture_site):
     page_id, _ = await open_form(tools, context, fixture_site)
     started = time.monotonic()
     result = await tools.call_tool("wait_for", {"pageId": page_id, "text": ["never shown"], "timeout": 300}, context)
-    assert result.is_error and text_of(result) == 'Timed out after 300 ms waiting for any of ["never shown"] to appear.'
+    assert result["isError"]
+    assert text_of(result) == 'Timed out after 300 ms waiting for any of ["never shown"] to appear.'
     assert 0.25 < time.monotonic() - started < 2
     snapshot = text_of(await ok(tools, context, "take_snapshot", pageId=page_id))
     await ok(tools, context, "click", pageId=page_id, uid=uid_of(snapshot, 'button "Later"'))
@@ -311,11 +312,11 @@ async def test_argument_and_permission_errors(tools, fixture_site):
     ]
     for name, arguments, expected in cases:
         result = await tools.call_tool(name, arguments, context)
-        assert result.is_error, name
+        assert result["isError"], name
         assert text_of(result).startswith(expected), text_of(result)
     limited = make_context(permissions=("tools:category:navigation",))
     result = await tools.call_tool("click", {"pageId": 1, "uid": "1_1"}, limited)
-    assert result.is_error and '"tools:click", "tools:category:input" or "tools:*"' in text_of(result)
+    assert result["isError"] and '"tools:click", "tools:category:input" or "tools:*"' in text_of(result)
     assert [t.name for t in tools.list_tools(limited.principal)] == [
         "list_pages",
         "select_page",
@@ -342,7 +343,7 @@ async def test_select_and_close_pages(tools, fixture_site, user_browser):
     )
     assert second_id not in [p.page_id for p in user_browser.pages()]
     result = await tools.call_tool("close_page", {"pageId": second_id}, context)
-    assert result.is_error and text_of(result).startswith(f"No page with id {second_id}.")
+    assert result["isError"] and text_of(result).startswith(f"No page with id {second_id}.")
 
 
 @pytest_twisted.ensureDeferred
@@ -354,4 +355,4 @@ async def test_list_pages_asks_chrome_for_its_targets_once(tools, user_browser, 
     monkeypatch.setattr(user_browser, "send", lambda method, *a, **k: sent.append(method) or real(method, *a, **k))
     result = await ok(tools, context, "list_pages")
     assert sent.count("Target.getTargets") == 1
-    assert [page["id"] for page in result.structured_content["pages"]] == [context.session.selected_page_id]
+    assert [page["id"] for page in result["structuredContent"]["pages"]] == [context.session.selected_page_id]

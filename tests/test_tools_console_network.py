@@ -179,7 +179,7 @@ async def test_console_messages_listed_and_detailed(reactor, browser, site):
     rest = "\n".join(lines[7:])
     assert re.search(r"msgid=\d \[error\] Failed to load resource: .* status of 404 .*\(0 args\)", rest)
     assert re.search(r"msgid=\d \[error\] Uncaught Error: boom \(0 args\)", rest)
-    structured = result.structured_content
+    structured = result["structuredContent"]
     jsonschema.validate(structured, console.CONSOLE_OUTPUT_SCHEMA)  # what SDK clients check
     assert [m["id"] for m in structured["consoleMessages"]] == [1, 2, 3, 4, 5, 6, 7]
     assert structured["consoleMessages"][0] == {"id": 1, "type": "log", "text": "page loaded", "argsCount": 1}
@@ -205,7 +205,7 @@ async def test_console_messages_listed_and_detailed(reactor, browser, site):
         "## Console messages\nShowing 2-2 of 2 (Page 2 of 2).\nPrevious page: 0\n"
         'msgid=3 [log] data {"a":1,"b":"x"} [1,2,3] (3 args)'
     )
-    assert result.structured_content["pagination"] == {
+    assert result["structuredContent"]["pagination"] == {
         "currentPage": 1,
         "totalPages": 2,
         "hasNextPage": False,
@@ -222,7 +222,7 @@ async def test_console_messages_listed_and_detailed(reactor, browser, site):
     ]
     result = await ok(tools, context, "list_console_messages", pageId=page_id, types=["table"])
     assert text_of(result) == "## Console messages\n<no console messages found>"
-    assert result.structured_content == {"consoleMessages": []}
+    assert result["structuredContent"] == {"consoleMessages": []}
 
     with_stacks = text_of(await ok(tools, context, "list_console_messages", pageId=page_id, includeStackTraces=True))
     assert f"msgid=1 [log] page loaded (1 args)\n  at <anonymous> ({site}/collect_console.html:8:13)" in with_stacks
@@ -319,8 +319,8 @@ async def test_network_requests(reactor, browser, site, tmp_path):
         f"reqid=5 GET {site}/data.json [200]",
         f"reqid=6 GET {site}/nowhere.json [404]",
     ]
-    jsonschema.validate(result.structured_content, network.NETWORK_OUTPUT_SCHEMA)
-    assert result.structured_content["networkRequests"][2] == {
+    jsonschema.validate(result["structuredContent"], network.NETWORK_OUTPUT_SCHEMA)
+    assert result["structuredContent"]["networkRequests"][2] == {
         "requestId": 3,
         "method": "POST",
         "url": f"{site}/echo",
@@ -328,7 +328,7 @@ async def test_network_requests(reactor, browser, site, tmp_path):
         "resourceType": "fetch",
     }
     documents = await ok(tools, context, "list_network_requests", pageId=page_id, resourceTypes=["document"])
-    assert [r["requestId"] for r in documents.structured_content["networkRequests"]] == [1]
+    assert [r["requestId"] for r in documents["structuredContent"]["networkRequests"]] == [1]
     paged = text_of(await ok(tools, context, "list_network_requests", pageId=page_id, pageSize=4, pageIdx=1))
     assert paged.splitlines()[1:] == [
         "Showing 5-6 of 6 (Page 2 of 2).",
@@ -367,10 +367,10 @@ async def test_network_requests(reactor, browser, site, tmp_path):
         requestFilePath="bodies/post.network-request",
         responseFilePath="bodies/post.network-response",
     )
-    links = [block for block in saved.content if block.type == "resource_link"]
-    assert [link.name for link in links] == ["bodies/post.network-request", "bodies/post.network-response"]
-    assert store.read("alice", links[0].uri)[1] == b"name=alice&secret=s3cret"
-    assert store.read("alice", links[1].uri)[1] == b"got name=alice&secret=s3cret"
+    links = [block for block in saved["content"] if block["type"] == "resource_link"]
+    assert [link["name"] for link in links] == ["bodies/post.network-request", "bodies/post.network-response"]
+    assert store.read("alice", links[0]["uri"])[1] == b"name=alice&secret=s3cret"
+    assert store.read("alice", links[1]["uri"])[1] == b"got name=alice&secret=s3cret"
 
     assert "goes up" in await failed(
         tools, context, "get_network_request", pageId=page_id, reqid=2, responseFilePath="../escape.json"
@@ -427,9 +427,9 @@ async def test_100_mb_response_is_never_held_whole(reactor, browser, site, tmp_p
         tools, context, "get_network_request", pageId=page_id, reqid=big.id, responseFilePath="big.network-response"
     )
     growth = _memory("VmHWM") - before
-    link = next(block for block in saved.content if block.type == "resource_link")
-    assert link.size == BIG_SIZE
-    artifact = store.get("alice", link.uri)
+    link = next(block for block in saved["content"] if block["type"] == "resource_link")
+    assert link["size"] == BIG_SIZE
+    artifact = store.get("alice", link["uri"])
     assert artifact.size == BIG_SIZE and artifact.mime_type.startswith("text/plain")
     assert f"(big.network-response, {BIG_SIZE} bytes)" in text_of(saved)
     files = [os.path.join(d, f) for d, _, names in os.walk(tmp_path) for f in names if f == "big.network-response"]

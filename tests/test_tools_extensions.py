@@ -84,7 +84,7 @@ async def eventually(reactor, check, seconds=10.0):
 async def listed(registry, context) -> dict:
     """list_extensions' structured content, by extension id."""
     result = await ok(registry, context, "list_extensions")
-    return {item["id"]: item for item in result.structured_content["extensions"]}
+    return {item["id"]: item for item in result["structuredContent"]["extensions"]}
 
 
 async def fixture_id(registry, context) -> str:
@@ -99,7 +99,7 @@ async def worker_of(reactor, registry, context, extension_id: str, *, not_id: st
 
     async def look():
         result = await ok(registry, context, "list_pages")
-        for worker in result.structured_content.get("extensionServiceWorkers", ()):
+        for worker in result["structuredContent"].get("extensionServiceWorkers", ()):
             if worker["url"].startswith(f"chrome-extension://{extension_id}/") and worker["id"] != not_id:
                 return worker["id"]
         return None
@@ -113,7 +113,7 @@ def page_id(browser) -> int:
 
 async def console_texts(registry, context, browser, worker_id: str) -> list[str]:
     result = await ok(registry, context, "list_console_messages", pageId=page_id(browser), serviceWorkerId=worker_id)
-    return [message["text"] for message in result.structured_content["consoleMessages"]]
+    return [message["text"] for message in result["structuredContent"]["consoleMessages"]]
 
 
 async def logged(reactor, registry, context, browser, worker_id: str, *texts: str) -> None:
@@ -140,7 +140,7 @@ async def test_list_extensions_and_service_workers(reactor, registry, context):
 
     pages = await ok(registry, context, "list_pages")
     assert f"## Extension Service Workers\n{worker_id}: chrome-extension://{extension_id}/worker.js" in text_of(pages)
-    assert "## Pages" in text_of(pages) and pages.structured_content["pages"]
+    assert "## Pages" in text_of(pages) and pages["structuredContent"]["pages"]
     assert worker_id in item["serviceWorkers"]
 
 
@@ -204,7 +204,7 @@ async def test_service_worker_console_messages(reactor, registry, context, ext_b
         serviceWorkerId=worker_id,
         types=["warn"],
     )
-    assert [m["text"] for m in result.structured_content["consoleMessages"]] == ["from the test 7"]
+    assert [m["text"] for m in result["structuredContent"]["consoleMessages"]] == ["from the test 7"]
     assert re.search(r"msgid=\d+ \[warn\] from the test 7 \(2 args\)", text_of(result)), text_of(result)
     # The page's own console is a different journal.
     page_messages = await ok(registry, context, "list_console_messages", pageId=page_id(ext_browser))
@@ -215,7 +215,7 @@ async def test_service_worker_console_messages(reactor, registry, context, ext_b
 async def test_get_extension_storage(registry, context):
     extension_id = await fixture_id(registry, context)
     result = await ok(registry, context, "get_extension_storage", id=extension_id, area="local")
-    assert result.structured_content == {
+    assert result["structuredContent"] == {
         "id": extension_id,
         "area": "local",
         "items": {"installedBy": "fixture", "reason": "install", "answer": 42},
@@ -223,10 +223,10 @@ async def test_get_extension_storage(registry, context):
     assert text_of(result).startswith(f"## chrome.storage.local of extension {extension_id}\n```json\n")
     assert '"answer": 42' in text_of(result)
     result = await ok(registry, context, "get_extension_storage", id=extension_id, area="sync")
-    assert result.structured_content["items"] == {}
+    assert result["structuredContent"]["items"] == {}
     # "local" is the default area.
     result = await ok(registry, context, "get_extension_storage", id=extension_id)
-    assert result.structured_content["area"] == "local"
+    assert result["structuredContent"]["area"] == "local"
     text = await failed(registry, context, "get_extension_storage", id=extension_id, area="managed")
     assert '"area"' in text
 
@@ -238,7 +238,7 @@ async def test_trigger_extension_action(reactor, registry, context, ext_browser)
 
     async def clicks():
         result = await ok(registry, context, "get_extension_storage", id=extension_id, area="session")
-        return result.structured_content["items"].get("clicks", 0)
+        return result["structuredContent"]["items"].get("clicks", 0)
 
     before = await clicks()
     result = await ok(registry, context, "trigger_extension_action", id=extension_id)
@@ -386,7 +386,7 @@ async def test_without_the_extensions_domain(reactor, registry, context, ext_bro
         assert f"start Chrome with {extensions.FLAG}" in await failed(limited, context, tool, **arguments), tool
     # Storage is read through the worker's own session, which Chrome allows without the flag.
     storage = await ok(limited, context, "get_extension_storage", id=extension_id)
-    assert storage.structured_content["items"]["answer"] == 42
+    assert storage["structuredContent"]["items"]["answer"] == 42
 
     text = text_of(await ok(limited, context, "reload_extension", id=copy_id))
     assert text.startswith(f"Extension reloaded. Id: {copy_id}\nIts service worker called chrome.runtime.reload().")

@@ -123,8 +123,8 @@ async def open_page(tools, context, url):
 
 def artifact_bytes(result, store) -> bytes:
     """The bytes of the one artifact the result links to."""
-    (link,) = [block for block in result.content if block.type == "resource_link"]
-    _, data = store.read("alice", link.uri)
+    (link,) = [block for block in result["content"] if block["type"] == "resource_link"]
+    _, data = store.read("alice", link["uri"])
     return data
 
 
@@ -308,7 +308,7 @@ async def test_trace_file_over_the_limit_is_dropped_not_the_insights(reactor, us
     text = text_of(result)
     assert text.startswith('The raw trace data was not saved: "big.json" would be larger than the 10000 bytes')
     assert "## insight set id: NAVIGATION_0" in text
-    assert small.artifacts("alice") == [] and not any(block.type == "resource_link" for block in result.content)
+    assert small.artifacts("alice") == [] and not any(block["type"] == "resource_link" for block in result["content"])
 
 
 @pytest_twisted.ensureDeferred

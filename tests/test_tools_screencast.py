@@ -38,9 +38,9 @@ async def record(reactor, tools, fixture_site, seconds=1.0, **start):
 
 
 def saved(artifacts, result):
-    link = result.content[-1]
-    assert link.type == "resource_link", result.content
-    artifact, data = artifacts.read("alice", link.uri)
+    link = result["content"][-1]
+    assert link["type"] == "resource_link", result["content"]
+    artifact, data = artifacts.read("alice", link["uri"])
     return link, artifact, data
 
 
@@ -85,7 +85,7 @@ async def test_animated_png_without_ffmpeg(reactor, user_browser, fixture_site, 
     assert len(delays) >= 5, delays  # the page changes every 60 ms for a second
     total = sum(num / den for num, den in delays)
     assert 0.5 < total < 3, delays
-    assert f"{len(delays)} frames" in text and link.uri in text
+    assert f"{len(delays)} frames" in text and link["uri"] in text
     if shutil.which("ffprobe"):  # an independent decoder agrees
         (tmp_path / "demo.png").write_bytes(data)
         probe = subprocess.run(
@@ -105,7 +105,7 @@ async def test_video_with_ffmpeg(reactor, user_browser, fixture_site, artifacts,
     tools = registry(reactor, user_browser, artifacts, "")
     _, result = await record(reactor, tools, fixture_site, filePath=name)
     link, artifact, data = saved(artifacts, result)
-    assert artifact.name == name and link.mime_type == ("video/mp4" if codec == "h264" else "video/webm")
+    assert artifact.name == name and link["mimeType"] == ("video/mp4" if codec == "h264" else "video/webm")
     video = tmp_path / name
     video.write_bytes(data)
     probe = subprocess.run(
@@ -214,5 +214,5 @@ async def test_background_tab_records_and_screenshots_around_it(reactor, user_br
     _, _, data = saved(artifacts, result)
     assert len(apng_frames(data)) >= 3
     shot = await ok(tools, context, "take_screenshot", pageId=page_id)
-    assert shot.content[1].type == "image"
+    assert shot["content"][1]["type"] == "image"
     assert await visibility() == "hidden"

@@ -311,28 +311,28 @@ def context(session_id="s1", selected=None, permissions=("tools:*",)):
 def test_pages_listing_text_and_structured_content():
     browser = FakeBrowser([FakePage(1, "s1"), FakePage(2, "s1", title="stale"), FakePage(3, "other")])
     result = success_result_of(registry_for(browser).call_tool("list_pages", {}, context(selected=2)))
-    assert result.content[0].text == "## Pages\n1: about:blank\n2: Fresh title (http://x/2) [selected]"
-    assert result.structured_content == {
+    assert result["content"][0]["text"] == "## Pages\n1: about:blank\n2: Fresh title (http://x/2) [selected]"
+    assert result["structuredContent"] == {
         "pages": [
             {"id": 1, "url": "about:blank", "title": "", "selected": False},
             {"id": 2, "url": "http://x/2", "title": "Fresh title", "selected": True},
         ]
     }
     empty = success_result_of(registry_for(browser).call_tool("list_pages", {}, context("nobody")))
-    assert empty.content[0].text == "## Pages\nNo pages open. Call new_page to open one."
+    assert empty["content"][0]["text"] == "## Pages\nNo pages open. Call new_page to open one."
 
 
 def test_close_page_refuses_the_last_page_and_clears_the_selection():
     browser = FakeBrowser([FakePage(1, "s1")])
     tools = registry_for(browser)
     result = success_result_of(tools.call_tool("close_page", {"pageId": 1}, context()))
-    assert result.is_error and result.content[0].text.startswith("The last open page cannot be closed.")
+    assert result["isError"] and result["content"][0]["text"].startswith("The last open page cannot be closed.")
     browser._pages.append(FakePage(2, "s1"))
     call_context = context(selected=2)
     result = success_result_of(tools.call_tool("close_page", {"pageId": 2}, call_context))
-    assert not result.is_error and browser.closed == [2]
+    assert not result["isError"] and browser.closed == [2]
     assert call_context.session.selected_page_id is None
-    assert result.content[0].text == "## Pages\n1: about:blank"
+    assert result["content"][0]["text"] == "## Pages\n1: about:blank"
 
 
 def test_unexpected_errors_become_an_internal_error_result():
@@ -341,8 +341,10 @@ def test_unexpected_errors_become_an_internal_error_result():
             raise RuntimeError("secret detail")
 
     result = success_result_of(registry_for(Broken([])).call_tool("list_pages", {}, context()))
-    assert result.is_error
-    assert result.content[0].text == 'Internal error while running "list_pages". The failure was logged; try again.'
+    assert result["isError"]
+    assert result["content"][0]["text"] == (
+        'Internal error while running "list_pages". The failure was logged; try again.'
+    )
 
 
 def test_an_unreachable_browser_is_reported_as_a_tool_error():
@@ -353,8 +355,8 @@ def test_an_unreachable_browser_is_reported_as_a_tool_error():
             raise BrowserUnavailable("the browser of u at http://127.0.0.1:9222 is not reachable right now")
 
     result = success_result_of(registry_for(Away([])).call_tool("list_pages", {}, context()))
-    assert result.is_error
-    assert result.content[0].text == "the browser of u at http://127.0.0.1:9222 is not reachable right now"
+    assert result["isError"]
+    assert result["content"][0]["text"] == "the browser of u at http://127.0.0.1:9222 is not reachable right now"
 
 
 def test_a_missing_browser_is_reported_as_a_tool_error():
@@ -366,8 +368,8 @@ def test_a_missing_browser_is_reported_as_a_tool_error():
     result = success_result_of(
         ToolRegistry(no_browser, ToolsConfig(), Clock()).call_tool("list_pages", None, context())
     )
-    assert result.is_error
-    assert result.content[0].text == "no browser registered for user u; register one with POST /api/register"
+    assert result["isError"]
+    assert result["content"][0]["text"] == "no browser registered for user u; register one with POST /api/register"
 
 
 # fmt: off
@@ -426,7 +428,7 @@ def test_grants_patterns_and_deny_rules():
     refused = success_result_of(
         tools.call_tool("click", {"pageId": 1, "uid": "1_1"}, context(permissions=["tools:*", "!tools:click"]))
     )
-    assert refused.is_error and 'not allowed to call "click"' in refused.content[0].text
+    assert refused["isError"] and 'not allowed to call "click"' in refused["content"][0]["text"]
 
 
 def test_a_tool_can_need_its_own_permission():
@@ -434,7 +436,7 @@ def test_a_tool_can_need_its_own_permission():
     assert "evaluate_script" not in listed(tools, ["tools:*", "tools:category:debugging"])
     assert "evaluate_script" in listed(tools, ["tools:evaluate_script"])
     refused = success_result_of(tools.call_tool("evaluate_script", {"pageId": 1, "function": "() => 1"}, context()))
-    assert refused.is_error and "requires it by name" in refused.content[0].text
+    assert refused["isError"] and "requires it by name" in refused["content"][0]["text"]
 
 
 def test_categories_restrict_what_is_offered_and_callable():
@@ -444,7 +446,7 @@ def test_categories_restrict_what_is_offered_and_callable():
     }
     assert "list_pages" in listed(tools, ["tools:*"])
     unknown = success_result_of(tools.call_tool("take_snapshot", {"pageId": 1}, context()))
-    assert unknown.is_error and unknown.content[0].text.startswith('Unknown tool "take_snapshot"')
+    assert unknown["isError"] and unknown["content"][0]["text"].startswith('Unknown tool "take_snapshot"')
 
 
 def test_every_call_is_recorded_with_its_outcome():
@@ -471,9 +473,9 @@ def test_secret_arguments_are_marked_sensitive_even_when_the_call_fails():
     tools = registry_for(FakeBrowser([FakePage(1, "s1")]), clock=Clock(), records=records)
     headers = '{"Cookie": "session=abc"}'
     result = success_result_of(tools.call_tool("emulate", {"pageId": 9, "extraHttpHeaders": headers}, context()))
-    assert result.is_error
+    assert result["isError"]
     answer = {"pageId": 9, "action": "accept", "promptText": "hunter2"}
-    assert success_result_of(tools.call_tool("handle_dialog", answer, context())).is_error
+    assert success_result_of(tools.call_tool("handle_dialog", answer, context()))["isError"]
     assert [(r.tool, r.outcome, r.sensitive) for r in records] == [
         ("emulate", "error", frozenset({"extraHttpHeaders"})),
         ("handle_dialog", "error", frozenset({"promptText"})),

@@ -16,8 +16,6 @@ from mcp_types import (
     CLIENT_INFO_META_KEY,
     LOG_LEVEL_META_KEY,
     PROTOCOL_VERSION_META_KEY,
-    JSONRPCNotification,
-    JSONRPCRequest,
 )
 from mcp_types.version import (
     HANDSHAKE_PROTOCOL_VERSIONS,
@@ -26,7 +24,7 @@ from mcp_types.version import (
 )
 
 from mcproxy.mcp.codes import HEADER_MISMATCH, INVALID_PARAMS, UNSUPPORTED_PROTOCOL_VERSION
-from mcproxy.mcp.jsonrpc import RpcError
+from mcproxy.mcp.jsonrpc import Message, Reply, Request, RpcError
 from mcproxy.mcp.notifications import LOG_LEVELS
 
 NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
@@ -43,9 +41,9 @@ class ModernEnvelope:
     client_capabilities: Any
 
 
-def request_version(message: JSONRPCRequest | JSONRPCNotification, headers: Mapping[str, str]) -> str | None:
+def request_version(message: Message, headers: Mapping[str, str]) -> str | None:
     """The protocol version a session-less message claims: its ``_meta`` envelope's, else the header's."""
-    meta = (message.params or {}).get("_meta")
+    meta = None if isinstance(message, Reply) else (message.params or {}).get("_meta")
     if isinstance(meta, Mapping) and isinstance(meta.get(PROTOCOL_VERSION_META_KEY), str):
         return meta[PROTOCOL_VERSION_META_KEY]
     return headers.get("mcp-protocol-version") or None
@@ -68,7 +66,7 @@ def unsupported_version(requested: Any) -> RpcError:
     )
 
 
-def modern_envelope(message: JSONRPCRequest, headers: Mapping[str, str] | None) -> ModernEnvelope:
+def modern_envelope(message: Request, headers: Mapping[str, str] | None) -> ModernEnvelope:
     """Check a 2026-07-28 request's ``_meta`` envelope and its routing headers.
 
     ``headers`` maps lower-case header names to values (None skips the header checks).
@@ -101,7 +99,16 @@ def modern_envelope(message: JSONRPCRequest, headers: Mapping[str, str] | None) 
     level = meta.get(LOG_LEVEL_META_KEY)
     if level is not None and level not in LOG_LEVELS:
         raise RpcError(INVALID_PARAMS, f"{LOG_LEVEL_META_KEY} must be one of {', '.join(LOG_LEVELS)}")
-    return ModernEnvelope(version, level, meta.get(CLIENT_INFO_META_KEY), meta[CLIENT_CAPABILITIES_META_KEY])
+    capabilities, client_info = meta[CLIENT_CAPABILITIES_META_KEY], meta.get(CLIENT_INFO_META_KEY)
+    if not isinstance(capabilities, Mapping):
+        raise RpcError(INVALID_PARAMS, f"{CLIENT_CAPABILITIES_META_KEY} must be an object")
+    if client_info is not None and not (
+        isinstance(client_info, Mapping)
+        and isinstance(client_info.get("name"), str)
+        and isinstance(client_info.get("version"), str)
+    ):
+        raise RpcError(INVALID_PARAMS, f"{CLIENT_INFO_META_KEY} must be an object with a name and a version")
+    return ModernEnvelope(version, level, client_info, capabilities)
 
 
 def _header_value(raw: str | None) -> str | None:

@@ -1,18 +1,15 @@
 """JSON-RPC 2.0 framing for MCP: decode one message, encode responses, errors, notifications.
 
-Sans-IO: bytes in, dicts and bytes out. Validation uses `mcp_types.jsonrpc_message_adapter`
-so the envelope rules are exactly the SDK's; batches are refused (MCP removed them).
+Sans-IO: bytes in, light message objects and bytes out. Every message is checked here, by
+hand, once (pydantic would cost more than the rest of a proxied call); batches are refused
+(MCP removed them).
 """
 
 import json
 from typing import Any
 
+import attrs
 import orjson
-from mcp_types import (
-    JSONRPCMessage,
-    JSONRPCNotification,
-    jsonrpc_message_adapter,
-)
 from pydantic import ValidationError
 
 from mcproxy.mcp.codes import INVALID_REQUEST, PARSE_ERROR
@@ -34,32 +31,103 @@ class RpcError(Exception):
         return error_message(rid, self.code, self.message, self.data)
 
 
-def parse_message(body: bytes | str) -> JSONRPCMessage:
-    """Decode exactly one JSON-RPC message, raising `RpcError` -32700 / -32600."""
+@attrs.frozen
+class Request:
+    """A JSON-RPC request: the client waits for an answer carrying its ``id``."""
+
+    id: str | int
+    method: str
+    params: dict | None = None
+
+
+@attrs.frozen
+class Notification:
+    """A JSON-RPC notification: nothing answers it."""
+
+    method: str
+    params: dict | None = None
+
+
+@attrs.frozen
+class Reply:
+    """A client's result or error for a request; this server sends the client no requests,
+    so nothing waits for one."""
+
+    id: str | int | None
+
+
+Message = Request | Notification | Reply
+
+
+def parse_message(body: bytes | str) -> Message:
+    """Decode exactly one JSON-RPC message, raising `RpcError` -32700 / -32600.
+
+    orjson decodes the body: text JSON does not allow (NaN, lone surrogates) is a parse
+    error, and integers beyond 64 bits arrive as floats, as in JavaScript clients.
+    """
     try:
-        decoded = json.loads(body)
-    except (ValueError, RecursionError):
+        decoded = orjson.loads(body)
+    except orjson.JSONDecodeError:
         raise RpcError(PARSE_ERROR, "Parse error: the body is not valid JSON") from None
     if isinstance(decoded, list):
         raise RpcError(INVALID_REQUEST, "Batches are not supported; send one JSON-RPC message per request")
     if not isinstance(decoded, dict):
         raise RpcError(INVALID_REQUEST, "Invalid request: expected a JSON-RPC object")
     rid = decoded.get("id")
-    sane_id = rid if isinstance(rid, (str, int)) and not isinstance(rid, bool) else None
-    try:
-        message = jsonrpc_message_adapter.validate_python(decoded, by_name=False)
-    except ValidationError as e:
-        raise RpcError(INVALID_REQUEST, f"Invalid request: {_first_problem(e)}", request_id=sane_id) from None
-    if isinstance(message, JSONRPCNotification) and "id" in decoded:
-        # The notification model ignores unknown keys: an object with a malformed id lands here.
-        raise RpcError(INVALID_REQUEST, "Invalid request: id must be a string or an integer")
-    return message
+    sane_id = rid if is_request_id(rid) else None
+    problem = _problem(decoded, rid)
+    if problem is not None:
+        raise RpcError(INVALID_REQUEST, f"Invalid request: {problem}", request_id=sane_id)
+    if "method" not in decoded:
+        return Reply(rid)
+    if "id" in decoded:
+        return Request(decoded["id"], decoded["method"], decoded.get("params"))
+    return Notification(decoded["method"], decoded.get("params"))
 
 
-def _first_problem(error: ValidationError) -> str:
-    first = error.errors()[0]
-    where = ".".join(str(p) for p in first.get("loc", ()) if not isinstance(p, int)) or "message"
-    return f"{where}: {first.get('msg', 'invalid')}"
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_request_id(value: Any) -> bool:
+    """Whether ``value`` may be a request id (or a progress token): a string or an integer."""
+    return isinstance(value, str) or _is_int(value)
+
+
+def _problem(decoded: dict, rid: Any) -> str | None:
+    """The first thing wrong with a decoded message, or None when it is a request, a
+    notification, or a reply."""
+    if decoded.get("jsonrpc") != "2.0":
+        return 'jsonrpc must be "2.0"'
+    if "method" in decoded:
+        if not isinstance(decoded["method"], str):
+            return "method must be a string"
+        if not isinstance(decoded.get("params"), (dict, type(None))):
+            return "params must be an object"
+        if "id" in decoded and not is_request_id(rid):
+            return "id must be a string or an integer"
+        return None
+    problems = [
+        check(decoded, rid) for key, check in (("result", _result_problem), ("error", _error_problem)) if key in decoded
+    ]
+    if not problems:
+        return "method is missing"
+    return None if None in problems else problems[0]
+
+
+def _result_problem(decoded: dict, rid: Any) -> str | None:
+    if not is_request_id(rid):
+        return "id must be a string or an integer"
+    return None if isinstance(decoded["result"], dict) else "result must be an object"
+
+
+def _error_problem(decoded: dict, rid: Any) -> str | None:
+    if "id" not in decoded or not (rid is None or is_request_id(rid)):
+        return "id must be a string, an integer or null"
+    error = decoded["error"]
+    if not (isinstance(error, dict) and _is_int(error.get("code"))):
+        return "error must be an object with an integer code"
+    return None if isinstance(error.get("message"), str) else "error.message must be a string"
 
 
 def readable(error: ValidationError) -> str:

@@ -7,11 +7,10 @@ the request is answered: ``live`` is a one-item list the session clears then.
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from mcp_types import JSONRPCRequest
 from mcp_types.version import is_version_at_least
 
 from mcproxy.calls import LogSender, ProgressReporter
-from mcproxy.mcp.jsonrpc import notification_message
+from mcproxy.mcp.jsonrpc import Request, notification_message
 
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 """RFC 5424 severities, least severe first (the order `logging/setLevel` filters by)."""
@@ -19,9 +18,7 @@ LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert"
 Notify = Callable[[dict], None]
 
 
-def progress_reporter(
-    request: JSONRPCRequest, protocol_version: str | None, notify: Notify, live: list
-) -> ProgressReporter:
+def progress_reporter(request: Request, protocol_version: str | None, notify: Notify, live: list) -> ProgressReporter:
     """``report_progress(progress, total=None, message=None)`` for ``request``: silent
     unless the client gave a progress token; the message only where the version has one."""
     meta = (request.params or {}).get("_meta")

@@ -1,5 +1,9 @@
 """Results as JSON-RPC ``result`` objects, and which requests are too heavy for the reactor.
 
+A tool result is built in its wire shape already (`mcproxy.tools.call`): shaping it is
+adding what the 2026-07-28 revision puts around every result. The rare methods' results
+are mcp_types models, which mcp_types shapes for the negotiated version.
+
 Turning a large result into JSON holds the GIL for as long as it takes; `weight` and
 `is_heavy` say cheaply when it is worth doing in a thread instead (see
 `McpServer.run_blocking`), so that other users' calls go on meanwhile.
@@ -7,8 +11,8 @@ Turning a large result into JSON holds the GIL for as long as it takes; `weight`
 
 from typing import Any
 
-import mcp_types as types
-from mcp_types import SERVER_INFO_META_KEY, methods
+from mcp_types import methods
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 
 #: Results at least this heavy (see `weight`) are turned into JSON off the reactor.
@@ -33,35 +37,32 @@ def is_heavy(value: Any, limit: int = OFF_REACTOR_WEIGHT) -> bool:
     return False
 
 
-def weight(result: BaseModel) -> int:
+def weight(result: dict | BaseModel) -> int:
     """A cheap estimate of how much work turning a result into JSON is: the characters of the
     text and binary blocks of a tool result's content or a read resource's contents, plus 64
     for each item of its structured lists."""
-    total = 0
-    for block in getattr(result, "content", None) or getattr(result, "contents", None) or ():
-        total += len(getattr(block, "text", "") or getattr(block, "data", "") or getattr(block, "blob", "") or "")
-    structured = getattr(result, "structured_content", None) or {}
-    for value in structured.values():
-        if isinstance(value, list):
-            total += 64 * len(value)
+    if isinstance(result, BaseModel):
+        contents = getattr(result, "contents", None) or ()
+        return sum(len(getattr(item, "text", None) or getattr(item, "blob", None) or "") for item in contents)
+    total = sum(len(block.get("text") or block.get("data") or "") for block in result.get("content", ()))
+    structured = result.get("structuredContent")
+    if isinstance(structured, dict):
+        total += 64 * sum(len(value) for value in structured.values() if isinstance(value, list))
     return total
 
 
-def shape_result(method: str, version: str, result: BaseModel, server_info: types.Implementation | None) -> dict:
-    """The result as the JSON-RPC ``result`` of ``method`` for the negotiated version;
-    ``server_info`` goes in its ``_meta`` (2026-07-28 answers carry it, others do not).
+def shape_result(method: str, version: str, result: dict | BaseModel, meta: dict | None) -> dict:
+    """The result as the JSON-RPC ``result`` of ``method`` for the negotiated version; ``meta``
+    goes in its ``_meta`` (the server's identity, which 2026-07-28 answers carry).
 
-    A tool's structured content is plain JSON the tool built: it skips pydantic (which
-    would walk thousands of console messages holding the GIL) and is put back as it is."""
-    structured = getattr(result, "structured_content", None)
-    if structured:
-        result = result.model_copy(update={"structured_content": {}})
+    A tool result (a dict, see `mcproxy.tools.call.Response.to_result`) is completed in place."""
+    if isinstance(result, dict):
+        if version in MODERN_PROTOCOL_VERSIONS:
+            result["resultType"] = "complete"
+        if meta is not None:
+            result["_meta"] = meta
+        return result
     dump = result.model_dump(by_alias=True, mode="json", exclude_none=True)
-    if server_info is not None:
-        dump.setdefault("_meta", {})[SERVER_INFO_META_KEY] = server_info.model_dump(
-            by_alias=True, mode="json", exclude_none=True
-        )
-    shaped = methods.serialize_server_result(method, version, dump)
-    if structured and "structuredContent" in shaped:
-        shaped["structuredContent"] = structured
-    return shaped
+    if meta is not None:
+        dump["_meta"] = {**dump.get("_meta", {}), **meta}
+    return methods.serialize_server_result(method, version, dump)

@@ -33,8 +33,8 @@ _TOOLS = [
 ]
 
 
-def _text(text: str, *, error: bool = False) -> types.CallToolResult:
-    return types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=error)
+def _text(text: str, *, error: bool = False) -> dict:
+    return {"content": [{"type": "text", "text": text}], "isError": error}
 
 
 @implementer(IToolProvider)
@@ -61,7 +61,7 @@ class FakeToolProvider:
         self.calls.append((name, arguments, context))
         return Deferred.fromCoroutine(self._run(name, arguments, context))
 
-    async def _run(self, name: str, arguments: dict, context) -> types.CallToolResult:
+    async def _run(self, name: str, arguments: dict, context) -> dict:
         if name == "echo":
             return _text(str(arguments.get("text", "")))
         if name == "slow":
@@ -78,12 +78,12 @@ class FakeToolProvider:
         if name == "big":
             size = int(arguments.get("size", 1024))
             data = base64.b64encode(b"\x89PNG" + b"\0" * max(0, size - 4)).decode("ascii")
-            return types.CallToolResult(content=[types.ImageContent(type="image", data=data, mime_type="image/png")])
+            return {"content": [{"type": "image", "data": data, "mimeType": "image/png"}], "isError": False}
         if name == "fail":
             return _text("this tool always fails", error=True)
         return _text(f"Unknown tool: {name}", error=True)
 
-    async def _slow(self, seconds: float) -> types.CallToolResult:
+    async def _slow(self, seconds: float) -> dict:
         waiting = deferLater(self.clock, seconds, lambda: None)
         started, self._started = self._started, []
         for d in started:

@@ -36,22 +36,22 @@ def make_context(session_id="s1", permissions=("tools:*",), user_id="alice"):
     )
 
 
-def text_of(result) -> str:
+def text_of(result: dict) -> str:
     """The text of a tool result's first content block."""
-    return result.content[0].text
+    return result["content"][0]["text"]
 
 
 async def ok(registry, context, name, **arguments):
     """Call a tool and insist it succeeded; the result."""
     result = await registry.call_tool(name, arguments, context)
-    assert not result.is_error, text_of(result)
+    assert not result["isError"], text_of(result)
     return result
 
 
 async def failed(registry, context, name, **arguments) -> str:
     """Call a tool and insist it failed with an ``isError`` result; its text."""
     result = await registry.call_tool(name, arguments, context)
-    assert result.is_error, f"{name} unexpectedly succeeded: {text_of(result)}"
+    assert result["isError"], f"{name} unexpectedly succeeded: {text_of(result)}"
     return text_of(result)
 
 

@@ -3,7 +3,6 @@
 from typing import Any
 
 import attrs
-import mcp_types
 from mcp_types.version import is_version_at_least
 
 from mcproxy.artifacts.names import split_path
@@ -54,11 +53,12 @@ class ToolCall:
 
 @attrs.define
 class Response:
-    """A tool result under construction: text sections, images, resource links, structured content."""
+    """A tool result under construction: text sections, images, resource links, structured
+    content; content blocks are kept as they go on the wire."""
 
     lines: list[str] = attrs.field(factory=list)
-    images: list[mcp_types.ImageContent] = attrs.field(factory=list)
-    links: list[mcp_types.ResourceLink] = attrs.field(factory=list)
+    images: list[dict] = attrs.field(factory=list)
+    links: list[dict] = attrs.field(factory=list)
     structured: dict | None = None
 
     def add(self, text: str) -> "Response":
@@ -72,7 +72,7 @@ class Response:
 
     def add_image(self, data: str, mime_type: str) -> "Response":
         """Attach a base64 image after the text."""
-        self.images.append(mcp_types.ImageContent(type="image", data=data, mime_type=mime_type))
+        self.images.append({"type": "image", "data": data, "mimeType": mime_type})
         return self
 
     def add_artifact(self, artifact, description: str) -> "Response":
@@ -82,13 +82,13 @@ class Response:
             "read it with resources/read."
         )
         self.links.append(
-            mcp_types.ResourceLink(
-                type="resource_link",
-                uri=artifact.uri,
-                name=artifact.name,
-                mime_type=artifact.mime_type,
-                size=artifact.size,
-            )
+            {
+                "type": "resource_link",
+                "uri": artifact.uri,
+                "name": artifact.name,
+                "mimeType": artifact.mime_type,
+                "size": artifact.size,
+            }
         )
         return self
 
@@ -117,19 +117,23 @@ class Response:
             }
         return self
 
-    def to_result(self, protocol_version: str | None = None) -> mcp_types.CallToolResult:
-        """The MCP result: one text block, then the images, then the resource links.
+    def to_result(self, protocol_version: str | None = None) -> dict:
+        """The MCP ``tools/call`` result as it goes on the wire: one text block, then the
+        images, then the resource links (the MCP layer adds what the 2026-07-28 revision
+        puts around every result, see `mcproxy.mcp.shaping`).
 
         Resource links exist from protocol 2025-06-18 on, and mcp_types passes them to older
         clients unchanged, which may reject the whole result; those get the text line only.
         """
-        content: list[Any] = [mcp_types.TextContent(type="text", text="\n".join(self.lines))]
-        content.extend(self.images)
-        if protocol_version is None or is_version_at_least(protocol_version, "2025-06-18"):
+        content = [{"type": "text", "text": "\n".join(self.lines)}, *self.images]
+        if self.links and (protocol_version is None or is_version_at_least(protocol_version, "2025-06-18")):
             content.extend(self.links)
-        return mcp_types.CallToolResult(content=content, structured_content=self.structured)
+        result: dict[str, Any] = {"content": content, "isError": False}
+        if self.structured is not None:
+            result["structuredContent"] = self.structured
+        return result
 
 
-def error_result(message: str) -> mcp_types.CallToolResult:
-    """An ``isError`` result the model can read and act on."""
-    return mcp_types.CallToolResult(content=[mcp_types.TextContent(type="text", text=message)], is_error=True)
+def error_result(message: str) -> dict:
+    """An ``isError`` result the model can read and act on, as it goes on the wire."""
+    return {"content": [{"type": "text", "text": message}], "isError": True}

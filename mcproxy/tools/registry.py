@@ -1,5 +1,6 @@
 """The tool provider the MCP layer calls: lists tools per principal and runs them.
 
+Results are dicts in their wire shape (see `mcproxy.tools.call.Response.to_result`).
 Every failure a model can act on (unknown tool, refused permission, bad arguments, a page
 outside its scope, a browser that is away, Chrome refusing a call) comes back as an
 ``isError`` result with a readable text. Anything unexpected is logged and reported as an
@@ -99,6 +100,7 @@ class ToolRegistry:
         self._on_finished = tuple(on_call_finished)
         self._policies = policies or PolicyBook(BrowsingConfig())
         self._tools = {tool.name: tool for tool in (default_tools(config) if tools is None else tools)}
+        self._described = {name: tool.describe() for name, tool in self._tools.items()}
         self._configure(config)
 
     def reconfigure(self, config) -> None:
@@ -113,7 +115,7 @@ class ToolRegistry:
     def list_tools(self, principal) -> list[mcp_types.Tool]:
         """The tools ``principal`` may call, in a stable order."""
         return [
-            tool.describe()
+            self._described[tool.name]
             for tool in self._tools.values()
             if tool.category in self._categories and self._may_call(principal, tool)
         ]
@@ -140,10 +142,10 @@ class ToolRegistry:
         )
 
     def call_tool(self, name: str, arguments: dict | None, context: CallContext) -> Deferred:
-        """Run a tool. Deferred[mcp_types.CallToolResult]; cancellation reaches the browser."""
+        """Run a tool. Deferred[dict], its result; cancellation reaches the browser."""
         return Deferred.fromCoroutine(self._call(name, arguments, context))
 
-    async def _call(self, name: str, arguments: dict | None, context: CallContext) -> mcp_types.CallToolResult:
+    async def _call(self, name: str, arguments: dict | None, context: CallContext) -> dict:
         """Run the tool and tell the observers how it went, whatever happened."""
         started = self._clock.seconds()
         for observe in self._on_started:
@@ -180,9 +182,7 @@ class ToolRegistry:
         declared = tool.secret_args if tool is not None else frozenset()
         return (declared | attempt.call.sensitive) if attempt.call is not None else declared
 
-    async def _run(
-        self, name: str, arguments: dict | None, context: CallContext, attempt: "_Attempt"
-    ) -> mcp_types.CallToolResult:
+    async def _run(self, name: str, arguments: dict | None, context: CallContext, attempt: "_Attempt") -> dict:
         principal = context.principal
         tool = self._tools.get(name)
         if tool is None or tool.category not in self._categories:

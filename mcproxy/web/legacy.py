@@ -6,13 +6,12 @@ A request still running when the session ends, or past ``server.request_timeout`
 answered on the stream with a JSON-RPC error before the stream closes.
 """
 
-from mcp_types import JSONRPCRequest
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
 from mcproxy.calls import SessionView
 from mcproxy.errors import NotFound
-from mcproxy.mcp.jsonrpc import RpcError
+from mcproxy.mcp.jsonrpc import Request, RpcError
 from mcproxy.mcp.protocol import McpSession
 from mcproxy.web.mcp_common import (
     Cutoff,
@@ -73,10 +72,13 @@ class LegacyTransport:
         entry.touch()
         stream, mcp = entry.stream, entry.state
         write_accepted(request)
+        if not isinstance(message, Request):
+            mcp.handle(message, stream.send_json)  # nothing to answer
+            return
         d = mcp.handle(message, stream.send_json, client=request.client_address)
         cutoff = Cutoff(d)
         deadline = None
-        if isinstance(message, JSONRPCRequest) and not wants_progress(message):
+        if not wants_progress(message):
             # Answered on the stream, but a request all the same: bounded like one. With
             # progress it streams, like a Streamable HTTP POST that does.
             deadline = t.clock.callLater(t.request_timeout, cutoff.time_out, t.request_timeout)

@@ -3,15 +3,14 @@ wording of work cut short (their Host and Origin rules: `mcproxy.web.origins`)."
 
 from collections.abc import Mapping
 from io import BytesIO
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from mcp_types import JSONRPCRequest
 from twisted.internet.defer import Deferred
 from twisted.protocols.basic import FileSender
 
 from mcproxy.errors import BadRequest, MCProxyError
 from mcproxy.mcp.codes import REQUEST_CANCELLED, REQUEST_TIMEOUT, SESSION_ENDED
-from mcproxy.mcp.jsonrpc import encode, error_message, parse_message
+from mcproxy.mcp.jsonrpc import Message, Request, encode, error_message, parse_message
 from mcproxy.web.http import answered, lift_deadline, read_body, require_json
 
 if TYPE_CHECKING:
@@ -43,7 +42,7 @@ def accepts(request: "ProxyRequest") -> tuple[bool, bool]:
     )
 
 
-async def read_rpc(request: "ProxyRequest", limit: int, run_blocking=None) -> Any:
+async def read_rpc(request: "ProxyRequest", limit: int, run_blocking=None) -> Message:
     """The body as one JSON-RPC message; 415 unless it is JSON, 413 over the limit. A body of
     megabytes (a long form) is parsed by ``run_blocking`` (a thread), not in the reactor.
 
@@ -92,7 +91,7 @@ def write_accepted(request: "ProxyRequest") -> None:
     request.finish()
 
 
-def wants_progress(message: JSONRPCRequest) -> bool:
+def wants_progress(message: Request) -> bool:
     """Whether the request asks for progress notifications (``_meta.progressToken``)."""
     meta = (message.params or {}).get("_meta")
     return isinstance(meta, Mapping) and meta.get("progressToken") is not None
@@ -111,7 +110,7 @@ class Cutoff:
         self.timed_out = seconds
         self._work.cancel()
 
-    def error(self, message: JSONRPCRequest, session_closed: bool) -> dict:
+    def error(self, message: Request, session_closed: bool) -> dict:
         """The JSON-RPC error answering ``message`` after its work was cancelled."""
         if self.timed_out is not None:
             return error_message(

@@ -6,7 +6,6 @@ answer: the response turns into an event stream when the request carries a progr
 thus stay in plain JSON, clear of clients' limits on SSE event size.
 """
 
-from mcp_types import JSONRPCRequest
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
@@ -21,7 +20,7 @@ from mcproxy.mcp.codes import (
     stateless_status,
 )
 from mcproxy.mcp.envelope import is_stateless, modern_envelope, request_version, unsupported_version
-from mcproxy.mcp.jsonrpc import RpcError, error_message
+from mcproxy.mcp.jsonrpc import Request, RpcError, error_message
 from mcproxy.mcp.notifications import Notify
 from mcproxy.mcp.protocol import McpSession
 from mcproxy.web.http import answered, on_deadline
@@ -80,7 +79,7 @@ class _Exchange:
         else:
             write_rpc(self.request, status, response)
 
-    async def run(self, mcp: McpSession, message: JSONRPCRequest, error_status) -> None:
+    async def run(self, mcp: McpSession, message: Request, error_status) -> None:
         """Dispatch ``message`` and answer.
 
         The client going away cancels the work (`mcproxy.web.routes.Router`). So do the
@@ -138,7 +137,7 @@ class StreamableTransport:
             write_rpc(request, rpc_error_status(e.code), e.to_message())
             return
         session_id = headers.get("mcp-session-id")
-        if isinstance(message, JSONRPCRequest) and message.method == "initialize":
+        if isinstance(message, Request) and message.method == "initialize":
             await self._initialize(request, principal, message)
         elif not session_id:
             if not is_stateless(request_version(message, headers)):
@@ -150,7 +149,7 @@ class StreamableTransport:
         else:
             await self._in_session(request, principal, session_id, message, headers, accepted)
 
-    async def _initialize(self, request, principal, message: JSONRPCRequest) -> None:
+    async def _initialize(self, request, principal, message: Request) -> None:
         t = self.t
         entry = t.sessions.create(principal.user_id, TRANSPORT, principal.token_id)
         mcp = McpSession(t.server, principal, SessionView(entry.id))
@@ -173,7 +172,7 @@ class StreamableTransport:
                 f"(it negotiated {mcp.protocol_version})",
                 code="unsupported_protocol_version",
             )
-        if not isinstance(message, JSONRPCRequest):
+        if not isinstance(message, Request):
             entry.touch()
             mcp.handle(message, lambda _: None)
             write_accepted(request)
@@ -191,7 +190,7 @@ class StreamableTransport:
 
     async def _stateless(self, request, principal, message, headers, accepted) -> None:
         t = self.t
-        if not isinstance(message, JSONRPCRequest):
+        if not isinstance(message, Request):
             # The 2026 HTTP wire has no client notifications: cancelling is closing the stream.
             version = request_version(message, headers)
             if version not in MODERN_PROTOCOL_VERSIONS:

@@ -9,6 +9,7 @@ answered with a JSON-RPC error saying that the server is shutting down.
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mcproxy.errors import MCProxyError
 from mcproxy.mcp.codes import SHUTTING_DOWN
@@ -47,26 +48,26 @@ class _TrackedTools:
         return self._tools.list_tools(principal)
 
     def call_tool(self, name: str, arguments, context) -> Deferred:
-        return Deferred.fromCoroutine(self._call(name, arguments, context))
-
-    async def _call(self, name: str, arguments, context):
         work = self._tools.call_tool(name, arguments, context)
         self.running.add(work)
-        try:
-            return await work
-        except CancelledError:
-            if not self.shutting_down:
-                raise  # the client cancelled or went away
-            raise RpcError(
-                SHUTTING_DOWN,
-                f'The server is shutting down; "{name}" was cancelled before it finished. Reconnect and call it again.',
-            ) from None
-        finally:
-            self.running.discard(work)
-            if not self.running:
-                waiting, self._idle = self._idle, []
-                for d in waiting:
-                    d.callback(None)
+        work.addBoth(self._finished, work, name)
+        return work
+
+    def _finished(self, outcome, work: Deferred, name: str):
+        self.running.discard(work)
+        if not self.running:
+            waiting, self._idle = self._idle, []
+            for d in waiting:
+                d.callback(None)
+        if isinstance(outcome, Failure) and outcome.check(CancelledError) and self.shutting_down:
+            return Failure(
+                RpcError(
+                    SHUTTING_DOWN,
+                    f'The server is shutting down; "{name}" was cancelled before it finished. '
+                    "Reconnect and call it again.",
+                )
+            )
+        return outcome  # a result, or the client cancelled or went away
 
     def idle(self) -> Deferred:
         """Fires when no call is running (at once if none is)."""
@@ -155,6 +156,7 @@ class McpTransports:
         """Apply new limits, time limit and keep-alive interval (live reload); streams
         already open keep their keep-alive interval."""
         self.server.max_in_flight = config.session.max_in_flight
+        self.server.forget_listings()  # the tools on offer may have changed
         self.max_body = config.server.max_body_bytes
         self.keepalive = config.server.sse_keepalive
         self.request_timeout = config.server.request_timeout
