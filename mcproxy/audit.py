@@ -8,6 +8,7 @@ their own, so a crash loses at most that last moment's lines; ``reopen()`` (on S
 follows a log rotation.
 """
 
+import functools
 import json
 import re
 from datetime import UTC, datetime
@@ -41,7 +42,7 @@ def redact(value: Any, sensitive: frozenset[str] = frozenset(), key: str = "") -
 
 
 def _redact(value: Any, sensitive: frozenset[str], key: str, budget: list[int]) -> Any:
-    if key and (key in sensitive or SECRET_KEY.search(key)):
+    if key and (key in sensitive or _is_secret_key(key)):
         return logs.REDACTED
     if isinstance(value, dict):
         items = list(value.items())
@@ -56,12 +57,20 @@ def _redact(value: Any, sensitive: frozenset[str], key: str, budget: list[int]) 
         room = min(MAX_VALUE_CHARS, budget[0])
         if room <= 0:
             return LEFT_OUT
-        # Then the log rules, which also know ``password=...`` pairs and passwords in URLs.
-        text = logs.redact(SECRET_VALUE.sub(logs.REDACTED, value[: room + CUT_MARGIN]))
+        text = value[: room + CUT_MARGIN]
+        if logs.may_hold_secret(text):  # which SECRET_VALUE needs too
+            # Then the log rules, which also know ``password=...`` pairs and passwords in URLs.
+            text = logs.redact(SECRET_VALUE.sub(logs.REDACTED, text))
         text = text if len(text) <= room and len(value) <= room + CUT_MARGIN else text[:room] + LEFT_OUT
         budget[0] -= len(text)
         return text
     return value
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_secret_key(key: str) -> bool:
+    """Whether an argument named ``key`` holds a credential (tools use a few names over and over)."""
+    return SECRET_KEY.search(key) is not None
 
 
 def _iso(timestamp: float) -> str:

@@ -208,8 +208,9 @@ class RequestState:
     work: Deferred | None = None
     #: Called instead of the 504 at the time limit (an answer that says so itself).
     on_deadline: Callable[[float], None] | None = None
-    #: The RFC 9728 metadata URL the authentication challenges name (`mcproxy.auth.chain`).
-    resource_metadata: str | None = None
+    #: Says the RFC 9728 metadata URL the authentication challenges name, when there is one
+    #: to send (`mcproxy.auth.chain`): ``resource_metadata(request)``.
+    resource_metadata: Callable[[Any], str] | None = None
     #: The Bearer challenge of a 401, and the Basic one when offered.
     challenge: str | None = None
     basic_challenge: str | None = None
