@@ -10,7 +10,7 @@ from mcproxy import wirejson
 @pytest.mark.parametrize(
     "value",
     [
-        {"id": 1, "method": "Runtime.evaluate", "params": {"expression": "é \U0001f600 \"q\"\n"}},
+        {"id": 1, "method": "Runtime.evaluate", "params": {"expression": 'é \U0001f600 "q"\n'}},
         {"big": 2**70, "small": -(2**63)},  # beyond 64 bits: orjson refuses, the library takes it
         {1: "a key that is not a string"},
         [1.5, None, True, [], {}],
