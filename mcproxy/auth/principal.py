@@ -3,6 +3,7 @@
 import fnmatch
 import functools
 import ipaddress
+from collections.abc import Iterable
 
 import attrs
 
@@ -25,6 +26,11 @@ def _matches(rule: str, name: str, category: str) -> bool:
     return fnmatch.fnmatchcase(name, target)
 
 
+def _permission_set(permissions: Iterable[str]) -> frozenset[str]:
+    """Permissions as a frozenset, whatever iterable was given (they key a cache)."""
+    return frozenset(permissions)
+
+
 @functools.lru_cache(maxsize=8192)
 def _may_call_tool(permissions: frozenset[str], name: str, category: str, explicit_only: bool) -> bool:
     """`Principal.may_call_tool`, remembered: every call asks it, and few credentials differ."""
@@ -42,7 +48,7 @@ class Principal:
     """An authenticated caller: a user id and the permissions of its credential."""
 
     user_id: str
-    permissions: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
+    permissions: frozenset[str] = attrs.field(default=frozenset(), converter=_permission_set)
     token_id: str | None = None
     #: The authenticated user when this principal acts for ``user_id`` through
     #: ``impersonate`` (``X-User-Id``); None when it is its own user.
