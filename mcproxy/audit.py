@@ -9,14 +9,14 @@ follows a log rotation.
 """
 
 import functools
-import json
+import math
 import re
 from datetime import UTC, datetime
 from typing import Any
 
 from twisted.application.service import Service
 
-from mcproxy import logs
+from mcproxy import logs, wirejson
 
 #: Argument names whose values are credentials wherever they appear.
 SECRET_KEY = re.compile(r"pass(word|wd)?|secret|token|authori[sz]ation|cookie|api[-_]?key|credential", re.I)
@@ -74,7 +74,16 @@ def _is_secret_key(key: str) -> bool:
 
 
 def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """``2026-12-07T14:22:26.123Z``: the time to the millisecond, in UTC."""
+    fraction, whole = math.modf(timestamp)  # rounded to the microsecond as datetime does
+    seconds, micro = divmod(int(whole) * 1_000_000 + round(fraction * 1_000_000), 1_000_000)
+    return f"{_iso_second(seconds)}.{micro // 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _iso_second(seconds: int) -> str:
+    """The date and time of one second: a busy second's calls share it."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 class AuditLog(Service):
@@ -107,8 +116,7 @@ class AuditLog(Service):
         """Append one event, stamped with the time; a write error is logged, never raised."""
         if not self._lines.is_open:
             return
-        line = json.dumps({"time": _iso(self._clock.seconds()), **event}, separators=(",", ":"), default=str)
-        self._lines.write(line + "\n")
+        self._lines.write(wirejson.dumps({"time": _iso(self._clock.seconds()), **event}, default=str) + b"\n")
 
     def tool_call(self, record) -> None:
         """Audit one finished tool call (a `mcproxy.tools.registry.ToolCallRecord`)."""

@@ -296,7 +296,7 @@ class LineFile:
         self._interval = interval
         self._mode = mode
         self._fd: int | None = None
-        self._pending: list[str] = []
+        self._pending: list[bytes] = []
         self._timer: Any = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -319,8 +319,8 @@ class LineFile:
 
     reopen = open
 
-    def write(self, line: str) -> None:
-        """Queue ``line`` (ending in a newline) for the next batch."""
+    def write(self, line: bytes) -> None:
+        """Queue ``line`` (UTF-8, ending in a newline) for the next batch."""
         if self._fd is None:
             return
         self._pending.append(line)
@@ -334,7 +334,7 @@ class LineFile:
                 self._timer.cancel()
             self._timer = None
         if self._pending and self._fd is not None:
-            self._queue.put((self._fd, "".join(self._pending).encode("utf-8")))
+            self._queue.put((self._fd, b"".join(self._pending)))
         self._pending = []
 
     def close(self) -> None:

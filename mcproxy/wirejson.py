@@ -7,19 +7,22 @@ string; those take the standard library's path and come out as they always did.
 """
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_OPTIONS: dict[str, Any] = {"separators": (",", ":"), "ensure_ascii": False}
+_ENCODER = json.JSONEncoder(**_OPTIONS)
 
 
-def dumps(value: Any) -> bytes:
-    """Compact UTF-8 JSON."""
+def dumps(value: Any, default: Callable[[Any], Any] | None = None) -> bytes:
+    """Compact UTF-8 JSON; ``default`` turns what JSON cannot hold into what it can."""
     try:
-        return orjson.dumps(value)
+        return orjson.dumps(value, default=default)
     except TypeError:
-        return _ENCODER.encode(value).encode("utf-8")
+        encoder = _ENCODER if default is None else json.JSONEncoder(**_OPTIONS, default=default)
+        return encoder.encode(value).encode("utf-8")
 
 
 def loads(data: str | bytes) -> Any:

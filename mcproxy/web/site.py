@@ -367,7 +367,7 @@ class ProxySite(server.Site):
         """One line per request in the access log, when there is one; none in the daemon's log,
         where a line per tool call would cost more than the call."""
         if self.access_log is not None:
-            self.access_log.write(logs.redact(http.combinedLogFormatter(self._logDateTime, request)) + "\n")
+            self.access_log.write((logs.redact(http.combinedLogFormatter(self._logDateTime, request)) + "\n").encode())
 
     def protocol(self):
         """HTTP/1.1 with read deadlines (no HTTP/2: its streams would bypass them)."""
