@@ -38,6 +38,7 @@ from mcproxy.errors import (
 from mcproxy.metrics import connections_dropped
 from mcproxy.web.http import (
     INTERNAL,
+    lift_deadline,
     log_unhandled,
     request_id,
     set_deadline,
@@ -250,14 +251,39 @@ class ProxyRequest(RequestState, server.Request):
             return
         super().handleContentChunk(data)
 
+    #: Between `process` and `_end`: the request is being answered.
+    _answering = False
+
     def process(self):
         """Handle the request in a context of its own, so its id is on every event it causes,
         and within the time limit."""
         site = self.channel.site
+        self._answering = True
         set_deadline(self, site.reactor, site.limits.request_timeout)
-        if site.metrics is not None:
-            self.notifyFinish().addBoth(lambda _: site.metrics.http_request(self.path, self.code))
         logs.in_request(request_id(self), self._process)
+
+    def finish(self):
+        site = self.channel.site
+        super().finish()
+        self._end(site)
+
+    def connectionLost(self, reason):
+        """The client went away: the work answering it stops (`mcproxy.web.http.cancel_on_deadline`)."""
+        site = self.channel.site
+        super().connectionLost(reason)
+        if not self.finished and self.work is not None:
+            self.work.cancel()
+        self._end(site)
+
+    def _end(self, site: "ProxySite") -> None:
+        """Answered or abandoned, once: the time limit is lifted and the request counted (one
+        hook instead of a `notifyFinish` Deferred for each)."""
+        if not self._answering:
+            return
+        self._answering = False
+        lift_deadline(self)
+        if site.metrics is not None:
+            site.metrics.http_request(self.path, self.code)
 
     def _process(self):
         if self.too_large:
