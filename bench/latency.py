@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 
+from bench.floor import FloorServer
 from bench.lean_mcp import LeanLegacySse, LeanStreamable
 from bench.procs import Chromium, FixtureSite, ProxyDaemon
 from bench.report import Summary, Verdict, say
@@ -62,6 +63,31 @@ async def _time_pair(session, page_id: int, cdp: CdpSocket) -> tuple[float, floa
     if raw["result"].get("value") != 2:
         raise WireError(f"Runtime.evaluate did not return 2: {raw!r}")
     return raw_ms, await _proxied(session, page_id, settle=False)
+
+
+async def _say_floor(options, chromium: Chromium, url: str, cpu_ms: float) -> None:
+    """Time the same calls through `bench.floor` (the libraries alone) and print its CPU per
+    call beside the daemon's."""
+    floor = FloorServer(await chromium.page_socket_url(url))
+    session = cdp = None
+    try:
+        await floor.start()
+        session = await LeanStreamable.open(floor.base_url, "none")
+        cdp = await CdpSocket.open(await chromium.page_socket_url(url))
+        for _ in range(options.warmup):
+            await _time_pair(session, 0, cdp)
+        before = floor.cpu_seconds()
+        timed = [(await _time_pair(session, 0, cdp))[1] for _ in range(options.iterations)]
+        floor_ms = (floor.cpu_seconds() - before) * 1000 / options.iterations
+    finally:
+        for closable in (session, cdp):
+            if closable is not None:
+                closable.close()
+        await floor.stop()
+    say(
+        f"  floor: twisted.web + autobahn + json alone (bench/floor.py), CPU per call {floor_ms:.2f} ms, "
+        f"{Summary.of(timed)}; daemon/floor CPU {cpu_ms / floor_ms:.1f}x"
+    )
 
 
 async def _say_stages(pid: int, stats: str, calls: int) -> None:
@@ -116,6 +142,8 @@ async def run(options) -> list[Verdict]:
         say(f"  daemon CPU per proxied call (both transports, /proc/PID/stat): {cpu_ms:.2f} ms")
         if stages:
             await _say_stages(daemon.pid, stages, calls)
+        else:
+            await _say_floor(options, chromium, site.url("streamable-http"), cpu_ms)
         verdicts = [
             Verdict(
                 "latency/cpu",
