@@ -114,12 +114,22 @@ class FloorServer:
             await _stop_process(self.process)
 
 
+class QuietSite(server.Site):
+    """A Site that logs no line per request and leaves bodies unparsed, as mcproxy's does."""
+
+    def __init__(self, root):
+        super().__init__(root, parsePOSTFormSubmission=False)
+
+    def log(self, request) -> None:
+        pass
+
+
 def main(port: str, page_socket_url: str) -> None:
     factory = WebSocketClientFactory(page_socket_url)
     factory.protocol = PageSocket
     factory.pending, factory.ids, factory.page = {}, itertools.count(1), None
     connectWS(factory)
-    endpoints.serverFromString(reactor, f"tcp:{port}:interface=127.0.0.1").listen(server.Site(Endpoint(factory)))
+    endpoints.serverFromString(reactor, f"tcp:{port}:interface=127.0.0.1").listen(QuietSite(Endpoint(factory)))
     reactor.run()
 
 
