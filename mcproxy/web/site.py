@@ -16,7 +16,6 @@ import io
 import ipaddress
 import json
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import attrs
@@ -104,13 +103,20 @@ class ProxyChannel(http.HTTPChannel):
     then would hold a connection for ever: the whole head (request line and headers) must
     arrive within ``header_timeout`` of its first byte (or of connecting), and the whole
     body within ``body_timeout`` of the head.
+
+    One timer per connection watches those deadlines: arming and disarming only note what
+    is watched, and the timer, when it fires, either cuts the connection or waits on for
+    the deadline in force then. A request thus costs no timer of its own to schedule and
+    cancel.
     """
 
     #: Set by `ProxySite.buildProtocol`.
     site: "ProxySite"
     #: Set before `connectionMade`, which every other method follows.
     transport: ITransport
-    _deadline: IDelayedCall | None = None
+    _timer: IDelayedCall | None = None
+    #: The deadline in force: (what is being read, its limit in seconds, when it passes).
+    _watching: tuple[str, float, float] | None = None
     _reading_head = True
     _group = None
     _refused = False
@@ -129,7 +135,7 @@ class ProxyChannel(http.HTTPChannel):
     def dataReceived(self, data):
         if self._refused:
             return
-        if self._reading_head and self._deadline is None:
+        if self._reading_head and self._watching is None:
             self._arm("header")
         super().dataReceived(data)
 
@@ -150,6 +156,9 @@ class ProxyChannel(http.HTTPChannel):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._disarm()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
         if self._group is not None:
             self.site.close_connection(self._group)
             self._group = None
@@ -158,16 +167,29 @@ class ProxyChannel(http.HTTPChannel):
     def _arm(self, part: str) -> None:
         limits = self.site.limits
         seconds = limits.header_timeout if part == "header" else limits.body_timeout
-        self._disarm()
-        self._deadline = self.callLater(seconds, partial(self._too_slow, part, seconds))
+        at = self.site.reactor.seconds() + seconds
+        self._watching = (part, seconds, at)
+        if self._timer is None:
+            self._timer = self.callLater(seconds, self._check_deadline)
+        elif self._timer.getTime() > at:
+            self._timer.reset(seconds)
 
     def _disarm(self) -> None:
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
+        self._watching = None
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        if self._watching is None:
+            return  # nothing is being read against a limit now; the next `_arm` starts a timer
+        part, seconds, at = self._watching
+        left = at - self.site.reactor.seconds()
+        if left > 0:
+            self._timer = self.callLater(left, self._check_deadline)
+        else:
+            self._too_slow(part, seconds)
 
     def _too_slow(self, part: str, seconds: float) -> None:
-        self._deadline = None
+        self._watching = None
         peer = getattr(self.transport.getPeer(), "host", "unix")
         log.info(
             "Closing a connection from {peer}: the request {part} took over {seconds} s",
