@@ -17,7 +17,7 @@ import time
 #: Stages in the order a call meets them, each with the path fragments of its code; the
 #: first that matches wins, and what none names is counted as "reactor and other".
 STAGES = (
-    ("HTTP parsing", ("twisted/web/http.py", "twisted/protocols/basic.py", "mcproxy/web/site.py")),
+    ("HTTP parsing", ("twisted/web/", "twisted/protocols/basic.py", "mcproxy/web/site.py")),
     (
         "routing/auth",
         (
@@ -40,8 +40,10 @@ STAGES = (
             "mcp_types/",
             "pydantic",
             "json/",
+            "mcproxy/wirejson.py",
         ),
     ),
+    ("Deferreds and coroutines", ("twisted/internet/defer.py",)),
     ("tool registry + tool", ("mcproxy/tools/", "mcproxy/calls.py")),
     ("CDP client", ("mcproxy/browser/", "autobahn/", "txaio/")),
     (

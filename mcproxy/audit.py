@@ -8,14 +8,15 @@ their own, so a crash loses at most that last moment's lines; ``reopen()`` (on S
 follows a log rotation.
 """
 
-import json
+import functools
+import math
 import re
 from datetime import UTC, datetime
 from typing import Any
 
 from twisted.application.service import Service
 
-from mcproxy import logs
+from mcproxy import logs, wirejson
 
 #: Argument names whose values are credentials wherever they appear.
 SECRET_KEY = re.compile(r"pass(word|wd)?|secret|token|authori[sz]ation|cookie|api[-_]?key|credential", re.I)
@@ -41,7 +42,7 @@ def redact(value: Any, sensitive: frozenset[str] = frozenset(), key: str = "") -
 
 
 def _redact(value: Any, sensitive: frozenset[str], key: str, budget: list[int]) -> Any:
-    if key and (key in sensitive or SECRET_KEY.search(key)):
+    if key and (key in sensitive or _is_secret_key(key)):
         return logs.REDACTED
     if isinstance(value, dict):
         items = list(value.items())
@@ -56,16 +57,33 @@ def _redact(value: Any, sensitive: frozenset[str], key: str, budget: list[int]) 
         room = min(MAX_VALUE_CHARS, budget[0])
         if room <= 0:
             return LEFT_OUT
-        # Then the log rules, which also know ``password=...`` pairs and passwords in URLs.
-        text = logs.redact(SECRET_VALUE.sub(logs.REDACTED, value[: room + CUT_MARGIN]))
+        text = value[: room + CUT_MARGIN]
+        if logs.may_hold_secret(text):  # which SECRET_VALUE needs too
+            # Then the log rules, which also know ``password=...`` pairs and passwords in URLs.
+            text = logs.redact(SECRET_VALUE.sub(logs.REDACTED, text))
         text = text if len(text) <= room and len(value) <= room + CUT_MARGIN else text[:room] + LEFT_OUT
         budget[0] -= len(text)
         return text
     return value
 
 
+@functools.lru_cache(maxsize=4096)
+def _is_secret_key(key: str) -> bool:
+    """Whether an argument named ``key`` holds a credential (tools use a few names over and over)."""
+    return SECRET_KEY.search(key) is not None
+
+
 def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """``2026-12-07T14:22:26.123Z``: the time to the millisecond, in UTC."""
+    fraction, whole = math.modf(timestamp)  # rounded to the microsecond as datetime does
+    seconds, micro = divmod(int(whole) * 1_000_000 + round(fraction * 1_000_000), 1_000_000)
+    return f"{_iso_second(seconds)}.{micro // 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _iso_second(seconds: int) -> str:
+    """The date and time of one second: a busy second's calls share it."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 class AuditLog(Service):
@@ -98,8 +116,7 @@ class AuditLog(Service):
         """Append one event, stamped with the time; a write error is logged, never raised."""
         if not self._lines.is_open:
             return
-        line = json.dumps({"time": _iso(self._clock.seconds()), **event}, separators=(",", ":"), default=str)
-        self._lines.write(line + "\n")
+        self._lines.write(wirejson.dumps({"time": _iso(self._clock.seconds()), **event}, default=str) + b"\n")
 
     def tool_call(self, record) -> None:
         """Audit one finished tool call (a `mcproxy.tools.registry.ToolCallRecord`)."""

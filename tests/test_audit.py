@@ -3,13 +3,17 @@
 import json
 import os
 import stat
+from datetime import UTC, datetime
 
 import pytest_twisted
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
-from mcproxy.audit import AuditLog, redact
+from mcproxy.audit import AuditLog, _iso, redact
 from mcproxy.logs import REDACTED
 from mcproxy.testing.daemon import start_proxy
+from mcproxy.testing.fuzz import fuzz_settings
 
 
 def test_credentials_and_sensitive_arguments_are_redacted():
@@ -164,3 +168,11 @@ async def test_text_typed_into_password_fields_never_reaches_the_audit(reactor, 
     assert "visible-name" in written
     for secret_text in ("hunter2-fill", "hunter2-form", "hunter2-typed"):
         assert secret_text not in written
+
+
+@fuzz_settings(2000)
+@given(st.floats(min_value=0, max_value=4e9) | st.integers(0, 4 * 10**15).map(lambda micros: micros / 1e6))
+def test_record_times_read_as_datetime_writes_them(timestamp):
+    """Records share the formatting of their second; the result is what datetime makes."""
+    expected = datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert _iso(timestamp) == expected

@@ -7,12 +7,15 @@ import time
 
 import pytest
 import pytest_twisted
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger, LogPublisher
 from twisted.python import usage
 from twisted.scripts.twistd import ServerOptions
 
 from mcproxy import logs
+from mcproxy.testing.fuzz import fuzz_settings
 from mcproxy.testing.tool_calls import sleep
 
 API_TOKEN = "mcpx_0123456789abcdef_" + "S3cr3tS3cr3tS3cr3tS3cr3tS3cr3tS3cr3tS3cr3tx"
@@ -251,3 +254,49 @@ def test_an_explicit_logger_or_syslog_choice_is_kept():
     assert _twistd_options("-n", "--logger", "mcproxy.logs.observer")["logger"] is logs.observer
     assert _twistd_options("--syslog")["logger"] is None
     logs.use_for_twistd(None)  # Options used outside twistd have no parent
+
+
+_FRAGMENTS = st.sampled_from(
+    [
+        "Bearer ",
+        "basic ",
+        "dXNlcjpwdw==",
+        "eyJhbGciOiJIUzI1NiJ9",
+        ".",
+        "mcpx_",
+        "0123456789abcdef_x",
+        "://",
+        "u:pw@",
+        "passwd",
+        "Token",
+        "Authorization",
+        "Cookie",
+        "api-key",
+        "secret",
+        "=",
+        ":",
+        "'",
+        '"',
+        " ",
+        "\n",
+        "h",
+    ]
+)
+
+
+@fuzz_settings(500)
+@given(st.lists(_FRAGMENTS | st.text(max_size=6), max_size=14).map("".join))
+def test_text_the_gate_lets_by_holds_nothing_a_rule_would_hide(text):
+    """Redaction first asks `may_hold_secret`; whatever it lets by, no rule (of the logs or of
+    the audit trail) would have changed."""
+    from mcproxy.audit import SECRET_VALUE
+
+    if not logs.may_hold_secret(text):
+        for pattern, replacement in logs._RULES:
+            assert pattern.sub(replacement, text) == text
+        assert SECRET_VALUE.sub(logs.REDACTED, text) == text
+
+
+def test_the_gate_lets_ordinary_arguments_by():
+    assert not logs.may_hold_secret("() => document.title")
+    assert logs.may_hold_secret("see https://example.com/")

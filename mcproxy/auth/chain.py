@@ -33,7 +33,7 @@ HOW_TO_AUTHENTICATE = (
 def bearer_challenge(request, error: str | None = None, scope: str | None = None) -> str:
     """The RFC 6750 Bearer challenge for a refusal of ``request``, with its RFC 9728 metadata URL."""
     params = [f'realm="{REALM}"']
-    metadata = request.resource_metadata
+    metadata = request.resource_metadata(request) if request.resource_metadata else None
     if metadata:
         params.append(f'resource_metadata="{metadata}"')
     if error:
@@ -125,8 +125,7 @@ class AuthenticationChain:
 
     async def authenticate(self, request) -> Principal:
         """The caller of ``request``, acting as ``X-User-Id`` where allowed."""
-        if self._resource_metadata is not None:
-            request.resource_metadata = self._resource_metadata(request)
+        request.resource_metadata = self._resource_metadata
         if self._offer_basic:
             request.basic_challenge = BASIC_CHALLENGE
         principal = await self._credential(request)

@@ -1,7 +1,9 @@
 """Who is calling, and what they may do."""
 
 import fnmatch
+import functools
 import ipaddress
+from collections.abc import Iterable
 
 import attrs
 
@@ -24,12 +26,29 @@ def _matches(rule: str, name: str, category: str) -> bool:
     return fnmatch.fnmatchcase(name, target)
 
 
+def _permission_set(permissions: Iterable[str]) -> frozenset[str]:
+    """Permissions as a frozenset, whatever iterable was given (they key a cache)."""
+    return frozenset(permissions)
+
+
+@functools.lru_cache(maxsize=8192)
+def _may_call_tool(permissions: frozenset[str], name: str, category: str, explicit_only: bool) -> bool:
+    """`Principal.may_call_tool`, remembered: every call asks it, and few credentials differ."""
+    if any(_matches(rule[1:], name, category) for rule in permissions if rule.startswith(DENY)):
+        return False
+    if ADMIN in permissions or f"tools:{name}" in permissions:
+        return True
+    if explicit_only:
+        return False
+    return any(_matches(rule, name, category) for rule in permissions if not rule.startswith(DENY))
+
+
 @attrs.frozen
 class Principal:
     """An authenticated caller: a user id and the permissions of its credential."""
 
     user_id: str
-    permissions: frozenset[str] = frozenset()
+    permissions: frozenset[str] = attrs.field(default=frozenset(), converter=_permission_set)
     token_id: str | None = None
     #: The authenticated user when this principal acts for ``user_id`` through
     #: ``impersonate`` (``X-User-Id``); None when it is its own user.
@@ -49,13 +68,7 @@ class Principal:
 
         With ``explicit_only`` only ``tools:<name>`` itself (or admin) grants the tool.
         """
-        if any(_matches(rule[1:], name, category) for rule in self.permissions if rule.startswith(DENY)):
-            return False
-        if self.is_admin or f"tools:{name}" in self.permissions:
-            return True
-        if explicit_only:
-            return False
-        return any(_matches(rule, name, category) for rule in self.permissions if not rule.startswith(DENY))
+        return _may_call_tool(self.permissions, name, category, explicit_only)
 
     def may_connect_from(self, address: str | None) -> bool:
         """Whether the credential may be used from ``address``: ``net:<CIDR>`` permissions

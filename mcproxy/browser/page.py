@@ -13,7 +13,6 @@ answer dialogs themselves do so at once) fails the calls it blocks, with advice,
 of letting them run into the CDP timeout.
 """
 
-import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -262,18 +261,7 @@ class Page:
         Other pages are not blocked. Cancelling a queued call removes it from the queue;
         cancelling a running one cancels what it awaits.
         """
-
-        async def run() -> Any:
-            await self._lock.acquire()
-            try:
-                result = async_fn(*args, **kw)
-                if inspect.isawaitable(result):
-                    result = await result
-                return result
-            finally:
-                self._lock.release()
-
-        return Deferred.fromCoroutine(run())
+        return self._lock.run(async_fn, *args, **kw)
 
     @property
     def busy(self) -> bool:

@@ -95,7 +95,7 @@ class FakeChrome:
         for output in list(self._outputs):
             output(data)
 
-    def receive(self, text: str) -> None:
+    def receive(self, text: str | bytes) -> None:
         """Handle one client message."""
         message = json.loads(text)
         method, params, session_id = message["method"], message.get("params") or {}, message.get("sessionId")

@@ -55,20 +55,26 @@ def page_line(page_id: int, url: str, title: str, selected: bool, page=None, bro
 
 def visible_pages(call: "ToolCall") -> list:
     """The open pages the caller may see and act on, by page id."""
-    pages = [p for p in call.browser.pages() if not p.closed]
+    return [page for page in call.browser.pages() if _in_scope(call, page)]
+
+
+def _in_scope(call: "ToolCall", page) -> bool:
+    if page.closed:
+        return False
     scope = call.config.tab_scope
     session_id = call.context.session.session_id
     if scope == "browser":
-        return pages
+        return True
     if scope == "session" and session_id is not None:
-        return [p for p in pages if p.opener == session_id]
-    return [p for p in pages if p.via_proxy]
+        return page.opener == session_id
+    return page.via_proxy
 
 
 def resolve_page(call: "ToolCall", page_id: Any):
-    """The page ``page_id`` names, if the caller may use it; else the unknown-page error."""
-    for page in visible_pages(call):
-        if page.page_id == page_id:
+    """The page ``page_id`` names, if the caller may use it; else the unknown-page error
+    (the same for a page that exists outside the caller's scope)."""
+    for page in call.browser.pages():
+        if page.page_id == page_id and _in_scope(call, page):
             make_visible(page)
             return page
     shown = int(page_id) if isinstance(page_id, float) and page_id.is_integer() else page_id

@@ -106,7 +106,8 @@ INTERNAL = MCProxyError("internal error; the server log has details")
 
 
 def cancel_on_deadline(request: "ProxyRequest", work: Deferred) -> None:
-    """Cancel ``work`` (what answers ``request``) when the request outlives its time limit."""
+    """Cancel ``work`` (what answers ``request``) when the request outlives its time limit or
+    its client goes away."""
     if not work.called:
         request.work = work
 
@@ -115,11 +116,11 @@ def set_deadline(request: "ProxyRequest", clock, seconds: float) -> None:
     """Give ``request`` ``seconds`` to be answered.
 
     Past them, its `on_deadline` handler runs if it has one; otherwise it is answered with
-    504 ``request_timeout`` and its work (`cancel_on_deadline`) is cancelled. Answering the
-    request, its client going away, or `lift_deadline` (an event stream) ends the wait.
+    504 ``request_timeout`` and its work (`cancel_on_deadline`) is cancelled. The request
+    calls `lift_deadline` when it is answered or its client goes away (`ProxyRequest`), and
+    so does an event stream, which has no time limit.
     """
     request.deadline = clock.callLater(seconds, _deadline_passed, request, seconds)
-    request.notifyFinish().addBoth(lambda _: lift_deadline(request))
 
 
 def on_deadline(request: "ProxyRequest", handler: Callable[[float], None]) -> None:

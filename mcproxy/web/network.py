@@ -6,6 +6,7 @@ address that is not one of them is the client. Anything a client could forge (th
 part of the chain, a header from an untrusted peer) is never believed.
 """
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 
@@ -19,8 +20,10 @@ def networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_address(text: str):
-    """An ip_address from text (IPv4-mapped IPv6 as IPv4), or None when it is not one."""
+    """An ip_address from text (IPv4-mapped IPv6 as IPv4), or None when it is not one;
+    remembered, as the same clients come back request after request."""
     try:
         address = ipaddress.ip_address(text.strip().strip("[]"))
     except ValueError:

@@ -8,6 +8,7 @@ A trusted origin gets CORS headers (and the MCP endpoints answer ``OPTIONS`` pre
 that browser-based MCP clients can use them.
 """
 
+import functools
 import ipaddress
 import re
 from urllib.parse import urlsplit
@@ -76,15 +77,22 @@ def check_host(request: IRequest, allowed: tuple[str, ...], allow_loopback: bool
     if not allowed and not allow_loopback:
         return
     raw = (request.getHeader(b"host") or b"").decode("latin-1").strip()
-    try:
-        host = urlsplit("//" + raw).hostname if raw else None
-    except ValueError:
-        host = None
-    if host is not None and (host in allowed or (allow_loopback and is_loopback_host(host))):
+    if host_allowed(raw, allowed, allow_loopback):
         return
     raise Forbidden(
         f"host {raw!r} is not a name of this server; add it to server.allowed_hosts", code="host_not_allowed"
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def host_allowed(raw: str, allowed: tuple[str, ...], allow_loopback: bool) -> bool:
+    """Whether the ``Host`` value ``raw`` names this server (see `check_host`); remembered,
+    since every request of a client sends the same one."""
+    try:
+        host = urlsplit("//" + raw).hostname if raw else None
+    except ValueError:
+        return False
+    return host is not None and (host in allowed or (allow_loopback and is_loopback_host(host)))
 
 
 class OriginPolicy:

@@ -138,9 +138,7 @@ class Router(resource.Resource):
         if route is None:
             return NOT_DONE_YET  # a preflight, answered
         work = Deferred.fromCoroutine(self._answer(request, route, area.origins, parts))
-        if not work.called:
-            cancel_on_deadline(request, work)
-            request.notifyFinish().addErrback(lambda _: work.cancel())  # the client went away
+        cancel_on_deadline(request, work)
         work.addErrback(lambda failure: write_failure(request, failure))
         return NOT_DONE_YET
 

@@ -16,7 +16,6 @@ import io
 import ipaddress
 import json
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import attrs
@@ -38,6 +37,7 @@ from mcproxy.errors import (
 from mcproxy.metrics import connections_dropped
 from mcproxy.web.http import (
     INTERNAL,
+    lift_deadline,
     log_unhandled,
     request_id,
     set_deadline,
@@ -103,13 +103,20 @@ class ProxyChannel(http.HTTPChannel):
     then would hold a connection for ever: the whole head (request line and headers) must
     arrive within ``header_timeout`` of its first byte (or of connecting), and the whole
     body within ``body_timeout`` of the head.
+
+    One timer per connection watches those deadlines: arming and disarming only note what
+    is watched, and the timer, when it fires, either cuts the connection or waits on for
+    the deadline in force then. A request thus costs no timer of its own to schedule and
+    cancel.
     """
 
     #: Set by `ProxySite.buildProtocol`.
     site: "ProxySite"
     #: Set before `connectionMade`, which every other method follows.
     transport: ITransport
-    _deadline: IDelayedCall | None = None
+    _timer: IDelayedCall | None = None
+    #: The deadline in force: (what is being read, its limit in seconds, when it passes).
+    _watching: tuple[str, float, float] | None = None
     _reading_head = True
     _group = None
     _refused = False
@@ -128,7 +135,7 @@ class ProxyChannel(http.HTTPChannel):
     def dataReceived(self, data):
         if self._refused:
             return
-        if self._reading_head and self._deadline is None:
+        if self._reading_head and self._watching is None:
             self._arm("header")
         super().dataReceived(data)
 
@@ -149,6 +156,9 @@ class ProxyChannel(http.HTTPChannel):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._disarm()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
         if self._group is not None:
             self.site.close_connection(self._group)
             self._group = None
@@ -157,16 +167,29 @@ class ProxyChannel(http.HTTPChannel):
     def _arm(self, part: str) -> None:
         limits = self.site.limits
         seconds = limits.header_timeout if part == "header" else limits.body_timeout
-        self._disarm()
-        self._deadline = self.callLater(seconds, partial(self._too_slow, part, seconds))
+        at = self.site.reactor.seconds() + seconds
+        self._watching = (part, seconds, at)
+        if self._timer is None:
+            self._timer = self.callLater(seconds, self._check_deadline)
+        elif self._timer.getTime() > at:
+            self._timer.reset(seconds)
 
     def _disarm(self) -> None:
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
+        self._watching = None
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        if self._watching is None:
+            return  # nothing is being read against a limit now; the next `_arm` starts a timer
+        part, seconds, at = self._watching
+        left = at - self.site.reactor.seconds()
+        if left > 0:
+            self._timer = self.callLater(left, self._check_deadline)
+        else:
+            self._too_slow(part, seconds)
 
     def _too_slow(self, part: str, seconds: float) -> None:
-        self._deadline = None
+        self._watching = None
         peer = getattr(self.transport.getPeer(), "host", "unix")
         log.info(
             "Closing a connection from {peer}: the request {part} took over {seconds} s",
@@ -208,8 +231,9 @@ class RequestState:
     work: Deferred | None = None
     #: Called instead of the 504 at the time limit (an answer that says so itself).
     on_deadline: Callable[[float], None] | None = None
-    #: The RFC 9728 metadata URL the authentication challenges name (`mcproxy.auth.chain`).
-    resource_metadata: str | None = None
+    #: Says the RFC 9728 metadata URL the authentication challenges name, when there is one
+    #: to send (`mcproxy.auth.chain`): ``resource_metadata(request)``.
+    resource_metadata: Callable[[Any], str] | None = None
     #: The Bearer challenge of a 401, and the Basic one when offered.
     challenge: str | None = None
     basic_challenge: str | None = None
@@ -249,14 +273,39 @@ class ProxyRequest(RequestState, server.Request):
             return
         super().handleContentChunk(data)
 
+    #: Between `process` and `_end`: the request is being answered.
+    _answering = False
+
     def process(self):
         """Handle the request in a context of its own, so its id is on every event it causes,
         and within the time limit."""
         site = self.channel.site
+        self._answering = True
         set_deadline(self, site.reactor, site.limits.request_timeout)
-        if site.metrics is not None:
-            self.notifyFinish().addBoth(lambda _: site.metrics.http_request(self.path, self.code))
         logs.in_request(request_id(self), self._process)
+
+    def finish(self):
+        site = self.channel.site
+        super().finish()
+        self._end(site)
+
+    def connectionLost(self, reason):
+        """The client went away: the work answering it stops (`mcproxy.web.http.cancel_on_deadline`)."""
+        site = self.channel.site
+        super().connectionLost(reason)
+        if not self.finished and self.work is not None:
+            self.work.cancel()
+        self._end(site)
+
+    def _end(self, site: "ProxySite") -> None:
+        """Answered or abandoned, once: the time limit is lifted and the request counted (one
+        hook instead of a `notifyFinish` Deferred for each)."""
+        if not self._answering:
+            return
+        self._answering = False
+        lift_deadline(self)
+        if site.metrics is not None:
+            site.metrics.http_request(self.path, self.code)
 
     def _process(self):
         if self.too_large:
@@ -366,7 +415,7 @@ class ProxySite(server.Site):
         """One line per request in the access log, when there is one; none in the daemon's log,
         where a line per tool call would cost more than the call."""
         if self.access_log is not None:
-            self.access_log.write(logs.redact(http.combinedLogFormatter(self._logDateTime, request)) + "\n")
+            self.access_log.write((logs.redact(http.combinedLogFormatter(self._logDateTime, request)) + "\n").encode())
 
     def protocol(self):
         """HTTP/1.1 with read deadlines (no HTTP/2: its streams would bypass them)."""

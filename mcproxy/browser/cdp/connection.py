@@ -14,7 +14,6 @@ After `MESSAGES_PER_TURN` messages in a row the reactor gets a turn (reading pau
 then), so one browser's flood does not hold up other users' calls.
 """
 
-import json
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +23,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mcproxy import wirejson
 from mcproxy.browser.cdp.messages import THREAD_DECODE_BYTES, MalformedMessage, parse_message
 from mcproxy.errors import BrowserUnavailable, CDPError
 
@@ -41,7 +41,7 @@ LOGGED_DROPS = 10
 class CDPConnection:
     """Request/response correlation and event routing for one CDP WebSocket.
 
-    ``send_text`` writes one text message; ``abort`` drops the transport. The owner
+    ``send_message`` writes one text message (UTF-8 JSON); ``abort`` drops the transport. The owner
     calls `message_received` for each incoming message and `connection_lost` once.
     ``run_in_thread(f, *args)`` (Deferred of the result) decodes big messages; without
     it every message is decoded inline, in one turn (in-memory tests). ``pause_reading`` and
@@ -52,7 +52,7 @@ class CDPConnection:
     def __init__(
         self,
         clock,
-        send_text: Callable[[str], None],
+        send_message: Callable[[bytes], None],
         abort: Callable[[], None],
         *,
         default_timeout: float = 30.0,
@@ -62,7 +62,7 @@ class CDPConnection:
         resume_reading: Callable[[], None] = lambda: None,
     ):
         self.clock = clock
-        self._send_text = send_text
+        self._send_message = send_message
         self._abort = abort
         self.default_timeout = default_timeout
         self.description = description
@@ -123,7 +123,7 @@ class CDPConnection:
         result.addTimeout(seconds, self.clock)
         result.addErrback(timed_out)
         try:
-            self._send_text(json.dumps(message, separators=(",", ":")))
+            self._send_message(wirejson.dumps(message))
         except Exception as e:
             self._pending.pop(call_id, None)
             result.errback(BrowserUnavailable(f"cannot send to {self.description}: {e}"))

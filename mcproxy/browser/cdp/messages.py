@@ -10,6 +10,8 @@ import re
 from collections.abc import Callable
 from typing import Any, cast
 
+from mcproxy import wirejson
+
 #: Messages this big or bigger are decoded in a thread: parsing a few MB of JSON takes
 #: long enough to stall every other user's calls if done in a reactor turn.
 THREAD_DECODE_BYTES = 1024 * 1024
@@ -82,7 +84,7 @@ def parse_message(data: str | bytes) -> dict:
         if len(data) >= THREAD_DECODE_BYTES:
             message = loads_in_pieces(data.decode("utf-8") if isinstance(data, bytes) else data)
         else:
-            message = json.loads(data)
+            message = wirejson.loads(data)
     except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
         raise MalformedMessage("not JSON") from None
     if not isinstance(message, dict):

@@ -51,7 +51,7 @@ class CDPClientProtocol(WebSocketClientProtocol):
         factory = self.factory
         self.cdp = CDPConnection(
             factory.clock,
-            lambda text: self.sendMessage(text.encode("utf-8"), isBinary=False),
+            lambda payload: self.sendMessage(payload, isBinary=False),
             self._abort,
             default_timeout=factory.call_timeout,
             description=factory.description,
