@@ -85,13 +85,10 @@ def parse_message(body: bytes | str) -> Message:
     return Notification(decoded["method"], decoded.get("params"))
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def is_request_id(value: Any) -> bool:
-    """Whether ``value`` may be a request id (or a progress token): a string or an integer."""
-    return isinstance(value, str) or _is_int(value)
+    """Whether decoded JSON ``value`` may be a request id (or a progress token): a string or
+    an integer (not a boolean)."""
+    return type(value) in (str, int)
 
 
 def _problem(decoded: dict, rid: Any) -> str | None:
@@ -125,7 +122,7 @@ def _error_problem(decoded: dict, rid: Any) -> str | None:
     if "id" not in decoded or not (rid is None or is_request_id(rid)):
         return "id must be a string, an integer or null"
     error = decoded["error"]
-    if not (isinstance(error, dict) and _is_int(error.get("code"))):
+    if not (isinstance(error, dict) and type(error.get("code")) is int):
         return "error must be an object with an integer code"
     return None if isinstance(error.get("message"), str) else "error.message must be a string"
 

@@ -23,7 +23,9 @@ def progress_reporter(request: Request, protocol_version: str | None, notify: No
     unless the client gave a progress token; the message only where the version has one."""
     meta = (request.params or {}).get("_meta")
     token = meta.get("progressToken") if isinstance(meta, Mapping) else None
-    with_message = protocol_version is not None and is_version_at_least(protocol_version, "2025-03-26")
+    with_message = (
+        token is not None and protocol_version is not None and is_version_at_least(protocol_version, "2025-03-26")
+    )
 
     def report_progress(progress: float, total: float | None = None, message: str | None = None) -> None:
         if token is None or not live[0]:

@@ -44,7 +44,9 @@ def weight(result: dict | BaseModel) -> int:
     if isinstance(result, BaseModel):
         contents = getattr(result, "contents", None) or ()
         return sum(len(getattr(item, "text", None) or getattr(item, "blob", None) or "") for item in contents)
-    total = sum(len(block.get("text") or block.get("data") or "") for block in result.get("content", ()))
+    total = 0
+    for block in result["content"]:
+        total += len(block.get("text") or block.get("data") or "")
     structured = result.get("structuredContent")
     if isinstance(structured, dict):
         total += 64 * sum(len(value) for value in structured.values() if isinstance(value, list))

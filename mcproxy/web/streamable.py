@@ -41,6 +41,8 @@ log = Logger()
 TRANSPORT = "streamable"
 
 _ROUTING_HEADERS = (b"mcp-protocol-version", b"mcp-method", b"mcp-name")
+#: The headers the transport and the 2026-07-28 envelope read.
+_MCP_HEADERS = (b"mcp-session-id", *_ROUTING_HEADERS)
 
 
 class _Exchange:
@@ -107,13 +109,16 @@ class _Exchange:
 
 
 def _headers(request) -> dict[str, str]:
-    """Request headers by lower-case name; a repeated routing header is a -32020 error."""
+    """The MCP headers the request carries, by lower-case name; a repeated routing header is
+    a -32020 error."""
     found = {}
-    for name, values in request.requestHeaders.getAllRawHeaders():
-        key = name.lower()
-        if key in _ROUTING_HEADERS and len(values) > 1:
-            raise RpcError(HEADER_MISMATCH, f"{key.decode()} header appears more than once")
-        found[key.decode("latin-1")] = values[-1].decode("latin-1")
+    for name in _MCP_HEADERS:
+        values = request.requestHeaders.getRawHeaders(name)
+        if values is None:
+            continue
+        if len(values) > 1 and name in _ROUTING_HEADERS:
+            raise RpcError(HEADER_MISMATCH, f"{name.decode()} header appears more than once")
+        found[name.decode("ascii")] = values[-1].decode("latin-1")
     return found
 
 
