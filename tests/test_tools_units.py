@@ -480,3 +480,29 @@ def test_secret_arguments_are_marked_sensitive_even_when_the_call_fails():
         ("emulate", "error", frozenset({"extraHttpHeaders"})),
         ("handle_dialog", "error", frozenset({"promptText"})),
     ]
+
+
+def test_cancelled_and_rate_limited_calls_are_recorded_and_passed_on():
+    from mcproxy.errors import RateLimited
+    from mcproxy.tools.registry import ToolRegistry
+
+    class Waiting(FakeBrowser):
+        def connected(self, timeout=None):
+            return Deferred()  # never
+
+    class Limits:
+        def check_tool(self, user_id, name):
+            if name == "list_pages":
+                raise RateLimited("slow down", retry_after=3)
+
+    async def get_browser(user_id):
+        return Waiting([FakePage(1, "s1")])
+
+    records = []
+    tools = ToolRegistry(get_browser, ToolsConfig(), Clock(), limits=Limits(), on_call_finished=[records.append])
+    assert failure_result_of(tools.call_tool("list_pages", {}, context()), RateLimited).value.retry_after == 3
+    waiting = tools.call_tool("select_page", {"pageId": 1}, context())
+    assert records[-1].outcome == "rate_limited" and not waiting.called
+    waiting.cancel()
+    failure_result_of(waiting, CancelledError)
+    assert [(r.tool, r.outcome) for r in records] == [("list_pages", "rate_limited"), ("select_page", "cancelled")]

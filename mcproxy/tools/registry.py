@@ -14,6 +14,7 @@ import attrs
 import mcp_types
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mcproxy.browser.policy import PolicyBook
@@ -142,39 +143,38 @@ class ToolRegistry:
         )
 
     def call_tool(self, name: str, arguments: dict | None, context: CallContext) -> Deferred:
-        """Run a tool. Deferred[dict], its result; cancellation reaches the browser."""
-        return Deferred.fromCoroutine(self._call(name, arguments, context))
-
-    async def _call(self, name: str, arguments: dict | None, context: CallContext) -> dict:
-        """Run the tool and tell the observers how it went, whatever happened."""
-        started = self._clock.seconds()
+        """Run a tool. Deferred[dict], its result; cancellation reaches the browser. The
+        observers hear how it went, whatever happened."""
         for observe in self._on_started:
             observe(name)
-        attempt = _Attempt()
-        try:
-            result = await self._run(name, arguments, context, attempt)
-        except CancelledError:
+        attempt = _Attempt(started=self._clock.seconds())
+        d = Deferred.fromCoroutine(self._run(name, arguments, context, attempt))
+        d.addBoth(self._finished, name, arguments, context, attempt)
+        return d
+
+    def _finished(
+        self, outcome: dict | Failure, name: str, arguments: dict | None, context: CallContext, attempt: "_Attempt"
+    ) -> dict | Failure:
+        """Tell the observers how the call went; its outcome goes on as it is."""
+        if isinstance(outcome, Failure) and outcome.check(CancelledError):
             attempt.outcome = "cancelled"
-            raise
-        except RateLimited:
+        elif isinstance(outcome, Failure) and outcome.check(RateLimited):
             attempt.outcome = "rate_limited"
-            raise
-        finally:
-            record = ToolCallRecord(
-                tool=name,
-                arguments=arguments if isinstance(arguments, dict) else {},
-                context=context,
-                outcome=attempt.outcome,
-                duration=self._clock.seconds() - started,
-                browser_url=attempt.browser_url,
-                sensitive=self._sensitive(name, attempt),
-            )
-            for observe_finished in self._on_finished:
-                try:
-                    observe_finished(record)
-                except Exception:
-                    log.failure("A tool call observer failed for {tool}", tool=name)
-        return result
+        record = ToolCallRecord(
+            tool=name,
+            arguments=arguments if isinstance(arguments, dict) else {},
+            context=context,
+            outcome=attempt.outcome,
+            duration=self._clock.seconds() - attempt.started,
+            browser_url=attempt.browser_url,
+            sensitive=self._sensitive(name, attempt),
+        )
+        for observe_finished in self._on_finished:
+            try:
+                observe_finished(record)
+            except Exception:
+                log.failure("A tool call observer failed for {tool}", tool=name)
+        return outcome
 
     def _sensitive(self, name: str, attempt: "_Attempt") -> frozenset[str]:
         """The arguments of this call to keep out of logs: the tool's secret ones, and those it marked."""
@@ -252,6 +252,7 @@ class ToolRegistry:
 class _Attempt:
     """What `ToolRegistry._run` learned on the way, for the record (even when it failed)."""
 
+    started: float
     outcome: str = "error"
     browser_url: str | None = None
     call: ToolCall | None = None
