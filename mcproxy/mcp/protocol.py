@@ -17,7 +17,7 @@ results, and ``tools/list`` answers are encoded once and kept.
 """
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import mcp_types as types
@@ -97,7 +97,8 @@ class EmptyResources:
 
 @attrs.define
 class McpServer:
-    """What every session shares: the tool and resource providers and the server's identity.
+    """What every session shares: the tool and resource providers, the server's identity,
+    and the ``tools/list`` answers encoded so far.
 
     ``resources`` has ``list_resources(principal)`` and ``read_resource(principal, uri)``;
     either may return a Deferred. Raise `RpcError` or `mcproxy.errors.NotFound` for a
@@ -181,16 +182,6 @@ class McpSession:
         self.client: str | None = None
         self._in_flight: dict[Any, Deferred] = {}
         self._cancelled_by_peer: set[Any] = set()
-        #: Every method but ``tools/call`` (see `_call_tool`).
-        self._handlers: dict[str, Callable[[Any, str], Awaitable[BaseModel | Encoded]]] = {
-            "ping": self._ping,
-            "tools/list": self._list_tools,
-            "logging/setLevel": self._set_level,
-            "resources/list": self._list_resources,
-            "resources/read": self._read_resource,
-            "resources/templates/list": self._list_templates,
-            "server/discover": self._discover,
-        }
 
     @property
     def in_flight(self) -> int:
@@ -249,7 +240,7 @@ class McpSession:
             self.initialized = self.protocol_version is not None
         elif message.method == "notifications/cancelled":
             rid = (message.params or {}).get("requestId")
-            d = self._in_flight.get(rid) if isinstance(rid, (str, int)) else None
+            d = self._in_flight.get(rid) if is_request_id(rid) else None
             if d is not None:
                 log.debug(
                     "Request {rid} cancelled by the client ({reason})",
@@ -297,10 +288,10 @@ class McpSession:
             raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method} (protocol {version})") from None
         except ValidationError as e:
             raise RpcError(INVALID_PARAMS, f"Invalid params for {method}: {readable(e)}") from None
-        handler = self._handlers.get(method)
+        handler = self._HANDLERS.get(method)
         if handler is None:
             raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method} is not offered by this server")
-        result = await handler(parsed, version)
+        result = await handler(self, parsed, version)
         return await _maybe_deferred(self._shaped(result, method, version))
 
     def _shaped(self, result: BaseModel | dict | Encoded, method: str, version: str) -> "dict | Encoded | Deferred":
@@ -371,6 +362,17 @@ class McpSession:
 
     async def _list_templates(self, parsed, version: str) -> BaseModel:
         return types.ListResourceTemplatesResult(resource_templates=[])
+
+    #: The handler of every method but ``tools/call`` (see `_call_tool`).
+    _HANDLERS: ClassVar[dict[str, Callable[..., Awaitable[BaseModel | Encoded]]]] = {
+        "ping": _ping,
+        "tools/list": _list_tools,
+        "logging/setLevel": _set_level,
+        "resources/list": _list_resources,
+        "resources/read": _read_resource,
+        "resources/templates/list": _list_templates,
+        "server/discover": _discover,
+    }
 
     def _call_tool(self, message: Request, notify: Notify) -> Deferred:
         """``tools/call``: Deferred of its JSON-RPC ``result``."""
