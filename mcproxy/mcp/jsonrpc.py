@@ -104,12 +104,14 @@ def _problem(decoded: dict, rid: Any) -> str | None:
         if "id" in decoded and not is_request_id(rid):
             return "id must be a string or an integer"
         return None
-    problems = [
-        check(decoded, rid) for key, check in (("result", _result_problem), ("error", _error_problem)) if key in decoded
-    ]
+    problems = []
+    if "result" in decoded:
+        problems.append(_result_problem(decoded, rid))
+    if "error" in decoded:
+        problems.append(_error_problem(decoded, rid))
     if not problems:
         return "method is missing"
-    return None if None in problems else problems[0]
+    return None if None in problems else problems[0]  # a reply is a result or an error
 
 
 def _result_problem(decoded: dict, rid: Any) -> str | None:
