@@ -86,7 +86,7 @@ async def _say_floor(options, chromium: Chromium, url: str, cpu_ms: float) -> No
         await floor.stop()
     say(
         f"  floor: twisted.web + autobahn + json alone (bench/floor.py), CPU per call {floor_ms:.2f} ms, "
-        f"{Summary.of(timed)}; daemon/floor CPU {cpu_ms / floor_ms:.1f}x"
+        f"{Summary.of(timed)}; daemon/floor CPU (streamable-http) {cpu_ms / floor_ms:.1f}x"
     )
 
 
@@ -131,25 +131,29 @@ async def run(options) -> list[Verdict]:
         samples = {name: ([], []) for name in transports}
         if stages:
             os.kill(daemon.pid, signal.SIGUSR1)
-        cpu_before = daemon.cpu_seconds()
-        for _ in range(options.iterations):
-            for name, (session, page_id, cdp) in transports.items():
+        cpu_ms = {}
+        for name, (session, page_id, cdp) in transports.items():
+            cpu_before = daemon.cpu_seconds()
+            for _ in range(options.iterations):
                 raw_ms, proxied_ms = await _time_pair(session, page_id, cdp)
                 samples[name][0].append(raw_ms)
                 samples[name][1].append(proxied_ms)
-        calls = options.iterations * len(transports)
-        cpu_ms = (daemon.cpu_seconds() - cpu_before) * 1000 / calls
-        say(f"  daemon CPU per proxied call (both transports, /proc/PID/stat): {cpu_ms:.2f} ms")
+            cpu_ms[name] = (daemon.cpu_seconds() - cpu_before) * 1000 / options.iterations
+        say(
+            "  daemon CPU per proxied call (/proc/PID/stat): "
+            + ", ".join(f"{name} {ms:.2f} ms" for name, ms in cpu_ms.items())
+        )
         if stages:
-            await _say_stages(daemon.pid, stages, calls)
+            await _say_stages(daemon.pid, stages, options.iterations * len(transports))
         else:
-            await _say_floor(options, chromium, site.url("streamable-http"), cpu_ms)
+            await _say_floor(options, chromium, site.url("streamable-http"), cpu_ms["streamable-http"])
         verdicts = [
             Verdict(
-                "latency/cpu",
-                cpu_ms <= CPU_MS,
-                f"daemon CPU per proxied call {cpu_ms:.2f} ms (target <= {CPU_MS} ms)",
+                f"latency/cpu/{name}",
+                ms <= CPU_MS,
+                f"daemon CPU per proxied call {ms:.2f} ms (target <= {CPU_MS} ms)",
             )
+            for name, ms in cpu_ms.items()
         ]
         for name, (raw, proxied) in samples.items():
             base, through = Summary.of(raw), Summary.of(proxied)
