@@ -24,11 +24,12 @@ from bench.report import Summary, Verdict, say
 from bench.stages import breakdown
 from bench.wire import CdpSocket, WireError
 
-#: Goals: the median a call adds over raw CDP, the ratio of the medians, and the daemon's
-#: own CPU per call (all threads; the figure that depends least on the machine's mood).
-ADDED_MS = 1.0
-RATIO = 1.8
-CPU_MS = 0.5
+#: Goal: the median a call adds over raw CDP.
+ADDED_MS = 2.0
+#: Goal: the daemon's own CPU per call (all threads; the figure that depends least on the
+#: machine's mood) against the floor's, `bench.floor` answering the same calls with the
+#: same libraries and nothing else, measured in the same run.
+FLOOR_RATIO = 2.0
 #: Calls with the default (settling) evaluate_script, shown for information only.
 SETTLING_CALLS = 10
 
@@ -65,9 +66,8 @@ async def _time_pair(session, page_id: int, cdp: CdpSocket) -> tuple[float, floa
     return raw_ms, await _proxied(session, page_id, settle=False)
 
 
-async def _say_floor(options, chromium: Chromium, url: str, cpu_ms: float) -> None:
-    """Time the same calls through `bench.floor` (the libraries alone) and print its CPU per
-    call beside the daemon's."""
+async def _floor_cpu(options, chromium: Chromium, url: str) -> float:
+    """Time the same calls through `bench.floor` (the libraries alone); its CPU per call in ms."""
     floor = FloorServer(await chromium.page_socket_url(url))
     session = cdp = None
     try:
@@ -77,17 +77,18 @@ async def _say_floor(options, chromium: Chromium, url: str, cpu_ms: float) -> No
         for _ in range(options.warmup):
             await _time_pair(session, 0, cdp)
         before = floor.cpu_seconds()
-        timed = [(await _time_pair(session, 0, cdp))[1] for _ in range(options.iterations)]
+        pairs = [await _time_pair(session, 0, cdp) for _ in range(options.iterations)]
         floor_ms = (floor.cpu_seconds() - before) * 1000 / options.iterations
     finally:
         for closable in (session, cdp):
             if closable is not None:
                 closable.close()
         await floor.stop()
-    say(
-        f"  floor: twisted.web + autobahn + json alone (bench/floor.py), CPU per call {floor_ms:.2f} ms, "
-        f"{Summary.of(timed)}; daemon/floor CPU (streamable-http) {cpu_ms / floor_ms:.1f}x"
-    )
+    base, through = Summary.of([raw for raw, _ in pairs]), Summary.of([timed for _, timed in pairs])
+    say(f"  floor: twisted.web + autobahn + json alone (bench/floor.py), CPU per call {floor_ms:.2f} ms")
+    say(f"    raw CDP Runtime.evaluate      {base}")
+    say(f"    floor evaluate_script         {through}   (added: median {through.median - base.median:.3f} ms)")
+    return floor_ms
 
 
 async def _say_stages(pid: int, stats: str, calls: int) -> None:
@@ -143,18 +144,20 @@ async def run(options) -> list[Verdict]:
             "  daemon CPU per proxied call (/proc/PID/stat): "
             + ", ".join(f"{name} {ms:.2f} ms" for name, ms in cpu_ms.items())
         )
+        verdicts = []
         if stages:
             await _say_stages(daemon.pid, stages, options.iterations * len(transports))
         else:
-            await _say_floor(options, chromium, site.url("streamable-http"), cpu_ms["streamable-http"])
-        verdicts = [
-            Verdict(
-                f"latency/cpu/{name}",
-                ms <= CPU_MS,
-                f"daemon CPU per proxied call {ms:.2f} ms (target <= {CPU_MS} ms)",
+            floor_ms = await _floor_cpu(options, chromium, site.url("streamable-http"))
+            ratio = cpu_ms["streamable-http"] / floor_ms
+            verdicts.append(
+                Verdict(
+                    "latency/cpu",
+                    ratio <= FLOOR_RATIO,
+                    f"daemon CPU per Streamable HTTP call {cpu_ms['streamable-http']:.2f} ms = {ratio:.2f}x the "
+                    f"floor's {floor_ms:.2f} ms (target <= {FLOOR_RATIO}x)",
+                )
             )
-            for name, ms in cpu_ms.items()
-        ]
         for name, (raw, proxied) in samples.items():
             base, through = Summary.of(raw), Summary.of(proxied)
             added = through.median - base.median
@@ -171,13 +174,11 @@ async def run(options) -> list[Verdict]:
             say(f"    for information, with the default waitForStableDom=true: {settling}")
             if name == "streamable-http":
                 say(f"    answers came as: {', '.join(sorted(session.answer_types))}")
-            ratio = through.median / base.median
             verdicts.append(
                 Verdict(
                     f"latency/{name}",
-                    added <= ADDED_MS and ratio <= RATIO,
-                    f"median added latency {added:.3f} ms over raw CDP (target <= {ADDED_MS} ms), "
-                    f"ratio {ratio:.2f}x (target <= {RATIO}x)",
+                    added <= ADDED_MS,
+                    f"median added latency {added:.3f} ms over raw CDP (target <= {ADDED_MS} ms)",
                 )
             )
         return verdicts
