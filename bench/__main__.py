@@ -41,7 +41,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="latency: print the daemon's CPU per call by stage (runs it under cProfile)",
     )
-    parser.add_argument("--sessions", type=int, default=1000, help="sse_memory: idle sessions to open")
+    parser.add_argument("--sessions", type=int, default=10000, help="sse_memory: idle sessions to open")
     parser.add_argument(
         "--rounds", type=int, default=20, help="tools: timed rounds (fill, click, fill_form, hover) per server"
     )
