@@ -45,9 +45,12 @@ class KeepAlives:
         self._slots: list[dict[SseStream, None]] = [{} for _ in range(KEEPALIVE_SLOTS)]
         self._position = 0
         self._streams = 0
-        self._timer = LoopingCall.withCount(self._tick)
+        self._step = interval / KEEPALIVE_SLOTS
+        self._started = clock.seconds()
+        self._ticked = 0
+        self._timer = LoopingCall(self._tick)
         self._timer.clock = clock
-        self._timer.start(interval / KEEPALIVE_SLOTS, now=False)
+        self._timer.start(self._step, now=False)
 
     @classmethod
     def join(cls, stream: "SseStream", clock, interval: float) -> "KeepAlives":
@@ -71,7 +74,9 @@ class KeepAlives:
             del self._timer  # it holds this instance's method: no cycle left behind
             del self.running[(self.clock, self.interval)]
 
-    def _tick(self, ticks: int) -> None:
+    def _tick(self) -> None:
+        due = int((self.clock.seconds() - self._started) / self._step)
+        ticks, self._ticked = due - self._ticked, due
         start = self._position
         self._position = (start + ticks) % KEEPALIVE_SLOTS
         for step in range(1, min(ticks, KEEPALIVE_SLOTS) + 1):
