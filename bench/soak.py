@@ -164,6 +164,7 @@ async def run(options) -> list[Verdict]:
         Verdict(
             "soak",
             left <= RETURN_TARGET,
-            f"VmRSS after {count} sessions is {100 * left:+.1f} % of the start (target <= +{100 * RETURN_TARGET:.0f} %)",
+            f"VmRSS after {count} sessions is {100 * left:+.1f} % of the start "
+            f"(target <= +{100 * RETURN_TARGET:.0f} %)",
         )
     ]
