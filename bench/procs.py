@@ -194,7 +194,7 @@ class ProxyDaemon:
                 "[server]\n"
                 f'listen = ["tcp:{self.port}:interface=127.0.0.1"]\n'
                 f"data_dir = {json.dumps(self.data_dir)}\n"
-                # Every benchmark client comes from 127.0.0.1 (sse_memory holds a thousand streams).
+                # Every benchmark client comes from 127.0.0.1 (sse_memory holds ten thousand streams).
                 "max_connections_per_address = 0\n"
                 "[store]\n"
                 f"url = {json.dumps(store_url)}\n"
@@ -203,8 +203,8 @@ class ProxyDaemon:
                 # One benchmark user sends thousands of requests in seconds: lift the rate limits.
                 "[ratelimit]\nuser_rate = 1000000.0\nuser_burst = 1000000\n"
                 "address_rate = 1000000.0\naddress_burst = 1000000\n"
-                # ... and the sessions one user may hold (sse_memory opens a thousand).
-                "[limits]\nmax_sessions_per_user = 0\n"
+                # ... and the sessions one user and the process may hold (sse_memory opens ten thousand).
+                "[limits]\nmax_sessions_per_user = 0\nmax_sessions = 0\n"
                 f"{self.extra_config}"
             )
         return path

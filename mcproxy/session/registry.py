@@ -12,6 +12,7 @@ from twisted.application.service import Service
 from twisted.logger import Logger
 
 from mcproxy.errors import LimitReached, ServerFull
+from mcproxy.session.memory import MemoryRelease
 
 log = Logger()
 
@@ -22,6 +23,22 @@ class Session:
     ``state`` is whatever the transport keeps (the `McpSession`); ``on_close`` callbacks
     end its streams and cancel its work when the session ends for any reason.
     """
+
+    __slots__ = (
+        "registry",
+        "id",
+        "user_id",
+        "transport",
+        "token_id",
+        "state",
+        "stream",
+        "closed",
+        "created_at",
+        "last_activity",
+        "_holds",
+        "_expiry",
+        "_on_close",
+    )
 
     def __init__(
         self, registry: "SessionRegistry", session_id: str, user_id: str, transport: str, token_id: str | None = None
@@ -97,13 +114,22 @@ class Session:
 
 class SessionRegistry(Service):
     """Every live MCP session of this process, with clock-driven idle expiry; stopping the
-    service ends them all."""
+    service ends them all. What ended sessions leave in the C allocator is given back to the
+    system by ``memory`` (a `MemoryRelease` on ``clock`` unless given)."""
 
-    def __init__(self, clock, idle_timeout: float, max_per_user: int = 0, max_total: int = 0):
+    def __init__(
+        self,
+        clock,
+        idle_timeout: float,
+        max_per_user: int = 0,
+        max_total: int = 0,
+        memory: MemoryRelease | None = None,
+    ):
         self.clock = clock
         self.idle_timeout = idle_timeout
         self.max_per_user = max_per_user
         self.max_total = max_total
+        self.memory = memory if memory is not None else MemoryRelease(clock)
         self._sessions: dict[str, Session] = {}
 
     @classmethod
@@ -155,6 +181,7 @@ class SessionRegistry(Service):
         if session is None:
             return False
         session._close()
+        self.memory.session_ended()
         return True
 
     def close_user(self, user_id: str) -> int:
@@ -183,6 +210,7 @@ class SessionRegistry(Service):
     def stopService(self) -> None:
         super().stopService()
         self.close_all()
+        self.memory.stop()
 
     def count(self, transport: str | None = None) -> int:
         """Live sessions, of one transport or all."""

@@ -21,37 +21,120 @@ log = Logger()
 MAX_BACKLOG = 32 * 1024 * 1024
 """Bytes an SSE stream holds for a client that does not read before it is dropped."""
 
+KEEPALIVE_SLOTS = 64
+"""Ticks per keep-alive interval: each tick comments on the streams of one slot only, so that
+ten thousand streams are not all written to in one turn of the reactor."""
+
+
+class KeepAlives:
+    """The keep-alive comments of every stream open with one interval on one clock, on one
+    timer (a timer per stream would cost each stream memory, and each opening a timer).
+
+    The interval is cut into `KEEPALIVE_SLOTS` ticks. A stream joins the slot of the latest
+    tick, so its comments come one whole interval apart, the first one interval after it
+    opened. A late timer (a jump of the clock, a busy reactor) comments once on every slot
+    it passed over.
+    """
+
+    #: The instances with streams, by (clock, interval); one goes when its last stream leaves.
+    running: dict[tuple[object, float], "KeepAlives"] = {}
+
+    def __init__(self, clock, interval: float):
+        self.clock = clock
+        self.interval = interval
+        self._slots: list[dict[SseStream, None]] = [{} for _ in range(KEEPALIVE_SLOTS)]
+        self._position = 0
+        self._streams = 0
+        self._step = interval / KEEPALIVE_SLOTS
+        self._started = clock.seconds()
+        self._ticked = 0
+        self._timer = LoopingCall(self._tick)
+        self._timer.clock = clock
+        self._timer.start(self._step, now=False)
+
+    @classmethod
+    def join(cls, stream: "SseStream", clock, interval: float) -> "KeepAlives":
+        """The instance for ``(clock, interval)``, with ``stream`` added; `leave` removes it."""
+        keepalives = cls.running.get((clock, interval))
+        if keepalives is None:
+            keepalives = cls.running[(clock, interval)] = cls(clock, interval)
+        stream.keepalive_slot = keepalives._position
+        keepalives._slots[keepalives._position][stream] = None
+        keepalives._streams += 1
+        return keepalives
+
+    def leave(self, stream: "SseStream") -> None:
+        slot = self._slots[stream.keepalive_slot]
+        if stream not in slot:
+            return
+        del slot[stream]
+        self._streams -= 1
+        if not self._streams:
+            self._timer.stop()
+            del self._timer  # it holds this instance's method: no cycle left behind
+            del self.running[(self.clock, self.interval)]
+
+    def _tick(self) -> None:
+        due = int((self.clock.seconds() - self._started) / self._step)
+        ticks, self._ticked = due - self._ticked, due
+        start = self._position
+        self._position = (start + ticks) % KEEPALIVE_SLOTS
+        for step in range(1, min(ticks, KEEPALIVE_SLOTS) + 1):
+            for stream in list(self._slots[(start + step) % KEEPALIVE_SLOTS]):
+                stream.comment("keep-alive")
+
 
 @implementer(IPushProducer)
 class SseStream:
     """An open ``text/event-stream`` response.
 
     `start` sends the headers; `send` writes one event; keep-alive comments go out every
-    ``keepalive`` seconds so proxies do not cut an idle stream. The stream is closed when
-    the server calls `close` or when the client goes away; either way the ``on_closed``
-    callbacks run once.
+    ``keepalive`` seconds (`KeepAlives`) so proxies do not cut an idle stream. The stream is
+    closed when the server calls `close` or when the client goes away; either way the
+    ``on_closed`` callbacks run once, and the stream lets go of its request, its callbacks
+    and whatever waited to be sent, so that a session's objects are freed as soon as it ends
+    (not at the next full run of the cycle collector).
 
     Flow control: the stream is the request's push producer. While the connection's send
     buffer is full, events wait here; a client that lets more than ``max_backlog`` bytes
     pile up is disconnected rather than allowed to grow the server without bound.
     """
 
+    __slots__ = (
+        "_request",
+        "clock",
+        "keepalive",
+        "max_backlog",
+        "keepalive_slot",
+        "_keepalives",
+        "_on_closed",
+        "_paused",
+        "_backlog",
+        "_backlog_size",
+    )
+
     def __init__(self, request: "ProxyRequest", clock, keepalive: float, max_backlog: int = MAX_BACKLOG):
-        self.request = request
+        self._request: ProxyRequest | None = request
         self.clock = clock
         self.keepalive = keepalive
         self.max_backlog = max_backlog
-        self.closed = False
+        #: Which of its `KeepAlives` slots the stream is in.
+        self.keepalive_slot = 0
+        self._keepalives: KeepAlives | None = None
         self._on_closed: list[Callable[[], None]] = []
-        self._pinger: LoopingCall | None = None
         self._paused = False
-        self._backlog: deque[bytes] = deque()
+        self._backlog: deque[bytes] | None = None  # made when the client first falls behind
         self._backlog_size = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._request is None
 
     def start(self) -> None:
         """Send the status and headers, and start the keep-alives. A stream lives as long as
         it is read, so the request's time limit no longer applies."""
-        request = self.request
+        request = self._request
+        assert request is not None, "start a stream once, before it closes"
         lift_deadline(request)
         request.setResponseCode(200)
         request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
@@ -60,9 +143,7 @@ class SseStream:
         request.notifyFinish().addBoth(self._finished)
         request.registerProducer(self, True)
         if self.keepalive and self.keepalive > 0:
-            self._pinger = LoopingCall(self.comment, "keep-alive")
-            self._pinger.clock = self.clock
-            self._pinger.start(self.keepalive, now=False)
+            self._keepalives = KeepAlives.join(self, self.clock, self.keepalive)
 
     def on_closed(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once the stream has ended (at once if it already has)."""
@@ -93,13 +174,14 @@ class SseStream:
 
     def close(self) -> None:
         """End the response (after whatever is still waiting to be sent)."""
-        if self.closed:
+        request = self._request
+        if request is None:
             return
-        backlog, self._backlog, self._backlog_size = self._backlog, deque(), 0
-        for data in backlog:  # the transport holds it from here
-            self.request.write(data)
-        self.request.unregisterProducer()
-        self.request.finish()
+        backlog, self._backlog, self._backlog_size = self._backlog, None, 0
+        for data in backlog or ():  # the transport holds it from here
+            request.write(data)
+        request.unregisterProducer()
+        request.finish()
         self._finished(None)
 
     def pauseProducing(self) -> None:
@@ -114,33 +196,42 @@ class SseStream:
         self._paused = True
 
     def _write(self, data: bytes) -> None:
-        if not self._paused and not self._backlog:
-            self.request.write(data)
+        request = self._request
+        if request is None:
             return
+        if not self._paused and not self._backlog:
+            request.write(data)
+            return
+        if self._backlog is None:
+            self._backlog = deque()
         self._backlog.append(data)
         self._backlog_size += len(data)
         if self._backlog_size > self.max_backlog:
             log.warn("Dropping an SSE client that stopped reading ({size} bytes waiting)", size=self._backlog_size)
-            self._backlog.clear()
-            self._backlog_size = 0
-            self.request.unregisterProducer()
+            self._backlog, self._backlog_size = None, 0
+            request.unregisterProducer()
             # A graceful close would wait for a client that does not read: abort.
-            transport = getattr(self.request.channel, "transport", None)
+            transport = getattr(request.channel, "transport", None)
             if transport is not None:
                 transport.abortConnection()
 
     def _flush(self) -> None:
-        while self._backlog and not self._paused:
-            data = self._backlog.popleft()
+        backlog, request = self._backlog, self._request
+        while backlog and request is not None and not self._paused:
+            data = backlog.popleft()
             self._backlog_size -= len(data)
-            self.request.write(data)
+            request.write(data)
 
     def _finished(self, _result) -> None:
-        if self._pinger is not None and self._pinger.running:
-            self._pinger.stop()
-        if self.closed:
+        if self._keepalives is not None:
+            self._keepalives.leave(self)
+            self._keepalives = None
+        if self._request is None:
             return
-        self.closed = True
+        # The request holds the stream as its producer: letting go of the request ends the
+        # reference cycle, so both are freed now.
+        self._request = None
+        self._backlog, self._backlog_size = None, 0
         callbacks, self._on_closed = self._on_closed, []
         for callback in callbacks:
             try:
