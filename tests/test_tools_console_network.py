@@ -306,7 +306,12 @@ async def test_network_requests(reactor, browser, site, tmp_path):
     store = ArtifactStore(str(tmp_path), ArtifactsConfig(), reactor)
     tools, context = registry(reactor, browser, artifacts=store), make_context()
     page_id = await open_page(tools, context, f"{site}/collect_network.html")
-    await until(reactor, lambda: sum(r.finished for r in records(browser, page_id).network.entries()) >= 6)
+    entries = lambda: records(browser, page_id).network.entries()  # noqa: E731
+    await until(
+        reactor,
+        lambda: sum(r.finished for r in entries()) >= 6,
+        seen=lambda: [(r.url, r.status, r.finished, r.failure) for r in entries()],
+    )
 
     result = await ok(tools, context, "list_network_requests", pageId=page_id)
     lines = text_of(result).splitlines()

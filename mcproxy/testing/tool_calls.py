@@ -69,15 +69,16 @@ async def sleep(reactor, seconds: float) -> None:
     await deferLater(reactor, seconds, lambda: None)
 
 
-async def until(reactor, check, timeout: float = 15.0):
+async def until(reactor, check, timeout: float = 15.0, seen=None):
     """Wait for ``check()`` (events arrive asynchronously) to return something true; that
-    value. AssertionError when it has not within ``timeout`` seconds."""
+    value. AssertionError when it has not within ``timeout`` seconds, saying what ``seen()``
+    (when given) says was there instead."""
     waited = 0.0
     while True:
         value = check()
         if value:
             return value
         if waited > timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
+            raise AssertionError(f"condition not met within {timeout} s" + (f"; seen: {seen()!r}" if seen else ""))
         await sleep(reactor, 0.05)
         waited += 0.05
