@@ -45,7 +45,7 @@ class Http:
         self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
 
     async def head(self) -> tuple[int, dict[str, str]]:
-        lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        lines = (await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), SLACK)).decode("latin-1").split("\r\n")
         headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
         return int(lines[0].split()[1]), headers
 
@@ -59,7 +59,10 @@ class Http:
         """Read (an event stream) until ``pattern`` has arrived; what arrived."""
         seen = b""
         while not re.search(pattern, seen):
-            seen += await self.reader.read(65536)
+            piece = await asyncio.wait_for(self.reader.read(65536), SLACK)
+            if not piece:
+                raise ConnectionError(f"the stream ended before {pattern!r}: {seen[-300:]!r}")
+            seen += piece
         return seen
 
     def close(self) -> None:
@@ -129,34 +132,44 @@ def _session_types() -> tuple[type, ...]:
     return Session, McpSession, SessionView, SseStream, KeepAlives, ProxyRequest, ProxyChannel
 
 
-def leftovers(proxy, reactor) -> dict[str, object]:
-    """What per-session or per-connection state the daemon holds, by where it is held."""
+def held(proxy, reactor) -> dict[str, dict]:
+    """What per-session or per-connection state there is, by where it is held; each thing by
+    an identity (the objects themselves are kept, so that an id is not reused meanwhile)."""
     from mcproxy.web.sse import KeepAlives
 
     service = proxy.service
     transports = service.transports
     site = service.ports[0].factory
     kinds = _session_types()
-    held = {
+    return {
         "sessions": dict(service.sessions._sessions),
-        "gate streams": {name: set(gate.streams) for name, gate in transports.gates.items() if gate.streams},
-        "keep-alive timers": dict(KeepAlives.running),
-        "connections per address": dict(site.connections),
+        "gate streams": {id(r): r for gate in transports.gates.values() for r in gate.streams},
+        "keep-alive timers": {(key, n): n for key, timer in KeepAlives.running.items() for n in range(len(timer))},
+        "connections per address": {(k, n): n for k, count in site.connections.items() for n in range(count)},
         "stateless requests": dict(transports.stateless_in_flight),
-        "running tool calls": set(transports.calls.running),
-        "timers": [c for c in reactor.getDelayedCalls() if isinstance(getattr(c.func, "__self__", None), kinds)],
-        "objects": [type(o).__name__ for o in gc.get_objects() if isinstance(o, kinds)],
+        "running tool calls": {id(d): d for d in transports.calls.running},
+        "timers": {id(c): c for c in reactor.getDelayedCalls() if isinstance(getattr(c.func, "__self__", None), kinds)},
+        "objects": {id(o): o for o in gc.get_objects() if isinstance(o, kinds)},
     }
-    return {where: what for where, what in held.items() if what}
 
 
-async def _settled(proxy, reactor) -> dict:
+def leftovers(now: dict[str, dict], before: dict[str, dict]) -> dict[str, list]:
+    """What ``now`` holds that ``before`` did not (other tests may leave things of their own)."""
+    found = {}
+    for where, things in now.items():
+        new = [thing for key, thing in things.items() if key not in before[where]]
+        if new:
+            found[where] = [type(thing).__name__ for thing in new] if where == "objects" else new
+    return found
+
+
+async def _settled(proxy, reactor, before) -> dict:
     """`leftovers` once there are none, or after `SLACK` seconds (the daemon notices that
     clients went away a moment after they did)."""
     from twisted.internet.task import deferLater
 
     for _ in range(int(SLACK / 0.1)):
-        found = leftovers(proxy, reactor)
+        found = leftovers(held(proxy, reactor), before)
         if not found:
             break
         await deferLater(reactor, 0.1, lambda: None)
@@ -184,17 +197,18 @@ async def test_sessions_that_end_leave_nothing_behind(reactor, chromium, tmp_pat
         token = await proxy.token_for("leaky")
         await proxy.register("leaky", chromium.browser_url, token)
         port = int(proxy.base_url.rsplit(":", 1)[1])
-        assert await _settled(proxy, reactor) == {}  # no client yet: nothing to begin with
-        _cycle_garbage()  # what starting up left for the collector is not the sessions'
+        _cycle_garbage()  # what starting up (and earlier tests) left for the collector
+        before = held(proxy, reactor)
 
-        held = await run_async(asyncio.gather(*(open_legacy(port, token) for _ in range(AT_ONCE))))
-        seen = leftovers(proxy, reactor)
-        assert len(seen["sessions"]) == AT_ONCE and "keep-alive timers" in seen and "gate streams" in seen
+        opened = await run_async(asyncio.gather(*(open_legacy(port, token) for _ in range(AT_ONCE))))
+        seen = leftovers(held(proxy, reactor), before)
+        assert len(seen["sessions"]) == len(seen["keep-alive timers"]) == len(seen["gate streams"]) == AT_ONCE
+        assert len(seen["connections per address"]) >= AT_ONCE
         assert {"Session", "McpSession", "SseStream", "ProxyRequest"} <= set(seen["objects"])
-        for stream, poster, _ in held:
+        for stream, poster, _ in opened:
             stream.close()
             poster.close()
-        del held, seen
+        del opened, seen
 
         async def batches():
             for start in range(0, SESSIONS, AT_ONCE):
@@ -204,7 +218,7 @@ async def test_sessions_that_end_leave_nothing_behind(reactor, chromium, tmp_pat
                 )
 
         await run_async(batches())
-        assert await _settled(proxy, reactor) == {}
+        assert await _settled(proxy, reactor, before) == {}
         assert _cycle_garbage() == []
     finally:
         await proxy.stop()

@@ -27,13 +27,18 @@ def _pings(request: FakeRequest) -> int:
     return b"".join(request.written).count(b": keep-alive\n\n")
 
 
+def _timers(clock) -> dict[float, int]:
+    """The streams each interval's timer on ``clock`` keeps alive (other tests' clocks aside)."""
+    return {interval: len(timer) for (on, interval), timer in KeepAlives.running.items() if on is clock}
+
+
 def test_streams_share_one_timer_and_each_is_kept_alive_one_interval_after_it_opened():
     clock = Clock()
     step = 16.0 / KEEPALIVE_SLOTS
     first, first_request = _open(clock)
     clock.advance(5 * step + step / 2)  # the second opens between two ticks
     second, second_request = _open(clock)
-    assert len(KeepAlives.running) == 1 and len(clock.getDelayedCalls()) == 1
+    assert _timers(clock) == {16.0: 2} and len(clock.getDelayedCalls()) == 1
     clock.advance(16.0 - 5 * step - step / 2 - step / 4)
     assert (_pings(first_request), _pings(second_request)) == (0, 0)
     clock.advance(step / 4)  # 16 s after the first opened
@@ -45,7 +50,7 @@ def test_streams_share_one_timer_and_each_is_kept_alive_one_interval_after_it_op
     clock.advance(16.0)
     assert (_pings(first_request), _pings(second_request)) == (1, 3)
     second.close()
-    assert KeepAlives.running == {} and not clock.getDelayedCalls()
+    assert _timers(clock) == {} and not clock.getDelayedCalls()
 
 
 def test_a_late_timer_comments_once_on_each_stream():
@@ -55,7 +60,7 @@ def test_a_late_timer_comments_once_on_each_stream():
     assert [_pings(request) for _, request in streams] == [1, 1, 1]
     for stream, _ in streams:
         stream.close()
-    assert KeepAlives.running == {}
+    assert _timers(clock) == {}
 
 
 def test_each_interval_has_its_timer_and_a_closed_or_waiting_stream_gets_no_comment():
@@ -64,13 +69,13 @@ def test_each_interval_has_its_timer_and_a_closed_or_waiting_stream_gets_no_comm
     slow, slow_request = _open(clock, 16.0)
     waiting, waiting_request = _open(clock, 4.0)
     waiting.pauseProducing()
-    assert len(KeepAlives.running) == 2
+    assert _timers(clock) == {4.0: 2, 16.0: 1}
     clock.advance(4.0)
     assert (_pings(fast_request), _pings(slow_request), _pings(waiting_request)) == (1, 0, 0)
     fast.close()
     waiting.close()
-    assert list(KeepAlives.running) == [(clock, 16.0)]
+    assert _timers(clock) == {16.0: 1}
     clock.advance(12.0)
     assert (_pings(fast_request), _pings(slow_request)) == (1, 1)
     slow.close()
-    assert KeepAlives.running == {} and not clock.getDelayedCalls()
+    assert _timers(clock) == {} and not clock.getDelayedCalls()

@@ -52,6 +52,10 @@ class KeepAlives:
         self._timer.clock = clock
         self._timer.start(self._step, now=False)
 
+    def __len__(self) -> int:
+        """How many streams it keeps alive."""
+        return self._streams
+
     @classmethod
     def join(cls, stream: "SseStream", clock, interval: float) -> "KeepAlives":
         """The instance for ``(clock, interval)``, with ``stream`` added; `leave` removes it."""
