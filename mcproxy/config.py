@@ -177,6 +177,41 @@ class ArtifactsConfig:
 
 
 @attrs.frozen
+class ClusterConfig:
+    """Several processes acting as one proxy (`mcproxy.cluster`); off unless ``enabled``."""
+
+    enabled: bool = False
+    node_id: str = ""
+    internal_listen: str = ""
+    advertise_url: str = ""
+    secret: str = ""
+    secret_file: str = ""
+    node_ttl: float = 10.0
+    renew_interval: float = 2.0
+    failover_wait: float = 12.0
+    claim_grace: float = 10.0
+    forward_connect_timeout: float = 1.0
+    max_forward_connections: int = 1024
+
+    def secret_bytes(self) -> bytes:
+        """The shared secret, from ``secret`` or the file ``secret_file`` (surrounding
+        whitespace removed); `ConfigError` when the file cannot be read."""
+        if self.secret:
+            return self.secret.encode("utf-8")
+        if not self.secret_file:
+            return b""
+        try:
+            with open(self.secret_file, "rb") as f:
+                return f.read().strip()
+        except OSError as e:
+            raise ConfigError(f"cluster.secret_file: cannot read {self.secret_file}: {e.strerror}") from None
+
+
+#: The fewest bytes a cluster secret may have.
+MIN_CLUSTER_SECRET = 32
+
+
+@attrs.frozen
 class Config:
     """Everything the daemon reads from outside, validated."""
 
@@ -195,6 +230,7 @@ class Config:
     audit: AuditConfig = _section(AuditConfig)
     artifacts: ArtifactsConfig = _section(ArtifactsConfig)
     plugins: PluginsConfig = _section(PluginsConfig)
+    cluster: ClusterConfig = _section(ClusterConfig)
 
     def replace(self, **sections: dict) -> "Config":
         """A copy with some keys changed: ``config.replace(store={"url": "memory:"})``."""
@@ -449,3 +485,36 @@ def validate(config: Config) -> None:
     _check_networks("network.ip_deny", config.network.ip_deny)
     _check_networks("network.trusted_proxies", config.network.trusted_proxies)
     _check_networks("metrics.allowed_networks", config.metrics.allowed_networks)
+    if config.cluster.enabled:
+        _check_cluster(config)
+
+
+def _check_cluster(config: Config) -> None:
+    """Cluster mode needs Redis, an internal listener, a long enough secret and timers that
+    leave a renewal several chances within one lease."""
+    cluster = config.cluster
+    if not config.store.url.startswith("redis://"):
+        raise ConfigError(f"cluster.enabled: cluster mode shares its state through Redis; store.url is {config.store.url!r}")
+    if not cluster.internal_listen:
+        raise ConfigError("cluster.internal_listen: cluster mode needs an internal endpoint, e.g. tcp:3201:interface=10.0.0.5")
+    if cluster.secret and cluster.secret_file:
+        raise ConfigError("cluster.secret_file: give the secret once, in cluster.secret or in cluster.secret_file")
+    if len(cluster.secret_bytes()) < MIN_CLUSTER_SECRET:
+        raise ConfigError(
+            f"cluster.secret: cluster mode needs a shared secret of at least {MIN_CLUSTER_SECRET} bytes "
+            "(cluster.secret, cluster.secret_file or MCPROXY_CLUSTER_SECRET); make one with: openssl rand -hex 32"
+        )
+    if cluster.node_id and not re.fullmatch(r"[A-Za-z0-9._:-]{1,100}", cluster.node_id):
+        raise ConfigError(f"cluster.node_id: letters, digits and . _ : - only (at most 100), got {cluster.node_id!r}")
+    if cluster.advertise_url and not re.match(r"^https?://[^/]+/?$", cluster.advertise_url):
+        raise ConfigError(f"cluster.advertise_url: expected http(s)://HOST:PORT, got {cluster.advertise_url!r}")
+    for key in ("node_ttl", "renew_interval", "failover_wait", "claim_grace", "forward_connect_timeout"):
+        if getattr(cluster, key) <= 0:
+            raise ConfigError(f"cluster.{key}: must be positive, got {getattr(cluster, key)}")
+    if cluster.renew_interval * 3 > cluster.node_ttl:
+        raise ConfigError(
+            f"cluster.renew_interval: at most a third of cluster.node_ttl ({cluster.node_ttl:g} s), so a lease "
+            f"survives a missed renewal; got {cluster.renew_interval:g}"
+        )
+    if cluster.max_forward_connections < 1:
+        raise ConfigError("cluster.max_forward_connections: must be at least 1")
