@@ -220,6 +220,9 @@ def memory_link(chrome: FakeChrome, clock, *, default_timeout: float = 30.0) -> 
 
 
 class _FakeServerProtocol(WebSocketServerProtocol):
+    #: CDP messages received on this connection (proves a connection stayed silent).
+    received = 0
+
     def onConnect(self, request):
         self.factory.requests.append(request)
         if self.factory.refuse is not None:
@@ -231,8 +234,10 @@ class _FakeServerProtocol(WebSocketServerProtocol):
             lambda data: self.sendMessage(data if isinstance(data, bytes) else data.encode("utf-8"), isBinary=False)
         )
         self.factory.connections.append(self)
+        self.factory.opened.append(self)
 
     def onMessage(self, payload, isBinary):
+        self.received += 1
         self.factory.chrome.receive(payload.decode("utf-8"))
 
     def onClose(self, wasClean, code, reason):
@@ -245,8 +250,10 @@ class _FakeServerProtocol(WebSocketServerProtocol):
 class FakeCDPServerFactory(WebSocketServerFactory):
     """Serves a `FakeChrome` over WebSocket (listen with ``reactor.listenTCP(0, factory)``).
 
-    ``requests`` holds each handshake request (headers included); set ``refuse`` to
-    ``(status, reason)`` to refuse handshakes; `drop_all` aborts every connection.
+    ``requests`` holds each handshake request (headers included); ``connections`` the
+    open connections and ``opened`` every connection ever opened, in order (each counts
+    the messages it ``received``); set ``refuse`` to ``(status, reason)`` to refuse
+    handshakes; `drop_all` aborts every connection.
     """
 
     protocol = _FakeServerProtocol
@@ -256,6 +263,11 @@ class FakeCDPServerFactory(WebSocketServerFactory):
         self.chrome = chrome
         self.requests: list = []
         self.connections: list[_FakeServerProtocol] = []
+        self.opened: list[_FakeServerProtocol] = []
+        #: Where `serve_fake_chrome` listens.
+        self.listening: Any = None
+        self.port_number = 0
+        self.url = ""
         self.refuse: tuple[int, str] | None = None
         self.setProtocolOptions(maxMessagePayloadSize=0, maxFramePayloadSize=0)
 
@@ -263,3 +275,15 @@ class FakeCDPServerFactory(WebSocketServerFactory):
         """Abort every client connection without a closing handshake."""
         for connection in list(self.connections):
             cast(ITCPTransport, connection.transport).abortConnection()
+
+
+def serve_fake_chrome(reactor, chrome: FakeChrome | None = None) -> FakeCDPServerFactory:
+    """A `FakeChrome` served on a free loopback port: the factory, with ``url`` (its
+    DevTools browser URL, whose browser id is unique per port, as each Chrome run's is),
+    ``port_number`` and ``listening`` (stop it with ``listening.stopListening()`` after
+    `drop_all`)."""
+    factory = FakeCDPServerFactory(chrome or FakeChrome(), reactor=reactor)
+    factory.listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    factory.port_number = factory.listening.getHost().port
+    factory.url = f"ws://127.0.0.1:{factory.port_number}/devtools/browser/fake-{factory.port_number}"
+    return factory
