@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessTerminated
 
 from bench.lean_mcp import LeanLegacySse, LeanStreamable
-from mcproxy.testing.cluster import FAST_TIMERS, Cluster
+from mcproxy.testing.cluster import FAST_TIMERS, Cluster, RedisServer
 from mcproxy.testing.tool_calls import until
 
 NODE_HEADER = "X-MCProxy-Node"
@@ -94,6 +94,27 @@ async def test_harness_runs_three_plain_nodes_sharing_users_and_tokens(reactor, 
     finally:
         await cluster.stop()
     assert not any(node.running for node in cluster.nodes) and not cluster.redis.running
+
+
+@pytest_twisted.ensureDeferred
+async def test_harness_redis_restarts_on_its_port_with_its_data_when_appendonly(reactor, tmp_path):
+    from txredisapi import Connection
+
+    redis = RedisServer(reactor, tmp_path, appendonly=True)
+    await redis.start()
+    try:
+        client = await Connection("127.0.0.1", redis.port, reconnect=False)
+        await client.set("harness", "kept")
+        await client.disconnect()
+        await redis.kill()
+        assert isinstance(redis.exit_reason, ProcessTerminated) and redis.exit_reason.signal == 9
+        await redis.restart()
+        client = await Connection("127.0.0.1", redis.port, reconnect=False)
+        assert await client.get("harness") == "kept"
+        await client.disconnect()
+    finally:
+        await redis.close()
+    assert not redis.running
 
 
 # -- Clients see one server ----------------------------------------------------------------------
@@ -261,12 +282,7 @@ async def test_c8_a_killed_owners_user_is_served_by_a_new_owner(own_cluster, rea
     await until(reactor, lambda: not browser.connections, 10)  # the old CDP connection dropped
     edge = next(index for index, node in enumerate(own_cluster.nodes) if node is not victim)
     # Held at the edge until a new owner is found, then served: not failed.
-    bound = FAST_TIMERS["node_ttl"] + FAST_TIMERS["failover_wait"] + 15
-    served = Deferred.fromCoroutine(own_cluster.proxy(edge).call_tool_with_headers(token, "list_pages", {}))
-    served.addTimeout(bound, reactor)
-    answer, headers = await served
-    assert text_of(answer).startswith("## Pages")
-    new_owner = node_of(headers)
+    _, new_owner = await served_within_failover(own_cluster, reactor, edge, token)
     assert new_owner != victim.node_id and new_owner in {"n1", "n2", "n3"}
     assert len(browser.opened) == 2 and len(browser.connections) == 1
     after = await settled_owners(own_cluster, names, reactor, node=edge)
@@ -275,6 +291,54 @@ async def test_c8_a_killed_owners_user_is_served_by_a_new_owner(own_cluster, rea
     assert {name: after[name] for name in survivors} == survivors
     for name in survivors:
         assert len(users[name][1].opened) == 1, name
+
+
+async def served_within_failover(cluster: Cluster, reactor, node: int, token: str) -> tuple[dict, str]:
+    """A ``list_pages`` through node ``node`` that may be held while its user changes owner:
+    (the answer, the node that ran it). Fails if it is not served within the failover bound
+    plus a margin for a busy machine."""
+    served = Deferred.fromCoroutine(cluster.proxy(node).call_tool_with_headers(token, "list_pages", {}))
+    served.addTimeout(FAST_TIMERS["node_ttl"] + FAST_TIMERS["failover_wait"] + 15, reactor)
+    answer, headers = await served
+    assert text_of(answer).startswith("## Pages")
+    return answer, node_of(headers)
+
+
+@pytest_twisted.ensureDeferred
+async def test_c10_a_paused_owner_sends_nothing_after_the_takeover_and_comes_back_empty(own_cluster, reactor):
+    names = ["p-a", "p-b", "p-c"]
+    users = await register_users(own_cluster, names)
+    owners = await settled_owners(own_cluster, names, reactor)
+    paused_user = names[0]
+    paused = own_cluster.node_named(owners[paused_user])
+    token, browser = users[paused_user]
+    [old_connection] = browser.opened
+    edge = next(index for index, node in enumerate(own_cluster.nodes) if node is not paused)
+    paused.pause()
+    try:
+        _, new_owner = await served_within_failover(own_cluster, reactor, edge, token)
+        assert new_owner != paused.node_id
+        assert len(browser.opened) == 2
+        received_at_takeover = old_connection.received
+    finally:
+        paused.resume()
+    latest: dict = {}
+
+    async def back_and_empty():
+        code, body, _ = await own_cluster.api("GET", "/api/cluster", node=edge)
+        latest.update({node["id"]: node for node in body["nodes"]})
+        entry = latest.get(paused.node_id)
+        return code == 200 and entry and entry["alive"] and entry["users"] == 0
+
+    await until(reactor, back_and_empty, 15, seen=lambda: latest)
+    # Through the node that was paused: forwarded to the new owner.
+    _, ran_on = await served_within_failover(own_cluster, reactor, own_cluster.nodes.index(paused), token)
+    assert ran_on == new_owner
+    await until(reactor, lambda: old_connection not in browser.connections, 10)
+    assert old_connection.received == received_at_takeover, "the fenced node sent CDP commands after the takeover"
+    assert len(browser.opened) == 2
+    after = await settled_owners(own_cluster, names, reactor)
+    assert paused.node_id not in after.values(), after
 
 
 @pytest_twisted.ensureDeferred
