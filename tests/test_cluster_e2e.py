@@ -117,6 +117,32 @@ async def test_harness_redis_restarts_on_its_port_with_its_data_when_appendonly(
     assert not redis.running
 
 
+@pytest_twisted.ensureDeferred
+async def test_harness_relays_partition_a_node_from_redis(reactor, tmp_path):
+    cluster = await started_cluster(reactor, tmp_path, size=2, enabled=False, relayed=True)
+    try:
+        relay = cluster.nodes[1].redis_relay
+        assert relay.connections, "the node's store does not go through its relay"
+
+        async def token_made(node: int) -> bool:
+            code, _, _ = await cluster.api("POST", "/api/tokens", {"userId": "bob", "permissions": []}, node=node)
+            return code == 201
+
+        relay.pause()
+        made = Deferred.fromCoroutine(token_made(1))
+        await until(reactor, lambda: relay.held, 10)  # the write reached the partition and stopped there
+        assert not made.called
+        assert await token_made(0)  # the other node's link is whole
+        relay.resume()
+        assert await made
+        relay.cut()
+        await until(reactor, lambda: not relay.connections, 10)
+        relay.heal()
+        await until(reactor, lambda: token_made(1), 30)
+    finally:
+        await cluster.stop()
+
+
 # -- Clients see one server ----------------------------------------------------------------------
 
 

@@ -8,15 +8,17 @@ Nothing here imports pytest: `bench` drives the same harness. The reactor is pas
 import os
 import secrets
 import shutil
-from typing import cast
+from typing import Any, cast
 
 import attrs
 import treq
 from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectError
-from twisted.internet.interfaces import ITransport
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import ITCPTransport, ITransport
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.protocols import portforward
+from twisted.python.failure import Failure
 from twisted.web.client import ResponseNeverReceived
 
 from mcproxy.testing.daemon import RunningProxy
@@ -118,10 +120,111 @@ class RedisServer(ChildProcess):
             await self.kill()
 
 
+class _Relayed:
+    """What both ends of a relayed connection share: while the relay is paused, what
+    arrives is held instead of passed on (and `Relay.held` shows that traffic waits)."""
+
+    relay: "Relay"
+    peer: Any
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.relay.paused:
+            self.relay.held.append((self, data))
+            return
+        super().dataReceived(data)  # type: ignore[misc]
+
+
+class _RelayClient(_Relayed, portforward.ProxyClient):
+    pass
+
+
+class _RelayClientFactory(portforward.ProxyClientFactory):
+    protocol = _RelayClient
+    noisy = False
+
+    def buildProtocol(self, addr):
+        client = cast(_RelayClient, super().buildProtocol(addr))
+        client.relay = self.server.relay
+        return client
+
+
+class _RelayServer(_Relayed, portforward.ProxyServer):
+    clientProtocolFactory = _RelayClientFactory
+
+    def connectionMade(self) -> None:
+        if self.relay.refusing:
+            cast(ITCPTransport, self.transport).abortConnection()
+            return
+        self.relay.connections.append(self)
+        super().connectionMade()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self in self.relay.connections:
+            self.relay.connections.remove(self)
+        super().connectionLost(reason)
+
+
+class Relay(portforward.ProxyFactory):
+    """A TCP relay from a free loopback port (``local_port``) to ``port`` on 127.0.0.1: a
+    network link the test can partition. `pause` holds every byte both ways (a silent
+    partition: peers time out) until `resume`; `cut` resets every connection, and every
+    new one until `heal`."""
+
+    noisy = False
+
+    def __init__(self, reactor, port: int):
+        super().__init__("127.0.0.1", port)
+        self.reactor = reactor
+        self.paused = False
+        self.refusing = False
+        self.connections: list[_RelayServer] = []
+        #: What arrived while paused: (the end it arrived at, the bytes), delivered on `resume`.
+        self.held: list[tuple[_Relayed, bytes]] = []
+        self.listening = reactor.listenTCP(0, self, interface="127.0.0.1")
+        self.local_port: int = self.listening.getHost().port
+
+    def buildProtocol(self, addr):
+        server = _RelayServer()
+        server.factory = self
+        server.relay = self
+        server.reactor = self.reactor
+        return server
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        """Pass on what was held, in order, and everything from now on."""
+        self.paused = False
+        held, self.held = self.held, []
+        for end, data in held:
+            if end.peer is not None:
+                end.peer.transport.write(data)
+
+    def cut(self) -> None:
+        """Reset every connection, and every new one until `heal`."""
+        self.refusing = True
+        self.held = []
+        for server in list(self.connections):
+            cast(ITCPTransport, server.transport).abortConnection()
+
+    def heal(self) -> None:
+        self.refusing = False
+
+    async def close(self) -> None:
+        self.cut()
+        await self.listening.stopListening()
+
+
 class ClusterNode(Daemon):
     """One ``twistd mcproxy`` node: its own data directory, audit log and ports, sharing
-    ``redis_url`` and ``secret`` with the others. ``enabled=False`` writes no ``[cluster]``
-    section: a plain daemon on a shared Redis store (what runs today)."""
+    the Redis on ``redis_port`` and ``secret`` with the others. ``enabled=False`` writes
+    no ``[cluster]`` section: a plain daemon on a shared Redis store (what runs today).
+
+    ``relayed`` puts the node's links behind `Relay` s the test can partition: its own
+    connections to Redis (``redis_relay``) and its peers' to its internal listener
+    (``internal_relay``, the URL it advertises).
+    """
 
     def __init__(
         self,
@@ -129,24 +232,27 @@ class ClusterNode(Daemon):
         root,
         *,
         node_id: str,
-        redis_url: str,
+        redis_port: int,
         secret: str,
         enabled: bool = True,
         timers: dict | None = None,
+        relayed: bool = False,
         **sections: dict,
     ):
         self.node_id = node_id
-        self.redis_url = redis_url
         self.secret = secret
         self.enabled = enabled
         self.timers = FAST_TIMERS if timers is None else timers
         self.internal_port = free_port()
+        self.redis_relay = Relay(reactor, redis_port) if relayed else None
+        self.internal_relay = Relay(reactor, self.internal_port) if relayed else None
+        self.redis_port = self.redis_relay.local_port if self.redis_relay else redis_port
         os.makedirs(str(root), exist_ok=True)
         super().__init__(reactor, root, **sections)
 
     def base_sections(self) -> dict[str, dict]:
         sections = super().base_sections()
-        sections["store"] = {"url": self.redis_url}
+        sections["store"] = {"url": f"redis://127.0.0.1:{self.redis_port}/0"}
         if self.enabled:
             sections["cluster"] = {
                 "enabled": True,
@@ -155,10 +261,13 @@ class ClusterNode(Daemon):
                 "secret": self.secret,
                 **self.timers,
             }
+            if self.internal_relay is not None:
+                sections["cluster"]["advertise_url"] = f"http://127.0.0.1:{self.internal_relay.local_port}"
         return sections
 
     @property
     def internal_url(self) -> str:
+        """The internal listener itself (not through ``internal_relay``)."""
         return f"http://127.0.0.1:{self.internal_port}"
 
     def describe(self) -> str:
@@ -208,10 +317,13 @@ class ClusterNode(Daemon):
         return await self.exited(seconds)
 
     async def close(self) -> None:
-        """Kill it if it runs, resuming it first if paused (clean-up)."""
+        """Kill it if it runs, resuming it first if paused, and close its relays (clean-up)."""
         if self.running:
             self.resume()
             await self.kill()
+        for relay in (self.redis_relay, self.internal_relay):
+            if relay is not None:
+                await relay.close()
 
 
 @attrs.define(eq=False)
@@ -230,6 +342,7 @@ class Cluster:
     secret: str
     sections: dict[str, dict]
     enabled: bool = True
+    relayed: bool = False
     admin_token: str = ""
     browsers: list[FakeCDPServerFactory] = attrs.Factory(list)
     spares: list[ClusterNode] = attrs.Factory(list)
@@ -237,12 +350,21 @@ class Cluster:
 
     @classmethod
     def create(
-        cls, reactor, root, size: int = 3, *, enabled: bool = True, appendonly: bool = False, **sections: dict
+        cls,
+        reactor,
+        root,
+        size: int = 3,
+        *,
+        enabled: bool = True,
+        appendonly: bool = False,
+        relayed: bool = False,
+        **sections: dict,
     ) -> "Cluster":
-        """A cluster in directory ``root`` (not started); ``sections`` go into every node's config."""
+        """A cluster in directory ``root`` (not started); ``sections`` go into every node's
+        config; ``relayed`` nodes reach Redis and each other through `Relay` s."""
         root = str(root)
         redis = RedisServer(reactor, os.path.join(root, "redis"), appendonly=appendonly)
-        cluster = cls(reactor, root, redis, [], secrets.token_hex(20), sections, enabled)
+        cluster = cls(reactor, root, redis, [], secrets.token_hex(20), sections, enabled, relayed)
         for _ in range(size):
             cluster.add_node()
         return cluster
@@ -269,9 +391,10 @@ class Cluster:
             self.reactor,
             os.path.join(self.root, directory),
             node_id=node_id,
-            redis_url=self.redis.url,
+            redis_port=self.redis.port,
             secret=self.secret,
             enabled=self.enabled,
+            relayed=self.relayed,
             **merged,
         )
 
