@@ -171,7 +171,7 @@ async def test_calls_to_an_unreachable_redis_fail_within_the_timeout(reactor, un
     for call in (lambda: unreachable.eval("return 1", [], []), lambda: Deferred.fromCoroutine(unreachable.time())):
         d = call()
         watchdog = reactor.callLater(10 * unreachable.timeout, d.cancel)  # a hang fails as CancelledError
-        with pytest.raises(CoordinationUnavailable):
+        with pytest.raises(CoordinationUnavailable, match=r"within 0\.3 s"):
             await d
         assert watchdog.active()
         watchdog.cancel()

@@ -114,7 +114,6 @@ async def test_one_winner_when_two_nodes_claim_at_once(cluster):
 async def test_fencing_tokens_only_increase(reactor, cluster):
     control = cluster.control
     n1, n2 = await registered(cluster("n1"), cluster("n2"))
-    await n1.place()
 
     first = await n1.ownership.claim("alice")
     assert await n1.ownership.release("alice", hint="n2")

@@ -31,12 +31,14 @@ class CoordinationUnavailable(MCProxyError):
     code = "coordination_unavailable"
 
 
-def _unavailable(failure: Failure) -> Failure:
+def _unavailable(failure: Failure, timeout: float) -> Failure:
     """Turn a timeout or a lost connection into `CoordinationUnavailable`; errors that
     Redis itself answered (a script bug) and cancellations pass unchanged."""
     import txredisapi
 
-    if failure.check(TimeoutError, txredisapi.ConnectionError, ConnectionClosed):
+    if failure.check(TimeoutError):
+        raise CoordinationUnavailable(f"Redis did not answer within {timeout:g} s") from failure.value
+    if failure.check(txredisapi.ConnectionError, ConnectionClosed):
         raise CoordinationUnavailable(f"Redis did not answer: {failure.getErrorMessage()}") from failure.value
     return failure
 
@@ -59,11 +61,11 @@ class Control:
         """Run a Lua script (EVALSHA, loading it when Redis lost it); fails with
         `CoordinationUnavailable` when Redis does not answer within ``timeout``."""
         d = self.redis.eval(script, list(keys), [str(a) for a in args])
-        return d.addTimeout(self.timeout, self.clock).addErrback(_unavailable)
+        return d.addTimeout(self.timeout, self.clock).addErrback(_unavailable, self.timeout)
 
     async def time(self) -> float:
         """Redis's clock (TIME), in seconds since the epoch: the one clock all nodes share."""
-        d = self.redis.time().addTimeout(self.timeout, self.clock).addErrback(_unavailable)
+        d = self.redis.time().addTimeout(self.timeout, self.clock).addErrback(_unavailable, self.timeout)
         seconds, micros = await d
         return int(seconds) + int(micros) / 1e6
 

@@ -78,10 +78,6 @@ class NodeMembership(AsyncService):
         """Call ``listener(event)`` on `REGISTERED`, `FENCED` and `LOST`."""
         self._listeners.append(listener)
 
-    def remove_listener(self, listener: Callable[[str], object]) -> None:
-        """Stop calling a listener given to `add_listener`."""
-        self._listeners.remove(listener)
-
     def valid(self) -> bool:
         """Whether this node may act as an owner now: registered, and before its deadline."""
         return self.registered and self.clock.seconds() < self.deadline

@@ -27,6 +27,9 @@ from mcproxy.lifecycle import AsyncService
 
 log = Logger()
 
+#: How often `Ownership.claim` reads again when the record changed under it.
+CLAIM_ATTEMPTS = 3
+
 # CLAIM's answers.
 _NOT_ALIVE, _CHANGED, _LIVE_ELSEWHERE, _MINE = -1, 0, 1, 2
 
@@ -85,14 +88,12 @@ class Ownership(AsyncService):
         on_lost: Callable[[str], object],
         max_users: int = 0,
         claim_grace: float = 10.0,
-        claim_attempts: int = 3,
     ):
         self.control = control
         self.clock = clock
         self.membership = membership
         self.max_users = max_users
         self.claim_grace = claim_grace
-        self.claim_attempts = claim_attempts
         #: Users that became or stopped being this node's (a counter for metrics).
         self.changes = 0
         self._registered_users = registered_users
@@ -104,9 +105,9 @@ class Ownership(AsyncService):
         self._orphaned: dict[str, int] = {}  # user -> placement ticks seen without a live owner
         self._held_before: set[str] = set()  # dropped when the lease was lost; taken back first
         self._grace_until = 0.0
-        self._following = False
         self._placement = LoopingCall(lambda: Deferred.fromCoroutine(self._place()))
         self._placement.clock = clock
+        membership.add_listener(self._membership_changed)  # held users go with the lease, placement or not
 
     @property
     def me(self) -> str:
@@ -114,9 +115,8 @@ class Ownership(AsyncService):
         return self.membership.node_id
 
     async def start(self) -> None:
-        """Follow the membership and run placement every ``renew_interval``."""
-        self.membership.add_listener(self._membership_changed)
-        self._following = True
+        """Run placement every ``renew_interval``, after a ``claim_grace`` for the other
+        nodes to come up (so the first node up does not take every user)."""
         self._grace_until = self.clock.seconds() + self.claim_grace
         self._placement.start(self.membership.renew_interval, now=False)
 
@@ -125,9 +125,6 @@ class Ownership(AsyncService):
         they are orphans that other nodes take over."""
         if self._placement.running:
             self._placement.stop()
-        if self._following:
-            self._following = False
-            self.membership.remove_listener(self._membership_changed)
 
     def owns(self, user: str) -> bool:
         """Whether this node may act as ``user``'s owner now (no Redis call)."""
@@ -159,7 +156,7 @@ class Ownership(AsyncService):
         either way. Raises `ServerFull` when this node holds ``max_users`` users and
         nobody else owns ``user``, `CoordinationUnavailable` when this node's lease is
         not valid or Redis does not answer."""
-        for _ in range(self.claim_attempts):
+        for _ in range(CLAIM_ATTEMPTS):
             record = (await self._read([user]))[user]
             owner = await self._attempt(user, record.owner, via)
             if owner is not None:
