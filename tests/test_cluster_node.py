@@ -9,7 +9,7 @@ from twisted.internet.task import Clock, deferLater
 from mcproxy.cluster.control import CoordinationUnavailable
 from mcproxy.cluster.node import FENCED, LOST, REGISTERED, NodeMembership
 from mcproxy.config import ConfigError
-from mcproxy.testing.cluster import (
+from mcproxy.testing.coordination import (
     Link,
     discard_test_control,
     eventually,

@@ -9,7 +9,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from mcproxy.cluster.node import NodeMembership
 from mcproxy.cluster.ownership import Owner, Ownership, rendezvous
 from mcproxy.errors import ServerFull
-from mcproxy.testing.cluster import (
+from mcproxy.testing.coordination import (
     Link,
     PausableClock,
     delete_control_keys,
