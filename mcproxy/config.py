@@ -494,9 +494,13 @@ def _check_cluster(config: Config) -> None:
     leave a renewal several chances within one lease."""
     cluster = config.cluster
     if not config.store.url.startswith("redis://"):
-        raise ConfigError(f"cluster.enabled: cluster mode shares its state through Redis; store.url is {config.store.url!r}")
+        raise ConfigError(
+            f"cluster.enabled: cluster mode shares its state through Redis; store.url is {config.store.url!r}"
+        )
     if not cluster.internal_listen:
-        raise ConfigError("cluster.internal_listen: cluster mode needs an internal endpoint, e.g. tcp:3201:interface=10.0.0.5")
+        raise ConfigError(
+            "cluster.internal_listen: cluster mode needs an internal endpoint, e.g. tcp:3201:interface=10.0.0.5"
+        )
     if cluster.secret and cluster.secret_file:
         raise ConfigError("cluster.secret_file: give the secret once, in cluster.secret or in cluster.secret_file")
     if len(cluster.secret_bytes()) < MIN_CLUSTER_SECRET:

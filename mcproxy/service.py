@@ -29,6 +29,8 @@ from mcproxy.browser.emulation import emulation_listener
 from mcproxy.browser.policy import PolicyBook
 from mcproxy.browser.pool import BrowserPool
 from mcproxy.browser.registered import RegisteredBrowsers
+from mcproxy.cluster.routing import EdgePlacement, OwnerCheck, TrustedOrigins
+from mcproxy.cluster.service import ClusterNode, fenced_links
 from mcproxy.config import Config, ConfigError
 from mcproxy.interfaces import IStore
 from mcproxy.lifecycle import StartInOrder
@@ -140,6 +142,8 @@ class MCProxyService(StartInOrder):
     activity: ActivityLog
     pool: BrowserPool
     tools: ToolRegistry
+    #: This process as a node of a cluster (None unless ``cluster.enabled``).
+    cluster: ClusterNode | None
 
     def __init__(self, reactor, config: Config, source: ConfigSource | None = None):
         super().__init__()
@@ -152,6 +156,7 @@ class MCProxyService(StartInOrder):
         #: The parts that take on a reloaded configuration's live keys (see `reconfigure`).
         self.reconfigurable: list[Reconfigurable] = []
         self.listeners: list[Listener] = []
+        self.cluster = None
         self._draining: defer.Deferred | None = None
         self._told_stopping = False
 
@@ -188,18 +193,24 @@ class MCProxyService(StartInOrder):
         )
         daemon.activity = activity = ActivityLog(reactor)
         policies = live(PolicyBook(config.browsing))
+        open_link = metrics.counting_reconnects(open_cdp_link)
+        if config.cluster.enabled:
+            # The node is built below, from the pool; its users' links ask it at every command.
+            open_link = fenced_links(
+                open_link, lambda user_id: daemon.cluster is not None and daemon.cluster.owns(user_id)
+            )
         daemon.pool = pool = live(
             BrowserPool(
                 reactor,
                 config.browser,
-                open_link=metrics.counting_reconnects(open_cdp_link),
+                open_link=open_link,
                 status_listeners=[activity.browser_status],
                 max_users=config.limits.max_users,
                 max_pages_per_user=config.limits.max_pages_per_user,
                 page_listeners=page_listeners(config, policies),
             )
         )
-        browsers = attach(RegisteredBrowsers(pool, store, reactor))
+        browsers = attach(RegisteredBrowsers(pool, store, reactor, connect_at_start=not config.cluster.enabled))
         attach(sessions)
         attach(RevocationWatch(sessions, store, reactor))
         limits = live(RequestLimits(reactor, config.ratelimit, on_limited=metrics.rate_limited))
@@ -224,7 +235,16 @@ class MCProxyService(StartInOrder):
                 policies=policies,
             )
         )
+        daemon.cluster = None
+        if config.cluster.enabled:
+            daemon.cluster = ClusterNode(reactor, config, store=store, pool=pool, sessions=sessions)
         site = daemon._web(store, pool, sessions, tools, limits, metrics, plugins, activity, audit, artifacts)
+        if daemon.cluster is not None:
+            internal = daemon._internal_site(metrics, plugins, audit)
+            attach(
+                Listener.from_config(reactor, config.cluster.internal_listen, internal, key="cluster.internal_listen")
+            )
+            attach(daemon.cluster)
         daemon.listeners = [attach(Listener.from_config(reactor, endpoint, site)) for endpoint in config.server.listen]
         return daemon
 
@@ -266,9 +286,18 @@ class MCProxyService(StartInOrder):
                 started_at=started_at,
                 token_revoked=api_tokens.forget,
                 reload_config=self.reload,
+                cluster=self.cluster,
             )
         )
         metrics_endpoint = live(MetricsEndpoint(metrics, config.metrics.allowed_networks))
+        place = None
+        if self.cluster is not None:
+            place = EdgePlacement(
+                reactor,
+                self.cluster,
+                failover_wait=config.cluster.failover_wait,
+                max_body=config.server.max_body_bytes,
+            ).place
         overview = Overview(
             clock=reactor, store=store, pool=pool, sessions=sessions, activity=activity, started_at=started_at
         )
@@ -281,6 +310,7 @@ class MCProxyService(StartInOrder):
             well_known=WellKnown(metadata),
             dashboard=Dashboard(overview),
             audit=plugins.admin_audit(audit.admin_action),
+            place=place,
         )
         return live(
             ProxySite.from_config(
@@ -292,6 +322,28 @@ class MCProxyService(StartInOrder):
                 reactor=reactor,
             )
         )
+
+    def _internal_site(self, metrics, plugins, audit) -> ProxySite:
+        """The internal listener's site: the routes a user's owner serves (the MCP endpoints,
+        a user's registration, status and removal), for requests the other processes signed.
+        Host, Origin, client address rules and rate limits were applied where they arrived."""
+        config, cluster = self.config, self.cluster
+        assert cluster is not None
+        root = build_router(
+            origins=TrustedOrigins(),
+            admission=cluster.internal_admission(refused=metrics.auth_failure),
+            transports=self.transports,
+            admin=self.admin,
+            audit=plugins.admin_audit(audit.admin_action),
+            place=OwnerCheck(cluster).place,
+        )
+        # Other processes keep their connections for a minute: ours stay open longer, so a
+        # forward never lands on a connection this side is closing.
+        internal = config.replace(
+            server={"keepalive_timeout": 300.0, "max_connections_per_address": 0, "hsts_max_age": 0, "access_log": ""},
+            network={"ip_allow": (), "ip_deny": (), "trusted_proxies": ()},
+        )
+        return ProxySite.from_config(root, internal, metrics=plugins.site_metrics(metrics), reactor=self.reactor)
 
     @property
     def ports(self) -> list:
@@ -396,14 +448,21 @@ class MCProxyService(StartInOrder):
 
     async def drain(self) -> None:
         """Stop listening and taking MCP requests; let running tool calls finish for up to
-        ``server.drain_timeout`` seconds, then cancel the rest (see `McpTransports.drain`)."""
+        ``server.drain_timeout`` seconds, then cancel the rest (see `McpTransports.drain`).
+        In a cluster, the other processes stop sending users here first, and every user this
+        one owned is handed over at the end."""
         timeout = self.drain_timeout
         log.info("SIGTERM: draining for up to {timeout} s before stopping", timeout=timeout)
         self._tell_stopping()
+        cluster = self.cluster
+        if cluster is not None:
+            await cluster.start_draining()
         for listener in self.listeners:
             if listener.running:
                 await listener.stopService()
         await self.transports.drain(timeout)
+        if cluster is not None:
+            await cluster.hand_over()
 
     def _tell_stopping(self) -> None:
         """``STOPPING=1`` to systemd, once, whether the stop began with a drain or not."""

@@ -29,10 +29,15 @@ class RegisteredBrowsers(AsyncService):
     pool: BrowserPool
     store: IStore
     clock: Any
+    #: Whether starting connects every registered browser (in a cluster, only each user's
+    #: owner connects, as it comes to own the user: `mcproxy.cluster.service`).
+    connect_at_start: bool = True
     _last_written: dict[str, float] = attrs.field(factory=dict, init=False)
 
     async def start(self) -> None:
         """Connect every registered browser, as far as ``limits.max_users`` allows."""
+        if not self.connect_at_start:
+            return
         for user in await self.store.list_users():
             try:
                 self.pool.browser_for(user.user_id, user.browser_url)

@@ -25,6 +25,7 @@ __all__ = [
     "METHOD_NOT_FOUND",
     "MISSING_REQUIRED_CLIENT_CAPABILITY",
     "NOT_INITIALIZED",
+    "OWNER_LOST",
     "PARSE_ERROR",
     "RATE_LIMITED",
     "REQUEST_CANCELLED",
@@ -48,6 +49,10 @@ SHUTTING_DOWN = -32011
 SESSION_ENDED = -32012
 """A request cut short because its session ended (deleted, expired, its token revoked, the
 server stopping)."""
+
+OWNER_LOST = -32013
+"""A request whose answer was lost with the cluster process running it (it may or may not have
+happened)."""
 
 RATE_LIMITED = -32029
 """Too many requests; the error's data says when to retry."""

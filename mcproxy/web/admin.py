@@ -20,7 +20,7 @@ from mcproxy.config import ConfigError
 from mcproxy.errors import BadRequest, Conflict, Forbidden, NotFound
 from mcproxy.storage.records import UserRecord
 from mcproxy.web.http import read_body, read_json_object, require_json
-from mcproxy.web.routes import Route
+from mcproxy.web.routes import Route, named_user
 
 log = Logger()
 
@@ -58,6 +58,8 @@ class AdminDependencies:
     #: Live reload: re-reads the configuration; returns the changed keys that need a restart,
     #: raises ConfigError for an invalid configuration (None: the daemon cannot reload).
     reload_config: Callable[[], list[str]] | None = None
+    #: This process as a node of a cluster (`mcproxy.cluster.service.ClusterNode`), or None.
+    cluster: Any = None
     #: Held while a browser is registered: one registration at a time.
     registering: DeferredLock = attrs.Factory(DeferredLock)
 
@@ -94,27 +96,58 @@ class AdminAPI:
         return (
             Route(b"GET", r"/health/?", self.health),
             Route(b"GET", r"/api/users/?", self.list_users, auth="admin", permission=ADMIN),
-            Route(b"GET", r"/api/users/(?P<user_id>[^/]+)/status/?", self.user_status, auth="admin"),
-            Route(b"DELETE", r"/api/users/(?P<user_id>[^/]+)/?", self.delete_user, auth="admin", audit=True),
+            Route(b"GET", r"/api/users/(?P<user_id>[^/]+)/status/?", self.user_status, auth="admin", routed=named_user),
+            Route(
+                b"DELETE",
+                r"/api/users/(?P<user_id>[^/]+)/?",
+                self.delete_user,
+                auth="admin",
+                audit=True,
+                routed=named_user,
+            ),
             Route(b"POST", r"/api/admin/reload/?", self.reload_config, auth="admin", permission=ADMIN, audit=True),
+            Route(b"GET", r"/api/cluster/?", self.cluster_view, auth="admin", permission=ADMIN),
         )
 
     async def health(self, request):
-        return 200, {
+        """Per process (a balancer asks each one); in a cluster, 503 while this process
+        cannot serve (draining, or without a valid lease)."""
+        body = {
             "status": "ok",
             "activeSessions": self.deps.sessions.count(),
             "registeredUsers": await self.deps.store.count_users(),
             "browserConnections": self.deps.pool.connection_count(),
             "uptime": round(self.deps.clock.seconds() - self.deps.started_at, 3),
         }
+        cluster = self.deps.cluster
+        if cluster is None:
+            return 200, body
+        body.update(cluster.health())
+        return (200 if body["status"] == "ok" else 503), body
 
     async def list_users(self, request):
         users = await self.deps.store.list_users()
-        return 200, {"users": [self._status(user) for user in users]}
+        nodes = await self._nodes_of([user.user_id for user in users])
+        return 200, {"users": [self._status(user, nodes) for user in users]}
 
     async def user_status(self, request, user_id: str):
         user = await self._own_user(request, user_id)
-        return 200, self._status(user)
+        return 200, self._status(user, await self._nodes_of([user_id]))
+
+    async def cluster_view(self, request):
+        """The cluster's nodes and which node owns each registered user."""
+        cluster = self.deps.cluster
+        if cluster is None:
+            raise NotFound("this proxy is not part of a cluster (cluster.enabled)", code="not_clustered")
+        users = [user.user_id for user in await self.deps.store.list_users()]
+        return 200, await cluster.describe(users)
+
+    async def _nodes_of(self, users: list[str]) -> dict[str, str | None] | None:
+        """Which node owns each user, in a cluster (None outside one)."""
+        cluster = self.deps.cluster
+        if cluster is None:
+            return None
+        return {user: await cluster.node_of(user) for user in users}
 
     async def delete_user(self, request, user_id: str):
         user = await self._own_user(request, user_id, REGISTER)
@@ -137,9 +170,10 @@ class AdminAPI:
             raise NotFound(f"user {user_id!r} has no registered browser")
         return user
 
-    def _status(self, user: UserRecord) -> dict:
+    def _status(self, user: UserRecord, nodes: dict[str, str | None] | None = None) -> dict:
+        """A user's status object; in a cluster (``nodes``), with the node that owns the user."""
         browser = self.deps.pool.existing(user.user_id)
-        return {
+        status = {
             "userId": user.user_id,
             "browserURL": user.browser_url,
             "browserStatus": browser.status if browser is not None else "disconnected",
@@ -147,6 +181,9 @@ class AdminAPI:
             "activeSessions": self.deps.sessions.count_for_user(user.user_id),
             "lastActivity": iso8601(user.last_activity),
         }
+        if nodes is not None:
+            status["node"] = nodes.get(user.user_id)
+        return status
 
     # -- operations -------------------------------------------------------------
 

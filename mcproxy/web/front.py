@@ -1,7 +1,8 @@
 """Builds the HTTP front door from the daemon's parts: the router over every area, and the
 site that carries it (see `mcproxy.web.routes` and `mcproxy.web.site`)."""
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from mcproxy.auth.admission import Admission
 from mcproxy.web.admin import AdminAPI, AdminDependencies
@@ -25,9 +26,11 @@ def build_router(
     well_known: WellKnown | None = None,
     dashboard: Dashboard | None = None,
     audit: Callable[..., None] = lambda principal, client, action, target, outcome: None,
+    place: Callable[[Any, str], Awaitable[bool]] | None = None,
 ) -> Router:
     """The root resource over the parts given; any path none of them owns is a JSON 404,
-    under the API's Host and Origin rules when the admin API is served."""
+    under the API's Host and Origin rules when the admin API is served. ``place`` sends a
+    request to the process of the cluster that owns its user (`mcproxy.cluster.routing`)."""
     areas: dict[bytes, Area] = {}
     if transports is not None:
         areas.update(transports.areas())
@@ -41,4 +44,4 @@ def build_router(
     if admin is not None:
         routes = (*AdminAPI(admin).routes(), *TokensAPI(admin).routes(), *Registration(admin).routes())
         api = areas[b"health"] = areas[b"api"] = Area(routes, origins=API_ORIGINS)
-    return Router(areas, origins=origins, authenticate=admission.authenticate, fallback=api, audit=audit)
+    return Router(areas, origins=origins, authenticate=admission.authenticate, fallback=api, audit=audit, place=place)

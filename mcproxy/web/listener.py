@@ -38,9 +38,10 @@ class Listener(StreamServerEndpointService):
         self.description = description
 
     @classmethod
-    def from_config(cls, reactor, description: str, factory) -> "Listener":
-        """The listener of one ``server.listen`` entry; `ConfigError` naming it when malformed."""
+    def from_config(cls, reactor, description: str, factory, *, key: str = "server.listen") -> "Listener":
+        """The listener of one endpoint of the configuration key ``key``; `ConfigError` naming
+        it when malformed."""
         try:
             return cls(reactor, description, factory)
         except (ValueError, TypeError, KeyError) as e:
-            raise ConfigError(f"server.listen: bad endpoint {description!r}: {e}") from None
+            raise ConfigError(f"{key}: bad endpoint {description!r}: {e}") from None

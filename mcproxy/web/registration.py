@@ -42,12 +42,16 @@ class Registration:
         self.deps = deps
 
     def routes(self) -> tuple[Route, ...]:
-        return (Route(b"POST", r"/api/register/?", self.register, auth="admin", audit=True),)
+        return (Route(b"POST", r"/api/register/?", self.register, auth="admin", audit=True, routed=self.user_of),)
+
+    def user_of(self, request, parts: dict) -> str:
+        """The user a registration is for: ``userId``, else the caller's own."""
+        return check_user_id(json_body(self.deps, request).get("userId", request.principal.user_id))
 
     async def register(self, request):
         principal = request.principal
         body = json_body(self.deps, request)
-        user_id = check_user_id(body.get("userId", principal.user_id))
+        user_id = self.user_of(request, {})
         if not (principal.is_admin or (principal.has(REGISTER) and user_id == principal.user_id)):
             raise Forbidden(
                 "registering a browser needs the 'register' permission for your own user id, or 'admin'",

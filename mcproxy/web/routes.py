@@ -37,6 +37,9 @@ API_ORIGINS = "api"
 
 Handler = Callable[..., Awaitable[Any]]
 
+_FORWARDED = object()
+"""What `Router._run` gives back for a request another process of the cluster answered."""
+
 
 @attrs.frozen
 class Route:
@@ -54,6 +57,19 @@ class Route:
     audit: bool = False
     #: Requests it answers without a credential (the metrics' allow-listed networks).
     trusted: Callable[[Any], bool] | None = None
+    #: The user whose state the request acts on, ``routed(request, parts)``: in a cluster
+    #: the request runs on that user's owner (`mcproxy.cluster.routing`).
+    routed: Callable[[Any, dict], str] | None = None
+
+
+def callers_user(request, parts: dict) -> str:
+    """`Route.routed` of requests that act for the caller's own user (the MCP endpoints)."""
+    return request.principal.user_id
+
+
+def named_user(request, parts: dict) -> str:
+    """`Route.routed` of requests naming the user in their path (``/api/users/{user_id}``)."""
+    return parts["user_id"]
 
 
 @attrs.frozen
@@ -100,7 +116,9 @@ class Router(resource.Resource):
     ``fallback``. ``origins`` holds the Host and Origin rules (needed by areas that have
     them); ``authenticate(request, endpoint_class)`` says who calls (needed by routes
     that authenticate);
-    ``audit(principal, client, action, target, outcome)`` records audited calls.
+    ``audit(principal, client, action, target, outcome)`` records audited calls;
+    ``place(request, user)`` runs the request elsewhere when ``user`` lives on another
+    process of a cluster (True: answered there), for routes that say whose user they act on.
     """
 
     isLeaf = True
@@ -113,9 +131,11 @@ class Router(resource.Resource):
         authenticate: Callable[[Any, str], Awaitable[Any]] | None = None,
         fallback: Area = Area(),
         audit: Callable[..., None] = lambda principal, client, action, target, outcome: None,
+        place: Callable[[Any, str], Awaitable[bool]] | None = None,
     ):
         super().__init__()
         self.origins = origins
+        self._place = place
         self._authenticate = authenticate
         self._audit = audit
         self._areas = {segment: (area, _paths(area)) for segment, area in areas.items()}
@@ -179,8 +199,9 @@ class Router(resource.Resource):
             except Exception as e:
                 self._audited(request, route, e.code if isinstance(e, MCProxyError) else "internal_error")
                 raise
-            self._audited(request, route, "ok")
-        if result is not None:
+            if result is not _FORWARDED:  # the process that ran it audits it
+                self._audited(request, route, "ok")
+        if result is not None and result is not _FORWARDED:
             write_json(request, *result)
 
     async def _run(self, request, route: Route, parts: dict) -> Any:
@@ -191,6 +212,9 @@ class Router(resource.Resource):
             permission = route.permission
             if permission is not None and not principal.has(permission):
                 raise Forbidden(f"this credential lacks the {permission!r} permission", scope=permission)
+            place = self._place
+            if route.routed is not None and place is not None and await place(request, route.routed(request, parts)):
+                return _FORWARDED
         return await route.handler(request, **parts)
 
     def _audited(self, request, route: Route, outcome: str) -> None:

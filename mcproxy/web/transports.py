@@ -17,7 +17,7 @@ from mcproxy.mcp.jsonrpc import RpcError
 from mcproxy.mcp.protocol import EmptyResources, McpServer
 from mcproxy.threads import thread_runner
 from mcproxy.web.legacy import LegacyTransport
-from mcproxy.web.routes import MCP_ORIGINS, Area, Route
+from mcproxy.web.routes import MCP_ORIGINS, Area, Route, callers_user
 from mcproxy.web.sse import SseStream
 from mcproxy.web.streamable import StreamableTransport
 
@@ -144,7 +144,10 @@ class McpTransports:
         }
         return {
             name: Area(
-                tuple(Route(method, rf"/{name.decode()}(?:/.*)?", handler, auth="mcp") for method, handler in routes),
+                tuple(
+                    Route(method, rf"/{name.decode()}(?:/.*)?", handler, auth="mcp", routed=callers_user)
+                    for method, handler in routes
+                ),
                 origins=MCP_ORIGINS,
                 gate=self.gates[name].admit,
                 method_separator=" or ",

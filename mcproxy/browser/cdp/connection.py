@@ -82,6 +82,9 @@ class CDPConnection:
         self.dropped = 0
         self.closed = False
         self.close_reason: str | None = None
+        #: Called before every command; raises to refuse it (a cluster process that may no
+        #: longer command this browser: `mcproxy.cluster.service.fenced_links`).
+        self.guard: Callable[[], None] | None = None
 
     @property
     def pending_count(self) -> int:
@@ -103,6 +106,11 @@ class CDPConnection:
         """
         if self.closed or self.close_reason is not None:
             return defer.fail(BrowserUnavailable(self._closed_message()))
+        if self.guard is not None:
+            try:
+                self.guard()
+            except BrowserUnavailable as e:
+                return defer.fail(e)
         self._next_id += 1
         call_id = self._next_id
         message: dict[str, Any] = {"id": call_id, "method": method, "params": params or {}}

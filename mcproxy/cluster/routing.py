@@ -1,0 +1,180 @@
+"""Which process of the cluster answers a request: the owner of the user it acts for.
+
+The process a request reaches (the *edge*) has already checked Host, Origin, the credential
+and the rate limit (`mcproxy.web.routes.Router`). For a route that acts on a user's state
+(`Route.routed`) it asks `EdgePlacement.place`: serve here when this process owns the user,
+claim the user when nobody live does, otherwise forward the whole request to the owner
+(`mcproxy.cluster.forward`). A request whose owner is gone is held until the user has a new
+owner, within ``cluster.failover_wait``, then served rather than failed.
+
+On the internal listener, requests come signed by another process (`OwnerCheck`): they are
+served only by the user's owner, and anyone else answers ``421 not_owner`` so the edge
+looks again.
+"""
+
+from typing import Any
+
+import orjson
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from mcproxy.cluster.forward import NotOwner, OwnerDraining, OwnerLost, OwnerUnreachable
+from mcproxy.errors import MCProxyError
+from mcproxy.mcp.codes import OWNER_LOST
+from mcproxy.web.http import read_body, request_id, write_json
+from mcproxy.web.origins import OriginPolicy
+
+log = Logger()
+
+#: Seconds between looks at a user's owner while waiting for a new one.
+POLL_INTERVAL = 0.1
+
+
+class OwnerUnavailable(MCProxyError):
+    """The user's owner cannot be reached and still holds its lease (a partition), or no owner
+    came up within ``cluster.failover_wait``."""
+
+    http_status = 503
+    code = "owner_unreachable"
+
+
+class Misdirected(MCProxyError):
+    """A forwarded request reached a process that does not own its user."""
+
+    http_status = 421
+    code = "not_owner"
+
+    def __init__(self, message: str, owner: str | None):
+        super().__init__(message)
+        self.owner = owner
+
+    def to_json(self) -> dict:
+        body = super().to_json()
+        body["error"]["owner"] = self.owner
+        return body
+
+
+def owner_lost_answer(body: bytes) -> tuple[int, Any] | None:
+    """The JSON-RPC answer to a request whose owner died after it was sent, when ``body`` is
+    a JSON-RPC request (None otherwise): it may or may not have run, and the model is told to
+    look before it repeats it."""
+    try:
+        message = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(message, dict) or "id" not in message or "method" not in message:
+        return None
+    text = (
+        "The proxy process running this request stopped before it answered (your browser connection "
+        "is moving to another process). It may or may not have happened: check with list_pages or "
+        "take_snapshot before repeating it."
+    )
+    if message["method"] == "tools/call":
+        result = {"content": [{"type": "text", "text": text}], "isError": True}
+        return 200, {"jsonrpc": "2.0", "id": message["id"], "result": result}
+    return 200, {"jsonrpc": "2.0", "id": message["id"], "error": {"code": OWNER_LOST, "message": text}}
+
+
+class EdgePlacement:
+    """`Router` ``place`` hook of the public listeners (module docstring).
+
+    ``node`` is this process's `mcproxy.cluster.service.ClusterNode` (its ownership, its
+    forwarder); ``max_body`` bounds what is read to forward.
+    """
+
+    def __init__(self, clock, node, *, failover_wait: float, max_body: int):
+        self.clock = clock
+        self.node = node
+        self.failover_wait = failover_wait
+        self.max_body = max_body
+        #: How forwards ended, by outcome (the forwarded requests metric).
+        self.outcomes: dict[str, int] = {}
+
+    async def place(self, request, user: str) -> bool:
+        """False: serve ``request`` here. True: it was answered by the owner of ``user``."""
+        node = self.node
+        ownership = node.ownership
+        if ownership.owns(user):
+            return False
+        body = read_body(request, self.max_body)
+        give_up = self.clock.seconds() + self.failover_wait
+        while True:
+            owner = await ownership.owner_of(user)
+            if owner is None or not owner.alive:
+                owner = await ownership.claim(user)
+            if owner.node == node.node_id:
+                return False
+            try:
+                await node.forwarder.forward(
+                    request,
+                    to=owner.node,
+                    url=owner.url,
+                    principal=request.principal,
+                    body=body,
+                    rid=request_id(request),
+                )
+            except (NotOwner, OwnerDraining, OwnerUnreachable) as e:
+                # Not run there: look again, once the owner moved or its lease ran out.
+                self._count(type(e).__name__)
+                ownership.forget(user)
+                if self.clock.seconds() >= give_up:
+                    request.setHeader(b"Retry-After", b"2")
+                    raise OwnerUnavailable(
+                        f"the proxy process serving user {user} cannot be reached; try again in a moment"
+                    ) from None
+                if not isinstance(e, NotOwner):
+                    await deferLater(self.clock, POLL_INTERVAL, lambda: None)
+                continue
+            except OwnerLost:
+                self._count("OwnerLost")
+                ownership.forget(user)
+                answer = owner_lost_answer(body)
+                if answer is None:
+                    raise OwnerUnavailable(
+                        f"the proxy process serving user {user} stopped before it answered; "
+                        "the request may or may not have run"
+                    ) from None
+                write_json(request, *answer)
+                return True
+            self._count("ok")
+            return True
+
+    def _count(self, outcome: str) -> None:
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+
+
+class OwnerCheck:
+    """`Router` ``place`` hook of the internal listener: only the owner serves a forwarded
+    request; a process that finds the user without a live owner claims it first."""
+
+    def __init__(self, node):
+        self.node = node
+
+    async def place(self, request, user: str) -> bool:
+        ownership = self.node.ownership
+        if ownership.owns(user):
+            return False
+        owner = await ownership.owner_of(user, fresh=True)
+        if owner is None or not owner.alive:
+            owner = await ownership.claim(user)
+        if owner.node == self.node.node_id:
+            return False
+        raise Misdirected(f"this process does not own user {user}", owner.node)
+
+
+class TrustedOrigins(OriginPolicy):
+    """The internal listener's Host and Origin rules: none, since the edge applied them."""
+
+    def __init__(self):
+        self.allow_loopback = True
+        self.allowed_origins = ()
+        self.allowed_hosts = ()
+
+    def check_host(self, request) -> None:
+        pass
+
+    def check_origin(self, request) -> None:
+        pass
+
+    def check_api_origin(self, request) -> None:
+        pass

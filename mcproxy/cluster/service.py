@@ -1,0 +1,246 @@
+"""One process of a cluster: its identity, its lease and the users it owns, wired to the
+daemon's browsers and sessions (see `mcproxy.cluster`).
+
+`ClusterNode` starts after the store and the internal listener, and before the public
+listeners: it registers the node, then owns users as placement hands them out, connecting
+each owned user's registered browser (only the owner connects: one CDP connection per
+browser in the whole cluster) and closing it when the user moves away.
+"""
+
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.logger import Logger
+
+from mcproxy.auth.admission import Admission
+from mcproxy.browser.cdp.connection import CDPConnection
+from mcproxy.browser.connect import LinkOpener
+from mcproxy.cluster.envelope import Envelope
+from mcproxy.cluster.forward import Forwarder
+from mcproxy.config import Config, ConfigError
+from mcproxy.errors import BrowserUnavailable, ServerFull
+from mcproxy.lifecycle import AsyncService
+from mcproxy.web.http import read_body
+
+log = Logger()
+
+#: Users handed over at once by a drain.
+HANDOVER_BATCH = 8
+
+
+class Fenced(BrowserUnavailable):
+    """This process may no longer command a user's browser: its lease ran out (or the user
+    moved), and another process may own the user by now."""
+
+    http_status = 503
+    code = "fenced"
+
+
+def fenced_links(open_link: LinkOpener, may_command: Callable[[str], bool]) -> LinkOpener:
+    """``open_link`` whose connections refuse every command once ``may_command(user_id)``
+    says no: a process that lost its lease stops talking to the browser before another
+    process can own it (its deadline comes before the lease's expiry in Redis)."""
+
+    async def open_fenced(browser) -> CDPConnection:
+        link = await open_link(browser)
+        user_id = browser.user_id
+
+        def guard() -> None:
+            if not may_command(user_id):
+                raise Fenced(
+                    "this proxy process no longer serves your browser (it is moving to another process); "
+                    "try again in a moment"
+                )
+
+        link.guard = guard
+        return link
+
+    return open_fenced
+
+
+def internal_address(config: Config) -> tuple[str, str]:
+    """The node id and the advertised URL of this process, from ``[cluster]``: given, or
+    derived from ``cluster.internal_listen`` (which must then name its port and interface)."""
+    cluster = config.cluster
+    kind, _, rest = cluster.internal_listen.partition(":")
+    parts = rest.split(":")
+    port = parts[0] if parts and parts[0].isdigit() else ""
+    interface = next((p.split("=", 1)[1] for p in parts if p.startswith("interface=")), "")
+    node_id = cluster.node_id
+    if not node_id:
+        if not port or port == "0":
+            raise ConfigError("cluster.node_id: needed when cluster.internal_listen names no fixed port")
+        node_id = f"{socket.gethostname()}:{port}"
+    url = cluster.advertise_url.rstrip("/")
+    if not url:
+        if kind not in ("tcp", "ssl") or not port or port == "0" or interface in ("", "0.0.0.0", "::"):
+            raise ConfigError(
+                "cluster.advertise_url: needed unless cluster.internal_listen is tcp: or ssl: with a fixed port "
+                "and a specific interface, e.g. tcp:3201:interface=10.0.0.5"
+            )
+        host = f"[{interface}]" if ":" in interface else interface
+        url = f"{'https' if kind == 'ssl' else 'http'}://{host}:{port}"
+    return node_id, url
+
+
+class ClusterNode(AsyncService):
+    """This process as a node of the cluster (module docstring)."""
+
+    def __init__(self, reactor, config: Config, *, store, pool, sessions):
+        self.reactor = reactor
+        self.config = config
+        self.store = store
+        self.pool = pool
+        self.sessions = sessions
+        self.node_id, self.url = internal_address(config)
+        self.envelope = Envelope(config.cluster.secret_bytes(), self.node_id, reactor)
+        self.forwarder = Forwarder(
+            reactor,
+            self.envelope,
+            connect_timeout=config.cluster.forward_connect_timeout,
+            max_connections=config.cluster.max_forward_connections,
+        )
+        self.started_at = reactor.seconds()
+        self.control: Any = None
+        self.membership: Any = None
+        self.ownership: Any = None
+        self.draining = False
+
+    async def start(self) -> None:
+        from mcproxy.cluster.control import open_control
+        from mcproxy.cluster.node import NodeMembership
+        from mcproxy.cluster.ownership import Ownership
+
+        cluster = self.config.cluster
+        self.control = await open_control(self.reactor, self.config.store.url)
+        self.membership = NodeMembership(
+            self.control,
+            self.reactor,
+            node_id=self.node_id,
+            url=self.url,
+            ttl=cluster.node_ttl,
+            renew_interval=cluster.renew_interval,
+            stats=self._stats,
+        )
+        self.ownership = Ownership(
+            self.control,
+            self.reactor,
+            self.membership,
+            registered_users=self._registered_users,
+            on_claimed=self._claimed,
+            on_lost=self._lost,
+            max_users=self.config.limits.max_users,
+        )
+        self.membership.startService()
+        await self.membership.started
+        self.ownership.startService()
+        await self.ownership.started
+        log.info("Cluster node {node} is up at {url}", node=self.node_id, url=self.url)
+
+    async def stop(self) -> None:
+        if self.ownership is not None:
+            await self.hand_over()
+            await self.ownership.stopService()
+        if self.membership is not None:
+            await self.membership.stopService()
+        await self.forwarder.close()
+        if self.control is not None:
+            await self.control.close()
+
+    # -- what ownership changes do to this process --------------------------------------
+
+    async def _registered_users(self) -> list[str]:
+        return [user.user_id for user in await self.store.list_users()]
+
+    def _claimed(self, user_id: str) -> None:
+        """This process now owns ``user_id``: connect its registered browser, if any."""
+        self.reactor.callLater(0, self._connect, user_id)
+
+    async def _connect_user(self, user_id: str) -> None:
+        record = await self.store.get_user(user_id)
+        if record is None or not self.ownership.owns(user_id):
+            return
+        try:
+            self.pool.browser_for(user_id, record.browser_url)
+        except ServerFull as e:
+            log.warn("Not connecting the browser of {user_id}: {reason}", user_id=user_id, reason=e.message)
+
+    def _connect(self, user_id: str) -> None:
+        Deferred.fromCoroutine(self._connect_user(user_id)).addErrback(
+            lambda f: log.failure("Connecting the browser of {user_id} failed", f, user_id=user_id)
+        )
+
+    def _lost(self, user_id: str) -> None:
+        """Another process owns ``user_id`` now (or this one lost its lease): let go of its
+        sessions and browser connection at once."""
+        log.info("User {user_id} is no longer served by this process", user_id=user_id)
+        self.sessions.close_user(user_id)
+        self.pool.forget(user_id)
+
+    async def start_draining(self) -> None:
+        """Say ``draining`` in ``/health`` and in the node's record, so balancers and placement
+        stop sending users here."""
+        self.draining = True
+        await self.membership.set_draining()
+
+    async def hand_over(self) -> None:
+        """Let go of every owned user (the drain): close its browser connection first, then
+        release it, so two processes never hold one browser."""
+        users = sorted(self.ownership.mine)
+        for start in range(0, len(users), HANDOVER_BATCH):
+            batch = users[start : start + HANDOVER_BATCH]
+            await gatherResults([Deferred.fromCoroutine(self._hand_over(user)) for user in batch])
+
+    async def _hand_over(self, user_id: str) -> None:
+        self.sessions.close_user(user_id)
+        await self.pool.forget(user_id)
+        await self.ownership.release(user_id)
+
+    # -- views ----------------------------------------------------------------------
+
+    def _stats(self) -> dict:
+        return {"users": len(self.ownership.mine) if self.ownership is not None else 0, "startedAt": self.started_at}
+
+    def health(self) -> dict:
+        """What ``/health`` adds in cluster mode; ``status`` is not ``ok`` while this process
+        cannot serve (draining, or its lease not valid)."""
+        valid = self.membership is not None and self.membership.valid()
+        status = "draining" if self.draining else ("ok" if valid else "fenced")
+        return {"status": status, "node": self.node_id, "ownedUsers": len(self.ownership.mine) if valid else 0}
+
+    async def describe(self, users: list[str]) -> dict:
+        """``GET /api/cluster``: the nodes and which node owns each of ``users``."""
+        nodes = await self.ownership.nodes()
+        owners = await self.ownership.owners(users)
+        return {"node": self.node_id, "nodes": nodes, "owners": owners}
+
+    def owns(self, user_id: str) -> bool:
+        """Whether this process may serve ``user_id`` now (a local check, no Redis)."""
+        return self.ownership is not None and self.ownership.owns(user_id)
+
+    async def node_of(self, user_id: str) -> str | None:
+        """The id of the node that owns ``user_id`` (None: nobody yet)."""
+        if self.ownership.owns(user_id):
+            return self.node_id
+        owner = await self.ownership.owner_of(user_id)
+        return owner.node if owner is not None and owner.alive else None
+
+    async def forwarded_principal(self, request):
+        """Who sent a request that reached the internal listener, from its signed envelope
+        (`mcproxy.auth.admission.Admission` chain of the internal listener)."""
+        header = request.getHeader(b"x-mcproxy-forward")
+        forwarded = self.envelope.open(
+            header or b"",
+            method=request.method,
+            path=request.uri,
+            body=read_body(request, self.config.server.max_body_bytes),
+        )
+        request.client_address = forwarded.client
+        return forwarded.principal
+
+    def internal_admission(self, refused) -> Admission:
+        """How the internal listener admits requests: by their envelope only (the edge has
+        authenticated and rate-limited the caller)."""
+        return Admission(self.forwarded_principal, refused=refused)
