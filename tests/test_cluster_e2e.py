@@ -6,6 +6,9 @@ tests that kill a node start their own. Every process is started and stopped by 
 """
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import json
 import re
 
@@ -13,9 +16,11 @@ import pytest_twisted
 import treq
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessTerminated
+from twisted.internet.task import Clock
 
 from bench.lean_mcp import LeanLegacySse, LeanStreamable
 from mcproxy.testing.cluster import FAST_TIMERS, Cluster, RedisServer
+from mcproxy.testing.fake_cdp import FakeCDPServerFactory
 from mcproxy.testing.tool_calls import until
 
 NODE_HEADER = "X-MCProxy-Node"
@@ -224,7 +229,7 @@ async def test_c3_stateless_page_ids_address_the_same_tab_through_every_node(clu
 # -- Ownership: one CDP connection per browser ---------------------------------------------------
 
 
-async def register_users(cluster: Cluster, names: list[str]) -> dict[str, tuple[str, object]]:
+async def register_users(cluster: Cluster, names: list[str]) -> dict[str, tuple[str, FakeCDPServerFactory]]:
     """Register each user with a FakeChrome of its own, through node i for the i-th user:
     user → (token, browser)."""
     users = {}
@@ -236,25 +241,11 @@ async def register_users(cluster: Cluster, names: list[str]) -> dict[str, tuple[
     return users
 
 
-async def settled_owners(cluster: Cluster, names, reactor, node: int = 0) -> dict[str, str]:
-    """``GET /api/cluster``'s owner of each of ``names``, once every one has an owner."""
-    latest: dict = {}
-
-    async def all_owned():
-        code, body, _ = await cluster.api("GET", "/api/cluster", node=node)
-        assert code == 200, body
-        latest.update(body["owners"])
-        return all(latest.get(name) for name in names)
-
-    await until(reactor, all_owned, 15, seen=lambda: latest)
-    return {name: latest[name] for name in names}
-
-
 @pytest_twisted.ensureDeferred
-async def test_c4_each_registered_browser_has_exactly_one_connection_across_the_cluster(cluster, reactor):
+async def test_c4_each_registered_browser_has_exactly_one_connection_across_the_cluster(cluster):
     names = ["c4-a", "c4-b", "c4-c"]
     users = await register_users(cluster, names)
-    owners = await settled_owners(cluster, names, reactor)
+    owners = await cluster.owners(names)
     assert set(owners.values()) <= {"n1", "n2", "n3"}
     # Every node serves every user once: a node that connected by itself would show here.
     for name, (token, browser) in users.items():
@@ -279,13 +270,13 @@ async def test_c4_each_registered_browser_has_exactly_one_connection_across_the_
 async def test_c4_a_restarted_cluster_connects_each_registered_browser_once(own_cluster, reactor):
     names = ["r-a", "r-b", "r-c"]
     users = await register_users(own_cluster, names)
-    await settled_owners(own_cluster, names, reactor)
+    await own_cluster.owners(names)
     for node in own_cluster.nodes:
         await node.kill()
     await until(reactor, lambda: all(not browser.connections for _, browser in users.values()), 10)
     # The users are in Redis before any node starts: today every node connects to each.
     await own_cluster.start_nodes()
-    owners = await settled_owners(own_cluster, names, reactor)
+    owners = await own_cluster.owners(names)
     for name, (token, browser) in users.items():
         answer, headers = await own_cluster.proxy(2).call_tool_with_headers(token, "list_pages", {})
         assert text_of(answer) and node_of(headers) == owners[name]
@@ -293,30 +284,6 @@ async def test_c4_a_restarted_cluster_connects_each_registered_browser_once(own_
 
 
 # -- Failures ------------------------------------------------------------------------------------
-
-
-@pytest_twisted.ensureDeferred
-async def test_c8_a_killed_owners_user_is_served_by_a_new_owner(own_cluster, reactor):
-    names = ["k-a", "k-b", "k-c", "k-d"]
-    users = await register_users(own_cluster, names)
-    owners = await settled_owners(own_cluster, names, reactor)
-    victim_user = names[0]
-    victim = own_cluster.node_named(owners[victim_user])
-    token, browser = users[victim_user]
-    assert len(browser.opened) == 1
-    await victim.kill()
-    await until(reactor, lambda: not browser.connections, 10)  # the old CDP connection dropped
-    edge = next(index for index, node in enumerate(own_cluster.nodes) if node is not victim)
-    # Held at the edge until a new owner is found, then served: not failed.
-    _, new_owner = await served_within_failover(own_cluster, reactor, edge, token)
-    assert new_owner != victim.node_id and new_owner in {"n1", "n2", "n3"}
-    assert len(browser.opened) == 2 and len(browser.connections) == 1
-    after = await settled_owners(own_cluster, names, reactor, node=edge)
-    assert after[victim_user] == new_owner
-    survivors = {name: owner for name, owner in owners.items() if owner != victim.node_id}
-    assert {name: after[name] for name in survivors} == survivors
-    for name in survivors:
-        assert len(users[name][1].opened) == 1, name
 
 
 async def served_within_failover(cluster: Cluster, reactor, node: int, token: str) -> tuple[dict, str]:
@@ -331,10 +298,34 @@ async def served_within_failover(cluster: Cluster, reactor, node: int, token: st
 
 
 @pytest_twisted.ensureDeferred
+async def test_c8_a_killed_owners_user_is_served_by_a_new_owner(own_cluster, reactor):
+    names = ["k-a", "k-b", "k-c", "k-d"]
+    users = await register_users(own_cluster, names)
+    owners = await own_cluster.owners(names)
+    victim_user = names[0]
+    victim = own_cluster.node_named(owners[victim_user])
+    token, browser = users[victim_user]
+    assert len(browser.opened) == 1
+    await victim.kill()
+    await until(reactor, lambda: not browser.connections, 10)  # the old CDP connection dropped
+    edge = next(index for index, node in enumerate(own_cluster.nodes) if node is not victim)
+    # Held at the edge until a new owner is found, then served: not failed.
+    _, new_owner = await served_within_failover(own_cluster, reactor, edge, token)
+    assert new_owner != victim.node_id and new_owner in {"n1", "n2", "n3"}
+    assert len(browser.opened) == 2 and len(browser.connections) == 1
+    after = await own_cluster.owners(names, node=edge)
+    assert after[victim_user] == new_owner
+    survivors = {name: owner for name, owner in owners.items() if owner != victim.node_id}
+    assert {name: after[name] for name in survivors} == survivors
+    for name in survivors:
+        assert len(users[name][1].opened) == 1, name
+
+
+@pytest_twisted.ensureDeferred
 async def test_c10_a_paused_owner_sends_nothing_after_the_takeover_and_comes_back_empty(own_cluster, reactor):
     names = ["p-a", "p-b", "p-c"]
     users = await register_users(own_cluster, names)
-    owners = await settled_owners(own_cluster, names, reactor)
+    owners = await own_cluster.owners(names)
     paused_user = names[0]
     paused = own_cluster.node_named(owners[paused_user])
     token, browser = users[paused_user]
@@ -363,7 +354,7 @@ async def test_c10_a_paused_owner_sends_nothing_after_the_takeover_and_comes_bac
     await until(reactor, lambda: old_connection not in browser.connections, 10)
     assert old_connection.received == received_at_takeover, "the fenced node sent CDP commands after the takeover"
     assert len(browser.opened) == 2
-    after = await settled_owners(own_cluster, names, reactor)
+    after = await own_cluster.owners(names)
     assert paused.node_id not in after.values(), after
 
 
@@ -371,7 +362,10 @@ async def test_c10_a_paused_owner_sends_nothing_after_the_takeover_and_comes_bac
 async def test_c17_a_second_process_with_a_node_id_in_use_refuses_to_start(cluster):
     duplicate = cluster.spare_node("n1")
     duplicate.spawn()
-    reason = await duplicate.exited(2 * FAST_TIMERS["node_ttl"] + 30)
+    try:
+        reason = await duplicate.exited(2 * FAST_TIMERS["node_ttl"] + 15)
+    finally:
+        await duplicate.close()  # never two n1 for the tests that follow
     assert isinstance(reason, ProcessTerminated) and reason.exitCode, (reason, duplicate.tail())
     assert any("cluster.node_id" in message for message in duplicate.messages()), duplicate.tail()
     code, health = await cluster.nodes[0].health()
@@ -383,10 +377,6 @@ async def test_c17_a_second_process_with_a_node_id_in_use_refuses_to_start(clust
 
 def resealed(value: bytes, secret: bytes | None, **changes) -> bytes:
     """An envelope with ``changes`` to its fields, signed with ``secret`` (None: the old MAC kept)."""
-    import base64
-    import hashlib
-    import hmac
-
     version, payload, mac = value.split(b".")
     fields = json.loads(base64.urlsafe_b64decode(payload + b"=" * (-len(payload) % 4)))
     fields.update(changes)
@@ -403,7 +393,7 @@ async def test_c20_the_internal_listener_runs_only_requests_with_a_valid_envelop
 
     name = "c20-user"
     token, browser = (await register_users(cluster, [name]))[name]
-    owner_id = (await settled_owners(cluster, [name], reactor))[name]
+    owner_id = (await cluster.owners([name]))[name]
     owner = cluster.node_named(owner_id)
     edge_id = next(node.node_id for node in cluster.nodes if node is not owner)
     secret = cluster.secret.encode()
@@ -443,11 +433,8 @@ async def test_c20_the_internal_listener_runs_only_requests_with_a_valid_envelop
     def created() -> int:
         return browser.chrome.methods().count("Target.createTarget")
 
-    class Stale:
-        @staticmethod
-        def seconds() -> float:
-            return reactor.seconds() - 120
-
+    stale = Clock()
+    stale.advance(reactor.seconds() - 120)
     body = message(1)
     good = sealed(body)
     refused = {
@@ -457,7 +444,7 @@ async def test_c20_the_internal_listener_runs_only_requests_with_a_valid_envelop
         "tampered body": (message(2), good, "/mcp"),
         "tampered user": (body, resealed(good, None, user="someone-else"), "/mcp"),
         "tampered path": (body, good, "/sse"),
-        "stale": (body, sealed(body, clock=Stale), "/mcp"),
+        "stale": (body, sealed(body, clock=stale), "/mcp"),
         "second hop": (body, resealed(good, secret, hop=2), "/mcp"),
         "other node": (body, resealed(good, secret, to=edge_id), "/mcp"),
     }

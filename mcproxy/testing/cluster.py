@@ -8,6 +8,7 @@ Nothing here imports pytest: `bench` drives the same harness. The reactor is pas
 import os
 import secrets
 import shutil
+from collections.abc import Sequence
 from typing import Any, cast
 
 import attrs
@@ -103,21 +104,10 @@ class RedisServer(ChildProcess):
         answered.addTimeout(REDIS_TIMEOUT, self.reactor)
         return await answered
 
-    async def kill(self) -> None:
-        """SIGKILL, and wait until it is gone (its port is free again)."""
-        self.signal("KILL")
-        await self.exited()
-
     async def restart(self) -> None:
         """Start again on the same port (after `kill`); with ``appendonly`` the data is back."""
-        if self.running:
-            await self.kill()
+        await self.close()
         await self.start()
-
-    async def close(self) -> None:
-        """Kill it if it runs (clean-up)."""
-        if self.running:
-            await self.kill()
 
 
 class _Relayed:
@@ -298,11 +288,6 @@ class ClusterNode(Daemon):
         body = await response.json() if response.code in (200, 503) else None
         return response.code, body
 
-    async def kill(self) -> None:
-        """``kill -9``, and wait until the process is gone."""
-        self.signal("KILL")
-        await self.exited()
-
     def pause(self) -> None:
         """SIGSTOP: the process freezes, its sockets stay open."""
         self.signal("STOP")
@@ -320,7 +305,7 @@ class ClusterNode(Daemon):
         """Kill it if it runs, resuming it first if paused, and close its relays (clean-up)."""
         if self.running:
             self.resume()
-            await self.kill()
+        await super().close()
         for relay in (self.redis_relay, self.internal_relay):
             if relay is not None:
                 await relay.close()
@@ -457,11 +442,21 @@ class Cluster:
         """Register ``browser_url`` for ``user_id`` through node ``node`` (asserts 201)."""
         return await self.proxy(node).register(user_id, browser_url, token)
 
-    async def owners(self) -> dict[str, str | None]:
-        """``GET /api/cluster``'s owners: user id → node id (or None)."""
-        code, body, _ = await self.api("GET", "/api/cluster")
-        assert code == 200, (code, body)
-        return body["owners"]
+    async def owners(self, users: Sequence[str] = (), node: int = 0, timeout: float = 15.0) -> dict[str, str | None]:
+        """``GET /api/cluster``'s owners (user id → node id or None) as node ``node`` sees
+        them; given ``users``, once each of them has an owner (AssertionError after
+        ``timeout`` seconds), and only theirs."""
+        latest: dict[str, str | None] = {}
+
+        async def owned() -> bool:
+            code, body, _ = await self.api("GET", "/api/cluster", node=node)
+            assert code == 200, (code, body)
+            latest.clear()
+            latest.update(body["owners"])
+            return all(latest.get(user) for user in users)
+
+        await until(self.reactor, owned, timeout, seen=lambda: latest)
+        return {user: latest[user] for user in users} if users else latest
 
     def fake_browser(self) -> FakeCDPServerFactory:
         """A `FakeChrome` on a free loopback port (its ``url`` registers it), stopped with the cluster."""

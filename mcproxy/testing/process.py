@@ -103,6 +103,16 @@ class ChildProcess(protocol.ProcessProtocol):
         if self.running:
             self.process.signalProcess("KILL")
 
+    async def kill(self) -> None:
+        """``kill -9``, and wait until the process is gone (its ports are free again)."""
+        self.signal("KILL")
+        await self.exited()
+
+    async def close(self) -> None:
+        """Kill the process if it runs, and wait until it is gone (clean-up)."""
+        if self.running:
+            await self.kill()
+
     async def exited(self, seconds: float = 30.0) -> BaseException:
         """The exit reason (ProcessDone or ProcessTerminated), waiting at most ``seconds``."""
         if self.exit_reason is not None:
