@@ -1,0 +1,1 @@
+"""Cluster mode: several processes acting as one proxy, coordinated through Redis."""
