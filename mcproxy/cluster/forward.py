@@ -14,7 +14,7 @@ re-route, wait or answer.
 
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
@@ -22,13 +22,11 @@ from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
-    PartialDownloadError,
     RequestNotSent,
     RequestTransmissionFailed,
     ResponseDone,
     ResponseFailed,
     ResponseNeverReceived,
-    readBody,
 )
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
@@ -254,9 +252,11 @@ class Forwarder:
         except (ResponseNeverReceived, RequestTransmissionFailed):
             raise OwnerLost(f"node {to} went away before answering", nonce=nonce) from None
         if response.code in (409, 421, 503):
+            collect = _Collect()
+            response.deliverBody(collect)
             try:
-                data = await upstream.wait(readBody(response))
-            except (ResponseFailed, PartialDownloadError):
+                data = await upstream.wait(collect.done)
+            except ResponseFailed:
                 raise OwnerLost(f"node {to} went away while refusing", nonce=nonce) from None
             refusal = _refusal(response.code, data, to)
             if refusal is not None:
@@ -277,23 +277,58 @@ class Forwarder:
 
 
 class _Upstream:
-    """What the forward waits on; cancelled when the client goes away, so that the upstream
-    connection closes and the owner's request ends with it."""
+    """What the forward waits on. It is cancelled when the client goes away (or the caller
+    cancels the forward), which closes the upstream connection and so ends the request on
+    the owner; the forward then raises CancelledError, whatever the closed connection said."""
 
     def __init__(self, request):
+        self._cancelled = False
+        self._inner: Deferred | None = None
         self._waiting: Deferred | None = None
         request.notifyFinish().addErrback(self._client_gone)
 
     async def wait(self, deferred: Deferred) -> Any:
-        self._waiting = deferred
+        if self._cancelled:
+            deferred.cancel()
+            raise CancelledError()
+        self._inner = deferred
+        waiting = self._waiting = Deferred(self._cancel)
+        deferred.chainDeferred(waiting)
         try:
-            return await deferred
+            return await waiting
+        except Exception:
+            if self._cancelled:
+                raise CancelledError() from None
+            raise
         finally:
-            self._waiting = None
+            self._inner = self._waiting = None
+
+    def _cancel(self, _waiting: Deferred) -> None:
+        self._cancelled = True
+        if self._inner is not None:
+            self._inner.cancel()
 
     def _client_gone(self, _failure) -> None:
         if self._waiting is not None:
             self._waiting.cancel()
+        self._cancelled = True
+
+
+class _Collect(Protocol):
+    """Reads a short answer whole: the body of a refusal, to see its code."""
+
+    def __init__(self) -> None:
+        self._data: list[bytes] = []
+        self.done: Deferred[bytes] = Deferred(lambda _: self.transport.stopProducing())  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self._data.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self._data))
+        else:
+            self.done.errback(reason)
 
 
 class _Pipe(Protocol):
