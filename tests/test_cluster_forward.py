@@ -8,6 +8,7 @@ import os
 import attrs
 import pytest
 import pytest_twisted
+from prometheus_client import CollectorRegistry
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
@@ -27,6 +28,8 @@ from mcproxy.cluster.forward import (
     TooManyForwards,
 )
 from mcproxy.errors import MCProxyError
+from mcproxy.web.http import cancel_on_deadline
+from mcproxy.web.site import ConnectionLimits, ProxySite
 
 SECRET = b"k" * 32
 ALICE = Principal("alice", frozenset({"tools:*"}), token_id="tok_1", impersonator="root")
@@ -110,6 +113,7 @@ class Edge(Resource):
 
     def render(self, request):
         world = self.world
+        world.edge_requests.append(request)
         work = Deferred.fromCoroutine(
             world.forwarder.forward(
                 request,
@@ -121,6 +125,7 @@ class Edge(Resource):
                 **world.options,
             )
         )
+        cancel_on_deadline(request, work)  # as the router does
         work.addCallbacks(world.outcomes.append, lambda failure: self._failed(request, failure))
         return NOT_DONE_YET
 
@@ -154,6 +159,8 @@ class World:
     target: str
     options: dict = attrs.Factory(dict)
     outcomes: list = attrs.Factory(list)
+    edge_requests: list = attrs.Factory(list)
+    edge_site: ProxySite | None = None
 
     def use(self, forwarder: Forwarder) -> None:
         """Forward with ``forwarder`` from now on (the fixture closes it)."""
@@ -171,7 +178,9 @@ async def world(reactor):
     owner_url = f"http://127.0.0.1:{owner_port.getHost().port}"
     forwarder = Forwarder(reactor, Envelope(SECRET, "n2", reactor))
     w = World(reactor, owner, owner_site, owner_url, "", forwarder, owner_url)
-    edge_port = reactor.listenTCP(0, Site(Edge(w)), interface="127.0.0.1")
+    edge_site = ProxySite(Edge(w), max_body_bytes=16 * 1024 * 1024, registry=CollectorRegistry())
+    w.edge_site = edge_site
+    edge_port = reactor.listenTCP(0, edge_site, interface="127.0.0.1")
     w.edge_url = f"http://127.0.0.1:{edge_port.getHost().port}"
     yield w
     for f in [w.forwarder, *w.extra]:
@@ -240,7 +249,7 @@ async def test_a_json_answer_is_relayed_with_its_status_and_headers(reactor, wor
 
     [seen] = world.owner.seen
     assert seen.forwarded.principal == ALICE and seen.forwarded.origin == "n2"
-    assert seen.forwarded.rid == "rid-1"
+    assert seen.forwarded.rid == "rid-1" and seen.forwarded.client == "127.0.0.1"
     assert seen.request.uri == b"/mcp?a=1&b=%2F"
     sent = seen.headers
     for name in (b"authorization", b"cookie", b"proxy-authorization", b"x-forwarded-for", b"x-hop", b"te"):
@@ -299,6 +308,7 @@ async def test_an_event_stream_is_relayed_as_it_is_produced(reactor, world, http
     collected = treq.collect(response, chunk)
     await within(first, reactor)
     assert not world.owner.seen[0].request.finished  # the client has it before the owner is done
+    assert world.edge_requests[0].deadline is None  # a relayed stream outlives the edge's time limit
     release.callback(None)
     await within(collected, reactor)
     assert b"".join(received) == b"".join(sse_event(n) for n in range(500))
@@ -426,6 +436,24 @@ async def test_a_client_that_leaves_ends_the_request_on_the_owner(reactor, world
     client.transport.loseConnection()
     await until(reactor, lambda: ended, "the owner's request to end")
     assert ended[0] is not None, "the owner's notifyFinish should fail: its client went away"
+    await until(reactor, lambda: world.outcomes, "the forward to end")
+    assert isinstance(world.outcomes[0], CancelledError)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_forward_cut_short_by_the_edge_time_limit_ends_the_request_on_the_owner(reactor, world, http_client):
+    ended = []
+
+    def hang(request):
+        request.notifyFinish().addBoth(ended.append)
+        return NOT_DONE_YET
+
+    world.owner.handlers[b"/hang"] = hang
+    world.edge_site.limits = ConnectionLimits(request_timeout=0.3)
+    response = await within(http_client.post(world.edge_url + "/hang", data=b"{}"), reactor)
+    assert response.code == 504 and (await response.json())["error"]["code"] == "request_timeout"
+    await until(reactor, lambda: ended, "the owner's request to end")
+    assert ended[0] is not None
     await until(reactor, lambda: world.outcomes, "the forward to end")
     assert isinstance(world.outcomes[0], CancelledError)
 

@@ -38,6 +38,7 @@ from mcproxy.cluster.envelope import HEADER, DuplicateForward, Envelope, new_non
 from mcproxy.errors import MCProxyError, ServerFull
 from mcproxy.mcp.codes import SESSION_ENDED
 from mcproxy.mcp.jsonrpc import encode, error_message
+from mcproxy.web.http import lift_deadline
 
 if TYPE_CHECKING:
     from mcproxy.auth.principal import Principal
@@ -204,7 +205,9 @@ class Forwarder:
 
         Raises a `ForwardFailed` (or `DuplicateForward` when the owner had already seen the
         nonce, or `TooManyForwards`) before writing anything; once the answer has begun, it is
-        relayed to its end or until either side goes away.
+        relayed to its end or until either side goes away. A client that goes away, or a
+        cancelled forward (`mcproxy.web.http.cancel_on_deadline`), closes the upstream
+        connection and raises CancelledError.
         """
         open_now = self._open.get(url, 0)
         if open_now >= self.max_connections:
@@ -288,9 +291,6 @@ class _Upstream:
         request.notifyFinish().addErrback(self._client_gone)
 
     async def wait(self, deferred: Deferred) -> Any:
-        if self._cancelled:
-            deferred.cancel()
-            raise CancelledError()
         self._inner = deferred
         waiting = self._waiting = Deferred(self._cancel)
         deferred.chainDeferred(waiting)
@@ -311,15 +311,25 @@ class _Upstream:
     def _client_gone(self, _failure) -> None:
         if self._waiting is not None:
             self._waiting.cancel()
-        self._cancelled = True
 
 
-class _Collect(Protocol):
+class _Reader(Protocol):
+    """Reads the body of the owner's answer; cancelling ``done`` closes the upstream connection."""
+
+    def __init__(self) -> None:
+        self.done: Deferred = Deferred(self._cancel)
+
+    def _cancel(self, _done: Deferred) -> None:
+        upstream: Any = self.transport  # a `TransportProxyProducer`, idle once the answer is complete
+        upstream.stopProducing()
+
+
+class _Collect(_Reader):
     """Reads a short answer whole: the body of a refusal, to see its code."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._data: list[bytes] = []
-        self.done: Deferred[bytes] = Deferred(lambda _: self.transport.stopProducing())  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
         self._data.append(data)
@@ -331,11 +341,12 @@ class _Collect(Protocol):
             self.done.errback(reason)
 
 
-class _Pipe(Protocol):
+class _Pipe(_Reader):
     """Writes the owner's answer into the client's response as it arrives. The owner's
     connection is the response's producer: it is paused while the client's buffer is full."""
 
     def __init__(self, request, to: str, rid: str, sse_lost: bytes | None):
+        super().__init__()
         self._request = request
         self._to = to
         self._rid = rid
@@ -343,13 +354,9 @@ class _Pipe(Protocol):
         self._sse_lost = sse_lost
         #: The last bytes relayed, to tell whether a lost stream stopped between two events.
         self._tail = b"\n\n"
-        self._upstream: Any = None
-        self.done: Deferred[None] = Deferred(self._cancel)
 
     def connectionMade(self) -> None:
-        # A `TransportProxyProducer`: it lets go of the connection once the answer is complete.
-        self._upstream = self.transport
-        self._request.registerProducer(self._upstream, True)
+        self._request.registerProducer(self.transport, True)
 
     def dataReceived(self, data: bytes) -> None:
         self._request.write(data)
@@ -378,12 +385,11 @@ class _Pipe(Protocol):
                 request.loseConnection()  # unfinished: the client must not take it as complete
         self.done.callback(None)
 
-    def _cancel(self, _done: Deferred) -> None:
-        self._upstream.stopProducing()  # closes the upstream connection
-
 
 def _relay_head(request, response) -> None:
-    """The owner's status and the headers the client may see."""
+    """The owner's status and the headers the client may see. From here the owner's time
+    limit governs (an event stream has none); the edge's could only cut a relayed answer."""
+    lift_deadline(request)
     request.setResponseCode(response.code, response.phrase)
     out = request.responseHeaders
     for name, values in response.headers.getAllRawHeaders():
