@@ -15,12 +15,14 @@ re-route, wait or answer.
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
+    BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
     RequestNotSent,
     RequestTransmissionFailed,
@@ -30,7 +32,7 @@ from twisted.web.client import (
 )
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
 from mcproxy import wirejson
@@ -160,6 +162,29 @@ class _Body:
         pass
 
 
+@implementer(IAgentEndpointFactory)
+class _Endpoints:
+    """Each node's endpoint, made once: the Agent's own factory parses and IDNA-encodes the
+    host again for every request, although a new connection is seldom needed."""
+
+    def __init__(self, reactor, connect_timeout: float):
+        self._reactor = reactor
+        self._timeout = connect_timeout
+        self._made: dict[tuple[bytes, bytes, int], Any] = {}
+        self._tls = BrowserLikePolicyForHTTPS()
+
+    def endpointForURI(self, uri):
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._made.get(key)
+        if endpoint is None:
+            host = uri.host.decode("ascii")
+            endpoint = HostnameEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
+            if uri.scheme == b"https":
+                endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
+            self._made[key] = endpoint
+        return endpoint
+
+
 class Forwarder:
     """Sends requests to their owners over persistent connections.
 
@@ -176,7 +201,7 @@ class Forwarder:
         pool.maxPersistentPerHost = 16
         pool.cachedConnectionTimeout = 60  # before the owner's 300 s: the edge closes idle ones
         pool.retryAutomatically = False  # retries are the router's, with the same nonce
-        self._agent = Agent(reactor, connectTimeout=connect_timeout, pool=pool)
+        self._agent = Agent.usingEndpointFactory(reactor, _Endpoints(reactor, connect_timeout), pool=pool)
         self._open: dict[str, int] = {}
 
     def close(self) -> Deferred[None]:
