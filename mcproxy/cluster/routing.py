@@ -12,8 +12,6 @@ served only by the user's owner, and anyone else answers ``421 not_owner`` so th
 looks again.
 """
 
-from typing import Any
-
 import orjson
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -54,25 +52,38 @@ class Misdirected(MCProxyError):
         return body
 
 
-def owner_lost_answer(body: bytes) -> tuple[int, Any] | None:
-    """The JSON-RPC answer to a request whose owner died after it was sent, when ``body`` is
-    a JSON-RPC request (None otherwise): it may or may not have run, and the model is told to
-    look before it repeats it."""
+#: JSON-RPC methods that change nothing: sent again after their owner was lost.
+SAFE_TO_REPEAT = frozenset(
+    {"initialize", "ping", "tools/list", "resources/list", "resources/read", "prompts/list", "server/discover"}
+)
+
+_LOST = (
+    "The proxy process running this request stopped before it answered (your browser connection "
+    "is moving to another process). It may or may not have happened: check with list_pages or "
+    "take_snapshot before repeating it."
+)
+
+
+def json_rpc_request(request, body: bytes) -> dict | None:
+    """The JSON-RPC request a POST carries (one with an ``id`` and a ``method``), else None."""
+    if request.method != b"POST" or not body:
+        return None
     try:
         message = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(message, dict) or "id" not in message or "method" not in message:
-        return None
-    text = (
-        "The proxy process running this request stopped before it answered (your browser connection "
-        "is moving to another process). It may or may not have happened: check with list_pages or "
-        "take_snapshot before repeating it."
-    )
+    if isinstance(message, dict) and "id" in message and isinstance(message.get("method"), str):
+        return message
+    return None
+
+
+def owner_lost_answer(message: dict) -> dict:
+    """The JSON-RPC answer to ``message`` when its owner died after it was sent: it may or may
+    not have run, and the model is told to look before it repeats it."""
     if message["method"] == "tools/call":
-        result = {"content": [{"type": "text", "text": text}], "isError": True}
-        return 200, {"jsonrpc": "2.0", "id": message["id"], "result": result}
-    return 200, {"jsonrpc": "2.0", "id": message["id"], "error": {"code": OWNER_LOST, "message": text}}
+        result = {"content": [{"type": "text", "text": _LOST}], "isError": True}
+        return {"jsonrpc": "2.0", "id": message["id"], "result": result}
+    return {"jsonrpc": "2.0", "id": message["id"], "error": {"code": OWNER_LOST, "message": _LOST}}
 
 
 class EdgePlacement:
@@ -95,14 +106,18 @@ class EdgePlacement:
         node = self.node
         ownership = node.ownership
         if ownership.owns(user):
+            request.setHeader(b"X-MCProxy-Node", node.node_id.encode())
             return False
         body = read_body(request, self.max_body)
+        message = json_rpc_request(request, body)
+        rpc_id = None if message is None else message["id"]
         give_up = self.clock.seconds() + self.failover_wait
         while True:
             owner = await ownership.owner_of(user)
             if owner is None or not owner.alive:
                 owner = await ownership.claim(user)
             if owner.node == node.node_id:
+                request.setHeader(b"X-MCProxy-Node", node.node_id.encode())
                 return False
             try:
                 await node.forwarder.forward(
@@ -112,9 +127,10 @@ class EdgePlacement:
                     principal=request.principal,
                     body=body,
                     rid=request_id(request),
+                    rpc_id=rpc_id,
                 )
             except (NotOwner, OwnerDraining, OwnerUnreachable) as e:
-                # Not run there: look again, once the owner moved or its lease ran out.
+                # Not run there: look again once the owner moved or its lease ran out.
                 self._count(type(e).__name__)
                 ownership.forget(user)
                 if self.clock.seconds() >= give_up:
@@ -126,15 +142,20 @@ class EdgePlacement:
                     await deferLater(self.clock, POLL_INTERVAL, lambda: None)
                 continue
             except OwnerLost:
+                # Maybe run there. What changes nothing is sent again to the next owner.
                 self._count("OwnerLost")
                 ownership.forget(user)
-                answer = owner_lost_answer(body)
-                if answer is None:
+                repeatable = request.method == b"GET" or (message is not None and message["method"] in SAFE_TO_REPEAT)
+                if repeatable and self.clock.seconds() < give_up:
+                    await deferLater(self.clock, POLL_INTERVAL, lambda: None)
+                    continue
+                if message is None:
+                    request.setHeader(b"Retry-After", b"2")
                     raise OwnerUnavailable(
                         f"the proxy process serving user {user} stopped before it answered; "
                         "the request may or may not have run"
                     ) from None
-                write_json(request, *answer)
+                write_json(request, 200, owner_lost_answer(message))
                 return True
             self._count("ok")
             return True
@@ -153,11 +174,13 @@ class OwnerCheck:
     async def place(self, request, user: str) -> bool:
         ownership = self.node.ownership
         if ownership.owns(user):
+            request.setHeader(b"X-MCProxy-Node", self.node.node_id.encode())
             return False
         owner = await ownership.owner_of(user, fresh=True)
         if owner is None or not owner.alive:
             owner = await ownership.claim(user)
         if owner.node == self.node.node_id:
+            request.setHeader(b"X-MCProxy-Node", self.node.node_id.encode())
             return False
         raise Misdirected(f"this process does not own user {user}", owner.node)
 

@@ -132,6 +132,7 @@ class ClusterNode(AsyncService):
             on_claimed=self._claimed,
             on_lost=self._lost,
             max_users=self.config.limits.max_users,
+            claim_grace=cluster.claim_grace,
         )
         self.membership.startService()
         await self.membership.started
@@ -188,7 +189,7 @@ class ClusterNode(AsyncService):
     async def hand_over(self) -> None:
         """Let go of every owned user (the drain): close its browser connection first, then
         release it, so two processes never hold one browser."""
-        users = sorted(self.ownership.mine)
+        users = sorted(self.ownership.held())
         for start in range(0, len(users), HANDOVER_BATCH):
             batch = users[start : start + HANDOVER_BATCH]
             await gatherResults([Deferred.fromCoroutine(self._hand_over(user)) for user in batch])
@@ -201,14 +202,14 @@ class ClusterNode(AsyncService):
     # -- views ----------------------------------------------------------------------
 
     def _stats(self) -> dict:
-        return {"users": len(self.ownership.mine) if self.ownership is not None else 0, "startedAt": self.started_at}
+        return {"users": len(self.ownership.held()) if self.ownership is not None else 0, "startedAt": self.started_at}
 
     def health(self) -> dict:
         """What ``/health`` adds in cluster mode; ``status`` is not ``ok`` while this process
         cannot serve (draining, or its lease not valid)."""
         valid = self.membership is not None and self.membership.valid()
         status = "draining" if self.draining else ("ok" if valid else "fenced")
-        return {"status": status, "node": self.node_id, "ownedUsers": len(self.ownership.mine) if valid else 0}
+        return {"status": status, "node": self.node_id, "ownedUsers": len(self.ownership.held()) if valid else 0}
 
     async def describe(self, users: list[str]) -> dict:
         """``GET /api/cluster``: the nodes and which node owns each of ``users``."""
