@@ -220,8 +220,10 @@ def memory_link(chrome: FakeChrome, clock, *, default_timeout: float = 30.0) -> 
 
 
 class _FakeServerProtocol(WebSocketServerProtocol):
-    #: CDP messages received on this connection (proves a connection stayed silent).
-    received = 0
+    def __init__(self) -> None:
+        super().__init__()
+        #: The CDP methods received on this connection, in order (proves it stayed silent).
+        self.methods: list[str] = []
 
     def onConnect(self, request):
         self.factory.requests.append(request)
@@ -237,7 +239,7 @@ class _FakeServerProtocol(WebSocketServerProtocol):
         self.factory.opened.append(self)
 
     def onMessage(self, payload, isBinary):
-        self.received += 1
+        self.methods.append(json.loads(payload).get("method"))
         self.factory.chrome.receive(payload.decode("utf-8"))
 
     def onClose(self, wasClean, code, reason):
@@ -251,8 +253,8 @@ class FakeCDPServerFactory(WebSocketServerFactory):
     """Serves a `FakeChrome` over WebSocket (listen with ``reactor.listenTCP(0, factory)``).
 
     ``requests`` holds each handshake request (headers included); ``connections`` the
-    open connections and ``opened`` every connection ever opened, in order (each counts
-    the messages it ``received``); set ``refuse`` to ``(status, reason)`` to refuse
+    open connections and ``opened`` every connection ever opened, in order (each lists
+    the CDP ``methods`` it received); set ``refuse`` to ``(status, reason)`` to refuse
     handshakes; `drop_all` aborts every connection.
     """
 
@@ -270,6 +272,15 @@ class FakeCDPServerFactory(WebSocketServerFactory):
         self.url = ""
         self.refuse: tuple[int, str] | None = None
         self.setProtocolOptions(maxMessagePayloadSize=0, maxFramePayloadSize=0)
+
+    def links(self) -> list[_FakeServerProtocol]:
+        """The connections ever opened that were more than a finished probe (a registration's
+        lone ``Browser.getVersion``): the CDP links a proxy held, in order."""
+        return [
+            connection
+            for connection in self.opened
+            if connection.methods != ["Browser.getVersion"] or connection in self.connections
+        ]
 
     def drop_all(self) -> None:
         """Abort every client connection without a closing handshake."""
