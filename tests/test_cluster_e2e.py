@@ -374,7 +374,7 @@ async def test_c17_a_second_process_with_a_node_id_in_use_refuses_to_start(clust
     finally:
         await duplicate.close()  # never two n1 for the tests that follow
     assert isinstance(reason, ProcessTerminated) and reason.exitCode, (reason, duplicate.tail())
-    assert any("cluster.node_id" in message for message in duplicate.messages()), duplicate.tail()
+    assert any("cluster.node_id" in line for line in duplicate.lines), duplicate.tail()  # message or traceback
     code, health = await cluster.nodes[0].health()
     assert code == 200 and health["node"] == "n1"
 
