@@ -1,5 +1,6 @@
 """Cluster mode end to end: three real ``twistd mcproxy`` nodes on one Redis of their own,
-clients rotating over the nodes as a round-robin balancer would (design: docs cluster.md §8).
+clients rotating over the nodes as a round-robin balancer would (the test plan of the
+cluster design, tests C1-C4, C8, C10, C17, C20).
 
 The nodes run the short fault timers (`FAST_TIMERS`). One cluster serves the module;
 tests that kill a node start their own. Every process is started and stopped by its PID.
