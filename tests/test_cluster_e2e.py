@@ -94,7 +94,8 @@ async def test_harness_runs_three_plain_nodes_sharing_users_and_tokens(reactor, 
         assert code == 401
         assert [cluster.next_url() for _ in range(4)] == cluster.base_urls + cluster.base_urls[:1]
         victim = cluster.nodes[1]
-        await victim.kill()
+        victim.pause()
+        await victim.kill()  # a paused process dies too
         assert isinstance(victim.exit_reason, ProcessTerminated) and victim.exit_reason.signal == 9
         assert (await cluster.nodes[2].health())[0] == 200
     finally:

@@ -302,9 +302,7 @@ class ClusterNode(Daemon):
         return await self.exited(seconds)
 
     async def close(self) -> None:
-        """Kill it if it runs, resuming it first if paused, and close its relays (clean-up)."""
-        if self.running:
-            self.resume()
+        """Kill it if it runs (SIGKILL ends a paused process too), and close its relays (clean-up)."""
         await super().close()
         for relay in (self.redis_relay, self.internal_relay):
             if relay is not None:
