@@ -304,13 +304,17 @@ async def test_a_streamable_session_is_resumed_by_the_next_owner(reactor, contro
         assert context.session.session_id == session_id
         assert (context.session.selected_page_id, context.session.opened_page_ids) == (7, {4, 7})
         assert context.protocol_version == "2025-11-25"
-        assert b_sessions.get(session_id, USER) is not None
+        b_view = b_sessions.get(session_id, USER).state.view
+        b_view.selected_page_id = None  # as close_page of the selected page leaves it
+        assert (await _post(b_url, _call(6, "echo", {"text": "x"}), headers)).code == 200
+        await second.writer.flushed()
+        assert await control.redis.hmget(key, ["sel", "op", "lvl"]) == [None, "[4,7]", "warning"]
 
         deleted = await _post(b_url, b"", headers, method="DELETE")
         assert deleted.code == 204
         await second.writer.flushed()
         assert await control.redis.exists(key) == 0
-        gone = await _post(a_url, _call(6, "echo", {"text": "x"}), headers)
+        gone = await _post(a_url, _call(7, "echo", {"text": "x"}), headers)
         assert gone.code == 404  # ended for good: no process resumes it
     finally:
         for sessions, port in ((a_sessions, a_port), (b_sessions, b_port)):

@@ -447,26 +447,32 @@ class RedisSessionRecords:
     def saved(self, session) -> None:
         if session.closed:
             return
-        mcp, session_id = session.state, session.id
+        mcp, session_id, user = session.state, session.id, session.user_id
         view = mcp.view
         now = (mcp.log_level, view.selected_page_id, frozenset(view.opened_page_ids))
         self._in_use[session_id] = session
         last = self._written.get(session_id)
         if last == now:
             return
-        level, selected, opened = now
-        fields = {"op": _dumps(sorted(opened))}
+        fields: dict[str, str] = {}
         if last is None:
             session.on_close(lambda: self._forget(session_id))
             fields.update(pv=mcp.protocol_version, c=repr(session.created_at))
             fields["ci"] = _dumps(mcp.client_params.model_dump(by_alias=True, mode="json", exclude_none=True))
             if session.token_id is not None:
                 fields["tok"] = session.token_id
-        key, user = self._key(session.user_id, session_id), session.user_id
-        gone = [name for name, value in (("lvl", level), ("sel", selected)) if value is None]
-        fields.update({name: str(value) for name, value in (("lvl", level), ("sel", selected)) if value is not None})
+        before = last or (None, None, None)
+        if last is None or now[2] != before[2]:
+            fields["op"] = _dumps(sorted(now[2]))
+        gone = []
+        for name, value, old in (("lvl", now[0], before[0]), ("sel", now[1], before[1])):
+            if value is not None and value != old:
+                fields[name] = str(value)
+            elif value is None and old is not None:
+                gone.append(name)
+        key = self._key(user, session_id)
         self.writer.set_fields(user, key, fields)
-        if gone and last is not None:
+        if gone:
             self.writer.delete_fields(user, key, gone)
         self.writer.expire(user, key, self.sessions.idle_timeout)
         self._written[session_id] = now
