@@ -1,6 +1,7 @@
 """What survives a change of owner, end to end: three ``twistd mcproxy`` nodes, one real
 Chromium, the owner killed (``kill -9``) or drained (SIGTERM) under a client that keeps
-going through the other nodes (design §3.7, §3.8, test C19).
+going through the other nodes (design §3.7, §3.8, test C19). Needs the cluster harness
+(`mcproxy.testing.cluster`).
 """
 
 import asyncio
@@ -33,15 +34,19 @@ def listed(text: str, url: str) -> list[tuple[int, bool]]:
 
 
 @pytest_twisted.async_yield_fixture()
-async def cluster(reactor, tmp_path):
-    """Three nodes of this test alone, showing every page opened through the proxy to its
-    user's calls (``tools.tab_scope = "user"``)."""
-    running = Cluster.create(reactor, tmp_path, tools={"tab_scope": "user"})
-    try:
-        await running.start()
-        yield running
-    finally:
-        await running.stop()
+async def clusters(reactor, tmp_path):
+    """Starts three nodes of this test alone with a given ``tools.tab_scope``; stops them."""
+    started = []
+
+    async def start(tab_scope: str) -> Cluster:
+        cluster = Cluster.create(reactor, tmp_path, tools={"tab_scope": tab_scope})
+        started.append(cluster)
+        await cluster.start()
+        return cluster
+
+    yield start
+    for cluster in started:
+        await cluster.stop()
 
 
 async def held_call(cluster: Cluster, reactor, node: int, token: str, name: str, arguments: dict, rid: int):
@@ -53,7 +58,8 @@ async def held_call(cluster: Cluster, reactor, node: int, token: str, name: str,
 
 
 @pytest_twisted.ensureDeferred
-async def test_page_ids_and_flags_survive_a_killed_owner(cluster, reactor, chromium, fixture_site):
+async def test_page_ids_and_flags_survive_a_killed_owner(clusters, reactor, chromium, fixture_site):
+    cluster = await clusters("user")  # the pages opened through the proxy for the user
     token = await cluster.token_for("state-kill")
     await cluster.register("state-kill", chromium.browser_url, token)
     url = fixture_site.url("index.html?state-kill")
@@ -85,7 +91,8 @@ def from_asyncio(coroutine) -> Deferred:
 
 
 @pytest_twisted.ensureDeferred
-async def test_c19_a_streamable_session_is_resumed_after_its_owner_drains(cluster, reactor, chromium, fixture_site):
+async def test_c19_a_streamable_session_is_resumed_after_its_owner_drains(clusters, reactor, chromium, fixture_site):
+    cluster = await clusters("session")  # the pages this session opened: the opener came along too
     token = await cluster.token_for("state-drain")
     await cluster.register("state-drain", chromium.browser_url, token)
     url = fixture_site.url("index.html?state-drain")
