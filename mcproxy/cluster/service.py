@@ -181,7 +181,7 @@ class ClusterNode(AsyncService):
             await self.membership.stopService()
         self.session_records.stop()
         if self.control is not None:
-            await self._written("stopping", self.writer.stop())
+            await self._await_writes("stopping", self.writer.stop())
         await self.forwarder.close()
         if self.control is not None:
             await self.control.close()
@@ -195,7 +195,7 @@ class ClusterNode(AsyncService):
     def _token_of(self, user_id: str) -> int | None:
         return self.ownership.token_of(user_id) if self.ownership is not None else None
 
-    async def _written(self, why: str, flushed: Deferred) -> None:
+    async def _await_writes(self, why: str, flushed: Deferred) -> None:
         """Wait for the state writes made so far, for at most the control timeout: a user is
         released or the node stops only once its last changes are in Redis, for the next owner."""
         try:
@@ -248,7 +248,7 @@ class ClusterNode(AsyncService):
     async def _hand_over(self, user_id: str) -> None:
         self.sessions.close_user(user_id, for_good=False)  # their records stay: the next owner resumes them
         await self.pool.forget(user_id)
-        await self._written(f"handing user {user_id} over", self.writer.flushed())
+        await self._await_writes(f"handing user {user_id} over", self.writer.flushed())
         await self.ownership.release(user_id)
 
     # -- views ----------------------------------------------------------------------
