@@ -3,7 +3,7 @@
 import ipaddress
 import signal
 import threading
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, cast
 
 from twisted.application.service import IService
 from twisted.internet import defer, error
@@ -192,7 +192,8 @@ class MCProxyService(StartInOrder):
         policies = live(PolicyBook(config.browsing))
         open_link = metrics.counting_reconnects(open_cdp_link)
         if config.cluster.enabled:
-            # The node is built below, from the pool; its users' links ask it at every command.
+            # The node is built below, from the pool; its users' links ask it at every command,
+            # and its users' browsers keep their page books in Redis through it.
             open_link = fenced_links(
                 open_link, lambda user_id: daemon.cluster is not None and daemon.cluster.owns(user_id)
             )
@@ -205,6 +206,9 @@ class MCProxyService(StartInOrder):
                 max_users=config.limits.max_users,
                 max_pages_per_user=config.limits.max_pages_per_user,
                 page_listeners=page_listeners(config, policies),
+                page_books=(lambda user_id: cast(ClusterNode, daemon.cluster).page_book(user_id))
+                if config.cluster.enabled
+                else None,
             )
         )
         browsers = attach(RegisteredBrowsers(pool, store, reactor, connect_at_start=not config.cluster.enabled))
@@ -269,7 +273,14 @@ class MCProxyService(StartInOrder):
             offer_basic=config.auth.basic,
         )
         self.transports = transports = live(
-            McpTransports(reactor, config, tools, sessions, resources=ArtifactResources(artifacts))
+            McpTransports(
+                reactor,
+                config,
+                tools,
+                sessions,
+                resources=ArtifactResources(artifacts),
+                records=self.cluster.session_records if self.cluster is not None else None,
+            )
         )
         origins = live(OriginPolicy(config))
         started_at = reactor.seconds()
