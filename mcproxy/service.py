@@ -1,7 +1,9 @@
 """The composition root: builds every part of the daemon from one `Config`."""
 
 import ipaddress
+import os
 import signal
+import sys
 import threading
 from typing import Protocol, TypeVar, cast
 
@@ -125,6 +127,13 @@ def identity_providers(reactor, config: Config, store) -> list:
     if auth.basic:
         providers.append(BasicAuthenticator(store, reactor))
     return providers
+
+
+def _exit_failed() -> None:
+    """End the process with status 1, once the reactor has shut down."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 class MCProxyService(StartInOrder):
@@ -305,6 +314,8 @@ class MCProxyService(StartInOrder):
                 self.cluster,
                 failover_wait=config.cluster.failover_wait,
                 max_body=config.server.max_body_bytes,
+                read_only=tools.is_read_only,
+                watch_interval=config.cluster.renew_interval,
             ).place
         overview = Overview(
             clock=reactor, store=store, pool=pool, sessions=sessions, activity=activity, started_at=started_at
@@ -390,6 +401,9 @@ class MCProxyService(StartInOrder):
             return  # stopped while starting: nothing went wrong
         log.failure("mcproxy could not start", failure)
         if self.reactor.running:
+            # twistd exits 0 after any stop; a start that failed must not look like a clean
+            # stop to systemd (Restart=on-failure) or to whoever started the process.
+            self.reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
             try:
                 self.reactor.stop()
             except error.ReactorNotRunning:

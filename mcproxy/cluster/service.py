@@ -265,7 +265,10 @@ class ClusterNode(AsyncService):
 
     async def describe(self, users: list[str]) -> dict:
         """``GET /api/cluster``: the nodes and which node owns each of ``users``."""
-        nodes = await self.ownership.nodes()
+        nodes = [
+            {**node, "users": node["stats"].get("users", 0), "startedAt": node["stats"].get("startedAt")}
+            for node in await self.ownership.nodes()
+        ]
         owners = await self.ownership.owners(users)
         return {"node": self.node_id, "nodes": nodes, "owners": owners}
 
