@@ -19,6 +19,8 @@ class MCProxyError(Exception):
     http_status = 500
     code = "internal_error"
     jsonrpc_code = INTERNAL_ERROR
+    #: Whole seconds the client should wait before it tries again (None: not said).
+    retry_after: int | None = None
 
     def __init__(self, message: str, *, code: str | None = None):
         super().__init__(message)

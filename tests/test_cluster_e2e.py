@@ -469,3 +469,73 @@ async def test_c20_the_internal_listener_runs_only_requests_with_a_valid_envelop
     code, answer = await post(body, good)
     assert code in (401, 409), (code, answer)
     assert created() == 1
+
+
+# -- Redis goes away ------------------------------------------------------------------------------
+
+
+async def answer_of(cluster: Cluster, node: int, token: str):
+    """A stateless ``list_pages`` through node ``node``: (HTTP status, headers, parsed body)."""
+    body = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {
+                "name": "list_pages",
+                "arguments": {},
+                "_meta": {
+                    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                    "io.modelcontextprotocol/clientCapabilities": {},
+                },
+            },
+        }
+    ).encode()
+    headers = {
+        "Authorization": [f"Bearer {token}"],
+        "Content-Type": ["application/json"],
+        "Accept": ["application/json, text/event-stream"],
+        "MCP-Protocol-Version": ["2026-07-28"],
+        "Mcp-Method": ["tools/call"],
+        "Mcp-Name": ["list_pages"],
+    }
+    response = await treq.post(cluster.nodes[node].base_url + "/mcp", body, headers=headers, persistent=False)
+    return response.code, response.headers, json.loads(await response.content())
+
+
+@pytest_twisted.ensureDeferred
+async def test_c14_redis_down_past_a_lease_fences_every_node_and_its_return_needs_no_restart(reactor, tmp_path):
+    cluster = await started_cluster(reactor, tmp_path, appendonly=True)
+    try:
+        names = ["r-a", "r-b", "r-c"]
+        users = await register_users(cluster, names)
+        before = await cluster.owners(names)
+        token = users["r-a"][0]
+        await cluster.redis.kill()
+        statuses: dict = {}
+
+        async def every_node_fenced() -> bool:
+            statuses.update({node.node_id: await node.health() for node in cluster.nodes})
+            return all(code == 503 for code, _ in statuses.values())
+
+        await until(reactor, every_node_fenced, FAST_TIMERS["node_ttl"] + 10, seen=lambda: statuses)
+        assert {health["status"] for _, health in statuses.values()} == {"fenced"}
+        code, headers, answer = await answer_of(cluster, 1, token)
+        assert code == 503 and headers.getRawHeaders("Retry-After"), (code, answer)
+        assert answer["error"]["code"] in ("store_unavailable", "coordination_unavailable"), answer
+        await cluster.redis.restart()
+        served: dict = {}
+
+        async def served_again() -> bool:
+            served["answer"] = await answer_of(cluster, 1, token)
+            return served["answer"][0] == 200
+
+        await until(reactor, served_again, FAST_TIMERS["claim_grace"] + 15, seen=lambda: served)
+        assert text_of(served["answer"][2]).startswith("## Pages")
+        after = await cluster.owners(names)
+        assert after == before, (before, after)  # each node took its own users back
+        for name, (_, user_browser) in users.items():
+            await until(reactor, lambda b=user_browser: len(b.connections) == 1, 10)
+            assert len(user_browser.connections) == 1, name
+    finally:
+        await cluster.stop()

@@ -11,13 +11,14 @@ PACKAGE = pathlib.Path(mcproxy.__file__).parent
 #: root (`mcproxy.service`), ``twistd``'s entry (`mcproxy.tap`), the admin command and the
 #: shipped test helpers may import anything.
 FORBIDDEN = {
-    "storage": {"auth", "browser", "tools", "mcp", "session", "web"},
-    "auth": {"browser", "tools", "mcp", "session", "web"},
-    "browser": {"auth", "storage", "tools", "mcp", "session", "web"},
-    "tools": {"storage", "mcp", "session", "web"},
-    "mcp": {"storage", "browser", "tools", "session", "web"},
-    "session": {"storage", "browser", "tools", "web"},
-    "web": {"tools"},
+    "storage": {"auth", "browser", "tools", "mcp", "session", "web", "cluster"},
+    "auth": {"browser", "tools", "mcp", "session", "web", "cluster"},
+    "browser": {"auth", "storage", "tools", "mcp", "session", "web", "cluster"},
+    "tools": {"storage", "mcp", "session", "web", "cluster"},
+    "mcp": {"storage", "browser", "tools", "session", "web", "cluster"},
+    "session": {"storage", "browser", "tools", "web", "cluster"},
+    "web": {"tools", "cluster"},
+    "cluster": {"tools"},
 }
 ROOTS = {"service", "tap"}
 MAY_IMPORT_ROOTS = {"tap", "testing", "admin"}

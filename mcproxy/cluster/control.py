@@ -29,6 +29,7 @@ class CoordinationUnavailable(MCProxyError):
 
     http_status = 503
     code = "coordination_unavailable"
+    retry_after = 2
 
 
 def _unavailable(failure: Failure, timeout: float) -> Failure:

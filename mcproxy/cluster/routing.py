@@ -37,6 +37,7 @@ class OwnerUnavailable(MCProxyError):
 
     http_status = 503
     code = "owner_unreachable"
+    retry_after = 2
 
 
 class Misdirected(MCProxyError):
@@ -142,7 +143,6 @@ class EdgePlacement:
                 self._count(type(e).__name__)
                 ownership.forget(user)
                 if self.clock.seconds() >= give_up:
-                    request.setHeader(b"Retry-After", b"2")
                     raise OwnerUnavailable(
                         f"the proxy process serving user {user} cannot be reached; try again in a moment"
                     ) from None
@@ -157,7 +157,6 @@ class EdgePlacement:
                     await deferLater(self.clock, POLL_INTERVAL, lambda: None)
                     continue
                 if message is None:
-                    request.setHeader(b"Retry-After", b"2")
                     raise OwnerUnavailable(
                         f"the proxy process serving user {user} stopped before it answered; "
                         "the request may or may not have run"

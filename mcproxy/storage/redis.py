@@ -12,11 +12,13 @@ txredisapi imports the global reactor, so it is imported inside the functions.
 import json
 from urllib.parse import unquote, urlsplit
 
-from twisted.internet.defer import CancelledError, TimeoutError
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.endpoints import HostnameEndpoint
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mcproxy.config import ConfigError
+from mcproxy.errors import MCProxyError
 from mcproxy.interfaces import IStore
 from mcproxy.storage import dump_json, load_permissions, token_order
 from mcproxy.storage.records import TokenRecord, UserRecord
@@ -99,6 +101,22 @@ async def open_redis_store(reactor, host: str, port: int = 6379, db: int = 0, *a
     store = RedisStore.at(reactor, host, port, db, *args, **kwargs)
     await store.open()
     return store
+
+
+class StoreUnavailable(MCProxyError):
+    """The Redis server of the store cannot be reached or did not answer in time."""
+
+    http_status = 503
+    code = "store_unavailable"
+    retry_after = 2
+
+
+def _unavailable(failure: Failure) -> Failure:
+    from txredisapi import ConnectionError as RedisConnectionError
+
+    if failure.check(TimeoutError, RedisConnectionError):
+        return Failure(StoreUnavailable(f"the shared store (Redis) is unavailable: {failure.getErrorMessage()}"))
+    return failure
 
 
 def _float(value: str | None) -> float | None:
@@ -207,11 +225,16 @@ class RedisStore:
             reason = f"no connection within {self._timeout:g} s" if isinstance(e, TimeoutError) else str(e)
             raise ConfigError(f"store.url: cannot connect to Redis at {where}: {reason}") from None
 
+    def _bounded(self, d: Deferred) -> Deferred:
+        """``d`` within the time limit; a Redis that is down or silent is `StoreUnavailable`
+        (a 503 the client may retry), not an internal error."""
+        return d.addTimeout(self._timeout, self._reactor).addErrback(_unavailable)
+
     def _key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
     def _eval(self, script: str, keys: list, args: list):
-        return self.redis.eval(script, keys, args).addTimeout(self._timeout, self._reactor)
+        return self._bounded(self.redis.eval(script, keys, args))
 
     def _list(self, id_set: str, record_kind: str):
         """Deferred[list[(id, fields)]] of every record whose id is in ``id_set``."""
@@ -219,7 +242,7 @@ class RedisStore:
         return d.addCallback(lambda rows: [(row[0], _pairs(row[1:])) for row in rows])
 
     def _hash(self, key: str):
-        return self.redis.hgetall(key).addTimeout(self._timeout, self._reactor)
+        return self._bounded(self.redis.hgetall(key))
 
     def _set_time(self, key: str, field: str, when: float, direction: str):
         d = self._eval(_SET_TIME, [key], [field, repr(float(when)), direction])
@@ -247,7 +270,7 @@ class RedisStore:
         return d.addCallback(lambda rows: sorted((_user(i, h) for i, h in rows), key=lambda u: u.user_id))
 
     def count_users(self):
-        return self.redis.scard(self._key("users")).addTimeout(self._timeout, self._reactor).addCallback(int)
+        return self._bounded(self.redis.scard(self._key("users"))).addCallback(int)
 
     def delete_user(self, user_id):
         d = self._eval(_DELETE_USER, [self._key("user", user_id), self._key("users")], [user_id])
@@ -296,11 +319,11 @@ class RedisStore:
         return d.addCallback(lambda _: None)
 
     def set_password(self, user_id, encoded):
-        d = self.redis.set(self._key("password", user_id), encoded).addTimeout(self._timeout, self._reactor)
+        d = self._bounded(self.redis.set(self._key("password", user_id), encoded))
         return d.addCallback(lambda _: None)
 
     def get_password(self, user_id):
-        return self.redis.get(self._key("password", user_id)).addTimeout(self._timeout, self._reactor)
+        return self._bounded(self.redis.get(self._key("password", user_id)))
 
     def close(self):
         """Stop reconnecting and close the connection. Deferred[None]."""

@@ -15,7 +15,6 @@ from mcproxy.errors import (
     BadRequest,
     MCProxyError,
     PayloadTooLarge,
-    RateLimited,
     UnsupportedMediaType,
 )
 from mcproxy.mcp.codes import REQUEST_TIMEOUT
@@ -77,9 +76,11 @@ def write_json(request: "ProxyRequest", status: int, body: Any) -> None:
 
 
 def error_headers(request: "ProxyRequest", error: MCProxyError) -> None:
-    """Headers that go with an error: ``Retry-After`` on 429, ``WWW-Authenticate`` on 401/403."""
-    if isinstance(error, RateLimited):
-        request.setHeader(b"Retry-After", str(error.retry_after).encode("ascii"))
+    """Headers that go with an error: ``Retry-After`` when it says when to retry (429, a 503 of
+    the cluster), ``WWW-Authenticate`` on 401/403."""
+    retry_after = error.retry_after
+    if retry_after is not None:
+        request.setHeader(b"Retry-After", str(retry_after).encode("ascii"))
     challenges = challenge_headers(request, error)
     if challenges:
         request.responseHeaders.setRawHeaders(b"WWW-Authenticate", [c.encode("latin-1") for c in challenges])
