@@ -193,23 +193,6 @@ class ClusterConfig:
     forward_connect_timeout: float = 1.0
     max_forward_connections: int = 1024
 
-    def secret_bytes(self) -> bytes:
-        """The shared secret, from ``secret`` or the file ``secret_file`` (surrounding
-        whitespace removed); `ConfigError` when the file cannot be read."""
-        if self.secret:
-            return self.secret.encode("utf-8")
-        if not self.secret_file:
-            return b""
-        try:
-            with open(self.secret_file, "rb") as f:
-                return f.read().strip()
-        except OSError as e:
-            raise ConfigError(f"cluster.secret_file: cannot read {self.secret_file}: {e.strerror}") from None
-
-
-#: The fewest bytes a cluster secret may have.
-MIN_CLUSTER_SECRET = 32
-
 
 @attrs.frozen
 class Config:
@@ -490,8 +473,9 @@ def validate(config: Config) -> None:
 
 
 def _check_cluster(config: Config) -> None:
-    """Cluster mode needs Redis, an internal listener, a long enough secret and timers that
-    leave a renewal several chances within one lease."""
+    """Cluster mode needs Redis, an internal listener and timers that leave a renewal several
+    chances within one lease (the secret is read and checked as the node is built:
+    `mcproxy.cluster.service.cluster_secret`)."""
     cluster = config.cluster
     if not config.store.url.startswith("redis://"):
         raise ConfigError(
@@ -500,13 +484,6 @@ def _check_cluster(config: Config) -> None:
     if not cluster.internal_listen:
         raise ConfigError(
             "cluster.internal_listen: cluster mode needs an internal endpoint, e.g. tcp:3201:interface=10.0.0.5"
-        )
-    if cluster.secret and cluster.secret_file:
-        raise ConfigError("cluster.secret_file: give the secret once, in cluster.secret or in cluster.secret_file")
-    if len(cluster.secret_bytes()) < MIN_CLUSTER_SECRET:
-        raise ConfigError(
-            f"cluster.secret: cluster mode needs a shared secret of at least {MIN_CLUSTER_SECRET} bytes "
-            "(cluster.secret, cluster.secret_file or MCPROXY_CLUSTER_SECRET); make one with: openssl rand -hex 32"
         )
     if cluster.node_id and not re.fullmatch(r"[A-Za-z0-9._:-]{1,100}", cluster.node_id):
         raise ConfigError(f"cluster.node_id: letters, digits and . _ : - only (at most 100), got {cluster.node_id!r}")

@@ -45,7 +45,7 @@ from mcproxy.tools.registry import ToolRegistry
 from mcproxy.web.admin import AdminDependencies
 from mcproxy.web.dashboard import Dashboard, Overview
 from mcproxy.web.front import build_router
-from mcproxy.web.listener import Listener
+from mcproxy.web.listener import Listener, endpoint_fields
 from mcproxy.web.metrics import MetricsEndpoint
 from mcproxy.web.oauth import ProtectedResource, WellKnown
 from mcproxy.web.origins import OriginPolicy
@@ -81,19 +81,16 @@ def page_listeners(config: Config, policies: PolicyBook) -> list:
 
 def _endpoint_is_loopback(description: str) -> bool:
     """Whether a listen endpoint string only accepts connections from this machine."""
-    kind, _, rest = description.partition(":")
+    kind, _, named = endpoint_fields(description)
     if kind == "unix":
         return True
-    if kind not in ("tcp", "tcp6", "ssl"):
+    if kind not in ("tcp", "tcp6", "ssl") or "interface" not in named:
         return False
-    for part in rest.split(":"):
-        if part.startswith("interface="):
-            address = part.split("=", 1)[1].replace("\\:", ":")
-            try:
-                return ipaddress.ip_address(address).is_loopback
-            except ValueError:
-                return address == "localhost"
-    return False
+    address = named["interface"]
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
 
 
 def check_deployment(config: Config) -> None:

@@ -19,10 +19,11 @@ from mcproxy.browser.cdp.connection import CDPConnection
 from mcproxy.browser.connect import LinkOpener
 from mcproxy.cluster.envelope import Envelope
 from mcproxy.cluster.forward import Forwarder
-from mcproxy.config import Config, ConfigError
+from mcproxy.config import ClusterConfig, Config, ConfigError
 from mcproxy.errors import BrowserUnavailable, ServerFull
 from mcproxy.lifecycle import AsyncService
 from mcproxy.web.http import read_body
+from mcproxy.web.listener import endpoint_fields
 
 log = Logger()
 
@@ -60,14 +61,38 @@ def fenced_links(open_link: LinkOpener, may_command: Callable[[str], bool]) -> L
     return open_fenced
 
 
+#: The fewest bytes a cluster secret may have.
+MIN_SECRET = 32
+
+
+def cluster_secret(cluster: ClusterConfig) -> bytes:
+    """The secret that signs requests between processes: ``cluster.secret``, or the content of
+    ``cluster.secret_file`` (surrounding whitespace removed); `ConfigError` when it is missing,
+    given twice, unreadable or shorter than `MIN_SECRET` bytes."""
+    if cluster.secret and cluster.secret_file:
+        raise ConfigError("cluster.secret_file: give the secret once, in cluster.secret or in cluster.secret_file")
+    secret = cluster.secret.encode("utf-8")
+    if cluster.secret_file:
+        try:
+            with open(cluster.secret_file, "rb") as f:
+                secret = f.read().strip()
+        except OSError as e:
+            raise ConfigError(f"cluster.secret_file: cannot read {cluster.secret_file}: {e.strerror}") from None
+    if len(secret) < MIN_SECRET:
+        raise ConfigError(
+            f"cluster.secret: cluster mode needs a shared secret of at least {MIN_SECRET} bytes "
+            "(cluster.secret, cluster.secret_file or MCPROXY_CLUSTER_SECRET); make one with: openssl rand -hex 32"
+        )
+    return secret
+
+
 def internal_address(config: Config) -> tuple[str, str]:
     """The node id and the advertised URL of this process, from ``[cluster]``: given, or
     derived from ``cluster.internal_listen`` (which must then name its port and interface)."""
     cluster = config.cluster
-    kind, _, rest = cluster.internal_listen.partition(":")
-    parts = rest.split(":")
-    port = parts[0] if parts and parts[0].isdigit() else ""
-    interface = next((p.split("=", 1)[1] for p in parts if p.startswith("interface=")), "")
+    kind, positional, named = endpoint_fields(cluster.internal_listen)
+    port = positional[0] if positional and positional[0].isdigit() else named.get("port", "")
+    interface = named.get("interface", "")
     node_id = cluster.node_id
     if not node_id:
         if not port or port == "0":
@@ -95,7 +120,7 @@ class ClusterNode(AsyncService):
         self.pool = pool
         self.sessions = sessions
         self.node_id, self.url = internal_address(config)
-        self.envelope = Envelope(config.cluster.secret_bytes(), self.node_id, reactor)
+        self.envelope = Envelope(cluster_secret(config.cluster), self.node_id, reactor)
         self.forwarder = Forwarder(
             reactor,
             self.envelope,

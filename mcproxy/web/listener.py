@@ -1,5 +1,7 @@
 """One ``server.listen`` endpoint as a service: listening starts when the daemon is ready."""
 
+import re
+
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
@@ -7,6 +9,21 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from zope.interface import implementer
 
 from mcproxy.config import ConfigError
+
+
+def endpoint_fields(description: str) -> tuple[str, list[str], dict[str, str]]:
+    """An endpoint string's kind, positional and named fields, with ``\\:`` unescaped:
+    ``tcp:3201:interface=\\:\\:1`` is ``("tcp", ["3201"], {"interface": "::1"})``."""
+    kind, _, rest = description.partition(":")
+    positional: list[str] = []
+    named: dict[str, str] = {}
+    for field in re.split(r"(?<!\\):", rest) if rest else []:
+        name, equals, value = field.partition("=")
+        if equals:
+            named[name] = value.replace("\\:", ":")
+        else:
+            positional.append(field.replace("\\:", ":"))
+    return kind, positional, named
 
 
 @implementer(IStreamServerEndpoint)
