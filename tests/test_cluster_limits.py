@@ -85,11 +85,10 @@ async def test_buckets_refill_at_their_rate(reactor, control):
 @pytest_twisted.ensureDeferred
 async def test_all_buckets_or_none(reactor, control):
     limited = []
-    limits = shared(
-        reactor, control, limited, user_rate=0.001, user_burst=10, limits=("endpoint:admin=0.001/1",)
-    )
+    limits = shared(reactor, control, limited, user_rate=0.001, user_burst=10, limits=("endpoint:admin=0.001/1",))
     user, admin = limits.buckets("alice", "admin")
     await limits.check_user("alice", "admin")
+    assert float(await control.redis.hget(admin.key, "tk")) < 0.01  # one request took from both
     with pytest.raises(RateLimited) as refused:
         await limits.check_user("alice", "admin")
     assert limited == ["endpoint"]

@@ -57,9 +57,7 @@ class Control:
         """The prefixed key made of ``parts`` (``key("node", "n1")`` is ``mcproxy:node:n1``)."""
         return self.prefix + ":".join(parts)
 
-    def eval(
-        self, script: str, keys: Sequence[str], args: Sequence[Any], *, timeout: float | None = None
-    ) -> Deferred:
+    def eval(self, script: str, keys: Sequence[str], args: Sequence[Any], *, timeout: float | None = None) -> Deferred:
         """Run a Lua script (EVALSHA, loading it when Redis lost it); fails with
         `CoordinationUnavailable` when Redis does not answer within ``timeout`` (by
         default the control's own: a caller on a request's path may wait less)."""
