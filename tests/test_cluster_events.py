@@ -1,6 +1,7 @@
 """Cluster events through real Redis pub/sub: round trips, what is ignored, and the
 subscriber subscribing again after its connection is killed."""
 
+import io
 import json
 import os
 import secrets
@@ -10,7 +11,11 @@ import subprocess
 
 import pytest_twisted
 
+from mcproxy import config as configuration
+from mcproxy.admin.cli import Options, run
+from mcproxy.auth.tokens import create_token
 from mcproxy.cluster.events import IGNORED, MAX_EVENT_BYTES, RELOAD, TOKEN_REVOKED, USER, Events, encode, publish
+from mcproxy.storage import open_store
 from mcproxy.storage.redis import parse_redis_url
 from mcproxy.testing.coordination import discard_test_control, eventually, open_control, open_test_control
 from mcproxy.testing.stores import redis_test_url
@@ -140,3 +145,35 @@ async def test_a_silent_connection_is_replaced(reactor, own_redis, nodes):
     n1 = await nodes("n1", url, control)
     n1._subscriber.transport.pauseProducing()  # hears nothing more, as a half-open connection
     await eventually(reactor, lambda: n1.subscriptions == 2, 10, "a new subscription after the unanswered PING")
+
+
+@pytest_twisted.ensureDeferred
+async def test_mcproxy_admin_tells_the_cluster_of_a_revocation(reactor, own_redis):
+    url, _ = own_redis
+    config = configuration.load(
+        None,
+        environ={},
+        overrides={
+            "store": {"url": url},
+            "cluster": {"enabled": True, "internal_listen": "tcp:3201:interface=127.0.0.1", "node_id": "n9"},
+        },
+    )
+    listening = Events(reactor, url, "n1")  # the default prefix, as mcproxy-admin's
+    await listening.start()
+    try:
+        await listening.subscribed().addTimeout(5, reactor)
+        revoked = recording(listening, TOKEN_REVOKED)
+        store = await open_store(url, reactor)
+        try:
+            _, record = await create_token(store, "alice", ["tools:*"], None, reactor)
+        finally:
+            await store.close()
+        options = Options()
+        options.parseOptions(["tokens", "revoke", record.token_id])
+        out, err = io.StringIO(), io.StringIO()
+        await run(reactor, options, config, out, err)
+        assert out.getvalue() == f"revoked {record.token_id}\n" and err.getvalue() == ""
+        await eventually(reactor, lambda: revoked, 5, "the revocation event")
+        assert revoked == [{"v": 1, "t": TOKEN_REVOKED, "from": "mcproxy-admin", "token": record.token_id}]
+    finally:
+        await listening.stop()

@@ -100,9 +100,19 @@ async def test_a_users_rate_limit_holds_across_nodes(reactor, nodes):
     assert len(accepted) == 5, answers
     assert all(a["error"]["code"] == "rate_limited" for a in refused), refused
     code, body, headers = await n2.api("GET", "/api/users/bob/status", token=token)
-    assert code == 429 and int(headers.getRawHeaders("retry-after")[0]) >= 1
+    assert code == 429 and body["error"]["code"] == "rate_limited"
+    assert int(headers.getRawHeaders("retry-after")[0]) >= 1
+    owner, edge = n1, n2  # the first request reached n1, which claimed bob
+    assert owner.service.cluster.owns("bob")
+    metric = owner.service.metrics.registry.get_sample_value
+    assert metric("mcproxy_owned_users") == 1 and metric("mcproxy_fenced") == 0
+    assert metric("mcproxy_lease_renew_failures_total") == 0
+    metric = edge.service.metrics.registry.get_sample_value
+    assert metric("mcproxy_owned_users") == 0
+    # The accepted requests it took (the 2nd and 4th); refused ones are answered at the edge.
+    assert metric("mcproxy_forwarded_requests_total", {"outcome": "ok"}) == 2
     for proxy in nodes:
-        assert proxy.service.cluster.limits.fallbacks == 0
+        assert proxy.service.metrics.registry.get_sample_value("mcproxy_ratelimit_fallback_total") == 0
 
 
 async def open_stream(reactor, proxy: RunningProxy, token: str):
