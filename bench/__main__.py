@@ -1,4 +1,4 @@
-"""``python -m bench [latency] [sse_memory] [soak] [tools] [console] [isolation] [load]``: run benchmarks.
+"""``python -m bench [latency] [sse_memory] [soak] [tools] [console] [isolation] [load] [cluster]``: run benchmarks.
 
 Prints figures and verdicts; exits 0 only when every selected target passed.
 """
@@ -8,7 +8,7 @@ import asyncio
 import sys
 import traceback
 
-from bench import console, isolation, latency, load, network, soak, sse_memory, tools
+from bench import cluster, console, isolation, latency, load, network, soak, sse_memory, tools
 from bench.report import Verdict, say
 
 BENCHMARKS = {
@@ -20,13 +20,14 @@ BENCHMARKS = {
     "network": network.run,
     "isolation": isolation.run,
     "load": load.run,
+    "cluster": cluster.run,
 }
 #: Hard bound per benchmark, so that the whole run stays within a few minutes...
 TIME_LIMIT = 120.0
 #: ...but for the ones that need longer: isolation sets up two browsers' heavy pages, runs three
 #: phases and after each loaded one waits for the daemon to finish what user A left it; the
-#: soak runs its short sessions for minutes.
-TIME_LIMITS = {"isolation": 240.0, "load": 150.0, "soak": 600.0}
+#: soak runs its short sessions for minutes; cluster waits out a lease after each of its kills.
+TIME_LIMITS = {"isolation": 240.0, "load": 150.0, "soak": 600.0, "cluster": 480.0}
 #: Sessions of the soak by default: about two minutes on a shared 2-core machine, which runs
 #: 200 to 350 a second; 100,000 (``--soak-sessions 100000``) take five to eight, within its limit.
 SOAK_SESSIONS = 30_000
@@ -73,6 +74,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--load-seconds", type=int, default=10, help="load: seconds of each level, through mcproxy and over raw CDP"
+    )
+    parser.add_argument(
+        "--cluster-kills", type=int, default=10, help="cluster: owners killed (kill -9) to time re-homing"
     )
     args = parser.parse_args(argv)
     if min(args.iterations, args.sessions, args.soak_sessions, args.rounds, args.isolation_calls) < 1:

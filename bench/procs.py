@@ -155,6 +155,7 @@ class ProxyDaemon:
     """``twistd -n mcproxy`` as a separate process with its own temporary config and data dir."""
 
     def __init__(self, store: str = "sqlite", profile: str | None = None, cpus: set[int] | None = None):
+        #: ``store``: "sqlite", "memory", or a store URL (``redis://...``).
         self.root = tempfile.mkdtemp(prefix="mcproxy-bench-")
         #: The cores the daemon may run on (None: any).
         self.cpus = cpus
@@ -187,7 +188,9 @@ class ProxyDaemon:
         return self.process.pid
 
     def _write_config(self) -> str:
-        store_url = "memory:" if self.store == "memory" else "sqlite:" + os.path.join(self.data_dir, "mcproxy.sqlite3")
+        store_url = {"memory": "memory:", "sqlite": "sqlite:" + os.path.join(self.data_dir, "mcproxy.sqlite3")}.get(
+            self.store, self.store
+        )
         path = os.path.join(self.root, "mcproxy.toml")
         with open(path, "w") as f:
             f.write(
@@ -229,8 +232,10 @@ class ProxyDaemon:
             return status == 200
 
         await _wait_until(healthy, self.process, "twistd mcproxy", self.log_path)
-        with open(os.path.join(self.data_dir, "admin-token")) as f:
-            self.admin_token = f.read().strip()
+        token_file = os.path.join(self.data_dir, "admin-token")
+        if not self.admin_token:  # a daemon sharing a store with another has the other's
+            with open(token_file) as f:
+                self.admin_token = f.read().strip()
         return self
 
     async def api(self, method: str, path: str, body: dict, token: str | None = None) -> dict:
