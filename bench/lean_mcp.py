@@ -1,13 +1,15 @@
 """Lean MCP clients over the proxy's two handshake transports, for timing loops.
 
 The official SDK clients spend more time in pydantic than the proxy spends on a call;
-these speak the same JSON-RPC with a bare HTTP/1.1 connection instead.
+these speak the same JSON-RPC with a bare HTTP/1.1 connection instead. Given several base
+URLs (a cluster's nodes), each request goes to the next one in turn (`RotatingConnection`).
 """
 
 import itertools
 import json
+from collections.abc import Sequence
 
-from bench.wire import EventStream, HttpConnection, WireError
+from bench.wire import EventStream, HttpConnection, RotatingConnection, WireError, connect
 
 CLIENT_INFO = {"name": "mcproxy-bench", "version": "1"}
 
@@ -53,7 +55,7 @@ class LeanStreamable(_LeanSession):
 
     protocol_version = "2025-11-25"
 
-    def __init__(self, connection: HttpConnection, token: str):
+    def __init__(self, connection: HttpConnection | RotatingConnection, token: str):
         super().__init__()
         self.connection = connection
         self.headers = {
@@ -65,8 +67,9 @@ class LeanStreamable(_LeanSession):
         self.answer_types: set[str] = set()
 
     @classmethod
-    async def open(cls, base_url: str, token: str) -> "LeanStreamable":
-        session = cls(await HttpConnection.open(base_url), token)
+    async def open(cls, base_url: str | Sequence[str], token: str) -> "LeanStreamable":
+        """A session on one server, or rotating over several (initialize on the first)."""
+        session = cls(await connect(base_url), token)
         await session.handshake()
         return session
 
@@ -102,7 +105,7 @@ class LeanLegacySse(_LeanSession):
 
     protocol_version = "2024-11-05"
 
-    def __init__(self, stream: EventStream, poster: HttpConnection, endpoint: str, token: str):
+    def __init__(self, stream: EventStream, poster: HttpConnection | RotatingConnection, endpoint: str, token: str):
         super().__init__()
         self.stream = stream
         self.poster = poster
@@ -110,12 +113,15 @@ class LeanLegacySse(_LeanSession):
         self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
 
     @classmethod
-    async def open(cls, base_url: str, token: str) -> "LeanLegacySse":
-        stream = await EventStream.open(base_url, "/sse", {"Authorization": f"Bearer {token}"})
+    async def open(cls, base_url: str | Sequence[str], token: str) -> "LeanLegacySse":
+        """A session on one server, or with its stream on the first of several and its
+        POSTs rotating over all of them."""
+        stream_url = base_url if isinstance(base_url, str) else base_url[0]
+        stream = await EventStream.open(stream_url, "/sse", {"Authorization": f"Bearer {token}"})
         event, endpoint = await stream.next_event()
         if event != "endpoint":
             raise WireError(f"first SSE event is {event!r}, not endpoint")
-        session = cls(stream, await HttpConnection.open(base_url), endpoint, token)
+        session = cls(stream, await connect(base_url), endpoint, token)
         await session.handshake()
         return session
 

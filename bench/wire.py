@@ -6,9 +6,11 @@ measures is the server on the other end, not the client.
 
 import asyncio
 import base64
+import itertools
 import json
 import os
 import struct
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 #: Every single read or exchange in the benchmarks is bounded by this many seconds.
@@ -113,6 +115,45 @@ class HttpConnection:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class RotatingConnection:
+    """One persistent connection per base URL, each request on the next one in turn: round
+    robin over several servers (a cluster's nodes) without a balancer. It stands in for an
+    `HttpConnection`; the answer to a `send` is read from the connection it went out on."""
+
+    def __init__(self, connections: list[HttpConnection]):
+        self.connections = connections
+        self._turns = itertools.cycle(connections)
+        self.current = connections[0]
+
+    @classmethod
+    async def open(cls, base_urls: Sequence[str]) -> "RotatingConnection":
+        return cls([await HttpConnection.open(base_url) for base_url in base_urls])
+
+    def _next(self) -> HttpConnection:
+        self.current = next(self._turns)
+        return self.current
+
+    def send(self, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> None:
+        self._next().send(method, path, headers, body)
+
+    async def response_head(self):
+        return await self.current.response_head()
+
+    async def request(self, method: str, path: str, headers: dict[str, str], body: bytes = b""):
+        return await self._next().request(method, path, headers, body)
+
+    def close(self) -> None:
+        for connection in self.connections:
+            connection.close()
+
+
+async def connect(base_url: str | Sequence[str]) -> HttpConnection | RotatingConnection:
+    """A connection to one server, or (several base URLs) one that rotates over them."""
+    if isinstance(base_url, str):
+        return await HttpConnection.open(base_url)
+    return await RotatingConnection.open(base_url)
 
 
 class EventStream:

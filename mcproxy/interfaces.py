@@ -145,5 +145,64 @@ class IUserBrowser(Interface):
     def close_page(page_id):
         """Close a tab. Deferred[None]."""
 
+    def remember(page):
+        """Keep what a tool changed on ``page`` (its emulation) in the browser's page book."""
+
     def send(method, params=None, *, timeout=None):
         """A browser-level CDP call. Deferred[dict]; fails fast when disconnected."""
+
+
+class IPageBook(Interface):
+    """What must outlive one process's hold on a user's browser: page ids and the proxy's
+    records of each page, and the named isolated contexts.
+
+    `mcproxy.browser.book.MemoryPageBook` keeps them in the process (one process: nothing
+    outlives it); `mcproxy.cluster.state.RedisPageBook` keeps them in Redis, so the next
+    owner of the user numbers and flags the same tabs the same way. Only `load` may wait:
+    every other method answers at once, and writes elsewhere happen in the background.
+    """
+
+    contexts = Attribute("Named isolated contexts: dict of name -> browserContextId.")
+
+    def load():
+        """Read what an earlier owner left, once, before the first pages attach. Deferred[None]."""
+
+    def page_id(target_id):
+        """The page id of a target new to this process: the one it had, else the next unused one."""
+
+    def restore(page):
+        """Give a page new to this process what its record says (flags, emulation), if any."""
+
+    def record(page):
+        """Keep the page's flags (``via_proxy``, ``opener``) and emulation."""
+
+    def forget(target_id):
+        """The target is gone for good (closed): drop its record."""
+
+    def prune(alive):
+        """Drop the records of targets not in ``alive`` (target ids Chrome has now)."""
+
+    def context_made(name, context_id):
+        """Keep the isolated context ``name`` (``browserContextId`` ``context_id``)."""
+
+
+class ISessionRecords(Interface):
+    """Records of Streamable HTTP sessions, so that a session outlives the process that
+    served it: another process resumes it from its record.
+
+    `mcproxy.session.records.NoSessionRecords` keeps none (one process: a session the
+    registry does not know is gone); `mcproxy.cluster.state.RedisSessionRecords` keeps
+    them in Redis. Writes happen in the background; only `load` waits.
+    """
+
+    def saved(session):
+        """Record what changed in ``session`` (a `mcproxy.session.registry.Session` of the
+        Streamable transport) since it was last saved; called after each of its requests."""
+
+    def ended(session):
+        """``session`` ended for good (closed by its client, idle, its token revoked): drop
+        its record."""
+
+    def load(user_id, session_id):
+        """Deferred[`mcproxy.session.records.SessionRecord` | None]: the record of a session
+        of ``user_id`` this process does not hold."""

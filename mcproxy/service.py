@@ -1,9 +1,11 @@
 """The composition root: builds every part of the daemon from one `Config`."""
 
 import ipaddress
+import os
 import signal
+import sys
 import threading
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, cast
 
 from twisted.application.service import IService
 from twisted.internet import defer, error
@@ -130,6 +132,13 @@ def identity_providers(reactor, config: Config, store) -> list:
     return providers
 
 
+def _exit_failed() -> None:
+    """End the process with status 1, once the reactor has shut down."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
 class MCProxyService(StartInOrder):
     """The daemon: its parts as child services, started in the order they are added and
     stopped in reverse (see `mcproxy.lifecycle`). `from_config` is the table of contents."""
@@ -197,7 +206,8 @@ class MCProxyService(StartInOrder):
         policies = live(PolicyBook(config.browsing))
         open_link = metrics.counting_reconnects(open_cdp_link)
         if config.cluster.enabled:
-            # The node is built below, from the pool; its users' links ask it at every command.
+            # The node is built below, from the pool; its users' links ask it at every command,
+            # and its users' browsers keep their page books in Redis through it.
             open_link = fenced_links(
                 open_link, lambda user_id: daemon.cluster is not None and daemon.cluster.owns(user_id)
             )
@@ -210,6 +220,9 @@ class MCProxyService(StartInOrder):
                 max_users=config.limits.max_users,
                 max_pages_per_user=config.limits.max_pages_per_user,
                 page_listeners=page_listeners(config, policies),
+                page_books=(lambda user_id: cast(ClusterNode, daemon.cluster).page_book(user_id))
+                if config.cluster.enabled
+                else None,
             )
         )
         browsers = attach(RegisteredBrowsers(pool, store, reactor, connect_at_start=not config.cluster.enabled))
@@ -297,7 +310,14 @@ class MCProxyService(StartInOrder):
             offer_basic=config.auth.basic,
         )
         self.transports = transports = live(
-            McpTransports(reactor, config, tools, sessions, resources=ArtifactResources(artifacts))
+            McpTransports(
+                reactor,
+                config,
+                tools,
+                sessions,
+                resources=ArtifactResources(artifacts),
+                records=self.cluster.session_records if self.cluster is not None else None,
+            )
         )
         origins = live(OriginPolicy(config))
         started_at = reactor.seconds()
@@ -322,6 +342,8 @@ class MCProxyService(StartInOrder):
                 cluster,
                 failover_wait=config.cluster.failover_wait,
                 max_body=config.server.max_body_bytes,
+                read_only=tools.is_read_only,
+                watch_interval=config.cluster.renew_interval,
             )
             place = self.placement.place
         overview = Overview(
@@ -412,6 +434,9 @@ class MCProxyService(StartInOrder):
             return  # stopped while starting: nothing went wrong
         log.failure("mcproxy could not start", failure)
         if self.reactor.running:
+            # twistd exits 0 after any stop; a start that failed must not look like a clean
+            # stop to systemd (Restart=on-failure) or to whoever started the process.
+            self.reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
             try:
                 self.reactor.stop()
             except error.ReactorNotRunning:

@@ -156,12 +156,9 @@ async def proxy(reactor, tmp_path):
 @pytest.fixture
 def fake_server(reactor):
     """A stand-in DevTools WebSocket endpoint (`mcproxy.testing.fake_cdp`) on a free port."""
-    from mcproxy.testing.fake_cdp import FakeCDPServerFactory, FakeChrome
+    from mcproxy.testing.fake_cdp import serve_fake_chrome
 
-    factory = FakeCDPServerFactory(FakeChrome(), reactor=reactor)
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-    factory.url = f"ws://127.0.0.1:{port.getHost().port}/devtools/browser/fake"
-    factory.port_number = port.getHost().port
+    factory = serve_fake_chrome(reactor)
     yield factory
     factory.drop_all()
-    pytest_twisted.blockon(port.stopListening())
+    pytest_twisted.blockon(factory.listening.stopListening())

@@ -19,7 +19,6 @@ from zope.interface import implementer
 from mcproxy.auth.principal import Principal
 from mcproxy.cluster.envelope import HEADER, DuplicateForward, Envelope, Forwarded
 from mcproxy.cluster.forward import (
-    OWNER_LOST,
     Forwarder,
     NotOwner,
     OwnerDraining,
@@ -28,6 +27,7 @@ from mcproxy.cluster.forward import (
     TooManyForwards,
 )
 from mcproxy.errors import MCProxyError
+from mcproxy.mcp.codes import OWNER_LOST
 from mcproxy.web.http import cancel_on_deadline
 from mcproxy.web.site import ConnectionLimits, ProxySite
 
@@ -574,7 +574,7 @@ async def test_an_owner_lost_mid_stream_ends_a_post_stream_with_an_error_for_its
     last = body[len(sse_event(0)) :]
     assert last.startswith(b"event: message\ndata: ") and last.endswith(b"\n\n")
     message = json.loads(last[len(b"event: message\ndata: ") :])
-    assert message["id"] == 7 and message["error"]["code"] == OWNER_LOST == -32012
+    assert message["id"] == 7 and message["error"]["code"] == OWNER_LOST
     assert "owner_lost" in message["error"]["message"]
     assert world.outcomes == [None]
 

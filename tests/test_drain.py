@@ -1,143 +1,24 @@
 """Graceful drain on SIGTERM: the MCP endpoints in-process on a Clock, then a real
 ``twistd -n mcproxy`` process driving real Chromium.
 
-`Daemon` (a twistd subprocess with a config file the test can rewrite) is shared with
-tests/test_reload.py.
+`open_page` is shared with tests/test_reload.py; `Daemon` (a twistd subprocess with a
+config file the test can rewrite) lives in `mcproxy.testing.process`.
 """
 
 import json
-import os
 import re
-import socket
-import sys
 
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet import protocol
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-import mcproxy
 from mcproxy.config import Config
 from mcproxy.testing.daemon import RunningProxy
 from mcproxy.testing.fake_tools import FakeToolProvider, fake_authenticate
+from mcproxy.testing.process import Daemon
 from mcproxy.testing.tool_calls import sleep
-
-STARTUP_TIMEOUT = 30
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def toml(sections: dict[str, dict]) -> str:
-    """A TOML document of flat sections (JSON strings, numbers and lists are TOML too)."""
-    lines = []
-    for name, values in sections.items():
-        lines.append(f"[{name}]")
-        lines.extend(f"{key} = {json.dumps(value)}" for key, value in values.items())
-    return "\n".join(lines) + "\n"
-
-
-class Daemon(protocol.ProcessProtocol):
-    """``twistd -n mcproxy --config PATH`` in its own process, with its JSON log lines kept.
-
-    `write_config` rewrites the file (for reloads); `signal` sends a signal to this
-    process by its PID; `ended` fires with the exit reason.
-    """
-
-    def __init__(self, reactor, root, **sections: dict):
-        self.reactor = reactor
-        self.root = str(root)
-        self.port = free_port()
-        self.config_path = os.path.join(self.root, "mcproxy.toml")
-        self.lines: list[str] = []
-        self.records: list[dict] = []
-        self.ended: Deferred = Deferred()
-        self.transport = None
-        self._buffer = b""
-        self._waiting: list[tuple[str, Deferred]] = []
-        self.write_config(**sections)
-
-    def write_config(self, **sections: dict) -> None:
-        """The daemon's config file: a loopback listener, a memory store, and ``sections`` on top."""
-        base = {
-            "server": {"listen": [f"tcp:{self.port}:interface=127.0.0.1"], "data_dir": self.root},
-            "store": {"url": "memory:"},
-            "audit": {"path": os.path.join(self.root, "audit.jsonl")},
-        }
-        for name, values in sections.items():
-            base.setdefault(name, {}).update(values)
-        with open(self.config_path, "w") as f:
-            f.write(toml(base))
-
-    def write_raw(self, text: str) -> None:
-        with open(self.config_path, "w") as f:
-            f.write(text)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> RunningProxy:
-        """Start the process; a `RunningProxy` (admin API and tool-call helpers) for talking to it."""
-        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        checkout = os.path.dirname(os.path.dirname(os.path.abspath(mcproxy.__file__)))
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_", "MCPROXY_"))}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [checkout, env.get("PYTHONPATH")]))
-        argv = [twistd, "-n", "--pidfile=", "mcproxy", "--config", self.config_path]
-        self.reactor.spawnProcess(self, twistd, argv, env=env, path=self.root)
-        listening = self.line_with("listening on")
-        listening.addTimeout(STARTUP_TIMEOUT, self.reactor)
-        try:
-            await listening
-        except Exception:
-            self.stop()
-            raise AssertionError("the daemon did not start:\n" + "\n".join(self.lines[-30:])) from None
-        with open(os.path.join(self.root, "admin-token")) as f:
-            admin_token = f.read().strip()
-        return RunningProxy(service=None, base_url=self.base_url, admin_token=admin_token)
-
-    def signal(self, name: str) -> None:
-        self.transport.signalProcess(name)
-
-    def stop(self) -> None:
-        """Kill the process if it still runs (test clean-up)."""
-        if not self.ended.called:
-            self.transport.signalProcess("KILL")
-
-    def line_with(self, text: str) -> Deferred:
-        """Fires with the first log message (from now on) that contains ``text``."""
-        d = Deferred()
-        self._waiting.append((text, d))
-        return d
-
-    def messages(self) -> list[str]:
-        return [record.get("message", "") for record in self.records]
-
-    def outReceived(self, data: bytes) -> None:
-        self._buffer += data
-        *complete, self._buffer = self._buffer.split(b"\n")
-        for raw in complete:
-            line = raw.decode("utf-8", "replace")
-            self.lines.append(line)
-            try:
-                record = json.loads(line)
-            except ValueError:
-                record = {"message": line}
-            self.records.append(record)
-            for text, d in list(self._waiting):
-                if text in record.get("message", ""):
-                    self._waiting.remove((text, d))
-                    d.callback(record["message"])
-
-    errReceived = outReceived
-
-    def processEnded(self, reason) -> None:
-        self.ended.callback(reason.value)
 
 
 async def open_page(proxy: RunningProxy, token: str, url: str) -> int:
@@ -151,9 +32,7 @@ async def open_page(proxy: RunningProxy, token: str, url: str) -> int:
 
 async def exit_status(daemon: Daemon, reactor, seconds: float = 30):
     """The process's end (ProcessDone or ProcessTerminated), waiting at most ``seconds``."""
-    ended = daemon.ended
-    ended.addTimeout(seconds, reactor)
-    return await ended
+    return await daemon.exited(seconds)
 
 
 # -- In-process: the endpoints' drain, on a Clock ------------------------------------------

@@ -5,7 +5,7 @@ import json
 import pytest
 import pytest_twisted
 import treq
-from test_drain import Daemon, open_page
+from test_drain import open_page
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock
 
@@ -14,6 +14,7 @@ from mcproxy.browser.policy import PolicyBook
 from mcproxy.config import BrowsingConfig, Config, ConfigError, RateLimitConfig
 from mcproxy.errors import RateLimited
 from mcproxy.reload import ConfigSource, plan
+from mcproxy.testing.process import Daemon
 from mcproxy.testing.tool_calls import sleep
 
 # -- What a reload changes, without a daemon ---------------------------------------------------

@@ -4,7 +4,8 @@ what is in force, sending it to the page, and restoring it after a reconnect.
 The settings live in ``page.state.emulation`` so that `emulation_listener` can restore
 them on a new DevTools session (Chrome drops a session's overrides with the session), and
 so that tools can stretch their waits with `timeout_factor` while the page is throttled.
-The emulate and resize_page tools set them (`mcproxy.tools.emulation`).
+The emulate and resize_page tools set them (`set_emulation`), which also keeps them in
+the browser's page book: a process that takes the browser over restores them from there.
 """
 
 import json
@@ -84,6 +85,12 @@ class Emulation:
 def emulation_of(page) -> Emulation:
     """The page's current emulation (nothing emulated when never set)."""
     return page.state.emulation or Emulation()
+
+
+def set_emulation(page, emulation: Emulation) -> None:
+    """Make ``emulation`` the page's, in its state and in its browser's page book."""
+    page.state.emulation = emulation
+    page.browser.remember(page)
 
 
 def timeout_factor(page) -> float:
@@ -182,6 +189,7 @@ def reapply_emulation(page) -> None:
 
 
 def emulation_listener(page, event: str) -> None:
-    """For ``BrowserPool(page_listeners=[...])``: re-apply emulation on "reattached"."""
-    if event == "reattached":
+    """For ``BrowserPool(page_listeners=[...])``: re-apply emulation on a new session, of a
+    page seen before ("reattached") or of one whose emulation the page book restored."""
+    if event in ("attached", "reattached"):
         reapply_emulation(page)

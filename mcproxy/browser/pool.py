@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred, DeferredLock
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mcproxy.browser.book import MemoryPageBook
 from mcproxy.browser.cdp.connection import CDPConnection
 from mcproxy.browser.connect import LinkOpener, default_http_client, open_cdp_link
 from mcproxy.browser.link import CONNECTED, STATUSES, BrowserLink
@@ -21,7 +22,7 @@ from mcproxy.browser.targets import PageListener, PageTargets
 from mcproxy.browser.urls import parse_browser_url
 from mcproxy.config import BrowserConfig
 from mcproxy.errors import CDPError, ServerFull, ToolError
-from mcproxy.interfaces import IBrowserPool, IUserBrowser
+from mcproxy.interfaces import IBrowserPool, IPageBook, IUserBrowser
 
 log = Logger()
 
@@ -36,7 +37,11 @@ class PageLoadError(ToolError):
 
 @implementer(IUserBrowser)
 class UserBrowser(BrowserLink):
-    """One user's browser: its link, its pages, and the page operations the tools use."""
+    """One user's browser: its link, its pages, and the page operations the tools use.
+
+    ``book`` numbers the pages and keeps the proxy's records of them (a fresh
+    `MemoryPageBook` unless given).
+    """
 
     def __init__(
         self,
@@ -50,6 +55,7 @@ class UserBrowser(BrowserLink):
         rng: Callable[[], float] = random.random,
         max_pages: int = 0,
         held_elsewhere: Callable[[str | None], bool] = lambda browser_id: False,
+        book: IPageBook | None = None,
     ):
         super().__init__(
             reactor,
@@ -62,10 +68,18 @@ class UserBrowser(BrowserLink):
             held_elsewhere=held_elsewhere,
         )
         self.max_pages = max_pages
-        self._targets = PageTargets(self)
-        #: Isolated browser contexts opened by new_page, by name -> browserContextId.
-        self.contexts: dict[str, str] = {}
+        self._book = book if book is not None else MemoryPageBook()
+        self._targets = PageTargets(self, self._book)
         self._contexts_lock = DeferredLock()
+
+    @property
+    def contexts(self) -> dict[str, str]:
+        """Isolated browser contexts opened by new_page, by name -> browserContextId."""
+        return self._book.contexts
+
+    def remember(self, page: Page) -> None:
+        """Keep ``page``'s flags and emulation in the page book (after a tool changed them)."""
+        self._book.record(page)
 
     async def _attach(self, link: CDPConnection) -> None:
         await self._targets.attach(link)
@@ -127,6 +141,7 @@ class UserBrowser(BrowserLink):
         page.opener = opener
         if isolated_context is not None:
             page.browser_context_id = params["browserContextId"]
+        self._book.record(page)
         # The attach does not wait for Page.enable; the load event below needs it done.
         await page.send("Page.enable", timeout=seconds)
         if url and url != "about:blank":
@@ -144,7 +159,7 @@ class UserBrowser(BrowserLink):
                 if known in alive.get("browserContextIds", ()):
                     return known
             created = await self.send("Target.createBrowserContext", {"disposeOnDetach": False}, timeout=seconds)
-            self.contexts[name] = created["browserContextId"]
+            self._book.context_made(name, created["browserContextId"])
             return created["browserContextId"]
         finally:
             self._contexts_lock.release()
@@ -192,7 +207,8 @@ class BrowserPool:
     ``page_listeners`` are added to every browser the pool creates (see
     `UserBrowser.add_page_listener`), ``status_listeners`` likewise (see
     `UserBrowser.add_status_listener`); ``max_users`` and ``max_pages_per_user`` are the
-    ``limits.*`` bounds (0: none).
+    ``limits.*`` bounds (0: none); ``page_books(user_id)`` gives each new browser its
+    page book (a `MemoryPageBook` each unless given).
     """
 
     def __init__(
@@ -207,6 +223,7 @@ class BrowserPool:
         status_listeners: Iterable[Callable[[UserBrowser], None]] = (),
         max_users: int = 0,
         max_pages_per_user: int = 0,
+        page_books: Callable[[str], IPageBook] | None = None,
     ):
         self.reactor = reactor
         self.config = config
@@ -217,6 +234,7 @@ class BrowserPool:
         self._status_listeners = tuple(status_listeners)
         self._max_users = max_users
         self._max_pages = max_pages_per_user
+        self._page_books = page_books
         self._browsers: dict[str, UserBrowser] = {}
 
     def browser_for(self, user_id: str, browser_url: str) -> UserBrowser:
@@ -239,6 +257,7 @@ class BrowserPool:
             rng=self._rng,
             max_pages=self._max_pages,
             held_elsewhere=lambda browser_id: self.holder_of(browser_id, besides=user_id) is not None,
+            book=self._page_books(user_id) if self._page_books is not None else None,
         )
         # Before the first attach, so watchers (dialogs, console, network) see every page
         # from the moment the proxy knows it.

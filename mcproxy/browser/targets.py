@@ -3,6 +3,9 @@
 Chrome attaches every page target to the link (flattened sessions), new ones paused
 before they load anything until the page listeners have set them up. A `Page` keeps
 its ``page_id`` across reconnects: the same target gets a new session on each link.
+Ids and the proxy's records of each page come from the browser's page book
+(`mcproxy.interfaces.IPageBook`), so that in a cluster they also survive a change of the
+process that holds the browser.
 """
 
 from collections.abc import Callable
@@ -15,6 +18,7 @@ from twisted.python.failure import Failure
 from mcproxy.browser.cdp.connection import CDPConnection
 from mcproxy.browser.page import Page
 from mcproxy.errors import CDPError, ToolError
+from mcproxy.interfaces import IPageBook
 
 log = Logger()
 
@@ -25,13 +29,14 @@ PageListener = Callable[[Page, str], Deferred | None]
 
 class PageTargets:
     """The page registry of ``browser`` (a `mcproxy.browser.pool.UserBrowser`): which
-    target is which `Page`, their sessions on the current link, the page listeners."""
+    target is which `Page`, their sessions on the current link, the page listeners;
+    ``book`` numbers and records the pages."""
 
-    def __init__(self, browser):
+    def __init__(self, browser, book: IPageBook):
         self._browser = browser
+        self._book = book
         self._pages: dict[int | str, Page] = {}
         self._by_target: dict[str, Page] = {}
-        self._next_page_id = 1
         self._attaching: dict[str, list[Deferred]] = {}
         self._gone: set[str] = set()
         self._attached_on: dict[str, CDPConnection] = {}
@@ -43,8 +48,10 @@ class PageTargets:
 
         Chrome attaches new targets too (tabs, popups, windows a script opens), paused before
         they load anything until `_take_session` lets them run: the page listeners have
-        set each one up before its first request (the browsing guard needs that).
+        set each one up before its first request (the browsing guard needs that). The page
+        book is loaded first, so pages an earlier owner knew keep their ids and records.
         """
+        await self._book.load()
         link.subscribe("Target.attachedToTarget", lambda _, p: self._auto_attached(link, p))
         link.subscribe("Target.targetInfoChanged", lambda _, p: self._target_changed(p["targetInfo"]))
         link.subscribe("Target.targetDestroyed", lambda _, p: self._target_gone(p["targetId"]))
@@ -61,6 +68,7 @@ class PageTargets:
         for page in list(self._pages.values()):
             if page.target_id not in alive:
                 self.drop(page)
+        self._book.prune(alive)
         results = await defer.DeferredList(
             [self.ensure_attached(link, target_id, timeout=timeout) for target_id in alive], consumeErrors=True
         )
@@ -132,13 +140,13 @@ class PageTargets:
         if page is None:
             page = Page(
                 self._browser,
-                self._next_page_id,
+                self._book.page_id(target_id),
                 target_id,
                 url=info.get("url", ""),
                 title=info.get("title", ""),
                 browser_context_id=info.get("browserContextId"),
             )
-            self._next_page_id += 1
+            self._book.restore(page)  # before the listeners: they read the flags
             event = "attached"
         else:
             # Chrome reports a crash again to each session that enables Inspector, so a
@@ -192,6 +200,7 @@ class PageTargets:
 
     def _target_gone(self, target_id: str) -> None:
         self._gone.add(target_id)
+        self._book.forget(target_id)
         page = self._by_target.get(target_id)
         if page is not None:
             self.drop(page)
@@ -254,13 +263,15 @@ class PageTargets:
                 page.fail_waiters(error)
 
     def drop_all(self) -> None:
-        """The browser was closed for good: every page is closed."""
+        """This process closed the browser for good: every page is closed here. Their
+        records stay in the book: the tabs live on in Chrome, maybe for another process."""
         for page in list(self._pages.values()):
             self.drop(page)
 
     def closed_by_proxy(self, page: Page) -> None:
         """The proxy closed ``page``'s target: forget it now (and if Chrome attaches it still)."""
         self._gone.add(page.target_id)
+        self._book.forget(page.target_id)
         self.drop(page)
 
     def opened_via_proxy(self) -> int:

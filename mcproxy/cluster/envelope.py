@@ -31,7 +31,7 @@ class ForgedForward(Unauthorized):
     says what was wrong, for the owner's log."""
 
     def __init__(self, detail: str):
-        super().__init__("invalid forwarding envelope", reason="forged_forward")
+        super().__init__("invalid forwarding envelope", reason="forged_forward", code="forged_forward")
         self.detail = detail
 
 

@@ -12,7 +12,10 @@ served only by the user's owner, and anyone else answers ``421 not_owner`` so th
 looks again.
 """
 
+from collections.abc import Callable
+
 import orjson
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
@@ -90,14 +93,27 @@ class EdgePlacement:
     """`Router` ``place`` hook of the public listeners (module docstring).
 
     ``node`` is this process's `mcproxy.cluster.service.ClusterNode` (its ownership, its
-    forwarder); ``max_body`` bounds what is read to forward.
+    forwarder); ``max_body`` bounds what is read to forward; ``read_only(tool)`` says which
+    tools change nothing (sent again when their owner was lost); every ``watch_interval``
+    seconds a forward checks that its user still has the owner it was sent to.
     """
 
-    def __init__(self, clock, node, *, failover_wait: float, max_body: int):
+    def __init__(
+        self,
+        clock,
+        node,
+        *,
+        failover_wait: float,
+        max_body: int,
+        read_only: Callable[[str], bool] = lambda tool: False,
+        watch_interval: float = 1.0,
+    ):
         self.clock = clock
         self.node = node
         self.failover_wait = failover_wait
         self.max_body = max_body
+        self.read_only = read_only
+        self.watch_interval = watch_interval
         #: How forwards ended, by outcome (the forwarded requests metric).
         self.outcomes: dict[str, int] = {}
 
@@ -120,15 +136,7 @@ class EdgePlacement:
                 request.setHeader(b"X-MCProxy-Node", node.node_id.encode())
                 return False
             try:
-                await node.forwarder.forward(
-                    request,
-                    to=owner.node,
-                    url=owner.url,
-                    principal=request.principal,
-                    body=body,
-                    rid=request_id(request),
-                    rpc_id=rpc_id,
-                )
+                await self._forward(request, user, owner, body, rpc_id)
             except (NotOwner, OwnerDraining, OwnerUnreachable) as e:
                 # Not run there: look again once the owner moved or its lease ran out.
                 self._count(type(e).__name__)
@@ -145,8 +153,7 @@ class EdgePlacement:
                 # Maybe run there. What changes nothing is sent again to the next owner.
                 self._count("OwnerLost")
                 ownership.forget(user)
-                repeatable = request.method == b"GET" or (message is not None and message["method"] in SAFE_TO_REPEAT)
-                if repeatable and self.clock.seconds() < give_up:
+                if self._repeatable(request, message) and self.clock.seconds() < give_up:
                     await deferLater(self.clock, POLL_INTERVAL, lambda: None)
                     continue
                 if message is None:
@@ -160,8 +167,74 @@ class EdgePlacement:
             self._count("ok")
             return True
 
+    async def _forward(self, request, user: str, owner, body: bytes, rpc_id) -> None:
+        """Forward to ``owner``; `OwnerLost` if the user moves away from it meanwhile (a paused
+        or cut-off owner may never answer, and another process serves the user now)."""
+        forwarding = Deferred.fromCoroutine(
+            self.node.forwarder.forward(
+                request,
+                to=owner.node,
+                url=owner.url,
+                principal=request.principal,
+                body=body,
+                rid=request_id(request),
+                rpc_id=rpc_id,
+            )
+        )
+        watch = _OwnerWatch(self.clock, self.watch_interval, self.node.ownership, user, owner, forwarding)
+        try:
+            await forwarding
+        except CancelledError:
+            if not watch.moved:
+                raise
+            raise OwnerLost(f"user {user} moved away from node {owner.node} during the request", nonce="") from None
+        finally:
+            watch.stop()
+
+    def _repeatable(self, request, message: dict | None) -> bool:
+        """Whether a request whose owner was lost may be sent again: it changes nothing."""
+        if request.method == b"GET":
+            return True
+        if message is None:
+            return False
+        method = message["method"]
+        if method in SAFE_TO_REPEAT:
+            return True
+        params = message.get("params")
+        name = params.get("name") if isinstance(params, dict) else None
+        return method == "tools/call" and isinstance(name, str) and self.read_only(name)
+
     def _count(self, outcome: str) -> None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+
+
+class _OwnerWatch:
+    """Cancels ``forwarding`` (and says it ``moved``) once ``user``'s owner is no longer
+    ``owner``, checked every ``interval`` seconds in the owner cache (which placement keeps
+    fresh: no Redis read here)."""
+
+    def __init__(self, clock, interval: float, ownership, user: str, owner, forwarding: Deferred):
+        self.clock, self.interval, self.ownership = clock, interval, ownership
+        self.user, self.owner, self.forwarding = user, owner, forwarding
+        self.moved = False
+        self._next = clock.callLater(interval, self._check)
+
+    def _check(self) -> None:
+        Deferred.fromCoroutine(self.ownership.owner_of(self.user)).addCallback(self._compare)
+
+    def _compare(self, current) -> None:
+        if self.forwarding.called:
+            return
+        owner = self.owner
+        if current is None or not current.alive or (current.node, current.token) != (owner.node, owner.token):
+            self.moved = True
+            self.forwarding.cancel()
+        else:
+            self._next = self.clock.callLater(self.interval, self._check)
+
+    def stop(self) -> None:
+        if self._next.active():
+            self._next.cancel()
 
 
 class OwnerCheck:

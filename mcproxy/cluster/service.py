@@ -4,14 +4,16 @@ daemon's browsers and sessions (see `mcproxy.cluster`).
 `ClusterNode` starts after the store and the internal listener, and before the public
 listeners: it registers the node, then owns users as placement hands them out, connecting
 each owned user's registered browser (only the owner connects: one CDP connection per
-browser in the whole cluster) and closing it when the user moves away.
+browser in the whole cluster) and closing it when the user moves away. What the next owner
+needs (page ids and records, isolated contexts, Streamable HTTP sessions) is kept in Redis
+(`mcproxy.cluster.state`).
 """
 
 import socket
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, TimeoutError, gatherResults
 from twisted.logger import Logger
 
 from mcproxy.auth.admission import Admission
@@ -22,6 +24,7 @@ from mcproxy.cluster.envelope import Envelope
 from mcproxy.cluster.events import RELOAD, TOKEN_REVOKED, USER, Events
 from mcproxy.cluster.forward import Forwarder
 from mcproxy.cluster.limits import SharedLimits
+from mcproxy.cluster.state import FencedWriter, RedisPageBook, RedisSessionRecords
 from mcproxy.config import ClusterConfig, Config, ConfigError
 from mcproxy.errors import BrowserUnavailable, ServerFull
 from mcproxy.lifecycle import AsyncService
@@ -137,6 +140,9 @@ class ClusterNode(AsyncService):
             connect_timeout=config.cluster.forward_connect_timeout,
             max_connections=config.cluster.max_forward_connections,
         )
+        #: Fenced writes of the owned users' state; Streamable HTTP session records through it.
+        self.writer = FencedWriter(reactor, self._token_of)
+        self.session_records = RedisSessionRecords(self.writer, sessions, reactor)
         self.started_at = reactor.seconds()
         self.control: Any = None
         self.membership: Any = None
@@ -152,6 +158,8 @@ class ClusterNode(AsyncService):
         self.control = self.limits.control = self.events.control = await open_control(
             self.reactor, self.config.store.url
         )
+        self.writer.start(self.control)
+        self.session_records.start()
         await self.events.start()  # before owning anyone: no revocation is missed meanwhile
         self.membership = NodeMembership(
             self.control,
@@ -185,6 +193,9 @@ class ClusterNode(AsyncService):
         if self.membership is not None:
             await self.membership.stopService()
         await self.events.stop()
+        self.session_records.stop()
+        if self.control is not None:
+            await self._await_writes("stopping", self.writer.stop())
         await self.forwarder.close()
         if self.control is not None:
             self.limits.control = self.events.control = None
@@ -221,6 +232,21 @@ class ClusterNode(AsyncService):
 
     # -- what ownership changes do to this process --------------------------------------
 
+    def page_book(self, user_id: str) -> RedisPageBook:
+        """The page book of an owned user's browser (``BrowserPool(page_books=...)``)."""
+        return RedisPageBook(self.writer, user_id)
+
+    def _token_of(self, user_id: str) -> int | None:
+        return self.ownership.token_of(user_id) if self.ownership is not None else None
+
+    async def _await_writes(self, why: str, flushed: Deferred) -> None:
+        """Wait for the state writes made so far, for at most the control timeout: a user is
+        released or the node stops only once its last changes are in Redis, for the next owner."""
+        try:
+            await flushed.addTimeout(self.control.timeout, self.reactor)
+        except TimeoutError:
+            log.warn("Cluster state writes still pending when {why}", why=why)
+
     async def _registered_users(self) -> list[str]:
         return [user.user_id for user in await self.store.list_users()]
 
@@ -246,7 +272,7 @@ class ClusterNode(AsyncService):
         """Another process owns ``user_id`` now (or this one lost its lease): let go of its
         sessions and browser connection at once."""
         log.info("User {user_id} is no longer served by this process", user_id=user_id)
-        self.sessions.close_user(user_id)
+        self.sessions.close_user(user_id, for_good=False)
         self.pool.forget(user_id)
 
     async def start_draining(self) -> None:
@@ -264,8 +290,9 @@ class ClusterNode(AsyncService):
             await gatherResults([Deferred.fromCoroutine(self._hand_over(user)) for user in batch])
 
     async def _hand_over(self, user_id: str) -> None:
-        self.sessions.close_user(user_id)
+        self.sessions.close_user(user_id, for_good=False)  # their records stay: the next owner resumes them
         await self.pool.forget(user_id)
+        await self._await_writes(f"handing user {user_id} over", self.writer.flushed())
         await self.ownership.release(user_id)
 
     # -- views ----------------------------------------------------------------------
@@ -282,7 +309,10 @@ class ClusterNode(AsyncService):
 
     async def describe(self, users: list[str]) -> dict:
         """``GET /api/cluster``: the nodes and which node owns each of ``users``."""
-        nodes = await self.ownership.nodes()
+        nodes = [
+            {**node, "users": node["stats"].get("users", 0), "startedAt": node["stats"].get("startedAt")}
+            for node in await self.ownership.nodes()
+        ]
         owners = await self.ownership.owners(users)
         return {"node": self.node_id, "nodes": nodes, "owners": owners}
 

@@ -183,6 +183,14 @@ class McpSession:
         self._in_flight: dict[Any, Deferred] = {}
         self._cancelled_by_peer: set[Any] = set()
 
+    def resume(self, protocol_version: str, client: dict, log_level: str | None) -> None:
+        """Take up a session that another process initialized (from its record, see
+        `mcproxy.session.records`): no handshake again, the same protocol and log level."""
+        self.protocol_version = protocol_version
+        self.client_params = types.InitializeRequestParams.model_validate(client)
+        self.log_level = log_level
+        self.initialized = True
+
     @property
     def in_flight(self) -> int:
         """How many requests are running now."""

@@ -131,6 +131,7 @@ class SessionRegistry(Service):
         self.max_total = max_total
         self.memory = memory if memory is not None else MemoryRelease(clock)
         self._sessions: dict[str, Session] = {}
+        self._end_listeners: list[Callable[[Session], Any]] = []
 
     @classmethod
     def from_config(cls, clock, config) -> "SessionRegistry":
@@ -146,9 +147,19 @@ class SessionRegistry(Service):
         self.max_per_user = config.limits.max_sessions_per_user
         self.max_total = config.limits.max_sessions
 
-    def create(self, user_id: str, transport: str, token_id: str | None = None) -> Session:
+    def add_end_listener(self, listener: Callable[[Session], Any]) -> None:
+        """Call ``listener(session)`` when a session ends for good: closed by its client,
+        idle, its token revoked or its user deleted; not when this process only lets it
+        go (the user moves to another process, or this one stops), as another process
+        may then resume it."""
+        self._end_listeners.append(listener)
+
+    def create(
+        self, user_id: str, transport: str, token_id: str | None = None, *, session_id: str | None = None
+    ) -> Session:
         """A new session for ``user_id`` over ``transport`` (``"sse"`` or ``"streamable"``),
-        opened with the API token ``token_id`` (it ends when that token is revoked).
+        opened with the API token ``token_id`` (it ends when that token is revoked);
+        ``session_id`` is given for a session resumed from its record, else a new one is made.
 
         Raises LimitReached / ServerFull over ``limits.max_sessions_per_user`` /
         ``limits.max_sessions`` (0: no limit).
@@ -163,7 +174,7 @@ class SessionRegistry(Service):
                 f"user {user_id} already has {self.max_per_user} open MCP sessions (limits.max_sessions_per_user); "
                 "close one (DELETE /mcp with its Mcp-Session-Id) or let idle ones expire"
             )
-        session = Session(self, secrets.token_urlsafe(24), user_id, transport, token_id)
+        session = Session(self, session_id or secrets.token_urlsafe(24), user_id, transport, token_id)
         self._sessions[session.id] = session
         session.touch()
         return session
@@ -175,20 +186,28 @@ class SessionRegistry(Service):
             return None
         return session
 
-    def close(self, session_id: str) -> bool:
-        """End a session and its streams. Whether it existed."""
+    def close(self, session_id: str, *, for_good: bool = True) -> bool:
+        """End a session and its streams. Whether it existed. ``for_good=False``: only this
+        process lets it go (the end listeners are not told)."""
         session = self._sessions.pop(session_id, None)
         if session is None:
             return False
         session._close()
         self.memory.session_ended()
+        if for_good:
+            for listener in self._end_listeners:
+                try:
+                    listener(session)
+                except Exception:
+                    log.failure("Error telling the end of MCP session {session_id}", session_id=session_id)
         return True
 
-    def close_user(self, user_id: str) -> int:
-        """End every session of ``user_id``; how many there were."""
+    def close_user(self, user_id: str, *, for_good: bool = True) -> int:
+        """End every session of ``user_id`` (``for_good=False``: only in this process, as
+        the user moves to another); how many there were."""
         ids = [s.id for s in self._sessions.values() if s.user_id == user_id]
         for session_id in ids:
-            self.close(session_id)
+            self.close(session_id, for_good=for_good)
         return len(ids)
 
     def token_ids(self) -> set[str]:
@@ -203,9 +222,9 @@ class SessionRegistry(Service):
         return len(ids)
 
     def close_all(self) -> None:
-        """End every session (shutdown)."""
+        """Let go of every session (shutdown)."""
         for session_id in list(self._sessions):
-            self.close(session_id)
+            self.close(session_id, for_good=False)
 
     def stopService(self) -> None:
         super().stopService()

@@ -6,6 +6,7 @@ import os
 import attrs
 import treq
 from twisted.internet.defer import Deferred
+from twisted.web.http_headers import Headers
 
 from mcproxy import config as configuration
 from mcproxy.service import MCProxyService
@@ -13,9 +14,10 @@ from mcproxy.service import MCProxyService
 
 @attrs.define
 class RunningProxy:
-    """A started `MCProxyService` listening on a free loopback port."""
+    """A started mcproxy listening on a free loopback port: an `MCProxyService` in this
+    process, or (``service`` None) a daemon process."""
 
-    service: MCProxyService
+    service: MCProxyService | None
     base_url: str
     admin_token: str
 
@@ -47,6 +49,13 @@ class RunningProxy:
 
     async def call_tool(self, token: str, name: str, arguments: dict | None = None, rid: int = 1) -> dict:
         """One stateless (2026-07-28) ``tools/call`` on /mcp; the parsed JSON-RPC answer."""
+        answer, _ = await self.call_tool_with_headers(token, name, arguments, rid)
+        return answer
+
+    async def call_tool_with_headers(
+        self, token: str, name: str, arguments: dict | None = None, rid: int = 1
+    ) -> tuple[dict, Headers]:
+        """`call_tool`, also returning the answer's headers (which node ran it, in a cluster)."""
         meta = {
             "io.modelcontextprotocol/protocolVersion": "2026-07-28",
             "io.modelcontextprotocol/clientCapabilities": {},
@@ -62,9 +71,12 @@ class RunningProxy:
         }
         body = json.dumps({"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params}).encode()
         response = await treq.post(self.base_url + "/mcp", body, headers=headers, persistent=False)
-        return json.loads(await response.content())
+        return json.loads(await response.content()), response.headers
 
     async def stop(self) -> None:
+        """Stop the in-process service."""
+        if self.service is None:
+            raise RuntimeError("this proxy runs in another process: stop the process")
         await Deferred.fromCoroutine(self.service.stop())
 
 

@@ -220,6 +220,11 @@ def memory_link(chrome: FakeChrome, clock, *, default_timeout: float = 30.0) -> 
 
 
 class _FakeServerProtocol(WebSocketServerProtocol):
+    def __init__(self) -> None:
+        super().__init__()
+        #: The CDP methods received on this connection, in order (proves it stayed silent).
+        self.methods: list[str] = []
+
     def onConnect(self, request):
         self.factory.requests.append(request)
         if self.factory.refuse is not None:
@@ -231,8 +236,10 @@ class _FakeServerProtocol(WebSocketServerProtocol):
             lambda data: self.sendMessage(data if isinstance(data, bytes) else data.encode("utf-8"), isBinary=False)
         )
         self.factory.connections.append(self)
+        self.factory.opened.append(self)
 
     def onMessage(self, payload, isBinary):
+        self.methods.append(json.loads(payload).get("method"))
         self.factory.chrome.receive(payload.decode("utf-8"))
 
     def onClose(self, wasClean, code, reason):
@@ -245,8 +252,10 @@ class _FakeServerProtocol(WebSocketServerProtocol):
 class FakeCDPServerFactory(WebSocketServerFactory):
     """Serves a `FakeChrome` over WebSocket (listen with ``reactor.listenTCP(0, factory)``).
 
-    ``requests`` holds each handshake request (headers included); set ``refuse`` to
-    ``(status, reason)`` to refuse handshakes; `drop_all` aborts every connection.
+    ``requests`` holds each handshake request (headers included); ``connections`` the
+    open connections and ``opened`` every connection ever opened, in order (each lists
+    the CDP ``methods`` it received); set ``refuse`` to ``(status, reason)`` to refuse
+    handshakes; `drop_all` aborts every connection.
     """
 
     protocol = _FakeServerProtocol
@@ -256,10 +265,36 @@ class FakeCDPServerFactory(WebSocketServerFactory):
         self.chrome = chrome
         self.requests: list = []
         self.connections: list[_FakeServerProtocol] = []
+        self.opened: list[_FakeServerProtocol] = []
+        #: Where `serve_fake_chrome` listens.
+        self.listening: Any = None
+        self.port_number = 0
+        self.url = ""
         self.refuse: tuple[int, str] | None = None
         self.setProtocolOptions(maxMessagePayloadSize=0, maxFramePayloadSize=0)
+
+    def links(self) -> list[_FakeServerProtocol]:
+        """The connections ever opened that were more than a finished probe (a registration's
+        lone ``Browser.getVersion``): the CDP links a proxy held, in order."""
+        return [
+            connection
+            for connection in self.opened
+            if connection.methods != ["Browser.getVersion"] or connection in self.connections
+        ]
 
     def drop_all(self) -> None:
         """Abort every client connection without a closing handshake."""
         for connection in list(self.connections):
             cast(ITCPTransport, connection.transport).abortConnection()
+
+
+def serve_fake_chrome(reactor, chrome: FakeChrome | None = None) -> FakeCDPServerFactory:
+    """A `FakeChrome` served on a free loopback port: the factory, with ``url`` (its
+    DevTools browser URL, whose browser id is unique per port, as each Chrome run's is),
+    ``port_number`` and ``listening`` (stop it with ``listening.stopListening()`` after
+    `drop_all`)."""
+    factory = FakeCDPServerFactory(chrome or FakeChrome(), reactor=reactor)
+    factory.listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    factory.port_number = factory.listening.getHost().port
+    factory.url = f"ws://127.0.0.1:{factory.port_number}/devtools/browser/fake-{factory.port_number}"
+    return factory

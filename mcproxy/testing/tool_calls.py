@@ -1,5 +1,6 @@
 """Calling tools the way the MCP layer does, for tests against a real browser."""
 
+import inspect
 import re
 
 from mcproxy.auth.principal import Principal
@@ -70,15 +71,16 @@ async def sleep(reactor, seconds: float) -> None:
 
 
 async def until(reactor, check, timeout: float = 15.0, seen=None):
-    """Wait for ``check()`` (events arrive asynchronously) to return something true; that
-    value. AssertionError when it has not within ``timeout`` seconds, saying what ``seen()``
-    (when given) says was there instead."""
-    waited = 0.0
+    """Wait for ``check()`` (events arrive asynchronously; it may be a coroutine function)
+    to return something true; that value. AssertionError when it has not within ``timeout``
+    seconds, saying what ``seen()`` (when given) says was there instead."""
+    deadline = reactor.seconds() + timeout
     while True:
         value = check()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
-        if waited > timeout:
+        if reactor.seconds() > deadline:
             raise AssertionError(f"condition not met within {timeout} s" + (f"; seen: {seen()!r}" if seen else ""))
         await sleep(reactor, 0.05)
-        waited += 0.05

@@ -20,6 +20,7 @@ from mcproxy.browser.emulation import (
     Viewport,
     apply_emulation,
     emulation_of,
+    set_emulation,
     viewport_calls,
 )
 from mcproxy.errors import CDPError, ToolError
@@ -207,7 +208,7 @@ async def emulate(call: ToolCall) -> Response:
         raise ToolError(f"Chrome refused the emulation: {e.message}") from None
     finally:
         # What Chrome got is what the page has now: keep it in step even after a failure.
-        page.state.emulation = emulation
+        set_emulation(page, emulation)
     return Response().add("\n".join(_describe(emulation, call.config.navigation_timeout)))
 
 
@@ -270,7 +271,7 @@ async def resize_page(call: ToolCall) -> Response:
     else:
         viewport = attrs.evolve(emulation.viewport or Viewport(width, height), width=width, height=height)
         await gatherResults([page.send(method, params) for method, params in viewport_calls(viewport)])
-        page.state.emulation = attrs.evolve(emulation, viewport=viewport)
+        set_emulation(page, attrs.evolve(emulation, viewport=viewport))
         if emulation.viewport is not None:
             response.add(f"The emulated viewport is now {width}x{height} pixels ({viewport.describe()}).")
         else:

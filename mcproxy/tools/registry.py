@@ -121,6 +121,11 @@ class ToolRegistry:
             if tool.category in self._categories and self._may_call(principal, tool)
         ]
 
+    def is_read_only(self, name: str) -> bool:
+        """Whether tool ``name`` only reads (False for an unknown name)."""
+        tool = self._tools.get(name)
+        return tool is not None and tool.read_only
+
     def _may_call(self, principal, tool: ToolSpec) -> bool:
         own_permission = tool.name in self._config.own_permission
         return principal.may_call_tool(tool.name, tool.category, explicit_only=own_permission)

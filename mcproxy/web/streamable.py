@@ -154,21 +154,28 @@ class StreamableTransport:
         else:
             await self._in_session(request, principal, session_id, message, headers, accepted)
 
-    async def _initialize(self, request, principal, message: Request) -> None:
+    def _open(self, principal, token_id: str | None, session_id: str | None = None):
+        """A new session in the registry with its `McpSession` (``session_id``: resumed)."""
         t = self.t
-        entry = t.sessions.create(principal.user_id, TRANSPORT, principal.token_id)
+        entry = t.sessions.create(principal.user_id, TRANSPORT, token_id, session_id=session_id)
         mcp = McpSession(t.server, principal, SessionView(entry.id))
         entry.state = mcp
         entry.on_close(mcp.close)
-        response = await mcp.handle(message, lambda _: None, client=request.client_address)
+        return entry
+
+    async def _initialize(self, request, principal, message: Request) -> None:
+        t = self.t
+        entry = self._open(principal, principal.token_id)
+        response = await entry.state.handle(message, lambda _: None, client=request.client_address)
         if "error" in response:
             t.sessions.close(entry.id)
             write_rpc(request, 400, response)
             return
+        t.records.saved(entry)
         write_rpc(request, 200, response, {b"Mcp-Session-Id": entry.id.encode("ascii")})
 
     async def _in_session(self, request, principal, session_id: str, message, headers, accepted) -> None:
-        entry = self._session(session_id, principal)
+        entry = self._session(session_id, principal) or await self._resumed(session_id, principal)
         mcp = entry.state
         version = headers.get("mcp-protocol-version")
         if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
@@ -192,6 +199,7 @@ class StreamableTransport:
             await _Exchange(self.t, request, accepted, to_standalone_stream).run(mcp, message, lambda code: 200)
         finally:
             entry.release()
+            self.t.records.saved(entry)  # a tool may have selected or opened a page
 
     async def _stateless(self, request, principal, message, headers, accepted) -> None:
         t = self.t
@@ -233,11 +241,34 @@ class StreamableTransport:
                 del t.stateless_in_flight[user]
 
     def _session(self, session_id: str | None, principal):
+        """The caller's session ``session_id`` if this process holds it, else None."""
         if not session_id:
             raise missing_session("Mcp-Session-Id header is required")
         entry = self.t.sessions.get(session_id, principal.user_id)
-        if entry is None or entry.transport != TRANSPORT:
-            raise NotFound("no such session; send initialize to start a new one", code="session_not_found")
+        if entry is not None and entry.transport != TRANSPORT:
+            raise _no_such_session()
+        return entry
+
+    async def _resumed(self, session_id: str, principal):
+        """The caller's session ``session_id``, taken up from its record: another process
+        served it before (the user moved). 404 when it has no record (it ended)."""
+        record = await self.t.records.load(principal.user_id, session_id)
+        entry = self._session(session_id, principal)
+        if entry is not None:  # a concurrent request resumed it meanwhile
+            return entry
+        if record is None:
+            raise _no_such_session()
+        entry = self._open(principal, record.token_id, session_id)
+        entry.created_at = record.created
+        mcp = entry.state
+        mcp.resume(record.protocol_version, record.client, record.log_level)
+        mcp.view.selected_page_id = record.selected_page_id
+        mcp.view.opened_page_ids.update(record.opened_page_ids)
+        log.info(
+            "MCP session {session_id} of user {user_id} resumed from its record",
+            session_id=session_id,
+            user_id=principal.user_id,
+        )
         return entry
 
     async def get(self, request) -> None:
@@ -245,7 +276,8 @@ class StreamableTransport:
         principal = request.principal
         if not accepts(request)[1]:
             raise NotAcceptable("Accept must allow text/event-stream", code="not_acceptable")
-        entry = self._session(_header(request, b"mcp-session-id"), principal)
+        session_id = _header(request, b"mcp-session-id") or ""
+        entry = self._session(session_id, principal) or await self._resumed(session_id, principal)
         if entry.stream is not None and not entry.stream.closed:
             raise Conflict("this session already has an open stream", code="stream_already_open")
         stream = SseStream(request, t.clock, t.keepalive)
@@ -266,10 +298,15 @@ class StreamableTransport:
     async def delete(self, request) -> None:
         t = self.t
         principal = request.principal
-        entry = self._session(_header(request, b"mcp-session-id"), principal)
+        session_id = _header(request, b"mcp-session-id") or ""
+        entry = self._session(session_id, principal) or await self._resumed(session_id, principal)
         t.sessions.close(entry.id)
         request.setResponseCode(204)
         request.finish()
+
+
+def _no_such_session() -> NotFound:
+    return NotFound("no such session; send initialize to start a new one", code="session_not_found")
 
 
 def _header(request, name: bytes) -> str | None:

@@ -12,9 +12,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mcproxy.errors import MCProxyError
+from mcproxy.interfaces import ISessionRecords
 from mcproxy.mcp.codes import SHUTTING_DOWN
 from mcproxy.mcp.jsonrpc import RpcError
 from mcproxy.mcp.protocol import EmptyResources, McpServer
+from mcproxy.session.records import NoSessionRecords
 from mcproxy.threads import thread_runner
 from mcproxy.web.legacy import LegacyTransport
 from mcproxy.web.routes import MCP_ORIGINS, Area, Route, callers_user
@@ -117,11 +119,14 @@ class _Gate:
 
 class McpTransports:
     """The MCP endpoints (GET /sse, POST /message, /mcp) as `areas` of the router, which
-    authenticates their callers for the ``"mcp"`` endpoint class."""
+    authenticates their callers for the ``"mcp"`` endpoint class. ``records`` keeps the
+    Streamable HTTP sessions for other processes to resume (none kept unless given)."""
 
-    def __init__(self, reactor, config, tools, sessions, *, resources=None):
+    def __init__(self, reactor, config, tools, sessions, *, resources=None, records: ISessionRecords | None = None):
         self.clock = reactor
         self.sessions = sessions
+        self.records = records if records is not None else NoSessionRecords()
+        sessions.add_end_listener(self.records.ended)
         self.calls = _TrackedTools(tools)
         self.server = McpServer(
             self.calls,
