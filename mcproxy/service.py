@@ -31,6 +31,9 @@ from mcproxy.browser.emulation import emulation_listener
 from mcproxy.browser.policy import PolicyBook
 from mcproxy.browser.pool import BrowserPool
 from mcproxy.browser.registered import RegisteredBrowsers
+from mcproxy.cluster.events import TOKEN_REVOKED
+from mcproxy.cluster.limits import SharedLimits
+from mcproxy.cluster.metrics import ClusterMetrics
 from mcproxy.cluster.routing import EdgePlacement, OwnerCheck, TrustedOrigins
 from mcproxy.cluster.service import ClusterNode, fenced_links
 from mcproxy.config import Config, ConfigError
@@ -163,6 +166,8 @@ class MCProxyService(StartInOrder):
         self.reconfigurable: list[Reconfigurable] = []
         self.listeners: list[Listener] = []
         self.cluster = None
+        #: Where the public listeners send each user's requests, in a cluster.
+        self.placement: EdgePlacement | None = None
         self._draining: defer.Deferred | None = None
         self._told_stopping = False
 
@@ -222,7 +227,7 @@ class MCProxyService(StartInOrder):
         )
         browsers = attach(RegisteredBrowsers(pool, store, reactor, connect_at_start=not config.cluster.enabled))
         attach(sessions)
-        attach(RevocationWatch(sessions, store, reactor))
+        revocation = attach(RevocationWatch(sessions, store, reactor))
         limits = live(RequestLimits(reactor, config.ratelimit, on_limited=metrics.rate_limited))
         daemon.tools = tools = live(
             ToolRegistry(
@@ -247,14 +252,19 @@ class MCProxyService(StartInOrder):
         )
         daemon.cluster = None
         if config.cluster.enabled:
-            daemon.cluster = ClusterNode(reactor, config, store=store, pool=pool, sessions=sessions)
-        site = daemon._web(store, pool, sessions, tools, limits, metrics, plugins, activity, audit, artifacts)
+            # Tool limits stay in `limits` (see mcproxy.cluster.limits); the per-user ones are shared.
+            shared = live(SharedLimits(reactor, config.ratelimit, limits, on_limited=metrics.rate_limited))
+            daemon.cluster = ClusterNode(reactor, config, store=store, pool=pool, sessions=sessions, limits=shared)
+        site = daemon._web(
+            store, pool, sessions, tools, limits, metrics, plugins, activity, audit, artifacts, revocation
+        )
         if daemon.cluster is not None:
             internal = daemon._internal_site(metrics, plugins, audit)
             attach(
                 Listener.from_config(reactor, config.cluster.internal_listen, internal, key="cluster.internal_listen")
             )
             attach(daemon.cluster)
+            metrics.registry.register(ClusterMetrics(daemon.cluster, daemon.placement))
         daemon.listeners = [attach(Listener.from_config(reactor, endpoint, site)) for endpoint in config.server.listen]
         return daemon
 
@@ -268,11 +278,29 @@ class MCProxyService(StartInOrder):
         self.reconfigurable.append(part)
         return part
 
-    def _web(self, store, pool, sessions, tools, limits, metrics, plugins, activity, audit, artifacts) -> ProxySite:
+    def _web(
+        self, store, pool, sessions, tools, limits, metrics, plugins, activity, audit, artifacts, revocation
+    ) -> ProxySite:
         """The HTTP side: who calls (`Admission`), the MCP transports, the admin API and
         dashboard, /metrics, the OAuth metadata, and the site that serves them."""
-        config, reactor, live = self.config, self.reactor, self.live
+        config, reactor, live, cluster = self.config, self.reactor, self.live, self.cluster
         api_tokens = TokenAuthenticator(store, reactor)
+
+        def revoked_here(token_id: str) -> defer.Deferred:
+            """Stop honouring a revoked token in this process at once: its cached verdicts go,
+            and the sessions opened with it end (the store decides whether it is revoked yet)."""
+            api_tokens.forget(token_id)
+            return defer.Deferred.fromCoroutine(revocation.check_token(token_id))
+
+        async def token_revoked(token_id: str) -> None:
+            await revoked_here(token_id)
+            if cluster is not None:
+                await cluster.events.publish(TOKEN_REVOKED, token=token_id)
+
+        if cluster is not None:
+            cluster.on_token_revoked(revoked_here)
+            cluster.on_reload(self._reload_logged)
+            cluster.events.on_resubscribed(lambda: defer.Deferred.fromCoroutine(revocation.check()))
         metadata = ProtectedResource(config.server.public_url, config.auth.authorization_servers)
         chain = AuthenticationChain(
             [api_tokens, *identity_providers(reactor, config, store), *plugins.authenticators],
@@ -301,28 +329,33 @@ class MCProxyService(StartInOrder):
                 pool=pool,
                 sessions=sessions,
                 started_at=started_at,
-                token_revoked=api_tokens.forget,
+                token_revoked=token_revoked,
                 reload_config=self.reload,
                 cluster=self.cluster,
             )
         )
         metrics_endpoint = live(MetricsEndpoint(metrics, config.metrics.allowed_networks))
         place = None
-        if self.cluster is not None:
-            place = EdgePlacement(
+        if cluster is not None:
+            self.placement = EdgePlacement(
                 reactor,
-                self.cluster,
+                cluster,
                 failover_wait=config.cluster.failover_wait,
                 max_body=config.server.max_body_bytes,
                 read_only=tools.is_read_only,
                 watch_interval=config.cluster.renew_interval,
-            ).place
+            )
+            place = self.placement.place
         overview = Overview(
             clock=reactor, store=store, pool=pool, sessions=sessions, activity=activity, started_at=started_at
         )
         root = build_router(
             origins=origins,
-            admission=Admission(chain.authenticate, limits.check_user, metrics.auth_failure),
+            admission=Admission(
+                chain.authenticate,
+                limits.check_user if cluster is None else cluster.limits.check_user,
+                metrics.auth_failure,
+            ),
             transports=transports,
             admin=admin,
             metrics=metrics_endpoint,
@@ -418,6 +451,11 @@ class MCProxyService(StartInOrder):
         if not self.started or not self.started.called:
             log.warn("SIGHUP while mcproxy is still starting: the configuration is not reloaded")
             return
+        self._reload_logged()
+
+    def _reload_logged(self) -> None:
+        """`reload`, for a signal or another process of the cluster: nobody to answer, so a
+        refused configuration is only logged."""
         try:
             self.reload()
         except ConfigError:

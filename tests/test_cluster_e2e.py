@@ -60,8 +60,10 @@ async def started_cluster(reactor, root, **options) -> Cluster:
 
 @pytest_twisted.async_yield_fixture(scope="module")
 async def cluster(reactor, tmp_path_factory):
-    """Three cluster nodes shared by the tests that kill nothing."""
-    running = await started_cluster(reactor, tmp_path_factory.mktemp("cluster"))
+    """Three cluster nodes shared by the tests that kill nothing. Their rate limits are
+    shared, so a test's hundred quick requests would outrun the default user limit."""
+    unlimited = {"user_rate": 1000.0, "user_burst": 1000}
+    running = await started_cluster(reactor, tmp_path_factory.mktemp("cluster"), ratelimit=unlimited)
     yield running
     await running.stop()
 

@@ -7,6 +7,8 @@ client). Only `main` touches the global reactor, through `twisted.internet.task.
 import getpass
 import sys
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python import usage
@@ -169,7 +171,7 @@ async def _list(store, options, clock, out) -> None:
     out.write(format_table(await store.list_tokens(options["user"])))
 
 
-async def _revoke(store, options, clock, out) -> None:
+async def _revoke(store, options, clock, out) -> list[str]:
     token_id = options["token_id"]
     revoked = await revoke_token_tree(store, token_id, clock.seconds())
     if not revoked:
@@ -177,6 +179,23 @@ async def _revoke(store, options, clock, out) -> None:
     out.write(f"revoked {token_id}\n")
     for child_id in revoked[1:]:
         out.write(f"revoked {child_id} (made from it)\n")
+    return revoked
+
+
+async def tell_cluster(reactor, config, revoked: list[str], err) -> None:
+    """Tell the running processes of a cluster (``cluster.enabled``) that tokens were
+    revoked, so they end those tokens' sessions at once rather than at their next poll."""
+    from mcproxy.cluster.control import open_control
+    from mcproxy.cluster.events import TOKEN_REVOKED, publish
+
+    control = await open_control(reactor, config.store.url)
+    try:
+        for token_id in revoked:
+            if not await publish(control, TOKEN_REVOKED, "mcproxy-admin", token=token_id):
+                err.write("mcproxy-admin: the cluster was not told; its processes notice within seconds\n")
+                return
+    finally:
+        await control.close()
 
 
 def read_password(stdin) -> str:
@@ -201,7 +220,13 @@ async def _set_password(store, options, clock, out) -> None:
     out.write(f"password set for {options['user']}\n")
 
 
-_COMMANDS = {"create": _create, "list": _list, "revoke": _revoke, "set-password": _set_password}
+#: The commands; what one returns is its outcome (``revoke``: the revoked token ids).
+_COMMANDS: dict[str, Callable[..., Awaitable[Any]]] = {
+    "create": _create,
+    "list": _list,
+    "revoke": _revoke,
+    "set-password": _set_password,
+}
 
 
 async def run(reactor, options: Options, config, out=None, err=None) -> None:
@@ -212,9 +237,11 @@ async def run(reactor, options: Options, config, out=None, err=None) -> None:
     try:
         store = await open_store(config.store.url, reactor)
         try:
-            await command(store, group.subOptions, reactor, out)
+            done = await command(store, group.subOptions, reactor, out)
         finally:
             await store.close()
+        if group.subCommand == "revoke" and config.cluster.enabled:
+            await tell_cluster(reactor, config, done, err)
     except CancelledError:
         raise
     except (ConfigError, MCProxyError) as e:

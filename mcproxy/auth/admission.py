@@ -15,12 +15,14 @@ class Admission:
 
     ``chain`` is ``async (request) -> Principal`` (`mcproxy.auth.chain.AuthenticationChain`);
     ``check_user(user_id, endpoint_class)`` raises `RateLimited`
-    (`mcproxy.auth.ratelimit.RequestLimits.check_user`); ``refused(reason)`` hears every
-    refusal of the chain (the ``mcproxy_auth_failures_total`` counter).
+    (`mcproxy.auth.ratelimit.RequestLimits.check_user`), or returns an awaitable that does
+    when the buckets live elsewhere (a cluster's, `mcproxy.cluster.limits.SharedLimits`);
+    ``refused(reason)`` hears every refusal of the chain (the ``mcproxy_auth_failures_total``
+    counter).
     """
 
     chain: Callable[[object], Awaitable[Principal]]
-    check_user: Callable[[str, str], None] = lambda user_id, endpoint_class: None
+    check_user: Callable[[str, str], Awaitable[None] | None] = lambda user_id, endpoint_class: None
     refused: Callable[[str], None] = lambda reason: None
 
     async def authenticate(self, request, endpoint_class: str) -> Principal:
@@ -35,5 +37,7 @@ class Admission:
             raise
         if not principal.may_connect_from(request.client_address):
             raise Forbidden("this credential may not be used from your address", code="address_denied")
-        self.check_user(principal.user_id, endpoint_class)
+        checking = self.check_user(principal.user_id, endpoint_class)
+        if checking is not None:
+            await checking
         return principal

@@ -8,6 +8,11 @@ from mcproxy.config import RateLimitConfig, parse_limit
 from mcproxy.errors import RateLimited
 
 
+def exceeded(rate: float, wait: int) -> RateLimited:
+    """The refusal of a bucket filling at ``rate`` that has enough again in ``wait`` seconds."""
+    return RateLimited(f"rate limit of {rate:g} requests a second exceeded; retry in {wait} s", retry_after=wait)
+
+
 class RateLimiter:
     """One token bucket per key: ``rate`` tokens a second, at most ``burst`` saved up.
 
@@ -49,10 +54,7 @@ class RateLimiter:
         tokens = min(float(self.burst), tokens + (now - stamp) * self.rate)
         if tokens < cost:
             self._buckets[key] = (tokens, now)
-            wait = math.ceil((cost - tokens) / self.rate)
-            raise RateLimited(
-                f"rate limit of {self.rate:g} requests a second exceeded; retry in {wait} s", retry_after=wait
-            )
+            raise exceeded(self.rate, math.ceil((cost - tokens) / self.rate))
         self._buckets[key] = (tokens - cost, now)
         while len(self._buckets) > self._max_keys:
             self._buckets.popitem(last=False)

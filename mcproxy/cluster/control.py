@@ -58,11 +58,13 @@ class Control:
         """The prefixed key made of ``parts`` (``key("node", "n1")`` is ``mcproxy:node:n1``)."""
         return self.prefix + ":".join(parts)
 
-    def eval(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Deferred:
+    def eval(self, script: str, keys: Sequence[str], args: Sequence[Any], *, timeout: float | None = None) -> Deferred:
         """Run a Lua script (EVALSHA, loading it when Redis lost it); fails with
-        `CoordinationUnavailable` when Redis does not answer within ``timeout``."""
+        `CoordinationUnavailable` when Redis does not answer within ``timeout`` (by
+        default the control's own: a caller on a request's path may wait less)."""
+        limit = self.timeout if timeout is None else timeout
         d = self.redis.eval(script, list(keys), [str(a) for a in args])
-        return d.addTimeout(self.timeout, self.clock).addErrback(_unavailable, self.timeout)
+        return d.addTimeout(limit, self.clock).addErrback(_unavailable, limit)
 
     async def time(self) -> float:
         """Redis's clock (TIME), in seconds since the epoch: the one clock all nodes share."""

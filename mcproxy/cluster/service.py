@@ -17,10 +17,13 @@ from twisted.internet.defer import Deferred, TimeoutError, gatherResults
 from twisted.logger import Logger
 
 from mcproxy.auth.admission import Admission
+from mcproxy.auth.tokens import is_valid_token_id, is_valid_user_id
 from mcproxy.browser.cdp.connection import CDPConnection
 from mcproxy.browser.connect import LinkOpener
 from mcproxy.cluster.envelope import Envelope
+from mcproxy.cluster.events import RELOAD, TOKEN_REVOKED, USER, Events
 from mcproxy.cluster.forward import Forwarder
+from mcproxy.cluster.limits import SharedLimits
 from mcproxy.cluster.state import FencedWriter, RedisPageBook, RedisSessionRecords
 from mcproxy.config import ClusterConfig, Config, ConfigError
 from mcproxy.errors import BrowserUnavailable, ServerFull
@@ -114,15 +117,22 @@ def internal_address(config: Config) -> tuple[str, str]:
 
 
 class ClusterNode(AsyncService):
-    """This process as a node of the cluster (module docstring)."""
+    """This process as a node of the cluster (module docstring).
 
-    def __init__(self, reactor, config: Config, *, store, pool, sessions):
+    ``limits`` are the per-user rate limits its public listeners apply (shared through
+    Redis once the node is connected); ``events`` its end of the events channel.
+    """
+
+    def __init__(self, reactor, config: Config, *, store, pool, sessions, limits: SharedLimits):
         self.reactor = reactor
         self.config = config
         self.store = store
         self.pool = pool
         self.sessions = sessions
+        self.limits = limits
         self.node_id, self.url = internal_address(config)
+        self.events = Events(reactor, config.store.url, self.node_id)
+        self.events.on(USER, self._user_changed)
         self.envelope = Envelope(cluster_secret(config.cluster), self.node_id, reactor)
         self.forwarder = Forwarder(
             reactor,
@@ -145,9 +155,12 @@ class ClusterNode(AsyncService):
         from mcproxy.cluster.ownership import Ownership
 
         cluster = self.config.cluster
-        self.control = await open_control(self.reactor, self.config.store.url)
+        self.control = self.limits.control = self.events.control = await open_control(
+            self.reactor, self.config.store.url
+        )
         self.writer.start(self.control)
         self.session_records.start()
+        await self.events.start()  # before owning anyone: no revocation is missed meanwhile
         self.membership = NodeMembership(
             self.control,
             self.reactor,
@@ -179,12 +192,43 @@ class ClusterNode(AsyncService):
             await self.ownership.stopService()
         if self.membership is not None:
             await self.membership.stopService()
+        await self.events.stop()
         self.session_records.stop()
         if self.control is not None:
             await self._await_writes("stopping", self.writer.stop())
         await self.forwarder.close()
         if self.control is not None:
+            self.limits.control = self.events.control = None
             await self.control.close()
+
+    # -- events from the other processes ---------------------------------------------
+
+    def on_token_revoked(self, revoked: Callable[[str], object]) -> None:
+        """Call ``revoked(token_id)`` for each token another process (or ``mcproxy-admin``)
+        revoked: the events' `TOKEN_REVOKED`."""
+
+        def handle(event: dict) -> object:
+            token_id = event.get("token")
+            if not isinstance(token_id, str) or not is_valid_token_id(token_id):
+                log.warn("Cluster event {kind} without a token id ignored", kind=TOKEN_REVOKED)
+                return None
+            return revoked(token_id)
+
+        self.events.on(TOKEN_REVOKED, handle)
+
+    def on_reload(self, reload: Callable[[], object]) -> None:
+        """Call ``reload()`` when another process reloaded its configuration (so does this one)."""
+        self.events.on(RELOAD, lambda event: reload())
+
+    def _user_changed(self, event: dict) -> None:
+        """A user was deleted (by its owner, which closed its sessions and browser): drop
+        what this process cached of its owner."""
+        user_id = event.get("user")
+        if not isinstance(user_id, str) or not is_valid_user_id(user_id) or event.get("change") != "deleted":
+            log.warn("Cluster event {kind} ignored: {event!r}", kind=USER, event=event)
+            return
+        if self.ownership is not None:
+            self.ownership.forget(user_id)
 
     # -- what ownership changes do to this process --------------------------------------
 
@@ -297,6 +341,7 @@ class ClusterNode(AsyncService):
         return forwarded.principal
 
     def internal_admission(self, refused) -> Admission:
-        """How the internal listener admits requests: by their envelope only (the edge has
-        authenticated and rate-limited the caller)."""
+        """How the internal listener admits requests: by their envelope only. The edge has
+        authenticated the caller and taken from its shared rate limits; counting a forwarded
+        request again here would halve every user's rate."""
         return Admission(self.forwarded_principal, refused=refused)

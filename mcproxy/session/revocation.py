@@ -38,22 +38,30 @@ class RevocationWatch(Service):
 
     async def check(self) -> None:
         """One pass over the tokens of the live sessions (a store failure skips a token)."""
-        now = self._clock.seconds()
         for token_id in sorted(self._sessions.token_ids()):
-            try:
-                record = await self._store.get_token(token_id)
-            except CancelledError:
-                raise
-            except Exception:
-                log.failure("Could not check token {token_id} of open sessions", token_id=token_id)
-                continue
-            if record is None:
-                why = "deleted"
-            elif record.revoked_at is not None and record.revoked_at <= now:
-                why = "revoked"
-            elif record.expires_at is not None and record.expires_at <= now:
-                why = "expired"
-            else:
-                continue
-            ended = self._sessions.close_token(token_id)
-            log.info("Token {token_id} {why}: ended {count} session(s)", token_id=token_id, why=why, count=ended)
+            await self.check_token(token_id)
+
+    async def check_token(self, token_id: str) -> int:
+        """End the sessions of ``token_id`` if it is gone, revoked or expired now; how many
+        ended. Told of a revocation (here or, in a cluster, on another process), the sessions
+        end at once instead of at the next pass; the store decides, so a revocation that
+        takes effect later (a rotation's grace) ends nothing yet."""
+        try:
+            record = await self._store.get_token(token_id)
+        except CancelledError:
+            raise
+        except Exception:
+            log.failure("Could not check token {token_id} of open sessions", token_id=token_id)
+            return 0
+        now = self._clock.seconds()
+        if record is None:
+            why = "deleted"
+        elif record.revoked_at is not None and record.revoked_at <= now:
+            why = "revoked"
+        elif record.expires_at is not None and record.expires_at <= now:
+            why = "expired"
+        else:
+            return 0
+        ended = self._sessions.close_token(token_id)
+        log.info("Token {token_id} {why}: ended {count} session(s)", token_id=token_id, why=why, count=ended)
+        return ended

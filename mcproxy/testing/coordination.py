@@ -64,9 +64,9 @@ class Link:
     def key(self, *parts: str) -> str:
         return self.target.key(*parts)
 
-    def eval(self, script, keys, args) -> Deferred:
+    def eval(self, script, keys, args, *, timeout: float | None = None) -> Deferred:
         self.calls += 1
-        d = self.target.eval(script, keys, args)
+        d = self.target.eval(script, keys, args, timeout=timeout)
 
         def answered(result):
             self.answers += 1

@@ -10,12 +10,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import attrs
-from twisted.internet.defer import DeferredLock
+from twisted.internet.defer import DeferredLock, succeed
 from twisted.logger import Logger
 
 from mcproxy.auth.principal import ADMIN, REGISTER
 from mcproxy.auth.tokens import is_valid_user_id
 from mcproxy.browser.connect import probe_browser
+from mcproxy.cluster.events import RELOAD, USER
 from mcproxy.config import ConfigError
 from mcproxy.errors import BadRequest, Conflict, Forbidden, NotFound
 from mcproxy.storage.records import UserRecord
@@ -53,8 +54,9 @@ class AdminDependencies:
     #: ``browser.user_networks``: which browsers each user may register.
     user_networks: tuple[str, ...] = ()
     resolve_timeout: float = 5.0
-    #: Told of every revoked token id, so this process stops honouring it at once.
-    token_revoked: Callable[[str], None] = lambda token_id: None
+    #: Told of every revoked token id, so this process (and, in a cluster, every process)
+    #: stops honouring it and ends the sessions opened with it at once.
+    token_revoked: Callable[[str], Awaitable[object]] = lambda token_id: succeed(None)
     #: Live reload: re-reads the configuration; returns the changed keys that need a restart,
     #: raises ConfigError for an invalid configuration (None: the daemon cannot reload).
     reload_config: Callable[[], list[str]] | None = None
@@ -155,6 +157,8 @@ class AdminAPI:
         await self.deps.pool.forget(user.user_id)
         await self.deps.store.delete_user(user.user_id)
         log.info("User {user_id} unregistered", user_id=user.user_id)
+        if self.deps.cluster is not None:
+            await self.deps.cluster.events.publish(USER, user=user.user_id, change="deleted")
         return 204, None
 
     async def _own_user(self, request, user_id: str, permission: str | None = None) -> UserRecord:
@@ -188,13 +192,16 @@ class AdminAPI:
     # -- operations -------------------------------------------------------------
 
     async def reload_config(self, request):
-        """Live reload, as SIGHUP does; 400 ``invalid_config`` (naming the key) keeps the running one."""
+        """Live reload, as SIGHUP does; 400 ``invalid_config`` (naming the key) keeps the running one.
+        In a cluster, every other process then reloads its own configuration source."""
         if self.deps.reload_config is None:
             raise Conflict("this server cannot reload its configuration", code="reload_unavailable")
         try:
             restart_needed = self.deps.reload_config()
         except ConfigError as e:
             raise BadRequest(str(e), code="invalid_config") from None
+        if self.deps.cluster is not None:
+            await self.deps.cluster.events.publish(RELOAD)
         return 200, {"reloaded": True, "restartNeeded": restart_needed}
 
 

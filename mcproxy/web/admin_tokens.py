@@ -58,7 +58,7 @@ class TokensAPI:
         if not revoked:
             raise NotFound(f"no token with id {token_id!r}")
         for revoked_id in revoked:
-            self.deps.token_revoked(revoked_id)
+            await self.deps.token_revoked(revoked_id)
         log.info("Token {token_id} revoked, with {children} made from it", token_id=token_id, children=len(revoked) - 1)
         return 204, None
 
@@ -102,7 +102,7 @@ class TokensAPI:
         await adopt_children(self.deps.store, token_id, new.token_id)
         ends = now + grace
         await self.deps.store.revoke_token(token_id, ends)  # keeps an earlier revocation
-        self.deps.token_revoked(token_id)
+        await self.deps.token_revoked(token_id)
         log.info(
             "Token {token_id} rotated to {new_id}; the old one works for {grace} s more",
             token_id=token_id,
