@@ -126,6 +126,9 @@ class ScriptedOwnership:
     def forget(self, user):
         self.forgotten += 1
 
+    def in_grace(self):
+        return False
+
 
 @attrs.define
 class ScriptedForwarder:

@@ -147,6 +147,17 @@ class Ownership(AsyncService):
         self._remember(user, record.owner)
         return self._cache.get(user)
 
+    def in_grace(self) -> bool:
+        """Whether this node (re)registered less than ``claim_grace`` ago: processes whose
+        leases lapsed (a Redis outage) may still come back for their users."""
+        return self.clock.seconds() < self._grace_until
+
+    async def left_by(self, user: str) -> str | None:
+        """The node ``user``'s record still names though that node's lease is gone (it may
+        come back for the user); None when the user has a live owner or none at all."""
+        owner = (await self._read([user]))[user].owner
+        return owner.node if owner is not None and not owner.alive else None
+
     def forget(self, user: str) -> None:
         """Drop the cached owner of ``user`` (it answered 421, or could not be reached)."""
         self._cache.pop(user, None)

@@ -132,6 +132,9 @@ class EdgePlacement:
         while True:
             owner = await ownership.owner_of(user)
             if owner is None or not owner.alive:
+                if await self._may_come_back(user, give_up):
+                    await deferLater(self.clock, POLL_INTERVAL, lambda: None)
+                    continue
                 owner = await ownership.claim(user)
             if owner.node == node.node_id:
                 request.setHeader(b"X-MCProxy-Node", node.node_id.encode())
@@ -189,6 +192,15 @@ class EdgePlacement:
             raise OwnerLost(f"user {user} moved away from node {owner.node} during the request", nonce="") from None
         finally:
             watch.stop()
+
+    async def _may_come_back(self, user: str, give_up: float) -> bool:
+        """Whether to wait rather than claim ``user``: just after a Redis outage (this node's
+        claim grace), the process whose lease lapsed comes back for its users, and taking
+        them here would move their browsers for nothing."""
+        ownership = self.node.ownership
+        if not ownership.in_grace() or self.clock.seconds() >= give_up:
+            return False
+        return await ownership.left_by(user) not in (None, self.node.node_id)
 
     def _repeatable(self, request, message: dict | None) -> bool:
         """Whether a request whose owner was lost may be sent again: it changes nothing."""

@@ -204,6 +204,10 @@ class RedisStore:
             replyTimeout=timeout,
             convertNumbers=False,
         )
+        # Back within a second of Redis: txredisapi's own backoff grows to minutes, far past
+        # the leases of a cluster and the patience of a client retrying a 503.
+        factory.initialDelay = 0.1
+        factory.maxDelay = 1.0
         store = cls(factory.handler, reactor, prefix=prefix, timeout=timeout)
         store._connect = (factory, HostnameEndpoint(reactor, host, port, timeout=timeout), f"{host}:{port} db {db}")
         return store

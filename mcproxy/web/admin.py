@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import attrs
-from twisted.internet.defer import DeferredLock, succeed
+from twisted.internet.defer import DeferredLock, TimeoutError, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from mcproxy.auth.principal import ADMIN, REGISTER
@@ -18,7 +18,7 @@ from mcproxy.auth.tokens import is_valid_user_id
 from mcproxy.browser.connect import probe_browser
 from mcproxy.cluster.events import RELOAD, USER
 from mcproxy.config import ConfigError
-from mcproxy.errors import BadRequest, Conflict, Forbidden, NotFound
+from mcproxy.errors import BadRequest, Conflict, Forbidden, MCProxyError, NotFound
 from mcproxy.storage.records import UserRecord
 from mcproxy.web.http import read_body, read_json_object, require_json
 from mcproxy.web.routes import Route, named_user
@@ -32,6 +32,9 @@ def iso8601(timestamp: float | None) -> str | None:
         return None
     return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
+
+#: Seconds ``/health`` waits for the store: a balancer's check must not hang on it.
+HEALTH_STORE_WAIT = 1.0
 
 #: Lifetime of a registration's session token (never past the token it is made from).
 SESSION_TOKEN_TTL = 30 * 86400.0
@@ -112,19 +115,27 @@ class AdminAPI:
         )
 
     async def health(self, request):
-        """Per process (a balancer asks each one); in a cluster, 503 while this process
-        cannot serve (draining, or without a valid lease)."""
+        """Per process (a balancer asks each one), answered within `HEALTH_STORE_WAIT`: 503
+        while the store does not answer, and in a cluster while this process cannot serve
+        (draining, or without a valid lease)."""
+        counted = maybeDeferred(self.deps.store.count_users).addTimeout(HEALTH_STORE_WAIT, self.deps.clock)
+        try:
+            registered = await counted
+        except (TimeoutError, MCProxyError):
+            registered = None
         body = {
-            "status": "ok",
+            "status": "ok" if registered is not None else "store_unavailable",
             "activeSessions": self.deps.sessions.count(),
-            "registeredUsers": await self.deps.store.count_users(),
+            "registeredUsers": registered,
             "browserConnections": self.deps.pool.connection_count(),
             "uptime": round(self.deps.clock.seconds() - self.deps.started_at, 3),
         }
         cluster = self.deps.cluster
-        if cluster is None:
-            return 200, body
-        body.update(cluster.health())
+        if cluster is not None:
+            node = cluster.health()
+            if node["status"] == "ok":
+                node["status"] = body["status"]
+            body.update(node)
         return (200 if body["status"] == "ok" else 503), body
 
     async def list_users(self, request):
