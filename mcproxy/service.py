@@ -347,7 +347,13 @@ class MCProxyService(StartInOrder):
             )
             place = self.placement.place
         overview = Overview(
-            clock=reactor, store=store, pool=pool, sessions=sessions, activity=activity, started_at=started_at
+            clock=reactor,
+            store=store,
+            pool=pool,
+            sessions=sessions,
+            activity=activity,
+            started_at=started_at,
+            cluster=self.cluster,
         )
         root = build_router(
             origins=origins,

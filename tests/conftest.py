@@ -162,3 +162,14 @@ def fake_server(reactor):
     yield factory
     factory.drop_all()
     pytest_twisted.blockon(factory.listening.stopListening())
+
+
+@pytest_twisted.async_yield_fixture()
+async def control(reactor):
+    """A cluster control connection to the test Redis, under a key prefix of its own
+    (deleted afterwards)."""
+    from mcproxy.testing.coordination import discard_test_control, open_test_control
+
+    opened = await open_test_control(reactor)
+    yield opened
+    await discard_test_control(opened)

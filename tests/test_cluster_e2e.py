@@ -541,3 +541,25 @@ async def test_c14_redis_down_past_a_lease_fences_every_node_and_its_return_need
             assert len(user_browser.connections) == 1, name
     finally:
         await cluster.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_dashboard_shows_every_process_and_the_owner_of_each_user(cluster, reactor):
+    names = ["dash-a", "dash-b"]
+    await register_users(cluster, names)
+    owners = await cluster.owners(names)
+    seen: dict = {}
+
+    async def counted() -> bool:
+        # Each process publishes how many users it owns with its lease, renewed every 0.4 s.
+        code, seen["overview"], _ = await cluster.api("GET", "/admin/api/overview", node=2)
+        assert code == 200, seen["overview"]
+        return sum(node["users"] for node in seen["overview"]["cluster"]["nodes"]) >= len(names)
+
+    await until(reactor, counted, 10, seen=lambda: seen)
+    shown = seen["overview"]["cluster"]
+    assert shown["node"] == "n3"
+    assert sorted(node["id"] for node in shown["nodes"]) == ["n1", "n2", "n3"]
+    assert all(node["alive"] and not node["draining"] for node in shown["nodes"])
+    rows = {row["userId"]: row for row in seen["overview"]["users"]}
+    assert {name: rows[name]["node"] for name in names} == owners

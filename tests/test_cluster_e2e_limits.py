@@ -9,7 +9,7 @@ import treq
 
 from mcproxy.auth.tokens import parse_token
 from mcproxy.testing.cluster import Cluster
-from mcproxy.testing.tool_calls import until
+from mcproxy.testing.daemon import open_legacy_stream
 
 RATE, BURST = 5.0, 5
 WAIT = 15.0
@@ -67,16 +67,7 @@ async def events_seen(cluster: Cluster, node: int, kind: str) -> float:
 @pytest_twisted.ensureDeferred
 async def test_c6_a_token_revoked_through_n3_ends_its_stream_on_n1_and_is_refused_everywhere(reactor, cluster):
     token = await cluster.token_for("c6-user")
-    response = await treq.get(
-        cluster.base_urls[0] + "/sse",
-        headers={"Authorization": f"Bearer {token}", "Accept": "text/event-stream"},
-        unbuffered=True,
-        persistent=False,
-    ).addTimeout(WAIT, reactor)
-    assert response.code == 200
-    chunks: list[bytes] = []
-    ended = treq.collect(response, chunks.append)
-    await until(reactor, lambda: b"event: endpoint" in b"".join(chunks), WAIT)
+    _, ended = await open_legacy_stream(reactor, cluster.base_urls[0], token, WAIT)
     before = await events_seen(cluster, 0, "token_revoked")
     code, _, _ = await cluster.api("DELETE", f"/api/tokens/{parse_token(token)}", node=2)
     assert code == 204

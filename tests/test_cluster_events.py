@@ -17,15 +17,9 @@ from mcproxy.auth.tokens import create_token
 from mcproxy.cluster.events import IGNORED, MAX_EVENT_BYTES, RELOAD, TOKEN_REVOKED, USER, Events, encode, publish
 from mcproxy.storage import open_store
 from mcproxy.storage.redis import parse_redis_url
-from mcproxy.testing.coordination import discard_test_control, eventually, open_control, open_test_control
+from mcproxy.testing.coordination import open_control
 from mcproxy.testing.stores import redis_test_url
-
-
-@pytest_twisted.async_yield_fixture()
-async def control(reactor):
-    opened = await open_test_control(reactor)
-    yield opened
-    await discard_test_control(opened)
+from mcproxy.testing.tool_calls import until
 
 
 @pytest_twisted.async_yield_fixture()
@@ -58,7 +52,7 @@ async def test_an_event_reaches_every_other_node(reactor, nodes):
     revoked = {node.node_id: recording(node, TOKEN_REVOKED) for node in (n1, n2, n3)}
     reloads = recording(n2, RELOAD)
     assert await n1.publish(TOKEN_REVOKED, token="0123456789abcdef")
-    await eventually(reactor, lambda: revoked["n2"] and revoked["n3"], 5, "the event on n2 and n3")
+    await until(reactor, lambda: revoked["n2"] and revoked["n3"], 5, what="the event on n2 and n3")
     assert revoked["n2"] == [{"v": 1, "t": TOKEN_REVOKED, "from": "n1", "token": "0123456789abcdef"}]
     assert revoked["n1"] == []  # the sender acted already
     assert reloads == []  # handlers hear only their type
@@ -70,7 +64,7 @@ async def test_a_tool_outside_the_cluster_can_send_events(reactor, control, node
     n1 = await nodes("n1")
     deleted = recording(n1, USER)
     assert await publish(control, USER, "mcproxy-admin", user="alice", change="deleted")
-    await eventually(reactor, lambda: deleted, 5, "the event on n1")
+    await until(reactor, lambda: deleted, 5, what="the event on n1")
     assert deleted[0]["user"] == "alice" and deleted[0]["from"] == "mcproxy-admin"
 
 
@@ -95,7 +89,7 @@ async def test_what_is_not_an_event_of_ours_is_ignored(reactor, control, nodes):
         await control.redis.publish(channel, junk)
     await control.redis.publish(channel, encode(TOKEN_REVOKED, "n9", token="0123456789abcdef"))
     await control.redis.publish(channel, encode(RELOAD, "n9"))
-    await eventually(reactor, lambda: seen, 5, "the valid event after the junk")
+    await until(reactor, lambda: seen, 5, what="the valid event after the junk")
     assert n1.counts == {IGNORED: 5, TOKEN_REVOKED: 1, RELOAD: 1}
     assert len(failing) == 1  # a failing handler is logged; the next event is still handled
     assert seen == [{"v": 1, "t": RELOAD, "from": "n9"}]
@@ -133,10 +127,10 @@ async def test_the_subscriber_subscribes_again_after_its_connection_is_killed(re
     assert n2.subscriptions == 1 and caught_up == []
     killed = await control.redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
     assert int(killed) == 2
-    await eventually(reactor, lambda: n1.subscriptions == 2 and n2.subscriptions == 2, 10, "both subscribed again")
+    await until(reactor, lambda: n1.subscriptions == 2 and n2.subscriptions == 2, 10, what="both subscribed again")
     assert caught_up == [2]  # what the lost events would have done is checked at once
     assert await n1.publish(TOKEN_REVOKED, token="0123456789abcdef")
-    await eventually(reactor, lambda: seen, 5, "an event after the re-subscription")
+    await until(reactor, lambda: seen, 5, what="an event after the re-subscription")
 
 
 @pytest_twisted.ensureDeferred
@@ -144,7 +138,7 @@ async def test_a_silent_connection_is_replaced(reactor, own_redis, nodes):
     url, control = own_redis
     n1 = await nodes("n1", url, control)
     n1._subscriber.transport.pauseProducing()  # hears nothing more, as a half-open connection
-    await eventually(reactor, lambda: n1.subscriptions == 2, 10, "a new subscription after the unanswered PING")
+    await until(reactor, lambda: n1.subscriptions == 2, 10, what="a new subscription after the unanswered PING")
 
 
 @pytest_twisted.ensureDeferred
@@ -173,7 +167,7 @@ async def test_mcproxy_admin_tells_the_cluster_of_a_revocation(reactor, own_redi
         out, err = io.StringIO(), io.StringIO()
         await run(reactor, options, config, out, err)
         assert out.getvalue() == f"revoked {record.token_id}\n" and err.getvalue() == ""
-        await eventually(reactor, lambda: revoked, 5, "the revocation event")
+        await until(reactor, lambda: revoked, 5, what="the revocation event")
         assert revoked == [{"v": 1, "t": TOKEN_REVOKED, "from": "mcproxy-admin", "token": record.token_id}]
     finally:
         await listening.stop()

@@ -8,14 +8,7 @@ from mcproxy.auth.ratelimit import RequestLimits
 from mcproxy.cluster.limits import SharedLimits
 from mcproxy.config import RateLimitConfig
 from mcproxy.errors import RateLimited
-from mcproxy.testing.coordination import Link, discard_test_control, open_test_control, open_unreachable_control
-
-
-@pytest_twisted.async_yield_fixture()
-async def control(reactor):
-    opened = await open_test_control(reactor)
-    yield opened
-    await discard_test_control(opened)
+from mcproxy.testing.coordination import Link, open_unreachable_control
 
 
 def shared(reactor, control, limited=None, **config):

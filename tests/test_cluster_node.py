@@ -11,18 +11,9 @@ from mcproxy.cluster.node import FENCED, LOST, REGISTERED, NodeMembership
 from mcproxy.config import ConfigError
 from mcproxy.testing.coordination import (
     Link,
-    discard_test_control,
-    eventually,
-    open_test_control,
     open_unreachable_control,
 )
-
-
-@pytest_twisted.async_yield_fixture()
-async def control(reactor):
-    opened = await open_test_control(reactor)
-    yield opened
-    await discard_test_control(opened)
+from mcproxy.testing.tool_calls import until
 
 
 @pytest_twisted.async_yield_fixture()
@@ -81,12 +72,12 @@ async def test_a_live_id_is_refused_until_its_holder_unregisters(reactor, contro
     link = Link(control)
     second = members(link)
     second.startService()
-    await eventually(reactor, lambda: link.answers >= 1, what="the second node's first REGISTER answered")
+    await until(reactor, lambda: link.answers >= 1, what="the second node's first REGISTER answered")
     assert not second.registered and not second.started.called
     assert (await lease(control, "n1"))[0] == first.epoch
 
     await first.stopService()
-    await eventually(reactor, lambda: second.started.called, what="second node registered")
+    await until(reactor, lambda: second.started.called, what="second node registered")
     await second.started
     assert second.registered and second.epoch != first.epoch and not second.fresh
     assert (await lease(control, "n1"))[0] == second.epoch
@@ -125,20 +116,20 @@ async def test_renewal_fencing_and_reregistration(reactor, control, unreachable,
     assert (await lease(control, "n1"))[0] == epoch
 
     link.target = unreachable  # the node is cut off from Redis: renewals time out
-    await eventually(reactor, lambda: events, what="fenced")
+    await until(reactor, lambda: events, what="fenced")
     assert events == [FENCED]
     valid_then, lease_then = leases_at_fence[0]
     held_epoch, pttl = await lease_then
     assert not valid_then and held_epoch == epoch and pttl > 0
     assert member.renew_failures >= 1
 
-    await eventually(
+    await until(
         reactor,
         lambda: Deferred.fromCoroutine(lease(control, "n1")).addCallback(lambda e: e[1] == -2),
         what="lease expired",
     )
     link.target = control
-    await eventually(reactor, lambda: REGISTERED in events, what="registered again")
+    await until(reactor, lambda: REGISTERED in events, what="registered again")
     assert events == [FENCED, LOST, REGISTERED]
     assert member.valid() and member.epoch != epoch
     assert (await lease(control, "n1"))[0] == member.epoch
@@ -161,7 +152,7 @@ async def test_the_deadline_passes_even_when_redis_never_answers(reactor, contro
     clock.advance(0.1)
     assert not member.valid() and events == [FENCED]
 
-    await eventually(reactor, lambda: link.answers == 2, what="the hanging RENEW failed")
+    await until(reactor, lambda: link.answers == 2, what="the hanging RENEW failed")
     assert member.renew_failures == 1
     link.target = control
 

@@ -12,11 +12,11 @@ from mcproxy.errors import ServerFull
 from mcproxy.testing.coordination import (
     Link,
     PausableClock,
-    delete_control_keys,
     discard_test_control,
-    eventually,
     open_test_control,
 )
+from mcproxy.testing.stores import delete_prefixed_keys
+from mcproxy.testing.tool_calls import until
 
 TTL, RENEW = 1.5, 0.3
 
@@ -124,15 +124,13 @@ async def test_fencing_tokens_only_increase(reactor, cluster):
 
     n2.clock.pause()  # n2 stops: its lease runs out
     assert (await n1.ownership.claim("alice")).node == "n2"  # alive still: not taken
-    await eventually(reactor, lease_gone(control, "n2"), what="n2's lease expired")
+    await until(reactor, lease_gone(control, "n2"), what="n2's lease expired")
     third = await n1.ownership.claim("alice")
     assert third.node == "n1" and third.token > second.token
 
     epoch = n1.membership.epoch
-    await delete_control_keys(control)  # Redis came back empty
-    await eventually(
-        reactor, lambda: n1.membership.valid() and n1.membership.epoch != epoch, what="n1 registered again"
-    )
+    await delete_prefixed_keys(control)  # Redis came back empty
+    await until(reactor, lambda: n1.membership.valid() and n1.membership.epoch != epoch, what="n1 registered again")
     assert n1.membership.fresh and n1.lost == ["alice"]
     fourth = await n1.ownership.claim("alice")
     assert fourth.node == "n1" and fourth.token > third.token
@@ -151,7 +149,7 @@ async def test_a_dead_nodes_users_move_to_the_rendezvous_winner(reactor, cluster
     async def all_placed():
         return None not in (await nodes[0].ownership.owners(users)).values()
 
-    await eventually(reactor, all_placed, what="every user placed")
+    await until(reactor, all_placed, what="every user placed")
     placed = await nodes[0].ownership.owners(users)
     assert placed == {u: rendezvous(u, ids)[0] for u in users}
     for node in nodes:
@@ -168,7 +166,7 @@ async def test_a_dead_nodes_users_move_to_the_rendezvous_winner(reactor, cluster
         owners = await watcher.owners(moved)
         return all(owners[u] in survivors for u in moved)
 
-    await eventually(reactor, all_moved, timeout=TTL + 2 * RENEW + 2.0, what="the dead node's users re-homed")
+    await until(reactor, all_moved, timeout=TTL + 2 * RENEW + 2.0, what="the dead node's users re-homed")
     after = await watcher.owners(users)
     for user in moved:
         winner = rendezvous(user, survivors)[0]
@@ -178,7 +176,7 @@ async def test_a_dead_nodes_users_move_to_the_rendezvous_winner(reactor, cluster
     victim.clock.resume()  # the paused owner wakes up past its deadline
     assert sorted(victim.lost) == moved
     assert not any(victim.ownership.owns(u) for u in moved)
-    await eventually(reactor, lambda: victim.membership.valid(), what="the old owner registered again")
+    await until(reactor, lambda: victim.membership.valid(), what="the old owner registered again")
     assert victim.ownership.held() == []
 
 
@@ -194,10 +192,10 @@ async def test_reconciliation_drops_a_user_another_node_owns(reactor, cluster):
     key = control.key("owner", "alice")
     await control.redis.hset(key, "node", "n2")
     await control.redis.hmset(key, {"epoch": n2.membership.epoch, "token": str(mine.token + 1)})
-    await eventually(reactor, lambda: n1.lost == ["alice"], what="n1 dropped alice")
+    await until(reactor, lambda: n1.lost == ["alice"], what="n1 dropped alice")
     assert not n1.ownership.owns("alice") and n1.ownership.token_of("alice") is None
     # n2 takes up what its record says, even during its claim grace.
-    await eventually(reactor, lambda: n2.ownership.owns("alice"), what="n2 took alice up")
+    await until(reactor, lambda: n2.ownership.owns("alice"), what="n2 took alice up")
     assert n2.claimed == ["alice"] and n2.ownership.token_of("alice") == mine.token + 1
     assert (await n1.ownership.owner_of("alice", fresh=True)).node == "n2"
 
@@ -210,7 +208,7 @@ async def test_a_node_that_lost_its_lease_takes_its_own_users_back(reactor, clus
     first = await n1.ownership.claim("alice")
     epoch = n1.membership.epoch
     await control.redis.delete(control.key("node", "n1"))  # the lease is gone (as after a long stall)
-    await eventually(reactor, lambda: n1.claimed == ["alice", "alice"], what="alice claimed back")
+    await until(reactor, lambda: n1.claimed == ["alice", "alice"], what="alice claimed back")
     assert n1.lost == ["alice"] and n1.membership.epoch != epoch
     assert n1.ownership.owns("alice") and n1.ownership.token_of("alice") > first.token
 
@@ -224,9 +222,9 @@ async def test_after_redis_came_back_empty_each_node_takes_back_its_own_users(re
     await n1.ownership.claim(user)
     await n1.place()
     await n2.place()
-    await delete_control_keys(control)
-    await eventually(reactor, lambda: n1.lost == [user], what="n1 lost its lease")
-    await eventually(reactor, lambda: n1.ownership.owns(user), what="n1 took its user back")
+    await delete_prefixed_keys(control)
+    await until(reactor, lambda: n1.lost == [user], what="n1 lost its lease")
+    await until(reactor, lambda: n1.ownership.owns(user), what="n1 took its user back")
     assert n2.claimed == [] and n1.claimed == [user, user]
 
 
@@ -271,6 +269,6 @@ async def test_nodes_view(reactor, cluster):
     assert all(0 < n["leaseMsLeft"] <= TTL * 1000 and n["stats"] == {} for n in nodes)
     assert nodes[0]["url"] == "http://n1.test:3201"
     n2.clock.pause()
-    await eventually(reactor, lease_gone(cluster.control, "n2"), what="n2's lease expired")
+    await until(reactor, lease_gone(cluster.control, "n2"), what="n2's lease expired")
     dead = (await n1.ownership.nodes())[1]
     assert dead["id"] == "n2" and not dead["alive"] and dead["leaseMsLeft"] == 0

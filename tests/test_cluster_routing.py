@@ -219,7 +219,7 @@ def test_an_owner_unreachable_past_the_failover_wait_is_a_503_with_retry_after()
     failure = done.result
     done.addErrback(lambda _: None)
     assert failure.check(OwnerUnavailable) and failure.value.http_status == 503
-    assert request.responseHeaders.getRawHeaders(b"Retry-After") == [b"2"]
+    assert failure.value.retry_after == 2  # the Retry-After of its answer
     assert 25 <= len(node.forwarder.sent) <= 35  # every 0.1 s for 3 s
 
 

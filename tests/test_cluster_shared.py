@@ -8,15 +8,14 @@ import socket
 import subprocess
 
 import pytest_twisted
-import treq
 from twisted.internet.defer import Deferred
 
 from mcproxy.auth.tokens import parse_token
 from mcproxy.reload import ConfigSource
 from mcproxy.service import MCProxyService
 from mcproxy.session.revocation import RevocationWatch
-from mcproxy.testing.coordination import eventually
-from mcproxy.testing.daemon import RunningProxy
+from mcproxy.testing.daemon import RunningProxy, open_legacy_stream
+from mcproxy.testing.tool_calls import until
 
 SECRET = "s" * 40
 WAIT = 10.0
@@ -62,7 +61,7 @@ async def nodes(reactor, tmp_path):
     url = f"redis://127.0.0.1:{port}/0"
     started: list[RunningProxy] = []
     try:
-        await eventually(reactor, lambda: _answers(port), WAIT, "redis-server up")
+        await until(reactor, lambda: _answers(port), WAIT, what="redis-server up")
         for node_id in ("n1", "n2"):
             data_dir = tmp_path / node_id
             data_dir.mkdir()
@@ -115,21 +114,6 @@ async def test_a_users_rate_limit_holds_across_nodes(reactor, nodes):
         assert proxy.service.metrics.registry.get_sample_value("mcproxy_ratelimit_fallback_total") == 0
 
 
-async def open_stream(reactor, proxy: RunningProxy, token: str):
-    """A legacy SSE stream on ``proxy``: (chunks so far, Deferred that fires when it ends)."""
-    response = await treq.get(
-        proxy.base_url + "/sse",
-        headers={"Authorization": f"Bearer {token}", "Accept": "text/event-stream"},
-        unbuffered=True,
-        persistent=False,
-    ).addTimeout(WAIT, reactor)
-    assert response.code == 200
-    chunks: list[bytes] = []
-    ended = treq.collect(response, chunks.append)
-    await eventually(reactor, lambda: b"event: endpoint" in b"".join(chunks), WAIT, "the endpoint event")
-    return chunks, ended
-
-
 @pytest_twisted.ensureDeferred
 async def test_a_token_revoked_through_one_node_ends_its_streams_everywhere(reactor, nodes):
     n1, n2 = nodes
@@ -138,8 +122,8 @@ async def test_a_token_revoked_through_one_node_ends_its_streams_everywhere(reac
             if isinstance(part, RevocationWatch):
                 part.stopService()
     token = await n1.token_for("carol")
-    _, direct = await open_stream(reactor, n1, token)  # carol's owner is n1 now
-    _, piped = await open_stream(reactor, n2, token)  # through n2, to the owner
+    _, direct = await open_legacy_stream(reactor, n1.base_url, token, WAIT)  # carol's owner is n1 now
+    _, piped = await open_legacy_stream(reactor, n2.base_url, token, WAIT)  # through n2, to the owner
     assert n1.service.cluster.owns("carol")
     assert n1.service.sessions.count_for_user("carol") == 2
     code, _, _ = await n2.api("DELETE", f"/api/tokens/{parse_token(token)}")
@@ -172,7 +156,7 @@ async def test_a_reload_through_one_node_reloads_the_others(reactor, nodes):
     code, body, _ = await n1.api("POST", "/api/admin/reload")
     assert code == 200 and body["reloaded"], body
     assert n1.service.config.ratelimit.user_burst == 9
-    await eventually(reactor, lambda: n2.service.config.ratelimit.user_burst == 9, WAIT, "n2 reloaded")
+    await until(reactor, lambda: n2.service.config.ratelimit.user_burst == 9, WAIT, what="n2 reloaded")
     assert n2.service.cluster.limits._user == (0.01, 9)  # the shared limits took the new burst
     registry = n2.service.metrics.registry
     assert registry.get_sample_value("mcproxy_cluster_events_total", {"type": "reload"}) == 1

@@ -21,9 +21,9 @@ from mcproxy.cluster.control import CoordinationUnavailable
 from mcproxy.cluster.state import FencedWriter, RedisPageBook, RedisSessionRecords
 from mcproxy.config import BrowserConfig, Config
 from mcproxy.session.registry import SessionRegistry
-from mcproxy.testing.coordination import discard_test_control, eventually, open_test_control
 from mcproxy.testing.fake_cdp import FakeChrome, memory_link
 from mcproxy.testing.fake_tools import FakeToolProvider, fake_authenticate
+from mcproxy.testing.tool_calls import until
 from mcproxy.web.front import build_router
 from mcproxy.web.origins import OriginPolicy
 from mcproxy.web.site import ConnectionLimits, ProxySite
@@ -31,13 +31,6 @@ from mcproxy.web.transports import McpTransports
 
 USER = "alice"
 CLIENT = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
-
-
-@pytest_twisted.async_yield_fixture()
-async def control(reactor):
-    opened = await open_test_control(reactor)
-    yield opened
-    await discard_test_control(opened)
 
 
 class Owner:
@@ -174,7 +167,7 @@ async def test_writes_are_retried_in_order_until_redis_answers(reactor, control)
     writer.start(flaky)
     key = control.key("pages", USER)
     writer.set_fields(USER, key, {"a": "1", "b": "1"})
-    await eventually(reactor, lambda: flaky.failures == 1, what="the first attempt failed")
+    await until(reactor, lambda: flaky.failures == 1, what="the first attempt failed")
     writer.set_fields(USER, key, {"a": "2"})  # made while the first is being retried: lands after it
     writer.delete_fields(USER, key, ["b"])
     await writer.flushed()
@@ -187,7 +180,7 @@ async def test_writes_are_retried_in_order_until_redis_answers(reactor, control)
     writer = FencedWriter(reactor, owned.get)
     writer.start(flaky)
     writer.set_fields(USER, key, {"a": "3"})
-    await eventually(reactor, lambda: flaky.failures < 1_000_000, what="the write was attempted")
+    await until(reactor, lambda: flaky.failures < 1_000_000, what="the write was attempted")
     del owned[USER]
     await writer.flushed()
     assert await control.redis.hgetall(key) == {"a": "2"}
@@ -235,7 +228,7 @@ async def test_a_browser_taken_over_keeps_its_pages_and_reapplies_their_emulatio
     assert pages[3].target_id == isolated.target_id and taken.contexts == {"shop": "CTX-shop"}
     assert not pages[1].via_proxy
     session = pages[2].session_id
-    await eventually(
+    await until(
         reactor,
         lambda: ("Emulation.setCPUThrottlingRate", {"rate": 4}, session) in chrome.calls,
         what="the emulation re-applied on the new session",

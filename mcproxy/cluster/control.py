@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mcproxy.errors import MCProxyError
-from mcproxy.storage.redis import DEFAULT_PREFIX, parse_redis_url
+from mcproxy.storage.redis import DEFAULT_PREFIX, parse_redis_url, redis_factory
 
 log = Logger()
 
@@ -82,26 +82,12 @@ async def open_control(
 ) -> Control:
     """A `Control` on the Redis of ``store_url``, once it answered (at most ``timeout``).
 
-    A Redis that does not answer is logged, not fatal: the pool keeps reconnecting every
-    0.1 to 1 s (txredisapi's default backoff, up to 7 s and more, would overrun a lease)
-    and every call fails within ``timeout`` until Redis is back.
+    A Redis that does not answer is logged, not fatal: the pool keeps reconnecting (within a
+    second: `mcproxy.storage.redis.redis_factory`) and every call fails within ``timeout``
+    until Redis is back.
     """
-    import txredisapi
-
     host, port, db, username, password = parse_redis_url(store_url)
-    factory = txredisapi.RedisFactory(
-        f"{host}:{port}",
-        db,
-        pool_size,
-        isLazy=True,
-        charset="utf-8",
-        password=password,
-        username=username,
-        replyTimeout=timeout,
-        convertNumbers=False,
-    )
-    factory.initialDelay = 0.1
-    factory.maxDelay = 1.0
+    factory = redis_factory(host, port, db, pool_size, username, password, timeout)
     factory.startConnecting(HostnameEndpoint(reactor, host, port, timeout=timeout))
     where = f"{host}:{port}"
     control = Control(factory.handler, reactor, prefix=prefix, timeout=timeout)

@@ -30,7 +30,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from mcproxy.cluster.control import Control
-from mcproxy.storage.redis import DEFAULT_PREFIX, parse_redis_url
+from mcproxy.storage.redis import DEFAULT_PREFIX, parse_redis_url, redis_factory
 
 log = Logger()
 
@@ -173,20 +173,9 @@ class Events:
                     events._subscriber = None
                 super().connectionLost(reason)
 
-        factory = txredisapi.RedisFactory(
-            f"{host}:{port}",
-            None,  # no SELECT: channels are not scoped by database
-            1,
-            isLazy=True,
-            charset="utf-8",
-            password=password,
-            username=username,
-            replyTimeout=self.timeout,
-            convertNumbers=False,
-        )
+        # No SELECT (database None): channels are not scoped by database.
+        factory = redis_factory(host, port, None, 1, username, password, self.timeout)
         factory.protocol = Subscriber
-        factory.initialDelay = 0.1
-        factory.maxDelay = 1.0
         factory.startConnecting(HostnameEndpoint(self.reactor, host, port, timeout=self.timeout))
         self._factory = factory
         self._pinger.start(self._ping_interval, now=False)

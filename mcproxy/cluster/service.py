@@ -216,6 +216,14 @@ class ClusterNode(AsyncService):
 
         self.events.on(TOKEN_REVOKED, handle)
 
+    async def tell_user_deleted(self, user_id: str) -> None:
+        """Tell the other processes that ``user_id`` was deleted (they drop what they cached)."""
+        await self.events.publish(USER, user=user_id, change="deleted")
+
+    async def tell_reloaded(self) -> None:
+        """Tell the other processes to reload their configuration, as this one did."""
+        await self.events.publish(RELOAD)
+
     def on_reload(self, reload: Callable[[], object]) -> None:
         """Call ``reload()`` when another process reloaded its configuration (so does this one)."""
         self.events.on(RELOAD, lambda event: reload())

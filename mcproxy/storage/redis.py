@@ -96,6 +96,28 @@ def parse_redis_url(url: str) -> tuple[str, int, int, str | None, str | None]:
     return parts.hostname, port, int(path or 0), username, password
 
 
+def redis_factory(host: str, port: int, db: int | None, connections: int, username, password, timeout: float):
+    """A txredisapi factory of ``connections`` lazy connections, every reply bounded by
+    ``timeout``, back within a second of Redis: txredisapi's own backoff grows to minutes,
+    far past the leases of a cluster and the patience of a client retrying a 503."""
+    import txredisapi
+
+    factory = txredisapi.RedisFactory(
+        f"{host}:{port}",
+        db,
+        connections,
+        isLazy=True,
+        charset="utf-8",
+        password=password,
+        username=username,
+        replyTimeout=timeout,
+        convertNumbers=False,
+    )
+    factory.initialDelay = 0.1
+    factory.maxDelay = 1.0
+    return factory
+
+
 async def open_redis_store(reactor, host: str, port: int = 6379, db: int = 0, *args, **kwargs) -> "RedisStore":
     """A `RedisStore` connected (see `RedisStore.at` for the arguments)."""
     store = RedisStore.at(reactor, host, port, db, *args, **kwargs)
@@ -191,23 +213,7 @@ class RedisStore:
     ) -> "RedisStore":
         """The store in database ``db`` of the server at ``host:port``; `open` connects (and
         the connection reconnects on its own afterwards)."""
-        import txredisapi
-
-        factory = txredisapi.RedisFactory(
-            f"{host}:{port}",
-            db,
-            1,
-            isLazy=True,
-            charset="utf-8",
-            password=password,
-            username=username,
-            replyTimeout=timeout,
-            convertNumbers=False,
-        )
-        # Back within a second of Redis: txredisapi's own backoff grows to minutes, far past
-        # the leases of a cluster and the patience of a client retrying a 503.
-        factory.initialDelay = 0.1
-        factory.maxDelay = 1.0
+        factory = redis_factory(host, port, db, 1, username, password, timeout)
         store = cls(factory.handler, reactor, prefix=prefix, timeout=timeout)
         store._connect = (factory, HostnameEndpoint(reactor, host, port, timeout=timeout), f"{host}:{port} db {db}")
         return store

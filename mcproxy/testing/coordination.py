@@ -4,16 +4,14 @@ and a clock that can be paused like a stopped process.
 Nothing here imports txredisapi at module level (it imports the reactor).
 """
 
-import inspect
 import secrets
 import socket
-from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock, LoopingCall, deferLater
+from twisted.internet.task import Clock, LoopingCall
 
 from mcproxy.cluster.control import Control, open_control
-from mcproxy.testing.stores import redis_test_url
+from mcproxy.testing.stores import delete_prefixed_keys, redis_test_url
 
 
 async def open_test_control(reactor, *, timeout: float = 1.0) -> Control:
@@ -23,20 +21,9 @@ async def open_test_control(reactor, *, timeout: float = 1.0) -> Control:
     )
 
 
-async def delete_control_keys(control: Control) -> None:
-    """Delete every key under the control's prefix: Redis as if it came up empty."""
-    cursor = "0"
-    while True:
-        cursor, keys = await control.redis.scan(cursor, control.prefix + "*", 500)
-        if keys:
-            await control.redis.delete(keys)
-        if str(cursor) == "0":
-            return
-
-
 async def discard_test_control(control: Control) -> None:
     """Delete a test control's keys and close it."""
-    await delete_control_keys(control)
+    await delete_prefixed_keys(control)
     await control.close()
 
 
@@ -101,17 +88,3 @@ class PausableClock(Clock):
         """Stop following for good (test teardown)."""
         if self._follow.running:
             self._follow.stop()
-
-
-async def eventually(reactor, check: Callable, timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll ``check()`` (a value or an awaitable) every 50 ms until true; fails the test
-    with ``what`` after ``timeout`` seconds."""
-    deadline = reactor.seconds() + timeout
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        assert reactor.seconds() < deadline, f"{what}: not reached within {timeout:g} s"
-        await deferLater(reactor, 0.05)

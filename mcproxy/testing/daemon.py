@@ -80,6 +80,25 @@ class RunningProxy:
         await Deferred.fromCoroutine(self.service.stop())
 
 
+async def open_legacy_stream(reactor, base_url: str, token: str, timeout: float = 10.0):
+    """A legacy SSE stream (``GET /sse``) at ``base_url``, once its ``endpoint`` event came:
+    (the chunks received so far, a Deferred that fires when the stream ends)."""
+    from mcproxy.testing.tool_calls import until
+
+    headers: dict[bytes | str, bytes | str] = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+    response = await treq.get(
+        base_url + "/sse",
+        headers=headers,
+        unbuffered=True,
+        persistent=False,
+    ).addTimeout(timeout, reactor)
+    assert response.code == 200, response.code
+    chunks: list[bytes] = []
+    ended = treq.collect(response, chunks.append)
+    await until(reactor, lambda: b"event: endpoint" in b"".join(chunks), timeout, what="the endpoint event")
+    return chunks, ended
+
+
 async def start_proxy(reactor, data_dir: str, **sections: dict) -> RunningProxy:
     """Start a proxy on ``tcp:0`` with a memory store (unless ``sections`` say otherwise)."""
     overrides: dict[str, dict] = {

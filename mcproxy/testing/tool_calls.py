@@ -70,10 +70,11 @@ async def sleep(reactor, seconds: float) -> None:
     await deferLater(reactor, seconds, lambda: None)
 
 
-async def until(reactor, check, timeout: float = 15.0, seen=None):
+async def until(reactor, check, timeout: float = 15.0, seen=None, *, what: str = "condition"):
     """Wait for ``check()`` (events arrive asynchronously; it may be a coroutine function)
     to return something true; that value. AssertionError when it has not within ``timeout``
-    seconds, saying what ``seen()`` (when given) says was there instead."""
+    seconds, naming ``what`` was awaited and saying what ``seen()`` (when given) says was
+    there instead."""
     deadline = reactor.seconds() + timeout
     while True:
         value = check()
@@ -82,5 +83,5 @@ async def until(reactor, check, timeout: float = 15.0, seen=None):
         if value:
             return value
         if reactor.seconds() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s" + (f"; seen: {seen()!r}" if seen else ""))
+            raise AssertionError(f"{what} not met within {timeout:g} s" + (f"; seen: {seen()!r}" if seen else ""))
         await sleep(reactor, 0.05)

@@ -16,7 +16,6 @@ from twisted.logger import Logger
 from mcproxy.auth.principal import ADMIN, REGISTER
 from mcproxy.auth.tokens import is_valid_user_id
 from mcproxy.browser.connect import probe_browser
-from mcproxy.cluster.events import RELOAD, USER
 from mcproxy.config import ConfigError
 from mcproxy.errors import BadRequest, Conflict, Forbidden, MCProxyError, NotFound
 from mcproxy.storage.records import UserRecord
@@ -169,7 +168,7 @@ class AdminAPI:
         await self.deps.store.delete_user(user.user_id)
         log.info("User {user_id} unregistered", user_id=user.user_id)
         if self.deps.cluster is not None:
-            await self.deps.cluster.events.publish(USER, user=user.user_id, change="deleted")
+            await self.deps.cluster.tell_user_deleted(user.user_id)
         return 204, None
 
     async def _own_user(self, request, user_id: str, permission: str | None = None) -> UserRecord:
@@ -212,7 +211,7 @@ class AdminAPI:
         except ConfigError as e:
             raise BadRequest(str(e), code="invalid_config") from None
         if self.deps.cluster is not None:
-            await self.deps.cluster.events.publish(RELOAD)
+            await self.deps.cluster.tell_reloaded()
         return 200, {"reloaded": True, "restartNeeded": restart_needed}
 
 

@@ -73,8 +73,10 @@ class Overview:
     one ``list_users`` on the store, the rest from memory.
     """
 
-    def __init__(self, *, clock, store, pool, sessions, activity: ActivityLog, started_at: float):
+    def __init__(self, *, clock, store, pool, sessions, activity: ActivityLog, started_at: float, cluster=None):
         self._clock = clock
+        #: This process as a node of a cluster (its ``describe``), or None.
+        self._cluster = cluster
         self._store = store
         self._pool = pool
         self._sessions = sessions
@@ -109,12 +111,17 @@ class Overview:
                 }
             )
         activity.browsers_seen(browsers)
+        cluster = None
+        if self._cluster is not None:
+            cluster = await self._cluster.describe([user.user_id for user in users])
+            for row in rows:
+                row["node"] = cluster["owners"].get(row["userId"])
         by_transport: dict[str, int] = {}
         by_revision = []
         for (transport, revision), count in sorted(sessions.counts().items()):
             by_transport[transport] = by_transport.get(transport, 0) + count
             by_revision.append({"transport": transport, "protocolVersion": revision, "count": count})
-        return {
+        picture = {
             "generatedAt": iso8601(now),
             "process": {
                 "pid": os.getpid(),
@@ -165,6 +172,9 @@ class Overview:
                 for c in activity.browser_changes(RECENT)
             ],
         }
+        if cluster is not None:
+            picture["cluster"] = cluster
+        return picture
 
 
 class Dashboard:

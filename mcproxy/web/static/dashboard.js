@@ -13,6 +13,7 @@
     reconnecting: "warn", cancelled: "idle", disconnected: "idle",
     failed: "bad", error: "bad", denied: "bad", unknown_tool: "bad", rate_limited: "warn",
     internal_error: "bad", tool: "bad", browser: "warn",
+    up: "good", draining: "warn", down: "bad",
   };
 
   const $ = (id) => document.getElementById(id);
@@ -242,13 +243,25 @@
     $("fig-calls").textContent = String(p.toolCalls);
 
     fill("users", overview.users, (u) => [
-      u.userId,
+      u.node ? u.userId + " @ " + u.node : u.userId,
       { text: u.browserURL, className: "long" },
       badge(u.browserStatus),
       { text: u.lastError || "none", className: "long" },
       { text: u.activeSessions, className: "num" },
       time(u.lastActivity),
     ], "No browser is registered yet.");
+
+    const cluster = overview.cluster;
+    $("cluster-section").hidden = !cluster;
+    if (cluster) {
+      fill("cluster", cluster.nodes, (n) => [
+        n.id + (n.id === cluster.node ? " (this one)" : ""),
+        { text: n.url, className: "long" },
+        badge(!n.alive ? "down" : n.draining ? "draining" : "up"),
+        { text: n.users, className: "num" },
+        { text: n.alive ? (n.leaseMsLeft / 1000).toFixed(1) + " s" : "–", className: "num" },
+      ], "No process has registered.");
+    }
 
     fill("sessions", overview.sessions.byRevision, (s) => [
       s.transport, s.protocolVersion, { text: s.count, className: "num" },
