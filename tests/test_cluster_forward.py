@@ -574,7 +574,7 @@ async def test_an_owner_lost_mid_stream_ends_a_post_stream_with_an_error_for_its
     last = body[len(sse_event(0)) :]
     assert last.startswith(b"event: message\ndata: ") and last.endswith(b"\n\n")
     message = json.loads(last[len(b"event: message\ndata: ") :])
-    assert message["id"] == 7 and message["error"]["code"] == OWNER_LOST == -32012
+    assert message["id"] == 7 and message["error"]["code"] == OWNER_LOST == -32013
     assert "owner_lost" in message["error"]["message"]
     assert world.outcomes == [None]
 
