@@ -10,6 +10,7 @@ is still bounded: a head over `MAX_HEAD` bytes or one that does not parse ends t
 connection.
 """
 
+from typing import Any
 from typing import Protocol as Interface
 
 from twisted.internet.defer import Deferred, DeferredList
@@ -54,6 +55,9 @@ class Answer(Interface):
 
 class HopConnection(Protocol):
     """One persistent connection to a node, carrying one request at a time."""
+
+    #: A TCP (or TLS) transport: a push producer that can be aborted.
+    transport: Any
 
     def __init__(self, pool: "HopPool", node: "_Node"):
         self._pool = pool
@@ -101,7 +105,6 @@ class HopConnection(Protocol):
         self._answer = None
         self._state = _IDLE
         self._reusable = False
-        self._pool.lost(self)
         self.transport.abortConnection()
 
     # Protocol
@@ -290,7 +293,7 @@ class HopConnection(Protocol):
 class _Node:
     """Where a node is, and its idle connections (the most recently used last)."""
 
-    def __init__(self, name: str, endpoint, host: bytes):
+    def __init__(self, name: str, endpoint: Any, host: bytes):
         self.name = name
         self.endpoint = endpoint
         #: The ``Host`` header line of every request to it.
@@ -327,7 +330,7 @@ class HopPool:
             if scheme not in ("http", "https") or not port.isdigit() or not host:
                 raise ValueError(f"not a node URL: {url!r}")
             name = host.strip("[]")
-            endpoint = HostnameEndpoint(self._reactor, name, int(port), timeout=self.connect_timeout)
+            endpoint: Any = HostnameEndpoint(self._reactor, name, int(port), timeout=self.connect_timeout)
             if scheme == "https":
                 endpoint = wrapClientTLS(self._tls.creatorForNetloc(name.encode("idna"), int(port)), endpoint)
             node = self._nodes[url] = _Node(url, endpoint, netloc.encode("idna"))
