@@ -105,11 +105,16 @@ class HopConnection(Protocol):
         self._answer = None
         self._state = _IDLE
         self._reusable = False
+        self._pool.lost(self)  # at once: the pool must not hand it out before it is closed
         self.transport.abortConnection()
 
     # Protocol
 
     def dataReceived(self, data: bytes) -> None:
+        if self._answer is None:
+            self.abort()
+            log.warn("Node {node} sent bytes on an idle connection", node=self._node.name)
+            return
         try:
             data = self._parse(data)
         except BadAnswer as e:
