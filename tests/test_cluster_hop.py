@@ -200,12 +200,16 @@ async def test_bytes_after_the_end_of_an_answer_retire_its_connection(reactor, o
 
 @pytest_twisted.ensureDeferred
 async def test_bytes_on_an_idle_connection_retire_it_at_once(reactor, owner):
-    factory, pool, url = owner
+    factory, _, url = owner
     factory.answers = [[b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", b"junk"]]
-    await exchange(reactor, pool, url)
-    node = pool.node(url)
-    await until(reactor, lambda: not node.idle, "the idle connection to be dropped")
-    await until(reactor, lambda: factory.closed == 1, "the connection to close")
+    pool = HopPool(reactor, connect_timeout=5.0, idle_timeout=WAIT * 4)  # no expiry meanwhile
+    try:
+        await exchange(reactor, pool, url)
+        node = pool.node(url)
+        await until(reactor, lambda: not node.idle, "the idle connection to be dropped")
+        await until(reactor, lambda: factory.closed == 1, "the connection to close")
+    finally:
+        await pool.close()
 
 
 @pytest_twisted.ensureDeferred
