@@ -75,8 +75,6 @@ class HopConnection(Protocol):
         self._closed: Deferred[None] | None = None
         #: When the connection last became idle (`HopPool` closes it after a while).
         self.idle_since = 0.0
-        #: Whether it carried a request before the current one.
-        self.reused = False
 
     def send(self, data: bytes, answer: Answer, *, no_body: bool = False) -> None:
         """Write a request (its head and body, already formatted) and give its answer to
@@ -343,11 +341,7 @@ class HopPool:
 
     def idle_connection(self, node: _Node) -> HopConnection | None:
         """An idle connection to ``node``, if one is open."""
-        if node.idle:
-            connection = node.idle.pop()
-            connection.reused = True
-            return connection
-        return None
+        return node.idle.pop() if node.idle else None
 
     async def new_connection(self, node: _Node) -> HopConnection:
         """A new connection to ``node``; raises the endpoint's `ConnectError` or a
