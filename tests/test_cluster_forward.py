@@ -552,6 +552,54 @@ async def test_an_owner_that_dies_before_answering_is_owner_lost(reactor, world,
     assert outcome.nonce == "QUJDREVGR0hJSktMTU5PUA"  # what a retry must send again
 
 
+class AnswerOnceThenHangUp(Protocol):
+    """An owner that answers the first request on its connection and hangs up on the next,
+    as when it dies while the connection sits idle in the edge's pool."""
+
+    def __init__(self):
+        self.answered = False
+
+    def dataReceived(self, data):
+        if b"\r\n\r\n" not in data:
+            return
+        if self.answered:
+            self.transport.loseConnection()
+        else:
+            self.answered = True
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pooled_connection_lost_before_answering_is_owner_lost_and_never_reused(reactor, world, http_client):
+    factory = CountingFactory.forProtocol(AnswerOnceThenHangUp)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    world.target = f"http://127.0.0.1:{port.getHost().port}"
+    try:
+        first = await within(http_client.post(world.edge_url + "/mcp", data=b"{}"), reactor)
+        assert first.code == 200 and await first.content() == b"ok"
+        world.options = {"nonce": "QUJDREVGR0hJSktMTU5PUA"}
+        second = await within(http_client.post(world.edge_url + "/mcp", data=b"{}"), reactor)
+        assert (await second.json()) == {"outcome": "OwnerLost"}
+        third = await within(http_client.post(world.edge_url + "/mcp", data=b"{}"), reactor)
+        assert third.code == 200
+    finally:
+        await port.stopListening()
+    assert world.outcomes[0] is None and world.outcomes[2] is None
+    lost = world.outcomes[1]
+    assert isinstance(lost, OwnerLost) and lost.nonce == "QUJDREVGR0hJSktMTU5PUA"
+    assert factory.accepted == 2  # the first connection, then a new one after the loss
+
+
+class CountingFactory(Factory):
+    """A Factory that counts the connections it accepted."""
+
+    accepted = 0
+
+    def buildProtocol(self, addr):
+        self.accepted += 1
+        return super().buildProtocol(addr)
+
+
 def dies_mid_answer(first: bytes, content_type: bytes, length: bytes | None = None):
     def handler(request):
         request.setHeader(b"Content-Type", content_type)

@@ -14,29 +14,17 @@ re-route, wait or answer.
 
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError, DNSLookupError
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import (
-    Agent,
-    BrowserLikePolicyForHTTPS,
-    HTTPConnectionPool,
-    RequestNotSent,
-    RequestTransmissionFailed,
-    ResponseDone,
-    ResponseFailed,
-    ResponseNeverReceived,
-)
-from twisted.web.http import PotentialDataLoss
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
 from mcproxy import wirejson
 from mcproxy.cluster.envelope import HEADER, DuplicateForward, Envelope, new_nonce
+from mcproxy.cluster.hop import HopConnection, HopPool
 from mcproxy.errors import MCProxyError, ServerFull
 from mcproxy.mcp.codes import OWNER_LOST
 from mcproxy.mcp.jsonrpc import encode, error_message
@@ -50,16 +38,19 @@ log = Logger()
 
 #: Request headers the owner needs; never credentials (the envelope carries the identity)
 #: nor hop-by-hop ones.
-_REQUEST_HEADERS = (
-    b"Content-Type",
-    b"Accept",
-    b"Mcp-Session-Id",
-    b"MCP-Protocol-Version",
-    b"Mcp-Method",
-    b"Mcp-Name",
-    b"Last-Event-ID",
-    b"Origin",
-    b"User-Agent",
+_REQUEST_HEADERS = frozenset(
+    name.lower()
+    for name in (
+        b"Content-Type",
+        b"Accept",
+        b"Mcp-Session-Id",
+        b"MCP-Protocol-Version",
+        b"Mcp-Method",
+        b"Mcp-Name",
+        b"Last-Event-ID",
+        b"Origin",
+        b"User-Agent",
+    )
 )
 
 #: Response headers relayed to the client, besides the CORS ones (``Access-Control-*``).
@@ -136,53 +127,8 @@ class TooManyForwards(ServerFull):
     """``cluster.max_forward_connections`` forwards to one node are open already."""
 
 
-@implementer(IBodyProducer)
-class _Body:
-    """A body already in memory, written at once (no cooperator, no extra turn of the reactor)."""
-
-    def __init__(self, data: bytes):
-        self._data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer) -> Deferred[None]:
-        consumer.write(self._data)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
-@implementer(IAgentEndpointFactory)
-class _Endpoints:
-    """Each node's endpoint, made once: the Agent's own factory parses and IDNA-encodes the
-    host again for every request, although a new connection is seldom needed."""
-
-    def __init__(self, reactor, connect_timeout: float):
-        self._reactor = reactor
-        self._timeout = connect_timeout
-        self._made: dict[tuple[bytes, bytes, int], Any] = {}
-        self._tls = BrowserLikePolicyForHTTPS()
-
-    def endpointForURI(self, uri):
-        key = (uri.scheme, uri.host, uri.port)
-        endpoint = self._made.get(key)
-        if endpoint is None:
-            host = uri.host.decode("ascii")
-            endpoint = HostnameEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
-            if uri.scheme == b"https":
-                endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
-            self._made[key] = endpoint
-        return endpoint
-
-
 class Forwarder:
-    """Sends requests to their owners over persistent connections.
+    """Sends requests to their owners over persistent connections (`mcproxy.cluster.hop`).
 
     ``connect_timeout`` bounds each new connection; at most ``max_connections`` forwards to
     one node are open at once (an event stream holds its connection for as long as it lasts).
@@ -193,16 +139,13 @@ class Forwarder:
     def __init__(self, reactor, envelope: Envelope, *, connect_timeout: float = 1.0, max_connections: int = 1024):
         self._envelope = envelope
         self.max_connections = max_connections
-        self._pool = pool = HTTPConnectionPool(reactor, persistent=True)
-        pool.maxPersistentPerHost = 16
-        pool.cachedConnectionTimeout = 60  # before the owner's 300 s: the edge closes idle ones
-        pool.retryAutomatically = False  # retries are the router's, with the same nonce
-        self._agent = Agent.usingEndpointFactory(reactor, _Endpoints(reactor, connect_timeout), pool=pool)
+        # Idle connections close after 60 s, before the owner's 300 s: the edge closes first.
+        self._pool = HopPool(reactor, connect_timeout=connect_timeout, max_idle=16, idle_timeout=60.0)
         self._open: dict[str, int] = {}
 
-    def close(self) -> Deferred[None]:
+    def close(self) -> Deferred:
         """Close the idle connections (the service stops); fires when they are closed."""
-        return self._pool.closeCachedConnections()
+        return self._pool.close()
 
     async def forward(
         self,
@@ -247,17 +190,10 @@ class Forwarder:
 
     async def _forward(self, request, to, url, principal, body, rid, nonce, rpc_id, claim) -> None:
         method, path = request.method, request.uri
-        headers = Headers()
-        given = request.requestHeaders
-        for name in _REQUEST_HEADERS:
-            values = given.getRawHeaders(name)
-            if values:
-                headers.setRawHeaders(name, values)
-        headers.setRawHeaders(b"X-Request-Id", [rid.encode("ascii")])
         envelope = self._envelope.seal(
             to=to,
             principal=principal,
-            client=getattr(request, "client_address", None),
+            client=request.client_address,
             method=method,
             path=path,
             body=body,
@@ -265,158 +201,167 @@ class Forwarder:
             nonce=nonce,
             claim=claim,
         )
-        headers.setRawHeaders(HEADER, [envelope])
-        upstream = _Upstream(request)
-        try:
-            response = await upstream.wait(
-                self._agent.request(method, url.encode("ascii") + path, headers, _Body(body) if body else None)
-            )
-        except (ConnectError, DNSLookupError, RequestNotSent) as e:
-            raise OwnerUnreachable(f"cannot reach node {to}: {e.__class__.__name__}") from None
-        except (ResponseNeverReceived, RequestTransmissionFailed):
-            raise OwnerLost(f"node {to} went away before answering", nonce=nonce) from None
-        if response.code in (409, 421, 503):
-            collect = _Collect()
-            response.deliverBody(collect)
+        node = self._pool.node(url)
+        head = [method, b" ", path, b" HTTP/1.1\r\n", node.host_line]
+        for name, values in request.requestHeaders.getAllRawHeaders():
+            if name.lower() in _REQUEST_HEADERS:
+                for value in values:
+                    if b"\r" not in value and b"\n" not in value:
+                        head += (name, b": ", value, b"\r\n")
+        if body or method in (b"POST", b"PUT", b"PATCH"):
+            head += (b"Content-Length: ", b"%d" % len(body), b"\r\n")
+        head += (b"X-Request-Id: ", rid.encode("ascii"), b"\r\n", HEADER, b": ", envelope, b"\r\n\r\n", body)
+        connection = self._pool.idle_connection(node)
+        if connection is None:
             try:
-                data = await upstream.wait(collect.done)
-            except ResponseFailed:
-                raise OwnerLost(f"node {to} went away while refusing", nonce=nonce) from None
-            refusal = _refusal(response.code, data, to)
-            if refusal is not None:
-                raise refusal
-            _relay_head(request, response)
-            request.write(data)
-            request.finish()
-            return
-        _relay_head(request, response)
-        sse_lost = None
-        if rpc_id is not None and response.headers.getRawHeaders(b"Content-Type", [b""])[0].startswith(
-            b"text/event-stream"
-        ):
-            sse_lost = b"event: message\ndata: " + encode(error_message(rpc_id, OWNER_LOST, _LOST)) + b"\n\n"
-        pipe = _Pipe(request, to, rid, sse_lost)
-        response.deliverBody(pipe)
-        await upstream.wait(pipe.done)
+                connection = await self._pool.new_connection(node)
+            except (ConnectError, DNSLookupError, defer.TimeoutError) as e:
+                raise OwnerUnreachable(f"cannot reach node {to}: {e.__class__.__name__}") from None
+        exchange = _Exchange(request, connection, to, rid, nonce, rpc_id)
+        connection.send(b"".join(head), exchange, no_body=method == b"HEAD")
+        await exchange.done
 
 
-class _Upstream:
-    """What the forward waits on. It is cancelled when the client goes away (or the caller
-    cancels the forward), which closes the upstream connection and so ends the request on
-    the owner; the forward then raises CancelledError, whatever the closed connection said."""
-
-    def __init__(self, request):
-        self._cancelled = False
-        self._inner: Deferred | None = None
-        self._waiting: Deferred | None = None
-        request.notifyFinish().addErrback(self._client_gone)
-
-    async def wait(self, deferred: Deferred) -> Any:
-        self._inner = deferred
-        waiting = self._waiting = Deferred(self._cancel)
-        deferred.chainDeferred(waiting)
-        try:
-            return await waiting
-        except Exception:
-            if self._cancelled:
-                raise CancelledError() from None
-            raise
-        finally:
-            self._inner = self._waiting = None
-
-    def _cancel(self, _waiting: Deferred) -> None:
-        self._cancelled = True
-        if self._inner is not None:
-            self._inner.cancel()
-
-    def _client_gone(self, _failure) -> None:
-        if self._waiting is not None:
-            self._waiting.cancel()
+#: Answers that may say the owner did not run the request (`_refusal`): read whole first.
+_REFUSALS = frozenset({409, 421, 503})
 
 
-class _Reader(Protocol):
-    """Reads the body of the owner's answer; cancelling ``done`` closes the upstream connection."""
+@implementer(IPushProducer)
+class _Exchange:
+    """The owner's answer to one forward (a `mcproxy.cluster.hop.Answer`).
 
-    def __init__(self) -> None:
-        self.done: Deferred = Deferred(self._cancel)
+    A refusal (`_REFUSALS`) is read whole, to raise its outcome before anything is written
+    to the client. Any other answer is relayed as it comes: the client's request is the
+    consumer and this the producer, pausing the owner's connection while the client's buffer
+    is full. ``done`` fires once the answer was relayed (or the client went away); cancelling
+    it (the client left, or the time limit passed) drops the owner's connection, which ends
+    the request there too.
+    """
 
-    def _cancel(self, _done: Deferred) -> None:
-        upstream: Any = self.transport  # a `TransportProxyProducer`, idle once the answer is complete
-        upstream.stopProducing()
-
-
-class _Collect(_Reader):
-    """Reads a short answer whole: the body of a refusal, to see its code."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._data: list[bytes] = []
-
-    def dataReceived(self, data: bytes) -> None:
-        self._data.append(data)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.done.callback(b"".join(self._data))
-        else:
-            self.done.errback(reason)
-
-
-class _Pipe(_Reader):
-    """Writes the owner's answer into the client's response as it arrives. The owner's
-    connection is the response's producer: it is paused while the client's buffer is full."""
-
-    def __init__(self, request, to: str, rid: str, sse_lost: bytes | None):
-        super().__init__()
+    def __init__(self, request, connection: HopConnection, to: str, rid: str, nonce: str, rpc_id: Any):
+        self.done: Deferred[None] = Deferred(self._cancel)
         self._request = request
+        self._connection: HopConnection | None = connection
         self._to = to
         self._rid = rid
+        self._nonce = nonce
+        self._rpc_id = rpc_id
+        #: The refusal being read: its status, reason, headers and body so far.
+        self._refusal: tuple[int, bytes, list] | None = None
+        self._collected: list[bytes] = []
+        self._relaying = False
         #: The event that ends a POST's event stream when the owner is lost, None for others.
-        self._sse_lost = sse_lost
+        self._sse_lost: bytes | None = None
         #: The last bytes relayed, to tell whether a lost stream stopped between two events.
         self._tail = b"\n\n"
 
-    def connectionMade(self) -> None:
-        self._request.registerProducer(self.transport, True)
+    # Answer
 
-    def dataReceived(self, data: bytes) -> None:
+    def head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        if status in _REFUSALS:
+            self._refusal = (status, reason, headers)
+            return
+        content_type = _relay_head(self._request, status, reason, headers)
+        if self._rpc_id is not None and content_type.startswith(b"text/event-stream"):
+            lost = encode(error_message(self._rpc_id, OWNER_LOST, _LOST))
+            self._sse_lost = b"event: message\ndata: " + lost + b"\n\n"
+        self._relaying = True
+        self._request.registerProducer(self, True)
+
+    def body(self, data: bytes) -> None:
+        if not self._relaying:
+            self._collected.append(data)
+            return
         self._request.write(data)
         if self._sse_lost is not None:
             self._tail = (self._tail + data[-4:])[-4:]
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
+    def end(self) -> None:
+        self._connection = None
         request = self._request
-        if request._disconnected:
+        if request.gone:
+            self.done.callback(None)
+            return
+        if self._relaying:
+            request.unregisterProducer()
+            request.finish()
+            self.done.callback(None)
+            return
+        assert self._refusal is not None
+        status, reason, headers = self._refusal
+        data = b"".join(self._collected)
+        refusal = _refusal(status, data, self._to)
+        if refusal is not None:
+            self.done.errback(refusal)
+            return
+        _relay_head(request, status, reason, headers)
+        request.write(data)
+        request.finish()
+        self.done.callback(None)
+
+    def lost(self, reason: Failure) -> None:
+        self._connection = None
+        if not self._relaying:
+            # Sent, but no answer began (or only a refusal did): it may have run.
+            self.done.errback(OwnerLost(f"node {self._to} went away before answering", nonce=self._nonce))
+            return
+        request = self._request
+        if request.gone:
             self.done.callback(None)
             return
         request.unregisterProducer()
-        if reason.check(ResponseDone, PotentialDataLoss):
+        log.warn(
+            "Lost node {node} in the middle of its answer to request {request_id}: {reason}",
+            node=self._to,
+            request_id=self._rid,
+            reason=reason.getErrorMessage(),
+        )
+        if self._sse_lost is not None and self._tail.endswith((b"\n\n", b"\r\n\r\n", b"\r\r")):
+            request.write(self._sse_lost)
             request.finish()
         else:
-            log.warn(
-                "Lost node {node} in the middle of its answer to request {request_id}: {reason}",
-                node=self._to,
-                request_id=self._rid,
-                reason=reason.getErrorMessage(),
-            )
-            if self._sse_lost is not None and self._tail.endswith((b"\n\n", b"\r\n\r\n", b"\r\r")):
-                request.write(self._sse_lost)
-                request.finish()
-            else:
-                request.loseConnection()  # unfinished: the client must not take it as complete
+            request.loseConnection()  # unfinished: the client must not take it as complete
         self.done.callback(None)
 
+    # IPushProducer, for the client's request
 
-def _relay_head(request, response) -> None:
-    """The owner's status and the headers the client may see. From here the owner's time
-    limit governs (an event stream has none); the edge's could only cut a relayed answer."""
+    def pauseProducing(self) -> None:
+        if self._connection is not None:
+            self._connection.pause()
+
+    def resumeProducing(self) -> None:
+        if self._connection is not None:
+            self._connection.resume()
+
+    def stopProducing(self) -> None:
+        """The client's connection is gone."""
+        if not self.done.called:
+            self.done.cancel()
+
+    def _cancel(self, _done: Deferred) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.abort()
+
+
+def _relay_head(request, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """Set the owner's status and the headers the client may see; the Content-Type. From
+    here the owner's time limit governs (an event stream has none); the edge's could only
+    cut a relayed answer."""
     lift_deadline(request)
-    request.setResponseCode(response.code, response.phrase)
-    out = request.responseHeaders
-    for name, values in response.headers.getAllRawHeaders():
+    request.setResponseCode(status, reason)
+    relayed: dict[bytes, list[bytes]] = {}
+    content_type = b""
+    for name, value in headers:
         lower = name.lower()
         if lower in _RESPONSE_HEADERS or lower.startswith(b"access-control-"):
-            out.setRawHeaders(name, values)
+            relayed.setdefault(lower, []).append(value)
+            if lower == b"content-type":
+                content_type = value
+    out = request.responseHeaders
+    for name, values in relayed.items():
+        out.setRawHeaders(name, values)
+    return content_type
 
 
 def _refusal(status: int, data: bytes, to: str) -> Exception | None:

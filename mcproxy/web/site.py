@@ -120,6 +120,8 @@ class ProxyChannel(http.HTTPChannel):
     _reading_head = True
     _group = None
     _refused = False
+    _host = None
+    _secure: bool | None = None
 
     def connectionMade(self):
         super().connectionMade()
@@ -153,6 +155,20 @@ class ProxyChannel(http.HTTPChannel):
     def requestDone(self, request):
         self._reading_head = True  # the next request's head (its first byte starts the clock)
         super().requestDone(request)
+
+    def getHost(self):
+        """The local address, asked of the socket once (twisted.web asks for every request)."""
+        host = self._host
+        if host is None:
+            host = self._host = super().getHost()
+        return host
+
+    def isSecure(self):
+        """Whether the connection is TLS, found once (each look is an interface adaptation)."""
+        secure = self._secure
+        if secure is None:
+            secure = self._secure = super().isSecure()
+        return secure
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._disarm()
