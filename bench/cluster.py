@@ -99,8 +99,8 @@ class Node(ProxyDaemon):
     """One process of the cluster: a `ProxyDaemon` on the shared Redis, with a node id and
     an internal listener of its own; it can be killed and started again on the same ports."""
 
-    def __init__(self, redis: RedisServer, node_id: str, admin_token: str = ""):
-        super().__init__(store=redis.url)
+    def __init__(self, redis: RedisServer, node_id: str, admin_token: str = "", db: int = 0):
+        super().__init__(store=f"{redis.url.rsplit('/', 1)[0]}/{db}")
         self.node_id = node_id
         self.admin_token = admin_token
         self.internal_port = free_port()
@@ -333,11 +333,12 @@ async def _scale(site, redis: RedisServer, wrk: str) -> Verdict:
     chromiums = [Chromium(), Chromium()]
     single = ProxyDaemon(store="memory")
     single.extra_config = f"[session]\nmax_in_flight = {MAX_IN_FLIGHT}\n"
-    n1 = Node(redis, "s1")
+    # A database of their own: the first cluster's users and admin token are not theirs.
+    n1 = Node(redis, "s1", db=1)
     nodes = [n1]
     try:
         await asyncio.gather(*(c.start() for c in chromiums), single.start(), n1.start())
-        n2 = Node(redis, "s2", n1.admin_token)
+        n2 = Node(redis, "s2", n1.admin_token, db=1)
         nodes.append(n2)
         await n2.start()
         alone, spread = [], []

@@ -529,6 +529,7 @@ class MCProxyService(StartInOrder):
         await self.transports.drain(timeout)
         if cluster is not None:
             await cluster.hand_over()
+            await cluster.linger()
 
     def _tell_stopping(self) -> None:
         """``STOPPING=1`` to systemd, once, whether the stop began with a drain or not."""

@@ -140,3 +140,24 @@ async def test_before_the_node_connects_the_local_limiter_counts(reactor):
     limits = shared(reactor, None, user_rate=0.001, user_burst=1)
     assert await accepted(limits, 2) == 1
     assert limits.fallbacks == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_burst_is_taken_in_batches_and_never_overspent_across_processes(reactor, control):
+    # Burst 80: each process takes 10 tokens per Redis call and spends them locally.
+    first, second = Link(control), Link(control)
+    one = shared(reactor, first, user_rate=0.01, user_burst=80)
+    two = shared(reactor, second, user_rate=0.01, user_burst=80)
+    taken = 0
+    for _ in range(60):  # the two processes take turns, as behind round robin
+        taken += await accepted(one, 1) + await accepted(two, 1)
+    # Never more than the burst (and the refill of 0.01/s the run may add), and the tokens one
+    # process holds unspent are at most one batch.
+    assert 80 - 10 <= taken <= 81
+    # Far fewer Redis calls than requests: about one per batch, one per refusal.
+    assert first.calls + second.calls <= taken / 10 + 2 + (120 - taken)
+    # Small bursts stay exact: one token per call.
+    exact = Link(control)
+    limits = shared(reactor, exact, user_rate=0.01, user_burst=5)
+    assert await accepted(limits, 8, user="bob") == 5
+    assert exact.calls == 8

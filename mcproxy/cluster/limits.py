@@ -16,6 +16,12 @@ Not here, on purpose:
 - The owner does not count a request forwarded to it again: the internal listener admits
   by envelope alone (`mcproxy.cluster.service.ClusterNode.internal_admission`).
 
+A Redis call per request would cost every request a round trip, so the edge takes up to
+`BATCH` tokens at once (an eighth of the smallest burst at most: small bursts stay exact)
+and spends them on the user's next requests, for at most `HOLD` seconds. A user can never
+exceed the limit this way, since tokens are taken before they are spent; tokens one process
+holds are only briefly unavailable to the others.
+
 When Redis does not answer within ``budget`` (50 ms), the request is limited by this
 process's own `RequestLimits` instead (fail open: a Redis outage must not refuse every
 request), and Redis is left alone for ``pause`` seconds, so an outage costs neither 50 ms
@@ -33,9 +39,10 @@ from mcproxy.config import RateLimitConfig, parse_limit
 
 log = Logger()
 
-#: Take ``ARGV[1]`` tokens from every bucket in KEYS, or from none.
-#: ARGV cost, then rate and burst of each key in turn. Returns {0, 0} when taken, else
-#: {i, wait}: bucket i (1-based) is short, and has enough again in ``wait`` whole seconds.
+#: Take up to ``ARGV[1]`` tokens (at least one) from every bucket in KEYS, as many as all of
+#: them have, or none. ARGV: that number, then rate and burst of each key in turn. Returns
+#: {0, n} when n tokens were taken, else {i, wait}: bucket i (1-based) has not one token, and
+#: has one again in ``wait`` whole seconds.
 #: A bucket is a hash (tk: tokens left, ts: Redis time of the last take, b: the burst then)
 #: that expires once it would be full again, so an idle user costs no memory. A burst that
 #: grew since is there to use at once, as in `RateLimiter.configure`. ``%.0f`` keeps
@@ -43,7 +50,7 @@ log = Logger()
 TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local cost, left = tonumber(ARGV[1]), {}
+local want, tokens = tonumber(ARGV[1]), {}
 for i = 1, #KEYS do
   local rate, burst = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
   local v = redis.call('HMGET', KEYS[i], 'tk', 'ts', 'b')
@@ -52,16 +59,25 @@ for i = 1, #KEYS do
     tk = tonumber(v[1]) + math.max(0, burst - tonumber(v[3])) + math.max(0, now - tonumber(v[2])) * rate
     tk = math.min(burst, tk)
   end
-  if tk < cost then return {i, math.ceil((cost - tk) / rate)} end
-  left[i] = tk - cost
+  if tk < 1 then return {i, math.ceil((1 - tk) / rate)} end
+  if tk < want then want = math.floor(tk) end
+  tokens[i] = tk
 end
 for i = 1, #KEYS do
   local rate, burst = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
-  redis.call('HSET', KEYS[i], 'tk', left[i], 'ts', now, 'b', burst)
-  redis.call('PEXPIRE', KEYS[i], string.format('%.0f', math.ceil((burst - left[i]) / rate * 1000) + 1000))
+  local left = tokens[i] - want
+  redis.call('HSET', KEYS[i], 'tk', left, 'ts', now, 'b', burst)
+  redis.call('PEXPIRE', KEYS[i], string.format('%.0f', math.ceil((burst - left) / rate * 1000) + 1000))
 end
-return {0, 0}
+return {0, want}
 """
+
+#: The most tokens taken from Redis at once, to spend on the next requests locally.
+BATCH = 10
+#: Seconds an edge keeps tokens it took and has not spent yet.
+HOLD = 1.0
+#: Users whose unspent tokens are kept before the expired ones are swept.
+HELD_SWEEP = 10_000
 
 #: Seconds the edge waits for Redis before it limits locally.
 BUDGET = 0.05
@@ -106,6 +122,8 @@ class SharedLimits:
         self._on_limited = on_limited
         self._paused_until = 0.0
         self._degraded = False
+        #: Tokens taken and not spent yet, by the keys of their buckets: (count, until when).
+        self._held: dict[tuple[str, ...], tuple[int, float]] = {}
         self._configure(config)
 
     def reconfigure(self, config) -> None:
@@ -136,11 +154,15 @@ class SharedLimits:
             self._fall_back(user_id, endpoint_class)
             return
         buckets = self.buckets(user_id, endpoint_class)
-        args: list = [1]
-        for bucket in buckets:
-            args += [bucket.rate, bucket.burst]
+        keys = tuple(bucket.key for bucket in buckets)
+        now = self.clock.seconds()
+        held = self._held.get(keys)
+        if held is not None and held[0] > 0 and held[1] > now:
+            self._held[keys] = (held[0] - 1, held[1])
+            return
+        batch = max(1, min(BATCH, min(bucket.burst for bucket in buckets) // 8))
         try:
-            short, wait = await control.eval(TAKE, [b.key for b in buckets], args, timeout=self.budget)
+            short, got = await self._take(control, buckets, batch)
         except CancelledError:
             raise
         except Exception as e:
@@ -159,7 +181,18 @@ class SharedLimits:
         if int(short):
             bucket = buckets[int(short) - 1]
             self._on_limited(bucket.kind)
-            raise exceeded(bucket.rate, int(wait))
+            raise exceeded(bucket.rate, int(got))  # for a refusal, the wait
+        if int(got) > 1:
+            if len(self._held) >= HELD_SWEEP:
+                self._held = {k: v for k, v in self._held.items() if v[1] > now}
+            self._held[keys] = (int(got) - 1, now + HOLD)
+
+    def _take(self, control: Control, buckets: list[_Bucket], most: int):
+        """One TAKE of up to ``most`` tokens: Deferred[(0, tokens taken) or (short bucket, wait)]."""
+        args: list = [most]
+        for bucket in buckets:
+            args += [bucket.rate, bucket.burst]
+        return control.eval(TAKE, [b.key for b in buckets], args, timeout=self.budget)
 
     def _fall_back(self, user_id: str, endpoint_class: str) -> None:
         self.fallbacks += 1

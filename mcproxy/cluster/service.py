@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, TimeoutError, gatherResults
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from mcproxy.auth.admission import Admission
@@ -35,6 +36,9 @@ log = Logger()
 
 #: Users handed over at once by a drain.
 HANDOVER_BATCH = 8
+
+#: Seconds a drained process keeps answering after its handover.
+HANDOVER_LINGER = 1.0
 
 
 class Fenced(BrowserUnavailable):
@@ -288,6 +292,13 @@ class ClusterNode(AsyncService):
         stop sending users here."""
         self.draining = True
         await self.membership.set_draining()
+
+    async def linger(self) -> None:
+        """After the handover, keep answering for `HANDOVER_LINGER` seconds: a request another
+        process sent before it learnt of the new owner gets a refusal it retries elsewhere
+        (``503 draining``, ``421``), not a connection that dies under it (which would leave it
+        not knowing whether the request ran)."""
+        await deferLater(self.reactor, HANDOVER_LINGER, lambda: None)
 
     async def hand_over(self) -> None:
         """Let go of every owned user (the drain): close its browser connection first, then
