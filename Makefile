@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # What ruff lints and formats; mypy checks mcproxy alone.
 CHECKED := mcproxy tests bench twisted/plugins
 
-.PHONY: install run check pre-commit test fuzz bench clean chromium ffmpeg redis-server
+.PHONY: install run check pre-commit test fuzz bench clean chromium ffmpeg redis-server haproxy
 
 install: $(STAMP)
 
@@ -34,12 +34,13 @@ ffmpeg:
 	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null; \
 	    else echo "ffmpeg is missing: install Debian's 'ffmpeg' package" >&2; exit 1; fi; }
 
-# The cluster tests and benchmark start redis-server processes of their own.
-redis-server:
-	@command -v redis-server >/dev/null 2>&1 || { \
+# The cluster tests and benchmark start redis-server processes of their own, and one test
+# runs the shipped HAProxy configuration in front of a cluster.
+redis-server haproxy:
+	@command -v $@ >/dev/null 2>&1 || { \
 	    if [ "$$(id -u)" = 0 ]; then \
-	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
-	    else echo "redis-server is missing: install Debian's 'redis-server' package" >&2; exit 1; fi; }
+	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $@ >/dev/null; \
+	    else echo "$@ is missing: install Debian's '$@' package" >&2; exit 1; fi; }
 
 # The code's hygiene: lint, formatting and types, with the versions setup.cfg pins.
 check: install
@@ -52,7 +53,7 @@ pre-commit: install
 	$(BIN)/python -m pip install --quiet 'pre-commit >= 3.5'
 	$(BIN)/pre-commit install
 
-test: install check chromium ffmpeg redis-server
+test: install check chromium ffmpeg redis-server haproxy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The hypothesis fuzzers (marked `fuzz`) at FUZZ_SCALE times their usual example counts:

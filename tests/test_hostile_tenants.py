@@ -385,3 +385,13 @@ async def test_an_api_call_past_the_request_timeout_is_504_and_its_work_stops(re
     finally:
         silent.close()
         await running.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_answers_a_balancers_check_whatever_its_host(proxy):
+    # HAProxy's and nginx's checks send an address, or no Host at all (HTTP/1.0).
+    for host in ("10.0.0.5:3001", "evil.example"):
+        code, answer = await _raw(proxy, "GET", "/health", b"", {"Host": host})
+        assert code == 200 and answer["status"] == "ok", answer
+    code, answer = await _raw(proxy, "GET", "/api/users", b"", {"Host": "evil.example"})
+    assert code == 403 and answer["error"]["code"] == "host_not_allowed"  # the rest of the API keeps the rule

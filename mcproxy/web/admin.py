@@ -96,9 +96,13 @@ class AdminAPI:
     def __init__(self, deps: AdminDependencies):
         self.deps = deps
 
+    def health_routes(self) -> tuple[Route, ...]:
+        """``/health``: for load balancers and monitors, which often send no ``Host`` the
+        server knows (an address, or none at all); it answers with counts only."""
+        return (Route(b"GET", r"/health/?", self.health),)
+
     def routes(self) -> tuple[Route, ...]:
         return (
-            Route(b"GET", r"/health/?", self.health),
             Route(b"GET", r"/api/users/?", self.list_users, auth="admin", permission=ADMIN),
             Route(b"GET", r"/api/users/(?P<user_id>[^/]+)/status/?", self.user_status, auth="admin", routed=named_user),
             Route(

@@ -29,7 +29,8 @@ def build_router(
     place: Callable[[Any, str], Awaitable[bool]] | None = None,
 ) -> Router:
     """The root resource over the parts given; any path none of them owns is a JSON 404,
-    under the API's Host and Origin rules when the admin API is served. ``place`` sends a
+    under the API's Host and Origin rules when the admin API is served (``/health`` has none:
+    balancers' checks send what Host they like). ``place`` sends a
     request to the process of the cluster that owns its user (`mcproxy.cluster.routing`)."""
     areas: dict[bytes, Area] = {}
     if transports is not None:
@@ -42,6 +43,8 @@ def build_router(
         areas[b"admin"] = dashboard.area()
     api = Area()
     if admin is not None:
-        routes = (*AdminAPI(admin).routes(), *TokensAPI(admin).routes(), *Registration(admin).routes())
-        api = areas[b"health"] = areas[b"api"] = Area(routes, origins=API_ORIGINS)
+        admin_api = AdminAPI(admin)
+        routes = (*admin_api.routes(), *TokensAPI(admin).routes(), *Registration(admin).routes())
+        api = areas[b"api"] = Area(routes, origins=API_ORIGINS)
+        areas[b"health"] = Area(admin_api.health_routes())
     return Router(areas, origins=origins, authenticate=admission.authenticate, fallback=api, audit=audit, place=place)
