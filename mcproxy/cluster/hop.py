@@ -229,13 +229,15 @@ class HopConnection(Protocol):
             self._complete()
         return rest_data
 
-    def _length(self, data: bytes) -> bytes:
+    def _split(self, data: bytes) -> tuple[bytes, bytes]:
+        """The body bytes of ``data`` (at most the ``_left`` still due), counted, and the rest."""
         left = self._left
-        if len(data) <= left:
-            piece, data = data, b""
-        else:
-            piece, data = data[:left], data[left:]
+        piece, rest = (data, b"") if len(data) <= left else (data[:left], data[left:])
         self._left = left - len(piece)
+        return piece, rest
+
+    def _length(self, data: bytes) -> bytes:
+        piece, data = self._split(data)
         assert self._answer is not None
         self._answer.body(piece)
         if self._left == 0 and self._answer is not None:
@@ -275,12 +277,7 @@ class HopConnection(Protocol):
         return data
 
     def _length_of_chunk(self, data: bytes) -> bytes:
-        left = self._left
-        if len(data) <= left:
-            piece, data = data, b""
-        else:
-            piece, data = data[:left], data[left:]
-        self._left = left - len(piece)
+        piece, data = self._split(data)
         if not self._left:
             self._state = _CHUNK_END
         assert self._answer is not None
