@@ -32,6 +32,9 @@ class IStore(Interface):
     def count_users():
         """Deferred[int]: how many users are registered (cheap: no records are loaded)."""
 
+    def list_user_ids():
+        """Deferred[list[str]]: the registered users' ids, ordered (cheap: no records are loaded)."""
+
     def delete_user(user_id):
         """Remove the user and revoke nothing else. Deferred[bool]: whether it existed."""
 

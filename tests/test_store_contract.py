@@ -88,8 +88,10 @@ async def test_list_users_is_ordered_by_id(store):
     assert [u.user_id for u in listed] == sorted(["mallory", "alice", "bob@example.com", "Zed", "carol.x"])
     assert all(u.browser_url == "http://127.0.0.1:9222" for u in listed)
     assert await store.count_users() == 5
+    assert await store.list_user_ids() == [u.user_id for u in listed]
     await store.delete_user("Zed")
     assert await store.count_users() == 4
+    assert "Zed" not in await store.list_user_ids()
 
 
 @pytest_twisted.ensureDeferred

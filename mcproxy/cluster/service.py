@@ -260,13 +260,15 @@ class ClusterNode(AsyncService):
             log.warn("Cluster state writes still pending when {why}", why=why)
 
     async def _registered_users(self) -> list[str]:
-        return [user.user_id for user in await self.store.list_users()]
+        return await self.store.list_user_ids()
 
     def _claimed(self, user_id: str) -> None:
         """This process now owns ``user_id``: connect its registered browser, if any."""
-        self.reactor.callLater(0, self._connect, user_id)
+        Deferred.fromCoroutine(self._connect(user_id)).addErrback(
+            lambda f: log.failure("Connecting the browser of {user_id} failed", f, user_id=user_id)
+        )
 
-    async def _connect_user(self, user_id: str) -> None:
+    async def _connect(self, user_id: str) -> None:
         record = await self.store.get_user(user_id)
         if record is None or not self.ownership.owns(user_id):
             return
@@ -274,11 +276,6 @@ class ClusterNode(AsyncService):
             self.pool.browser_for(user_id, record.browser_url)
         except ServerFull as e:
             log.warn("Not connecting the browser of {user_id}: {reason}", user_id=user_id, reason=e.message)
-
-    def _connect(self, user_id: str) -> None:
-        Deferred.fromCoroutine(self._connect_user(user_id)).addErrback(
-            lambda f: log.failure("Connecting the browser of {user_id} failed", f, user_id=user_id)
-        )
 
     def _lost(self, user_id: str) -> None:
         """Another process owns ``user_id`` now (or this one lost its lease): let go of its
@@ -339,12 +336,9 @@ class ClusterNode(AsyncService):
         """Whether this process may serve ``user_id`` now (a local check, no Redis)."""
         return self.ownership is not None and self.ownership.owns(user_id)
 
-    async def node_of(self, user_id: str) -> str | None:
-        """The id of the node that owns ``user_id`` (None: nobody yet)."""
-        if self.ownership.owns(user_id):
-            return self.node_id
-        owner = await self.ownership.owner_of(user_id)
-        return owner.node if owner is not None and owner.alive else None
+    async def nodes_of(self, users: list[str]) -> dict[str, str | None]:
+        """The node that owns each of ``users`` (None: nobody yet), in one Redis call."""
+        return await self.ownership.owners(users)
 
     async def forwarded_principal(self, request):
         """Who sent a request that reached the internal listener, from its signed envelope

@@ -44,6 +44,9 @@ class MemoryStore:
     def count_users(self):
         return succeed(len(self._users))
 
+    def list_user_ids(self):
+        return succeed(sorted(self._users))
+
     def delete_user(self, user_id):
         return succeed(self._users.pop(user_id, None) is not None)
 

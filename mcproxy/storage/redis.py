@@ -279,6 +279,9 @@ class RedisStore:
         d = self._list(self._key("users"), "user")
         return d.addCallback(lambda rows: sorted((_user(i, h) for i, h in rows), key=lambda u: u.user_id))
 
+    def list_user_ids(self):
+        return self._bounded(self.redis.smembers(self._key("users"))).addCallback(sorted)
+
     def count_users(self):
         return self._bounded(self.redis.scard(self._key("users"))).addCallback(int)
 

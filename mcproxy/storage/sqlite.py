@@ -170,6 +170,9 @@ class SQLiteStore:
     def count_users(self):
         return self._rows("SELECT COUNT(*) FROM users").addCallback(lambda rows: rows[0][0])
 
+    def list_user_ids(self):
+        return self._rows("SELECT user_id FROM users ORDER BY user_id").addCallback(lambda rows: [r[0] for r in rows])
+
     def delete_user(self, user_id):
         return self._changed("DELETE FROM users WHERE user_id = ?", user_id)
 

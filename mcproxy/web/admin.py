@@ -163,7 +163,7 @@ class AdminAPI:
         cluster = self.deps.cluster
         if cluster is None:
             return None
-        return {user: await cluster.node_of(user) for user in users}
+        return await cluster.nodes_of(users)
 
     async def delete_user(self, request, user_id: str):
         user = await self._own_user(request, user_id, REGISTER)
