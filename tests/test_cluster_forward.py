@@ -19,6 +19,7 @@ from zope.interface import implementer
 from mcproxy.auth.principal import Principal
 from mcproxy.cluster.envelope import HEADER, DuplicateForward, Envelope, Forwarded
 from mcproxy.cluster.forward import (
+    MAX_REFUSAL,
     Forwarder,
     NotOwner,
     OwnerDraining,
@@ -515,6 +516,11 @@ async def test_other_refusals_are_relayed(reactor, world, http_client):
     response = await within(http_client.post(world.edge_url + "/conflict", data=b"{}"), reactor)
     assert response.code == 409 and (await response.json())["error"]["code"] == "conflict"
     assert world.outcomes == [None, None]
+    # A long one is no refusal of ours: relayed as it comes, never held whole.
+    long_message = "x" * (3 * MAX_REFUSAL)
+    world.owner.handlers[b"/long"] = refusing(503, {"code": "unavailable", "message": long_message})
+    response = await within(http_client.post(world.edge_url + "/long", data=b"{}"), reactor)
+    assert response.code == 503 and (await response.json())["error"]["message"] == long_message
 
 
 @pytest_twisted.ensureDeferred

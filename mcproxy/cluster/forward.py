@@ -224,6 +224,8 @@ class Forwarder:
 
 #: Answers that may say the owner did not run the request (`_refusal`): read whole first.
 _REFUSALS = frozenset({409, 421, 503})
+#: The longest such answer held back: the owner's own refusals are short JSON bodies.
+MAX_REFUSAL = 64 * 1024
 
 
 @implementer(IPushProducer)
@@ -249,6 +251,7 @@ class _Exchange:
         #: The refusal being read: its status, reason, headers and body so far.
         self._refusal: tuple[int, bytes, list] | None = None
         self._collected: list[bytes] = []
+        self._held = 0
         self._relaying = False
         #: The event that ends a POST's event stream when the owner is lost, None for others.
         self._sse_lost: bytes | None = None
@@ -261,6 +264,9 @@ class _Exchange:
         if status in _REFUSALS:
             self._refusal = (status, reason, headers)
             return
+        self._start_relay(status, reason, headers)
+
+    def _start_relay(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         content_type = _relay_head(self._request, status, reason, headers)
         if self._rpc_id is not None and content_type.startswith(b"text/event-stream"):
             lost = encode(error_message(self._rpc_id, OWNER_LOST, _LOST))
@@ -271,7 +277,13 @@ class _Exchange:
     def body(self, data: bytes) -> None:
         if not self._relaying:
             self._collected.append(data)
-            return
+            self._held += len(data)
+            if self._held > MAX_REFUSAL:  # no refusal of ours is this long: relay it as it comes
+                assert self._refusal is not None
+                self._start_relay(*self._refusal)
+                data, self._collected = b"".join(self._collected), []
+            else:
+                return
         self._request.write(data)
         if self._sse_lost is not None:
             self._tail = (self._tail + data[-4:])[-4:]

@@ -34,6 +34,11 @@ log = Logger()
 SESSION_TOKEN_PERMISSIONS = ("tools:*", "register")
 
 
+def _registered_user(request, body: dict) -> str:
+    """The user a registration ``body`` is for: ``userId``, else the caller's own."""
+    return check_user_id(body.get("userId", request.principal.user_id))
+
+
 class Registration:
     """Registers users' browsers, one registration at a time (``deps.registering``), so two
     users cannot claim one browser at once."""
@@ -45,13 +50,13 @@ class Registration:
         return (Route(b"POST", r"/api/register/?", self.register, auth="admin", audit=True, routed=self.user_of),)
 
     def user_of(self, request, parts: dict) -> str:
-        """The user a registration is for: ``userId``, else the caller's own."""
-        return check_user_id(json_body(self.deps, request).get("userId", request.principal.user_id))
+        """The user a registration is for (`Route.routed`)."""
+        return _registered_user(request, json_body(self.deps, request))
 
     async def register(self, request):
         principal = request.principal
         body = json_body(self.deps, request)
-        user_id = self.user_of(request, {})
+        user_id = _registered_user(request, body)
         if not (principal.is_admin or (principal.has(REGISTER) and user_id == principal.user_id)):
             raise Forbidden(
                 "registering a browser needs the 'register' permission for your own user id, or 'admin'",
