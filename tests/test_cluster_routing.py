@@ -109,6 +109,7 @@ class ScriptedOwnership:
     mine: set = attrs.Factory(set)
     claims: int = 0
     forgotten: int = 0
+    grace: bool = False
 
     def owns(self, user):
         return user in self.mine
@@ -127,7 +128,10 @@ class ScriptedOwnership:
         self.forgotten += 1
 
     def in_grace(self):
-        return False
+        return self.grace
+
+    async def left_by(self, user):
+        return self.owner.node if self.owner is not None and not self.owner.alive else None
 
 
 @attrs.define
@@ -221,6 +225,22 @@ def test_an_owner_unreachable_past_the_failover_wait_is_a_503_with_retry_after()
     assert failure.check(OwnerUnavailable) and failure.value.http_status == 503
     assert failure.value.retry_after == 2  # the Retry-After of its answer
     assert 25 <= len(node.forwarder.sent) <= 35  # every 0.1 s for 3 s
+
+
+def test_during_the_claim_grace_a_user_whose_process_may_come_back_is_not_taken():
+    # After a Redis outage every lease lapsed; the process named in the record comes back
+    # for its users, so an edge that came back first answers 503 meanwhile, claiming nothing.
+    clock, node, edge = placement(owner_alive=False)
+    node.ownership.grace = True
+    done = Deferred.fromCoroutine(edge.place(call(), "alice"))
+    advance(clock, done)
+    failure = done.result
+    done.addErrback(lambda _: None)
+    assert failure.check(OwnerUnavailable) and "reconnecting" in failure.getErrorMessage()
+    assert node.ownership.claims == 0 and node.forwarder.sent == []
+    node.ownership.grace = False  # the grace is over: the process did not come back
+    done = Deferred.fromCoroutine(edge.place(call(), "alice"))
+    assert done.result is False and node.ownership.claims == 1
 
 
 @pytest_twisted.ensureDeferred

@@ -310,7 +310,11 @@ async def test_network_requests(reactor, browser, site, tmp_path):
     await until(
         reactor,
         lambda: sum(r.finished for r in entries()) >= 6,
-        seen=lambda: [(r.url, r.status, r.finished, r.failure) for r in entries()],
+        # Every kept navigation's requests, to tell a lost event from a misplaced navigation.
+        seen=lambda: [
+            (r.id, r.url, r.loader_id, r.status, r.finished, r.failure)
+            for r in records(browser, page_id).network.entries(preserved=True)
+        ],
     )
 
     result = await ok(tools, context, "list_network_requests", pageId=page_id)

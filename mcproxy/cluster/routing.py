@@ -132,7 +132,12 @@ class EdgePlacement:
         while True:
             owner = await ownership.owner_of(user)
             if owner is None or not owner.alive:
-                if await self._may_come_back(user, give_up):
+                if await self._may_come_back(user):
+                    if self.clock.seconds() >= give_up:
+                        raise OwnerUnavailable(
+                            f"the proxy process serving user {user} is reconnecting to the cluster; "
+                            "try again in a moment"
+                        )
                     await deferLater(self.clock, POLL_INTERVAL, lambda: None)
                     continue
                 owner = await ownership.claim(user)
@@ -193,12 +198,13 @@ class EdgePlacement:
         finally:
             watch.stop()
 
-    async def _may_come_back(self, user: str, give_up: float) -> bool:
+    async def _may_come_back(self, user: str) -> bool:
         """Whether to wait rather than claim ``user``: just after a Redis outage (this node's
         claim grace), the process whose lease lapsed comes back for its users, and taking
-        them here would move their browsers for nothing."""
+        them here would move their browsers for nothing. Past the grace, placement moves
+        the users of a process that did not come back."""
         ownership = self.node.ownership
-        if not ownership.in_grace() or self.clock.seconds() >= give_up:
+        if not ownership.in_grace():
             return False
         return await ownership.left_by(user) not in (None, self.node.node_id)
 
