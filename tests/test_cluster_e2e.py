@@ -547,6 +547,33 @@ async def test_c14_redis_down_past_a_lease_fences_every_node_and_its_return_need
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_admin_moves_a_user_to_another_process(cluster, reactor):
+    (name,) = names = ["move-a"]
+    token, browser = (await register_users(cluster, names))[name]
+    before = (await cluster.owners(names))[name]
+    to = next(node.node_id for node in cluster.nodes if node.node_id != before)
+    edge = next(i for i, node in enumerate(cluster.nodes) if node.node_id not in (before, to))
+    code, moved, _ = await cluster.api("POST", f"/api/users/{name}/move", {"node": to}, node=edge)
+    assert code == 200 and moved == {"userId": name, "node": to, "from": before}, moved
+    assert await cluster.owners(names) == {name: to}
+    # The browser moved with the user: the old connection closed, one new one is open.
+    await until(reactor, lambda: len(browser.connections) == 1 and len(browser.links()) == 2, 10)
+    for node in range(3):
+        code, headers, answer = await answer_of(cluster, node, token)
+        assert code == 200 and node_of(headers) == to and text_of(answer).startswith("## Pages"), answer
+    # Moved nowhere: a process that is not in the cluster, a node id that is no string.
+    code, refused, _ = await cluster.api("POST", f"/api/users/{name}/move", {"node": "n9"}, node=edge)
+    assert code == 409 and refused["error"]["code"] == "node_unavailable", refused
+    code, refused, _ = await cluster.api("POST", f"/api/users/{name}/move", {"node": 3}, node=edge)
+    assert code == 400 and refused["error"]["code"] == "invalid_node", refused
+    code, refused, _ = await cluster.api("POST", "/api/users/nobody/move", node=edge)
+    assert code == 404, refused
+    # Without a body the user goes where placement ranks it, never where it is.
+    code, moved, _ = await cluster.api("POST", f"/api/users/{name}/move", node=edge)
+    assert code == 200 and moved["from"] == to and moved["node"] not in (to, None), moved
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_dashboard_shows_every_process_and_the_owner_of_each_user(cluster, reactor):
     names = ["dash-a", "dash-b"]
     await register_users(cluster, names)

@@ -229,6 +229,38 @@ async def test_after_redis_came_back_empty_each_node_takes_back_its_own_users(re
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_user_released_to_a_node_is_claimed_by_it_even_in_its_grace(reactor, cluster):
+    n1, n2 = await registered(cluster("n1", ["alice"]), cluster("n2", ["alice"], grace=60))
+    await n1.ownership.claim("alice")
+    await n1.place()
+    await n2.place()
+    await n1.ownership.release("alice", hint="n2")  # an operator moves alice to n2
+    await until(reactor, lambda: n2.ownership.owns("alice"), what="n2 claimed alice")
+    assert n1.claimed == ["alice"] and n2.claimed == ["alice"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_node_a_user_awaits_is_the_one_a_release_named_or_its_lapsed_owner(reactor, cluster):
+    control = cluster.control
+    n1, n2, n3 = await registered(cluster("n1"), cluster("n2"), cluster("n3"))
+    for node in (n1, n2, n3):
+        await node.place()  # placement learns which nodes are live
+    await n1.ownership.claim("alice")
+    assert await n3.ownership.awaited_by("alice") is None  # owned: nobody awaited
+    await n1.ownership.release("alice", hint="n2")
+    moving_in = lambda: n3.ownership.awaited_by("alice")  # noqa: E731 (once n3's placement saw n2 live)
+    assert await until(reactor, moving_in, what="n2 awaited") == ("n2", False)
+    assert await n2.ownership.awaited_by("alice") is None  # n2 itself awaits nobody
+    await n2.ownership.claim("alice")
+    n2.clock.pause()  # n2 stalls: its lease runs out while the record still names it
+    await until(reactor, lease_gone(control, "n2"), what="n2's lease expired")
+    assert await n3.ownership.awaited_by("alice") is None  # n3's grace is over: nobody awaited
+    (n4,) = await registered(cluster("n4", grace=60))
+    await n4.place()  # a node that just (re)registered, as after a Redis outage
+    assert await n4.ownership.awaited_by("alice") == ("n2", True)  # coming back
+
+
+@pytest_twisted.ensureDeferred
 async def test_owner_of_is_cached_until_forgotten_or_fresh(cluster):
     n1, n2 = await registered(cluster("n1"), cluster("n2"))
     await n1.ownership.claim("alice")

@@ -109,7 +109,8 @@ class ScriptedOwnership:
     mine: set = attrs.Factory(set)
     claims: int = 0
     forgotten: int = 0
-    grace: bool = False
+    awaited: tuple | None = None  # (node, coming back) while nobody owns the user
+    live: set = attrs.Factory(lambda: {"n2"})  # the nodes serving (leased, not draining)
 
     def owns(self, user):
         return user in self.mine
@@ -127,11 +128,11 @@ class ScriptedOwnership:
     def forget(self, user):
         self.forgotten += 1
 
-    def in_grace(self):
-        return self.grace
+    def serving(self, node):
+        return node in self.live
 
-    async def left_by(self, user):
-        return self.owner.node if self.owner is not None and not self.owner.alive else None
+    async def awaited_by(self, user):
+        return self.awaited if self.owner is None or not self.owner.alive else None
 
 
 @attrs.define
@@ -144,7 +145,11 @@ class ScriptedForwarder:
     async def forward(self, request, *, to, url, principal, body, rid, rpc_id=None):
         self.sent.append((to, body, rpc_id))
         if self.outcomes:
-            raise self.outcomes.pop(0)
+            outcome = self.outcomes.pop(0)
+            if isinstance(outcome, Deferred):
+                await outcome  # an owner that answers when (if ever) the test says
+            else:
+                raise outcome
         request.setResponseCode(200)
         request.write(b"relayed")
         request.finish()
@@ -231,16 +236,43 @@ def test_during_the_claim_grace_a_user_whose_process_may_come_back_is_not_taken(
     # After a Redis outage every lease lapsed; the process named in the record comes back
     # for its users, so an edge that came back first answers 503 meanwhile, claiming nothing.
     clock, node, edge = placement(owner_alive=False)
-    node.ownership.grace = True
+    node.ownership.awaited = ("n2", True)
     done = Deferred.fromCoroutine(edge.place(call(), "alice"))
     advance(clock, done)
     failure = done.result
     done.addErrback(lambda _: None)
     assert failure.check(OwnerUnavailable) and "reconnecting" in failure.getErrorMessage()
     assert node.ownership.claims == 0 and node.forwarder.sent == []
-    node.ownership.grace = False  # the grace is over: the process did not come back
+    node.ownership.awaited = None  # the grace is over: the process did not come back
     done = Deferred.fromCoroutine(edge.place(call(), "alice"))
     assert done.result is False and node.ownership.claims == 1
+
+
+def test_a_user_moving_to_another_process_waits_for_it_then_is_claimed_if_it_never_came():
+    clock, node, edge = placement(owner_alive=False)
+    node.ownership.awaited = ("n2", False)
+    done = Deferred.fromCoroutine(edge.place(call(), "alice"))
+    for _ in range(28):  # 2.8 s of the 3 s failover wait
+        clock.advance(0.1)
+    assert not done.called and node.ownership.claims == 0  # n2 is due to claim it
+    advance(clock, done)
+    assert done.result is False and node.ownership.claims == 1  # n2 never did: served here
+
+
+def test_a_forward_is_given_up_when_its_user_moved_away_from_a_process_that_stopped_serving():
+    hanging = Deferred()  # the owner never answers (paused, cut off)
+    clock, node, edge = placement([hanging])
+    request = call("tools/list")
+    done = Deferred.fromCoroutine(edge.place(request, "alice"))
+    node.ownership.owner = Owner(node="n3", epoch="e", token=6, url="http://n3", alive=True)
+    clock.advance(1.0)
+    assert not hanging.called and not done.called  # moved by an operator: n2 still serves and answers
+    node.ownership.live.discard("n2")  # n2's lease ran out
+    clock.advance(1.0)
+    assert hanging.called  # the hanging forward was cancelled ...
+    advance(clock, done)
+    assert done.result is True and request.written == [b"relayed"]  # ... and sent again to n3
+    assert [to for to, _, _ in node.forwarder.sent] == ["n2", "n3"]
 
 
 @pytest_twisted.ensureDeferred

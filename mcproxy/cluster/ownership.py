@@ -105,6 +105,7 @@ class Ownership(AsyncService):
         self._orphaned: dict[str, int] = {}  # user -> placement ticks seen without a live owner
         self._held_before: set[str] = set()  # dropped when the lease was lost; taken back first
         self._grace_until = 0.0
+        self._live: frozenset[str] = frozenset()  # the live nodes the last placement tick saw
         self._placement = LoopingCall(lambda: Deferred.fromCoroutine(self._place()))
         self._placement.clock = clock
         membership.add_listener(self._membership_changed)  # held users go with the lease, placement or not
@@ -152,11 +153,24 @@ class Ownership(AsyncService):
         leases lapsed (a Redis outage) may still come back for their users."""
         return self.clock.seconds() < self._grace_until
 
-    async def left_by(self, user: str) -> str | None:
-        """The node ``user``'s record still names though that node's lease is gone (it may
-        come back for the user); None when the user has a live owner or none at all."""
-        owner = (await self._read([user]))[user].owner
-        return owner.node if owner is not None and not owner.alive else None
+    async def awaited_by(self, user: str) -> tuple[str, bool] | None:
+        """The other node expected to take ``user``, which nobody owns now, and whether it is
+        coming back (True: during this node's claim grace, the node whose lapsed lease the
+        record still names) or moving in (False: the live node a release named, `move`);
+        None when no other node is awaited."""
+        record = (await self._read([user]))[user]
+        owner = record.owner
+        if owner is not None and owner.alive:
+            return None
+        if owner is None and record.hint not in ("", self.me) and self.serving(record.hint):
+            return record.hint, False
+        if owner is not None and owner.node != self.me and self.in_grace():
+            return owner.node, True
+        return None
+
+    def serving(self, node: str) -> bool:
+        """Whether ``node`` held a lease and was not draining at the last placement tick."""
+        return node in self._live
 
     def forget(self, user: str) -> None:
         """Drop the cached owner of ``user`` (it answered 421, or could not be reached)."""
@@ -317,6 +331,7 @@ class Ownership(AsyncService):
             users = sorted(set(await self._registered_users()) | set(self._held))
             live = [n["id"] for n in await self.nodes() if n["alive"] and not n["draining"]]
             records = await self._read(users)
+            self._live = frozenset(live)
         except CancelledError:
             raise
         except Exception as e:
@@ -360,8 +375,11 @@ class Ownership(AsyncService):
         self._drop(user, f"its owner record names {owner.node if owner else 'nobody'}")
 
     def _my_turn(self, user: str, hint: str, live: list[str], in_grace: bool) -> bool:
-        """Whether this node claims an orphan now: during the grace only users it held;
-        then the HRW winner (or the hinted node) at once, the next after 2 ticks, ..."""
+        """Whether this node claims an orphan now: a user released to it at once; during the
+        grace only users it held; then the HRW winner (or the hinted node) at once, the next
+        after 2 ticks, ..."""
+        if hint == self.me:
+            return True
         if in_grace:
             return user in self._held_before
         ticks = self._orphaned[user] = self._orphaned.get(user, -1) + 1

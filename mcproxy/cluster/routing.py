@@ -132,14 +132,21 @@ class EdgePlacement:
         while True:
             owner = await ownership.owner_of(user)
             if owner is None or not owner.alive:
-                if await self._may_come_back(user):
-                    if self.clock.seconds() >= give_up:
+                # Another process is due to take the user: the one whose lease lapsed in a Redis
+                # outage (taking its users here would move their browsers for nothing), or the
+                # one an operator moves the user to. Past the wait, placement moves the users of
+                # a process that did not come back; a user whose new owner did not claim it is
+                # claimed here.
+                awaited = await ownership.awaited_by(user)
+                if awaited is not None:
+                    if self.clock.seconds() < give_up:
+                        await deferLater(self.clock, POLL_INTERVAL, lambda: None)
+                        continue
+                    if awaited[1]:
                         raise OwnerUnavailable(
                             f"the proxy process serving user {user} is reconnecting to the cluster; "
                             "try again in a moment"
                         )
-                    await deferLater(self.clock, POLL_INTERVAL, lambda: None)
-                    continue
                 owner = await ownership.claim(user)
             if owner.node == node.node_id:
                 request.setHeader(b"X-MCProxy-Node", node.node_id.encode())
@@ -198,16 +205,6 @@ class EdgePlacement:
         finally:
             watch.stop()
 
-    async def _may_come_back(self, user: str) -> bool:
-        """Whether to wait rather than claim ``user``: just after a Redis outage (this node's
-        claim grace), the process whose lease lapsed comes back for its users, and taking
-        them here would move their browsers for nothing. Past the grace, placement moves
-        the users of a process that did not come back."""
-        ownership = self.node.ownership
-        if not ownership.in_grace():
-            return False
-        return await ownership.left_by(user) not in (None, self.node.node_id)
-
     def _repeatable(self, request, message: dict | None) -> bool:
         """Whether a request whose owner was lost may be sent again: it changes nothing."""
         if request.method == b"GET":
@@ -227,8 +224,9 @@ class EdgePlacement:
 
 class _OwnerWatch:
     """Cancels ``forwarding`` (and says it ``moved``) once ``user``'s owner is no longer
-    ``owner``, checked every ``interval`` seconds in the owner cache (which placement keeps
-    fresh: no Redis read here)."""
+    ``owner`` and that process is no longer live and serving (paused, cut off or draining:
+    it may never answer), checked every ``interval`` seconds in what placement keeps fresh
+    (no Redis read here). A live process that handed the user over (a move) still answers."""
 
     def __init__(self, clock, interval: float, ownership, user: str, owner, forwarding: Deferred):
         self.clock, self.interval, self.ownership = clock, interval, ownership
@@ -243,7 +241,8 @@ class _OwnerWatch:
         if self.forwarding.called:
             return
         owner = self.owner
-        if current is None or not current.alive or (current.node, current.token) != (owner.node, owner.token):
+        moved = current is None or not current.alive or (current.node, current.token) != (owner.node, owner.token)
+        if moved and not self.ownership.serving(owner.node):
             self.moved = True
             self.forwarding.cancel()
         else:

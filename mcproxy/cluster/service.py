@@ -21,13 +21,15 @@ from mcproxy.auth.admission import Admission
 from mcproxy.auth.tokens import is_valid_token_id, is_valid_user_id
 from mcproxy.browser.cdp.connection import CDPConnection
 from mcproxy.browser.connect import LinkOpener
+from mcproxy.cluster.control import CoordinationUnavailable
 from mcproxy.cluster.envelope import Envelope
 from mcproxy.cluster.events import RELOAD, TOKEN_REVOKED, USER, Events
 from mcproxy.cluster.forward import Forwarder
 from mcproxy.cluster.limits import SharedLimits
+from mcproxy.cluster.ownership import rendezvous
 from mcproxy.cluster.state import FencedWriter, RedisPageBook, RedisSessionRecords
 from mcproxy.config import ClusterConfig, Config, ConfigError
-from mcproxy.errors import BrowserUnavailable, ServerFull
+from mcproxy.errors import BrowserUnavailable, Conflict, ServerFull
 from mcproxy.lifecycle import AsyncService
 from mcproxy.web.http import read_body
 from mcproxy.web.listener import endpoint_fields
@@ -39,6 +41,9 @@ HANDOVER_BATCH = 8
 
 #: Seconds a drained process keeps answering after its handover.
 HANDOVER_LINGER = 1.0
+
+#: Seconds between looks at a moved user's owner record, until its new owner claimed it.
+MOVE_POLL = 0.1
 
 
 class Fenced(BrowserUnavailable):
@@ -305,11 +310,39 @@ class ClusterNode(AsyncService):
             batch = users[start : start + HANDOVER_BATCH]
             await gatherResults([Deferred.fromCoroutine(self._hand_over(user)) for user in batch])
 
-    async def _hand_over(self, user_id: str) -> None:
+    async def _hand_over(self, user_id: str, to: str = "") -> None:
         self.sessions.close_user(user_id, for_good=False)  # their records stay: the next owner resumes them
         await self.pool.forget(user_id)
         await self._await_writes(f"handing user {user_id} over", self.writer.flushed())
-        await self.ownership.release(user_id)
+        await self.ownership.release(user_id, hint=to)
+
+    async def move(self, user_id: str, to: str | None) -> dict:
+        """``POST /api/users/{id}/move``: hand ``user_id``, owned here, over to node ``to`` (by
+        default the live node placement ranks first for it) and wait, up to
+        ``cluster.failover_wait``, until a node claimed it: the one named, or if it did not
+        in time, whichever placement or a request brought it to."""
+        live = [node["id"] for node in await self.ownership.nodes() if node["alive"] and not node["draining"]]
+        if to is None:
+            to = next((node for node in rendezvous(user_id, live) if node != self.node_id), None)
+            if to is None:
+                raise Conflict("no other live process of the cluster can take the user", code="no_other_node")
+        elif to not in live:
+            raise Conflict(
+                f"node {to!r} is not a live, undrained process of the cluster (see GET /api/cluster)",
+                code="node_unavailable",
+            )
+        if to == self.node_id:
+            return {"userId": user_id, "node": to, "from": to}
+        if not self.ownership.owns(user_id):
+            raise CoordinationUnavailable(f"user {user_id} moved meanwhile; try again")
+        log.info("Moving user {user_id} from node {node} to node {to}", user_id=user_id, node=self.node_id, to=to)
+        await self._hand_over(user_id, to)
+        give_up = self.reactor.seconds() + self.config.cluster.failover_wait
+        owner = None
+        while owner is None and self.reactor.seconds() < give_up:
+            await deferLater(self.reactor, MOVE_POLL, lambda: None)
+            owner = await self.ownership.owner_of(user_id, fresh=True)
+        return {"userId": user_id, "node": owner.node if owner is not None else None, "from": self.node_id}
 
     # -- views ----------------------------------------------------------------------
 

@@ -115,6 +115,15 @@ class AdminAPI:
             ),
             Route(b"POST", r"/api/admin/reload/?", self.reload_config, auth="admin", permission=ADMIN, audit=True),
             Route(b"GET", r"/api/cluster/?", self.cluster_view, auth="admin", permission=ADMIN),
+            Route(
+                b"POST",
+                r"/api/users/(?P<user_id>[^/]+)/move/?",
+                self.move_user,
+                auth="admin",
+                permission=ADMIN,
+                audit=True,
+                routed=named_user,
+            ),
         )
 
     async def health(self, request):
@@ -150,13 +159,28 @@ class AdminAPI:
         user = await self._own_user(request, user_id)
         return 200, self._status(user, await self._nodes_of([user_id]))
 
-    async def cluster_view(self, request):
-        """The cluster's nodes and which node owns each registered user."""
+    def _cluster(self):
         cluster = self.deps.cluster
         if cluster is None:
             raise NotFound("this proxy is not part of a cluster (cluster.enabled)", code="not_clustered")
+        return cluster
+
+    async def cluster_view(self, request):
+        """The cluster's nodes and which node owns each registered user."""
+        cluster = self._cluster()
         users = [user.user_id for user in await self.deps.store.list_users()]
         return 200, await cluster.describe(users)
+
+    async def move_user(self, request, user_id: str):
+        """Move a user to another process of the cluster (``{"node": id}``, or the one
+        placement picks): its browser connection moves, Streamable HTTP sessions resume
+        there, legacy SSE streams end and their clients reconnect."""
+        cluster = self._cluster()
+        to = json_body(self.deps, request, optional=True).get("node")
+        if to is not None and (not isinstance(to, str) or not to):
+            raise BadRequest('"node" must be a node id (see GET /api/cluster)', code="invalid_node")
+        user = await self._own_user(request, user_id)
+        return 200, await cluster.move(user.user_id, to)
 
     async def _nodes_of(self, users: list[str]) -> dict[str, str | None] | None:
         """Which node owns each user, in a cluster (None outside one)."""
