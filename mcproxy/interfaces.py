@@ -56,6 +56,11 @@ class IStore(Interface):
     def touch_token(token_id, when):
         """Record the token's last use. Deferred[None]."""
 
+    def hold_first_start(seconds):
+        """Deferred[bool]: whether this process may create the first admin credential now:
+        always with a store of one process; with a shared store (Redis), only for the first
+        to ask within ``seconds``, so processes started together make one, not several."""
+
     def set_password(user_id, encoded):
         """Store a user's password hash (``mcproxy.auth.basic.hash_password``), replacing any. Deferred[None].
 

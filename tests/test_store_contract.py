@@ -203,6 +203,13 @@ async def test_touch_token(store):
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_first_start_is_held_once_per_shared_store(store):
+    assert await store.hold_first_start(30) is True
+    # A store of one process always lets it make the first admin token; a shared one once.
+    assert await store.hold_first_start(30) is (store.__class__.__name__ != "RedisStore")
+
+
+@pytest_twisted.ensureDeferred
 async def test_sqlite_restart_loses_nothing(tmp_path, reactor):
     path = tmp_path / "nested" / "dir" / "mcproxy.sqlite3"
     first = await open_store(f"sqlite:{path}", reactor)
@@ -332,6 +339,26 @@ async def test_redis_processes_share_state(tmp_path, reactor):
         assert await one.get_token("0123456789abcdef") == token(revoked_at=10.0, last_used_at=5.0)
         await other.save_user(user())
         assert [u.user_id for u in await one.list_users()] == ["alice"]
+    finally:
+        await other.close()
+        await discard_test_store(one)
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_processes_starting_together_make_one_admin_token(tmp_path, reactor):
+    from mcproxy.auth.bootstrap import ensure_admin_token
+    from mcproxy.storage.redis import open_redis_store, parse_redis_url
+
+    one = await open_test_store("redis", str(tmp_path), reactor)
+    other = await open_redis_store(reactor, *parse_redis_url(redis_test_url()), prefix=one.prefix)
+    try:
+        first, second = [
+            Deferred.fromCoroutine(ensure_admin_token(store, str(tmp_path / name), reactor))
+            for store, name in ((one, "n1"), (other, "n2"))
+        ]
+        made = [path for path in [await first, await second] if path is not None]
+        assert len(made) == 1 and len([t for t in await one.list_tokens() if "admin" in t.permissions]) == 1
+        assert await other.hold_first_start(30) is False  # held for a while: no second token
     finally:
         await other.close()
         await discard_test_store(one)

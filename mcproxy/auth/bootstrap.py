@@ -15,6 +15,9 @@ log = Logger()
 
 ADMIN_USER = "admin"
 TOKEN_FILE = "admin-token"
+#: Seconds one process of those sharing an empty store holds the right to make its first
+#: admin token; a process that died meanwhile leaves the next start to make it.
+FIRST_START_HOLD = 30.0
 
 
 def write_secret_file(path: str, content: str) -> None:
@@ -45,6 +48,9 @@ async def ensure_admin_token(store: IStore, data_dir: str, clock) -> str | None:
     for token in await store.list_tokens():
         if ADMIN in token.permissions and token.is_valid_at(now):
             return None
+    if not await store.hold_first_start(FIRST_START_HOLD):
+        log.info("Another process sharing the store is creating the first admin token (see its data_dir)")
+        return None
     token, record = await create_token(store, ADMIN_USER, [ADMIN], None, clock, description="first-start admin token")
     path = os.path.join(data_dir, TOKEN_FILE)
     try:

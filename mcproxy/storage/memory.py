@@ -80,6 +80,9 @@ class MemoryStore:
             self._tokens[token_id] = attrs.evolve(token, last_used_at=later(token.last_used_at, when))
         return succeed(None)
 
+    def hold_first_start(self, seconds):
+        return succeed(True)
+
     def set_password(self, user_id, encoded):
         self._passwords[user_id] = encoded
         return succeed(None)

@@ -331,6 +331,10 @@ class RedisStore:
         d = self._set_time(self._key("token", token_id), "last_used_at", when, "later")
         return d.addCallback(lambda _: None)
 
+    def hold_first_start(self, seconds):
+        held = self.redis.set(self._key("first-start"), "1", pexpire=int(seconds * 1000), only_if_not_exists=True)
+        return self._bounded(held).addCallback(lambda answer: answer is not None)
+
     def set_password(self, user_id, encoded):
         d = self._bounded(self.redis.set(self._key("password", user_id), encoded))
         return d.addCallback(lambda _: None)

@@ -228,6 +228,9 @@ class SQLiteStore:
     def touch_token(self, token_id, when):
         return self._raise_time("tokens", "last_used_at", "token_id", token_id, when)
 
+    def hold_first_start(self, seconds):
+        return succeed(True)
+
     def set_password(self, user_id, encoded):
         return self._pool.runOperation(
             "INSERT OR REPLACE INTO passwords (user_id, encoded) VALUES (?, ?)", (user_id, encoded)
