@@ -304,3 +304,24 @@ async def test_nodes_view(reactor, cluster):
     await until(reactor, lease_gone(cluster.control, "n2"), what="n2's lease expired")
     dead = (await n1.ownership.nodes())[1]
     assert dead["id"] == "n2" and not dead["alive"] and dead["leaseMsLeft"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_dead_for_long_leaves_the_view_and_one_that_came_back_stays(reactor, cluster):
+    n1, n2, n3 = await registered(cluster("n1"), cluster("n2"), cluster("n3"))
+    n1.ownership.forget_after = 1  # seconds (an hour by default)
+    for node in (n2, n3):
+        node.clock.pause()
+    for node_id in ("n2", "n3"):
+        await until(reactor, lease_gone(cluster.control, node_id), what=f"{node_id}'s lease expired")
+    assert [n["id"] for n in await n1.ownership.nodes()] == ["n1", "n2", "n3"]  # dead since now
+    n3.clock.resume()  # n3 comes back (registers again) before it is forgotten
+    await until(reactor, lambda: n3.membership.valid(), what="n3 registered again")
+
+    async def n2_forgotten():
+        return [n["id"] for n in await n1.ownership.nodes()] == ["n1", "n3"]
+
+    await until(reactor, n2_forgotten, what="n2 forgotten")
+    n3.clock.pause()  # dead again: its clock of death starts over, it is listed for a while
+    await until(reactor, lease_gone(cluster.control, "n3"), what="n3's lease expired again")
+    assert [n["id"] for n in await n1.ownership.nodes()] == ["n1", "n3"]

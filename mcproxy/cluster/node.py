@@ -130,7 +130,12 @@ class NodeMembership(AsyncService):
     async def _register(self) -> bool:
         """Try to take the lease with a new epoch; False (and why in ``_why_not``) if not."""
         epoch = f"{int(self.clock.seconds() * 1000)}-{secrets.token_hex(8)}"
-        keys = [self.control.key("node", self.node_id), self.control.key("nodes"), self.control.key("cluster")]
+        keys = [
+            self.control.key("node", self.node_id),
+            self.control.key("nodes"),
+            self.control.key("cluster"),
+            self.control.key("gone", self.node_id),
+        ]
         ttl_ms, draining, stats = self._lease_args()
         sent = self.clock.seconds()
         try:

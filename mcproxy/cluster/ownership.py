@@ -27,6 +27,10 @@ from mcproxy.lifecycle import AsyncService
 
 log = Logger()
 
+#: Seconds a dead node's id stays in the cluster's view (``GET /api/cluster``) before it is
+#: forgotten.
+FORGET_DEAD_NODES = 3600
+
 #: How often `Ownership.claim` reads again when the record changed under it.
 CLAIM_ATTEMPTS = 3
 
@@ -75,6 +79,7 @@ class Ownership(AsyncService):
     ``on_lost(user)`` when this node stops owning it for any reason but `release`.
     ``claim_grace``: after each (re)registration, placement only takes back users this
     node owned, so nodes coming back together each get their own users back.
+    ``forget_after``: seconds after which a dead node's id leaves the cluster's view.
     """
 
     def __init__(
@@ -88,12 +93,14 @@ class Ownership(AsyncService):
         on_lost: Callable[[str], object],
         max_users: int = 0,
         claim_grace: float = 10.0,
+        forget_after: int = FORGET_DEAD_NODES,
     ):
         self.control = control
         self.clock = clock
         self.membership = membership
         self.max_users = max_users
         self.claim_grace = claim_grace
+        self.forget_after = forget_after
         #: Users that became or stopped being this node's (a counter for metrics).
         self.changes = 0
         self._registered_users = registered_users
@@ -214,8 +221,8 @@ class Ownership(AsyncService):
     async def nodes(self) -> list[dict]:
         """Every node Redis knows, for the admin view and placement: id, url, alive,
         draining, epoch, stats and leaseMsLeft."""
-        prefix = self.control.key("node", "")
-        rows = await self.control.eval(scripts.NODES, [self.control.key("nodes")], [prefix])
+        prefixes = [self.control.key("node", ""), self.control.key("gone", "")]
+        rows = await self.control.eval(scripts.NODES, [self.control.key("nodes")], [*prefixes, self.forget_after])
         nodes = []
         for node_id, epoch, url, draining, stats, pttl in rows:
             alive = bool(epoch) and int(pttl) > 0

@@ -9,7 +9,7 @@ Values come back as strings (the control pool does not convert numbers).
 """
 
 #: Take the lease ``node:<me>`` unless a live process holds that id.
-#: KEYS node:<me>, nodes, cluster. ARGV me, epoch, ttl_ms, url, draining, stats.
+#: KEYS node:<me>, nodes, cluster, gone:<me>. ARGV me, epoch, ttl_ms, url, draining, stats.
 #: Returns {1, fresh} (fresh is 1 when the cluster hash was missing), or {0, pttl}
 #: when the id is in use: the caller waits, two processes never share an id.
 REGISTER = """
@@ -17,6 +17,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('PTTL', KEYS[1]
 redis.call('HSET', KEYS[1], 'epoch', ARGV[2], 'url', ARGV[4], 'draining', ARGV[5], 'stats', ARGV[6])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[4])
 return {1, redis.call('HSETNX', KEYS[3], 'born', redis.call('TIME')[1])}
 """
 
@@ -99,14 +100,31 @@ return out
 """
 
 #: Every node id in ``nodes`` with its lease: {id, epoch, url, draining, stats, pttl}.
-#: A node whose lease expired comes back with epoch '' and pttl -2 (dead).
-#: KEYS nodes. ARGV the node key prefix.
+#: A node whose lease expired comes back with epoch '' and pttl -2 (dead), until it has
+#: been dead for ``forget_after`` seconds (``gone:<id>`` says since when): then its id is
+#: dropped, so ids of processes that never come back (containers) do not pile up.
+#: KEYS nodes. ARGV the node key prefix, the gone key prefix, forget_after.
 NODES = """
+local now = tonumber(redis.call('TIME')[1])
+local forget_after = tonumber(ARGV[3])
 local out = {}
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local key = ARGV[1] .. id
   local n = redis.call('HMGET', key, 'epoch', 'url', 'draining', 'stats')
-  out[#out + 1] = {id, n[1] or '', n[2] or '', n[3] or '0', n[4] or '{}', redis.call('PTTL', key)}
+  local pttl = redis.call('PTTL', key)
+  local kept = true
+  if pttl == -2 then
+    local gone = ARGV[2] .. id
+    local since = tonumber(redis.call('GET', gone) or '')
+    if not since then
+      redis.call('SET', gone, now, 'EX', forget_after * 2)
+    elseif now - since >= forget_after then
+      redis.call('SREM', KEYS[1], id)
+      redis.call('DEL', gone)
+      kept = false
+    end
+  end
+  if kept then out[#out + 1] = {id, n[1] or '', n[2] or '', n[3] or '0', n[4] or '{}', pttl} end
 end
 return out
 """
