@@ -1,6 +1,6 @@
 """Cluster mode end to end: three real ``twistd mcproxy`` nodes on one Redis of their own,
 clients rotating over the nodes as a round-robin balancer would (the test plan of the
-cluster design, tests C1-C4, C8, C10, C17, C20).
+cluster design, tests C1-C4, C8, C10, C11, C14, C17, C20, and moves).
 
 The nodes run the short fault timers (`FAST_TIMERS`). One cluster serves the module;
 tests that kill a node start their own. Every process is started and stopped by its PID.
@@ -17,7 +17,7 @@ import pytest_twisted
 import treq
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessTerminated
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 
 from bench.lean_mcp import LeanLegacySse, LeanStreamable
 from mcproxy.testing.cluster import FAST_TIMERS, Cluster, RedisServer
@@ -329,6 +329,41 @@ async def test_c8_a_killed_owners_user_is_served_by_a_new_owner(own_cluster, rea
     assert {name: after[name] for name in survivors} == survivors
     for name in survivors:
         assert len(users[name][1].links()) == 1, name
+
+
+@pytest_twisted.ensureDeferred
+async def test_c11_a_drained_owners_users_are_handed_over_with_no_failed_request(own_cluster, reactor):
+    names = ["d-a", "d-b", "d-c"]
+    users = await register_users(own_cluster, names)
+    owners = await own_cluster.owners(names)
+    drained = own_cluster.node_named(owners["d-a"])
+    survivors = [index for index, node in enumerate(own_cluster.nodes) if node is not drained]  # the balancer's view
+    moved = [name for name in names if owners[name] == drained.node_id]
+    answers: list[tuple[str, str]] = []  # (user, node that ran it), in order
+    draining = True
+
+    async def calls(name: str) -> None:
+        token = users[name][0]
+        while draining:
+            # A stateless loop of about 20 calls per second per user, rotating over the survivors.
+            _, node = await served_within_failover(own_cluster, reactor, survivors[len(answers) % 2], token)
+            answers.append((name, node))
+            await deferLater(reactor, 0.05, lambda: None)
+
+    loops = [Deferred.fromCoroutine(calls(name)) for name in moved]
+    await until(reactor, lambda: len(answers) >= 10, what="calls before the drain")
+    stopping = Deferred.fromCoroutine(drained.terminate())
+    await stopping
+    after = len(answers)
+    await until(reactor, lambda: len(answers) >= after + 10, what="calls after the drain")
+    draining = False
+    for loop in loops:
+        await loop  # every call answered: served_within_failover fails on any error
+    assert {node for name, node in answers[after:]} <= {own_cluster.nodes[i].node_id for i in survivors}
+    final = await own_cluster.owners(names, node=survivors[0])
+    assert all(final[name] != drained.node_id for name in names), final
+    for name in names:
+        await until(reactor, lambda b=users[name][1]: len(b.connections) == 1, 10)
 
 
 @pytest_twisted.ensureDeferred
