@@ -135,8 +135,6 @@ def _session_types() -> tuple[type, ...]:
 def held(proxy, reactor) -> dict[str, dict]:
     """What per-session or per-connection state there is, by where it is held; each thing by
     an identity (the objects themselves are kept, so that an id is not reused meanwhile)."""
-    from mcproxy.web.sse import KeepAlives
-
     service = proxy.service
     transports = service.transports
     site = service.ports[0].factory
@@ -144,7 +142,9 @@ def held(proxy, reactor) -> dict[str, dict]:
     return {
         "sessions": dict(service.sessions._sessions),
         "gate streams": {id(r): r for gate in transports.gates.values() for r in gate.streams},
-        "keep-alive timers": {(key, n): n for key, timer in KeepAlives.running.items() for n in range(len(timer))},
+        "keep-alive timers": {
+            (key, n): n for key, timer in transports.keepalive_timers.running.items() for n in range(len(timer))
+        },
         "connections per address": {(k, n): n for k, count in site.connections.items() for n in range(count)},
         "stateless requests": dict(transports.stateless_in_flight),
         "running tool calls": {id(d): d for d in transports.calls.running},

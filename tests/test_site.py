@@ -154,9 +154,9 @@ class Stream:
         self.clock = clock
 
     async def __call__(self, request):
-        from mcproxy.web.sse import SseStream
+        from mcproxy.web.sse import KeepAliveTimers, SseStream
 
-        SseStream(request, self.clock, keepalive=15).start()
+        SseStream(request, KeepAliveTimers(self.clock), keepalive=15).start()
 
 
 def _clocked_site(handlers, clock):

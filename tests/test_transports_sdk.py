@@ -416,11 +416,11 @@ async def test_2026_header_checks(server):
 
 
 def test_sse_keepalive_comments_follow_the_clock():
-    from mcproxy.web.sse import SseStream
+    from mcproxy.web.sse import KeepAliveTimers, SseStream
 
     clock = Clock()
     request = _PushRequest.make()
-    stream = SseStream(request, clock, keepalive=15)
+    stream = SseStream(request, KeepAliveTimers(clock), keepalive=15)
     stream.start()
     stream.send("/message?sessionId=x", event="endpoint")
     clock.advance(14)
@@ -559,10 +559,10 @@ class _PushRequest:
 
 
 def test_sse_flow_control_holds_events_while_the_client_is_slow():
-    from mcproxy.web.sse import SseStream
+    from mcproxy.web.sse import KeepAliveTimers, SseStream
 
     request = _PushRequest.make()
-    stream = SseStream(request, Clock(), keepalive=0, max_backlog=1000)
+    stream = SseStream(request, KeepAliveTimers(Clock()), keepalive=0, max_backlog=1000)
     stream.start()
     assert request.producer is stream
     stream.send("one")
@@ -577,10 +577,10 @@ def test_sse_flow_control_holds_events_while_the_client_is_slow():
 
 
 def test_sse_close_delivers_what_waits():
-    from mcproxy.web.sse import SseStream
+    from mcproxy.web.sse import KeepAliveTimers, SseStream
 
     request = _PushRequest.make()
-    stream = SseStream(request, Clock(), keepalive=0)
+    stream = SseStream(request, KeepAliveTimers(Clock()), keepalive=0)
     stream.start()
     stream.pauseProducing()
     stream.send("last")

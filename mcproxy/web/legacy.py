@@ -40,7 +40,7 @@ class LegacyTransport:
         entry = t.sessions.create(principal.user_id, TRANSPORT, principal.token_id)
         mcp = McpSession(t.server, principal, SessionView(entry.id))
         entry.state = mcp
-        stream = SseStream(request, t.clock, t.keepalive)
+        stream = SseStream(request, t.keepalive_timers, t.keepalive)
         entry.stream = stream
         stream.start()
         entry.hold()

@@ -26,9 +26,27 @@ KEEPALIVE_SLOTS = 64
 ten thousand streams are not all written to in one turn of the reactor."""
 
 
+class KeepAliveTimers:
+    """The keep-alive timers of one server's SSE streams: a `KeepAlives` per interval in use,
+    made when its first stream opens and gone with its last one."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        #: The timers with streams, by interval.
+        self.running: dict[float, KeepAlives] = {}
+
+    def join(self, stream: "SseStream", interval: float) -> "KeepAlives":
+        """The timer of ``interval``, with ``stream`` added; `KeepAlives.leave` removes it."""
+        keepalives = self.running.get(interval)
+        if keepalives is None:
+            keepalives = self.running[interval] = KeepAlives(self, interval)
+        keepalives.add(stream)
+        return keepalives
+
+
 class KeepAlives:
-    """The keep-alive comments of every stream open with one interval on one clock, on one
-    timer (a timer per stream would cost each stream memory, and each opening a timer).
+    """The keep-alive comments of every stream open with one interval, on one timer (a timer
+    per stream would cost each stream memory, and each opening a timer).
 
     The interval is cut into `KEEPALIVE_SLOTS` ticks. A stream joins the slot of the latest
     tick, so its comments come one whole interval apart, the first one interval after it
@@ -36,11 +54,9 @@ class KeepAlives:
     it passed over.
     """
 
-    #: The instances with streams, by (clock, interval); one goes when its last stream leaves.
-    running: dict[tuple[object, float], "KeepAlives"] = {}
-
-    def __init__(self, clock, interval: float):
-        self.clock = clock
+    def __init__(self, timers: KeepAliveTimers, interval: float):
+        self._timers = timers
+        self.clock = clock = timers.clock
         self.interval = interval
         self._slots: list[dict[SseStream, None]] = [{} for _ in range(KEEPALIVE_SLOTS)]
         self._position = 0
@@ -56,16 +72,11 @@ class KeepAlives:
         """How many streams it keeps alive."""
         return self._streams
 
-    @classmethod
-    def join(cls, stream: "SseStream", clock, interval: float) -> "KeepAlives":
-        """The instance for ``(clock, interval)``, with ``stream`` added; `leave` removes it."""
-        keepalives = cls.running.get((clock, interval))
-        if keepalives is None:
-            keepalives = cls.running[(clock, interval)] = cls(clock, interval)
-        stream.keepalive_slot = keepalives._position
-        keepalives._slots[keepalives._position][stream] = None
-        keepalives._streams += 1
-        return keepalives
+    def add(self, stream: "SseStream") -> None:
+        """Keep ``stream`` alive from the next interval on."""
+        stream.keepalive_slot = self._position
+        self._slots[self._position][stream] = None
+        self._streams += 1
 
     def leave(self, stream: "SseStream") -> None:
         slot = self._slots[stream.keepalive_slot]
@@ -76,7 +87,7 @@ class KeepAlives:
         if not self._streams:
             self._timer.stop()
             del self._timer  # it holds this instance's method: no cycle left behind
-            del self.running[(self.clock, self.interval)]
+            del self._timers.running[self.interval]
 
     def _tick(self) -> None:
         due = int((self.clock.seconds() - self._started) / self._step)
@@ -93,7 +104,7 @@ class SseStream:
     """An open ``text/event-stream`` response.
 
     `start` sends the headers; `send` writes one event; keep-alive comments go out every
-    ``keepalive`` seconds (`KeepAlives`) so proxies do not cut an idle stream. The stream is
+    ``keepalive`` seconds (on the server's `KeepAliveTimers`) so proxies do not cut an idle stream. The stream is
     closed when the server calls `close` or when the client goes away; either way the
     ``on_closed`` callbacks run once, and the stream lets go of its request, its callbacks
     and whatever waited to be sent, so that a session's objects are freed as soon as it ends
@@ -106,7 +117,7 @@ class SseStream:
 
     __slots__ = (
         "_request",
-        "clock",
+        "_timers",
         "keepalive",
         "max_backlog",
         "keepalive_slot",
@@ -117,9 +128,11 @@ class SseStream:
         "_backlog_size",
     )
 
-    def __init__(self, request: "ProxyRequest", clock, keepalive: float, max_backlog: int = MAX_BACKLOG):
+    def __init__(
+        self, request: "ProxyRequest", timers: KeepAliveTimers, keepalive: float, max_backlog: int = MAX_BACKLOG
+    ):
         self._request: ProxyRequest | None = request
-        self.clock = clock
+        self._timers = timers
         self.keepalive = keepalive
         self.max_backlog = max_backlog
         #: Which of its `KeepAlives` slots the stream is in.
@@ -147,7 +160,7 @@ class SseStream:
         request.notifyFinish().addBoth(self._finished)
         request.registerProducer(self, True)
         if self.keepalive and self.keepalive > 0:
-            self._keepalives = KeepAlives.join(self, self.clock, self.keepalive)
+            self._keepalives = self._timers.join(self, self.keepalive)
 
     def on_closed(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once the stream has ended (at once if it already has)."""

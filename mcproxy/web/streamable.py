@@ -60,7 +60,7 @@ class _Exchange:
         """The event stream of the answer, opened on first use."""
         stream = self.stream
         if stream is None:
-            stream = self.stream = SseStream(self.request, self.t.clock, self.t.keepalive)
+            stream = self.stream = SseStream(self.request, self.t.keepalive_timers, self.t.keepalive)
             stream.start()
         return stream
 
@@ -280,7 +280,7 @@ class StreamableTransport:
         entry = self._session(session_id, principal) or await self._resumed(session_id, principal)
         if entry.stream is not None and not entry.stream.closed:
             raise Conflict("this session already has an open stream", code="stream_already_open")
-        stream = SseStream(request, t.clock, t.keepalive)
+        stream = SseStream(request, t.keepalive_timers, t.keepalive)
         stream.start()
         stream.comment("stream open")
         entry.stream = stream

@@ -20,7 +20,7 @@ from mcproxy.session.records import NoSessionRecords
 from mcproxy.threads import thread_runner
 from mcproxy.web.legacy import LegacyTransport
 from mcproxy.web.routes import MCP_ORIGINS, Area, Route, callers_user
-from mcproxy.web.sse import SseStream
+from mcproxy.web.sse import KeepAliveTimers, SseStream
 from mcproxy.web.streamable import StreamableTransport
 
 log = Logger()
@@ -124,6 +124,8 @@ class McpTransports:
 
     def __init__(self, reactor, config, tools, sessions, *, resources=None, records: ISessionRecords | None = None):
         self.clock = reactor
+        #: One keep-alive timer per interval for all the SSE streams open here.
+        self.keepalive_timers = KeepAliveTimers(reactor)
         self.sessions = sessions
         self.records = records if records is not None else NoSessionRecords()
         sessions.add_end_listener(self.records.ended)
