@@ -9,7 +9,7 @@ reading and encoding run away from the reactor.
 from datetime import UTC, datetime
 
 import mcp_types
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.threads import deferToThread
 
 from mcproxy.artifacts.artifact import Artifact
@@ -32,7 +32,7 @@ class ArtifactResources:
 
     def list_resources(self, principal) -> Deferred:
         """``resources/list``: Deferred[list[Resource]], the caller's own artifacts."""
-        return self._store.index.listed(principal.user_id).addCallback(
+        return ensureDeferred(self._store.index.listed(principal.user_id)).addCallback(
             lambda artifacts: [
                 mcp_types.Resource(
                     uri=a.uri,
