@@ -10,6 +10,9 @@ upstream connection, which cancels the work on the owner like any departing clie
 Whatever keeps the owner from taking the request is raised before anything is written to
 the client, as a `ForwardFailed` saying whether the request ran there, so the router can
 re-route, wait or answer.
+
+`Forwarder.fetch` uses the same connections and envelope for a request of this process's
+own (another process's artifact), its answer read whole.
 """
 
 from typing import TYPE_CHECKING, Any
