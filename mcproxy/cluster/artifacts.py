@@ -85,14 +85,19 @@ class RedisArtifactIndex:
         self.max_bytes = max_bytes
         self.control: Control | None = None
 
-    def _keys(self, user_id: str) -> list[str]:
-        control = self._control()
-        return [control.key("art", user_id), control.key("artname", user_id)]
-
     def _control(self) -> Control:
         if self.control is None:
             raise CoordinationUnavailable("this process is not connected to the cluster yet")
         return self.control
+
+    def _keys(self, user_id: str) -> list[str]:
+        """``art:<user>`` and ``artname:<user>``."""
+        control = self._control()
+        return [control.key("art", user_id), control.key("artname", user_id)]
+
+    def _records(self, user_id: str) -> list[str]:
+        """``art:<user>`` alone."""
+        return [self._control().key("art", user_id)]
 
     async def add(self, artifact: Artifact) -> None:
         record = {
@@ -115,14 +120,14 @@ class RedisArtifactIndex:
 
     def remove(self, artifact: Artifact) -> None:
         if self.control is None:
-            return  # the holder's sweep removes it later
+            return  # not connected yet: the record expires with the artifact
         removing = self.control.eval(REMOVE, self._keys(artifact.user_id), [artifact.id, artifact.name])
         removing.addErrback(
             lambda f: log.warn("Artifact {id} not removed from the index: {reason}", id=artifact.id, reason=f.value)
         )
 
     async def listed(self, user_id: str) -> list[Artifact]:
-        flat = await self._control().eval(RECORDS, self._keys(user_id)[:1], [])
+        flat = await self._control().eval(RECORDS, self._records(user_id), [])
         now = self.clock.seconds()
         found = (_artifact(user_id, flat[i], flat[i + 1]) for i in range(0, len(flat), 2))
         return sorted((a for a in found if a.expires > now), key=lambda a: (a.created, a.name))
@@ -131,7 +136,7 @@ class RedisArtifactIndex:
         found = artifact_id(uri)
         if found is None:
             return None
-        raw = await self._control().eval(RECORD, self._keys(user_id)[:1], [found])
+        raw = await self._control().eval(RECORD, self._records(user_id), [found])
         artifact = _artifact(user_id, found, raw) if raw else None
         return artifact if artifact is not None and artifact.expires > self.clock.seconds() else None
 
@@ -141,14 +146,15 @@ class RedisArtifactIndex:
         gone: set[str] = set()
         for start in range(0, len(artifacts), CHECK_BATCH):
             batch = artifacts[start : start + CHECK_BATCH]
-            keys = [self.control.key("art", a.user_id) for a in batch]
+            keys = [key for a in batch for key in self._records(a.user_id)]
             recorded = await self.control.eval(RECORDED, keys, [a.id for a in batch])
             gone.update(a.id for a, kept in zip(batch, recorded, strict=True) if not int(kept))
         return gone
 
     async def fetch(self, artifact: Artifact) -> bytes | None:
         holder = artifact.holder
-        url = await self._control().eval(NODE_URL, [self._control().key("node", holder)], [])
+        control = self._control()
+        url = await control.eval(NODE_URL, [control.key("node", holder)], [])
         if not url:
             log.warn(
                 "Artifact {id} of user {user_id} is held by node {node}, which is gone",
