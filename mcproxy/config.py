@@ -174,6 +174,7 @@ class ArtifactsConfig:
     ttl: float = 86400.0
     max_files_per_user: int = 1000
     max_bytes_per_user: int = 1073741824
+    shared_dir: str = ""
 
 
 @attrs.frozen

@@ -214,3 +214,34 @@ class ISessionRecords(Interface):
     def load(user_id, session_id):
         """Deferred[`mcproxy.session.records.SessionRecord` | None]: the record of a session
         of ``user_id`` this process does not hold."""
+
+
+class IArtifactIndex(Interface):
+    """Which artifacts each user has, and which process holds each file.
+
+    `mcproxy.artifacts.index.LocalIndex` is the artifact store's own (one process: every file
+    is here); `mcproxy.cluster.artifacts.RedisArtifactIndex` keeps the records in Redis, so
+    a user's artifacts stay listed and readable when the user moves to another process.
+    `Artifact` records cross it (`mcproxy.artifacts.artifact`).
+    """
+
+    def add(artifact):
+        """Record a saved artifact, replacing the user's artifact of the same name.
+        Deferred[None]; fails with `ToolError` when it cannot be recorded."""
+
+    def remove(artifact):
+        """Forget an artifact (expired, or its file is gone), in the background."""
+
+    def listed(user_id):
+        """Deferred[list[Artifact]]: the user's live artifacts, oldest first."""
+
+    def find(user_id, uri):
+        """Deferred[Artifact | None]: the user's live artifact behind ``uri``."""
+
+    def missing(artifacts):
+        """Deferred[set[str]]: the ids of ``artifacts`` (held here) that the index no longer
+        lists (replaced by a save elsewhere), whose files may go."""
+
+    def fetch(artifact):
+        """Deferred[bytes | None]: the file of an artifact another process holds, from that
+        process; None when it cannot be had (the process is gone)."""

@@ -31,11 +31,12 @@ from mcproxy.browser.emulation import emulation_listener
 from mcproxy.browser.policy import PolicyBook
 from mcproxy.browser.pool import BrowserPool
 from mcproxy.browser.registered import RegisteredBrowsers
+from mcproxy.cluster.artifacts import HeldArtifacts
 from mcproxy.cluster.events import TOKEN_REVOKED
 from mcproxy.cluster.limits import SharedLimits
 from mcproxy.cluster.metrics import ClusterMetrics
 from mcproxy.cluster.routing import EdgePlacement, OwnerCheck, TrustedOrigins
-from mcproxy.cluster.service import ClusterNode, fenced_links
+from mcproxy.cluster.service import ClusterNode, fenced_links, internal_address
 from mcproxy.config import Config, ConfigError
 from mcproxy.interfaces import IStore
 from mcproxy.lifecycle import StartInOrder
@@ -189,7 +190,10 @@ class MCProxyService(StartInOrder):
         ).store
         attach(AdminTokenService(store, config.server.data_dir, reactor))
         audit = attach(AuditLog(config.audit.path, reactor))
-        daemon.artifacts = artifacts = attach(ArtifactStore(config.server.data_dir, config.artifacts, reactor))
+        node_id = internal_address(config)[0] if config.cluster.enabled else ""
+        daemon.artifacts = artifacts = attach(
+            ArtifactStore(config.server.data_dir, config.artifacts, reactor, node_id=node_id)
+        )
         daemon.sessions = sessions = live(SessionRegistry.from_config(reactor, config))
         daemon.metrics = metrics = attach(
             Metrics(
@@ -255,11 +259,12 @@ class MCProxyService(StartInOrder):
             # Tool limits stay in `limits` (see mcproxy.cluster.limits); the per-user ones are shared.
             shared = live(SharedLimits(reactor, config.ratelimit, limits, on_limited=metrics.rate_limited))
             daemon.cluster = ClusterNode(reactor, config, store=store, pool=pool, sessions=sessions, limits=shared)
+            artifacts.index = daemon.cluster.artifact_index
         site = daemon._web(
             store, pool, sessions, tools, limits, metrics, plugins, activity, audit, artifacts, revocation
         )
         if daemon.cluster is not None:
-            internal = daemon._internal_site(metrics, plugins, audit)
+            internal = daemon._internal_site(metrics, plugins, audit, artifacts)
             attach(
                 Listener.from_config(reactor, config.cluster.internal_listen, internal, key="cluster.internal_listen")
             )
@@ -381,9 +386,10 @@ class MCProxyService(StartInOrder):
             )
         )
 
-    def _internal_site(self, metrics, plugins, audit) -> ProxySite:
+    def _internal_site(self, metrics, plugins, audit, artifacts) -> ProxySite:
         """The internal listener's site: the routes a user's owner serves (the MCP endpoints,
-        a user's registration, status and removal), for requests the other processes signed.
+        a user's registration, status and removal) and the files of the artifacts this
+        process holds, for requests the other processes signed.
         Host, Origin, client address rules and rate limits were applied where they arrived."""
         config, cluster = self.config, self.cluster
         assert cluster is not None
@@ -394,6 +400,7 @@ class MCProxyService(StartInOrder):
             admin=self.admin,
             audit=plugins.admin_audit(audit.admin_action),
             place=OwnerCheck(cluster).place,
+            internal=HeldArtifacts(artifacts).area(),
         )
         # Other processes keep their connections for a minute: ours stay open longer, so a
         # forward never lands on a connection this side is closing.

@@ -65,8 +65,8 @@ async def test_screenshot_to_file_is_a_png_resource_of_its_owner_only(tools, sto
     assert text_of(result).startswith("Took a screenshot of the current page's viewport.\nScreenshot saved as ")
     uri, data = saved(result, store, "shots/home.png", "image/png")
     assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
-    assert [r.uri for r in resources(store).list_resources(ALICE)] == [uri]
-    assert resources(store).list_resources(BOB) == []
+    assert [r.uri for r in success_result_of(resources(store).list_resources(ALICE))] == [uri]
+    assert success_result_of(resources(store).list_resources(BOB)) == []
     refused = failure_result_of(resources(store).read_resource(BOB, uri), RpcError)
     assert "Resource not found" in refused.value.message
 

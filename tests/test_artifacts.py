@@ -46,6 +46,11 @@ def resources(store: ArtifactStore) -> ArtifactResources:
     return ArtifactResources(store, in_this_thread)
 
 
+def listed(store: ArtifactStore, principal) -> list:
+    """``resources/list`` of ``principal``."""
+    return success_result_of(resources(store).list_resources(principal))
+
+
 def files_under(path) -> list[str]:
     return sorted(os.path.relpath(os.path.join(d, f), path) for d, _, names in os.walk(path) for f in names)
 
@@ -57,12 +62,12 @@ def test_save_list_read_round_trip(store, tmp_path, clock):
     assert shot.uri == f"mcproxy://artifacts/{shot.id}" and len(shot.id) == 32
     assert (shot.name, shot.size, shot.mime_type) == ("shots/home.png", len(PNG), "image/png")
 
-    listed = resources(store).list_resources(ALICE)
-    assert [(r.uri, r.name, r.mime_type, r.size) for r in listed] == [
+    shown = listed(store, ALICE)
+    assert [(r.uri, r.name, r.mime_type, r.size) for r in shown] == [
         (shot.uri, "shots/home.png", "image/png", len(PNG)),
         (notes.uri, "notes.md", "text/markdown", len("héllo\n".encode())),
     ]
-    assert "2023-11-14T22:13:20Z" in listed[0].description  # when it was saved
+    assert "2023-11-14T22:13:20Z" in shown[0].description  # when it was saved
 
     blob = success_result_of(resources(store).read_resource(ALICE, shot.uri)).contents[0]
     assert base64.b64decode(blob.blob) == PNG and blob.mime_type == "image/png" and blob.uri == shot.uri
@@ -80,7 +85,7 @@ def test_save_list_read_round_trip(store, tmp_path, clock):
 def test_saving_the_same_name_again_replaces_the_artifact(store):
     first = success_result_of(store.save("alice", "shot.png", PNG))
     second = success_result_of(store.save("alice", "./shot.png", PNG[:20]))
-    assert [r.uri for r in resources(store).list_resources(ALICE)] == [second.uri]
+    assert [r.uri for r in listed(store, ALICE)] == [second.uri]
     failure_result_of(resources(store).read_resource(ALICE, first.uri), RpcError)
     assert (
         base64.b64decode(success_result_of(resources(store).read_resource(ALICE, second.uri)).contents[0].blob)
@@ -91,7 +96,7 @@ def test_saving_the_same_name_again_replaces_the_artifact(store):
 def test_another_user_can_neither_list_nor_read(store):
     secret = success_result_of(store.save("alice", "secret.txt", b"alice's"))
     success_result_of(store.save("mallory/../alice", "mine.txt", b"mallory's"))
-    assert [r.name for r in resources(store).list_resources(MALLORY)] == ["mine.txt"]
+    assert [r.name for r in listed(store, MALLORY)] == ["mine.txt"]
     e = failure_result_of(resources(store).read_resource(MALLORY, secret.uri), RpcError)
     # Exactly what an unknown resource gets (protocol.EmptyResources), so nothing leaks.
     assert (e.value.code, e.value.message) == (-32602, f"Resource not found: {secret.uri}")
@@ -181,7 +186,7 @@ def test_a_file_swapped_for_a_symlink_is_not_read(store, tmp_path):
     path.unlink()
     os.symlink(tmp_path / "secret", path)
     failure_result_of(resources(store).read_resource(ALICE, saved.uri), RpcError)
-    assert resources(store).list_resources(ALICE) == []
+    assert listed(store, ALICE) == []
 
 
 def test_size_limit_aborts_the_writer_and_leaves_no_file(store, tmp_path):
@@ -195,7 +200,7 @@ def test_size_limit_aborts_the_writer_and_leaves_no_file(store, tmp_path):
     writer.abort()  # harmless after the limit already aborted it
     assert files_under(tmp_path) == []
     failure_result_of(store.save("alice", "big.bin", b"y" * 10_001), ToolError)
-    assert files_under(tmp_path) == [] and resources(store).list_resources(ALICE) == []
+    assert files_under(tmp_path) == [] and listed(store, ALICE) == []
     exactly = success_result_of(store.save("alice", "ok.bin", b"y" * 10_000))
     assert exactly.size == 10_000
 
@@ -213,7 +218,7 @@ def test_streaming_writer_and_abort(store, tmp_path):
     abandoned = store.writer("alice", "abandoned.json")
     abandoned.write(b"partial")
     abandoned.abort()
-    assert [r.name for r in resources(store).list_resources(ALICE)] == ["parts.json"]
+    assert [r.name for r in listed(store, ALICE)] == ["parts.json"]
     (user_dir,) = os.listdir(tmp_path / "artifacts")
     assert not any("abandoned" in f or f.startswith("tmp") for f in files_under(tmp_path / "artifacts" / user_dir))
 
@@ -225,9 +230,9 @@ def test_expiry_by_sweep_and_on_read(store, clock, tmp_path):
         clock.advance(1800)
         late = success_result_of(store.save("alice", "late.txt", b"2"))
         clock.advance(1799.5)
-        assert [r.name for r in resources(store).list_resources(ALICE)] == ["early.txt", "late.txt"]
+        assert [r.name for r in listed(store, ALICE)] == ["early.txt", "late.txt"]
         clock.advance(0.5)  # early expires now; the sweep has not run yet, the read checks itself
-        assert [r.name for r in resources(store).list_resources(ALICE)] == ["late.txt"]
+        assert [r.name for r in listed(store, ALICE)] == ["late.txt"]
         failure_result_of(resources(store).read_resource(ALICE, early.uri), RpcError)
         assert not any(f.endswith("early.txt") for f in files_under(tmp_path))
         clock.advance(1800)  # the minute sweep deletes late's file without anyone asking
@@ -250,11 +255,11 @@ def test_restart_rebuilds_the_index(tmp_path, clock):
 
     clock.advance(2700)  # past doomed's expiry, before the others'
     second = ArtifactStore(str(tmp_path), config, clock)
-    listed = [(r.uri, r.name, r.size) for r in resources(second).list_resources(ALICE)]
-    assert listed == [(kept.uri, "shots/kept.png", len(PNG))]
+    shown = [(r.uri, r.name, r.size) for r in listed(second, ALICE)]
+    assert shown == [(kept.uri, "shots/kept.png", len(PNG))]
     assert base64.b64decode(success_result_of(resources(second).read_resource(ALICE, kept.uri)).contents[0].blob) == PNG
     bob = Principal("bob", frozenset())
-    assert [r.uri for r in resources(second).list_resources(bob)] == [later.uri]
+    assert [r.uri for r in listed(second, bob)] == [later.uri]
     failure_result_of(resources(second).read_resource(bob, doomed.uri), RpcError)
     leftovers = files_under(tmp_path)
     assert not any("doomed" in f or doomed.id in f or f.split("/")[-2] == "tmp" for f in leftovers), leftovers

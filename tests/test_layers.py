@@ -18,6 +18,7 @@ FORBIDDEN = {
     "mcp": {"storage", "browser", "tools", "session", "web", "cluster"},
     "session": {"storage", "browser", "tools", "web", "cluster"},
     "web": {"tools", "cluster"},
+    "artifacts": {"auth", "storage", "browser", "tools", "session", "web", "cluster"},
     "cluster": {"tools"},
 }
 ROOTS = {"service", "tap"}

@@ -8,5 +8,7 @@ for its owner only, until ``artifacts.ttl`` passes.
 
 `names` checks the names clients give; `artifact` is the record of one saved file;
 `disk` opens, writes and removes files without following symlinks; `store` keeps the
-per-user index, its quotas and expiry; `resources` is the MCP view of it.
+files of this process, their quotas and expiry; `index` says which artifacts a user has
+(the store's own, or a cluster's: `mcproxy.interfaces.IArtifactIndex`); `resources` is the
+MCP view of it.
 """

@@ -11,7 +11,8 @@ _ID = re.compile(r"[0-9a-f]{32}")
 
 @attrs.frozen
 class Artifact:
-    """One saved file: ``name`` is the caller's relative path, ``uri`` how the client reads it."""
+    """One saved file: ``name`` is the caller's relative path, ``uri`` how the client reads it,
+    ``holder`` the process of a cluster that wrote the file (its node id; "" in one process)."""
 
     id: str
     user_id: str
@@ -20,13 +21,15 @@ class Artifact:
     size: int
     created: float
     expires: float
+    holder: str = ""
 
     @property
     def uri(self) -> str:
         return URI_PREFIX + self.id
 
     def sidecar(self) -> dict:
-        """What ``meta/<id>.json`` holds, enough to rebuild the index after a restart."""
+        """What ``meta/<id>.json`` holds, enough to rebuild the index after a restart (the
+        holder is the process whose directory holds it)."""
         return {
             "id": self.id,
             "user": self.user_id,

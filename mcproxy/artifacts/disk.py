@@ -43,11 +43,12 @@ def open_dir(parent_fd: int, name: str, create: bool) -> int:
     return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
 
 
-def open_user_dir(root: str, user_id: str) -> int:
-    """The user's own directory under ``root`` (created on first use); the caller closes it."""
+def open_user_dir(root: str, user_id: str, *, create: bool = True) -> int:
+    """The user's own directory under ``root`` (created on first use unless not to); the
+    caller closes it."""
     root_fd = os.open(root, _DIR_FLAGS)
     try:
-        return open_dir(root_fd, user_dir(user_id), create=True)
+        return open_dir(root_fd, user_dir(user_id), create=create)
     finally:
         os.close(root_fd)
 

@@ -8,20 +8,29 @@ Disk I/O is synchronous: `ArtifactStore.save` is for data already in memory (a
 screenshot, a snapshot) and writes it at once; big data goes through
 `ArtifactStore.writer`, whose callers hand it one chunk (at most a few MiB) per reactor
 turn, so the reactor never stalls for long.
+
+Which artifacts a user has is the `IArtifactIndex`'s to say: the store's own holdings in
+one process, records in Redis in a cluster, where each process keeps the files it wrote
+(under ``artifacts.shared_dir/<node id>`` when every process reaches that directory) and
+its sweep deletes them once they expire or their record is gone (replaced elsewhere).
 """
 
 import os
 import secrets
 
+import attrs
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from mcproxy.artifacts import disk
 from mcproxy.artifacts.artifact import Artifact, artifact_id
+from mcproxy.artifacts.index import LocalIndex
 from mcproxy.artifacts.names import guess_mime_type, split_path
-from mcproxy.config import ArtifactsConfig
+from mcproxy.config import ArtifactsConfig, ConfigError
 from mcproxy.errors import ToolError
+from mcproxy.interfaces import IArtifactIndex
 
 log = Logger()
 
@@ -29,17 +38,24 @@ SWEEP_INTERVAL = 60.0
 
 
 class ArtifactStore(Service):
-    """Per-user artifact files with an in-memory index.
+    """Per-user artifact files with an in-memory index of those held here.
 
     ``clock`` provides ``seconds()`` and ``callLater`` (the reactor, or a test Clock).
     `start` / `stop` (or the Service methods) run the expiry sweep once a minute; reads
-    check expiry too, so an expired artifact is never served between sweeps.
+    check expiry too, so an expired artifact is never served between sweeps. ``node_id``
+    is this process in a cluster (the ``holder`` of what it saves); ``index`` says which
+    artifacts each user has (`LocalIndex` unless a cluster sets its own before the start).
     """
 
-    def __init__(self, data_dir: str, config: ArtifactsConfig, clock):
-        self._root = os.path.join(os.path.abspath(data_dir), "artifacts")
+    def __init__(self, data_dir: str, config: ArtifactsConfig, clock, *, node_id: str = ""):
+        self._shared = os.path.abspath(config.shared_dir) if config.shared_dir else ""
+        if self._shared and (os.sep in node_id or node_id in (".", "..")):
+            raise ConfigError(f"artifacts.shared_dir: the node id {node_id!r} must be usable as a directory name")
+        self.node_id = node_id
+        self._root = self._root_of(node_id) if self._shared else os.path.join(os.path.abspath(data_dir), "artifacts")
         self._config = config
         self._clock = clock
+        self.index: IArtifactIndex = LocalIndex(self)
         self._index: dict[str, Artifact] = {}
         self._owned: dict[str, dict[str, Artifact]] = {}
         self._writing: dict[str, set[ArtifactWriter]] = {}
@@ -70,16 +86,28 @@ class ArtifactStore(Service):
         self.stop()
         return super().stopService()
 
-    def sweep(self) -> None:
-        """Forget and delete every expired artifact."""
+    def sweep(self) -> Deferred:
+        """Forget and delete every expired artifact held here, then those the index no
+        longer lists (another process saved over their names); fires when done."""
         now = self._clock.seconds()
         for artifact in [a for a in self._index.values() if a.expires <= now]:
             self._remove(artifact, with_file=True)
+        checked = ensureDeferred(self.index.missing(list(self._index.values())))
+        return checked.addCallbacks(self._vanished, self._unchecked)
+
+    def _vanished(self, ids: set[str]) -> None:
+        for artifact in filter(None, map(self._index.get, ids)):
+            log.info("Artifact {id} of user {user_id} was replaced elsewhere", id=artifact.id, user_id=artifact.user_id)
+            self._forget(artifact, with_file=True)
+
+    def _unchecked(self, failure) -> None:
+        log.warn("Artifacts not checked against the index this time: {reason}", reason=failure.getErrorMessage())
 
     def _load(self) -> None:
-        """Rebuild the index from the sidecars on disk, dropping what expired meanwhile."""
+        """Rebuild the holdings from the sidecars on disk, dropping what expired meanwhile."""
         now = self._clock.seconds()
         for artifact in disk.scan(self._root):
+            artifact = attrs.evolve(artifact, holder=self.node_id)
             if artifact.expires <= now:
                 self._remove(artifact, with_file=True)
             else:
@@ -146,12 +174,19 @@ class ArtifactStore(Service):
         """The caller's own directory (created on first use), opened without following symlinks."""
         return disk.open_user_dir(self._root, user_id)
 
-    def _commit(self, artifact: Artifact, user_fd: int, parts: list[str], tmp_name: str) -> None:
-        """Move a complete temp file to its name and record it (replacing an older artifact there)."""
+    async def _commit(self, artifact: Artifact, user_fd: int, parts: list[str], tmp_name: str) -> None:
+        """Move a complete temp file to its name and record it (replacing an older artifact
+        there); the file goes again when the index cannot record it."""
         disk.move_into_place(user_fd, tmp_name, parts)
         name = "/".join(parts)
         for old in [a for a in self._owned.get(artifact.user_id, {}).values() if a.name == name]:
-            self._remove(old, with_file=False)
+            self._forget(old, with_file=False)  # the index replaces its record with this one
+        try:
+            await self.index.add(artifact)
+        except BaseException:
+            disk.unlink_quietly(user_fd, ["files", *parts])
+            disk.prune(user_fd, parts)
+            raise
         disk.write_sidecar(user_fd, artifact)
         self._add(artifact)
         log.info(
@@ -163,8 +198,13 @@ class ArtifactStore(Service):
         )
 
     def _remove(self, artifact: Artifact, *, with_file: bool) -> None:
-        """Forget ``artifact``: its sidecar, and its file (and the directories that leaves
-        empty) unless a newer artifact replaced it."""
+        """`_forget` ``artifact`` here and in the index."""
+        self.index.remove(artifact)
+        self._forget(artifact, with_file=with_file)
+
+    def _forget(self, artifact: Artifact, *, with_file: bool) -> None:
+        """Forget ``artifact`` here: its sidecar, and its file (and the directories that
+        leaves empty) unless a newer artifact replaced it."""
         self._index.pop(artifact.id, None)
         owned = self._owned.get(artifact.user_id, {})
         owned.pop(artifact.id, None)
@@ -214,10 +254,20 @@ class ArtifactStore(Service):
             return None
         return artifact, data
 
+    def reads(self, artifact: Artifact) -> bool:
+        """Whether this process reads the artifact's file itself: it wrote it, or every
+        process's files are in ``artifacts.shared_dir``."""
+        return artifact.holder == self.node_id or bool(self._shared)
+
+    def _root_of(self, holder: str) -> str:
+        return os.path.join(self._shared, holder)
+
     def read_bytes(self, artifact: Artifact) -> bytes | None:
-        """The artifact's bytes, or None when its file is gone (safe in a thread)."""
+        """The artifact's bytes, or None when its file is gone (safe in a thread); only for
+        an artifact this process `reads`."""
+        root = self._root if artifact.holder == self.node_id else self._root_of(artifact.holder)
         try:
-            user_fd = self._user_fd(artifact.user_id)
+            user_fd = disk.open_user_dir(root, artifact.user_id, create=False)
             try:
                 return disk.read_file(user_fd, ["files", *artifact.name.split("/")])
             finally:
@@ -228,7 +278,10 @@ class ArtifactStore(Service):
     def lost(self, artifact: Artifact) -> None:
         """Forget an artifact whose file is gone (deleted, or swapped for something else)."""
         log.warn("Artifact {id} of user {user_id} lost its file", id=artifact.id, user_id=artifact.user_id)
-        self._remove(artifact, with_file=False)
+        if artifact.holder == self.node_id:
+            self._remove(artifact, with_file=False)
+        else:
+            self.index.remove(artifact)
 
 
 class ArtifactWriter:
@@ -289,9 +342,10 @@ class ArtifactWriter:
             size=self.size,
             created=now,
             expires=now + self._store._config.ttl,
+            holder=self._store.node_id,
         )
         try:
-            self._store._commit(artifact, self._user_fd, self._parts, self._tmp_name)
+            await self._store._commit(artifact, self._user_fd, self._parts, self._tmp_name)
         finally:
             self._discard()
         return artifact

@@ -14,4 +14,5 @@ Modules:
 - `mcproxy.cluster.ownership`: `Ownership`, claims, the owner cache, placement, reconciliation.
 - `mcproxy.cluster.envelope`, `mcproxy.cluster.forward`: the signed internal hop to an owner.
 - `mcproxy.cluster.routing`, `mcproxy.cluster.service`: per-request routing and wiring.
+- `mcproxy.cluster.artifacts`: the users' artifact index in Redis, held files fetched over the hop.
 """

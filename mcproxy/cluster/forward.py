@@ -10,6 +10,9 @@ upstream connection, which cancels the work on the owner like any departing clie
 Whatever keeps the owner from taking the request is raised before anything is written to
 the client, as a `ForwardFailed` saying whether the request ran there, so the router can
 re-route, wait or answer.
+
+`Forwarder.fetch` uses the same connections and envelope for a request of this process's
+own (another process's artifact), its answer read whole.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -24,7 +27,7 @@ from zope.interface import implementer
 
 from mcproxy import wirejson
 from mcproxy.cluster.envelope import HEADER, DuplicateForward, Envelope, new_nonce
-from mcproxy.cluster.hop import HopConnection, HopPool
+from mcproxy.cluster.hop import BadAnswer, HopConnection, HopPool
 from mcproxy.errors import MCProxyError, ServerFull
 from mcproxy.mcp.codes import OWNER_LOST
 from mcproxy.mcp.jsonrpc import encode, error_message
@@ -211,15 +214,76 @@ class Forwarder:
         if body or method in (b"POST", b"PUT", b"PATCH"):
             head += (b"Content-Length: ", b"%d" % len(body), b"\r\n")
         head += (b"X-Request-Id: ", rid.encode("ascii"), b"\r\n", HEADER, b": ", envelope, b"\r\n\r\n", body)
+        connection = await self._connection(node, to)
+        exchange = _Exchange(request, connection, to, rid, nonce, rpc_id)
+        connection.send(b"".join(head), exchange, no_body=method == b"HEAD")
+        await exchange.done
+
+    async def fetch(self, *, to: str, url: str, principal: "Principal", path: bytes, limit: int) -> tuple[int, bytes]:
+        """``GET path`` from node ``to`` at ``url`` for ``principal``, signed like a forward:
+        (status, body), the body read whole (the caller's own request, not a client's).
+
+        Raises `OwnerUnreachable` when no connection can be made, `BadAnswer` for a body
+        over ``limit`` bytes (the connection is dropped), or the reason the connection was
+        lost before the answer ended. Cancelling it drops the connection.
+        """
+        rid = new_nonce()
+        envelope = self._envelope.seal(
+            to=to, principal=principal, client=None, method=b"GET", path=path, body=b"", rid=rid
+        )
+        node = self._pool.node(url)
+        head = (b"GET ", path, b" HTTP/1.1\r\n", node.host_line, b"X-Request-Id: ", rid.encode("ascii"), b"\r\n")
+        connection = await self._connection(node, to)
+        answer = _Collected(connection, limit)
+        connection.send(b"".join((*head, HEADER, b": ", envelope, b"\r\n\r\n")), answer)
+        return await answer.done
+
+    async def _connection(self, node, to: str) -> HopConnection:
+        """An idle connection to ``node`` (node ``to``), or a new one; `OwnerUnreachable`."""
         connection = self._pool.idle_connection(node)
         if connection is None:
             try:
                 connection = await self._pool.new_connection(node)
             except (ConnectError, DNSLookupError, defer.TimeoutError) as e:
                 raise OwnerUnreachable(f"cannot reach node {to}: {e.__class__.__name__}") from None
-        exchange = _Exchange(request, connection, to, rid, nonce, rpc_id)
-        connection.send(b"".join(head), exchange, no_body=method == b"HEAD")
-        await exchange.done
+        return connection
+
+
+class _Collected:
+    """A whole answer read into memory (a `mcproxy.cluster.hop.Answer`), at most ``limit``
+    bytes of body: ``done`` fires with (status, body)."""
+
+    def __init__(self, connection: HopConnection, limit: int):
+        self.done: Deferred[tuple[int, bytes]] = Deferred(self._cancel)
+        self._connection: HopConnection | None = connection
+        self._limit = limit
+        self._status = 0
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self._status = status
+
+    def body(self, data: bytes) -> None:
+        self._size += len(data)
+        if self._size > self._limit:
+            self._cancel(self.done)
+            self.done.errback(BadAnswer(f"a body of more than {self._limit} bytes"))
+            return
+        self._parts.append(data)
+
+    def end(self) -> None:
+        self._connection = None
+        self.done.callback((self._status, b"".join(self._parts)))
+
+    def lost(self, reason: Failure) -> None:
+        self._connection = None
+        self.done.errback(reason)
+
+    def _cancel(self, _done: Deferred) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.abort()
 
 
 #: Answers that may say the owner did not run the request (`_refusal`): read whole first.

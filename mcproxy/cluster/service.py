@@ -21,6 +21,7 @@ from mcproxy.auth.admission import Admission
 from mcproxy.auth.tokens import is_valid_token_id, is_valid_user_id
 from mcproxy.browser.cdp.connection import CDPConnection
 from mcproxy.browser.connect import LinkOpener
+from mcproxy.cluster.artifacts import RedisArtifactIndex
 from mcproxy.cluster.control import CoordinationUnavailable
 from mcproxy.cluster.envelope import Envelope
 from mcproxy.cluster.events import RELOAD, TOKEN_REVOKED, USER, Events
@@ -149,6 +150,8 @@ class ClusterNode(AsyncService):
             connect_timeout=config.cluster.forward_connect_timeout,
             max_connections=config.cluster.max_forward_connections,
         )
+        #: Where each user's artifacts are listed (the artifact store's index in a cluster).
+        self.artifact_index = RedisArtifactIndex(reactor, self.forwarder, max_bytes=config.artifacts.max_bytes)
         #: Fenced writes of the owned users' state; Streamable HTTP session records through it.
         self.writer = FencedWriter(reactor, self._token_of)
         self.session_records = RedisSessionRecords(self.writer, sessions, reactor)
@@ -164,9 +167,8 @@ class ClusterNode(AsyncService):
         from mcproxy.cluster.ownership import Ownership
 
         cluster = self.config.cluster
-        self.control = self.limits.control = self.events.control = await open_control(
-            self.reactor, self.config.store.url
-        )
+        self.control = await open_control(self.reactor, self.config.store.url)
+        self.limits.control = self.events.control = self.artifact_index.control = self.control
         self.writer.start(self.control)
         self.session_records.start()
         await self.events.start()  # before owning anyone: no revocation is missed meanwhile
@@ -207,7 +209,7 @@ class ClusterNode(AsyncService):
             await self._await_writes("stopping", self.writer.stop())
         await self.forwarder.close()
         if self.control is not None:
-            self.limits.control = self.events.control = None
+            self.limits.control = self.events.control = self.artifact_index.control = None
             await self.control.close()
 
     # -- events from the other processes ---------------------------------------------

@@ -9,6 +9,7 @@ from twisted.internet.defer import Deferred
 from twisted.web.http_headers import Headers
 
 from mcproxy import config as configuration
+from mcproxy.mcp.envelope import NAME_BEARING
 from mcproxy.service import MCProxyService
 
 
@@ -56,21 +57,26 @@ class RunningProxy:
         self, token: str, name: str, arguments: dict | None = None, rid: int = 1
     ) -> tuple[dict, Headers]:
         """`call_tool`, also returning the answer's headers (which node ran it, in a cluster)."""
+        return await self.request_with_headers(token, "tools/call", {"name": name, "arguments": arguments or {}}, rid)
+
+    async def request_with_headers(self, token: str, method: str, params: dict, rid: int = 1) -> tuple[dict, Headers]:
+        """One stateless (2026-07-28) request of ``method`` on /mcp: the parsed JSON-RPC answer
+        and the answer's headers."""
         meta = {
             "io.modelcontextprotocol/protocolVersion": "2026-07-28",
             "io.modelcontextprotocol/clientCapabilities": {},
         }
-        params = {"name": name, "arguments": arguments or {}, "_meta": meta}
         headers: dict[bytes | str, list[bytes | str]] = {
             "Authorization": [f"Bearer {token}"],
             "Content-Type": ["application/json"],
             "Accept": ["application/json, text/event-stream"],
             "MCP-Protocol-Version": ["2026-07-28"],
-            "Mcp-Method": ["tools/call"],
-            "Mcp-Name": [name],
+            "Mcp-Method": [method],
         }
-        body = json.dumps({"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params}).encode()
-        response = await treq.post(self.base_url + "/mcp", body, headers=headers, persistent=False)
+        if method in NAME_BEARING:
+            headers["Mcp-Name"] = [params[NAME_BEARING[method]]]
+        body = json.dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": {**params, "_meta": meta}})
+        response = await treq.post(self.base_url + "/mcp", body.encode(), headers=headers, persistent=False)
         return json.loads(await response.content()), response.headers
 
     async def stop(self) -> None:
