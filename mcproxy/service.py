@@ -400,7 +400,7 @@ class MCProxyService(StartInOrder):
             admin=self.admin,
             audit=plugins.admin_audit(audit.admin_action),
             place=OwnerCheck(cluster).place,
-            internal=HeldArtifacts(artifacts).area(),
+            internal=HeldArtifacts(artifacts).routes(),
         )
         # Other processes keep their connections for a minute: ours stay open longer, so a
         # forward never lands on a connection this side is closing.

@@ -28,7 +28,7 @@ from mcproxy.cluster.forward import Forwarder, ForwardFailed
 from mcproxy.cluster.hop import BadAnswer
 from mcproxy.errors import NotFound, ToolError
 from mcproxy.interfaces import IArtifactIndex
-from mcproxy.web.routes import Area, Route
+from mcproxy.web.routes import Route
 
 log = Logger()
 
@@ -209,9 +209,9 @@ class HeldArtifacts:
         self._store = store
         self._run_blocking = run_blocking
 
-    def area(self) -> Area:
+    def routes(self) -> tuple[Route, ...]:
         pattern = PATH.decode() + r"(?P<artifact_id>[0-9a-f]{32})"
-        return Area((Route(b"GET", pattern, self.send, auth="mcp"),))
+        return (Route(b"GET", pattern, self.send, auth="mcp"),)
 
     async def send(self, request, artifact_id: str) -> None:
         artifact = self._store.get(request.principal.user_id, URI_PREFIX + artifact_id)

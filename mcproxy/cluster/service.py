@@ -9,6 +9,7 @@ needs (page ids and records, isolated contexts, Streamable HTTP sessions) is kep
 (`mcproxy.cluster.state`).
 """
 
+import json
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +33,7 @@ from mcproxy.cluster.state import FencedWriter, RedisPageBook, RedisSessionRecor
 from mcproxy.config import ClusterConfig, Config, ConfigError
 from mcproxy.errors import BrowserUnavailable, Conflict, ServerFull
 from mcproxy.lifecycle import AsyncService
+from mcproxy.web.admin import SERVED_USERS_PATH
 from mcproxy.web.http import read_body
 from mcproxy.web.listener import endpoint_fields
 
@@ -45,6 +47,12 @@ HANDOVER_LINGER = 1.0
 
 #: Seconds between looks at a moved user's owner record, until its new owner claimed it.
 MOVE_POLL = 0.1
+
+#: The browser status of a user whose process did not say.
+UNKNOWN = "unknown"
+
+#: The most bytes of user statuses read from one process.
+MAX_STATUSES = 16 * 1024 * 1024
 
 
 class Fenced(BrowserUnavailable):
@@ -370,6 +378,48 @@ class ClusterNode(AsyncService):
     def owns(self, user_id: str) -> bool:
         """Whether this process may serve ``user_id`` now (a local check, no Redis)."""
         return self.ownership is not None and self.ownership.owns(user_id)
+
+    def served(self) -> list[str]:
+        """The users this process serves now."""
+        return self.ownership.held() if self.ownership is not None and self.membership.valid() else []
+
+    async def live_statuses(self, principal, owners: dict[str, str | None]) -> dict[str, dict]:
+        """The live status (`mcproxy.web.admin.live_status`) of each user of ``owners`` that
+        another process serves, as that process reports it, every process asked at once as
+        ``principal``. The users of a process that does not answer within the control timeout
+        are ``unknown``, with why in ``lastError``."""
+        asked: dict[str, list[str]] = {}
+        for user, node in owners.items():
+            if node is not None and node != self.node_id:
+                asked.setdefault(node, []).append(user)
+        if not asked:
+            return {}
+        urls = {node["id"]: node["url"] for node in await self.ownership.nodes()}
+
+        async def ask(node: str) -> dict[str, dict]:
+            fetching = Deferred.fromCoroutine(
+                self.forwarder.fetch(
+                    to=node, url=urls.get(node, ""), principal=principal, path=SERVED_USERS_PATH, limit=MAX_STATUSES
+                )
+            )
+            try:
+                status, body = await fetching.addTimeout(self.control.timeout, self.reactor)
+                if status != 200:
+                    raise ValueError(f"it answered {status}")
+                served = json.loads(body)["users"]
+                return {user: served[user] for user in asked[node] if user in served}
+            except Exception as e:
+                reason = str(e) or type(e).__name__
+                log.warn("Cluster: no user statuses from node {node}: {error}", node=node, error=reason)
+                why = f"process {node}, which serves this user, did not say how its browser is ({reason})"
+                return {
+                    user: {"browserStatus": UNKNOWN, "lastError": why, "activeSessions": None} for user in asked[node]
+                }
+
+        statuses: dict[str, dict] = {}
+        for answer in await gatherResults([Deferred.fromCoroutine(ask(node)) for node in asked]):
+            statuses.update(answer)
+        return statuses
 
     async def nodes_of(self, users: list[str]) -> dict[str, str | None]:
         """The node that owns each of ``users`` (None: nobody yet), in one Redis call."""

@@ -38,6 +38,33 @@ HEALTH_STORE_WAIT = 1.0
 #: Lifetime of a registration's session token (never past the token it is made from).
 SESSION_TOKEN_TTL = 30 * 86400.0
 
+#: Between the processes of a cluster: the live status of the users a process serves.
+SERVED_USERS_PATH = b"/_cluster/users"
+
+
+def live_status(pool, sessions, user_id: str) -> dict:
+    """What only the process serving ``user_id`` knows of it: its browser connection's status
+    and last error, and its open MCP sessions."""
+    browser = pool.existing(user_id)
+    return {
+        "browserStatus": browser.status if browser is not None else "disconnected",
+        "lastError": browser.last_error if browser is not None else None,
+        "activeSessions": sessions.count_for_user(user_id),
+    }
+
+
+async def live_statuses(pool, sessions, cluster, principal, users: list[str]) -> tuple[dict, dict | None]:
+    """(`live_status` of each of ``users``, the node that owns each in a ``cluster`` or None):
+    in a cluster, the users another process serves as that process reports them."""
+    if cluster is None:
+        return {user: live_status(pool, sessions, user) for user in users}, None
+    owners = await cluster.nodes_of(users)
+    statuses = await cluster.live_statuses(principal, owners)
+    for user in users:
+        if user not in statuses:
+            statuses[user] = live_status(pool, sessions, user)
+    return statuses, owners
+
 
 @attrs.define
 class AdminDependencies:
@@ -152,12 +179,24 @@ class AdminAPI:
 
     async def list_users(self, request):
         users = await self.deps.store.list_users()
-        nodes = await self._nodes_of([user.user_id for user in users])
-        return 200, {"users": [self._status(user, nodes) for user in users]}
+        deps = self.deps
+        ids = [user.user_id for user in users]
+        statuses, nodes = await live_statuses(deps.pool, deps.sessions, deps.cluster, request.principal, ids)
+        return 200, {"users": [self._status(user, statuses[user.user_id], nodes) for user in users]}
 
     async def user_status(self, request, user_id: str):
-        user = await self._own_user(request, user_id)
-        return 200, self._status(user, await self._nodes_of([user_id]))
+        user = await self._own_user(request, user_id)  # routed to the process that serves the user
+        nodes = await self._nodes_of([user_id])
+        return 200, self._status(user, live_status(self.deps.pool, self.deps.sessions, user_id), nodes)
+
+    def internal_routes(self) -> tuple[Route, ...]:
+        """Between the processes of a cluster, on the internal listener alone."""
+        return (Route(b"GET", SERVED_USERS_PATH.decode() + "/?", self.served_users, auth="admin", permission=ADMIN),)
+
+    async def served_users(self, request):
+        """The live status of every user this process serves, for another process's view."""
+        pool, sessions = self.deps.pool, self.deps.sessions
+        return 200, {"users": {user: live_status(pool, sessions, user) for user in self._cluster().served()}}
 
     def _cluster(self):
         cluster = self.deps.cluster
@@ -212,15 +251,13 @@ class AdminAPI:
             raise NotFound(f"user {user_id!r} has no registered browser")
         return user
 
-    def _status(self, user: UserRecord, nodes: dict[str, str | None] | None = None) -> dict:
-        """A user's status object; in a cluster (``nodes``), with the node that owns the user."""
-        browser = self.deps.pool.existing(user.user_id)
+    def _status(self, user: UserRecord, live: dict, nodes: dict[str, str | None] | None = None) -> dict:
+        """A user's status object from its record and ``live`` (`live_status`); in a cluster
+        (``nodes``), with the node that owns the user."""
         status = {
             "userId": user.user_id,
             "browserURL": user.browser_url,
-            "browserStatus": browser.status if browser is not None else "disconnected",
-            "lastError": browser.last_error if browser is not None else None,
-            "activeSessions": self.deps.sessions.count_for_user(user.user_id),
+            **live,
             "lastActivity": iso8601(user.last_activity),
         }
         if nodes is not None:

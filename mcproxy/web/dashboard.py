@@ -13,7 +13,7 @@ from resource import RUSAGE_SELF, getrusage
 from mcproxy.activity import ActivityLog
 from mcproxy.auth.principal import ADMIN
 from mcproxy.errors import Forbidden, NotFound
-from mcproxy.web.admin import iso8601
+from mcproxy.web.admin import iso8601, live_statuses
 from mcproxy.web.routes import Area, Route
 
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
@@ -86,36 +86,30 @@ class Overview:
     async def answer(self, request) -> tuple[int, dict]:
         if not request.principal.is_admin:
             raise Forbidden(NOT_ADMIN, scope=ADMIN)
-        return 200, await self.overview()
+        return 200, await self.overview(request.principal)
 
-    async def overview(self) -> dict:
-        """The dashboard's whole picture, as JSON-ready data (never tool arguments)."""
+    async def overview(self, principal) -> dict:
+        """The dashboard's whole picture, as JSON-ready data (never tool arguments); in a
+        cluster, each user as the process serving it reports it (asked as ``principal``)."""
         users = await self._store.list_users()
         now = self._clock.seconds()
         sessions, activity = self._sessions, self._activity
+        ids = [user.user_id for user in users]
+        statuses, owners = await live_statuses(self._pool, sessions, self._cluster, principal, ids)
         rows, browsers = [], []
         for user in users:
-            browser = self._pool.existing(user.user_id)
-            status = browser.status if browser is not None else "disconnected"
-            error = browser.last_error if browser is not None else None
-            browsers.append((user.user_id, user.browser_url, status, error))
+            live = statuses[user.user_id]
+            browsers.append((user.user_id, user.browser_url, live["browserStatus"], live["lastError"]))
             times = [user.last_activity, sessions.last_activity(user.user_id), activity.last_call(user.user_id)]
-            rows.append(
-                {
-                    "userId": user.user_id,
-                    "browserURL": user.browser_url,
-                    "browserStatus": status,
-                    "lastError": error,
-                    "activeSessions": sessions.count_for_user(user.user_id),
-                    "lastActivity": iso8601(max((t for t in times if t is not None), default=None)),
-                }
-            )
+            row = {"userId": user.user_id, "browserURL": user.browser_url, **live}
+            row["lastActivity"] = iso8601(max((t for t in times if t is not None), default=None))
+            if owners is not None:
+                row["node"] = owners.get(user.user_id)
+            rows.append(row)
         activity.browsers_seen(browsers)
         cluster = None
         if self._cluster is not None:
-            cluster = await self._cluster.describe([user.user_id for user in users])
-            for row in rows:
-                row["node"] = cluster["owners"].get(row["userId"])
+            cluster = await self._cluster.describe(ids)
         by_transport: dict[str, int] = {}
         by_revision = []
         for (transport, revision), count in sorted(sessions.counts().items()):
