@@ -56,6 +56,14 @@ class RunningProxy:
         self, token: str, name: str, arguments: dict | None = None, rid: int = 1
     ) -> tuple[dict, Headers]:
         """`call_tool`, also returning the answer's headers (which node ran it, in a cluster)."""
+        _, headers, answer = await self.post_tool_call(token, name, arguments, rid)
+        return answer, headers
+
+    async def post_tool_call(
+        self, token: str, name: str, arguments: dict | None = None, rid: int = 1
+    ) -> tuple[int, Headers, dict]:
+        """One stateless ``tools/call`` as the client sees it: (HTTP status, headers, parsed body),
+        whether it is a JSON-RPC answer or an HTTP error."""
         meta = {
             "io.modelcontextprotocol/protocolVersion": "2026-07-28",
             "io.modelcontextprotocol/clientCapabilities": {},
@@ -71,7 +79,7 @@ class RunningProxy:
         }
         body = json.dumps({"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params}).encode()
         response = await treq.post(self.base_url + "/mcp", body, headers=headers, persistent=False)
-        return json.loads(await response.content()), response.headers
+        return response.code, response.headers, json.loads(await response.content())
 
     async def stop(self) -> None:
         """Stop the in-process service."""
