@@ -144,7 +144,10 @@ class ScriptedForwarder:
     async def forward(self, request, *, to, url, principal, body, rid, rpc_id=None):
         self.sent.append((to, body, rpc_id))
         if self.outcomes:
-            raise self.outcomes.pop(0)
+            outcome = self.outcomes.pop(0)
+            if isinstance(outcome, Deferred):  # a forward that runs until the test fails it
+                await outcome
+            raise outcome
         request.setResponseCode(200)
         request.write(b"relayed")
         request.finish()
@@ -261,6 +264,18 @@ def test_a_request_that_changes_nothing_is_sent_again_after_its_owner_was_lost()
     advance(clock, done)
     assert done.result is True and request.written == [b"relayed"]
     assert len(node.forwarder.sent) == 2
+
+
+def test_a_request_that_changes_nothing_lost_after_a_long_run_still_gets_the_whole_failover_wait():
+    running: Deferred = Deferred()
+    clock, node, edge = placement([running, OwnerUnreachable("the next owner is not up yet")])
+    request = call("tools/list")
+    done = Deferred.fromCoroutine(edge.place(request, "alice"))
+    clock.advance(10.0)  # past the failover wait, the owner still running it
+    running.errback(OwnerLost("gone", nonce="x"))
+    advance(clock, done)
+    assert done.result is True and request.written == [b"relayed"]
+    assert len(node.forwarder.sent) == 3
 
 
 @pytest_twisted.ensureDeferred
