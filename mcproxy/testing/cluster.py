@@ -259,9 +259,9 @@ class Relay(portforward.ProxyFactory):
         self.listening = self.reactor.listenTCP(self.local_port, self, interface="127.0.0.1")
 
     async def close(self) -> None:
+        """`cut` for good (clean-up)."""
         self.cut()
-        await self.heal()  # the port was closed: let it go for good
-        await self.listening.stopListening()
+        await cast(Deferred, self._closing)
 
 
 class ClusterNode(Daemon):
@@ -271,8 +271,8 @@ class ClusterNode(Daemon):
 
     ``relayed`` puts the node's links behind `Relay` s the test can partition: its own
     connections to Redis (``redis_relay``) and, once `link_to` made them, its connections to
-    each peer's internal listener (``links``, one relay per peer). ``internal_relay`` is the
-    URL it advertises; each peer reads it as the URL of its own link to this node.
+    each peer's internal listener (``links``, one relay per peer). ``internal_relay`` gives the
+    URL it advertises, which each peer reads as the URL of its own link to this node.
     """
 
     def __init__(
