@@ -49,14 +49,6 @@ async def cluster(reactor, tmp_path_factory):
     await running.stop()
 
 
-@pytest_twisted.async_yield_fixture()
-async def own_cluster(reactor, tmp_path):
-    """Three cluster nodes of this test alone (it kills or pauses some)."""
-    running = await started_cluster(reactor, tmp_path)
-    yield running
-    await running.stop()
-
-
 # -- The harness itself, on what runs today: plain nodes sharing a Redis store -----------------
 
 

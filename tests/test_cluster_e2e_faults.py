@@ -31,14 +31,6 @@ SLACK = 10.0
 
 
 @pytest_twisted.async_yield_fixture()
-async def own_cluster(reactor, tmp_path):
-    """Three cluster nodes of this test alone."""
-    running = await started_cluster(reactor, tmp_path)
-    yield running
-    await running.stop()
-
-
-@pytest_twisted.async_yield_fixture()
 async def relayed_cluster(reactor, tmp_path):
     """Three cluster nodes whose every link (to Redis, to each other) goes through a `Relay`."""
     running = await started_cluster(reactor, tmp_path, relayed=True)
