@@ -173,3 +173,14 @@ async def control(reactor):
     opened = await open_test_control(reactor)
     yield opened
     await discard_test_control(opened)
+
+
+@pytest_twisted.async_yield_fixture()
+async def own_cluster(reactor, tmp_path):
+    """Three cluster nodes of this test alone (it kills, pauses or partitions some), with the
+    short fault timers."""
+    from mcproxy.testing.cluster import started_cluster
+
+    running = await started_cluster(reactor, tmp_path)
+    yield running
+    await running.stop()

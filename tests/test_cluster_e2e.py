@@ -20,42 +20,23 @@ from twisted.internet.error import ProcessTerminated
 from twisted.internet.task import Clock, deferLater
 
 from bench.lean_mcp import LeanLegacySse, LeanStreamable
-from mcproxy.testing.cluster import FAST_TIMERS, Cluster, RedisServer
-from mcproxy.testing.fake_cdp import FakeCDPServerFactory
+from mcproxy.testing.cluster import (
+    FAST_TIMERS,
+    Cluster,
+    RedisServer,
+    cluster_nodes,
+    node_of,
+    register_users,
+    served_within_failover,
+    started_cluster,
+    text_of,
+)
 from mcproxy.testing.tool_calls import until
-
-NODE_HEADER = "X-MCProxy-Node"
 
 
 def from_asyncio(coroutine) -> Deferred:
     """Await an asyncio coroutine (the lean clients) from a Twisted test."""
     return Deferred.fromFuture(asyncio.ensure_future(coroutine))
-
-
-def node_of(headers) -> str:
-    """The node that ran a request, from its answer's headers."""
-    values = headers.getRawHeaders(NODE_HEADER)
-    assert values, f"no {NODE_HEADER} header in {list(headers.getAllRawHeaders())}"
-    return values[0]
-
-
-def text_of(answer: dict) -> str:
-    """The text of a successful tools/call answer (fails on an error)."""
-    assert "result" in answer, answer
-    text = "\n".join(block.get("text", "") for block in answer["result"]["content"])
-    assert not answer["result"].get("isError"), text
-    return text
-
-
-async def started_cluster(reactor, root, **options) -> Cluster:
-    """A started cluster; stopped again (and the failure re-raised) if it cannot start."""
-    cluster = Cluster.create(reactor, root, **options)
-    try:
-        await cluster.start()
-    except BaseException:
-        await cluster.stop()
-        raise
-    return cluster
 
 
 @pytest_twisted.async_yield_fixture(scope="module")
@@ -64,14 +45,6 @@ async def cluster(reactor, tmp_path_factory):
     shared, so a test's hundred quick requests would outrun the default user limit."""
     unlimited = {"user_rate": 1000.0, "user_burst": 1000}
     running = await started_cluster(reactor, tmp_path_factory.mktemp("cluster"), ratelimit=unlimited)
-    yield running
-    await running.stop()
-
-
-@pytest_twisted.async_yield_fixture()
-async def own_cluster(reactor, tmp_path):
-    """Three cluster nodes of this test alone (it kills or pauses some)."""
-    running = await started_cluster(reactor, tmp_path)
     yield running
     await running.stop()
 
@@ -146,7 +119,7 @@ async def test_harness_relays_partition_a_node_from_redis(reactor, tmp_path):
         assert await made
         relay.cut()
         await until(reactor, lambda: not relay.connections, 10)
-        relay.heal()
+        await relay.heal()
         await until(reactor, lambda: token_made(1), 30)
     finally:
         await cluster.stop()
@@ -233,25 +206,6 @@ async def test_c3_stateless_page_ids_address_the_same_tab_through_every_node(clu
 # -- Ownership: one CDP connection per browser ---------------------------------------------------
 
 
-async def cluster_nodes(cluster: Cluster, node: int = 0) -> dict[str, dict]:
-    """``GET /api/cluster``'s nodes by id: alive, draining, epoch, stats (``users`` held)."""
-    code, body, _ = await cluster.api("GET", "/api/cluster", node=node)
-    assert code == 200, body
-    return {entry["id"]: entry for entry in body["nodes"]}
-
-
-async def register_users(cluster: Cluster, names: list[str]) -> dict[str, tuple[str, FakeCDPServerFactory]]:
-    """Register each user with a FakeChrome of its own, through node i for the i-th user:
-    user → (token, browser)."""
-    users = {}
-    for index, name in enumerate(names):
-        token = await cluster.token_for(name)
-        browser = cluster.fake_browser()
-        await cluster.register(name, browser.url, token, node=index % len(cluster.nodes))
-        users[name] = (token, browser)
-    return users
-
-
 @pytest_twisted.ensureDeferred
 async def test_c4_each_registered_browser_has_exactly_one_connection_across_the_cluster(cluster):
     names = ["c4-a", "c4-b", "c4-c"]
@@ -294,17 +248,6 @@ async def test_c4_a_restarted_cluster_connects_each_registered_browser_once(own_
 
 
 # -- Failures ------------------------------------------------------------------------------------
-
-
-async def served_within_failover(cluster: Cluster, reactor, node: int, token: str) -> tuple[dict, str]:
-    """A ``list_pages`` through node ``node`` that may be held while its user changes owner:
-    (the answer, the node that ran it). Fails if it is not served within the failover bound
-    plus a margin for a busy machine."""
-    served = Deferred.fromCoroutine(cluster.proxy(node).call_tool_with_headers(token, "list_pages", {}))
-    served.addTimeout(FAST_TIMERS["node_ttl"] + FAST_TIMERS["failover_wait"] + 15, reactor)
-    answer, headers = await served
-    assert text_of(answer).startswith("## Pages")
-    return answer, node_of(headers)
 
 
 @pytest_twisted.ensureDeferred
@@ -511,35 +454,6 @@ async def test_c20_the_internal_listener_runs_only_requests_with_a_valid_envelop
 # -- Redis goes away ------------------------------------------------------------------------------
 
 
-async def answer_of(cluster: Cluster, node: int, token: str):
-    """A stateless ``list_pages`` through node ``node``: (HTTP status, headers, parsed body)."""
-    body = json.dumps(
-        {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "tools/call",
-            "params": {
-                "name": "list_pages",
-                "arguments": {},
-                "_meta": {
-                    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                    "io.modelcontextprotocol/clientCapabilities": {},
-                },
-            },
-        }
-    ).encode()
-    headers = {
-        "Authorization": [f"Bearer {token}"],
-        "Content-Type": ["application/json"],
-        "Accept": ["application/json, text/event-stream"],
-        "MCP-Protocol-Version": ["2026-07-28"],
-        "Mcp-Method": ["tools/call"],
-        "Mcp-Name": ["list_pages"],
-    }
-    response = await treq.post(cluster.nodes[node].base_url + "/mcp", body, headers=headers, persistent=False)
-    return response.code, response.headers, json.loads(await response.content())
-
-
 @pytest_twisted.ensureDeferred
 async def test_c14_redis_down_past_a_lease_fences_every_node_and_its_return_needs_no_restart(reactor, tmp_path):
     # Once Redis is back, each process notices on its own (a reconnect, a renewal tick): a
@@ -560,14 +474,14 @@ async def test_c14_redis_down_past_a_lease_fences_every_node_and_its_return_need
             return all(code == 503 and health["status"] == "fenced" for code, health in statuses.values())
 
         await until(reactor, every_node_fenced, FAST_TIMERS["node_ttl"] + 10, seen=lambda: statuses)
-        code, headers, answer = await answer_of(cluster, 1, token)
+        code, headers, answer = await cluster.proxy(1).post_tool_call(token, "list_pages")
         assert code == 503 and headers.getRawHeaders("Retry-After"), (code, answer)
         assert answer["error"]["code"] in ("store_unavailable", "coordination_unavailable"), answer
         await cluster.redis.restart()
         served: dict = {}
 
         async def served_again() -> bool:
-            served["answer"] = await answer_of(cluster, 1, token)
+            served["answer"] = await cluster.proxy(1).post_tool_call(token, "list_pages")
             return served["answer"][0] == 200
 
         await until(reactor, served_again, grace + 15, seen=lambda: served)

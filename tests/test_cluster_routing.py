@@ -147,7 +147,7 @@ class ScriptedForwarder:
         if self.outcomes:
             outcome = self.outcomes.pop(0)
             if isinstance(outcome, Deferred):
-                await outcome  # an owner that answers when (if ever) the test says
+                await outcome  # an owner that answers (or fails) when, if ever, the test says
             else:
                 raise outcome
         request.setResponseCode(200)
@@ -293,6 +293,18 @@ def test_a_request_that_changes_nothing_is_sent_again_after_its_owner_was_lost()
     advance(clock, done)
     assert done.result is True and request.written == [b"relayed"]
     assert len(node.forwarder.sent) == 2
+
+
+def test_a_request_that_changes_nothing_lost_after_a_long_run_still_gets_the_whole_failover_wait():
+    running: Deferred = Deferred()
+    clock, node, edge = placement([running, OwnerUnreachable("the next owner is not up yet")])
+    request = call("tools/list")
+    done = Deferred.fromCoroutine(edge.place(request, "alice"))
+    clock.advance(10.0)  # past the failover wait, the owner still running it
+    running.errback(OwnerLost("gone", nonce="x"))
+    advance(clock, done)
+    assert done.result is True and request.written == [b"relayed"]
+    assert len(node.forwarder.sent) == 3
 
 
 @pytest_twisted.ensureDeferred

@@ -165,9 +165,11 @@ class EdgePlacement:
                     await deferLater(self.clock, POLL_INTERVAL, lambda: None)
                 continue
             except OwnerLost:
-                # Maybe run there. What changes nothing is sent again to the next owner.
+                # Maybe run there. What changes nothing is sent again to the next owner, which
+                # gets the whole failover wait from now: the call may have run for longer.
                 self._count("OwnerLost")
                 ownership.forget(user)
+                give_up = self.clock.seconds() + self.failover_wait
                 if self._repeatable(request, message) and self.clock.seconds() < give_up:
                     await deferLater(self.clock, POLL_INTERVAL, lambda: None)
                     continue

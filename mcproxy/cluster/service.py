@@ -19,6 +19,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from mcproxy.auth.admission import Admission
+from mcproxy.auth.bootstrap import ensure_admin_token
 from mcproxy.auth.tokens import is_valid_token_id, is_valid_user_id
 from mcproxy.browser.cdp.connection import CDPConnection
 from mcproxy.browser.connect import LinkOpener
@@ -28,6 +29,7 @@ from mcproxy.cluster.envelope import Envelope
 from mcproxy.cluster.events import RELOAD, TOKEN_REVOKED, USER, Events
 from mcproxy.cluster.forward import Forwarder
 from mcproxy.cluster.limits import SharedLimits
+from mcproxy.cluster.node import REGISTERED
 from mcproxy.cluster.ownership import rendezvous
 from mcproxy.cluster.state import FencedWriter, RedisPageBook, RedisSessionRecords
 from mcproxy.config import ClusterConfig, Config, ConfigError
@@ -201,6 +203,7 @@ class ClusterNode(AsyncService):
         )
         self.membership.startService()
         await self.membership.started
+        self.membership.add_listener(self._registered_again)
         self.ownership.startService()
         await self.ownership.started
         log.info("Cluster node {node} is up at {url}", node=self.node_id, url=self.url)
@@ -219,6 +222,16 @@ class ClusterNode(AsyncService):
         if self.control is not None:
             self.limits.control = self.events.control = self.artifact_index.control = None
             await self.control.close()
+
+    def _registered_again(self, event: str) -> None:
+        """This process registered again and was the first on a Redis that came back empty:
+        every token went with it, the admin's too. Make a new admin token, as the first
+        process of a new install does (`AdminTokenService`), or nobody could administer the
+        cluster without restarting a process."""
+        if event != REGISTERED or not self.membership.fresh:
+            return
+        made = Deferred.fromCoroutine(ensure_admin_token(self.store, self.config.server.data_dir, self.reactor))
+        made.addErrback(lambda f: log.failure("No admin token made after Redis came back empty", f))
 
     # -- events from the other processes ---------------------------------------------
 

@@ -109,6 +109,31 @@ class RedisServer(ChildProcess):
         await self.close()
         await self.start()
 
+    async def dump(self, *kinds: str, prefix: str = "mcproxy:") -> dict[bytes, bytes]:
+        """A backup of the records of ``kinds`` (``"user"``: the key ``mcproxy:user`` and the
+        keys ``mcproxy:user:*``), as an operator keeps one: key → DUMP value."""
+        from txredisapi import Connection
+
+        client = await Connection("127.0.0.1", self.port, reconnect=False, charset=None)
+        try:
+            keys = []
+            for kind in kinds:
+                keys += await client.keys(f"{prefix}{kind}") + await client.keys(f"{prefix}{kind}:*")
+            return {key: await client.execute_command("DUMP", key) for key in keys}
+        finally:
+            await client.disconnect()
+
+    async def restore(self, backup: dict[bytes, bytes]) -> None:
+        """Put back what `dump` saved."""
+        from txredisapi import Connection
+
+        client = await Connection("127.0.0.1", self.port, reconnect=False, charset=None)
+        try:
+            for key, value in backup.items():
+                await client.execute_command("RESTORE", key, 0, value, "REPLACE")
+        finally:
+            await client.disconnect()
+
 
 class _Relayed:
     """What both ends of a relayed connection share: while the relay is paused, what
@@ -125,7 +150,14 @@ class _Relayed:
 
 
 class _RelayClient(_Relayed, portforward.ProxyClient):
-    pass
+    """The relay's end towards the target: what the target answers is rewritten (`Relay.rewrites`)."""
+
+    _pending = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        passed, self._pending = self.relay.rewritten(self._pending + data)
+        if passed:
+            super().dataReceived(passed)
 
 
 class _RelayClientFactory(portforward.ProxyClientFactory):
@@ -142,9 +174,6 @@ class _RelayServer(_Relayed, portforward.ProxyServer):
     clientProtocolFactory = _RelayClientFactory
 
     def connectionMade(self) -> None:
-        if self.relay.refusing:
-            cast(ITCPTransport, self.transport).abortConnection()
-            return
         self.relay.connections.append(self)
         super().connectionMade()
 
@@ -157,8 +186,13 @@ class _RelayServer(_Relayed, portforward.ProxyServer):
 class Relay(portforward.ProxyFactory):
     """A TCP relay from a free loopback port (``local_port``) to ``port`` on 127.0.0.1: a
     network link the test can partition. `pause` holds every byte both ways (a silent
-    partition: peers time out) until `resume`; `cut` resets every connection, and every
-    new one until `heal`."""
+    partition: peers time out) until `resume`; `cut` resets every connection and closes
+    the port (new connections are refused) until `heal`.
+
+    ``rewrites`` (old bytes → new bytes of the same length) are applied to what the target
+    sends back: a node's Redis relay makes the node read another node's advertised URL as
+    the URL of its own link to that node (`Cluster.link`).
+    """
 
     noisy = False
 
@@ -166,12 +200,18 @@ class Relay(portforward.ProxyFactory):
         super().__init__("127.0.0.1", port)
         self.reactor = reactor
         self.paused = False
-        self.refusing = False
         self.connections: list[_RelayServer] = []
         #: What arrived while paused: (the end it arrived at, the bytes), delivered on `resume`.
         self.held: list[tuple[_Relayed, bytes]] = []
+        self.rewrites: dict[bytes, bytes] = {}
         self.listening = reactor.listenTCP(0, self, interface="127.0.0.1")
         self.local_port: int = self.listening.getHost().port
+        self._closing: Deferred | None = None
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:<local_port>``: the relay as an HTTP peer sees it."""
+        return f"http://127.0.0.1:{self.local_port}"
 
     def buildProtocol(self, addr):
         server = _RelayServer()
@@ -179,6 +219,17 @@ class Relay(portforward.ProxyFactory):
         server.relay = self
         server.reactor = self.reactor
         return server
+
+    def rewritten(self, data: bytes) -> tuple[bytes, bytes]:
+        """``data`` with `rewrites` applied: (what to pass on, the end held back because it
+        may begin a string to rewrite that the next bytes complete)."""
+        for old, new in self.rewrites.items():
+            data = data.replace(old, new)
+        longest = max(map(len, self.rewrites), default=0)
+        for size in range(min(longest - 1, len(data)), 0, -1):
+            if any(old.startswith(data[-size:]) for old in self.rewrites):
+                return data[:-size], data[-size:]
+        return data, b""
 
     def pause(self) -> None:
         self.paused = True
@@ -192,18 +243,25 @@ class Relay(portforward.ProxyFactory):
                 end.peer.transport.write(data)
 
     def cut(self) -> None:
-        """Reset every connection, and every new one until `heal`."""
-        self.refusing = True
+        """Reset every connection and refuse new ones (the port closes) until `heal`."""
         self.held = []
+        if self._closing is None:
+            self._closing = self.listening.stopListening()
         for server in list(self.connections):
             cast(ITCPTransport, server.transport).abortConnection()
 
-    def heal(self) -> None:
-        self.refusing = False
+    async def heal(self) -> None:
+        """Listen on ``local_port`` again after `cut`."""
+        if self._closing is None:
+            return
+        await self._closing
+        self._closing = None
+        self.listening = self.reactor.listenTCP(self.local_port, self, interface="127.0.0.1")
 
     async def close(self) -> None:
+        """`cut` for good (clean-up)."""
         self.cut()
-        await self.listening.stopListening()
+        await cast(Deferred, self._closing)
 
 
 class ClusterNode(Daemon):
@@ -212,8 +270,9 @@ class ClusterNode(Daemon):
     no ``[cluster]`` section: a plain daemon on a shared Redis store (what runs today).
 
     ``relayed`` puts the node's links behind `Relay` s the test can partition: its own
-    connections to Redis (``redis_relay``) and its peers' to its internal listener
-    (``internal_relay``, the URL it advertises).
+    connections to Redis (``redis_relay``) and, once `link_to` made them, its connections to
+    each peer's internal listener (``links``, one relay per peer). ``internal_relay`` gives the
+    URL it advertises, which each peer reads as the URL of its own link to this node.
     """
 
     def __init__(
@@ -237,6 +296,7 @@ class ClusterNode(Daemon):
         self.redis_relay = Relay(reactor, redis_port) if relayed else None
         self.internal_relay = Relay(reactor, self.internal_port) if relayed else None
         self.redis_port = self.redis_relay.local_port if self.redis_relay else redis_port
+        self.links: dict[ClusterNode, Relay] = {}
         os.makedirs(str(root), exist_ok=True)
         super().__init__(reactor, root, **sections)
 
@@ -252,8 +312,19 @@ class ClusterNode(Daemon):
                 **self.timers,
             }
             if self.internal_relay is not None:
-                sections["cluster"]["advertise_url"] = f"http://127.0.0.1:{self.internal_relay.local_port}"
+                sections["cluster"]["advertise_url"] = self.internal_relay.url
         return sections
+
+    def link_to(self, peer: "ClusterNode") -> Relay:
+        """A relay of this node's own to ``peer``'s internal listener (both ``relayed``): this
+        node's Redis relay turns the URL ``peer`` advertises into the relay's, so this node
+        forwards through it and no other node does."""
+        assert self.redis_relay is not None and peer.internal_relay is not None, "only relayed nodes have links"
+        link = self.links[peer] = Relay(self.reactor, peer.internal_port)
+        advertised, own = peer.internal_relay.url.encode(), link.url.encode()
+        assert len(advertised) == len(own), (advertised, own)  # a Redis reply's lengths stay right
+        self.redis_relay.rewrites[advertised] = own
+        return link
 
     @property
     def internal_url(self) -> str:
@@ -304,7 +375,7 @@ class ClusterNode(Daemon):
     async def close(self) -> None:
         """Kill it if it runs (SIGKILL ends a paused process too), and close its relays (clean-up)."""
         await super().close()
-        for relay in (self.redis_relay, self.internal_relay):
+        for relay in (self.redis_relay, self.internal_relay, *self.links.values()):
             if relay is not None:
                 await relay.close()
 
@@ -370,7 +441,7 @@ class Cluster:
         merged = {name: dict(values) for name, values in self.sections.items()}
         for name, values in sections.items():
             merged.setdefault(name, {}).update(values)
-        return ClusterNode(
+        node = ClusterNode(
             self.reactor,
             os.path.join(self.root, directory),
             node_id=node_id,
@@ -380,6 +451,16 @@ class Cluster:
             relayed=self.relayed,
             **merged,
         )
+        if self.relayed:
+            for peer in self.nodes + self.spares:
+                node.link_to(peer)
+                peer.link_to(node)
+        return node
+
+    def link(self, edge: ClusterNode, owner: ClusterNode) -> Relay:
+        """The relay through which ``edge`` forwards to ``owner`` (``relayed`` clusters): cut
+        it to partition that one direction of that one pair."""
+        return edge.links[owner]
 
     async def start(self) -> None:
         """Start Redis, then the nodes (`start_nodes`)."""
@@ -468,3 +549,66 @@ class Cluster:
             if node.node_id == node_id:
                 return node
         raise KeyError(node_id)
+
+
+async def started_cluster(reactor, root, **options) -> Cluster:
+    """A started cluster (`Cluster.create` with ``options``); stopped again (and the failure
+    re-raised) if it cannot start."""
+    cluster = Cluster.create(reactor, root, **options)
+    try:
+        await cluster.start()
+    except BaseException:
+        await cluster.stop()
+        raise
+    return cluster
+
+
+# -- What the tests ask of a running cluster, and read in its answers ------------------------------
+
+#: The header that names the node that ran a request.
+NODE_HEADER = "X-MCProxy-Node"
+
+
+def node_of(headers) -> str:
+    """The node that ran a request, from its answer's headers."""
+    values = headers.getRawHeaders(NODE_HEADER)
+    assert values, f"no {NODE_HEADER} header in {list(headers.getAllRawHeaders())}"
+    return values[0]
+
+
+def text_of(answer: dict) -> str:
+    """The text of a successful tools/call answer (fails on an error)."""
+    assert "result" in answer, answer
+    text = "\n".join(block.get("text", "") for block in answer["result"]["content"])
+    assert not answer["result"].get("isError"), text
+    return text
+
+
+async def register_users(cluster: Cluster, names: Sequence[str]) -> dict[str, tuple[str, FakeCDPServerFactory]]:
+    """Register each user with a FakeChrome of its own, through node i for the i-th user:
+    user → (token, browser)."""
+    users = {}
+    for index, name in enumerate(names):
+        token = await cluster.token_for(name)
+        browser = cluster.fake_browser()
+        await cluster.register(name, browser.url, token, node=index % len(cluster.nodes))
+        users[name] = (token, browser)
+    return users
+
+
+async def cluster_nodes(cluster: Cluster, node: int = 0) -> dict[str, dict]:
+    """``GET /api/cluster``'s nodes by id: alive, draining, epoch, stats (``users`` held)."""
+    code, body, _ = await cluster.api("GET", "/api/cluster", node=node)
+    assert code == 200, body
+    return {entry["id"]: entry for entry in body["nodes"]}
+
+
+async def served_within_failover(cluster: Cluster, reactor, node: int, token: str) -> tuple[dict, str]:
+    """A ``list_pages`` through node ``node`` that may be held while its user changes owner:
+    (the answer, the node that ran it). Fails if it is not served within the failover bound
+    plus a margin for a busy machine."""
+    served = Deferred.fromCoroutine(cluster.proxy(node).call_tool_with_headers(token, "list_pages", {}))
+    served.addTimeout(FAST_TIMERS["node_ttl"] + FAST_TIMERS["failover_wait"] + 15, reactor)
+    answer, headers = await served
+    assert text_of(answer).startswith("## Pages")
+    return answer, node_of(headers)

@@ -57,11 +57,25 @@ class RunningProxy:
         self, token: str, name: str, arguments: dict | None = None, rid: int = 1
     ) -> tuple[dict, Headers]:
         """`call_tool`, also returning the answer's headers (which node ran it, in a cluster)."""
-        return await self.request_with_headers(token, "tools/call", {"name": name, "arguments": arguments or {}}, rid)
+        _, headers, answer = await self.post_tool_call(token, name, arguments, rid)
+        return answer, headers
+
+    async def post_tool_call(
+        self, token: str, name: str, arguments: dict | None = None, rid: int = 1
+    ) -> tuple[int, Headers, dict]:
+        """One stateless ``tools/call`` as the client sees it: (HTTP status, headers, parsed body),
+        whether it is a JSON-RPC answer or an HTTP error."""
+        return await self.post_request(token, "tools/call", {"name": name, "arguments": arguments or {}}, rid)
 
     async def request_with_headers(self, token: str, method: str, params: dict, rid: int = 1) -> tuple[dict, Headers]:
         """One stateless (2026-07-28) request of ``method`` on /mcp: the parsed JSON-RPC answer
         and the answer's headers."""
+        _, headers, answer = await self.post_request(token, method, params, rid)
+        return answer, headers
+
+    async def post_request(self, token: str, method: str, params: dict, rid: int = 1) -> tuple[int, Headers, dict]:
+        """One stateless (2026-07-28) request of ``method`` on /mcp: (HTTP status, headers,
+        parsed body)."""
         meta = {
             "io.modelcontextprotocol/protocolVersion": "2026-07-28",
             "io.modelcontextprotocol/clientCapabilities": {},
@@ -77,7 +91,7 @@ class RunningProxy:
             headers["Mcp-Name"] = [params[NAME_BEARING[method]]]
         body = json.dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": {**params, "_meta": meta}})
         response = await treq.post(self.base_url + "/mcp", body.encode(), headers=headers, persistent=False)
-        return json.loads(await response.content()), response.headers
+        return response.code, response.headers, json.loads(await response.content())
 
     async def stop(self) -> None:
         """Stop the in-process service."""
