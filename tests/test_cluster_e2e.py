@@ -508,7 +508,7 @@ async def test_an_admin_moves_a_user_to_another_process(cluster, reactor):
     # The browser moved with the user: the old connection closed, one new one is open.
     await until(reactor, lambda: len(browser.connections) == 1 and len(browser.links()) == 2, 10)
     for node in range(3):
-        code, headers, answer = await answer_of(cluster, node, token)
+        code, headers, answer = await cluster.proxy(node).post_tool_call(token, "list_pages")
         assert code == 200 and node_of(headers) == to and text_of(answer).startswith("## Pages"), answer
     # Moved nowhere: a process that is not in the cluster, a node id that is no string.
     code, refused, _ = await cluster.api("POST", f"/api/users/{name}/move", {"node": "n9"}, node=edge)
@@ -520,6 +520,30 @@ async def test_an_admin_moves_a_user_to_another_process(cluster, reactor):
     # Without a body the user goes where placement ranks it, never where it is.
     code, moved, _ = await cluster.api("POST", f"/api/users/{name}/move", node=edge)
     assert code == 200 and moved["from"] == to and moved["node"] not in (to, None), moved
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_process_lists_each_user_as_the_process_serving_it_sees_it(cluster, reactor):
+    names = ["list-a", "list-b", "list-c"]
+    users = await register_users(cluster, names)  # through n1, n2, n3
+    owners = await cluster.owners(names)
+    # One legacy SSE session of list-a, through a process that (likely) pipes it to the owner.
+    session = await from_asyncio(LeanLegacySse.open([cluster.nodes[1].base_url], users["list-a"][0]))
+    try:
+        for node in range(3):
+            rows: dict = {}
+
+            async def counted(node=node, rows=rows) -> bool:
+                code, listing, _ = await cluster.api("GET", "/api/users", node=node)
+                assert code == 200, listing
+                rows.update({row["userId"]: row for row in listing["users"] if row["userId"] in names})
+                return all(rows[name]["browserStatus"] == "connected" for name in names)
+
+            await until(reactor, counted, 10, seen=lambda rows=rows: rows)
+            assert {name: rows[name]["node"] for name in names} == owners
+            assert [rows[name]["activeSessions"] for name in names] == [1, 0, 0], rows
+    finally:
+        session.close()
 
 
 @pytest_twisted.ensureDeferred

@@ -292,6 +292,12 @@ async def test_c16_a_node_that_cannot_reach_an_owner_refuses_and_nobody_takes_th
     for node in range(3):
         assert await cluster.owners([name], node=node) == {name: n1.node_id}
     assert len(browser.links()) == 1 and len(browser.connections) == 1
+    # The user list through n2 cannot ask n1 how the browser is, and says so; n3 can.
+    for node, seen, error in ((1, "unknown", f"process {n1.node_id}"), (2, "connected", "")):
+        code, listing, _ = await cluster.api("GET", "/api/users", node=node)
+        (row,) = [row for row in listing["users"] if row["userId"] == name]
+        assert code == 200 and row["node"] == n1.node_id and row["browserStatus"] == seen, row
+        assert error in (row["lastError"] or ""), row
 
     await cluster.link(n2, n1).heal()
     answer, headers = await cluster.proxy(1).call_tool_with_headers(token, "list_pages")
