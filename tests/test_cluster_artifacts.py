@@ -22,7 +22,7 @@ from mcproxy.errors import ToolError
 from mcproxy.mcp.jsonrpc import RpcError
 from mcproxy.testing.coordination import open_unreachable_control
 from mcproxy.testing.deferreds import in_this_thread
-from mcproxy.web.routes import Router
+from mcproxy.web.routes import Area, Router
 from mcproxy.web.site import ProxySite
 
 SECRET = b"s" * 32
@@ -158,7 +158,7 @@ async def holder_url(reactor, nodes, control):
             request.getHeader(HEADER) or b"", method=request.method, path=request.uri, body=b""
         ).principal
 
-    router = Router({b"_cluster": HeldArtifacts(n1.store, in_this_thread).area()}, authenticate=opened)
+    router = Router({b"_cluster": Area(HeldArtifacts(n1.store, in_this_thread).routes())}, authenticate=opened)
     port = reactor.listenTCP(
         0, ProxySite(router, max_body_bytes=1024, registry=CollectorRegistry()), interface="127.0.0.1"
     )
