@@ -112,6 +112,7 @@ class BrowserConfig:
     connect_timeout: float = 10.0
     max_message_bytes: int = 64 * 1024 * 1024
     user_networks: tuple[str, ...] = live(())
+    require_tunnel: bool = False
 
 
 @attrs.frozen

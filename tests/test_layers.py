@@ -19,6 +19,7 @@ FORBIDDEN = {
     "session": {"storage", "browser", "tools", "web", "cluster"},
     "web": {"tools", "cluster"},
     "cluster": {"tools"},
+    "tunnel": {"tools", "mcp", "session", "cluster"},
 }
 ROOTS = {"service", "tap"}
 MAY_IMPORT_ROOTS = {"tap", "testing", "admin"}
