@@ -4,6 +4,7 @@ daemon, driven by the official MCP SDK client."""
 import asyncio
 import re
 
+import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 
@@ -111,3 +112,199 @@ async def test_a_tunnel_registers_its_user_and_carries_the_core_flow(reactor, da
     status = await wait_status(reactor, proxy, "alice", "connected")
     assert status["browserURL"] == "tunnel:127.0.0.1", status
     check_core_flow(await core_flow(proxy.base_url, token, fixture_site.url("index.html")))
+
+
+class _Relay:
+    """A TCP relay between mcproxy-connect and the proxy whose connections a test can cut
+    (the network dropping)."""
+
+    def __init__(self, reactor, port: int):
+        from twisted.protocols.portforward import ProxyFactory, ProxyServer
+
+        relay = self
+        self.servers: list = []
+
+        class Counted(ProxyServer):
+            def connectionMade(self):
+                relay.servers.append(self)
+                super().connectionMade()
+
+        factory = ProxyFactory("127.0.0.1", port)
+        factory.protocol = Counted
+        self.listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.url = f"http://127.0.0.1:{self.listening.getHost().port}"
+
+    def cut(self) -> None:
+        for server in self.servers:
+            server.transport.abortConnection()
+            if server.peer is not None:
+                server.peer.transport.abortConnection()
+        self.servers.clear()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dropped_tunnel_comes_back_by_itself(reactor, daemon, connects, chromium, fixture_site):
+    proxy = daemon.running_proxy
+    relay = _Relay(reactor, daemon.port)
+    try:
+        token = await proxy.token_for("alice", "tools:*", "register")
+        client = connects(relay.url, token, "--browser-url", chromium.browser_url)
+        await client.tunnel_up()
+        await wait_status(reactor, proxy, "alice", "connected")
+        reconnecting = client.line_with("reconnecting in")
+        back = client.line_with("connected to")
+        relay.cut()
+        assert "reconnecting in 1 s" in await reconnecting
+        status = await status_of(proxy, "alice")
+        assert status["browserStatus"] in ("disconnected", "reconnecting"), status
+        await back
+        await wait_status(reactor, proxy, "alice", "connected")
+        check_core_flow(await core_flow(proxy.base_url, token, fixture_site.url("index.html")))
+    finally:
+        await relay.listening.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_tunnel_comes_back_after_the_proxy_restarts(reactor, daemon, connects, chromium, fixture_site):
+    proxy = daemon.running_proxy
+    token = await proxy.token_for("alice", "tools:*", "register")
+    client = connects(proxy.base_url, token, "--browser-url", chromium.browser_url)
+    await client.tunnel_up()
+    await wait_status(reactor, proxy, "alice", "connected")
+    reconnecting = client.line_with("reconnecting in")
+    back = client.line_with("connected to")
+    await daemon.kill()
+    await reconnecting
+    daemon.spawn()
+    await daemon.listening()
+    back.addTimeout(30, reactor)
+    await back
+    await wait_status(reactor, proxy, "alice", "connected")
+    check_core_flow(await core_flow(proxy.base_url, token, fixture_site.url("index.html")))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_second_tunnel_of_the_same_user_replaces_the_first(reactor, daemon, connects, chromium, fixture_site):
+    proxy = daemon.running_proxy
+    token = await proxy.token_for("alice", "tools:*", "register")
+    first = connects(proxy.base_url, token, "--browser-url", chromium.browser_url)
+    await first.tunnel_up()
+    await wait_status(reactor, proxy, "alice", "connected")
+    second = connects(proxy.base_url, token, "--browser-url", chromium.browser_url)
+    await second.tunnel_up()
+    assert await first.exit_code() == 5
+    assert "another mcproxy-connect of the same user replaced this one" in first.tail()
+    await wait_status(reactor, proxy, "alice", "connected")
+    check_core_flow(await core_flow(proxy.base_url, token, fixture_site.url("index.html")))
+    assert second.running
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tunnel_is_refused_without_a_valid_token_or_the_permission(reactor, daemon, connects, chromium):
+    proxy = daemon.running_proxy
+    bad = connects(proxy.base_url, "not-a-token", "--browser-url", chromium.browser_url)
+    assert await bad.exit_code() == 3
+    assert "the proxy refused the token" in bad.tail()
+    tools_only = await proxy.token_for("carol", "tools:*")
+    refused = connects(proxy.base_url, tools_only, "--browser-url", chromium.browser_url)
+    assert await refused.exit_code() == 4
+    assert "'tunnel'" in refused.tail()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tunnel_serves_its_own_user_only(reactor, daemon, connects, chromium):
+    proxy = daemon.running_proxy
+    alice = await proxy.token_for("alice", "tools:*", "register")
+    await proxy.register("alice", "tunnel:", alice)
+    bob = await proxy.token_for("bob", "tunnel")
+    client = connects(proxy.base_url, bob, "--browser-url", chromium.browser_url)
+    assert "as bob" in await client.tunnel_up()
+    answer = await proxy.call_tool(alice, "list_pages")
+    assert "your browser's tunnel is not connected; run mcproxy-connect" in str(answer), answer
+    assert (await status_of(proxy, "alice"))["browserURL"] == "tunnel:"
+    # A token that may only tunnel calls no tools, and registers nothing.
+    assert 'not allowed to call "list_pages"' in str(await proxy.call_tool(bob, "list_pages"))
+    code, _, _ = await proxy.api("GET", "/api/users/bob/status")
+    assert code == 404
+
+
+async def raw_tunnel(reactor, base_url: str, token: str):
+    """A hand-driven tunnel peer: (its protocol, a Deferred of its close code)."""
+    from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+    from twisted.internet.endpoints import TCP4ClientEndpoint
+
+    from mcproxy.tunnel import wire
+
+    closed: Deferred = Deferred()
+    opened: Deferred = Deferred()
+
+    class Peer(WebSocketClientProtocol):
+        def onOpen(self):
+            opened.callback(self)
+
+        def onClose(self, wasClean, code, reason):
+            if not opened.called:
+                opened.errback(AssertionError(f"no tunnel: {code} {reason}"))
+            closed.callback(code)
+
+    url = base_url.replace("http://", "ws://") + "/tunnel"
+    factory = WebSocketClientFactory(
+        url, reactor=reactor, protocols=[wire.SUBPROTOCOL], headers={"Authorization": f"Bearer {token}"}
+    )
+    factory.protocol = Peer
+    port = int(base_url.rsplit(":", 1)[1])
+    await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
+    peer = await opened
+    return peer, closed
+
+
+def _hello() -> bytes:
+    from mcproxy.tunnel import wire
+
+    return wire.encode("hello", v=1, product="Chrome", mode="port")
+
+
+@pytest.mark.parametrize(
+    ("frames", "code"),
+    [
+        ([(b"{not json", True)], 4400),
+        ([(b'{"t":"welcome","user":"alice"}', True)], 4400),
+        ([(b'{"id":1,"method":"Browser.getVersion"}', False)], 4400),
+        ([(_hello(), True), (b"\x00" * 5000, True)], 4400),
+        ([(_hello(), True), (b"x" * (1024 * 1024 + 1), False)], 1009),
+    ],
+    ids=["not-json", "no-hello", "cdp-before-hello", "huge-control", "huge-cdp"],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_peer_that_sends_garbage_is_closed_and_nothing_else_is_affected(
+    reactor, daemon, connects, chromium, fixture_site, frames, code
+):
+    proxy = daemon.running_proxy
+    alice = await proxy.token_for("alice", "tools:*", "register")
+    client = connects(proxy.base_url, alice, "--browser-url", chromium.browser_url)
+    await client.tunnel_up()
+    await wait_status(reactor, proxy, "alice", "connected")
+    peer, closed = await raw_tunnel(reactor, proxy.base_url, await proxy.token_for("mallory", "tunnel"))
+    for payload, binary in frames:
+        peer.sendMessage(payload, isBinary=binary)
+    closed.addTimeout(10, reactor)
+    assert await closed == code, daemon.tail()
+    check_core_flow(await core_flow(proxy.base_url, alice, fixture_site.url("index.html")))
+    assert client.running and not any("reconnecting" in line for line in client.lines), client.tail()
+
+
+@pytest_twisted.ensureDeferred
+async def test_require_tunnel_refuses_browsers_registered_by_url(reactor, tmp_path, chromium):
+    from mcproxy.testing.daemon import start_proxy
+
+    proxy = await start_proxy(reactor, tmp_path, browser={"require_tunnel": True})
+    try:
+        token = await proxy.token_for("alice", "tools:*", "register")
+        code, body, _ = await proxy.api(
+            "POST", "/api/register", {"userId": "alice", "browserURL": chromium.browser_url}, token
+        )
+        assert (code, body["error"]["code"]) == (403, "tunnel_required"), body
+        assert "mcproxy-connect" in body["error"]["message"]
+        assert (await proxy.register("alice", "tunnel:", token))["success"]
+    finally:
+        await proxy.stop()

@@ -7,7 +7,7 @@ WebSocket handshake. A refused credential is told after the handshake, with a cl
 
 What the peer sends is untrusted: a frame over ``browser.max_message_bytes`` fails the
 connection (autobahn), and a malformed control message, a text frame before the hello or a
-hello that does not come within ``browser.connect_timeout`` closes that tunnel (1002); CDP
+hello that does not come within ``browser.connect_timeout`` closes that tunnel (4400); CDP
 text frames go to the `CDPConnection`, which drops what is malformed.
 """
 
@@ -231,6 +231,8 @@ class TunnelServerFactory(WebSocketServerFactory):
             autoPingTimeout=PING_INTERVAL,
             openHandshakeTimeout=config.connect_timeout,
             closeHandshakeTimeout=1,
+            # A frame over the cap is refused with a close frame saying so (1009), not a bare drop.
+            failByDrop=False,
             perMessageCompressionAccept=lambda offers: None,
         )
 

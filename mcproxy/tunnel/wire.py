@@ -24,9 +24,11 @@ MODES = ("pipe", "port")
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_REPLACED = 4409
-#: The peer broke the protocol (a malformed control message, a hello missing).
-CLOSE_PROTOCOL = 1002
-CLOSE_GOING_AWAY = 1001
+#: The peer broke the protocol (a malformed control message, a hello missing); the proxy
+#: stops (the client comes back once it returns). A frame over the size cap is closed with
+#: the WebSocket's own 1009.
+CLOSE_PROTOCOL = 4400
+CLOSE_GOING_AWAY = 4503
 FINAL_CLOSE_CODES = (CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN, CLOSE_REPLACED)
 
 #: Control messages are small; a bigger binary frame is a broken peer.
