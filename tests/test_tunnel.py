@@ -218,3 +218,10 @@ async def test_require_tunnel_refuses_browsers_registered_by_url(reactor, tmp_pa
         assert (await proxy.register("alice", "tunnel:", token))["success"]
     finally:
         await proxy.stop()
+
+
+def test_a_cluster_cannot_require_tunnels_it_does_not_accept_yet():
+    from mcproxy.config import Config, ConfigError
+
+    with pytest.raises(ConfigError, match=r"browser\.require_tunnel: a cluster does not accept browser tunnels yet"):
+        Config().replace(browser={"require_tunnel": True}, cluster={"enabled": True})
