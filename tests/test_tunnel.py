@@ -225,3 +225,12 @@ def test_a_cluster_cannot_require_tunnels_it_does_not_accept_yet():
 
     with pytest.raises(ConfigError, match=r"browser\.require_tunnel: a cluster does not accept browser tunnels yet"):
         Config().replace(browser={"require_tunnel": True}, cluster={"enabled": True})
+
+
+@pytest_twisted.ensureDeferred
+async def test_tunnel_answers_what_is_no_tunnel_with_a_json_error(proxy):
+    import treq
+
+    response = await treq.get(proxy.base_url + "/tunnel", persistent=False)
+    assert response.code == 400
+    assert (await response.json())["error"]["code"] == "websocket_expected"

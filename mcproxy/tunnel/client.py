@@ -21,6 +21,7 @@ import sys
 from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
+import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -38,8 +39,6 @@ BACKOFF_MAX = 30.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 #: Seconds to connect (TCP, TLS and the WebSocket handshake) to the proxy or to Chrome.
 CONNECT_TIMEOUT = 10.0
-#: Seconds between WebSocket pings to the proxy: a dead network is noticed within twice this.
-PING_INTERVAL = 20.0
 
 EXIT_USAGE = 2
 EXIT_BAD_TOKEN = 3
@@ -178,8 +177,6 @@ class PortBrowser:
 
     async def _open(self, relay: Relay) -> None:
         self.close()
-        import treq
-
         response = await treq.get(f"{self.browser_url}/json/version", timeout=CONNECT_TIMEOUT, persistent=False)
         version = json.loads(await response.content())
         self.product = str(version.get("Browser") or self.product)
@@ -202,7 +199,7 @@ class PortBrowser:
 
     def send(self, message: bytes) -> None:
         if self._socket is not None:
-            self._socket.sendMessage(message, isBinary=False)
+            wire.send(self._socket, message, binary=False)
 
     def close(self) -> None:
         socket, self._socket = self._socket, None
@@ -420,7 +417,7 @@ class TunnelClientProtocol(WebSocketClientProtocol):
     def onOpen(self) -> None:
         browser = self.connector.browser
         hello = wire.encode("hello", v=wire.VERSION, product=browser.product, mode=browser.mode)
-        self.sendMessage(hello, isBinary=True)
+        wire.send(self, hello, binary=True)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         browser = self.connector.browser
@@ -437,17 +434,22 @@ class TunnelClientProtocol(WebSocketClientProtocol):
             self.connector.welcomed(message.get("user") or "?")
         elif kind == "open":
             browser.open(self).addCallbacks(
-                lambda _: self.sendMessage(wire.encode("opened"), isBinary=True),
-                lambda failure: self.sendMessage(wire.encode("error", msg=failure.getErrorMessage()), isBinary=True),
+                lambda _: wire.send(self, wire.encode("opened"), binary=True),
+                self._not_opened,
             )
         elif kind == "close":
             browser.close()
 
+    def _not_opened(self, failure) -> None:
+        why = failure.getErrorMessage() or repr(failure.value)
+        self.connector.status.say(f"connected, but the browser does not answer: {why}")
+        wire.send(self, wire.encode("error", msg=why), binary=True)
+
     def to_proxy(self, message: bytes) -> None:
-        self.sendMessage(message, isBinary=False)
+        wire.send(self, message, binary=False)
 
     def browser_closed(self, reason: str) -> None:
-        self.sendMessage(wire.encode("closed", reason=reason), isBinary=True)
+        wire.send(self, wire.encode("closed", reason=reason), binary=True)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.connector.browser.close()
@@ -491,8 +493,8 @@ class Connector:
         factory.setProtocolOptions(
             maxFramePayloadSize=MAX_MESSAGE_BYTES,
             maxMessagePayloadSize=MAX_MESSAGE_BYTES,
-            autoPingInterval=PING_INTERVAL,
-            autoPingTimeout=PING_INTERVAL,
+            autoPingInterval=wire.PING_INTERVAL,
+            autoPingTimeout=wire.PING_INTERVAL,
             openHandshakeTimeout=CONNECT_TIMEOUT,
             closeHandshakeTimeout=1,
             perMessageCompressionOffers=[],

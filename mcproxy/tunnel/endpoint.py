@@ -34,9 +34,6 @@ from mcproxy.web.routes import API_ORIGINS, Area, Route
 
 log = Logger()
 
-#: Seconds between the proxy's WebSocket pings; a tunnel that misses one is dropped.
-PING_INTERVAL = 20.0
-
 
 class TunnelServerProtocol(WebSocketServerProtocol):
     """The proxy's end of one tunnel (set up by `TunnelEndpoint` before the handshake)."""
@@ -124,7 +121,7 @@ class TunnelServerProtocol(WebSocketServerProtocol):
         self._welcomed = True
         self.product = message.get("product") or "Chrome"
         self.mode = message["mode"]
-        self.sendMessage(wire.encode("welcome", user=self.user_id), isBinary=True)
+        wire.send(self, wire.encode("welcome", user=self.user_id), binary=True)
         self._home.tunnels.attach(self.user_id, self)
         if self.principal is not None:
             self._home.arrived(self.principal)
@@ -167,15 +164,14 @@ class TunnelServerProtocol(WebSocketServerProtocol):
 
     async def open_browser(self, description: str) -> CDPConnection:
         """Ask the client for a fresh CDP browser connection; a `CDPConnection` over it."""
-        if self._gone:
-            raise BrowserUnavailable("your browser's tunnel closed; mcproxy-connect reconnects by itself")
         self._drop_cdp("a fresh browser connection was asked for", tell=True)
         if self._opening is not None:
             self._opening.cancel()
+        if not wire.send(self, wire.encode("open"), binary=True):
+            raise BrowserUnavailable("your browser's tunnel closed; mcproxy-connect reconnects by itself")
         opening: Deferred = Deferred()
         self._opening = opening
         self._description = description
-        self.sendMessage(wire.encode("open"), isBinary=True)
         seconds = self._home.config.connect_timeout
         opening.addTimeout(seconds, self._home.clock)
         try:
@@ -208,8 +204,8 @@ class TunnelServerProtocol(WebSocketServerProtocol):
         cdp, self.cdp = self.cdp, None
         if cdp is None:
             return
-        if tell and not self._gone:
-            self.sendMessage(wire.encode("close"), isBinary=True)
+        if tell:
+            wire.send(self, wire.encode("close"), binary=True)
         cdp.connection_lost(reason)
 
 
@@ -227,8 +223,8 @@ class TunnelServerFactory(WebSocketServerFactory):
         self.setProtocolOptions(
             maxFramePayloadSize=config.max_message_bytes,
             maxMessagePayloadSize=config.max_message_bytes,
-            autoPingInterval=PING_INTERVAL,
-            autoPingTimeout=PING_INTERVAL,
+            autoPingInterval=wire.PING_INTERVAL,
+            autoPingTimeout=wire.PING_INTERVAL,
             openHandshakeTimeout=config.connect_timeout,
             closeHandshakeTimeout=1,
             # A frame over the cap is refused with a close frame saying so (1009), not a bare drop.
@@ -243,6 +239,7 @@ def _offers_tunnel(request) -> bool:
     offered = (request.getHeader(b"sec-websocket-protocol") or b"").decode("latin-1")
     return (
         upgrade == b"websocket"
+        and request.getHeader(b"sec-websocket-version") == b"13"
         and request.getHeader(b"sec-websocket-key") is not None
         and wire.SUBPROTOCOL in (p.strip() for p in offered.split(","))
     )

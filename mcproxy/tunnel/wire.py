@@ -31,6 +31,8 @@ CLOSE_PROTOCOL = 4400
 CLOSE_GOING_AWAY = 4503
 FINAL_CLOSE_CODES = (CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN, CLOSE_REPLACED)
 
+#: Seconds between WebSocket pings, both ways: a tunnel whose peer misses one is dropped.
+PING_INTERVAL = 20.0
 #: Control messages are small; a bigger binary frame is a broken peer.
 MAX_CONTROL_BYTES = 4096
 #: The longest text a control message carries (product names, error messages).
@@ -50,6 +52,16 @@ _FIELDS: dict[str, dict[str, type]] = {
 
 class BadControl(ValueError):
     """A binary frame that is no control message we know."""
+
+
+def send(protocol, payload: bytes, *, binary: bool) -> bool:
+    """Send one frame on an autobahn ``protocol`` if it is still open (autobahn raises on a
+    closing one); whether it was sent. What is lost with a closing connection is told by
+    its close."""
+    if protocol.state != protocol.STATE_OPEN:
+        return False
+    protocol.sendMessage(payload, isBinary=binary)
+    return True
 
 
 def encode(kind: str, **fields) -> bytes:

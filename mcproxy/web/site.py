@@ -190,7 +190,6 @@ class ProxyChannel(http.HTTPChannel):
             self._timer.cancel()
         self._timer = None
         self.setTimeout(None)
-        self._refused = True
         transport: Any = self.transport
         self.transport = None  # type: ignore[assignment]
         transport.unregisterProducer()
