@@ -22,54 +22,30 @@ async def test_a_tunnel_registers_its_user_and_carries_the_core_flow(
     check_core_flow(await core_flow(proxy.base_url, token, fixture_site.url("index.html")))
 
 
-class _Relay:
-    """A TCP relay between mcproxy-connect and the proxy whose connections a test can cut
-    (the network dropping)."""
-
-    def __init__(self, reactor, port: int):
-        from twisted.protocols.portforward import ProxyFactory, ProxyServer
-
-        relay = self
-        self.servers: list = []
-
-        class Counted(ProxyServer):
-            def connectionMade(self):
-                relay.servers.append(self)
-                super().connectionMade()
-
-        factory = ProxyFactory("127.0.0.1", port)
-        factory.protocol = Counted
-        self.listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        self.url = f"http://127.0.0.1:{self.listening.getHost().port}"
-
-    def cut(self) -> None:
-        for server in self.servers:
-            server.transport.abortConnection()
-            if server.peer is not None:
-                server.peer.transport.abortConnection()
-        self.servers.clear()
-
-
 @pytest_twisted.ensureDeferred
 async def test_a_dropped_tunnel_comes_back_by_itself(reactor, tunnel_daemon, connects, chromium, fixture_site):
+    from mcproxy.testing.cluster import Relay
+
     proxy = tunnel_daemon.running_proxy
-    relay = _Relay(reactor, tunnel_daemon.port)
+    relay = Relay(reactor, tunnel_daemon.port)
     try:
         token = await proxy.token_for("alice", "tools:*", "register")
-        client = connects(relay.url, token, "--browser-url", chromium.browser_url)
+        client = connects(f"http://127.0.0.1:{relay.local_port}", token, "--browser-url", chromium.browser_url)
         await client.tunnel_up()
         await wait_status(reactor, proxy, "alice", "connected")
-        reconnecting = client.line_with("reconnecting in")
-        back = client.line_with("connected to")
+        reconnecting = client.line_with("reconnecting in 1 s")
         relay.cut()
-        assert "reconnecting in 1 s" in await reconnecting
-        status = await status_of(proxy, "alice")
-        assert status["browserStatus"] in ("disconnected", "reconnecting"), status
+        await reconnecting
+        status = await wait_status(reactor, proxy, "alice", "reconnecting")
+        assert status["browserURL"] == "tunnel:", status
+        assert status["lastError"].startswith("connection lost: the tunnel closed"), status
+        back = client.line_with("connected to")
+        relay.heal()
         await back
         await wait_status(reactor, proxy, "alice", "connected")
         check_core_flow(await core_flow(proxy.base_url, token, fixture_site.url("index.html")))
     finally:
-        await relay.listening.stopListening()
+        await relay.close()
 
 
 @pytest_twisted.ensureDeferred
