@@ -57,8 +57,9 @@ async def test_the_tunnel_comes_back_after_the_proxy_restarts(reactor, tunnel_da
     await wait_status(reactor, proxy, "alice", "connected")
     reconnecting = client.line_with("reconnecting in")
     back = client.line_with("connected to")
-    await tunnel_daemon.kill()
-    await reconnecting
+    tunnel_daemon.signal("TERM")
+    await tunnel_daemon.exited()
+    assert "the proxy is stopping" in await reconnecting
     tunnel_daemon.spawn()
     await tunnel_daemon.listening()
     back.addTimeout(30, reactor)

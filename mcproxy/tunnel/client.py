@@ -105,6 +105,10 @@ class BrowserSide(Protocol):
     mode: str
     product: str
 
+    def describe(self) -> str:
+        """Which browser, for the status line."""
+        ...
+
     def open(self, relay: Relay) -> Deferred: ...
 
     def send(self, message: bytes) -> None: ...
@@ -171,6 +175,9 @@ class PortBrowser:
         self.host, self.port = loopback_url(browser_url)
         self.browser_url = f"http://{self.host}:{self.port}"
         self._socket: _ChromeSocket | None = None
+
+    def describe(self) -> str:
+        return self.browser_url
 
     def open(self, relay: Relay) -> Deferred:
         return Deferred.fromCoroutine(self._open(relay))
@@ -357,9 +364,9 @@ class PipeBrowser:
             childFDs={0: "w", 1: "r", 2: "r", 3: "w", 4: "r"},
         )
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+    def describe(self) -> str:
+        pid = self._process.pid if self._process is not None else None
+        return f"the Chrome it launched (pid {pid}, no DevTools port)"
 
     def open(self, relay: Relay) -> Deferred:
         self.close()
@@ -512,8 +519,7 @@ class Connector:
 
     def welcomed(self, user: str) -> None:
         self._failures = 0
-        where = getattr(self.browser, "browser_url", None) or f"Chrome {getattr(self.browser, 'pid', '')}".strip()
-        self.status.say(f"connected to {self.proxy} as {user}, relaying to {where}")
+        self.status.say(f"connected to {self.proxy} as {user}, relaying to {self.browser.describe()}")
 
     def lost(self, code: int | None, reason: str, http_status: str | None) -> None:
         self._protocol = None

@@ -54,8 +54,10 @@ class TunnelServerProtocol(WebSocketServerProtocol):
         self.cdp: CDPConnection | None = None
         self._welcomed = False
         self._opening: Deferred | None = None
+        self._description = "the browser"
         self._hello_due = None
         self._gone = False
+        self._on_gone: list[Deferred] = []
 
     @property
     def _home(self) -> "TunnelServerFactory":
@@ -138,6 +140,8 @@ class TunnelServerProtocol(WebSocketServerProtocol):
         if self._welcomed:
             self._home.tunnels.detach(self.user_id, self)
         self.release()
+        for waiter in self._on_gone:
+            waiter.callback(None)
 
     def _broken(self, why: str) -> None:
         """The peer broke the protocol: close this tunnel, and only this one."""
@@ -156,9 +160,15 @@ class TunnelServerProtocol(WebSocketServerProtocol):
         self._drop_cdp("a newer tunnel of the same user replaced this one", tell=False)
         self.sendClose(wire.CLOSE_REPLACED, "replaced by a newer tunnel of the same user")
 
-    def going_away(self) -> None:
-        """The proxy stops."""
+    def going_away(self) -> Deferred:
+        """The proxy stops: close, so the client knows to come back. Deferred[None], fired once
+        the tunnel is closed (autobahn drops it if the client does not answer within 1 s)."""
+        if self._gone:
+            return defer.succeed(None)
+        gone: Deferred = Deferred()
+        self._on_gone.append(gone)
         self.sendClose(wire.CLOSE_GOING_AWAY, "the proxy is stopping")
+        return gone
 
     # -- the browser connection it carries --------------------------------------------
 
@@ -207,6 +217,10 @@ class TunnelServerProtocol(WebSocketServerProtocol):
         if tell:
             wire.send(self, wire.encode("close"), binary=True)
         cdp.connection_lost(reason)
+        if not self._gone:
+            # The connection may have held reading (a big message in decoding, a flood's turn):
+            # the tunnel outlives it and reads on.
+            cast(Any, self.transport).resumeProducing()
 
 
 class TunnelServerFactory(WebSocketServerFactory):

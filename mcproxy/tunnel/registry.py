@@ -112,7 +112,6 @@ class Tunnels(AsyncService):
         return open_link
 
     async def stop(self) -> None:
-        """Close every tunnel (their clients come back once the proxy does)."""
-        for tunnel in list(self._live.values()):
-            tunnel.going_away()
-        self._live.clear()
+        """Close every tunnel, telling its client to come back once the proxy does."""
+        tunnels, self._live = list(self._live.values()), {}
+        await defer.gatherResults([tunnel.going_away() for tunnel in tunnels])
