@@ -1,8 +1,11 @@
 """Browsers that dial out: ``mcproxy-connect --browser-url`` to real Chromium, through the real
-daemon, driven by the official MCP SDK client."""
+daemon, driven by the official MCP SDK client; the proxy's end of the tunnel against hostile peers."""
+
+import json
 
 import pytest
 import pytest_twisted
+import treq
 from twisted.internet.defer import Deferred
 
 from mcproxy.testing.tunnel import check_core_flow, core_flow, status_of, wait_status
@@ -211,3 +214,50 @@ async def test_tunnel_answers_what_is_no_tunnel_with_a_json_error(proxy):
     response = await treq.get(proxy.base_url + "/tunnel", persistent=False)
     assert response.code == 400
     assert (await response.json())["error"]["code"] == "websocket_expected"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_closed_tunnel_gives_its_place_under_the_address_cap_back(reactor, tmp_path):
+    from mcproxy.testing.daemon import start_proxy
+
+    proxy = await start_proxy(reactor, tmp_path, server={"max_connections_per_address": 2})
+    try:
+        token = await proxy.token_for("mallory", "tunnel")
+        for _ in range(4):
+            peer, closed = await raw_tunnel(reactor, proxy.base_url, token)
+            peer.sendMessage(_hello(), isBinary=True)
+            peer.sendClose(1000)
+            await closed
+        held = [await raw_tunnel(reactor, proxy.base_url, token) for _ in range(2)]
+        response = await treq.get(proxy.base_url + "/health", persistent=False)
+        assert response.code == 503
+        assert (await response.json())["error"]["code"] == "too_many_connections"
+        for peer, closed in held:
+            peer.sendClose(1000)
+            await closed
+    finally:
+        await proxy.stop()
+
+
+def test_a_launched_chrome_answers_only_the_calls_of_the_open_connection():
+    from mcproxy.tunnel.client import _Renumbering
+
+    numbers = _Renumbering()
+    first = json.loads(numbers.outgoing(b'{"id":1,"method":"Target.attachToTarget","params":{}}'))
+    late = json.loads(numbers.outgoing(b'{"id":2,"method":"Browser.getVersion","params":{}}'))
+    answer = numbers.incoming(b'{"id":%d,"result":{"sessionId":"S1"}}' % first["id"])
+    assert json.loads(answer) == {"id": 1, "result": {"sessionId": "S1"}}
+    assert numbers.incoming(b'{"method":"Page.loadEventFired","sessionId":"S1","params":{}}') is not None
+
+    told = [json.loads(message) for message in numbers.closing()]
+    assert [call["method"] for call in told] == [
+        "Target.setAutoAttach",
+        "Target.setDiscoverTargets",
+        "Target.detachFromTarget",
+    ]
+    assert told[2]["params"] == {"sessionId": "S1"}
+    # The next connection starts its ids at 1 again: the late answer of the first reaches nobody.
+    again = json.loads(numbers.outgoing(b'{"id":2,"method":"Target.getTargets","params":{}}'))
+    assert numbers.incoming(b'{"id":%d,"result":{}}' % late["id"]) is None
+    assert numbers.incoming(b'{"id":%d,"result":{}}' % told[0]["id"]) is None
+    assert json.loads(numbers.incoming(b'{"id":%d,"result":{}}' % again["id"])) == {"id": 2, "result": {}}
