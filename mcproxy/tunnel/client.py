@@ -130,6 +130,10 @@ class _ChromeSocket(WebSocketClientProtocol):
         super().__init__()
         self.opened: Deferred = Deferred()
 
+    def connectionMade(self) -> None:
+        wire.no_delay(self.transport)
+        super().connectionMade()
+
     def onOpen(self) -> None:
         self.opened.callback(self)
 
@@ -420,6 +424,10 @@ class TunnelClientProtocol(WebSocketClientProtocol):
     """The client's end of the tunnel: control messages in binary frames, CDP in text frames."""
 
     connector: "Connector"
+
+    def connectionMade(self) -> None:
+        wire.no_delay(self.transport)
+        super().connectionMade()
 
     def onOpen(self) -> None:
         browser = self.connector.browser

@@ -54,6 +54,14 @@ class BadControl(ValueError):
     """A binary frame that is no control message we know."""
 
 
+def no_delay(transport) -> None:
+    """Send small frames at once: CDP is request and answer, and Nagle's algorithm would hold
+    each small frame for the peer's delayed ACK (40 ms a call on Linux)."""
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)  # TLS wrappers pass it on
+    if set_no_delay is not None:
+        set_no_delay(True)
+
+
 def send(protocol, payload: bytes, *, binary: bool) -> bool:
     """Send one frame on an autobahn ``protocol`` if it is still open (autobahn raises on a
     closing one); whether it was sent. What is lost with a closing connection is told by
