@@ -261,3 +261,19 @@ def test_a_launched_chrome_answers_only_the_calls_of_the_open_connection():
     assert numbers.incoming(b'{"id":%d,"result":{}}' % late["id"]) is None
     assert numbers.incoming(b'{"id":%d,"result":{}}' % told[0]["id"]) is None
     assert json.loads(numbers.incoming(b'{"id":%d,"result":{}}' % again["id"])) == {"id": 2, "result": {}}
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_proxys_end_of_a_tunnel_sends_small_frames_at_once(reactor, proxy):
+    import socket
+
+    from mcproxy.testing.tool_calls import until
+
+    peer, closed = await raw_tunnel(reactor, proxy.base_url, await proxy.token_for("mallory", "tunnel"))
+    peer.sendMessage(_hello(), isBinary=True)
+    tunnels = proxy.service.tunnels
+    await until(reactor, lambda: tunnels.tunnel_of("mallory") is not None, what="the tunnel")
+    handle = tunnels.tunnel_of("mallory").transport.getHandle()
+    assert handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    peer.sendClose(1000)
+    await closed

@@ -66,14 +66,18 @@ class Tunnels(AsyncService):
             del self._live[user_id]
             log.info("The tunnel of {user_id} closed", user_id=user_id)
 
+    def tunnel_of(self, user_id: str) -> "TunnelServerProtocol | None":
+        """The user's live tunnel, if there is one."""
+        return self._live.get(user_id)
+
     def source(self, user_id: str) -> str | None:
         """Where the user's tunnel comes from (the client address), None without one."""
-        tunnel = self._live.get(user_id)
+        tunnel = self.tunnel_of(user_id)
         return tunnel.client_address if tunnel is not None else None
 
-    async def _tunnel_of(self, user_id: str) -> "TunnelServerProtocol":
+    async def _wait_for(self, user_id: str) -> "TunnelServerProtocol":
         """The user's tunnel, waiting for it up to ``browser.connect_timeout``."""
-        tunnel = self._live.get(user_id)
+        tunnel = self.tunnel_of(user_id)
         if tunnel is not None:
             return tunnel
         waiters = self._waiters.setdefault(user_id, [])
@@ -97,7 +101,7 @@ class Tunnels(AsyncService):
     async def open_link(self, browser: "BrowserLink") -> CDPConnection:
         """The `LinkOpener` of ``tunnel:`` browsers: a fresh CDP connection through the user's
         tunnel (the browser behind it is the user's by construction: no claim to check)."""
-        tunnel = await self._tunnel_of(browser.user_id)
+        tunnel = await self._wait_for(browser.user_id)
         browser.browser_id = None
         return await tunnel.open_browser(f"the browser of {browser.user_id} (through its tunnel)")
 
