@@ -264,16 +264,27 @@ def test_a_launched_chrome_answers_only_the_calls_of_the_open_connection():
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_proxys_end_of_a_tunnel_sends_small_frames_at_once(reactor, proxy):
+async def test_the_client_sends_small_frames_at_once_both_ways(reactor, proxy, chromium):
+    import io
     import socket
 
     from mcproxy.testing.tool_calls import until
+    from mcproxy.tunnel.client import Connector, PortBrowser, Status
 
-    peer, closed = await raw_tunnel(reactor, proxy.base_url, await proxy.token_for("mallory", "tunnel"))
-    peer.sendMessage(_hello(), isBinary=True)
-    tunnels = proxy.service.tunnels
-    await until(reactor, lambda: tunnels.tunnel_of("mallory") is not None, what="the tunnel")
-    handle = tunnels.tunnel_of("mallory").transport.getHandle()
-    assert handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-    peer.sendClose(1000)
-    await closed
+    def no_delay(transport) -> bool:
+        return bool(transport.getHandle().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    browser = PortBrowser(reactor, chromium.browser_url)
+    connector = Connector(
+        reactor, proxy.base_url, await proxy.token_for("alice", "tools:*", "register"), browser, Status(io.StringIO())
+    )
+    connector.start()
+    try:
+        await wait_status(reactor, proxy, "alice", "connected")
+        await until(reactor, lambda: browser._socket is not None, what="the DevTools socket")
+        assert no_delay(connector._protocol.transport)
+        assert no_delay(browser._socket.transport)
+    finally:
+        connector.stop()
+        await browser.stop()
+        await until(reactor, lambda: proxy.service.tunnels.tunnel_of("alice") is None, what="the tunnel closed")

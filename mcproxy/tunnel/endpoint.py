@@ -70,10 +70,6 @@ class TunnelServerProtocol(WebSocketServerProtocol):
 
     # -- the WebSocket --------------------------------------------------------------
 
-    def connectionMade(self) -> None:
-        wire.no_delay(self.transport)
-        super().connectionMade()
-
     def onConnect(self, request: ConnectionRequest) -> str:
         return wire.SUBPROTOCOL
 
