@@ -234,7 +234,7 @@ class MCProxyService(StartInOrder):
         browsers = attach(RegisteredBrowsers(pool, store, reactor, connect_at_start=not config.cluster.enabled))
         attach(tunnels)
         attach(sessions)
-        revocation = attach(RevocationWatch(sessions, store, reactor))
+        revocation = attach(RevocationWatch(sessions, store, reactor, also=[tunnels]))
         limits = live(RequestLimits(reactor, config.ratelimit, on_limited=metrics.rate_limited))
         daemon.tools = tools = live(
             ToolRegistry(

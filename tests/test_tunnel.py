@@ -288,3 +288,16 @@ async def test_the_client_sends_small_frames_at_once_both_ways(reactor, proxy, c
         connector.stop()
         await browser.stop()
         await until(reactor, lambda: proxy.service.tunnels.tunnel_of("alice") is None, what="the tunnel closed")
+
+
+@pytest_twisted.ensureDeferred
+async def test_revoking_its_token_closes_the_tunnel_for_good(reactor, tunnel_daemon, connects, chromium):
+    proxy = tunnel_daemon.running_proxy
+    token = await proxy.token_for("alice", "tools:*", "register")
+    client = connects(proxy.base_url, token, "--browser-url", chromium.browser_url)
+    await client.tunnel_up()
+    token_id = token.split("_")[1]
+    code, _, _ = await proxy.api("DELETE", f"/api/tokens/{token_id}")
+    assert code == 204
+    assert await client.exit_code() == 3
+    assert "the token was revoked or expired" in client.tail()

@@ -65,6 +65,11 @@ class TunnelServerProtocol(WebSocketServerProtocol):
         return cast(TunnelServerFactory, self.factory)
 
     @property
+    def token_id(self) -> str | None:
+        """The API token the tunnel was opened with (None: another credential)."""
+        return self.principal.token_id if self.principal is not None else None
+
+    @property
     def user_id(self) -> str:
         return self.principal.user_id if self.principal is not None else "(refused)"
 
@@ -159,6 +164,10 @@ class TunnelServerProtocol(WebSocketServerProtocol):
         """A newer tunnel of the same user took over."""
         self._drop_cdp("a newer tunnel of the same user replaced this one", tell=False)
         self.sendClose(wire.CLOSE_REPLACED, "replaced by a newer tunnel of the same user")
+
+    def token_gone(self) -> None:
+        """The token it was opened with is revoked or expired: the client must not come back with it."""
+        self.sendClose(wire.CLOSE_UNAUTHORIZED, "the token was revoked or expired")
 
     def going_away(self) -> Deferred:
         """The proxy stops: close, so the client knows to come back. Deferred[None], fired once

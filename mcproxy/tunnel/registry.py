@@ -115,6 +115,17 @@ class Tunnels(AsyncService):
 
         return open_link
 
+    def token_ids(self) -> set[str]:
+        """The API tokens the live tunnels were opened with (for `RevocationWatch`)."""
+        return {token for token in (t.token_id for t in self._live.values()) if token is not None}
+
+    def close_token(self, token_id: str) -> int:
+        """Close the tunnels opened with ``token_id``, revoked or expired; how many there were."""
+        closing = [tunnel for tunnel in self._live.values() if tunnel.token_id == token_id]
+        for tunnel in closing:
+            tunnel.token_gone()
+        return len(closing)
+
     async def stop(self) -> None:
         """Close every tunnel, telling its client to come back once the proxy does."""
         tunnels, self._live = list(self._live.values()), {}
