@@ -116,9 +116,13 @@ async def test_a_tunnel_serves_its_own_user_only(reactor, tunnel_daemon, connect
     assert 'not allowed to call "list_pages"' in str(await proxy.call_tool(bob, "list_pages"))
     code, _, _ = await proxy.api("GET", "/api/users/bob/status")
     assert code == 404
+    # Nor may bob's token open alice's tunnel by naming her.
+    _, closed = await raw_tunnel(reactor, proxy.base_url, bob, **{"X-User-Id": "alice"})
+    assert await closed == 4403
+    assert (await status_of(proxy, "alice"))["browserStatus"] != "connected"
 
 
-async def raw_tunnel(reactor, base_url: str, token: str):
+async def raw_tunnel(reactor, base_url: str, token: str, **headers: str):
     """A hand-driven tunnel peer: (its protocol, a Deferred of its close code)."""
     from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
     from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -138,9 +142,8 @@ async def raw_tunnel(reactor, base_url: str, token: str):
             closed.callback(code)
 
     url = base_url.replace("http://", "ws://") + "/tunnel"
-    factory = WebSocketClientFactory(
-        url, reactor=reactor, protocols=[wire.SUBPROTOCOL], headers={"Authorization": f"Bearer {token}"}
-    )
+    headers["Authorization"] = f"Bearer {token}"
+    factory = WebSocketClientFactory(url, reactor=reactor, protocols=[wire.SUBPROTOCOL], headers=headers)
     factory.protocol = Peer
     port = int(base_url.rsplit(":", 1)[1])
     await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
