@@ -93,13 +93,13 @@ async def status_of(proxy, user_id: str) -> dict:
 
 
 async def wait_status(reactor, proxy, user_id: str, wanted: str, timeout: float = 30.0) -> dict:
-    """Wait until the user's ``browserStatus`` is ``wanted``; the status then."""
+    """Wait until the user is registered and its ``browserStatus`` is ``wanted``; the status then."""
     seen: list = []
 
     async def check():
-        body = await status_of(proxy, user_id)
+        code, body, _ = await proxy.api("GET", f"/api/users/{user_id}/status")
         seen.append(body)
-        return body["browserStatus"] == wanted
+        return code == 200 and body["browserStatus"] == wanted
 
     await until(reactor, check, timeout, seen, what=f"{user_id}'s browser {wanted}")
     return seen[-1]

@@ -564,8 +564,13 @@ class Connector:
     def stop(self) -> None:
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
-        if self._protocol is not None:
-            self._protocol.sendClose(1000, "mcproxy-connect stops")
+        protocol = self._protocol
+        if protocol is None:
+            return
+        if protocol.state == protocol.STATE_OPEN:
+            protocol.sendClose(1000, "mcproxy-connect stops")
+        else:  # still in its opening handshake
+            protocol.dropConnection(abort=True)
 
 
 def tunnel_url(proxy: str) -> str:
