@@ -100,6 +100,17 @@ async def test_a_launched_chromium_has_no_devtools_port_and_carries_the_core_flo
     await wait_status(reactor, proxy, "alice", "connected")
     check_core_flow(await core_flow(proxy.base_url, token, fixture_site.url("index.html")))
 
+    # And again after the proxy restarts: a new tunnel to the same pipe, whose calls start at 1.
+    back = client.line_with("connected to")
+    tunnel_daemon.signal("TERM")
+    await tunnel_daemon.exited()
+    tunnel_daemon.spawn()
+    await tunnel_daemon.listening()
+    back.addTimeout(30, reactor)
+    await back
+    await wait_status(reactor, proxy, "alice", "connected")
+    check_core_flow(await core_flow(proxy.base_url, token, fixture_site.url("index.html")))
+
     # Stopping mcproxy-connect stops its Chromium.
     chromes = [pid for pid in tree if _is_chrome(pid)]
     client.signal("TERM")
