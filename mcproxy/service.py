@@ -48,6 +48,8 @@ from mcproxy.session.revocation import RevocationWatch
 from mcproxy.storage import store_for_url
 from mcproxy.storage.service import StoreService
 from mcproxy.tools.registry import ToolRegistry
+from mcproxy.tunnel.endpoint import TunnelEndpoint
+from mcproxy.tunnel.registry import Tunnels
 from mcproxy.web.admin import AdminDependencies
 from mcproxy.web.dashboard import Dashboard, Overview
 from mcproxy.web.front import build_router
@@ -154,6 +156,8 @@ class MCProxyService(StartInOrder):
     tools: ToolRegistry
     #: This process as a node of a cluster (None unless ``cluster.enabled``).
     cluster: ClusterNode | None
+    #: The live tunnels of browsers that dial in (``mcproxy-connect``).
+    tunnels: Tunnels
 
     def __init__(self, reactor, config: Config, source: ConfigSource | None = None):
         super().__init__()
@@ -208,7 +212,9 @@ class MCProxyService(StartInOrder):
         )
         daemon.activity = activity = ActivityLog(reactor)
         policies = live(PolicyBook(config.browsing))
-        open_link = metrics.counting_reconnects(open_cdp_link)
+        # A user's tunnel arriving has their browser connect at once (the pool is built below).
+        daemon.tunnels = tunnels = Tunnels(reactor, config.browser, on_arrival=lambda user: pool.connect_now(user))
+        open_link = metrics.counting_reconnects(tunnels.links(open_cdp_link))
         if config.cluster.enabled:
             # The node is built below, from the pool; its users' links ask it at every command,
             # and its users' browsers keep their page books in Redis through it.
@@ -230,8 +236,9 @@ class MCProxyService(StartInOrder):
             )
         )
         browsers = attach(RegisteredBrowsers(pool, store, reactor, connect_at_start=not config.cluster.enabled))
+        attach(tunnels)
         attach(sessions)
-        revocation = attach(RevocationWatch(sessions, store, reactor))
+        revocation = attach(RevocationWatch(sessions, store, reactor, also=[tunnels]))
         limits = live(RequestLimits(reactor, config.ratelimit, on_limited=metrics.rate_limited))
         daemon.tools = tools = live(
             ToolRegistry(
@@ -337,6 +344,7 @@ class MCProxyService(StartInOrder):
                 token_revoked=token_revoked,
                 reload_config=self.reload,
                 cluster=self.cluster,
+                tunnel_source=self.tunnels.source,
             )
         )
         metrics_endpoint = live(MetricsEndpoint(metrics, config.metrics.allowed_networks))
@@ -360,13 +368,14 @@ class MCProxyService(StartInOrder):
             started_at=started_at,
             cluster=self.cluster,
         )
+        admission = Admission(
+            chain.authenticate,
+            limits.check_user if cluster is None else cluster.limits.check_user,
+            metrics.auth_failure,
+        )
         root = build_router(
             origins=origins,
-            admission=Admission(
-                chain.authenticate,
-                limits.check_user if cluster is None else cluster.limits.check_user,
-                metrics.auth_failure,
-            ),
+            admission=admission,
             transports=transports,
             admin=admin,
             metrics=metrics_endpoint,
@@ -374,6 +383,12 @@ class MCProxyService(StartInOrder):
             dashboard=Dashboard(overview),
             audit=plugins.admin_audit(audit.admin_action),
             place=place,
+            # Not in a cluster yet: a tunnel would have to reach its user's owner.
+            tunnel=None
+            if cluster is not None
+            else TunnelEndpoint(
+                reactor, config.browser, self.tunnels, authenticate=admission.authenticate, store=store, pool=pool
+            ).area(),
         )
         return live(
             ProxySite.from_config(

@@ -184,3 +184,39 @@ async def own_cluster(reactor, tmp_path):
     running = await started_cluster(reactor, tmp_path)
     yield running
     await running.stop()
+
+
+@pytest_twisted.async_yield_fixture()
+async def connects(reactor):
+    """Start `mcproxy.testing.tunnel.Connect` processes; every one is stopped afterwards."""
+    from mcproxy.testing.tunnel import Connect
+
+    started: list[Connect] = []
+
+    def start(proxy_url: str, token: str, *args: str) -> Connect:
+        client = Connect(reactor, proxy_url, token, *args)
+        client.start()
+        started.append(client)
+        return client
+
+    yield start
+    for client in started:
+        await client.close()
+
+
+@pytest_twisted.async_yield_fixture()
+async def tunnel_daemon(reactor, tmp_path):
+    """A real ``twistd mcproxy`` (sqlite store, so it keeps its users over a restart), its
+    `RunningProxy` as ``running_proxy``; browsers reconnect within 2 s."""
+    from mcproxy.testing.process import Daemon
+
+    process = Daemon(
+        reactor,
+        tmp_path,
+        store={"url": f"sqlite:{tmp_path / 'store.db'}"},
+        browser={"backoff_max": 2.0, "connect_timeout": 5.0, "max_message_bytes": 1024 * 1024},
+    )
+    running = await process.start()
+    process.running_proxy = running
+    yield process
+    await process.close()

@@ -20,6 +20,7 @@ FORBIDDEN = {
     "web": {"tools", "cluster"},
     "artifacts": {"auth", "storage", "browser", "tools", "session", "web", "cluster"},
     "cluster": {"tools"},
+    "tunnel": {"tools", "mcp", "session", "cluster"},
 }
 ROOTS = {"service", "tap"}
 MAY_IMPORT_ROOTS = {"tap", "testing", "admin"}

@@ -9,6 +9,8 @@ import attrs
 
 ADMIN = "admin"
 REGISTER = "register"
+#: Connecting the user's browser through a tunnel (`mcproxy.tunnel`); ``register`` grants it too.
+TUNNEL = "tunnel"
 IMPERSONATE = "impersonate"
 METRICS = "metrics"
 ALL_TOOLS = "tools:*"
@@ -57,6 +59,12 @@ class Principal:
     @property
     def is_admin(self) -> bool:
         return ADMIN in self.permissions
+
+    @property
+    def may_tunnel(self) -> bool:
+        """Whether the credential may connect its user's browser through a tunnel (it calls no
+        tools by itself)."""
+        return self.has(TUNNEL) or self.has(REGISTER)
 
     def has(self, permission: str) -> bool:
         """True when the credential carries ``permission`` (admin carries everything)."""

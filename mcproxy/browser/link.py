@@ -184,6 +184,16 @@ class BrowserLink:
             self._service = self._make_service()
             self._service.startService()
 
+    def connect_now(self) -> None:
+        """Try again at once rather than when the backoff says (the browser's tunnel has just
+        come); nothing to do when connected or while an attempt runs."""
+        if self.status == FAILED:
+            self.retry()
+        elif self.status == RECONNECTING and not self._attempting and self._service.running:
+            self._service.stopService()
+            self._service = self._make_service()
+            self._service.startService()
+
     async def connected(self, timeout: float | None = None) -> None:
         """Wait for a usable connection, bounded by ``timeout``.
 

@@ -19,7 +19,7 @@ from mcproxy.browser.connect import LinkOpener, default_http_client, open_cdp_li
 from mcproxy.browser.link import CONNECTED, STATUSES, BrowserLink
 from mcproxy.browser.page import EventTimeout, Page
 from mcproxy.browser.targets import PageListener, PageTargets
-from mcproxy.browser.urls import parse_browser_url
+from mcproxy.browser.urls import is_tunnel, parse_browser_url
 from mcproxy.config import BrowserConfig
 from mcproxy.errors import CDPError, ServerFull, ToolError
 from mcproxy.interfaces import IBrowserPool, IPageBook, IUserBrowser
@@ -243,7 +243,8 @@ class BrowserPool:
         if browser is not None and browser.browser_url == browser_url:
             browser.retry()
             return browser
-        parse_browser_url(browser_url)
+        if not is_tunnel(browser_url):
+            parse_browser_url(browser_url)
         self.check_room(user_id)
         if browser is not None:
             self._stop_quietly(browser)
@@ -293,6 +294,12 @@ class BrowserPool:
         return browser.stop().addErrback(
             lambda f: log.failure("Stopping the browser of {user_id} failed", f, user_id=browser.user_id)
         )
+
+    def connect_now(self, user_id: str) -> None:
+        """Have the user's browser, if the pool holds it, try to connect at once."""
+        browser = self._browsers.get(user_id)
+        if browser is not None:
+            browser.connect_now()
 
     def forget(self, user_id: str) -> Deferred:
         """Close and drop the user's connection. Deferred[None]."""

@@ -55,8 +55,9 @@ class RegisteredBrowsers(AsyncService):
             user = await self.store.get_user(user_id)
             if user is None:
                 raise ToolError(
-                    f"No browser is registered for user {user_id}. Register one with POST /api/register "
-                    '{"browserURL": "http://127.0.0.1:9222"} (start Chrome with --remote-debugging-port=9222).'
+                    f"No browser is registered for user {user_id}. Run mcproxy-connect --proxy <this proxy's"
+                    " address> next to your Chrome, or register one with POST /api/register"
+                    ' {"browserURL": "http://127.0.0.1:9222"} (start Chrome with --remote-debugging-port=9222).'
                 )
             browser = self.pool.browser_for(user_id, user.browser_url)
         now = self.clock.seconds()

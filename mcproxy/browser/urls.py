@@ -88,6 +88,16 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+#: The registered browser URL of a user whose browser dials in (``mcproxy-connect``,
+#: `mcproxy.tunnel`) rather than listening where the proxy can reach it.
+TUNNEL_URL = "tunnel:"
+
+
+def is_tunnel(url: str) -> bool:
+    """Whether ``url`` names the user's tunnel rather than an address to dial."""
+    return url == TUNNEL_URL
+
+
 def parse_browser_url(url: str) -> BrowserURL:
     """Check the shape of ``url`` (no network access); raise InvalidBrowserURL."""
     if not isinstance(url, str) or not url.strip():

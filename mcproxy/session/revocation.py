@@ -1,7 +1,8 @@
 """Sessions end soon after the API token that opened them is revoked or expires.
 
 Every request is authenticated again, but a stream (legacy ``GET /sse``, a standalone
-Streamable HTTP ``GET``) lives on one request; without this it would outlive its token.
+Streamable HTTP ``GET``) lives on one request; without this it would outlive its token. So
+would a browser tunnel (`mcproxy.tunnel`), which the watch closes alike.
 """
 
 from twisted.application.service import Service
@@ -15,10 +16,14 @@ CHECK_INTERVAL = 5.0
 
 
 class RevocationWatch(Service):
-    """Every ``interval`` seconds, ends the sessions whose token is gone, revoked or expired."""
+    """Every ``interval`` seconds, ends the sessions whose token is gone, revoked or expired.
 
-    def __init__(self, sessions, store, clock, interval: float = CHECK_INTERVAL):
-        self._sessions = sessions
+    ``also`` holds more of what lives on a token (the browser tunnels): like the session
+    registry, each has ``token_ids()`` and ``close_token(token_id)`` (how many it ended).
+    """
+
+    def __init__(self, sessions, store, clock, interval: float = CHECK_INTERVAL, *, also=()):
+        self._holders = (sessions, *also)
         self._store = store
         self._clock = clock
         self._interval = interval
@@ -38,7 +43,8 @@ class RevocationWatch(Service):
 
     async def check(self) -> None:
         """One pass over the tokens of the live sessions (a store failure skips a token)."""
-        for token_id in sorted(self._sessions.token_ids()):
+        token_ids = set().union(*(holder.token_ids() for holder in self._holders))
+        for token_id in sorted(token_ids):
             await self.check_token(token_id)
 
     async def check_token(self, token_id: str) -> int:
@@ -62,6 +68,8 @@ class RevocationWatch(Service):
             why = "expired"
         else:
             return 0
-        ended = self._sessions.close_token(token_id)
-        log.info("Token {token_id} {why}: ended {count} session(s)", token_id=token_id, why=why, count=ended)
+        ended = sum(holder.close_token(token_id) for holder in self._holders)
+        log.info(
+            "Token {token_id} {why}: ended {count} session(s) and tunnel(s)", token_id=token_id, why=why, count=ended
+        )
         return ended

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from mcproxy.auth.principal import ADMIN, REGISTER
 from mcproxy.auth.tokens import is_valid_user_id
 from mcproxy.browser.connect import probe_browser
+from mcproxy.browser.urls import is_tunnel
 from mcproxy.config import ConfigError
 from mcproxy.errors import BadRequest, Conflict, Forbidden, MCProxyError, NotFound
 from mcproxy.storage.records import UserRecord
@@ -91,6 +92,10 @@ class AdminDependencies:
     reload_config: Callable[[], list[str]] | None = None
     #: This process as a node of a cluster (`mcproxy.cluster.service.ClusterNode`), or None.
     cluster: Any = None
+    #: ``browser.require_tunnel``: browsers are registered as ``tunnel:`` only.
+    require_tunnel: bool = False
+    #: Where a user's browser tunnel comes from (`mcproxy.tunnel.registry.Tunnels.source`).
+    tunnel_source: Callable[[str], str | None] = lambda user_id: None
     #: Held while a browser is registered: one registration at a time.
     registering: DeferredLock = attrs.Factory(DeferredLock)
 
@@ -104,6 +109,7 @@ class AdminDependencies:
             max_body_bytes=config.server.max_body_bytes,
             session_token_ttl=SESSION_TOKEN_TTL,
             resolve_timeout=config.browser.connect_timeout,
+            require_tunnel=config.browser.require_tunnel,
             **parts,
         )
         deps.reconfigure(config)
@@ -251,12 +257,17 @@ class AdminAPI:
             raise NotFound(f"user {user_id!r} has no registered browser")
         return user
 
+    def _browser_url(self, user: UserRecord) -> str:
+        """The registered URL; for a tunnel, with where it comes from while it is connected."""
+        source = self.deps.tunnel_source(user.user_id) if is_tunnel(user.browser_url) else None
+        return user.browser_url + source if source else user.browser_url
+
     def _status(self, user: UserRecord, live: dict, nodes: dict[str, str | None] | None = None) -> dict:
         """A user's status object from its record and ``live`` (`live_status`); in a cluster
         (``nodes``), with the node that owns the user."""
         status = {
             "userId": user.user_id,
-            "browserURL": user.browser_url,
+            "browserURL": self._browser_url(user),
             **live,
             "lastActivity": iso8601(user.last_activity),
         }

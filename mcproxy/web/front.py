@@ -28,13 +28,15 @@ def build_router(
     audit: Callable[..., None] = lambda principal, client, action, target, outcome: None,
     place: Callable[[Any, str], Awaitable[bool]] | None = None,
     internal: tuple[Route, ...] | None = None,
+    tunnel: Area | None = None,
 ) -> Router:
     """The root resource over the parts given; any path none of them owns is a JSON 404,
     under the API's Host and Origin rules when the admin API is served (``/health`` has none:
     balancers' checks send what Host they like). ``place`` sends a
     request to the process of the cluster that owns its user (`mcproxy.cluster.routing`);
     ``internal`` holds the routes between the processes of a cluster (``/_cluster/...``, with
-    the admin API's own), given to the internal listener's router alone."""
+    the admin API's own), given to the internal listener's router alone; ``tunnel`` is the
+    ``/tunnel`` endpoint of browsers that dial in (`mcproxy.tunnel`)."""
     areas: dict[bytes, Area] = {}
     if transports is not None:
         areas.update(transports.areas())
@@ -44,6 +46,8 @@ def build_router(
         areas[b".well-known"] = well_known.area()
     if dashboard is not None:
         areas[b"admin"] = dashboard.area()
+    if tunnel is not None:
+        areas[b"tunnel"] = tunnel
     api = Area()
     if admin is not None:
         admin_api = AdminAPI(admin)

@@ -1,7 +1,10 @@
 """The admin API's registration of a user's browser: ``POST /api/register``.
 
 The browser must answer, lie within ``browser.user_networks``, and belong to no other user
-(a browser belongs to one user only); the caller gets a session token for its IDE.
+(a browser belongs to one user only); the caller gets a session token for its IDE. A browser
+registered as ``tunnel:`` dials in through ``mcproxy-connect`` (`mcproxy.tunnel`): nothing is
+checked of it here, it is the user's by construction. ``browser.require_tunnel`` allows
+only that.
 """
 
 import json
@@ -12,8 +15,10 @@ from twisted.logger import Logger
 from mcproxy.auth.principal import REGISTER, Principal
 from mcproxy.auth.tokens import mint_child_token
 from mcproxy.browser.urls import (
+    TUNNEL_URL,
     check_user_networks,
     endpoint_key,
+    is_tunnel,
     parse_browser_url,
     resolve,
 )
@@ -75,14 +80,31 @@ class Registration:
                 " (limits.max_metadata_bytes)",
                 code="metadata_too_large",
             )
-        parsed = parse_browser_url(browser_url)
-        addresses = await resolve(self.deps.clock, parsed.host, timeout=self.deps.resolve_timeout)
-        check_user_networks(user_id, parsed, addresses, self.deps.user_networks)
+        tunnel = is_tunnel(browser_url)
+        if tunnel and self.deps.cluster is not None:
+            raise BadRequest(
+                "browsers connected through mcproxy-connect are not available in a cluster yet;"
+                " register your Chrome's URL",
+                code="tunnel_unavailable",
+            )
+        if not tunnel:
+            if self.deps.require_tunnel:
+                raise Forbidden(
+                    "this proxy connects browsers only through their tunnels (browser.require_tunnel): run"
+                    f' mcproxy-connect next to your Chrome, or register "{TUNNEL_URL}"',
+                    code="tunnel_required",
+                )
+            parsed = parse_browser_url(browser_url)
+            addresses = await resolve(self.deps.clock, parsed.host, timeout=self.deps.resolve_timeout)
+            check_user_networks(user_id, parsed, addresses, self.deps.user_networks)
         self.deps.pool.check_room(user_id)
         await self.deps.registering.acquire()
         try:
-            identity = await self._probe(browser_url)
-            await self._check_unclaimed(user_id, identity)
+            product = "the browser behind your tunnel"
+            if not tunnel:
+                identity = await self._probe(browser_url)
+                await self._check_unclaimed(user_id, identity)
+                product = identity.product
             now = self.deps.clock.seconds()
             existing = await self.deps.store.get_user(user_id)
             await self.deps.store.save_user(
@@ -102,9 +124,9 @@ class Registration:
             "User {user_id} registered browser {browser_url} ({version})",
             user_id=user_id,
             browser_url=browser_url,
-            version=identity.product,
+            version=product,
         )
-        message = f"Registered {identity.product} at {browser_url} for {user_id}."
+        message = f"Registered {product} at {browser_url} for {user_id}."
         if token is None:
             message += " No session token: one is only made from an API token of your own; use your credential."
         return 201, {"success": True, "userId": user_id, "sessionToken": token, "message": message}

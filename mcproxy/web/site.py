@@ -24,6 +24,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, ITransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web import http, server
 
@@ -179,6 +180,34 @@ class ProxyChannel(http.HTTPChannel):
             self.site.close_connection(self._group)
             self._group = None
         super().connectionLost(reason)
+
+    def hand_over(self, protocol) -> Callable[[], None]:
+        """Give the connection to ``protocol`` (a WebSocket after its upgrade): no HTTP deadline
+        or idle timeout applies any more, and nothing more is read as HTTP. It stays counted
+        against its address's cap: call the returned ``release`` once ``protocol`` has lost it."""
+        self._disarm()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self.setTimeout(None)
+        transport: Any = self.transport
+        self.transport = None  # type: ignore[assignment]
+        transport.unregisterProducer()
+        if isinstance(transport, ProtocolWrapper):  # TLS
+            transport.wrappedProtocol = protocol
+        else:
+            transport.protocol = protocol
+        protocol.makeConnection(transport)
+        transport.resumeProducing()  # the channel paused reading while it handled the request
+        group, self._group = self._group, None
+        released: list[bool] = []
+
+        def release() -> None:
+            if group is not None and not released:
+                released.append(True)
+                self.site.close_connection(group)
+
+        return release
 
     def _arm(self, part: str) -> None:
         limits = self.site.limits
