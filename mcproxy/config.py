@@ -478,11 +478,6 @@ def _check_cluster(config: Config) -> None:
     """Cluster mode needs Redis, an internal listener and timers that leave a renewal several
     chances within one lease (the secret is read and checked as the node is built:
     `mcproxy.cluster.service.cluster_secret`)."""
-    if config.browser.require_tunnel:
-        raise ConfigError(
-            "browser.require_tunnel: a cluster does not accept browser tunnels yet, so no browser could be"
-            " registered; turn browser.require_tunnel or cluster.enabled off"
-        )
     cluster = config.cluster
     if not config.store.url.startswith("redis://"):
         raise ConfigError(

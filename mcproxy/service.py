@@ -266,6 +266,7 @@ class MCProxyService(StartInOrder):
             # Tool limits stay in `limits` (see mcproxy.cluster.limits); the per-user ones are shared.
             shared = live(SharedLimits(reactor, config.ratelimit, limits, on_limited=metrics.rate_limited))
             daemon.cluster = ClusterNode(reactor, config, store=store, pool=pool, sessions=sessions, limits=shared)
+            daemon.cluster.let_go.append(tunnels.let_go)
             artifacts.index = daemon.cluster.artifact_index
         site = daemon._web(
             store, pool, sessions, tools, limits, metrics, plugins, activity, audit, artifacts, revocation
@@ -383,11 +384,14 @@ class MCProxyService(StartInOrder):
             dashboard=Dashboard(overview),
             audit=plugins.admin_audit(audit.admin_action),
             place=place,
-            # Not in a cluster yet: a tunnel would have to reach its user's owner.
-            tunnel=None
-            if cluster is not None
-            else TunnelEndpoint(
-                reactor, config.browser, self.tunnels, authenticate=admission.authenticate, store=store, pool=pool
+            tunnel=TunnelEndpoint(
+                reactor,
+                config.browser,
+                self.tunnels,
+                authenticate=admission.authenticate,
+                store=store,
+                pool=pool,
+                pull=cluster.pull if cluster is not None else None,
             ).area(),
         )
         return live(

@@ -43,7 +43,7 @@ async def test_a_dropped_tunnel_comes_back_by_itself(reactor, tunnel_daemon, con
         assert status["browserURL"] == "tunnel:", status
         assert status["lastError"].startswith("connection lost: the tunnel closed"), status
         back = client.line_with("connected to")
-        relay.heal()
+        await relay.heal()
         await back
         await wait_status(reactor, proxy, "alice", "connected")
         check_core_flow(await core_flow(proxy.base_url, token, fixture_site.url("index.html")))
@@ -201,13 +201,6 @@ async def test_require_tunnel_refuses_browsers_registered_by_url(reactor, tmp_pa
         assert (await proxy.register("alice", "tunnel:", token))["success"]
     finally:
         await proxy.stop()
-
-
-def test_a_cluster_cannot_require_tunnels_it_does_not_accept_yet():
-    from mcproxy.config import Config, ConfigError
-
-    with pytest.raises(ConfigError, match=r"browser\.require_tunnel: a cluster does not accept browser tunnels yet"):
-        Config().replace(browser={"require_tunnel": True}, cluster={"enabled": True})
 
 
 @pytest_twisted.ensureDeferred

@@ -219,23 +219,30 @@ class Forwarder:
         connection.send(b"".join(head), exchange, no_body=method == b"HEAD")
         await exchange.done
 
-    async def fetch(self, *, to: str, url: str, principal: "Principal", path: bytes, limit: int) -> tuple[int, bytes]:
-        """``GET path`` from node ``to`` at ``url`` for ``principal``, signed like a forward:
-        (status, body), the body read whole (the caller's own request, not a client's).
+    async def fetch(
+        self, *, to: str, url: str, principal: "Principal", path: bytes, limit: int, body: bytes | None = None
+    ) -> tuple[int, bytes]:
+        """``GET path`` (``POST`` with a JSON ``body``) from node ``to`` at ``url`` for
+        ``principal``, signed like a forward: (status, body), the answer read whole (the
+        caller's own request, not a client's).
 
         Raises `OwnerUnreachable` when no connection can be made, `BadAnswer` for a body
         over ``limit`` bytes (the connection is dropped), or the reason the connection was
         lost before the answer ended. Cancelling it drops the connection.
         """
         rid = new_nonce()
+        method = b"GET" if body is None else b"POST"
+        sent = body or b""
         envelope = self._envelope.seal(
-            to=to, principal=principal, client=None, method=b"GET", path=path, body=b"", rid=rid
+            to=to, principal=principal, client=None, method=method, path=path, body=sent, rid=rid
         )
         node = self._pool.node(url)
-        head = (b"GET ", path, b" HTTP/1.1\r\n", node.host_line, b"X-Request-Id: ", rid.encode("ascii"), b"\r\n")
+        head = [method, b" ", path, b" HTTP/1.1\r\n", node.host_line, b"X-Request-Id: ", rid.encode("ascii"), b"\r\n"]
+        if body is not None:
+            head += (b"Content-Type: application/json\r\nContent-Length: ", b"%d" % len(body), b"\r\n")
         connection = await self._connection(node, to)
         answer = _Collected(connection, limit)
-        connection.send(b"".join((*head, HEADER, b": ", envelope, b"\r\n\r\n")), answer)
+        connection.send(b"".join((*head, HEADER, b": ", envelope, b"\r\n\r\n", sent)), answer)
         return await answer.done
 
     async def _connection(self, node, to: str) -> HopConnection:

@@ -35,7 +35,7 @@ from mcproxy.cluster.state import FencedWriter, RedisPageBook, RedisSessionRecor
 from mcproxy.config import ClusterConfig, Config, ConfigError
 from mcproxy.errors import BrowserUnavailable, Conflict, ServerFull
 from mcproxy.lifecycle import AsyncService
-from mcproxy.web.admin import SERVED_USERS_PATH
+from mcproxy.web.admin import RELEASE_PATH, SERVED_USERS_PATH
 from mcproxy.web.http import read_body
 from mcproxy.web.listener import endpoint_fields
 
@@ -166,6 +166,9 @@ class ClusterNode(AsyncService):
         self.writer = FencedWriter(reactor, self._token_of)
         self.session_records = RedisSessionRecords(self.writer, sessions, reactor)
         self.started_at = reactor.seconds()
+        #: Told of each user this process stops serving while it runs (handed over, moved, lost).
+        self.let_go: list[Callable[[str], object]] = []
+        self._release_to = json.dumps({"to": self.node_id}).encode()
         self.control: Any = None
         self.membership: Any = None
         self.ownership: Any = None
@@ -309,8 +312,16 @@ class ClusterNode(AsyncService):
         """Another process owns ``user_id`` now (or this one lost its lease): let go of its
         sessions and browser connection at once."""
         log.info("User {user_id} is no longer served by this process", user_id=user_id)
+        self._tell_let_go(user_id)
         self.sessions.close_user(user_id, for_good=False)
         self.pool.forget(user_id)
+
+    def _tell_let_go(self, user_id: str) -> None:
+        for listener in self.let_go:
+            try:
+                listener(user_id)
+            except Exception:
+                log.failure("Cluster: a listener of user {user_id} leaving failed", user_id=user_id)
 
     async def start_draining(self) -> None:
         """Say ``draining`` in ``/health`` and in the node's record, so balancers and placement
@@ -334,10 +345,47 @@ class ClusterNode(AsyncService):
             await gatherResults([Deferred.fromCoroutine(self._hand_over(user)) for user in batch])
 
     async def _hand_over(self, user_id: str, to: str = "") -> None:
+        self._tell_let_go(user_id)
         self.sessions.close_user(user_id, for_good=False)  # their records stay: the next owner resumes them
         await self.pool.forget(user_id)
         await self._await_writes(f"handing user {user_id} over", self.writer.flushed())
         await self.ownership.release(user_id, hint=to)
+
+    async def hand_to(self, user_id: str, to: str) -> bool:
+        """Hand ``user_id`` over to node ``to`` at once, for a tunnel of the user that reached
+        ``to`` (`pull`); False when this process does not serve the user."""
+        if not self.ownership.owns(user_id):
+            return False
+        log.info("Handing user {user_id} to node {to}, where its tunnel is", user_id=user_id, to=to)
+        await self._hand_over(user_id, to)
+        return True
+
+    async def pull(self, user_id: str, principal) -> None:
+        """Become ``user_id``'s owner because its browser's tunnel reached this process: that
+        browser can be reached from here alone. A live owner elsewhere is asked to hand the
+        user over (``POST /_cluster/users/<id>/release``); then this process claims it.
+        `CoordinationUnavailable` when that did not happen within ``cluster.failover_wait``."""
+        ownership = self.ownership
+        give_up = self.reactor.seconds() + self.config.cluster.failover_wait
+        while not ownership.owns(user_id):
+            if self.reactor.seconds() >= give_up:
+                raise CoordinationUnavailable(f"user {user_id} could not be moved to node {self.node_id}")
+            owner = await ownership.owner_of(user_id, fresh=True)
+            if owner is None or not owner.alive:
+                await ownership.claim(user_id, via="tunnel")
+                continue
+            path = RELEASE_PATH % user_id.encode()
+            try:
+                status, _ = await self.forwarder.fetch(
+                    to=owner.node, url=owner.url, principal=principal, path=path, limit=4096, body=self._release_to
+                )
+            except Exception as e:
+                status = 0
+                log.warn(
+                    "Cluster: node {node} did not hand {user} over: {error}", node=owner.node, user=user_id, error=e
+                )
+            if status != 200:
+                await deferLater(self.reactor, MOVE_POLL, lambda: None)
 
     async def move(self, user_id: str, to: str | None) -> dict:
         """``POST /api/users/{id}/move``: hand ``user_id``, owned here, over to node ``to`` (by

@@ -131,7 +131,7 @@ class TunnelServerProtocol(WebSocketServerProtocol):
         wire.send(self, wire.encode("welcome", user=self.user_id), binary=True)
         self._home.tunnels.attach(self.user_id, self)
         if self.principal is not None:
-            self._home.arrived(self.principal)
+            self._home.arrived(self.principal, self)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._gone = True
@@ -168,6 +168,12 @@ class TunnelServerProtocol(WebSocketServerProtocol):
     def token_gone(self) -> None:
         """The token it was opened with is revoked or expired: the client must not come back with it."""
         self.sendClose(wire.CLOSE_UNAUTHORIZED, "the token was revoked or expired")
+
+    def moved_away(self, why: str) -> None:
+        """Its user is served by another process now (or cannot be served here): the client
+        reconnects through the balancer, and the process it reaches pulls the user there."""
+        self._drop_cdp(why, tell=False)
+        self.sendClose(wire.CLOSE_GOING_AWAY, why)
 
     def going_away(self) -> Deferred:
         """The proxy stops: close, so the client knows to come back. Deferred[None], fired once
@@ -237,7 +243,13 @@ class TunnelServerFactory(WebSocketServerFactory):
 
     protocol = TunnelServerProtocol
 
-    def __init__(self, reactor, config: BrowserConfig, tunnels: Tunnels, arrived: Callable[[Principal], None]):
+    def __init__(
+        self,
+        reactor,
+        config: BrowserConfig,
+        tunnels: Tunnels,
+        arrived: Callable[[Principal, TunnelServerProtocol], None],
+    ):
         super().__init__(reactor=reactor)
         self.clock = reactor
         self.config = config
@@ -271,7 +283,9 @@ def _offers_tunnel(request) -> bool:
 class TunnelEndpoint:
     """The ``/tunnel`` route. ``authenticate(request, endpoint_class)`` is the admission of
     every API call; ``store`` and ``pool`` register the caller's browser as ``tunnel:`` on
-    its first tunnel, when its credential may register."""
+    its first tunnel, when its credential may register. In a cluster, ``pull(user_id,
+    principal)`` first makes this process the user's owner (its browser can be reached from
+    here alone); a tunnel whose user cannot be pulled here is closed, and its client comes back."""
 
     def __init__(
         self,
@@ -282,11 +296,13 @@ class TunnelEndpoint:
         authenticate: Callable[[Any, str], Awaitable[Principal]],
         store,
         pool,
+        pull: Callable[[str, Principal], Awaitable[None]] | None = None,
     ):
         self.reactor = reactor
         self._authenticate = authenticate
         self._store = store
         self._pool = pool
+        self._pull = pull
         self._factory = TunnelServerFactory(reactor, config, tunnels, self._arrived)
 
     def area(self) -> Area:
@@ -317,11 +333,21 @@ class TunnelEndpoint:
         head += [name + b": " + b",".join(values) for name, values in request.requestHeaders.getAllRawHeaders()]
         protocol.dataReceived(b"\r\n".join(head) + b"\r\n\r\n")
 
-    def _arrived(self, principal: Principal) -> None:
+    def _arrived(self, principal: Principal, tunnel: TunnelServerProtocol) -> None:
         user_id = principal.user_id
-        defer.Deferred.fromCoroutine(self._register(principal)).addErrback(
+        defer.Deferred.fromCoroutine(self._settle(principal, tunnel)).addErrback(
             lambda failure: log.failure("Registering the tunnel of {user_id} failed", failure, user_id=user_id)
         )
+
+    async def _settle(self, principal: Principal, tunnel: TunnelServerProtocol) -> None:
+        if self._pull is not None:
+            try:
+                await self._pull(principal.user_id, principal)
+            except MCProxyError as e:
+                log.warn("The tunnel of {user_id} is closed: {reason}", user_id=principal.user_id, reason=e.message)
+                tunnel.moved_away(f"this proxy process cannot serve your user now ({e.message}); reconnecting")
+                return
+        await self._register(principal)
 
     async def _register(self, principal: Principal) -> None:
         """Register ``tunnel:`` as the caller's browser on its first tunnel (a credential that

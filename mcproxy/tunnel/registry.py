@@ -66,6 +66,13 @@ class Tunnels(AsyncService):
             del self._live[user_id]
             log.info("The tunnel of {user_id} closed", user_id=user_id)
 
+    def let_go(self, user_id: str) -> None:
+        """This process no longer serves ``user_id`` (a cluster moved it): its tunnel closes,
+        and the client reconnects to whichever process the balancer picks."""
+        tunnel = self._live.get(user_id)
+        if tunnel is not None:
+            tunnel.moved_away("your user is served by another process of the proxy now; reconnecting")
+
     def tunnel_of(self, user_id: str) -> "TunnelServerProtocol | None":
         """The user's live tunnel, if there is one."""
         return self._live.get(user_id)

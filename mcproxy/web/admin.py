@@ -41,6 +41,8 @@ SESSION_TOKEN_TTL = 30 * 86400.0
 
 #: Between the processes of a cluster: the live status of the users a process serves.
 SERVED_USERS_PATH = b"/_cluster/users"
+#: Between the processes of a cluster: hand a user over to the process its tunnel reached (``% user``).
+RELEASE_PATH = SERVED_USERS_PATH + b"/%s/release"
 
 
 def live_status(pool, sessions, user_id: str) -> dict:
@@ -197,7 +199,22 @@ class AdminAPI:
 
     def internal_routes(self) -> tuple[Route, ...]:
         """Between the processes of a cluster, on the internal listener alone."""
-        return (Route(b"GET", SERVED_USERS_PATH.decode() + "/?", self.served_users, auth="admin", permission=ADMIN),)
+        served = SERVED_USERS_PATH.decode()
+        return (
+            Route(b"GET", served + "/?", self.served_users, auth="admin", permission=ADMIN),
+            Route(b"POST", served + "/(?P<user_id>[^/]+)/release/?", self.release_user, auth="admin"),
+        )
+
+    async def release_user(self, request, user_id: str):
+        """Hand a user this process serves over to the process its browser's tunnel reached
+        (which asks, for the tunnel's user: ``{"to": node}``)."""
+        principal = request.principal
+        if not principal.is_admin and principal.user_id != user_id:
+            raise Forbidden("only the user's own tunnel moves the user", scope="tunnel")
+        to = json_body(self.deps, request).get("to")
+        if not isinstance(to, str) or not to:
+            raise BadRequest('"to" must be the node id the user moves to', code="invalid_node")
+        return 200, {"released": await self._cluster().hand_to(user_id, to)}
 
     async def served_users(self, request):
         """The live status of every user this process serves, for another process's view."""

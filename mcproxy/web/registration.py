@@ -81,12 +81,6 @@ class Registration:
                 code="metadata_too_large",
             )
         tunnel = is_tunnel(browser_url)
-        if tunnel and self.deps.cluster is not None:
-            raise BadRequest(
-                "browsers connected through mcproxy-connect are not available in a cluster yet;"
-                " register your Chrome's URL",
-                code="tunnel_unavailable",
-            )
         if not tunnel:
             if self.deps.require_tunnel:
                 raise Forbidden(
