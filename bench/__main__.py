@@ -1,4 +1,5 @@
-"""``python -m bench [latency] [sse_memory] [soak] [tools] [console] [isolation] [load] [cluster]``: run benchmarks.
+"""``python -m bench [latency] [sse_memory] [soak] [tools] [console] [isolation] [load] [cluster] [tunnel]``: run
+benchmarks.
 
 Prints figures and verdicts; exits 0 only when every selected target passed.
 """
@@ -8,7 +9,7 @@ import asyncio
 import sys
 import traceback
 
-from bench import cluster, console, isolation, latency, load, network, soak, sse_memory, tools
+from bench import cluster, console, isolation, latency, load, network, soak, sse_memory, tools, tunnel
 from bench.report import Verdict, say
 
 BENCHMARKS = {
@@ -21,6 +22,7 @@ BENCHMARKS = {
     "isolation": isolation.run,
     "load": load.run,
     "cluster": cluster.run,
+    "tunnel": tunnel.run,
 }
 #: Hard bound per benchmark, so that the whole run stays within a few minutes...
 TIME_LIMIT = 120.0

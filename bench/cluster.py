@@ -33,7 +33,7 @@ import tempfile
 import time
 
 from bench.isolation import _Client
-from bench.lean_mcp import LeanStreamable
+from bench.lean_mcp import LeanStreamable, open_tab, timed_evaluate
 from bench.load import MAX_IN_FLIGHT, NotMeasurable, _find_wrk, _wrk
 from bench.procs import Chromium, FixtureSite, ProxyDaemon, _stop_process, free_port
 from bench.report import Summary, Verdict, say
@@ -143,26 +143,6 @@ async def _owner(node: Node, user: str) -> str | None:
     return json.loads(body)["owners"].get(user)
 
 
-async def _evaluate(session, page_id: int) -> float:
-    """One ``evaluate_script(() => 1+1)``, in ms; it must yield 2."""
-    started = time.perf_counter()
-    text = await session.tool(
-        "evaluate_script", {"pageId": page_id, "function": "() => 1+1", "waitForStableDom": False}
-    )
-    elapsed = (time.perf_counter() - started) * 1000
-    if "2" not in text:
-        raise WireError(f"evaluate_script did not return 2: {text[:200]!r}")
-    return elapsed
-
-
-async def _tab(session, url: str) -> int:
-    listing = await session.tool("new_page", {"url": url})
-    for line in listing.splitlines():
-        if url in line and ":" in line:
-            return int(line.split(":", 1)[0].strip())
-    raise WireError(f"new_page did not list {url}: {listing[:300]}")
-
-
 USER = "bench-cluster"
 
 
@@ -180,18 +160,18 @@ async def _forwarded_vs_local(
         "no cluster": await LeanStreamable.open(single.base_url, single_token),
     }
     try:
-        tabs = {
-            name: await _tab(session, site.url(f"cluster-{i}")) for i, (name, session) in enumerate(sessions.items())
-        }
+        tabs = {}
+        for i, (name, session) in enumerate(sessions.items()):
+            tabs[name] = await open_tab(session, site.url(f"cluster-{i}"))
         for _ in range(options.warmup):
             for name, session in sessions.items():
-                await _evaluate(session, tabs[name])
+                await timed_evaluate(session, tabs[name])
         samples: dict[str, list[float]] = {name: [] for name in sessions}
         edge_cpu = 0.0
         for _ in range(options.iterations):
             for name, session in sessions.items():
                 before = n2.cpu_seconds() if name == "forwarded" else 0.0
-                samples[name].append(await _evaluate(session, tabs[name]))
+                samples[name].append(await timed_evaluate(session, tabs[name]))
                 if name == "forwarded":
                     edge_cpu += n2.cpu_seconds() - before
     finally:
@@ -237,7 +217,7 @@ class _Balancer:
             self.turn += 1
             client = _Client(node.base_url, self.token)
             try:
-                return await _evaluate(client, page_id)
+                return await timed_evaluate(client, page_id)
             except (ConnectionRefusedError, ConnectionResetError):
                 continue
             finally:

@@ -7,6 +7,7 @@ URLs (a cluster's nodes), each request goes to the next one in turn (`RotatingCo
 
 import itertools
 import json
+import time
 from collections.abc import Sequence
 
 from bench.wire import EventStream, HttpConnection, RotatingConnection, WireError, connect
@@ -141,3 +142,23 @@ class LeanLegacySse(_LeanSession):
     def close(self) -> None:
         self.stream.close()
         self.poster.close()
+
+
+async def open_tab(session, url: str) -> int:
+    """Open ``url`` in a new tab through ``session`` (anything with ``tool``); its pageId."""
+    listing = await session.tool("new_page", {"url": url})
+    for line in listing.splitlines():
+        if url in line and ":" in line:
+            return int(line.split(":", 1)[0].strip())
+    raise WireError(f"new_page did not list {url}: {listing[:300]}")
+
+
+async def timed_evaluate(session, page_id: int) -> float:
+    """One ``evaluate_script(() => 1+1)`` that only reads (no settling), in ms; it must yield 2."""
+    started = time.perf_counter()
+    arguments = {"pageId": page_id, "function": "() => 1+1", "waitForStableDom": False}
+    text = await session.tool("evaluate_script", arguments)
+    elapsed = (time.perf_counter() - started) * 1000
+    if "2" not in text:
+        raise WireError(f"evaluate_script did not return 2: {text[:200]!r}")
+    return elapsed
