@@ -346,6 +346,7 @@ class MCProxyService(StartInOrder):
                 reload_config=self.reload,
                 cluster=self.cluster,
                 tunnel_source=self.tunnels.source,
+                tunnel_unregistered=self.tunnels.unregistered,
             )
         )
         metrics_endpoint = live(MetricsEndpoint(metrics, config.metrics.allowed_networks))

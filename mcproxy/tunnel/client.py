@@ -46,11 +46,13 @@ EXIT_FORBIDDEN = 4
 EXIT_REPLACED = 5
 EXIT_BROWSER = 6
 EXIT_NO_TUNNEL_ENDPOINT = 7
+EXIT_UNREGISTERED = 8
 #: What each final close code of the proxy means to the user, and the exit code it ends with.
 EXIT_CODES = {
     wire.CLOSE_UNAUTHORIZED: (EXIT_BAD_TOKEN, "the proxy refused the token"),
     wire.CLOSE_FORBIDDEN: (EXIT_FORBIDDEN, "the token may not open a tunnel (it needs 'tunnel' or 'register')"),
     wire.CLOSE_REPLACED: (EXIT_REPLACED, "another mcproxy-connect of the same user replaced this one"),
+    wire.CLOSE_UNREGISTERED: (EXIT_UNREGISTERED, "the user was unregistered on the proxy (DELETE /api/users)"),
 }
 
 CHROME_NAMES = ("google-chrome", "google-chrome-stable", "chromium", "chromium-browser", "chrome", "msedge")

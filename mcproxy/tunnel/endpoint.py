@@ -169,6 +169,11 @@ class TunnelServerProtocol(WebSocketServerProtocol):
         """The token it was opened with is revoked or expired: the client must not come back with it."""
         self.sendClose(wire.CLOSE_UNAUTHORIZED, "the token was revoked or expired")
 
+    def unregistered(self) -> None:
+        """Its user was unregistered: closed for good."""
+        self._drop_cdp("the user was unregistered", tell=False)
+        self.sendClose(wire.CLOSE_UNREGISTERED, "the user was unregistered")
+
     def moved_away(self, why: str) -> None:
         """Its user is served by another process now (or cannot be served here): the client
         reconnects through the balancer, and the process it reaches pulls the user there."""

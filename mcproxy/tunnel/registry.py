@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 log = Logger()
 
 NOT_CONNECTED = "your browser's tunnel is not connected; run mcproxy-connect next to your Chrome"
+REQUIRED = (
+    "this proxy connects browsers only through their tunnels (browser.require_tunnel):"
+    " run mcproxy-connect next to your Chrome"
+)
 
 
 class Tunnels(AsyncService):
@@ -65,6 +69,13 @@ class Tunnels(AsyncService):
         if self._live.get(user_id) is tunnel:
             del self._live[user_id]
             log.info("The tunnel of {user_id} closed", user_id=user_id)
+
+    def unregistered(self, user_id: str) -> None:
+        """``user_id`` was unregistered: its tunnel closes for good (a client that came back
+        would register the user again)."""
+        tunnel = self._live.get(user_id)
+        if tunnel is not None:
+            tunnel.unregistered()
 
     def let_go(self, user_id: str) -> None:
         """This process no longer serves ``user_id`` (a cluster moved it): its tunnel closes,
@@ -118,6 +129,8 @@ class Tunnels(AsyncService):
         async def open_link(browser: "BrowserLink") -> CDPConnection:
             if is_tunnel(browser.browser_url):
                 return await self.open_link(browser)
+            if self.config.require_tunnel:
+                raise BrowserUnavailable(REQUIRED)
             return await direct(browser)
 
         return open_link

@@ -20,16 +20,18 @@ VERSION = 1
 MODES = ("pipe", "port")
 
 #: Close codes: the token was refused, it lacks the permission, a newer tunnel of the same
-#: user took over. The client gives up on these rather than reconnecting.
+#: user took over, the user was unregistered. The client gives up on these rather than
+#: reconnecting.
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_REPLACED = 4409
+CLOSE_UNREGISTERED = 4410
 #: The peer broke the protocol (a malformed control message, a hello missing); the proxy
 #: stops (the client comes back once it returns). A frame over the size cap is closed with
 #: the WebSocket's own 1009.
 CLOSE_PROTOCOL = 4400
 CLOSE_GOING_AWAY = 4503
-FINAL_CLOSE_CODES = (CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN, CLOSE_REPLACED)
+FINAL_CLOSE_CODES = (CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN, CLOSE_REPLACED, CLOSE_UNREGISTERED)
 
 #: Seconds between WebSocket pings, both ways: a tunnel whose peer misses one is dropped.
 PING_INTERVAL = 20.0
