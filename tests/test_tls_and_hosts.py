@@ -1,7 +1,5 @@
 """TLS listeners with HSTS, and the Host check that stops DNS rebinding."""
 
-import datetime
-
 import pytest
 import pytest_twisted
 from twisted.internet.defer import CancelledError
@@ -10,40 +8,8 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from mcproxy.errors import Forbidden
 from mcproxy.testing.daemon import start_proxy
+from mcproxy.testing.tls import self_signed
 from mcproxy.web.origins import check_host
-
-
-def _self_signed(tmp_path):
-    """A key and a certificate for 127.0.0.1, written as PEM files; returns their paths and the cert."""
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    key_path, cert_path = tmp_path / "key.pem", tmp_path / "cert.pem"
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    cert_path.write_bytes(cert_pem)
-    return key_path, cert_path, cert_pem
 
 
 @pytest_twisted.ensureDeferred
@@ -52,7 +18,7 @@ async def test_an_ssl_listener_serves_https_with_hsts(reactor, tmp_path):
     from twisted.internet.ssl import Certificate
     from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
-    key_path, cert_path, cert_pem = _self_signed(tmp_path)
+    key_path, cert_path, cert_pem = self_signed(tmp_path)
     listen = f"ssl:0:interface=127.0.0.1:privateKey={key_path}:certKey={cert_path}"
     proxy = await start_proxy(reactor, tmp_path / "var", server={"listen": [listen]})
     try:

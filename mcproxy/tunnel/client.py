@@ -28,7 +28,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.ssl import Certificate, optionsForClientTLS
 
 from mcproxy.tunnel import wire
 
@@ -479,8 +479,10 @@ class TunnelClientProtocol(WebSocketClientProtocol):
 class Connector:
     """Keeps the tunnel up: dials, reconnects with backoff, and says how it goes."""
 
-    def __init__(self, reactor, proxy: str, token: str, browser: BrowserSide, status: Status):
+    def __init__(self, reactor, proxy: str, token: str, browser: BrowserSide, status: Status, trust_root: Any = None):
         self.reactor = reactor
+        #: The CA the proxy's certificate must come from (None: the system's trusted CAs).
+        self._trust_root = trust_root
         self.browser = browser
         self.status = status
         self.proxy = proxy
@@ -518,7 +520,7 @@ class Connector:
         )
         endpoint: Any = HostnameEndpoint(self.reactor, self._host, self._port, timeout=CONNECT_TIMEOUT)
         if self._secure:
-            endpoint = wrapClientTLS(optionsForClientTLS(self._host), endpoint)
+            endpoint = wrapClientTLS(optionsForClientTLS(self._host, trustRoot=self._trust_root), endpoint)
         dialing = endpoint.connect(factory)
 
         def connected(protocol: TunnelClientProtocol) -> None:
@@ -602,6 +604,20 @@ def read_token(args: argparse.Namespace, environ: dict[str, str], status: Status
     return token
 
 
+def read_trust_root(path: str | None) -> Any:
+    """The CA certificate in ``path`` (PEM) that the proxy's certificate must come from; None
+    (the system's trusted CAs) without a path."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return Certificate.loadPEM(f.read())
+    except OSError as e:
+        raise Finished(EXIT_USAGE, f"cannot read --ca-file: {e.strerror}") from None
+    except Exception as e:  # pyOpenSSL's errors for what is no PEM certificate
+        raise Finished(EXIT_USAGE, f"--ca-file holds no PEM certificate: {e}") from None
+
+
 def parser() -> argparse.ArgumentParser:
     arguments = argparse.ArgumentParser(
         prog="mcproxy-connect",
@@ -612,6 +628,12 @@ def parser() -> argparse.ArgumentParser:
     arguments.add_argument("--proxy", required=True, help="the proxy's address, e.g. https://proxy.example:3000")
     arguments.add_argument("--token-file", help="a file holding the token (better than --token)")
     arguments.add_argument("--token", help="the token itself: visible to other users of this machine; avoid")
+    arguments.add_argument(
+        "--ca-file",
+        metavar="PEM",
+        help="for an https:// proxy whose certificate comes from a CA of your own: that CA's certificate"
+        " (default: the CAs this system trusts)",
+    )
     browser = arguments.add_mutually_exclusive_group()
     browser.add_argument(
         "--browser-url",
@@ -658,7 +680,7 @@ async def run(reactor, argv: list[str], environ: dict[str, str], status: Status)
         browser = launched
     else:
         browser = PortBrowser(reactor, args.browser_url)
-    connector = Connector(reactor, args.proxy, token, browser, status)
+    connector = Connector(reactor, args.proxy, token, browser, status, read_trust_root(args.ca_file))
     if args.launch:
         launched.start()
     for signum in (signal.SIGINT, signal.SIGTERM):
