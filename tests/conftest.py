@@ -175,6 +175,16 @@ async def control(reactor):
     await discard_test_control(opened)
 
 
+@pytest.fixture
+def clock():
+    """A fake clock (`twisted.internet.task.Clock`) at a plausible epoch time."""
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    clock.advance(1_700_000_000)
+    return clock
+
+
 @pytest_twisted.async_yield_fixture()
 async def own_cluster(reactor, tmp_path):
     """Three cluster nodes of this test alone (it kills, pauses or partitions some), with the

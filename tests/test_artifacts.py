@@ -30,13 +30,6 @@ PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
 
 
 @pytest.fixture
-def clock():
-    clock = Clock()
-    clock.advance(1_700_000_000)
-    return clock
-
-
-@pytest.fixture
 def store(tmp_path, clock):
     return ArtifactStore(str(tmp_path), ArtifactsConfig(max_bytes=10_000, ttl=3600), clock)
 

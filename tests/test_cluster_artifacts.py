@@ -9,7 +9,6 @@ import os
 import pytest
 import pytest_twisted
 from prometheus_client import CollectorRegistry
-from twisted.internet.task import Clock
 
 from mcproxy.artifacts.resources import ArtifactResources
 from mcproxy.artifacts.store import ArtifactStore
@@ -29,13 +28,6 @@ SECRET = b"s" * 32
 TTL = 3600.0
 ALICE = Principal("alice", frozenset({"tools:*"}))
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
-
-
-@pytest.fixture
-def clock():
-    clock = Clock()
-    clock.advance(1_700_000_000)
-    return clock
 
 
 class Node:

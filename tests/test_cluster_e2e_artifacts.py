@@ -11,22 +11,12 @@ import re
 
 import pytest_twisted
 
-from mcproxy.testing.cluster import Cluster, ClusterNode
+from mcproxy.testing.cluster import Cluster, ClusterNode, started_cluster
 from mcproxy.testing.tool_calls import until
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 WAIT = 30.0
 """Seconds a step may take before the test gives up (a bound, not a measure)."""
-
-
-async def started_cluster(reactor, root, **sections) -> Cluster:
-    cluster = Cluster.create(reactor, root, **sections)
-    try:
-        await cluster.start()
-    except BaseException:
-        await cluster.stop()
-        raise
-    return cluster
 
 
 class Client:
