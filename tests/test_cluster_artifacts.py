@@ -9,11 +9,13 @@ import os
 import pytest
 import pytest_twisted
 from prometheus_client import CollectorRegistry
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 
 from mcproxy.artifacts.resources import ArtifactResources
 from mcproxy.artifacts.store import ArtifactStore
 from mcproxy.auth.principal import Principal
-from mcproxy.cluster.artifacts import HeldArtifacts, RedisArtifactIndex
+from mcproxy.cluster.artifacts import FETCH_TIMEOUT, HeldArtifacts, RedisArtifactIndex
 from mcproxy.cluster.envelope import HEADER, Envelope
 from mcproxy.cluster.forward import Forwarder
 from mcproxy.config import ArtifactsConfig, ConfigError
@@ -185,3 +187,22 @@ async def test_a_file_held_elsewhere_is_fetched_for_its_user_only_within_max_byt
     with pytest.raises(RpcError) as e:
         await n2.resources.read_resource(ALICE, shot.uri)
     assert e.value.message == f"Resource not found: {shot.uri}"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_holder_that_never_answers_is_given_up_as_a_gone_one(reactor, nodes, control, clock):
+    from twisted.internet.protocol import Factory, Protocol
+
+    n1, n2 = nodes
+    shot = await n1.store.save("alice", "shot.png", PNG)
+    silent = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")  # paused, cut off
+    try:
+        await control.redis.hset(control.key("node", "n1"), "url", f"http://127.0.0.1:{silent.getHost().port}")
+        await control.redis.expire(control.key("node", "n1"), 60)
+        reading = Deferred.fromCoroutine(n2.index.fetch(shot))
+        await deferLater(reactor, 0.2, lambda: None)
+        assert not reading.called  # the request went out; no answer comes
+        clock.advance(FETCH_TIMEOUT)
+        assert await reading is None
+    finally:
+        await silent.stopListening()

@@ -15,6 +15,7 @@ tool call touches Redis.
 
 import json
 
+from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.error import ConnectionClosed
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
@@ -31,6 +32,9 @@ from mcproxy.interfaces import IArtifactIndex
 from mcproxy.web.routes import Route
 
 log = Logger()
+
+#: Seconds a file may take to come from the process that holds it.
+FETCH_TIMEOUT = 30.0
 
 #: Record an artifact, dropping the user's earlier one of the same name.
 #: KEYS art:<user>, artname:<user>. ARGV id, name, record, ms until it expires.
@@ -163,15 +167,19 @@ class RedisArtifactIndex:
                 node=holder,
             )
             return None
-        try:
-            status, data = await self.forwarder.fetch(
+        fetching = Deferred.fromCoroutine(
+            self.forwarder.fetch(
                 to=holder,
                 url=url,
                 principal=Principal(artifact.user_id, frozenset()),
                 path=PATH + artifact.id.encode("ascii"),
                 limit=self.max_bytes,
             )
-        except (ForwardFailed, BadAnswer, ConnectionClosed) as e:
+        )
+        try:
+            # A paused or cut-off holder may never answer: the read gives up, as for a dead one.
+            status, data = await fetching.addTimeout(FETCH_TIMEOUT, self.clock)
+        except (ForwardFailed, BadAnswer, ConnectionClosed, TimeoutError) as e:
             status, data = 0, f"{e.__class__.__name__}: {e}".encode()
         if status != 200:
             log.warn(
