@@ -101,5 +101,5 @@ async def wait_status(reactor, proxy, user_id: str, wanted: str, timeout: float 
         seen.append(body)
         return code == 200 and body["browserStatus"] == wanted
 
-    await until(reactor, check, timeout, seen, what=f"{user_id}'s browser {wanted}")
+    await until(reactor, check, timeout, lambda: seen[-1:], what=f"{user_id}'s browser {wanted}")
     return seen[-1]
