@@ -96,6 +96,8 @@ class AdminDependencies:
     require_tunnel: bool = False
     #: Where a user's browser tunnel comes from (`mcproxy.tunnel.registry.Tunnels.source`).
     tunnel_source: Callable[[str], str | None] = lambda user_id: None
+    #: The browsers the proxy launches (`mcproxy.browser.launch.LaunchedBrowsers`), or None.
+    launched: Any = None
     #: Held while a browser is registered: one registration at a time.
     registering: DeferredLock = attrs.Factory(DeferredLock)
 
@@ -238,6 +240,8 @@ class AdminAPI:
         user = await self._own_user(request, user_id, REGISTER)
         self.deps.sessions.close_user(user.user_id)
         await self.deps.pool.forget(user.user_id)
+        if self.deps.launched is not None:
+            await self.deps.launched.remove(user.user_id)
         await self.deps.store.delete_user(user.user_id)
         log.info("User {user_id} unregistered", user_id=user.user_id)
         if self.deps.cluster is not None:
