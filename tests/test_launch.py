@@ -52,9 +52,7 @@ async def register_launch(proxy, user_id: str, token: str) -> tuple[int, dict]:
 
 async def launched_pid(reactor, daemon: Daemon, user_id: str, besides: int | None = None) -> int:
     """Wait until the user's browser runs (another one than ``besides``) and is connected; its PID."""
-    await until(
-        reactor, lambda: browser_of(daemon, user_id) not in (None, besides), 30, what=f"{user_id}'s Chromium"
-    )
+    await until(reactor, lambda: browser_of(daemon, user_id) not in (None, besides), 30, what=f"{user_id}'s Chromium")
     await wait_status(reactor, daemon.running_proxy, user_id, "connected")
     pid = browser_of(daemon, user_id)
     assert pid is not None
