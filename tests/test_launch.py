@@ -99,9 +99,12 @@ async def test_a_killed_browser_comes_back_and_a_stopping_daemon_stops_every_bro
         again = await launched_pid(reactor, daemon, "alice", besides=killed)
         check_core_flow(await core_flow(proxy.base_url, token, fixture_site.url("index.html")))
 
+        # Stopped by the daemon, by its PID (not left to notice that its pipe closed).
         daemon.signal("TERM")
         await daemon.exited()
-        await until(reactor, lambda: not is_running(again), 10, what="the launched Chromium gone")
+        assert not is_running(again)
+        stopped = f"Stopped the launched browser of alice (pid {again}): the proxy is stopping"
+        assert stopped in daemon.messages(), daemon.messages()[-10:]
     finally:
         await daemon.close()
 

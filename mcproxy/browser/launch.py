@@ -198,7 +198,7 @@ class LaunchedBrowsers(AsyncService):
         launched = self._browsers.pop(user_id, None)
         if launched is None:
             return
-        await self._stop_process(launched, "its user was unregistered")
+        await self._stop_process(user_id, launched, "its user was unregistered")
         await deferToThread(shutil.rmtree, launched.profile, True)
         log.info("Removed the launched browser of {user_id} and its profile", user_id=user_id)
 
@@ -206,8 +206,8 @@ class LaunchedBrowsers(AsyncService):
         """The daemon stops: every launched browser stops, by its PID."""
         await defer.gatherResults(
             [
-                defer.Deferred.fromCoroutine(self._stop_process(launched, "the proxy is stopping"))
-                for launched in self._browsers.values()
+                defer.Deferred.fromCoroutine(self._stop_process(user_id, launched, "the proxy is stopping"))
+                for user_id, launched in self._browsers.items()
             ]
         )
 
@@ -263,12 +263,15 @@ class LaunchedBrowsers(AsyncService):
         log.warn("The launched browser of {user_id} ended: {why}", user_id=user_id, why=why)
         self._drop_cdp(launched, why)
 
-    async def _stop_process(self, launched: _Launched, why: str) -> None:
+    async def _stop_process(self, user_id: str, launched: _Launched, why: str) -> None:
         launched.cancel_idle()
         self._drop_cdp(launched, f"the launched browser was stopped: {why}")
         process, launched.process = launched.process, None
-        if process is not None:
-            await process.stop(self.reactor)
+        if process is None:
+            return
+        pid = process.pid
+        await process.stop(self.reactor)
+        log.info("Stopped the launched browser of {user_id} (pid {pid}): {why}", user_id=user_id, pid=pid, why=why)
 
     def _idle_from_now(self, user_id: str, launched: _Launched) -> None:
         launched.cancel_idle()
@@ -286,4 +289,4 @@ class LaunchedBrowsers(AsyncService):
         )
         await self.on_idle(user_id)
         if launched.cdp is None and launched.idle is None:  # no call opened it again meanwhile
-            await self._stop_process(launched, "idle")
+            await self._stop_process(user_id, launched, "idle")
