@@ -25,12 +25,13 @@ from mcproxy.testing.tunnel import check_core_flow, core_flow, status_of, wait_s
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
 
 
-async def launching_daemon(tmp_path, reactor, **launch) -> Daemon:
-    """A real ``twistd mcproxy`` that launches browsers (``launch`` on top of test settings)."""
+async def launching_daemon(tmp_path, reactor, browser: dict | None = None, **launch) -> Daemon:
+    """A real ``twistd mcproxy`` that launches browsers (``launch`` and ``browser`` on top of
+    test settings: links reconnect within 2 s)."""
     daemon = Daemon(
         reactor,
         tmp_path,
-        browser={"backoff_max": 2.0, "connect_timeout": 10.0},
+        browser={"backoff_max": 2.0, "connect_timeout": 10.0, **(browser or {})},
         launch={"enabled": True, "chromium": find_chrome(), "args": CHROMIUM_ARGS, **launch},
     )
     daemon.running_proxy = await daemon.start()
@@ -63,7 +64,7 @@ async def launched_pid(reactor, daemon: Daemon, user_id: str, besides: int | Non
 async def test_a_launched_browser_carries_the_core_flow_without_a_devtools_port_and_goes_with_its_user(
     reactor, tmp_path, fixture_site
 ):
-    daemon = await launching_daemon(tmp_path, reactor, idle_timeout=0)
+    daemon = await launching_daemon(tmp_path, reactor, idle_timeout=0, memory_mb=512)
     try:
         proxy = daemon.running_proxy
         token = await proxy.token_for("alice", "tools:*", "register", "launch")
@@ -71,6 +72,7 @@ async def test_a_launched_browser_carries_the_core_flow_without_a_devtools_port_
         assert code == 201, body
         assert (await status_of(proxy, "alice"))["browserURL"] == "launch:"
         pid = await launched_pid(reactor, daemon, "alice")
+        assert "--js-flags=--max-old-space-size=512" in command_line(pid)
         check_core_flow(await core_flow(proxy.base_url, body["sessionToken"], fixture_site.url("index.html")))
 
         tree = process_tree(pid)
@@ -110,6 +112,23 @@ async def test_a_killed_browser_comes_back_and_a_stopping_daemon_stops_every_bro
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_next_call_starts_a_killed_browser_at_once(reactor, tmp_path, fixture_site):
+    # The link's own retry comes after a minute: only the call can bring the browser back in time.
+    daemon = await launching_daemon(tmp_path, reactor, {"backoff_initial": 60.0, "backoff_max": 60.0}, idle_timeout=0)
+    try:
+        proxy = daemon.running_proxy
+        token = await proxy.token_for("alice", "tools:*", "register", "launch")
+        assert (await register_launch(proxy, "alice", token))[0] == 201
+        killed = await launched_pid(reactor, daemon, "alice")
+        os.kill(killed, signal.SIGKILL)
+        await wait_status(reactor, proxy, "alice", "reconnecting")
+        check_core_flow(await core_flow(proxy.base_url, token, fixture_site.url("index.html")))
+        assert browser_of(daemon, "alice") not in (None, killed)
+    finally:
+        await daemon.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_an_idle_browser_stops_and_the_next_call_starts_it_again(reactor, tmp_path, fixture_site):
     daemon = await launching_daemon(tmp_path, reactor, idle_timeout=2.0)
     try:
@@ -134,7 +153,7 @@ async def test_launching_is_refused_past_the_limit_and_without_the_permission(re
         proxy = daemon.running_proxy
         alice = await proxy.token_for("alice", "tools:*", "register", "launch")
         assert (await register_launch(proxy, "alice", alice))[0] == 201
-        await launched_pid(reactor, daemon, "alice")
+        first = await launched_pid(reactor, daemon, "alice")
 
         bob = await proxy.token_for("bob", "tools:*", "register", "launch")
         code, body = await register_launch(proxy, "bob", bob)
@@ -142,11 +161,17 @@ async def test_launching_is_refused_past_the_limit_and_without_the_permission(re
         assert body["error"]["code"] == "too_many_browsers"
         assert "launch.max_browsers" in body["error"]["message"]
 
+        # Alice's own browser replaces her launched one, which makes room for Bob's.
+        assert (await proxy.register("alice", "tunnel:", alice))["success"]
+        assert not is_running(first)
+        assert not os.path.exists(os.path.join(daemon.root, "browsers", "alice"))
+        assert (await register_launch(proxy, "bob", bob))[0] == 201
+
         carol = await proxy.token_for("carol", "tools:*", "register")
         code, body = await register_launch(proxy, "carol", carol)
         assert code == 403, body
         assert "'launch' permission" in body["error"]["message"]
-        assert browser_of(daemon, "bob") is None and browser_of(daemon, "carol") is None
+        assert browser_of(daemon, "carol") is None
     finally:
         await daemon.close()
 

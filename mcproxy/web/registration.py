@@ -121,6 +121,8 @@ class Registration:
                 )
             )
             self.deps.pool.browser_for(user_id, browser_url)
+            if self.deps.launched is not None and not is_launched(browser_url):
+                await self.deps.launched.remove(user_id)  # a browser of their own replaces the launched one
         finally:
             self.deps.registering.release()
         token = await self._session_token(principal, user_id)
