@@ -204,3 +204,22 @@ async def test_launching_is_refused_in_a_cluster(reactor, tmp_path):
         assert "cluster" in body["error"]["message"]
     finally:
         await cluster.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_extensions_install_into_a_launched_browser_given_the_flag(reactor, tmp_path):
+    extension = os.path.join(os.path.dirname(__file__), "fixtures", "extension")
+    args = [*CHROMIUM_ARGS, "--enable-unsafe-extension-debugging"]
+    daemon = await launching_daemon(tmp_path, reactor, idle_timeout=0, args=args)
+    try:
+        proxy = daemon.running_proxy
+        token = await proxy.token_for("alice", "tools:*", "register", "launch")
+        assert (await register_launch(proxy, "alice", token))[0] == 201
+        await launched_pid(reactor, daemon, "alice")
+        installed = (await proxy.call_tool(token, "install_extension", {"path": extension}))["result"]
+        assert not installed["isError"], installed
+        extension_id = installed["content"][0]["text"].removeprefix("Extension installed. Id: ")
+        listed = (await proxy.call_tool(token, "list_extensions", rid=2))["result"]
+        assert extension_id in listed["content"][0]["text"], listed
+    finally:
+        await daemon.close()
