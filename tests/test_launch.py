@@ -223,3 +223,10 @@ async def test_extensions_install_into_a_launched_browser_given_the_flag(reactor
         assert extension_id in listed["content"][0]["text"], listed
     finally:
         await daemon.close()
+
+
+def test_a_profile_directory_stays_inside_the_browsers_directory():
+    from mcproxy.browser.launch import profile_name
+
+    assert profile_name("alice@example.com") == "alice@example.com"
+    assert [profile_name(user) for user in (".", "..", "...")] == ["%2E", "%2E%2E", "%2E%2E%2E"]
