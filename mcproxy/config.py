@@ -197,6 +197,18 @@ class ClusterConfig:
 
 
 @attrs.frozen
+class LaunchConfig:
+    """Browsers the proxy starts on its own host (`mcproxy.browser.launch`); off unless ``enabled``."""
+
+    enabled: bool = False
+    chromium: str = ""
+    max_browsers: int = 4
+    idle_timeout: float = 600.0
+    memory_mb: int = 0
+    args: tuple[str, ...] = ()
+
+
+@attrs.frozen
 class Config:
     """Everything the daemon reads from outside, validated."""
 
@@ -216,6 +228,7 @@ class Config:
     artifacts: ArtifactsConfig = _section(ArtifactsConfig)
     plugins: PluginsConfig = _section(PluginsConfig)
     cluster: ClusterConfig = _section(ClusterConfig)
+    launch: LaunchConfig = _section(LaunchConfig)
 
     def replace(self, **sections: dict) -> "Config":
         """A copy with some keys changed: ``config.replace(store={"url": "memory:"})``."""
@@ -447,6 +460,12 @@ def validate(config: Config) -> None:
         raise ConfigError("server.hsts_max_age: must be 0 (no header) or more")
     if config.browser.max_attempts < 0:
         raise ConfigError("browser.max_attempts: must be 0 (forever) or more")
+    if config.launch.max_browsers < 1:
+        raise ConfigError(f"launch.max_browsers: must be at least 1, got {config.launch.max_browsers}")
+    if config.launch.idle_timeout < 0:
+        raise ConfigError("launch.idle_timeout: must be 0 (never stop an idle browser) or more")
+    if config.launch.memory_mb < 0:
+        raise ConfigError("launch.memory_mb: must be 0 (no limit) or more")
     for limit in config.ratelimit.limits:
         try:
             parse_limit(limit)

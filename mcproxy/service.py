@@ -28,6 +28,7 @@ from mcproxy.browser.collect import Collector
 from mcproxy.browser.connect import open_cdp_link
 from mcproxy.browser.dialogs import track_dialogs
 from mcproxy.browser.emulation import emulation_listener
+from mcproxy.browser.launch import LaunchedBrowsers
 from mcproxy.browser.policy import PolicyBook
 from mcproxy.browser.pool import BrowserPool
 from mcproxy.browser.registered import RegisteredBrowsers
@@ -158,6 +159,8 @@ class MCProxyService(StartInOrder):
     cluster: ClusterNode | None
     #: The live tunnels of browsers that dial in (``mcproxy-connect``).
     tunnels: Tunnels
+    #: The browsers this process launches for users registered with ``launch: true``.
+    launched: LaunchedBrowsers
 
     def __init__(self, reactor, config: Config, source: ConfigSource | None = None):
         super().__init__()
@@ -214,7 +217,15 @@ class MCProxyService(StartInOrder):
         policies = live(PolicyBook(config.browsing))
         # A user's tunnel arriving has their browser connect at once (the pool is built below).
         daemon.tunnels = tunnels = Tunnels(reactor, config.browser, on_arrival=lambda user: pool.connect_now(user))
-        open_link = metrics.counting_reconnects(tunnels.links(open_cdp_link))
+        # An idle launched browser's link closes before the browser stops; a call of a user
+        # whose launched browser ended has it connect at once (the pool is built below).
+        daemon.launched = launched = LaunchedBrowsers.from_config(
+            reactor,
+            config,
+            on_idle=lambda user: daemon.pool.forget(user),
+            wake=lambda user: daemon.pool.connect_now(user),
+        )
+        open_link = metrics.counting_reconnects(tunnels.links(launched.links(open_cdp_link)))
         if config.cluster.enabled:
             # The node is built below, from the pool; its users' links ask it at every command,
             # and its users' browsers keep their page books in Redis through it.
@@ -235,7 +246,11 @@ class MCProxyService(StartInOrder):
                 else None,
             )
         )
-        browsers = attach(RegisteredBrowsers(pool, store, reactor, connect_at_start=not config.cluster.enabled))
+        # Stopped after the pool has closed every link, so no link restarts a launched browser.
+        attach(launched)
+        browsers = attach(
+            RegisteredBrowsers(pool, store, reactor, connect_at_start=not config.cluster.enabled, on_use=launched.used)
+        )
         attach(tunnels)
         attach(sessions)
         revocation = attach(RevocationWatch(sessions, store, reactor, also=[tunnels]))
@@ -347,6 +362,7 @@ class MCProxyService(StartInOrder):
                 cluster=self.cluster,
                 tunnel_source=self.tunnels.source,
                 tunnel_unregistered=self.tunnels.unregistered,
+                launched=self.launched,
             )
         )
         metrics_endpoint = live(MetricsEndpoint(metrics, config.metrics.allowed_networks))

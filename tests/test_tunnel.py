@@ -236,9 +236,9 @@ async def test_a_closed_tunnel_gives_its_place_under_the_address_cap_back(reacto
 
 
 def test_a_launched_chrome_answers_only_the_calls_of_the_open_connection():
-    from mcproxy.tunnel.client import _Renumbering
+    from mcproxy.browser.pipe import Renumbering
 
-    numbers = _Renumbering()
+    numbers = Renumbering()
     first = json.loads(numbers.outgoing(b'{"id":1,"method":"Target.attachToTarget","params":{}}'))
     late = json.loads(numbers.outgoing(b'{"id":2,"method":"Browser.getVersion","params":{}}'))
     answer = numbers.incoming(b'{"id":%d,"result":{"sessionId":"S1"}}' % first["id"])

@@ -11,6 +11,8 @@ ADMIN = "admin"
 REGISTER = "register"
 #: Connecting the user's browser through a tunnel (`mcproxy.tunnel`); ``register`` grants it too.
 TUNNEL = "tunnel"
+#: Having the proxy start a browser for the user on its own host (`mcproxy.browser.launch`).
+LAUNCH = "launch"
 IMPERSONATE = "impersonate"
 METRICS = "metrics"
 ALL_TOOLS = "tools:*"

@@ -17,7 +17,7 @@ from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mcproxy.auth.principal import ADMIN, ALL_TOOLS, IMPERSONATE, METRICS, NETWORK, REGISTER, TUNNEL, Principal
+from mcproxy.auth.principal import ADMIN, ALL_TOOLS, IMPERSONATE, LAUNCH, METRICS, NETWORK, REGISTER, TUNNEL, Principal
 from mcproxy.errors import BadRequest, Unauthorized
 from mcproxy.interfaces import IAuthenticator, IStore
 from mcproxy.storage.records import TokenRecord
@@ -38,7 +38,7 @@ _TOKEN_ID = re.compile(r"[0-9a-f]{16}\Z")
 _USER_ID = re.compile(r"[A-Za-z0-9._@-]{1,128}\Z")
 _PATTERN = r"[A-Za-z0-9_.*?-]{1,64}"
 _PERMISSION = re.compile(rf"!?tools:(?:{_PATTERN}|category:{_PATTERN})\Z")
-_FIXED_PERMISSIONS = frozenset({ALL_TOOLS, REGISTER, TUNNEL, ADMIN, IMPERSONATE, METRICS})
+_FIXED_PERMISSIONS = frozenset({ALL_TOOLS, REGISTER, TUNNEL, LAUNCH, ADMIN, IMPERSONATE, METRICS})
 # RFC 6750 b64token, the syntax of a bearer credential.
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*\Z")
 

@@ -19,7 +19,7 @@ from mcproxy.browser.connect import LinkOpener, default_http_client, open_cdp_li
 from mcproxy.browser.link import CONNECTED, STATUSES, BrowserLink
 from mcproxy.browser.page import EventTimeout, Page
 from mcproxy.browser.targets import PageListener, PageTargets
-from mcproxy.browser.urls import is_tunnel, parse_browser_url
+from mcproxy.browser.urls import is_dialled, parse_browser_url
 from mcproxy.config import BrowserConfig
 from mcproxy.errors import CDPError, ServerFull, ToolError
 from mcproxy.interfaces import IBrowserPool, IPageBook, IUserBrowser
@@ -243,7 +243,7 @@ class BrowserPool:
         if browser is not None and browser.browser_url == browser_url:
             browser.retry()
             return browser
-        if not is_tunnel(browser_url):
+        if is_dialled(browser_url):
             parse_browser_url(browser_url)
         self.check_room(user_id)
         if browser is not None:

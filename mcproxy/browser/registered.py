@@ -6,6 +6,7 @@ holds is always the registered one. Starting the service connects every register
 browser; stopping it closes every connection.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -32,6 +33,9 @@ class RegisteredBrowsers(AsyncService):
     #: Whether starting connects every registered browser (in a cluster, only each user's
     #: owner connects, as it comes to own the user: `mcproxy.cluster.service`).
     connect_at_start: bool = True
+    #: Told the user id at each request for a user's browser (a launched browser's idle
+    #: time starts again: `mcproxy.browser.launch.LaunchedBrowsers.used`).
+    on_use: Callable[[str], None] = lambda user_id: None
     _last_written: dict[str, float] = attrs.field(factory=dict, init=False)
 
     async def start(self) -> None:
@@ -60,6 +64,7 @@ class RegisteredBrowsers(AsyncService):
                     ' {"browserURL": "http://127.0.0.1:9222"} (start Chrome with --remote-debugging-port=9222).'
                 )
             browser = self.pool.browser_for(user_id, user.browser_url)
+        self.on_use(user_id)
         now = self.clock.seconds()
         if now - self._last_written.get(user_id, float("-inf")) >= ACTIVITY_WRITE_INTERVAL:
             self._last_written[user_id] = now

@@ -98,6 +98,21 @@ def is_tunnel(url: str) -> bool:
     return url == TUNNEL_URL
 
 
+#: The registered browser URL of a user whose browser the proxy starts on its own host
+#: (`mcproxy.browser.launch`), driven over a pipe rather than dialled.
+LAUNCH_URL = "launch:"
+
+
+def is_launched(url: str) -> bool:
+    """Whether ``url`` names a browser the proxy launches rather than an address to dial."""
+    return url == LAUNCH_URL
+
+
+def is_dialled(url: str) -> bool:
+    """Whether ``url`` is an address the proxy dials (not a tunnel, not a launched browser)."""
+    return not (is_tunnel(url) or is_launched(url))
+
+
 def parse_browser_url(url: str) -> BrowserURL:
     """Check the shape of ``url`` (no network access); raise InvalidBrowserURL."""
     if not isinstance(url, str) or not url.strip():

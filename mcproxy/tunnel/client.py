@@ -15,7 +15,6 @@ import argparse
 import ipaddress
 import json
 import os
-import shutil
 import signal
 import sys
 from typing import Any, Protocol, cast
@@ -26,10 +25,9 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 
+from mcproxy.browser import pipe
 from mcproxy.tunnel import wire
 
 #: Seconds before each reconnect: doubled from the first up to the last.
@@ -54,12 +52,6 @@ EXIT_CODES = {
     wire.CLOSE_REPLACED: (EXIT_REPLACED, "another mcproxy-connect of the same user replaced this one"),
     wire.CLOSE_UNREGISTERED: (EXIT_UNREGISTERED, "the user was unregistered on the proxy (DELETE /api/users)"),
 }
-
-CHROME_NAMES = ("google-chrome", "google-chrome-stable", "chromium", "chromium-browser", "chrome", "msedge")
-CHROME_PATHS = (
-    "/Applications/Google Chrome.app/Contents/MacOS/Google Chrome",
-    "/Applications/Chromium.app/Contents/MacOS/Chromium",
-)
 
 
 class Finished(Exception):
@@ -230,105 +222,10 @@ class PortBrowser:
 
 def find_chrome() -> str:
     """The Chrome binary of this machine, or Finished saying to pass --chrome."""
-    for name in CHROME_NAMES:
-        path = shutil.which(name)
-        if path:
-            return path
-    for path in CHROME_PATHS:
-        if os.path.exists(path):
-            return path
-    raise Finished(EXIT_USAGE, "no Chrome found on this machine: give its path with --chrome")
-
-
-class _Renumbering:
-    """The pipe is one DevTools client for Chrome's whole life, while the proxy opens a fresh
-    browser connection now and then: calls go to Chrome under ids of the pipe's own, so a
-    late answer to a call of an earlier connection reaches nobody, and the sessions an
-    earlier connection attached are detached when it closes (none keeps a new tab paused
-    waiting for a debugger that went away)."""
-
-    def __init__(self) -> None:
-        self._next_id = 0
-        self._calls: dict[int, Any] = {}  # pipe id -> the proxy's id (None: the pipe's own call)
-        self._sessions: set[str] = set()
-
-    def outgoing(self, message: bytes) -> bytes | None:
-        """The proxy's call as Chrome gets it (None: not a call; dropped)."""
-        try:
-            call = json.loads(message)
-            their_id = call["id"]
-        except (ValueError, KeyError, TypeError):
-            return None
-        call["id"] = self._own(their_id)
-        return json.dumps(call, separators=(",", ":")).encode("utf-8")
-
-    def incoming(self, message: bytes) -> bytes | None:
-        """Chrome's message as the proxy gets it (None: it answers a call of nobody now)."""
-        try:
-            parsed = json.loads(message)
-        except ValueError:
-            return None
-        if not isinstance(parsed, dict):
-            return None
-        self._note_session(parsed)
-        if "id" not in parsed:
-            return message
-        their_id = self._calls.pop(parsed["id"], None) if isinstance(parsed["id"], int) else None
-        if their_id is None:
-            return None
-        parsed["id"] = their_id
-        return json.dumps(parsed, separators=(",", ":")).encode("utf-8")
-
-    def _own(self, their_id: Any) -> int:
-        self._next_id += 1
-        self._calls[self._next_id] = their_id
-        return self._next_id
-
-    def _note_session(self, message: dict) -> None:
-        params = message.get("params") or message.get("result")
-        session = params.get("sessionId") if isinstance(params, dict) else None
-        if isinstance(session, str):
-            if message.get("method") == "Target.detachedFromTarget":
-                self._sessions.discard(session)
-            else:
-                self._sessions.add(session)
-
-    def closing(self) -> list[bytes]:
-        """What Chrome is told when the proxy's connection closes: the calls answered since
-        are forgotten, auto-attach stops, and its sessions are detached."""
-        self._calls.clear()
-        sessions, self._sessions = self._sessions, set()
-        calls = [
-            ("Target.setAutoAttach", {"autoAttach": False, "waitForDebuggerOnStart": False}),
-            ("Target.setDiscoverTargets", {"discover": False}),
-            *(("Target.detachFromTarget", {"sessionId": session}) for session in sorted(sessions)),
-        ]
-        messages = []
-        for method, params in calls:
-            self._next_id += 1  # answered to nobody: not in _calls
-            messages.append(json.dumps({"id": self._next_id, "method": method, "params": params}).encode("utf-8"))
-        return messages
-
-
-class _PipeProcess(ProcessProtocol):
-    def __init__(self, side: "PipeBrowser"):
-        self.side = side
-        self.ended: Deferred = Deferred()
-        self._buffer = b""
-        self.errors: list[bytes] = []
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        if childFD != 4:
-            self.errors.append(data)
-            del self.errors[:-20]
-            return
-        *messages, self._buffer = (self._buffer + data).split(b"\0")
-        for message in messages:
-            self.side.from_chrome(message)
-
-    def processEnded(self, reason) -> None:
-        self.ended.callback(None)
-        self.side.chrome_ended(b"".join(self.errors).decode("utf-8", "replace").strip().splitlines()[-1:])
+    found = pipe.find_chrome()
+    if found is None:
+        raise Finished(EXIT_USAGE, "no Chrome found on this machine: give its path with --chrome")
+    return found
 
 
 class PipeBrowser:
@@ -341,34 +238,16 @@ class PipeBrowser:
         if sys.platform == "win32":
             raise Finished(EXIT_USAGE, "--launch is not available on Windows yet: use --browser-url")
         self.reactor = reactor
-        self.argv = [
-            chrome,
-            "--remote-debugging-pipe",
-            f"--user-data-dir={profile}",
-            "--no-first-run",
-            "--no-default-browser-check",
-            *(["--headless"] if headless else []),
-            *extra,
-            "about:blank",
-        ]
+        self.argv = pipe.pipe_argv(chrome, profile, headless=headless, extra=extra)
         self.profile = profile
         self._on_exit = on_exit
         self._relay: Relay | None = None
-        self._numbers = _Renumbering()
-        self._process: Any = None
-        self._protocol: _PipeProcess | None = None
+        self._numbers = pipe.Renumbering()
+        self._process: pipe.PipeProcess | None = None
 
     def start(self) -> None:
         os.makedirs(self.profile, mode=0o700, exist_ok=True)
-        self._protocol = _PipeProcess(self)
-        self._process = self.reactor.spawnProcess(
-            # Chrome reads the proxy's calls on fd 3 and writes its messages on fd 4.
-            self._protocol,
-            self.argv[0],
-            self.argv,
-            env=dict(os.environ),
-            childFDs={0: "w", 1: "r", 2: "r", 3: "w", 4: "r"},
-        )
+        self._process = pipe.PipeProcess.spawn(self.reactor, self.argv, self.from_chrome, self.chrome_ended)
 
     def describe(self) -> str:
         pid = self._process.pid if self._process is not None else None
@@ -376,7 +255,7 @@ class PipeBrowser:
 
     def open(self, relay: Relay) -> Deferred:
         self.close()
-        if self._protocol is None or self._protocol.ended.called:
+        if self._process is None or not self._process.running:
             return defer.fail(ConnectionError("Chrome is not running"))
         self._relay = relay
         return defer.succeed(None)
@@ -384,7 +263,7 @@ class PipeBrowser:
     def send(self, message: bytes) -> None:
         call = self._numbers.outgoing(message)
         if call is not None and self._process is not None and self._relay is not None:
-            self._process.writeToChild(3, call + b"\0")
+            self._process.write(call)
 
     def from_chrome(self, message: bytes) -> None:
         relayed = self._numbers.incoming(message)
@@ -395,28 +274,21 @@ class PipeBrowser:
         if self._relay is None:
             return
         self._relay = None
-        if self._protocol is not None and not self._protocol.ended.called:
+        if self._process is not None:
             for message in self._numbers.closing():
-                self._process.writeToChild(3, message + b"\0")
+                self._process.write(message)
 
-    def chrome_ended(self, last_words: list[str]) -> None:
+    def chrome_ended(self, last_words: str) -> None:
         relay, self._relay = self._relay, None
         if relay is not None:
             relay.browser_closed("Chrome exited")
-        self._on_exit("Chrome exited" + (f": {last_words[0]}" if last_words else ""))
+        self._on_exit("Chrome exited" + (f": {last_words}" if last_words else ""))
 
     def stop(self) -> Deferred:
         """End Chrome by its PID: TERM, then KILL after 5 s."""
-        protocol, process = self._protocol, self._process
-        if protocol is None or protocol.ended.called:
+        if self._process is None:
             return defer.succeed(None)
-        self._on_exit = lambda why: None
-        try:
-            process.signalProcess("TERM")
-        except ProcessExitedAlready:
-            return defer.succeed(None)
-        killing = self.reactor.callLater(5, lambda: protocol.ended.called or process.signalProcess("KILL"))
-        return protocol.ended.addCallback(lambda _: killing.active() and killing.cancel())
+        return self._process.stop(self.reactor)
 
 
 # -- the tunnel ----------------------------------------------------------------------------

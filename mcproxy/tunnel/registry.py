@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from mcproxy.browser.cdp.connection import CDPConnection
 from mcproxy.browser.connect import LinkOpener
-from mcproxy.browser.urls import is_tunnel
+from mcproxy.browser.urls import is_dialled, is_tunnel
 from mcproxy.config import BrowserConfig
 from mcproxy.errors import BrowserUnavailable
 from mcproxy.lifecycle import AsyncService
@@ -129,7 +129,7 @@ class Tunnels(AsyncService):
         async def open_link(browser: "BrowserLink") -> CDPConnection:
             if is_tunnel(browser.browser_url):
                 return await self.open_link(browser)
-            if self.config.require_tunnel:
+            if self.config.require_tunnel and is_dialled(browser.browser_url):
                 raise BrowserUnavailable(REQUIRED)
             return await direct(browser)
 

@@ -100,6 +100,8 @@ class AdminDependencies:
     tunnel_source: Callable[[str], str | None] = lambda user_id: None
     #: Told of each user unregistered here: its browser's tunnel, if any, closes for good.
     tunnel_unregistered: Callable[[str], None] = lambda user_id: None
+    #: The browsers the proxy launches (`mcproxy.browser.launch.LaunchedBrowsers`), or None.
+    launched: Any = None
     #: Held while a browser is registered: one registration at a time.
     registering: DeferredLock = attrs.Factory(DeferredLock)
 
@@ -258,6 +260,8 @@ class AdminAPI:
         self.deps.sessions.close_user(user.user_id)
         await self.deps.pool.forget(user.user_id)
         self.deps.tunnel_unregistered(user.user_id)
+        if self.deps.launched is not None:
+            await self.deps.launched.remove(user.user_id)
         await self.deps.store.delete_user(user.user_id)
         log.info("User {user_id} unregistered", user_id=user.user_id)
         if self.deps.cluster is not None:

@@ -4,7 +4,8 @@ The browser must answer, lie within ``browser.user_networks``, and belong to no 
 (a browser belongs to one user only); the caller gets a session token for its IDE. A browser
 registered as ``tunnel:`` dials in through ``mcproxy-connect`` (`mcproxy.tunnel`): nothing is
 checked of it here, it is the user's by construction. ``browser.require_tunnel`` allows
-only that.
+only that, or a browser the proxy launches: ``{"launch": true}`` (registered as ``launch:``,
+`mcproxy.browser.launch`) needs the ``launch`` permission and ``launch.enabled``.
 """
 
 import json
@@ -12,13 +13,15 @@ import json
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
-from mcproxy.auth.principal import REGISTER, Principal
+from mcproxy.auth.principal import LAUNCH, REGISTER, Principal
 from mcproxy.auth.tokens import mint_child_token
 from mcproxy.browser.urls import (
+    LAUNCH_URL,
     TUNNEL_URL,
     check_user_networks,
     endpoint_key,
-    is_tunnel,
+    is_dialled,
+    is_launched,
     parse_browser_url,
     resolve,
 )
@@ -67,9 +70,7 @@ class Registration:
                 "registering a browser needs the 'register' permission for your own user id, or 'admin'",
                 scope="register",
             )
-        browser_url = body.get("browserURL")
-        if not isinstance(browser_url, str) or not browser_url:
-            raise BadRequest('"browserURL" is required: the DevTools URL of your Chrome, e.g. http://127.0.0.1:9222')
+        browser_url = self._browser_url(principal, body)
         metadata = body.get("metadata", {})
         if not isinstance(metadata, dict):
             raise BadRequest('"metadata" must be a JSON object')
@@ -80,8 +81,8 @@ class Registration:
                 " (limits.max_metadata_bytes)",
                 code="metadata_too_large",
             )
-        tunnel = is_tunnel(browser_url)
-        if not tunnel:
+        dialled = is_dialled(browser_url)
+        if dialled:
             if self.deps.require_tunnel:
                 raise Forbidden(
                     "this proxy connects browsers only through their tunnels (browser.require_tunnel): run"
@@ -92,10 +93,12 @@ class Registration:
             addresses = await resolve(self.deps.clock, parsed.host, timeout=self.deps.resolve_timeout)
             check_user_networks(user_id, parsed, addresses, self.deps.user_networks)
         self.deps.pool.check_room(user_id)
+        if is_launched(browser_url):
+            self.deps.launched.check_room(user_id)
         await self.deps.registering.acquire()
         try:
-            product = "the browser behind your tunnel"
-            if not tunnel:
+            product = "a Chromium the proxy launches" if is_launched(browser_url) else "the browser behind your tunnel"
+            if dialled:
                 identity = await self._probe(browser_url)
                 await self._check_unclaimed(user_id, identity)
                 product = identity.product
@@ -111,6 +114,8 @@ class Registration:
                 )
             )
             self.deps.pool.browser_for(user_id, browser_url)
+            if self.deps.launched is not None and not is_launched(browser_url):
+                await self.deps.launched.remove(user_id)  # a browser of their own replaces the launched one
         finally:
             self.deps.registering.release()
         token = await self._session_token(principal, user_id)
@@ -124,6 +129,37 @@ class Registration:
         if token is None:
             message += " No session token: one is only made from an API token of your own; use your credential."
         return 201, {"success": True, "userId": user_id, "sessionToken": token, "message": message}
+
+    def _browser_url(self, principal: Principal, body: dict) -> str:
+        """The browser a registration ``body`` names: ``browserURL``, or ``launch:`` for
+        ``"launch": true`` (refused unless the proxy launches browsers and the caller may)."""
+        launch = body.get("launch", False)
+        if not isinstance(launch, bool):
+            raise BadRequest('"launch" must be true or false')
+        browser_url = body.get("browserURL", LAUNCH_URL if launch else None)
+        if not isinstance(browser_url, str) or not browser_url:
+            raise BadRequest(
+                '"browserURL" is required: the DevTools URL of your Chrome, e.g. http://127.0.0.1:9222'
+                ' (or "launch": true for a browser the proxy starts)'
+            )
+        if launch and not is_launched(browser_url):
+            raise BadRequest(f'"launch": true starts a browser for you: give no "browserURL" (or "{LAUNCH_URL}")')
+        if not is_launched(browser_url):
+            return browser_url
+        launched = self.deps.launched
+        if launched is None or not launched.enabled:
+            raise BadRequest(
+                "this proxy does not launch browsers (launch.enabled is off): register a browser of your own",
+                code="launch_disabled",
+            )
+        if self.deps.cluster is not None:
+            raise BadRequest(
+                "browsers the proxy launches are not available in a cluster yet; register a browser of your own",
+                code="launch_unavailable",
+            )
+        if not principal.has(LAUNCH):
+            raise Forbidden("having the proxy launch a browser needs the 'launch' permission", scope=LAUNCH)
+        return browser_url
 
     async def _probe(self, browser_url: str):
         """Which browser answers at ``browser_url``; a browser that does not answer is the
