@@ -281,7 +281,7 @@ class MCProxyService(StartInOrder):
             # Tool limits stay in `limits` (see mcproxy.cluster.limits); the per-user ones are shared.
             shared = live(SharedLimits(reactor, config.ratelimit, limits, on_limited=metrics.rate_limited))
             daemon.cluster = ClusterNode(reactor, config, store=store, pool=pool, sessions=sessions, limits=shared)
-            daemon.cluster.let_go.append(tunnels.let_go)
+            daemon.cluster.let_go += [tunnels.let_go, launched.let_go]
             artifacts.index = daemon.cluster.artifact_index
         site = daemon._web(
             store, pool, sessions, tools, limits, metrics, plugins, activity, audit, artifacts, revocation

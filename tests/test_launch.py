@@ -191,22 +191,6 @@ async def test_launching_is_refused_when_the_proxy_does_not_launch_browsers(reac
 
 
 @pytest_twisted.ensureDeferred
-async def test_launching_is_refused_in_a_cluster(reactor, tmp_path):
-    from mcproxy.testing.cluster import started_cluster
-
-    launch = {"enabled": True, "chromium": find_chrome(), "args": CHROMIUM_ARGS}
-    cluster = await started_cluster(reactor, tmp_path, size=1, launch=launch)
-    try:
-        token = await cluster.token_for("alice", "tools:*", "register", "launch")
-        code, body, _ = await cluster.api("POST", "/api/register", {"userId": "alice", "launch": True}, token)
-        assert code == 400, body
-        assert body["error"]["code"] == "launch_unavailable"
-        assert "cluster" in body["error"]["message"]
-    finally:
-        await cluster.stop()
-
-
-@pytest_twisted.ensureDeferred
 async def test_extensions_install_into_a_launched_browser_given_the_flag(reactor, tmp_path):
     extension = os.path.join(os.path.dirname(__file__), "fixtures", "extension")
     args = [*CHROMIUM_ARGS, "--enable-unsafe-extension-debugging"]

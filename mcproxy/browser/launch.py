@@ -202,6 +202,13 @@ class LaunchedBrowsers(AsyncService):
         await deferToThread(shutil.rmtree, launched.profile, True)
         log.info("Removed the launched browser of {user_id} and its profile", user_id=user_id)
 
+    def let_go(self, user_id: str) -> None:
+        """Another process of a cluster serves the user now (and launches a browser on its
+        own host): the one here stops; its profile stays for when the user comes back."""
+        launched = self._browsers.pop(user_id, None)
+        if launched is not None:
+            defer.Deferred.fromCoroutine(self._stop_process(user_id, launched, "its user moved to another process"))
+
     async def stop(self) -> None:
         """The daemon stops: every launched browser stops, by its PID."""
         await defer.gatherResults(

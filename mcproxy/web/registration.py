@@ -152,11 +152,6 @@ class Registration:
                 "this proxy does not launch browsers (launch.enabled is off): register a browser of your own",
                 code="launch_disabled",
             )
-        if self.deps.cluster is not None:
-            raise BadRequest(
-                "browsers the proxy launches are not available in a cluster yet; register a browser of your own",
-                code="launch_unavailable",
-            )
         if not principal.has(LAUNCH):
             raise Forbidden("having the proxy launch a browser needs the 'launch' permission", scope=LAUNCH)
         return browser_url
