@@ -2,30 +2,24 @@
 its user, every other process forwards to it, and it moves with the user. Three real
 ``twistd`` nodes, real headless Chromium started by them over ``--remote-debugging-pipe``."""
 
-import os
-
 import pytest_twisted
 
-from mcproxy.testing.chromium import find_chrome
+from mcproxy.testing.chromium import CONTAINER_ARGS, find_chrome
 from mcproxy.testing.cluster import node_of, started_cluster, text_of
-from mcproxy.testing.procfs import children_of, command_line, is_pipe_browser
+from mcproxy.testing.procfs import launched_browser
 from mcproxy.testing.tool_calls import until
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
 USER = "launched"
 
 
 def browser_of(node) -> int | None:
     """The PID of the Chromium ``node`` launched for the user (None: none runs there)."""
-    profile = f"--user-data-dir={os.path.join(node.root, 'browsers', USER)}"
-    found = [pid for pid in children_of(node.pid) if is_pipe_browser(pid) and profile in command_line(pid)]
-    assert len(found) <= 1, found
-    return found[0] if found else None
+    return launched_browser(node.pid, node.root, USER)
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_launched_browser_runs_where_its_user_is_served_and_moves_with_it(reactor, tmp_path):
-    launch = {"enabled": True, "chromium": find_chrome(), "args": CHROMIUM_ARGS, "idle_timeout": 0}
+    launch = {"enabled": True, "chromium": find_chrome(), "args": list(CONTAINER_ARGS), "idle_timeout": 0}
     cluster = await started_cluster(reactor, tmp_path, launch=launch)
     try:
         token = await cluster.token_for(USER, "tools:*", "register", "launch")

@@ -7,13 +7,12 @@ import signal
 
 import pytest_twisted
 
-from mcproxy.testing.chromium import find_chrome
+from mcproxy.testing.chromium import CONTAINER_ARGS, find_chrome
 from mcproxy.testing.process import Daemon
 from mcproxy.testing.procfs import (
-    children_of,
     command_line,
-    is_pipe_browser,
     is_running,
+    launched_browser,
     listening_inodes,
     process_tree,
     socket_inodes,
@@ -21,8 +20,7 @@ from mcproxy.testing.procfs import (
 from mcproxy.testing.tool_calls import until
 from mcproxy.testing.tunnel import check_core_flow, core_flow, status_of, wait_status
 
-#: What Chromium needs in a container (as root, without a GPU or a big /dev/shm).
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = list(CONTAINER_ARGS)
 
 
 async def launching_daemon(tmp_path, reactor, browser: dict | None = None, **launch) -> Daemon:
@@ -40,10 +38,7 @@ async def launching_daemon(tmp_path, reactor, browser: dict | None = None, **lau
 
 def browser_of(daemon: Daemon, user_id: str) -> int | None:
     """The PID of the Chromium the daemon launched for ``user_id`` (None: none runs)."""
-    profile = f"--user-data-dir={os.path.join(daemon.root, 'browsers', user_id)}"
-    found = [pid for pid in children_of(daemon.pid) if is_pipe_browser(pid) and profile in command_line(pid)]
-    assert len(found) <= 1, found
-    return found[0] if found else None
+    return launched_browser(daemon.pid, daemon.root, user_id)
 
 
 async def register_launch(proxy, user_id: str, token: str) -> tuple[int, dict]:
@@ -58,6 +53,15 @@ async def launched_pid(reactor, daemon: Daemon, user_id: str, besides: int | Non
     pid = browser_of(daemon, user_id)
     assert pid is not None
     return pid
+
+
+async def alice_launched(reactor, daemon: Daemon) -> tuple[str, int]:
+    """alice's token (tools, register, launch), registered for a launched browser, and the PID
+    of that browser once it is connected."""
+    proxy = daemon.running_proxy
+    token = await proxy.token_for("alice", "tools:*", "register", "launch")
+    assert (await register_launch(proxy, "alice", token))[0] == 201
+    return token, await launched_pid(reactor, daemon, "alice")
 
 
 @pytest_twisted.ensureDeferred
@@ -94,9 +98,7 @@ async def test_a_killed_browser_comes_back_and_a_stopping_daemon_stops_every_bro
     daemon = await launching_daemon(tmp_path, reactor, idle_timeout=0)
     try:
         proxy = daemon.running_proxy
-        token = await proxy.token_for("alice", "tools:*", "register", "launch")
-        assert (await register_launch(proxy, "alice", token))[0] == 201
-        killed = await launched_pid(reactor, daemon, "alice")
+        token, killed = await alice_launched(reactor, daemon)
         os.kill(killed, signal.SIGKILL)
         again = await launched_pid(reactor, daemon, "alice", besides=killed)
         check_core_flow(await core_flow(proxy.base_url, token, fixture_site.url("index.html")))
@@ -117,9 +119,7 @@ async def test_the_next_call_starts_a_killed_browser_at_once(reactor, tmp_path, 
     daemon = await launching_daemon(tmp_path, reactor, {"backoff_initial": 60.0, "backoff_max": 60.0}, idle_timeout=0)
     try:
         proxy = daemon.running_proxy
-        token = await proxy.token_for("alice", "tools:*", "register", "launch")
-        assert (await register_launch(proxy, "alice", token))[0] == 201
-        killed = await launched_pid(reactor, daemon, "alice")
+        token, killed = await alice_launched(reactor, daemon)
         os.kill(killed, signal.SIGKILL)
         await wait_status(reactor, proxy, "alice", "reconnecting")
         check_core_flow(await core_flow(proxy.base_url, token, fixture_site.url("index.html")))
@@ -133,9 +133,7 @@ async def test_an_idle_browser_stops_and_the_next_call_starts_it_again(reactor, 
     daemon = await launching_daemon(tmp_path, reactor, idle_timeout=2.0)
     try:
         proxy = daemon.running_proxy
-        token = await proxy.token_for("alice", "tools:*", "register", "launch")
-        assert (await register_launch(proxy, "alice", token))[0] == 201
-        first = await launched_pid(reactor, daemon, "alice")
+        token, first = await alice_launched(reactor, daemon)
         await until(reactor, lambda: not is_running(first), 30, what="the idle Chromium stopped")
         assert browser_of(daemon, "alice") is None
 
@@ -197,9 +195,7 @@ async def test_extensions_install_into_a_launched_browser_given_the_flag(reactor
     daemon = await launching_daemon(tmp_path, reactor, idle_timeout=0, args=args)
     try:
         proxy = daemon.running_proxy
-        token = await proxy.token_for("alice", "tools:*", "register", "launch")
-        assert (await register_launch(proxy, "alice", token))[0] == 201
-        await launched_pid(reactor, daemon, "alice")
+        token, _ = await alice_launched(reactor, daemon)
         installed = (await proxy.call_tool(token, "install_extension", {"path": extension}))["result"]
         assert not installed["isError"], installed
         extension_id = installed["content"][0]["text"].removeprefix("Extension installed. Id: ")

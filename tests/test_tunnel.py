@@ -8,7 +8,7 @@ import pytest_twisted
 import treq
 from twisted.internet.defer import Deferred
 
-from mcproxy.testing.tunnel import check_core_flow, core_flow, status_of, wait_status
+from mcproxy.testing.tunnel import alice_tunnelled, check_core_flow, core_flow, status_of, wait_status
 
 
 @pytest_twisted.ensureDeferred
@@ -32,10 +32,10 @@ async def test_a_dropped_tunnel_comes_back_by_itself(reactor, tunnel_daemon, con
     proxy = tunnel_daemon.running_proxy
     relay = Relay(reactor, tunnel_daemon.port)
     try:
-        token = await proxy.token_for("alice", "tools:*", "register")
-        client = connects(f"http://127.0.0.1:{relay.local_port}", token, "--browser-url", chromium.browser_url)
-        await client.tunnel_up()
-        await wait_status(reactor, proxy, "alice", "connected")
+        proxy_url = f"http://127.0.0.1:{relay.local_port}"
+        token, client = await alice_tunnelled(
+            reactor, proxy, connects, "--browser-url", chromium.browser_url, proxy_url=proxy_url
+        )
         reconnecting = client.line_with("reconnecting in 1 s")
         relay.cut()
         await reconnecting
@@ -54,17 +54,11 @@ async def test_a_dropped_tunnel_comes_back_by_itself(reactor, tunnel_daemon, con
 @pytest_twisted.ensureDeferred
 async def test_the_tunnel_comes_back_after_the_proxy_restarts(reactor, tunnel_daemon, connects, chromium, fixture_site):
     proxy = tunnel_daemon.running_proxy
-    token = await proxy.token_for("alice", "tools:*", "register")
-    client = connects(proxy.base_url, token, "--browser-url", chromium.browser_url)
-    await client.tunnel_up()
-    await wait_status(reactor, proxy, "alice", "connected")
+    token, client = await alice_tunnelled(reactor, proxy, connects, "--browser-url", chromium.browser_url)
     reconnecting = client.line_with("reconnecting in")
     back = client.line_with("connected to")
-    tunnel_daemon.signal("TERM")
-    await tunnel_daemon.exited()
+    await tunnel_daemon.restart()
     assert "the proxy is stopping" in await reconnecting
-    tunnel_daemon.spawn()
-    await tunnel_daemon.listening()
     back.addTimeout(30, reactor)
     await back
     await wait_status(reactor, proxy, "alice", "connected")
@@ -76,10 +70,7 @@ async def test_a_second_tunnel_of_the_same_user_replaces_the_first(
     reactor, tunnel_daemon, connects, chromium, fixture_site
 ):
     proxy = tunnel_daemon.running_proxy
-    token = await proxy.token_for("alice", "tools:*", "register")
-    first = connects(proxy.base_url, token, "--browser-url", chromium.browser_url)
-    await first.tunnel_up()
-    await wait_status(reactor, proxy, "alice", "connected")
+    token, first = await alice_tunnelled(reactor, proxy, connects, "--browser-url", chromium.browser_url)
     second = connects(proxy.base_url, token, "--browser-url", chromium.browser_url)
     await second.tunnel_up()
     assert await first.exit_code() == 5
@@ -289,9 +280,7 @@ async def test_the_client_sends_small_frames_at_once_both_ways(reactor, proxy, c
 @pytest_twisted.ensureDeferred
 async def test_revoking_its_token_closes_the_tunnel_for_good(reactor, tunnel_daemon, connects, chromium):
     proxy = tunnel_daemon.running_proxy
-    token = await proxy.token_for("alice", "tools:*", "register")
-    client = connects(proxy.base_url, token, "--browser-url", chromium.browser_url)
-    await client.tunnel_up()
+    token, client = await alice_tunnelled(reactor, proxy, connects, "--browser-url", chromium.browser_url)
     token_id = token.split("_")[1]
     code, _, _ = await proxy.api("DELETE", f"/api/tokens/{token_id}")
     assert code == 204

@@ -6,16 +6,13 @@ import pytest_twisted
 
 from mcproxy.testing.daemon import start_proxy
 from mcproxy.testing.tool_calls import until
-from mcproxy.testing.tunnel import wait_status
+from mcproxy.testing.tunnel import alice_tunnelled
 
 
 @pytest_twisted.ensureDeferred
 async def test_unregistering_a_user_closes_its_tunnel_for_good(reactor, tunnel_daemon, connects, chromium):
     proxy = tunnel_daemon.running_proxy
-    token = await proxy.token_for("alice", "tools:*", "register")
-    client = connects(proxy.base_url, token, "--browser-url", chromium.browser_url)
-    await client.tunnel_up()
-    await wait_status(reactor, proxy, "alice", "connected")
+    _, client = await alice_tunnelled(reactor, proxy, connects, "--browser-url", chromium.browser_url)
     code, _, _ = await proxy.api("DELETE", "/api/users/alice")
     assert code == 204
     # The client stops rather than coming back, which would register alice again.

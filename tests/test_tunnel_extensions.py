@@ -8,7 +8,7 @@ import pytest_twisted
 
 from mcproxy.testing.chromium import Chromium
 from mcproxy.testing.tool_calls import until
-from mcproxy.testing.tunnel import wait_status
+from mcproxy.testing.tunnel import alice_tunnelled
 from mcproxy.tools import extensions
 
 EXTENSION = os.path.join(os.path.dirname(__file__), "fixtures", "extension")
@@ -25,10 +25,7 @@ async def test_extension_tools_reach_the_browser_behind_a_tunnel(reactor, tunnel
     await chromium.start()
     try:
         proxy = tunnel_daemon.running_proxy
-        token = await proxy.token_for("alice", "tools:*", "register")
-        client = connects(proxy.base_url, token, "--browser-url", chromium.browser_url)
-        await client.tunnel_up()
-        await wait_status(reactor, proxy, "alice", "connected")
+        token, _ = await alice_tunnelled(reactor, proxy, connects, "--browser-url", chromium.browser_url)
         listing: dict = {}
 
         async def worker_running() -> bool:

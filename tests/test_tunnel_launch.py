@@ -3,7 +3,7 @@ DevTools port at all, driven through the real daemon by the official MCP SDK cli
 
 import pytest_twisted
 
-from mcproxy.testing.chromium import find_chrome
+from mcproxy.testing.chromium import CONTAINER_ARGS, find_chrome
 from mcproxy.testing.procfs import is_pipe_browser, listening_inodes, process_tree, socket_inodes
 from mcproxy.testing.tool_calls import until
 from mcproxy.testing.tunnel import check_core_flow, core_flow, wait_status
@@ -16,7 +16,7 @@ async def test_a_launched_chromium_has_no_devtools_port_and_carries_the_core_flo
     proxy = tunnel_daemon.running_proxy
     token = await proxy.token_for("alice", "tools:*", "register")
     args = ["--launch", "--headless", "--chrome", find_chrome(), "--profile", str(tmp_path / "profile")]
-    args += ["--chrome-arg=--no-sandbox", "--chrome-arg=--disable-gpu", "--chrome-arg=--disable-dev-shm-usage"]
+    args += [f"--chrome-arg={flag}" for flag in CONTAINER_ARGS]
     client = connects(proxy.base_url, token, *args)
     await client.tunnel_up()
     await wait_status(reactor, proxy, "alice", "connected")
@@ -29,10 +29,7 @@ async def test_a_launched_chromium_has_no_devtools_port_and_carries_the_core_flo
     # The browser connection is opened again on the same pipe after the proxy restarts: a new
     # tunnel, whose calls start at 1.
     back = client.line_with("connected to")
-    tunnel_daemon.signal("TERM")
-    await tunnel_daemon.exited()
-    tunnel_daemon.spawn()
-    await tunnel_daemon.listening()
+    await tunnel_daemon.restart()
     back.addTimeout(30, reactor)
     await back
     await wait_status(reactor, proxy, "alice", "connected")

@@ -19,6 +19,10 @@ from twisted.internet.task import deferLater
 
 _LISTENING = re.compile(rb"DevTools listening on ws://[^:/]+:(\d+)/")
 
+#: What a Chromium started by the proxy or mcproxy-connect needs in a test container: no
+#: sandbox (tests run as root), no GPU, no big /dev/shm.
+CONTAINER_ARGS = ("--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage")
+
 FLAGS = (
     "--headless",
     "--no-sandbox",

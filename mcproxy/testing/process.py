@@ -219,6 +219,13 @@ class Daemon(ChildProcess):
             self.stop()
             raise AssertionError(f"{self.describe()} did not start:\n{self.tail()}") from None
 
+    async def restart(self) -> None:
+        """SIGTERM (a clean stop), then start again on the same port and config."""
+        self.signal("TERM")
+        await self.exited()
+        self.spawn()
+        await self.listening()
+
     async def start(self) -> RunningProxy:
         """Start the process; a `RunningProxy` (admin API and tool-call helpers) for talking to it."""
         self.spawn()

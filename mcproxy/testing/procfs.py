@@ -92,3 +92,12 @@ def is_running(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def launched_browser(daemon_pid: int, data_dir: str, user_id: str) -> int | None:
+    """The PID of the Chromium a daemon launched for ``user_id`` (its profile is under
+    ``data_dir``), None when none runs."""
+    profile = f"--user-data-dir={os.path.join(data_dir, 'browsers', user_id)}"
+    found = [pid for pid in children_of(daemon_pid) if is_pipe_browser(pid) and profile in command_line(pid)]
+    assert len(found) <= 1, found
+    return found[0] if found else None

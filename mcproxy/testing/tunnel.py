@@ -103,3 +103,13 @@ async def wait_status(reactor, proxy, user_id: str, wanted: str, timeout: float 
 
     await until(reactor, check, timeout, lambda: seen[-1:], what=f"{user_id}'s browser {wanted}")
     return seen[-1]
+
+
+async def alice_tunnelled(reactor, proxy, connects, *args: str, proxy_url: str | None = None) -> tuple[str, Connect]:
+    """alice's token (tools and register) and an ``mcproxy-connect`` with ``args`` to
+    ``proxy_url`` (the proxy's own by default), once alice's browser behind it is connected."""
+    token = await proxy.token_for("alice", "tools:*", "register")
+    client = connects(proxy_url or proxy.base_url, token, *args)
+    await client.tunnel_up()
+    await wait_status(reactor, proxy, "alice", "connected")
+    return token, client
