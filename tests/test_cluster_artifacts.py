@@ -15,7 +15,8 @@ from twisted.internet.task import deferLater
 from mcproxy.artifacts.resources import ArtifactResources
 from mcproxy.artifacts.store import ArtifactStore
 from mcproxy.auth.principal import Principal
-from mcproxy.cluster.artifacts import FETCH_TIMEOUT, HeldArtifacts, RedisArtifactIndex
+from mcproxy.cluster import artifacts
+from mcproxy.cluster.artifacts import HeldArtifacts, RedisArtifactIndex
 from mcproxy.cluster.envelope import HEADER, Envelope
 from mcproxy.cluster.forward import Forwarder
 from mcproxy.config import ArtifactsConfig, ConfigError
@@ -175,7 +176,9 @@ async def test_a_file_held_elsewhere_is_fetched_for_its_user_only_within_max_byt
 
     path = b"/_cluster/artifacts/" + shot.id.encode()
     for principal in (Principal("bob", frozenset({"tools:*"})), Principal("alice/../bob", frozenset())):
-        status, body = await n2.forwarder.fetch(to="n1", url=holder_url, principal=principal, path=path, limit=10_000)
+        status, body = await n2.forwarder.fetch(
+            to="n1", url=holder_url, principal=principal, path=path, limit=10_000, timeout=10
+        )
         assert status == 404 and b"not_found" in body, (status, body)
 
     small = RedisArtifactIndex(clock, n2.forwarder, max_bytes=len(PNG) - 1)
@@ -190,7 +193,7 @@ async def test_a_file_held_elsewhere_is_fetched_for_its_user_only_within_max_byt
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_holder_that_never_answers_is_given_up_as_a_gone_one(reactor, nodes, control, clock):
+async def test_a_holder_that_never_answers_is_given_up_as_a_gone_one(reactor, nodes, control, monkeypatch):
     from twisted.internet.protocol import Factory, Protocol
 
     n1, n2 = nodes
@@ -199,10 +202,10 @@ async def test_a_holder_that_never_answers_is_given_up_as_a_gone_one(reactor, no
     try:
         await control.redis.hset(control.key("node", "n1"), "url", f"http://127.0.0.1:{silent.getHost().port}")
         await control.redis.expire(control.key("node", "n1"), 60)
+        monkeypatch.setattr(artifacts, "FETCH_TIMEOUT", 0.5)
         reading = Deferred.fromCoroutine(n2.index.fetch(shot))
         await deferLater(reactor, 0.2, lambda: None)
         assert not reading.called  # the request went out; no answer comes
-        clock.advance(FETCH_TIMEOUT)
-        assert await reading is None
+        assert await reading.addTimeout(10, reactor) is None
     finally:
         await silent.stopListening()

@@ -15,7 +15,7 @@ tool call touches Redis.
 
 import json
 
-from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.defer import TimeoutError
 from twisted.internet.error import ConnectionClosed
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
@@ -167,18 +167,16 @@ class RedisArtifactIndex:
                 node=holder,
             )
             return None
-        fetching = Deferred.fromCoroutine(
-            self.forwarder.fetch(
+        try:
+            # A paused or cut-off holder may never answer: the read gives up, as for a dead one.
+            status, data = await self.forwarder.fetch(
                 to=holder,
                 url=url,
                 principal=Principal(artifact.user_id, frozenset()),
                 path=PATH + artifact.id.encode("ascii"),
                 limit=self.max_bytes,
+                timeout=FETCH_TIMEOUT,
             )
-        )
-        try:
-            # A paused or cut-off holder may never answer: the read gives up, as for a dead one.
-            status, data = await fetching.addTimeout(FETCH_TIMEOUT, self.clock)
         except (ForwardFailed, BadAnswer, ConnectionClosed, TimeoutError) as e:
             status, data = 0, f"{e.__class__.__name__}: {e}".encode()
         if status != 200:

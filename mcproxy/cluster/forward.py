@@ -141,6 +141,7 @@ class Forwarder:
 
     def __init__(self, reactor, envelope: Envelope, *, connect_timeout: float = 1.0, max_connections: int = 1024):
         self._envelope = envelope
+        self._clock = reactor
         self.max_connections = max_connections
         # Idle connections close after 60 s, before the owner's 300 s: the edge closes first.
         self._pool = HopPool(reactor, connect_timeout=connect_timeout, max_idle=16, idle_timeout=60.0)
@@ -220,16 +221,32 @@ class Forwarder:
         await exchange.done
 
     async def fetch(
-        self, *, to: str, url: str, principal: "Principal", path: bytes, limit: int, body: bytes | None = None
+        self,
+        *,
+        to: str,
+        url: str,
+        principal: "Principal",
+        path: bytes,
+        limit: int,
+        timeout: float,
+        body: bytes | None = None,
     ) -> tuple[int, bytes]:
         """``GET path`` (``POST`` with a JSON ``body``) from node ``to`` at ``url`` for
-        ``principal``, signed like a forward: (status, body), the answer read whole (the
-        caller's own request, not a client's).
+        ``principal``, signed like a forward: (status, body), the answer read whole within
+        ``timeout`` seconds (the caller's own request, not a client's: a paused or cut-off
+        node may never answer).
 
         Raises `OwnerUnreachable` when no connection can be made, `BadAnswer` for a body
-        over ``limit`` bytes (the connection is dropped), or the reason the connection was
-        lost before the answer ended. Cancelling it drops the connection.
+        over ``limit`` bytes (the connection is dropped), `defer.TimeoutError` when no whole
+        answer came in time, or the reason the connection was lost before the answer ended.
+        Cancelling it drops the connection.
         """
+        fetching = Deferred.fromCoroutine(self._fetch(to, url, principal, path, limit, body))
+        return await fetching.addTimeout(timeout, self._clock)
+
+    async def _fetch(
+        self, to: str, url: str, principal: "Principal", path: bytes, limit: int, body: bytes | None
+    ) -> tuple[int, bytes]:
         rid = new_nonce()
         method = b"GET" if body is None else b"POST"
         sent = body or b""

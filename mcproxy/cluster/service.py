@@ -377,7 +377,13 @@ class ClusterNode(AsyncService):
             path = RELEASE_PATH % user_id.encode()
             try:
                 status, _ = await self.forwarder.fetch(
-                    to=owner.node, url=owner.url, principal=principal, path=path, limit=4096, body=self._release_to
+                    to=owner.node,
+                    url=owner.url,
+                    principal=principal,
+                    path=path,
+                    limit=4096,
+                    timeout=self.control.timeout,
+                    body=self._release_to,
                 )
             except Exception as e:
                 status = 0
@@ -458,13 +464,15 @@ class ClusterNode(AsyncService):
         urls = {node["id"]: node["url"] for node in await self.ownership.nodes()}
 
         async def ask(node: str) -> dict[str, dict]:
-            fetching = Deferred.fromCoroutine(
-                self.forwarder.fetch(
-                    to=node, url=urls.get(node, ""), principal=principal, path=SERVED_USERS_PATH, limit=MAX_STATUSES
-                )
-            )
             try:
-                status, body = await fetching.addTimeout(self.control.timeout, self.reactor)
+                status, body = await self.forwarder.fetch(
+                    to=node,
+                    url=urls.get(node, ""),
+                    principal=principal,
+                    path=SERVED_USERS_PATH,
+                    limit=MAX_STATUSES,
+                    timeout=self.control.timeout,
+                )
                 if status != 200:
                     raise ValueError(f"it answered {status}")
                 served = json.loads(body)["users"]
