@@ -234,7 +234,13 @@ def test_a_launched_chrome_answers_only_the_calls_of_the_open_connection():
     late = json.loads(numbers.outgoing(b'{"id":2,"method":"Browser.getVersion","params":{}}'))
     answer = numbers.incoming(b'{"id":%d,"result":{"sessionId":"S1"}}' % first["id"])
     assert json.loads(answer) == {"id": 1, "result": {"sessionId": "S1"}}
-    assert numbers.incoming(b'{"method":"Page.loadEventFired","sessionId":"S1","params":{}}') is not None
+    event = b'{"method":"Page.loadEventFired","sessionId":"S1","params":{}}'
+    assert numbers.incoming(event) is event  # passed on as it came: the connection decodes it
+    shot = numbers.outgoing(b'{"id":3,"method":"Page.captureScreenshot","params":{}}')
+    big = b'"' + b"A" * 100_000 + b'"'
+    assert numbers.incoming(b'{"id":%d,"result":{"data":%s}}' % (json.loads(shot)["id"], big)) == (
+        b'{"id":3,"result":{"data":' + big + b"}}"
+    )
 
     told = [json.loads(message) for message in numbers.closing()]
     assert [call["method"] for call in told] == [

@@ -8,6 +8,7 @@ listens on a socket, so no other local user can drive the browser.
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 from typing import Any
@@ -51,6 +52,10 @@ def pipe_argv(chrome: str, profile: str, *, headless: bool, extra: list[str] | t
     ]
 
 
+#: The start of an answer as Chrome writes it: its id first.
+_REPLY_ID = re.compile(rb'\{"id":(\d+),')
+
+
 class Renumbering:
     """The pipe is one DevTools client for the browser's whole life, while the proxy opens a
     fresh browser connection now and then: calls go to the browser under ids of the pipe's
@@ -61,6 +66,7 @@ class Renumbering:
     def __init__(self) -> None:
         self._next_id = 0
         self._calls: dict[int, Any] = {}  # pipe id -> the proxy's id
+        self._attaching: set[int] = set()  # pipe ids of calls whose answer names a new session
         self._sessions: set[str] = set()
 
     def outgoing(self, message: bytes) -> bytes | None:
@@ -70,11 +76,33 @@ class Renumbering:
             their_id = call["id"]
         except (ValueError, KeyError, TypeError):
             return None
-        call["id"] = self._own(their_id)
+        call["id"] = pipe_id = self._own(their_id)
+        if str(call.get("method", "")).startswith("Target.attach"):
+            self._attaching.add(pipe_id)
         return json.dumps(call, separators=(",", ":")).encode("utf-8")
 
     def incoming(self, message: bytes) -> bytes | None:
-        """The browser's message as the proxy gets it (None: it answers a call of nobody now)."""
+        """The browser's message as the proxy gets it (None: it answers a call of nobody now).
+
+        Chrome writes an answer's id first and an event's method first: an answer only has its
+        id swapped and an event that cannot name a session of its own passes as it is, so a
+        big answer or event (a screenshot, a snapshot) is not decoded here on its way to the
+        connection, which decodes it once. Any other shape is read whole."""
+        reply = _REPLY_ID.match(message)
+        if reply is not None:
+            pipe_id = int(reply[1])
+            if pipe_id in self._attaching:
+                self._attaching.discard(pipe_id)
+                return self._read_whole(message)
+            their_id = self._calls.pop(pipe_id, None)
+            if their_id is None:
+                return None
+            return b'{"id":' + json.dumps(their_id).encode("utf-8") + b"," + message[reply.end() :]
+        if message.startswith(b'{"method":"') and not message.startswith(b'{"method":"Target.'):
+            return message
+        return self._read_whole(message)
+
+    def _read_whole(self, message: bytes) -> bytes | None:
         try:
             parsed = json.loads(message)
         except ValueError:
