@@ -1,7 +1,13 @@
 -- wrk script of `python -m bench load`: stateless 2026-07-28 tools/call requests of
 -- evaluate_script(() => 1+1), with waitForStableDom false, spread round robin over tabs.
 --
--- Arguments, after wrk's "--": the bearer token, then the pageIds as "1,2,3".
+-- Arguments, after wrk's "--": the bearer token, the pageIds as "1,2,3", and optionally the
+-- calls per second to send (all connections together; absent or 0: each connection sends its
+-- next request as soon as its answer came). A paced thread hands out send times one interval
+-- apart: a connection that got its answer waits for the next free time. When every connection
+-- was still waiting for an answer at a send time, the schedule slipped: such sends are counted
+-- as late (wrk times a request from when it is written, so a daemon that stalls would
+-- otherwise hide the calls it kept from being sent).
 -- Every answer is checked (HTTP 200, a JSON-RPC result that is not isError and shows the
 -- value 2); done() prints one line "load-result {json}" for bench/load.py, and
 -- "load-bad <answer>" with the first wrong answer seen, if any.
@@ -11,6 +17,9 @@ sent, answered, wrong = 0, 0, 0
 first_wrong = ""
 
 local pages = {}
+-- Pacing (per thread): ms between sends, the next send time, sends that slipped and by how much.
+local interval, next_send = 0, 0
+late, late_max_ms = 0, 0
 local threads = {}
 local ANSWER = "```json\\n2\\n```"
 local BODY = '{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"evaluate_script",'
@@ -33,6 +42,10 @@ function init(args)
   for page in string.gmatch(args[2], "%d+") do
     table.insert(pages, page)
   end
+  local rate = tonumber(args[3] or "0")
+  if rate > 0 then
+    interval = 1000 / rate
+  end
   wrk.method = "POST"
   wrk.headers["Authorization"] = "Bearer " .. args[1]
   wrk.headers["Content-Type"] = "application/json"
@@ -40,6 +53,39 @@ function init(args)
   wrk.headers["MCP-Protocol-Version"] = "2026-07-28"
   wrk.headers["Mcp-Method"] = "tools/call"
   wrk.headers["Mcp-Name"] = "evaluate_script"
+end
+
+local ffi = require("ffi")
+ffi.cdef([[
+  typedef struct { long tv_sec; long tv_nsec; } load_timespec;
+  int clock_gettime(int clock, load_timespec *now);
+]])
+local timespec = ffi.new("load_timespec")
+
+local function now_ms()
+  ffi.C.clock_gettime(1, timespec) -- CLOCK_MONOTONIC
+  return tonumber(timespec.tv_sec) * 1000 + tonumber(timespec.tv_nsec) / 1e6
+end
+
+-- wrk asks before each request how many ms to wait (only because this function exists; when
+-- the run is not paced it answers 0 at once).
+function delay()
+  if interval == 0 then
+    return 0
+  end
+  local now = now_ms()
+  if next_send == 0 then
+    next_send = now
+  end
+  local slipped = now - next_send
+  if slipped > interval then -- nobody was free to send at next_send: start again from now
+    late = late + 1
+    late_max_ms = math.max(late_max_ms, slipped)
+    next_send = now
+  end
+  local wait = math.max(0, next_send - now)
+  next_send = next_send + interval
+  return wait
 end
 
 function request()
@@ -60,12 +106,14 @@ function response(status, headers, body)
 end
 
 function done(summary, latency, requests)
-  local totals = { sent = 0, answered = 0, wrong = 0 }
+  local totals = { sent = 0, answered = 0, wrong = 0, late = 0 }
+  local late_max = 0
   local example = ""
   for _, thread in ipairs(threads) do
     for key, value in pairs(totals) do
       totals[key] = value + thread:get(key)
     end
+    late_max = math.max(late_max, thread:get("late_max_ms"))
     if example == "" then
       example = thread:get("first_wrong")
     end
@@ -73,9 +121,11 @@ function done(summary, latency, requests)
   local errors = summary.errors
   io.write(string.format(
     '\nload-result {"sent":%d,"answered":%d,"wrong":%d,"duration_us":%d,"connect":%d,"read":%d,'
-      .. '"write":%d,"status":%d,"timeout":%d,"p50_us":%d,"p99_us":%d,"max_us":%d}\n',
+      .. '"write":%d,"status":%d,"timeout":%d,"p50_us":%d,"p99_us":%d,"max_us":%d,"late":%d,'
+      .. '"late_max_us":%d}\n',
     totals.sent, totals.answered, totals.wrong, summary.duration, errors.connect, errors.read,
-    errors.write, errors.status, errors.timeout, latency:percentile(50), latency:percentile(99), latency.max
+    errors.write, errors.status, errors.timeout, latency:percentile(50), latency:percentile(99), latency.max,
+    totals.late, late_max * 1000
   ))
   if example ~= "" then
     io.write("load-bad " .. example .. "\n")
