@@ -10,6 +10,12 @@ from twisted.python import usage
 from mcproxy import config as configuration
 from mcproxy import logs
 from mcproxy.reload import ConfigSource
+from mcproxy.session.memory import run_on_c_allocator
+
+#: The environment this process was started with. twistd imports this module before it parses
+#: the options, and parsing a ``systemd:`` endpoint takes ``LISTEN_FDS`` and ``LISTEN_PID`` out
+#: of ``os.environ``: a process started again on the C allocator must find them.
+STARTED_WITH = dict(os.environ)
 
 
 class Options(usage.Options):
@@ -47,7 +53,10 @@ class Options(usage.Options):
 
 
 def makeService(options):
-    """Build the daemon's service tree from the parsed options."""
+    """Build the daemon's service tree from the parsed options (on the C allocator: the
+    process starts again first when it is not, see `run_on_c_allocator`)."""
+    run_on_c_allocator(STARTED_WITH)  # before importing the daemon's modules: they are imported once
+
     from twisted.internet import reactor
 
     from mcproxy.service import MCProxyService

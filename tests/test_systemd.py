@@ -2,6 +2,7 @@
 
 import json
 import os
+import platform
 import signal
 import socket
 import sys
@@ -237,7 +238,9 @@ async def start_daemon(reactor, data_dir, *twistd_options, env=()):
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     daemon = ["mcproxy", "--listen", "systemd:domain=INET:index=0", "--store", "memory:", "--data-dir", str(data_dir)]
     command = " ".join([twistd, "-n", "--pidfile=", *twistd_options, *daemon])
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_", "MCPROXY_"))}
+    environ = {
+        k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_", "MCPROXY_", "PYTHONMALLOC"))
+    }
     environ.update(LISTEN_FDS="1", LISTEN_FDNAMES="mcproxy", **dict(env))
     output = _Output()
     process = reactor.spawnProcess(
@@ -280,6 +283,30 @@ async def test_daemon_serves_a_socket_systemd_passed_and_logs_json(reactor, tmp_
     assert any(r["message"] == "mcproxy listening on systemd:domain=INET:index=0" for r in records), output.lines
     assert all({"time", "level", "namespace", "message"} <= set(r) for r in records)
     assert (tmp_path / "admin-token").read_text().strip() not in "\n".join(output.lines)
+
+
+def allocator_of(pid: int) -> str | None:
+    """The PYTHONMALLOC process ``pid`` was last started with (its environment at its last exec)."""
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        variables = dict(item.partition(b"=")[::2] for item in f.read().split(b"\0") if item)
+    value = variables.get(b"PYTHONMALLOC")
+    return None if value is None else value.decode()
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("chosen", [None, "pymalloc"])
+async def test_daemon_runs_on_the_c_allocator_unless_one_was_chosen(reactor, tmp_path, chosen):
+    """On glibc the daemon starts again on the C allocator, keeping its pid (LISTEN_PID is
+    still its own) and systemd's socket; an operator's PYTHONMALLOC is kept."""
+    env = {} if chosen is None else {"PYTHONMALLOC": chosen}
+    process, output, port = await start_daemon(reactor, tmp_path, env=env)
+    try:
+        response = await treq.get(f"http://127.0.0.1:{port}/health", persistent=False)
+        assert response.code == 200
+        expected = chosen or ("malloc" if platform.libc_ver()[0] == "glibc" else None)
+        assert allocator_of(process.pid) == expected
+    finally:
+        await stop_daemon(process, output)
 
 
 async def datagrams(reactor, sock, count: int) -> list[str]:
