@@ -8,7 +8,8 @@ during the burst) keep most of them: measured, half of what ten thousand idle SS
 took stayed. So on glibc the daemon runs on the C allocator (`run_on_c_allocator`), whose
 ``malloc_trim`` hands back every free page; `MemoryRelease` empties Python's free lists and
 trims once many sessions have ended and their ends have quietened down (a burst of closes is
-trimmed once, after its last close). What stays is then about a tenth.
+trimmed once, after its last close). What stays is then about a tenth of what they took: the
+free pages around objects still alive that were made during the burst.
 """
 
 import ctypes

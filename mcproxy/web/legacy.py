@@ -50,7 +50,9 @@ class LegacyTransport:
         entry.on_close(stream.close)
         base = request.path.decode("latin-1").rsplit("/", 1)[0]
         stream.send(f"{base}/message?sessionId={entry.id}", event="endpoint")
-        log.info(
+        # Debug: an opened stream is one request; the session's info line is its initialize
+        # (client and version), and a stream that never initializes is not worth a line.
+        log.debug(
             "Legacy SSE session {session_id} opened for user {user_id}",
             session_id=entry.id,
             user_id=principal.user_id,
