@@ -25,7 +25,7 @@ from bench.stages import breakdown
 from bench.wire import CdpSocket, WireError
 
 #: Goal: the median a call adds over raw CDP.
-ADDED_MS = 2.0
+ADDED_MS = 1.0
 #: Goal: the daemon's own CPU per call (all threads; the figure that depends least on the
 #: machine's mood) against the floor's, `bench.floor` answering the same calls with the
 #: same libraries and nothing else, measured in the same run.

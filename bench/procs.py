@@ -8,23 +8,16 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 
 import mcproxy
 from bench.wire import HttpConnection, WireError
 from mcproxy.testing.chromium import FLAGS, find_chrome
+from mcproxy.testing.process import free_port
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_kib(pid: int) -> int:

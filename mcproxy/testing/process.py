@@ -7,6 +7,7 @@ records for assertions and failure messages.
 
 import json
 import os
+import random
 import signal
 import socket
 import sys
@@ -22,11 +23,32 @@ from mcproxy.testing.daemon import RunningProxy
 STARTUP_TIMEOUT = 30.0
 
 
+#: Where `free_port` looks: from here up to the first port the kernel hands out itself.
+LOWEST_PORT = 10_000
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nobody holds right now, below the kernel's range of
+    ephemeral ports: between this choice and the daemon's listening (or while a daemon is
+    down for a restart on it), no outgoing connection of another process can be given it."""
+    top = max(_first_ephemeral_port(), LOWEST_PORT + 1000)  # an odd range may start low
+    for _ in range(1000):
+        port = random.randrange(LOWEST_PORT, top)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free TCP port between {LOWEST_PORT} and {top}")
+
+
+def _first_ephemeral_port() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768  # Linux's default
 
 
 def toml(sections: dict[str, dict]) -> str:
