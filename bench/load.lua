@@ -1,9 +1,11 @@
 -- wrk script of `python -m bench load`: stateless 2026-07-28 tools/call requests of
 -- evaluate_script(() => 1+1), with waitForStableDom false, spread round robin over tabs.
 --
--- Arguments, after wrk's "--": the bearer token, the pageIds as "1,2,3", and optionally the
--- calls per second to send (all connections together; absent or 0: each connection sends its
--- next request as soon as its answer came). A paced thread hands out send times one interval
+-- Arguments, after wrk's "--": the bearer token, then the pageIds as "1,2,3". LOAD_RATE in
+-- the environment paces the run: the calls per second to send, all connections together
+-- (absent or 0: each connection sends its next request as soon as its answer came, and there
+-- is no delay() at all, since wrk puts every request through a timer once the script has
+-- one; wrk looks for it before init() runs). A paced thread hands out send times one interval
 -- apart: a connection that got its answer waits for the next free time. When every connection
 -- was still waiting for an answer at a send time, the schedule slipped: such sends are counted
 -- as late (wrk times a request from when it is written, so a daemon that stalls would
@@ -18,7 +20,8 @@ first_wrong = ""
 
 local pages = {}
 -- Pacing (per thread): ms between sends, the next send time, sends that slipped and by how much.
-local interval, next_send = 0, 0
+local rate = tonumber(os.getenv("LOAD_RATE") or "0") or 0
+local interval, next_send = rate > 0 and 1000 / rate or 0, 0
 late, late_max_ms = 0, 0
 local threads = {}
 local ANSWER = "```json\\n2\\n```"
@@ -42,10 +45,6 @@ function init(args)
   for page in string.gmatch(args[2], "%d+") do
     table.insert(pages, page)
   end
-  local rate = tonumber(args[3] or "0")
-  if rate > 0 then
-    interval = 1000 / rate
-  end
   wrk.method = "POST"
   wrk.headers["Authorization"] = "Bearer " .. args[1]
   wrk.headers["Content-Type"] = "application/json"
@@ -67,12 +66,8 @@ local function now_ms()
   return tonumber(timespec.tv_sec) * 1000 + tonumber(timespec.tv_nsec) / 1e6
 end
 
--- wrk asks before each request how many ms to wait (only because this function exists; when
--- the run is not paced it answers 0 at once).
-function delay()
-  if interval == 0 then
-    return 0
-  end
+-- How many ms wrk waits before a connection's next request (paced runs only).
+local function paced_delay()
   local now = now_ms()
   if next_send == 0 then
     next_send = now
@@ -86,6 +81,10 @@ function delay()
   local wait = math.max(0, next_send - now)
   next_send = next_send + interval
   return wait
+end
+
+if interval > 0 then
+  delay = paced_delay
 end
 
 function request()

@@ -200,7 +200,8 @@ async def _wrk(
     second together, or as fast as answers come when 0); what load.lua counted."""
     code, output = await _run(
         wrk, "-t1", f"-c{connections}", f"-d{seconds}s", f"--timeout={WRK_TIMEOUT}s", "-s", SCRIPT,
-        f"{daemon.base_url}/mcp", "--", token, ",".join(map(str, pages)), f"{rate:g}",
+        f"{daemon.base_url}/mcp", "--", token, ",".join(map(str, pages)),
+        env=dict(os.environ, LOAD_RATE=f"{rate:g}"),
     )  # fmt: skip
     lines = {line.partition(" ")[0]: line.partition(" ")[2] for line in output.splitlines()}
     if "load-result" not in lines:

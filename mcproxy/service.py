@@ -148,8 +148,8 @@ def _exit_failed() -> None:
 #: young collection every few hundred objects a request leaves alive for a moment: under load
 #: that is about one per call and a tenth of the daemon's CPU, all of it finding no garbage
 #: (a call's objects die by reference counting). Once every ten thousand, the collections of
-#: a load run cost 0.05 s of CPU in 10 s instead of 1 s, and what cycles there are still go
-#: within a fraction of a second.
+#: a load run cost 0.05 s of CPU in 10 s instead of 1 s; what cycles there are go at the
+#: latest ten thousand objects later (a few calls under load, a little more memory idle).
 GC_THRESHOLDS = (10_000, 10, 10)
 
 

@@ -54,13 +54,13 @@ ALLOCATOR = "PYTHONMALLOC"
 C_ALLOCATOR = "malloc"
 
 
-def run_on_c_allocator(environ: Mapping[str, str] = os.environ, execve: Callable[..., object] = os.execve) -> None:
-    """Start this process again, as it was started, on the C allocator; at once, before the
-    daemon has built or opened anything. Not when an allocator was chosen already (an
-    operator's ``PYTHONMALLOC``, or this process's own second start), nor where the C library
-    cannot hand free pages back (no ``malloc_trim``: musl, macOS). The process keeps its pid
-    and what it inherited (systemd's sockets and notify socket); twistd writes its pid file
-    and opens its log only after the service is made."""
+def run_on_c_allocator(environ: Mapping[str, str], execve: Callable[..., object] = os.execve) -> None:
+    """Start this process again as it was started (``environ``: the environment it got), on
+    the C allocator; at once, before the daemon has built or opened anything. Not when an
+    allocator was chosen already (an operator's ``PYTHONMALLOC``, or this process's own second
+    start), nor where the C library cannot hand free pages back (no ``malloc_trim``: musl,
+    macOS). The process keeps its pid and what it inherited (systemd's sockets and notify
+    socket); twistd writes its pid file and opens its log only after the service is made."""
     if ALLOCATOR in environ or malloc_trim() is None or not sys.executable:
         return
     sys.stdout.flush()
